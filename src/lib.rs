@@ -1,0 +1,23 @@
+//! callbridge turns GoTo Connect call events into a gap-free, ordered, exactly-once stream of
+//! call states in Kafka: one ordered stream per conversation, keyed by `conversationSpaceId`.
+//!
+//! # Layout
+//!
+//! Data flows one way: ingest → raw topic → sequencer → ordered topic.
+//!
+//! - [`goto`]: the GoTo Connect API client (OAuth token manager, notification channels, call
+//!   events subscriptions and back-fill, call events report), with retries and rate limits.
+//! - [`notification`]: pure parsing of notification bodies (webhook POST or WebSocket frame);
+//!   reads only what routing needs and leaves the JSON untouched.
+//! - [`sequencer`]: the pure per-conversation state machine that drops duplicates, reorders,
+//!   asks for back-fill and declares gaps. No I/O.
+//! - [`simulator`]: a GoTo Connect you can run locally (`callbridge simulate`): real HTTP and
+//!   WebSocket, traffic, faults and ground truth. It never uses the client's types, so the
+//!   contract tests catch a mismatch on either side.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod goto;
+pub mod notification;
+pub mod sequencer;
+pub mod simulator;

@@ -1,0 +1,2 @@
+//! The `callbridge` binary: a thin command line over the library.
+fn main() {}
