@@ -5,6 +5,9 @@
 //!
 //! Data flows one way: ingest → raw topic → sequencer → ordered topic.
 //!
+//! - [`config`]: configuration errors that name the key, the value and the fix.
+//! - [`kafka`]: Kafka settings, topic checks and producers; the only module that knows librdkafka.
+//! - [`secret`]: credentials that print as `***`.
 //! - [`goto`]: the GoTo Connect API client (OAuth token manager, notification channels, call
 //!   events subscriptions and back-fill, call events report), with retries and rate limits.
 //! - [`notification`]: pure parsing of notification bodies (webhook POST or WebSocket frame);
@@ -17,7 +20,10 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod config;
 pub mod goto;
+pub mod kafka;
 pub mod notification;
+pub mod secret;
 pub mod sequencer;
 pub mod simulator;

@@ -1,0 +1,73 @@
+//! Configuration errors that explain themselves.
+//!
+//! A bad setting is reported as the key, the value found and what would be valid, all of them
+//! at once, so an operator fixes a config file in one pass instead of one error per restart.
+
+use std::fmt;
+
+/// One bad setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    /// Dotted key, e.g. `kafka.topics.partitions`.
+    pub key: String,
+    /// The value found (never a secret: callers pass `<set>`/`<unset>` for those).
+    pub value: String,
+    /// What would be valid, phrased as the fix.
+    pub expected: String,
+}
+
+impl Invalid {
+    /// A bad `key` holding `value`; `expected` says what to put instead.
+    pub fn new(key: &str, value: &str, expected: &str) -> Self {
+        Self {
+            key: key.into(),
+            value: value.into(),
+            expected: expected.into(),
+        }
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {:?} is not valid; expected {}",
+            self.key, self.value, self.expected
+        )
+    }
+}
+
+/// Every bad setting found by one validation pass.
+#[derive(Clone, Debug, Default)]
+pub struct InvalidReport(Vec<Invalid>);
+
+impl InvalidReport {
+    /// Records one problem.
+    pub fn push(&mut self, invalid: Invalid) {
+        self.0.push(invalid);
+    }
+    /// True when nothing was wrong.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl IntoIterator for InvalidReport {
+    type Item = Invalid;
+    type IntoIter = std::vec::IntoIter<Invalid>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl fmt::Display for InvalidReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}

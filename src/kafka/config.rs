@@ -1,0 +1,386 @@
+//! Kafka connection and topic settings, and the one place that turns them into librdkafka
+//! properties.
+//!
+//! Typed settings cover what operators set most (bootstrap servers, TLS, SASL, topic names);
+//! everything else passes through `librdkafka` untouched. Setting a property both ways is an
+//! error rather than a silent override, so a config file never means two things.
+
+use crate::config::{Invalid, InvalidReport};
+use crate::secret::Secret;
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `[kafka]`: where the brokers are and how to talk to them.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list of bootstrap brokers.
+    pub bootstrap_servers: String,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: SecurityProtocol,
+    /// SASL credentials, used with `sasl_plaintext` and `sasl_ssl`.
+    pub sasl: SaslConfig,
+    /// TLS files, used with `ssl` and `sasl_ssl`.
+    pub tls: TlsConfig,
+    /// Topic names and layout.
+    pub topics: TopicsConfig,
+    /// Consumer group of the sequencer: every replica with the same group shares the raw topic.
+    pub consumer_group: String,
+    /// How long ingest waits for Kafka to acknowledge a notification before answering 503.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// Any other librdkafka property, passed through as is (for example `"linger.ms" = "1"`).
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "localhost:9092".into(),
+            security_protocol: SecurityProtocol::Plaintext,
+            sasl: SaslConfig::default(),
+            tls: TlsConfig::default(),
+            topics: TopicsConfig::default(),
+            consumer_group: "callbridge".into(),
+            ack_timeout: Duration::from_secs(5),
+            librdkafka: BTreeMap::new(),
+        }
+    }
+}
+
+/// `kafka.security_protocol`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    /// No TLS, no SASL.
+    Plaintext,
+    /// TLS without SASL.
+    Ssl,
+    /// SASL over plain TCP.
+    SaslPlaintext,
+    /// SASL over TLS.
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    fn as_librdkafka(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+    fn uses_sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+    fn uses_tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+}
+
+/// `[kafka.sasl]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SaslConfig {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: Option<String>,
+    /// SASL user name.
+    pub username: String,
+    /// SASL password; prefer `CALLBRIDGE_KAFKA__SASL__PASSWORD` or `password_file`.
+    pub password: Secret,
+    /// A file holding the password (for example a mounted Kubernetes Secret).
+    pub password_file: Option<PathBuf>,
+}
+
+/// `[kafka.tls]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA bundle used to verify the brokers (`ssl.ca.location`); system store when unset.
+    pub ca_location: Option<PathBuf>,
+    /// Client certificate for mutual TLS (`ssl.certificate.location`).
+    pub certificate_location: Option<PathBuf>,
+    /// Client key for mutual TLS (`ssl.key.location`).
+    pub key_location: Option<PathBuf>,
+    /// Password of the client key.
+    pub key_password: Secret,
+    /// Check the broker's host name against its certificate (`https`) or not (`none`).
+    pub endpoint_identification: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            ca_location: None,
+            certificate_location: None,
+            key_location: None,
+            key_password: Secret::default(),
+            endpoint_identification: true,
+        }
+    }
+}
+
+/// `[kafka.topics]`: the four topics of the pipeline.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// Internal topic holding every notification unchanged, keyed by conversation.
+    pub raw: String,
+    /// The product: one ordered, gap-free stream per conversation.
+    pub ordered: String,
+    /// Compacted resume index of the sequencer, co-partitioned with `raw`.
+    pub changelog: String,
+    /// Notifications that cannot be processed, with the reason in a header.
+    pub dead_letter: String,
+    /// Where notifications of other sources (reports, recordings…) go; counted and dropped
+    /// when unset.
+    pub other_sources: Option<String>,
+    /// Partitions of `raw`, `ordered` and `changelog` when callbridge creates them.
+    pub partitions: i32,
+    /// Replication factor of topics callbridge creates.
+    pub replication_factor: i32,
+    /// Create missing topics at start-up.
+    pub create: bool,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            raw: "callbridge.raw".into(),
+            ordered: "callbridge.call-states".into(),
+            changelog: "callbridge.changelog".into(),
+            dead_letter: "callbridge.dead-letter".into(),
+            other_sources: None,
+            partitions: 12,
+            replication_factor: 3,
+            create: true,
+        }
+    }
+}
+
+/// librdkafka properties callbridge sets itself; passing them through `librdkafka` is refused.
+const OWNED_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.key.password",
+    "enable.idempotence",
+    "acks",
+    "group.id",
+    "enable.auto.commit",
+];
+
+impl KafkaConfig {
+    /// Checks the settings, naming each bad key, its value and what would be valid.
+    pub fn validate(&self, report: &mut InvalidReport) {
+        if self.bootstrap_servers.trim().is_empty() {
+            report.push(Invalid::new(
+                "kafka.bootstrap_servers",
+                "",
+                "a comma-separated list of host:port, e.g. \"kafka-0:9092,kafka-1:9092\"",
+            ));
+        }
+        for server in self.bootstrap_servers.split(',').map(str::trim) {
+            if !server.is_empty() && !server.contains(':') {
+                report.push(Invalid::new(
+                    "kafka.bootstrap_servers",
+                    server,
+                    "host:port (the port is required)",
+                ));
+            }
+        }
+        if self.security_protocol.uses_sasl() {
+            match self.sasl.mechanism.as_deref() {
+                Some("PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") => {}
+                other => report.push(Invalid::new(
+                    "kafka.sasl.mechanism",
+                    other.unwrap_or("<unset>"),
+                    "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (required by security_protocol sasl_*)",
+                )),
+            }
+            if self.sasl.username.is_empty() {
+                report.push(Invalid::new(
+                    "kafka.sasl.username",
+                    "<unset>",
+                    "the SASL user name (required by security_protocol sasl_*)",
+                ));
+            }
+            if self.sasl.password.is_empty() && self.sasl.password_file.is_none() {
+                report.push(Invalid::new(
+                    "kafka.sasl.password",
+                    "<unset>",
+                    "set CALLBRIDGE_KAFKA__SASL__PASSWORD or kafka.sasl.password_file",
+                ));
+            }
+        }
+        for key in self.librdkafka.keys() {
+            if OWNED_PROPERTIES.contains(&key.as_str()) {
+                report.push(Invalid::new(
+                    &format!("kafka.librdkafka.\"{key}\""),
+                    key,
+                    "remove it: callbridge sets this property from its typed kafka.* settings",
+                ));
+            }
+        }
+        let topics = &self.topics;
+        for (key, name) in [
+            ("kafka.topics.raw", &topics.raw),
+            ("kafka.topics.ordered", &topics.ordered),
+            ("kafka.topics.changelog", &topics.changelog),
+            ("kafka.topics.dead_letter", &topics.dead_letter),
+        ] {
+            if !valid_topic_name(name) {
+                report.push(Invalid::new(
+                    key,
+                    name,
+                    "1 to 249 characters of [a-zA-Z0-9._-]",
+                ));
+            }
+        }
+        let names = [&topics.raw, &topics.ordered, &topics.changelog, &topics.dead_letter];
+        for (i, a) in names.iter().enumerate() {
+            if names[i + 1..].contains(a) {
+                report.push(Invalid::new(
+                    "kafka.topics",
+                    a,
+                    "raw, ordered, changelog and dead_letter must be four different topics",
+                ));
+            }
+        }
+        if topics.partitions < 1 {
+            report.push(Invalid::new(
+                "kafka.topics.partitions",
+                &topics.partitions.to_string(),
+                "an integer >= 1",
+            ));
+        }
+        if topics.replication_factor < 1 && topics.replication_factor != -1 {
+            report.push(Invalid::new(
+                "kafka.topics.replication_factor",
+                &topics.replication_factor.to_string(),
+                "an integer >= 1, or -1 for the broker's default",
+            ));
+        }
+    }
+
+    /// Connection properties shared by every client (producer, consumer, admin).
+    pub fn client_config(&self) -> std::io::Result<ClientConfig> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers);
+        c.set("security.protocol", self.security_protocol.as_librdkafka());
+        if self.security_protocol.uses_sasl() {
+            if let Some(m) = &self.sasl.mechanism {
+                c.set("sasl.mechanism", m);
+            }
+            c.set("sasl.username", &self.sasl.username);
+            let password = match &self.sasl.password_file {
+                Some(path) if self.sasl.password.is_empty() => {
+                    std::fs::read_to_string(path)?.trim_end().to_string()
+                }
+                _ => self.sasl.password.expose().to_string(),
+            };
+            c.set("sasl.password", password);
+        }
+        if self.security_protocol.uses_tls() {
+            let tls = &self.tls;
+            for (key, path) in [
+                ("ssl.ca.location", &tls.ca_location),
+                ("ssl.certificate.location", &tls.certificate_location),
+                ("ssl.key.location", &tls.key_location),
+            ] {
+                if let Some(p) = path {
+                    c.set(key, p.to_string_lossy());
+                }
+            }
+            if !tls.key_password.is_empty() {
+                c.set("ssl.key.password", tls.key_password.expose());
+            }
+            let ident = if tls.endpoint_identification { "https" } else { "none" };
+            c.set("ssl.endpoint.identification.algorithm", ident);
+        }
+        for (k, v) in &self.librdkafka {
+            c.set(k, v);
+        }
+        Ok(c)
+    }
+}
+
+fn valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(c: &KafkaConfig) -> Vec<String> {
+        let mut r = InvalidReport::default();
+        c.validate(&mut r);
+        r.into_iter().map(|i| i.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(problems(&KafkaConfig::default()).is_empty());
+    }
+
+    #[test]
+    fn sasl_without_mechanism_names_the_key() {
+        let mut c = KafkaConfig {
+            security_protocol: SecurityProtocol::SaslSsl,
+            ..KafkaConfig::default()
+        };
+        c.sasl.username = "u".into();
+        c.sasl.password = Secret::new("p");
+        let p = problems(&c);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("kafka.sasl.mechanism"), "{p:?}");
+    }
+
+    #[test]
+    fn passthrough_cannot_override_typed_keys() {
+        let mut c = KafkaConfig::default();
+        c.librdkafka.insert("enable.idempotence".into(), "false".into());
+        c.librdkafka.insert("linger.ms".into(), "1".into());
+        let p = problems(&c);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("enable.idempotence"));
+    }
+
+    #[test]
+    fn same_topic_twice_is_refused() {
+        let mut c = KafkaConfig::default();
+        c.topics.ordered = c.topics.raw.clone();
+        assert!(problems(&c).iter().any(|p| p.contains("four different topics")));
+    }
+
+    #[test]
+    fn sasl_password_reaches_librdkafka_but_not_debug() {
+        let mut c = KafkaConfig {
+            security_protocol: SecurityProtocol::SaslPlaintext,
+            ..KafkaConfig::default()
+        };
+        c.sasl.mechanism = Some("SCRAM-SHA-256".into());
+        c.sasl.username = "bridge".into();
+        c.sasl.password = Secret::new("s3cr3t-value");
+        let cc = c.client_config().unwrap();
+        assert_eq!(cc.get("sasl.password"), Some("s3cr3t-value"));
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+    }
+}
