@@ -10,8 +10,10 @@
 //! - [`secret`]: credentials that print as `***`.
 //! - [`goto`]: the GoTo Connect API client (OAuth token manager, notification channels, call
 //!   events subscriptions and back-fill, call events report), with retries and rate limits.
+//! - [`ingest`]: webhook / WebSocket bodies → raw topic, acknowledged before GoTo gets its 2xx.
 //! - [`notification`]: pure parsing of notification bodies (webhook POST or WebSocket frame);
 //!   reads only what routing needs and leaves the JSON untouched.
+//! - [`publish`]: the ordered topic's records (state, gap, completion) with CloudEvents headers.
 //! - [`sequencer`]: the pure per-conversation state machine that drops duplicates, reorders,
 //!   asks for back-fill and declares gaps. No I/O.
 //! - [`simulator`]: a GoTo Connect you can run locally (`callbridge simulate`): real HTTP and
@@ -22,8 +24,10 @@
 
 pub mod config;
 pub mod goto;
+pub mod ingest;
 pub mod kafka;
 pub mod notification;
+pub mod publish;
 pub mod secret;
 pub mod sequencer;
 pub mod simulator;

@@ -2,7 +2,9 @@
 //! the sequencer. The rest of the crate sees records and acknowledgements, not librdkafka.
 
 pub mod config;
+pub mod producer;
 pub mod topics;
 
 pub use config::KafkaConfig;
+pub use producer::idempotent_producer;
 pub use topics::{ensure_topics, TopicError, TopicLayout};

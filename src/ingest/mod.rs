@@ -1,0 +1,77 @@
+//! Ingest: receive every notification (webhook and/or WebSocket) and put it, unchanged, into the
+//! raw topic. Ingest never calls the sequencer; Kafka is the only thing between them.
+//!
+//! - [`route`]: pure decision of where a body goes.
+//! - [`raw_writer`]: the acknowledged write to Kafka.
+//! - [`Ingest`]: both together, shared by the webhook server and the WebSocket client.
+
+pub mod raw_writer;
+pub mod route;
+pub mod webhook;
+
+pub use raw_writer::{RawWriter, Transport, WriteError};
+pub use route::{route, Disposition};
+
+use crate::notification::ControlMessage;
+
+/// What happened to one body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Accepted {
+    /// In the raw topic, acknowledged.
+    Raw,
+    /// In the dead-letter topic, acknowledged, with this reason.
+    DeadLettered(&'static str),
+    /// Another source: written to the other-sources topic (`true`) or counted and dropped.
+    OtherSource(bool),
+    /// A control message the caller must act on (WebSocket only).
+    Control(ControlMessage),
+}
+
+/// Routes and writes received bodies.
+#[derive(Clone)]
+pub struct Ingest {
+    writer: RawWriter,
+}
+
+impl Ingest {
+    /// Ingest over `writer`.
+    pub fn new(writer: RawWriter) -> Self {
+        Self { writer }
+    }
+
+    /// The underlying writer (queue depth, flush on shutdown).
+    pub fn writer(&self) -> &RawWriter {
+        &self.writer
+    }
+
+    /// Routes `body` and writes it where it belongs; `Ok` only once Kafka acknowledged it.
+    pub async fn accept(&self, body: &[u8], transport: Transport) -> Result<Accepted, WriteError> {
+        match route(body) {
+            Disposition::Raw {
+                conversation_space_id,
+            } => {
+                self.writer
+                    .write(&conversation_space_id, body, transport)
+                    .await?;
+                Ok(Accepted::Raw)
+            }
+            Disposition::DeadLetter {
+                key,
+                reason,
+                detail,
+            } => {
+                tracing::warn!(reason, %detail, transport = transport.as_str(), "notification dead-lettered");
+                self.writer
+                    .dead_letter(key.as_deref(), body, transport, reason, &detail)
+                    .await?;
+                Ok(Accepted::DeadLettered(reason))
+            }
+            Disposition::OtherSource { source } => {
+                let written = self.writer.write_other(body, transport).await?;
+                tracing::debug!(%source, written, "notification of another source");
+                Ok(Accepted::OtherSource(written))
+            }
+            Disposition::Control(control) => Ok(Accepted::Control(control)),
+        }
+    }
+}

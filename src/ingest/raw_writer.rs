@@ -1,0 +1,195 @@
+//! Writes received notifications to the raw topic and says when Kafka has them.
+//!
+//! This is the acknowledgement boundary of the whole product: a webhook is answered 2xx only after
+//! [`RawWriter::write`] returned `Ok`, i.e. after the broker acknowledged the record with
+//! `acks=all`. When librdkafka's queue is full or the ack does not come within the bound, the
+//! caller gets an error at once (and answers 503) instead of buffering without limit.
+
+use crate::kafka::{idempotent_producer, KafkaConfig};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How a notification reached callbridge (the `callbridge-transport` header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// An HTTP POST from GoTo.
+    Webhook,
+    /// A frame on the notification WebSocket.
+    WebSocket,
+}
+
+impl Transport {
+    /// Header value and metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Webhook => "webhook",
+            Transport::WebSocket => "websocket",
+        }
+    }
+}
+
+/// Why a record is not (known to be) in Kafka.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// librdkafka's queue is full: Kafka is slower than ingest right now.
+    #[error("kafka producer queue is full")]
+    QueueFull,
+    /// No acknowledgement within `kafka.ack_timeout`.
+    #[error("kafka did not acknowledge within {0:?}")]
+    AckTimeout(Duration),
+    /// The broker refused the record or the producer failed.
+    #[error("kafka refused the record: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// Header names shared by raw and dead-letter records.
+pub mod headers {
+    /// `webhook` or `websocket`.
+    pub const TRANSPORT: &str = "callbridge-transport";
+    /// Milliseconds since the Unix epoch when the notification was received.
+    pub const RECEIVED_AT: &str = "callbridge-received-at";
+    /// Why a record is in the dead-letter topic (a stable reason code).
+    pub const DEAD_LETTER_REASON: &str = "callbridge-dead-letter-reason";
+    /// Human-readable detail of the reason (never the body).
+    pub const DEAD_LETTER_DETAIL: &str = "callbridge-dead-letter-detail";
+    /// Present when the body was cut to fit the dead-letter topic; holds the original length.
+    pub const ORIGINAL_LENGTH: &str = "callbridge-original-length";
+}
+
+/// The largest dead-letter value written; longer bodies are cut and flagged.
+pub const DEAD_LETTER_MAX_BYTES: usize = 512 * 1024;
+
+/// Producer for the raw and dead-letter topics.
+#[derive(Clone)]
+pub struct RawWriter {
+    producer: FutureProducer,
+    raw_topic: String,
+    dead_letter_topic: String,
+    other_topic: Option<String>,
+    ack_timeout: Duration,
+}
+
+impl RawWriter {
+    /// Builds the idempotent producer from `[kafka]`.
+    pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
+        Ok(Self {
+            producer: idempotent_producer(config)?,
+            raw_topic: config.topics.raw.clone(),
+            dead_letter_topic: config.topics.dead_letter.clone(),
+            other_topic: config.topics.other_sources.clone(),
+            ack_timeout: config.ack_timeout,
+        })
+    }
+
+    /// Writes a routable notification to raw, keyed by conversation; returns once acknowledged.
+    pub async fn write(
+        &self,
+        conversation_space_id: &str,
+        body: &[u8],
+        transport: Transport,
+    ) -> Result<(), WriteError> {
+        let headers = base_headers(transport);
+        self.send(&self.raw_topic, Some(conversation_space_id), body, headers)
+            .await
+    }
+
+    /// Writes a notification of another source to `kafka.topics.other_sources`.
+    /// Returns `false` without writing when no such topic is configured (the caller counts it).
+    pub async fn write_other(&self, body: &[u8], transport: Transport) -> Result<bool, WriteError> {
+        match &self.other_topic {
+            None => Ok(false),
+            Some(topic) => {
+                self.send(topic, None, body, base_headers(transport)).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Writes an unprocessable body to the dead-letter topic with its reason.
+    pub async fn dead_letter(
+        &self,
+        key: Option<&str>,
+        body: &[u8],
+        transport: Transport,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), WriteError> {
+        let mut headers = base_headers(transport)
+            .insert(Header {
+                key: headers::DEAD_LETTER_REASON,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: headers::DEAD_LETTER_DETAIL,
+                value: Some(detail),
+            });
+        let value = if body.len() > DEAD_LETTER_MAX_BYTES {
+            headers = headers.insert(Header {
+                key: headers::ORIGINAL_LENGTH,
+                value: Some(&body.len().to_string()),
+            });
+            &body[..DEAD_LETTER_MAX_BYTES]
+        } else {
+            body
+        };
+        self.send(&self.dead_letter_topic, key, value, headers).await
+    }
+
+    async fn send(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        body: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<(), WriteError> {
+        let mut record = FutureRecord::to(topic).payload(body).headers(headers);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        let delivery = match self.producer.send_result(record) {
+            Ok(d) => d,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                return Err(WriteError::QueueFull)
+            }
+            Err((e, _)) => return Err(WriteError::Kafka(e)),
+        };
+        match tokio::time::timeout(self.ack_timeout, delivery).await {
+            Err(_) => Err(WriteError::AckTimeout(self.ack_timeout)),
+            Ok(Err(_canceled)) => Err(WriteError::Kafka(KafkaError::Canceled)),
+            Ok(Ok(Err((e, _)))) => Err(WriteError::Kafka(e)),
+            Ok(Ok(Ok(_))) => Ok(()),
+        }
+    }
+
+    /// Messages librdkafka still holds (queued or in flight): the producer queue depth.
+    pub fn in_flight(&self) -> i32 {
+        use rdkafka::producer::Producer;
+        self.producer.in_flight_count()
+    }
+
+    /// Waits up to `timeout` for everything queued to be acknowledged (graceful shutdown).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        use rdkafka::producer::Producer;
+        self.producer.flush(timeout)
+    }
+}
+
+fn base_headers(transport: Transport) -> OwnedHeaders {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+        .to_string();
+    OwnedHeaders::new()
+        .insert(Header {
+            key: headers::TRANSPORT,
+            value: Some(transport.as_str()),
+        })
+        .insert(Header {
+            key: headers::RECEIVED_AT,
+            value: Some(&now),
+        })
+}

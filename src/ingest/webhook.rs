@@ -1,0 +1,121 @@
+//! The webhook receiver GoTo POSTs notifications to.
+//!
+//! GoTo signs nothing (no HMAC is documented or observed), so the URL itself is the credential:
+//! an unguessable secret in the path, compared in constant time, and a wrong path looks exactly
+//! like any unknown route (404). GoTo verifies a new webhook channel with an OPTIONS (or a GET),
+//! which must get a 2xx before the channel exists. A POST is answered only after Kafka has the
+//! body: 200 when it is in the raw topic, 202 when it was dead-lettered (GoTo retrying a bad body
+//! cannot help), 413 above 1 MB, 503 when Kafka cannot take it in time (GoTo then retries twice
+//! and the sequencer back-fills whatever is still missing).
+
+use super::{Accepted, Ingest, Transport, WriteError};
+use crate::secret::Secret;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// Bodies above this are refused by the HTTP layer before being read at all (413, not
+/// dead-lettered). Between 1 MB and this, the body is read so its head can be dead-lettered.
+pub const HARD_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+#[derive(Clone)]
+struct WebhookState {
+    ingest: Ingest,
+    secret: Arc<Secret>,
+}
+
+/// The webhook routes: `{path_prefix}/{secret}` for POST, OPTIONS and GET.
+pub fn router(ingest: Ingest, path_prefix: &str, secret: Secret) -> Router {
+    let prefix = path_prefix.trim_end_matches('/');
+    Router::new()
+        .route(&format!("{prefix}/{{secret}}"), any(handle))
+        .layer(DefaultBodyLimit::max(HARD_BODY_LIMIT))
+        .with_state(WebhookState {
+            ingest,
+            secret: Arc::new(secret),
+        })
+}
+
+/// Constant-time comparison of the presented path secret (only the length can leak).
+fn secret_matches(presented: &str, expected: &Secret) -> bool {
+    let expected = expected.expose().as_bytes();
+    !expected.is_empty() && bool::from(presented.as_bytes().ct_eq(expected))
+}
+
+async fn handle(
+    State(state): State<WebhookState>,
+    Path(presented): Path<String>,
+    method: axum::http::Method,
+    body: Bytes,
+) -> Response {
+    if !secret_matches(&presented, &state.secret) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    match method {
+        axum::http::Method::OPTIONS => (
+            StatusCode::OK,
+            [(axum::http::header::ALLOW, "POST, OPTIONS, GET")],
+        )
+            .into_response(),
+        axum::http::Method::GET | axum::http::Method::HEAD => StatusCode::OK.into_response(),
+        axum::http::Method::POST => post(&state.ingest, &body).await,
+        _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
+    }
+}
+
+async fn post(ingest: &Ingest, body: &[u8]) -> Response {
+    match ingest.accept(body, Transport::Webhook).await {
+        Ok(Accepted::Raw) => (StatusCode::OK, Json(json!({"status": "accepted"}))).into_response(),
+        Ok(Accepted::DeadLettered("oversize")) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Json(json!({"status": "dead_lettered", "reason": "oversize"})),
+        )
+            .into_response(),
+        Ok(Accepted::DeadLettered(reason)) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"status": "dead_lettered", "reason": reason})),
+        )
+            .into_response(),
+        Ok(Accepted::OtherSource(_)) => {
+            (StatusCode::OK, Json(json!({"status": "other_source"}))).into_response()
+        }
+        // Control messages belong to the WebSocket; over a webhook they are just acknowledged.
+        Ok(Accepted::Control(_)) => {
+            (StatusCode::OK, Json(json!({"status": "ignored"}))).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "webhook answered 503: kafka did not take the notification");
+            let reason = match e {
+                WriteError::QueueFull => "kafka_queue_full",
+                WriteError::AckTimeout(_) => "kafka_ack_timeout",
+                WriteError::Kafka(_) => "kafka_error",
+            };
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(axum::http::header::RETRY_AFTER, "1")],
+                Json(json!({"status": "unavailable", "reason": reason})),
+            )
+                .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_comparison() {
+        let s = Secret::new("abc123");
+        assert!(secret_matches("abc123", &s));
+        assert!(!secret_matches("abc124", &s));
+        assert!(!secret_matches("abc12", &s));
+        assert!(!secret_matches("", &Secret::new("")), "an empty secret never matches");
+    }
+}

@@ -1,0 +1,26 @@
+//! The producer settings every callbridge writer shares.
+//!
+//! Idempotence keeps per-partition order across librdkafka's internal retries; an infinite
+//! `message.timeout.ms` removes the timeout-induced gaps of librdkafka #2163/#704 (a record that
+//! cannot be written is never silently skipped; callers bound the wait themselves); the Java
+//! client's partitioner keeps callbridge's key → partition mapping identical to other producers.
+
+use super::config::KafkaConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+
+/// A producer with idempotence, `acks=all` and the Java partitioner.
+pub fn idempotent_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    let mut c = config
+        .client_config()
+        .map_err(|e| KafkaError::ClientCreation(format!("kafka.sasl.password_file: {e}")))?;
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "0")
+        .set("partitioner", "murmur2_random");
+    if !config.librdkafka.contains_key("linger.ms") {
+        // The acknowledged path is latency-bound (a webhook waits for the ack): keep batches short.
+        c.set("linger.ms", "1");
+    }
+    c.create()
+}

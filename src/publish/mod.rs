@@ -1,0 +1,2 @@
+//! Publishing to the ordered topic: the record format ([`record`]).
+pub mod record;

@@ -1,0 +1,254 @@
+//! The records of the ordered topic, byte for byte.
+//!
+//! A state record embeds GoTo's `metadata` and `state` objects as the exact bytes GoTo sent
+//! (unknown fields included): the value is assembled around the raw JSON, never re-serialised.
+//! Headers follow the CloudEvents Kafka protocol binding in binary mode (`ce_*` headers, the value
+//! is the event data), so generic CloudEvents consumers can route without parsing the value.
+//! `ce_id` is deterministic (`{conversation}:{sequence}` …), so a downstream consumer can dedupe
+//! by it even across a replay.
+
+use serde_json::value::RawValue;
+
+/// CloudEvents `type` of a call state.
+pub const TYPE_CALL_STATE: &str = "com.goto.connect.call-state.v1";
+/// CloudEvents `type` of a gap record.
+pub const TYPE_GAP: &str = "dev.callbridge.gap.v1";
+/// CloudEvents `type` of a completion record.
+pub const TYPE_COMPLETION: &str = "dev.callbridge.completion.v1";
+/// CloudEvents `source` of every record.
+pub const SOURCE: &str = "urn:callbridge:goto-connect:call-events";
+
+/// Where a published state came from (the `origin` field and header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordOrigin {
+    /// Received by webhook.
+    Webhook,
+    /// Received on the WebSocket.
+    WebSocket,
+    /// Fetched from `/conversation-spaces/{id}/events`.
+    Backfill,
+}
+
+impl RecordOrigin {
+    /// Field value and header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordOrigin::Webhook => "webhook",
+            RecordOrigin::WebSocket => "websocket",
+            RecordOrigin::Backfill => "backfill",
+        }
+    }
+}
+
+/// Why a gap record was published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GapCause {
+    /// GoTo no longer returns the states.
+    Gone,
+    /// Back-fill kept failing until `sequencer.backfill_max_wait`.
+    BackfillFailed,
+}
+
+impl GapCause {
+    /// Field value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapCause::Gone => "gone",
+            GapCause::BackfillFailed => "backfill_failed",
+        }
+    }
+}
+
+/// A record ready for the producer: key, value and headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderedRecord {
+    /// `conversationSpaceId`.
+    pub key: String,
+    /// JSON value.
+    pub value: Vec<u8>,
+    /// Header name/value pairs in order.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// Header names beyond CloudEvents'.
+pub mod headers {
+    /// Sequence number (state) or first sequence (gap) or last sequence (completion).
+    pub const SEQUENCE: &str = "callbridge-sequence";
+    /// `webhook`, `websocket`, `backfill` (state records only).
+    pub const ORIGIN: &str = "callbridge-origin";
+    /// Takeover epoch of the writer, for auditing zombie writes.
+    pub const EPOCH: &str = "callbridge-epoch";
+    /// Record kind: `state`, `gap`, `completion`.
+    pub const KIND: &str = "callbridge-kind";
+}
+
+fn ce_headers(
+    id: String,
+    ce_type: &'static str,
+    subject: &str,
+    time: Option<String>,
+) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        ("ce_specversion", "1.0".to_string()),
+        ("ce_id", id),
+        ("ce_source", SOURCE.to_string()),
+        ("ce_type", ce_type.to_string()),
+        ("ce_subject", subject.to_string()),
+        ("content-type", "application/json".to_string()),
+    ];
+    if let Some(t) = time {
+        h.push(("ce_time", t));
+    }
+    h
+}
+
+/// A call state, embedding GoTo's objects unchanged.
+pub fn state_record(
+    conversation: &str,
+    sequence: u64,
+    origin: RecordOrigin,
+    metadata: &RawValue,
+    state: &RawValue,
+    state_timestamp: Option<&str>,
+    epoch: u64,
+) -> OrderedRecord {
+    let conv_json = serde_json::to_string(conversation).unwrap_or_else(|_| "\"\"".into());
+    let mut value = String::with_capacity(metadata.get().len() + state.get().len() + 160);
+    value.push_str("{\"type\":\"call-state\",\"conversationSpaceId\":");
+    value.push_str(&conv_json);
+    value.push_str(",\"sequenceNumber\":");
+    value.push_str(&sequence.to_string());
+    value.push_str(",\"origin\":\"");
+    value.push_str(origin.as_str());
+    value.push_str("\",\"metadata\":");
+    value.push_str(metadata.get());
+    value.push_str(",\"state\":");
+    value.push_str(state.get());
+    value.push('}');
+    let mut headers = ce_headers(
+        format!("{conversation}:{sequence}"),
+        TYPE_CALL_STATE,
+        conversation,
+        state_timestamp.map(str::to_string),
+    );
+    headers.push((headers::KIND, "state".into()));
+    headers.push((headers::SEQUENCE, sequence.to_string()));
+    headers.push((headers::ORIGIN, origin.as_str().into()));
+    headers.push((headers::EPOCH, epoch.to_string()));
+    OrderedRecord {
+        key: conversation.to_string(),
+        value: value.into_bytes(),
+        headers,
+    }
+}
+
+/// An explicit gap: states `from..=to` will never be published.
+pub fn gap_record(
+    conversation: &str,
+    from: u64,
+    to: u64,
+    cause: GapCause,
+    epoch: u64,
+) -> OrderedRecord {
+    let value = serde_json::json!({
+        "type": "gap",
+        "conversationSpaceId": conversation,
+        "fromSequence": from,
+        "toSequence": to,
+        "reason": cause.as_str(),
+    });
+    let mut headers = ce_headers(
+        format!("{conversation}:gap:{from}-{to}"),
+        TYPE_GAP,
+        conversation,
+        None,
+    );
+    headers.push((headers::KIND, "gap".into()));
+    headers.push((headers::SEQUENCE, from.to_string()));
+    headers.push((headers::EPOCH, epoch.to_string()));
+    OrderedRecord {
+        key: conversation.to_string(),
+        value: value.to_string().into_bytes(),
+        headers,
+    }
+}
+
+/// The conversation ended and every sequence up to `last_sequence` is accounted for.
+pub fn completion_record(
+    conversation: &str,
+    last_sequence: u64,
+    gap_count: u32,
+    epoch: u64,
+) -> OrderedRecord {
+    let value = serde_json::json!({
+        "type": "completion",
+        "conversationSpaceId": conversation,
+        "lastSequence": last_sequence,
+        "gapCount": gap_count,
+        "complete": gap_count == 0,
+    });
+    let mut headers = ce_headers(
+        format!("{conversation}:completion"),
+        TYPE_COMPLETION,
+        conversation,
+        None,
+    );
+    headers.push((headers::KIND, "completion".into()));
+    headers.push((headers::SEQUENCE, last_sequence.to_string()));
+    headers.push((headers::EPOCH, epoch.to_string()));
+    OrderedRecord {
+        key: conversation.to_string(),
+        value: value.to_string().into_bytes(),
+        headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn state_record_keeps_goto_bytes_exactly() {
+        // Odd spacing, key order and an unknown field must survive untouched.
+        let metadata = raw(r#"{ "conversationSpaceId":"c-1","zNew":{"x":1},"accountKey":"1"}"#);
+        let state = raw(r#"{"sequenceNumber":3,  "type":"ACTIVE","futureField":[1,2]}"#);
+        let r = state_record("c-1", 3, RecordOrigin::Backfill, &metadata, &state, Some("2026-01-01T00:00:00.000Z"), 7);
+        let text = String::from_utf8(r.value.clone()).unwrap();
+        assert!(text.contains(metadata.get()) && text.contains(state.get()), "{text}");
+        let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+        assert_eq!(v["sequenceNumber"], 3);
+        assert_eq!(v["origin"], "backfill");
+        assert_eq!(v["state"]["futureField"][1], 2);
+        let h: std::collections::HashMap<_, _> = r.headers.iter().cloned().collect();
+        assert_eq!(h["ce_id"], "c-1:3");
+        assert_eq!(h["ce_type"], TYPE_CALL_STATE);
+        assert_eq!(h["ce_subject"], "c-1");
+        assert_eq!(h["ce_time"], "2026-01-01T00:00:00.000Z");
+        assert_eq!(h[headers::EPOCH], "7");
+        assert_eq!(r.key, "c-1");
+    }
+
+    #[test]
+    fn conversation_id_is_escaped() {
+        let m = raw("{}");
+        let r = state_record("a\"b", 1, RecordOrigin::Webhook, &m, &m, None, 0);
+        let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+        assert_eq!(v["conversationSpaceId"], "a\"b");
+    }
+
+    #[test]
+    fn gap_and_completion_records() {
+        let g = gap_record("c", 4, 6, GapCause::Gone, 1);
+        let v: serde_json::Value = serde_json::from_slice(&g.value).unwrap();
+        assert_eq!((v["fromSequence"].as_u64(), v["toSequence"].as_u64()), (Some(4), Some(6)));
+        assert_eq!(v["reason"], "gone");
+        let c = completion_record("c", 9, 1, 1);
+        let v: serde_json::Value = serde_json::from_slice(&c.value).unwrap();
+        assert_eq!(v["complete"], false);
+        assert!(c.headers.contains(&("ce_id", "c:completion".to_string())));
+    }
+}

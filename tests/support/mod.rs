@@ -1,0 +1,3 @@
+//! Shared test harness: real brokers and helpers, no fakes.
+#![allow(dead_code)]
+pub mod tansu;

@@ -1,0 +1,130 @@
+//! A real Kafka broker for tests: one tansu process per test, on a free loopback port, killed
+//! when the handle drops. tansu is installed by `scripts/install-test-deps.sh`.
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running tansu broker.
+pub struct Tansu {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Tansu {
+    /// Starts a broker with in-memory storage and waits until it answers metadata requests.
+    pub fn start() -> Tansu {
+        Self::start_with_storage(None)
+    }
+
+    /// Starts a broker whose data lives in SQLite under `dir` (survives a restart).
+    pub fn start_with_storage(sqlite_dir: Option<&std::path::Path>) -> Tansu {
+        let port = free_port();
+        let dir = TempDir::new("tansu");
+        let workdir = sqlite_dir.map(PathBuf::from).unwrap_or_else(|| dir.0.clone());
+        let storage = if sqlite_dir.is_some() {
+            "sqlite://tansu.db".to_string()
+        } else {
+            "memory://tansu/".to_string()
+        };
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.0.join("tansu.log")).expect("tansu log file");
+        let child = Command::new(tansu_bin())
+            .current_dir(&workdir)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", &storage])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start tansu ({}): {e}; run scripts/install-test-deps.sh",
+                    tansu_bin().display()
+                )
+            });
+        let broker = Tansu {
+            child,
+            port,
+            _dir: dir,
+        };
+        broker.wait_ready();
+        broker
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("log_level", "0")
+            .create()
+            .expect("metadata client");
+        loop {
+            if consumer
+                .fetch_metadata(None, Duration::from_millis(500))
+                .is_ok()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "tansu did not become ready in 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cargo_bin = PathBuf::from(home).join(".cargo/bin/tansu");
+    if cargo_bin.exists() {
+        cargo_bin
+    } else {
+        PathBuf::from("tansu")
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates a fresh directory under the system temp dir.
+    pub fn new(prefix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "callbridge-{prefix}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
