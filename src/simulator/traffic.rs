@@ -1123,3 +1123,590 @@ impl Scenario {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashSet};
+    use std::time::SystemTime;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const BASE: u64 = 1_790_000_000_000;
+
+    fn config() -> TrafficConfig {
+        TrafficConfig {
+            base_time_ms: Some(BASE),
+            ..TrafficConfig::default()
+        }
+    }
+
+    fn calls(config: &TrafficConfig, n: u64) -> Vec<GeneratedCall> {
+        (0..n).map(|i| generate_call(config, BASE, i)).collect()
+    }
+
+    /// Every object key path under `value`, array elements collapsed to `[]`.
+    fn key_paths(value: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    let path = format!("{prefix}.{key}");
+                    out.insert(path.clone());
+                    key_paths(child, &path, out);
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    key_paths(item, &format!("{prefix}[]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn call_paths(call: &GeneratedCall, out: &mut BTreeSet<String>) {
+        key_paths(&call.metadata, "metadata", out);
+        for state in &call.states {
+            key_paths(&state.state, "state", out);
+        }
+    }
+
+    fn participants(state: &GeneratedState) -> &[Value] {
+        state.state["participants"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice)
+    }
+
+    fn ms_since_epoch(timestamp: &str) -> u64 {
+        let parsed = humantime::parse_rfc3339(timestamp).unwrap();
+        parsed.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    }
+
+    /// The structural promises every call keeps, whatever the config.
+    fn check_invariants(config: &TrafficConfig, base: u64, index: u64, call: &GeneratedCall) {
+        let lo = config.min_states.max(2) as usize;
+        let hi = (config.max_states as usize).max(lo);
+        let n = call.states.len();
+        assert!((lo..=hi).contains(&n), "{n} states not in {lo}..={hi}");
+
+        for (i, state) in call.states.iter().enumerate() {
+            assert_eq!(state.sequence_number, i as u64 + 1);
+            assert_eq!(state.state["sequenceNumber"], json!(i as u64 + 1));
+            assert_eq!(state.state["type"], json!(state.state_type));
+            let expected = match i {
+                0 => "STARTING",
+                i if i == n - 1 => "ENDING",
+                _ => "ACTIVE",
+            };
+            assert_eq!(state.state_type, expected);
+        }
+        assert_eq!(call.states[n - 1].state["participants"], json!([]));
+        assert!(call.states[n - 1]
+            .state
+            .get("interactiveVoiceResponseSystems")
+            .is_none());
+        assert!(!participants(&call.states[0]).is_empty());
+        assert_eq!(call.states[0].delay_after_previous, Duration::ZERO);
+
+        let ids: HashSet<&str> = call
+            .states
+            .iter()
+            .map(|s| s.state["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), n, "state ids must be unique");
+
+        assert_eq!(call.metadata["conversationSpaceId"], json!(call.conversation_space_id));
+        assert_eq!(call.metadata["accountKey"], json!(call.account_key));
+        assert_eq!(call.metadata["callCreated"], call.states[0].state["timestamp"]);
+
+        // Timestamps parse, never go backwards, and advance by exactly the reported delays.
+        let start = base
+            .saturating_add(index.saturating_mul(CALL_SPACING_MS))
+            .min(MAX_TIMESTAMP_MS);
+        let mut expected_ms = start;
+        let mut previous = 0;
+        for state in &call.states {
+            expected_ms = expected_ms
+                .saturating_add(state.delay_after_previous.as_millis() as u64)
+                .min(MAX_TIMESTAMP_MS);
+            let ms = ms_since_epoch(state.state["timestamp"].as_str().unwrap());
+            assert_eq!(ms, expected_ms);
+            assert!(ms >= previous);
+            previous = ms;
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn invariants_hold_for_any_config(
+            seed in any::<u64>(),
+            index in any::<u64>(),
+            min_states in 0u32..12,
+            max_states in 0u32..60,
+            mean_ms in 0u64..5_000,
+            base in 0u64..4_000_000_000_000,
+            unknown_fields in any::<bool>(),
+            participant_id in any::<bool>(),
+        ) {
+            let config = TrafficConfig {
+                seed,
+                min_states,
+                max_states,
+                mean_state_interval: Duration::from_millis(mean_ms),
+                unknown_fields,
+                participant_id_field: if participant_id {
+                    ParticipantIdField::ParticipantId
+                } else {
+                    ParticipantIdField::Id
+                },
+                ..TrafficConfig::default()
+            };
+            let call = generate_call(&config, base, index);
+            check_invariants(&config, base, index, &call);
+            prop_assert_eq!(&call, &generate_call(&config, base, index));
+        }
+    }
+
+    #[test]
+    fn default_config_keeps_invariants_over_many_calls() {
+        let config = config();
+        for (index, call) in calls(&config, 500).iter().enumerate() {
+            check_invariants(&config, BASE, index as u64, call);
+        }
+    }
+
+    #[test]
+    fn same_inputs_give_the_same_call_in_any_generation_order() {
+        let config = config();
+        let forward = calls(&config, 20);
+        let backward: Vec<GeneratedCall> = (0..20)
+            .rev()
+            .map(|i| generate_call(&config, BASE, i))
+            .collect();
+        for (i, call) in forward.iter().enumerate() {
+            assert_eq!(call, &backward[19 - i]);
+        }
+    }
+
+    #[test]
+    fn different_indices_and_seeds_give_different_ids() {
+        let config = config();
+        let all = calls(&config, 200);
+        let conversations: HashSet<&str> =
+            all.iter().map(|c| c.conversation_space_id.as_str()).collect();
+        assert_eq!(conversations.len(), all.len());
+        let state_ids: Vec<&str> = all
+            .iter()
+            .flat_map(|c| c.states.iter().map(|s| s.state["id"].as_str().unwrap()))
+            .collect();
+        let unique: HashSet<&str> = state_ids.iter().copied().collect();
+        assert_eq!(unique.len(), state_ids.len());
+
+        let other_seed = TrafficConfig {
+            seed: 43,
+            ..config.clone()
+        };
+        assert_ne!(
+            generate_call(&config, BASE, 0).conversation_space_id,
+            generate_call(&other_seed, BASE, 0).conversation_space_id
+        );
+    }
+
+    #[test]
+    fn ids_are_uuids() {
+        let call = generate_call(&config(), BASE, 3);
+        assert!(uuid::Uuid::parse_str(&call.conversation_space_id).is_ok());
+        for state in &call.states {
+            assert!(uuid::Uuid::parse_str(state.state["id"].as_str().unwrap()).is_ok());
+        }
+    }
+
+    #[test]
+    fn every_account_key_is_used_and_no_other() {
+        let config = config();
+        let used: BTreeSet<String> = calls(&config, 100)
+            .into_iter()
+            .map(|c| c.account_key)
+            .collect();
+        let configured: BTreeSet<String> = config.account_keys.iter().cloned().collect();
+        assert_eq!(used, configured);
+    }
+
+    #[test]
+    fn participant_id_key_follows_the_setting() {
+        for (setting, key, other) in [
+            (ParticipantIdField::Id, "id", "participantId"),
+            (ParticipantIdField::ParticipantId, "participantId", "id"),
+        ] {
+            let config = TrafficConfig {
+                participant_id_field: setting,
+                ..config()
+            };
+            let mut checked = 0;
+            for call in calls(&config, 50) {
+                for state in &call.states {
+                    for participant in participants(state) {
+                        assert!(participant[key].is_string(), "{participant}");
+                        assert!(participant.get(other).is_none(), "{participant}");
+                        checked += 1;
+                    }
+                }
+            }
+            assert!(checked > 100);
+        }
+    }
+
+    #[test]
+    fn originators_point_at_participants_of_the_call() {
+        let config = config();
+        for call in calls(&config, 200) {
+            let mut known: HashSet<String> = HashSet::new();
+            for state in &call.states {
+                for p in participants(state) {
+                    known.insert(p["id"].as_str().unwrap().to_owned());
+                    if let Some(t) = p["status"].get("transferrer") {
+                        known.insert(t["participantId"].as_str().unwrap().to_owned());
+                    }
+                }
+            }
+            for state in &call.states {
+                for p in participants(state) {
+                    assert!(known.contains(p["originator"].as_str().unwrap()), "{p}");
+                }
+                for ivr in state.state["interactiveVoiceResponseSystems"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    assert!(known.contains(ivr["originator"].as_str().unwrap()), "{ivr}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn starting_state_matches_direction() {
+        for call in calls(&config(), 200) {
+            let expected = match call.metadata["direction"].as_str().unwrap() {
+                "INBOUND" => "PHONE_NUMBER",
+                "OUTBOUND" => "LINE",
+                other => panic!("unexpected direction {other}"),
+            };
+            for p in participants(&call.states[0]) {
+                assert_eq!(p["type"]["value"], json!(expected));
+                assert_eq!(p["status"]["value"], json!("RINGING"));
+            }
+            let outbound = call.metadata["direction"] == json!("OUTBOUND");
+            assert_eq!(call.metadata.get("dialString").is_some(), outbound);
+        }
+    }
+
+    #[test]
+    fn warm_transfers_refer_to_both_conversations() {
+        let mut seen = 0;
+        for call in calls(&config(), 300) {
+            for state in &call.states {
+                for p in participants(state) {
+                    let status = &p["status"];
+                    if status["value"] != json!("IN_WARM_TRANSFER") {
+                        continue;
+                    }
+                    seen += 1;
+                    assert_eq!(
+                        status["initiator"]["conversationSpaceId"],
+                        json!(call.conversation_space_id)
+                    );
+                    let consult = &status["transferrer"]["conversationSpaceId"];
+                    assert_eq!(call.metadata["associatedConversations"], json!([consult]));
+                    assert_eq!(status["destination"]["conversationSpaceId"], *consult);
+                    let destination = &status["destination"]["participantId"];
+                    let ringing = participants(state)
+                        .iter()
+                        .find(|q| q["id"] == *destination)
+                        .unwrap();
+                    assert_eq!(ringing["originator"], status["transferrer"]["participantId"]);
+                }
+            }
+        }
+        assert!(seen > 0, "no warm transfer in 300 calls");
+    }
+
+    #[test]
+    fn recordings_keep_their_start_time() {
+        let mut seen = 0;
+        for call in calls(&config(), 200) {
+            let mut starts: Vec<(Value, Value)> = Vec::new();
+            for state in &call.states {
+                for r in state.state["recordings"].as_array().into_iter().flatten() {
+                    seen += 1;
+                    let start = ms_since_epoch(r["startTimestamp"].as_str().unwrap());
+                    assert!(start <= ms_since_epoch(state.state["timestamp"].as_str().unwrap()));
+                    match starts.iter().find(|(id, _)| *id == r["id"]) {
+                        Some((_, first)) => assert_eq!(*first, r["startTimestamp"]),
+                        None => starts.push((r["id"].clone(), r["startTimestamp"].clone())),
+                    }
+                }
+            }
+        }
+        assert!(seen > 0);
+    }
+
+    #[test]
+    fn all_scenarios_and_values_show_up() {
+        let mut statuses = BTreeSet::new();
+        let mut ivr_types = BTreeSet::new();
+        let mut directions = BTreeSet::new();
+        let mut lengths = BTreeSet::new();
+        for call in calls(&config(), 300) {
+            directions.insert(call.metadata["direction"].as_str().unwrap().to_owned());
+            lengths.insert(call.states.len());
+            for state in &call.states {
+                for p in participants(state) {
+                    statuses.insert(p["status"]["value"].as_str().unwrap().to_owned());
+                }
+                for ivr in state.state["interactiveVoiceResponseSystems"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    ivr_types.insert(ivr["type"]["value"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+        let set = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect();
+        assert_eq!(
+            statuses,
+            set(&[
+                "CONNECTED",
+                "DISCONNECTING",
+                "IN_INTERACTIVE_VOICE_RESPONSE",
+                "IN_WARM_TRANSFER",
+                "RINGING"
+            ])
+        );
+        assert_eq!(ivr_types, set(&["CALL_QUEUE", "DIAL_PLAN", "VOICEMAIL"]));
+        assert_eq!(directions, set(&["INBOUND", "OUTBOUND"]));
+        // Short abandoned calls and long IVR walks both occur.
+        assert!(lengths.contains(&3), "{lengths:?}");
+        assert!(lengths.iter().any(|&n| n >= 20), "{lengths:?}");
+    }
+
+    fn has_unknown_field(value: &Value) -> bool {
+        match value {
+            Value::Object(map) => map
+                .iter()
+                .any(|(k, v)| UNKNOWN_FIELD_NAMES.contains(&k.as_str()) || has_unknown_field(v)),
+            Value::Array(items) => items.iter().any(has_unknown_field),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn unknown_fields_appear_in_every_call_when_on_at_every_depth() {
+        let config = config();
+        let mut names = BTreeSet::new();
+        for call in calls(&config, 200) {
+            let mut paths = BTreeSet::new();
+            call_paths(&call, &mut paths);
+            let unknown: Vec<&String> = paths
+                .iter()
+                .filter(|p| UNKNOWN_FIELD_NAMES.iter().any(|n| p.ends_with(&format!(".{n}"))))
+                .collect();
+            assert!(!unknown.is_empty(), "call without unknown fields");
+            for path in unknown {
+                names.insert(path.rsplit('.').next().unwrap().to_owned());
+            }
+        }
+        let all: BTreeSet<String> = UNKNOWN_FIELD_NAMES.iter().map(|n| (*n).to_owned()).collect();
+        assert_eq!(names, all);
+    }
+
+    #[test]
+    fn unknown_fields_never_appear_when_off() {
+        let config = TrafficConfig {
+            unknown_fields: false,
+            ..config()
+        };
+        for call in calls(&config, 300) {
+            assert!(!has_unknown_field(&call.metadata));
+            for state in &call.states {
+                assert!(!has_unknown_field(&state.state), "{}", state.state);
+            }
+        }
+    }
+
+    /// The `content` objects (`metadata` + `state`) of the real-shaped fixtures.
+    fn fixture_contents() -> Vec<(&'static str, Value)> {
+        let files = [
+            (
+                "webhook-inbound-starting",
+                include_str!("../../tests/fixtures/goto/webhook-inbound-starting.json"),
+            ),
+            (
+                "websocket-inbound-starting",
+                include_str!("../../tests/fixtures/goto/websocket-inbound-starting.json"),
+            ),
+            (
+                "guide-outbound-starting",
+                include_str!("../../tests/fixtures/goto/guide-outbound-starting.content.json"),
+            ),
+            (
+                "guide-backfill",
+                include_str!("../../tests/fixtures/goto/guide-backfill-events-response.json"),
+            ),
+            (
+                "outbound-active",
+                include_str!("../../tests/fixtures/goto/webhook-outbound-active-disconnecting.json"),
+            ),
+            (
+                "warm-transfer",
+                include_str!("../../tests/fixtures/goto/webhook-active-warm-transfer.json"),
+            ),
+            (
+                "voicemail",
+                include_str!("../../tests/fixtures/goto/webhook-active-voicemail.json"),
+            ),
+            ("ending", include_str!("../../tests/fixtures/goto/webhook-ending.json")),
+        ];
+        let mut contents = Vec::new();
+        for (name, text) in files {
+            let body: Value = serde_json::from_str(text).unwrap();
+            let notification = body.get("data").unwrap_or(&body);
+            if let Some(states) = notification.get("states").and_then(Value::as_array) {
+                for state in states {
+                    contents.push((
+                        name,
+                        json!({ "metadata": notification["metadata"], "state": state }),
+                    ));
+                }
+            } else {
+                let content = notification.get("content").unwrap_or(notification);
+                contents.push((name, content.clone()));
+            }
+        }
+        contents
+    }
+
+    /// Both directions of the shape contract with the real-shaped fixtures: the generator
+    /// produces every key path they contain, and (unknown fields off) nothing else.
+    #[test]
+    fn generated_shapes_match_the_fixtures() {
+        let mut fixture_paths = BTreeSet::new();
+        for (name, content) in fixture_contents() {
+            assert!(content["metadata"].is_object(), "{name}");
+            assert!(content["state"].is_object(), "{name}");
+            key_paths(&content["metadata"], "metadata", &mut fixture_paths);
+            key_paths(&content["state"], "state", &mut fixture_paths);
+        }
+
+        let mut generated = BTreeSet::new();
+        for setting in [ParticipantIdField::Id, ParticipantIdField::ParticipantId] {
+            let config = TrafficConfig {
+                unknown_fields: false,
+                participant_id_field: setting,
+                ..config()
+            };
+            for call in calls(&config, 300) {
+                call_paths(&call, &mut generated);
+            }
+        }
+        let missing: Vec<&String> = fixture_paths.difference(&generated).collect();
+        assert!(missing.is_empty(), "never generated: {missing:?}");
+        let extra: Vec<&String> = generated.difference(&fixture_paths).collect();
+        assert!(extra.is_empty(), "not in any fixture: {extra:?}");
+    }
+
+    #[test]
+    fn delays_average_around_the_mean() {
+        let config = config();
+        let delays: Vec<Duration> = calls(&config, 300)
+            .iter()
+            .flat_map(|c| c.states.iter().skip(1).map(|s| s.delay_after_previous))
+            .collect();
+        let mean_ms = delays.iter().map(Duration::as_millis).sum::<u128>() / delays.len() as u128;
+        assert!((150..=250).contains(&mean_ms), "mean {mean_ms} ms");
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(2_000)));
+        assert!(delays.iter().any(|d| *d < Duration::from_millis(50)));
+
+        let instant = TrafficConfig {
+            mean_state_interval: Duration::ZERO,
+            ..config
+        };
+        for call in calls(&instant, 20) {
+            assert!(call.states.iter().all(|s| s.delay_after_previous.is_zero()));
+        }
+    }
+
+    #[test]
+    fn calls_are_spaced_by_index() {
+        let config = config();
+        let first = generate_call(&config, BASE, 0);
+        let tenth = generate_call(&config, BASE, 10);
+        let created = |c: &GeneratedCall| ms_since_epoch(c.metadata["callCreated"].as_str().unwrap());
+        assert_eq!(created(&first), BASE);
+        assert_eq!(created(&tenth), BASE + 10 * CALL_SPACING_MS);
+    }
+
+    #[test]
+    fn degenerate_configs_do_not_panic() {
+        let tiny = TrafficConfig {
+            min_states: 0,
+            max_states: 0,
+            account_keys: Vec::new(),
+            mean_state_interval: Duration::MAX,
+            ..config()
+        };
+        for index in [0, 1, u64::MAX] {
+            let call = generate_call(&tiny, u64::MAX, index);
+            assert_eq!(call.states.len(), 2);
+            assert!(default_account_keys().contains(&call.account_key));
+            check_invariants(&tiny, u64::MAX, index, &call);
+            let ts = call.states[1].state["timestamp"].as_str().unwrap();
+            assert!(humantime::parse_rfc3339(ts).unwrap() > SystemTime::UNIX_EPOCH);
+        }
+
+        let inverted = TrafficConfig {
+            min_states: 12,
+            max_states: 5,
+            ..config()
+        };
+        for call in calls(&inverted, 30) {
+            assert_eq!(call.states.len(), 12);
+        }
+
+        let exact = TrafficConfig {
+            min_states: 3,
+            max_states: 3,
+            ..config()
+        };
+        for call in calls(&exact, 50) {
+            assert_eq!(call.states.len(), 3);
+        }
+    }
+
+    #[test]
+    fn config_deserialises_with_defaults_and_rejects_unknown_keys() {
+        let parsed: TrafficConfig = serde_json::from_str(
+            r#"{"seed": 7, "mean_state_interval": "1s 500ms",
+                "participant_id_field": "participantId"}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.seed, 7);
+        assert_eq!(parsed.mean_state_interval, Duration::from_millis(1_500));
+        assert_eq!(parsed.participant_id_field, ParticipantIdField::ParticipantId);
+        assert_eq!(parsed.account_keys, default_account_keys());
+        assert_eq!((parsed.min_states, parsed.max_states), (3, 40));
+        assert!(parsed.unknown_fields);
+        assert_eq!(parsed.base_time_ms, None);
+
+        let round_trip: TrafficConfig =
+            serde_json::from_str(&serde_json::to_string(&parsed).unwrap()).unwrap();
+        assert_eq!(round_trip.mean_state_interval, parsed.mean_state_interval);
+
+        assert!(serde_json::from_str::<TrafficConfig>(r#"{"sed": 7}"#).is_err());
+        assert!(
+            serde_json::from_str::<TrafficConfig>(r#"{"participant_id_field": "uuid"}"#).is_err()
+        );
+    }
+}
