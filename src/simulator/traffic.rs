@@ -1216,9 +1216,15 @@ mod tests {
             .collect();
         assert_eq!(ids.len(), n, "state ids must be unique");
 
-        assert_eq!(call.metadata["conversationSpaceId"], json!(call.conversation_space_id));
+        assert_eq!(
+            call.metadata["conversationSpaceId"],
+            json!(call.conversation_space_id)
+        );
         assert_eq!(call.metadata["accountKey"], json!(call.account_key));
-        assert_eq!(call.metadata["callCreated"], call.states[0].state["timestamp"]);
+        assert_eq!(
+            call.metadata["callCreated"],
+            call.states[0].state["timestamp"]
+        );
 
         // Timestamps parse, never go backwards, and advance by exactly the reported delays.
         let start = base
@@ -1293,8 +1299,10 @@ mod tests {
     fn different_indices_and_seeds_give_different_ids() {
         let config = config();
         let all = calls(&config, 200);
-        let conversations: HashSet<&str> =
-            all.iter().map(|c| c.conversation_space_id.as_str()).collect();
+        let conversations: HashSet<&str> = all
+            .iter()
+            .map(|c| c.conversation_space_id.as_str())
+            .collect();
         assert_eq!(conversations.len(), all.len());
         let state_ids: Vec<&str> = all
             .iter()
@@ -1425,7 +1433,10 @@ mod tests {
                         .iter()
                         .find(|q| q["id"] == *destination)
                         .unwrap();
-                    assert_eq!(ringing["originator"], status["transferrer"]["participantId"]);
+                    assert_eq!(
+                        ringing["originator"],
+                        status["transferrer"]["participantId"]
+                    );
                 }
             }
         }
@@ -1511,14 +1522,21 @@ mod tests {
             call_paths(&call, &mut paths);
             let unknown: Vec<&String> = paths
                 .iter()
-                .filter(|p| UNKNOWN_FIELD_NAMES.iter().any(|n| p.ends_with(&format!(".{n}"))))
+                .filter(|p| {
+                    UNKNOWN_FIELD_NAMES
+                        .iter()
+                        .any(|n| p.ends_with(&format!(".{n}")))
+                })
                 .collect();
             assert!(!unknown.is_empty(), "call without unknown fields");
             for path in unknown {
                 names.insert(path.rsplit('.').next().unwrap().to_owned());
             }
         }
-        let all: BTreeSet<String> = UNKNOWN_FIELD_NAMES.iter().map(|n| (*n).to_owned()).collect();
+        let all: BTreeSet<String> = UNKNOWN_FIELD_NAMES
+            .iter()
+            .map(|n| (*n).to_owned())
+            .collect();
         assert_eq!(names, all);
     }
 
@@ -1557,7 +1575,9 @@ mod tests {
             ),
             (
                 "outbound-active",
-                include_str!("../../tests/fixtures/goto/webhook-outbound-active-disconnecting.json"),
+                include_str!(
+                    "../../tests/fixtures/goto/webhook-outbound-active-disconnecting.json"
+                ),
             ),
             (
                 "warm-transfer",
@@ -1567,7 +1587,10 @@ mod tests {
                 "voicemail",
                 include_str!("../../tests/fixtures/goto/webhook-active-voicemail.json"),
             ),
-            ("ending", include_str!("../../tests/fixtures/goto/webhook-ending.json")),
+            (
+                "ending",
+                include_str!("../../tests/fixtures/goto/webhook-ending.json"),
+            ),
         ];
         let mut contents = Vec::new();
         for (name, text) in files {
@@ -1643,7 +1666,8 @@ mod tests {
         let config = config();
         let first = generate_call(&config, BASE, 0);
         let tenth = generate_call(&config, BASE, 10);
-        let created = |c: &GeneratedCall| ms_since_epoch(c.metadata["callCreated"].as_str().unwrap());
+        let created =
+            |c: &GeneratedCall| ms_since_epoch(c.metadata["callCreated"].as_str().unwrap());
         assert_eq!(created(&first), BASE);
         assert_eq!(created(&tenth), BASE + 10 * CALL_SPACING_MS);
     }
@@ -1694,7 +1718,10 @@ mod tests {
         .unwrap();
         assert_eq!(parsed.seed, 7);
         assert_eq!(parsed.mean_state_interval, Duration::from_millis(1_500));
-        assert_eq!(parsed.participant_id_field, ParticipantIdField::ParticipantId);
+        assert_eq!(
+            parsed.participant_id_field,
+            ParticipantIdField::ParticipantId
+        );
         assert_eq!(parsed.account_keys, default_account_keys());
         assert_eq!((parsed.min_states, parsed.max_states), (3, 40));
         assert!(parsed.unknown_fields);
