@@ -54,7 +54,7 @@ const MAX_DELAY_FACTOR: f64 = 10.0;
 const CALL_STREAM_TAG: &[u8; 16] = b"callbridge-call\0";
 const DIRECTORY_STREAM_TAG: &[u8; 16] = b"callbridge-dir\0\0";
 
-/// Settings of the traffic generator (the `[simulator.traffic]` part of the simulator config).
+/// Settings of the traffic generator; the simulator embeds this in its own config.
 #[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrafficConfig {
