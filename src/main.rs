@@ -1,2 +1,89 @@
 //! The `callbridge` binary: a thin command line over the library.
-fn main() {}
+//!
+//! Exit codes: 0 success, 1 runtime failure (or an imperfect demo stream), 64 bad usage or
+//! configuration (`EX_USAGE`).
+
+use callbridge::config::{BridgeConfig, LoadError};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "callbridge", version, about = "GoTo Connect call events → gap-free, ordered Kafka streams")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge.
+    Run {
+        /// Configuration file (TOML); `CALLBRIDGE_*` environment variables override it.
+        #[arg(long, short, env = "CALLBRIDGE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration and explain every problem.
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(long, short, env = "CALLBRIDGE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run a local GoTo Connect simulator.
+    Simulate(callbridge::simulator::cli::SimulateArgs),
+    /// Run the whole pipeline on embedded defaults and verify the stream it produced.
+    Demo(callbridge::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match BridgeConfig::load(config.as_deref()) {
+            Ok(_) => {
+                println!("configuration is valid");
+                ExitCode::SUCCESS
+            }
+            Err(e) => usage_error(&e),
+        },
+        Command::Run { config } => {
+            let config = match BridgeConfig::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => return usage_error(&e),
+            };
+            callbridge::telemetry::init(&config.log.format, &config.log.level);
+            runtime().block_on(async {
+                match callbridge::app::run(config, callbridge::telemetry::shutdown_signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!(error = %e, "callbridge stopped");
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Simulate(args) => {
+            callbridge::telemetry::init("human", "info");
+            runtime().block_on(callbridge::simulator::cli::run(args))
+        }
+        Command::Demo(args) => {
+            callbridge::telemetry::init("human", "warn");
+            runtime().block_on(callbridge::demo::run(args))
+        }
+    }
+}
+
+fn usage_error(e: &LoadError) -> ExitCode {
+    eprintln!("configuration error:\n{e}");
+    ExitCode::from(64)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}

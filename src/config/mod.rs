@@ -5,6 +5,9 @@
 
 use std::fmt;
 
+pub mod bridge;
+pub use bridge::{BridgeConfig, LoadError};
+
 /// One bad setting.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Invalid {

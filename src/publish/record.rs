@@ -74,6 +74,8 @@ pub struct OrderedRecord {
 pub mod headers {
     /// Sequence number (state) or first sequence (gap) or last sequence (completion).
     pub const SEQUENCE: &str = "callbridge-sequence";
+    /// Last sequence of a gap record's range.
+    pub const SEQUENCE_END: &str = "callbridge-sequence-end";
     /// `webhook`, `websocket`, `backfill` (state records only).
     pub const ORIGIN: &str = "callbridge-origin";
     /// Takeover epoch of the writer, for auditing zombie writes.
@@ -165,6 +167,7 @@ pub fn gap_record(
     );
     headers.push((headers::KIND, "gap".into()));
     headers.push((headers::SEQUENCE, from.to_string()));
+    headers.push((headers::SEQUENCE_END, to.to_string()));
     headers.push((headers::EPOCH, epoch.to_string()));
     OrderedRecord {
         key: conversation.to_string(),

@@ -1,0 +1,291 @@
+//! `callbridge run`: wires config, GoTo, ingest, the sequencer and the admin endpoints together
+//! and shuts them down in order.
+//!
+//! Start-up order matters: topics are checked first (nothing is accepted that cannot be written),
+//! the webhook server listens before the channel is created (GoTo verifies the URL at creation),
+//! and the sequencer starts independently of the GoTo side (it only needs Kafka and the REST API).
+//! Shutdown is the reverse: readiness goes false, the webhook stops accepting, what was accepted
+//! is flushed, the sequencer drains, checkpoints and leaves the group.
+
+use crate::channel::{self, ChannelKeeper, ChannelState, DesiredChannel};
+use crate::config::bridge::ChannelKind;
+use crate::config::BridgeConfig;
+use crate::goto::{Credential, GotoClient, GotoClientConfig, GotoError, WebSocketTypeSpelling};
+use crate::ingest::{webhook, Ingest, RawWriter};
+use crate::kafka::{ensure_topics, TopicError};
+use crate::ops::{self, Readiness};
+use crate::sequencer::shell::{self, ShellConfig, ShellStats};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Why the bridge could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Topics missing, not co-partitioned, broker unreachable.
+    #[error(transparent)]
+    Topics(#[from] TopicError),
+    /// The GoTo client could not be built.
+    #[error("GoTo client: {0}")]
+    Goto(#[from] GotoError),
+    /// The channel or subscriptions could not be set up for a reason retrying cannot fix.
+    #[error(transparent)]
+    Channel(#[from] channel::ChannelError),
+    /// Kafka client creation failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}; change the address or free the port")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Pre-bound listeners (tests and the demo bind port 0 first to learn the port).
+#[derive(Default)]
+pub struct Listeners {
+    /// Webhook listener; `webhook.listen` is bound when `None`.
+    pub webhook: Option<TcpListener>,
+    /// Admin listener; `admin.listen` is bound when `None`.
+    pub admin: Option<TcpListener>,
+}
+
+/// A running bridge, for the demo and tests to observe.
+pub struct RunningBridge {
+    /// Where the webhook server listens.
+    pub webhook_addr: Option<SocketAddr>,
+    /// Where `/metrics`, `/healthz`, `/readyz` listen.
+    pub admin_addr: SocketAddr,
+    /// The channel's state.
+    pub channel: watch::Receiver<ChannelState>,
+    /// The sequencer's counters.
+    pub sequencer: Arc<ShellStats>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    sequencer_handle: Option<shell::SequencerHandle>,
+    ingest: Ingest,
+    readiness: Readiness,
+    drain_timeout: Duration,
+}
+
+/// Builds the GoTo client from `[goto]`.
+pub fn goto_client(config: &BridgeConfig) -> Result<GotoClient, GotoError> {
+    let g = &config.goto;
+    let credential = if g.personal_access_token.is_empty() {
+        Credential::RefreshToken(g.refresh_token.clone())
+    } else {
+        Credential::PersonalAccessToken(g.personal_access_token.clone())
+    };
+    let mut c = GotoClientConfig::new(g.client_id.clone(), g.client_secret.clone(), credential);
+    c.api_base_url = g.api_base_url.clone();
+    c.auth_base_url = g.auth_base_url.clone();
+    c.requests_per_second_per_api = g.requests_per_second;
+    c.websocket_channel_type = if config.channel.websocket_type == "WebSocket" {
+        WebSocketTypeSpelling::WebSocket
+    } else {
+        WebSocketTypeSpelling::WebSockets
+    };
+    GotoClient::new(c)
+}
+
+async fn bind(pre: Option<TcpListener>, addr: SocketAddr) -> Result<TcpListener, AppError> {
+    match pre {
+        Some(l) => Ok(l),
+        None => TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Bind { addr, source }),
+    }
+}
+
+/// Starts everything; returns once the bridge is up (channel set up, sequencer started).
+pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<RunningBridge, AppError> {
+    let layout = ensure_topics(&config.kafka).await?;
+    tracing::info!(partitions = layout.partitions, "kafka topics ready");
+    let client = goto_client(&config)?;
+    let ingest = Ingest::new(RawWriter::new(&config.kafka)?);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (channel_tx, channel_rx) = watch::channel(ChannelState::Starting);
+    let mut tasks = Vec::new();
+    let readiness = Readiness::new(channel_rx.clone());
+
+    let admin_listener = bind(listeners.admin, config.admin.listen).await?;
+    let admin_addr = admin_listener.local_addr().map_err(|source| AppError::Bind {
+        addr: config.admin.listen,
+        source,
+    })?;
+    tasks.push(tokio::spawn(ops::serve(admin_listener, readiness.clone(), stop_rx.clone())));
+
+    let shell_config = ShellConfig {
+        kafka: config.kafka.clone(),
+        sequencer: config.sequencer.clone(),
+        checkpoint_interval: config.sequencer_io.checkpoint_interval,
+        takeover_timeout: config.sequencer_io.takeover_timeout,
+        backfill_concurrency: config.sequencer_io.backfill_concurrency,
+        member: member_name(),
+    };
+    let sequencer_handle = shell::spawn(
+        shell_config,
+        Arc::new(client.clone()),
+        tokio::runtime::Handle::current(),
+    );
+    let sequencer = sequencer_handle.stats.clone();
+    readiness.set_sequencer(sequencer.clone());
+
+    let mut webhook_addr = None;
+    match config.channel.kind {
+        ChannelKind::Webhook => {
+            let listener = bind(listeners.webhook, config.webhook.listen).await?;
+            webhook_addr = listener.local_addr().ok();
+            let router = webhook::router(
+                ingest.clone(),
+                &config.webhook.path_prefix,
+                config.webhook.secret.clone(),
+            );
+            let mut stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stop.changed().await;
+                };
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "webhook server failed");
+                }
+            }));
+            let url = format!(
+                "{}/{}",
+                config.webhook.public_url.trim_end_matches('/'),
+                config.webhook.secret.expose()
+            );
+            let keeper = ChannelKeeper::new(
+                client.clone(),
+                config.channel.nickname.clone(),
+                DesiredChannel::Webhook {
+                    url: crate::secret::Secret::new(url),
+                },
+                config.goto.account_keys.clone(),
+                config.goto.events.clone(),
+            );
+            let channel = set_up_with_retry(&keeper, &config).await?;
+            let _ = channel_tx.send(ChannelState::Ready(channel.channel_id.clone()));
+            tasks.push(tokio::spawn(channel::repair_loop(
+                keeper,
+                channel,
+                config.channel.repair_interval,
+                channel_tx,
+                stop_rx.clone(),
+            )));
+        }
+        ChannelKind::Websocket => {
+            let keeper = ChannelKeeper::new(
+                client.clone(),
+                config.channel.nickname.clone(),
+                DesiredChannel::WebSocket,
+                config.goto.account_keys.clone(),
+                config.goto.events.clone(),
+            );
+            let ingest = ingest.clone();
+            let settings = config.channel.clone();
+            let stop = stop_rx.clone();
+            let mut ready = channel_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) =
+                    channel::websocket::run(keeper, ingest, settings, channel_tx, stop).await
+                {
+                    tracing::error!(error = %e, "WebSocket channel stopped");
+                }
+            }));
+            // Start-up completes when the socket is up or set-up failed for good.
+            loop {
+                match &*ready.borrow_and_update() {
+                    ChannelState::Ready(_) => break,
+                    ChannelState::Failed(e) => {
+                        return Err(AppError::Channel(channel::ChannelError::Goto {
+                            context: "setting up the WebSocket channel",
+                            source: GotoError::Config { detail: e.clone() },
+                        }))
+                    }
+                    _ => {}
+                }
+                if ready.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(RunningBridge {
+        webhook_addr,
+        admin_addr,
+        channel: channel_rx,
+        sequencer,
+        stop: stop_tx,
+        tasks,
+        sequencer_handle: Some(sequencer_handle),
+        ingest,
+        readiness,
+        drain_timeout: Duration::from_secs(20),
+    })
+}
+
+async fn set_up_with_retry(
+    keeper: &ChannelKeeper,
+    config: &BridgeConfig,
+) -> Result<crate::goto::Channel, AppError> {
+    let mut delay = config.channel.reconnect_base;
+    loop {
+        let attempt = async {
+            let c = keeper.ensure_channel().await?;
+            keeper.ensure_subscriptions(&c).await?;
+            Ok::<_, channel::ChannelError>(c)
+        };
+        match attempt.await {
+            Ok(c) => return Ok(c),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, ?delay, "channel set-up failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(config.channel.reconnect_max);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn member_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "callbridge".into());
+    format!("{host}/{}", std::process::id())
+}
+
+impl RunningBridge {
+    /// Stops in order: not ready, no new webhooks, flush accepted, drain the sequencer.
+    pub async fn shutdown(mut self) {
+        self.readiness.set_draining();
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(self.drain_timeout, t).await;
+        }
+        let writer = self.ingest.writer().clone();
+        let timeout = self.drain_timeout;
+        let _ = tokio::task::spawn_blocking(move || writer.flush(timeout)).await;
+        if let Some(h) = self.sequencer_handle.take() {
+            let _ = tokio::task::spawn_blocking(move || h.shutdown()).await;
+        }
+    }
+}
+
+/// `callbridge run`: starts, waits for `shutdown`, stops.
+pub async fn run(config: BridgeConfig, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    let bridge = start(config, Listeners::default()).await?;
+    tracing::info!(webhook = ?bridge.webhook_addr, admin = %bridge.admin_addr, "callbridge running");
+    shutdown.await;
+    tracing::info!("shutting down");
+    bridge.shutdown().await;
+    Ok(())
+}

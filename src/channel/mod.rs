@@ -1,0 +1,57 @@
+//! The GoTo side: the notification channel and its subscriptions, kept alive.
+//!
+//! - [`keeper`]: find-or-create, subscribe (checking every 207 item), refresh, recreate, repair.
+//! - [`websocket`]: the WebSocket session (pings, reconnects, control messages).
+//!
+//! The webhook side has no session: the HTTP server lives in [`crate::ingest::webhook`], and the
+//! keeper's repair loop is all it needs.
+
+pub mod keeper;
+pub mod websocket;
+
+pub use keeper::{ChannelError, ChannelKeeper, DesiredChannel, Repair};
+
+/// What readiness reports about the channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChannelState {
+    /// Not set up yet.
+    Starting,
+    /// Channel and subscriptions in place (WebSocket: connected); holds the channel id.
+    Ready(String),
+    /// Temporarily down, being repaired; holds the reason.
+    Down(String),
+    /// A permanent problem stopped it; holds the error.
+    Failed(String),
+}
+
+/// Repairs the channel every `interval` until `shutdown`; webhook mode's keep-alive.
+pub async fn repair_loop(
+    keeper: ChannelKeeper,
+    mut channel: crate::goto::Channel,
+    interval: std::time::Duration,
+    state: tokio::sync::watch::Sender<ChannelState>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        match keeper.repair(&mut channel).await {
+            Ok(Repair::Healthy) => {
+                let _ = state.send(ChannelState::Ready(channel.channel_id.clone()));
+            }
+            Ok(r) => {
+                metrics::counter!("callbridge_channel_repairs_total").increment(1);
+                tracing::warn!(repair = ?r, "channel repaired");
+                let _ = state.send(ChannelState::Ready(channel.channel_id.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "channel repair failed; will retry");
+                let _ = state.send(ChannelState::Down(e.to_string()));
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The WebSocket notification channel: connect, keep alive, refresh, recreate, reconnect.
+//!
+//! GoTo's own demos ping every 8 s and reconnect after three unanswered pings; they PUT-refresh
+//! the channel on `WEBSOCKET_REFRESH_REQUIRED` and tear everything down and recreate it on
+//! `WEBSOCKET_TO_BE_CLOSED`. callbridge does the same, also refreshes ahead of `channelLifetime`
+//! on its own (the warning frame may be lost), and recreates the channel when a refresh fails.
+//! Frames are written to Kafka concurrently (bounded); a frame Kafka cannot take is lost from the
+//! socket's point of view and comes back through back-fill, which is why it is only logged.
+
+use super::keeper::{ChannelError, ChannelKeeper};
+use super::ChannelState;
+use crate::config::bridge::ChannelSettings;
+use crate::goto::Channel;
+use crate::ingest::{Accepted, Ingest, Transport};
+use crate::notification::ControlMessage;
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Frames being written to Kafka at once.
+const MAX_FRAMES_IN_FLIGHT: usize = 1024;
+
+/// Why a session ended.
+#[derive(Debug)]
+enum SessionEnd {
+    /// Shutdown requested.
+    Shutdown,
+    /// Reconnect to the same channel (socket closed, pongs missed).
+    Reconnect(&'static str),
+    /// Recreate the channel (to-be-closed, refresh failed).
+    Recreate(&'static str),
+}
+
+/// Runs the WebSocket channel until `shutdown` turns true. Returns an error only for permanent
+/// problems (bad credentials, refused subscriptions): everything else is retried.
+pub async fn run(
+    keeper: ChannelKeeper,
+    ingest: Ingest,
+    settings: ChannelSettings,
+    state: watch::Sender<ChannelState>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ChannelError> {
+    let mut backoff = settings.reconnect_base;
+    let mut channel: Option<Channel> = None;
+    let mut recreate = false;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        // 1. A channel with subscriptions.
+        let ready = match (&channel, recreate) {
+            (Some(c), true) => keeper.recreate(Some(c)).await,
+            (None, _) => match keeper.ensure_channel().await {
+                Ok(c) => keeper.ensure_subscriptions(&c).await.map(|_| c),
+                Err(e) => Err(e),
+            },
+            (Some(c), false) => Ok(c.clone()),
+        };
+        let current = match ready {
+            Ok(c) => c,
+            Err(e) if !e.is_transient() => {
+                let _ = state.send(ChannelState::Failed(e.to_string()));
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, ?backoff, "channel set-up failed; retrying");
+                let _ = state.send(ChannelState::Down("channel set-up failed".into()));
+                wait_or_shutdown(backoff, &mut shutdown).await;
+                backoff = (backoff * 2).min(settings.reconnect_max);
+                continue;
+            }
+        };
+        recreate = false;
+        channel = Some(current.clone());
+        // 2. A socket on it.
+        let end = session(&keeper, &ingest, &settings, current, &state, &mut shutdown, &mut channel).await;
+        match end {
+            SessionEnd::Shutdown => return Ok(()),
+            SessionEnd::Reconnect(why) => {
+                metrics::counter!("callbridge_channel_reconnects_total", "reason" => why).increment(1);
+                tracing::warn!(reason = why, ?backoff, "WebSocket reconnecting");
+                let _ = state.send(ChannelState::Down(why.into()));
+                wait_or_shutdown(backoff, &mut shutdown).await;
+                backoff = (backoff * 2).min(settings.reconnect_max);
+            }
+            SessionEnd::Recreate(why) => {
+                metrics::counter!("callbridge_channel_reconnects_total", "reason" => why).increment(1);
+                tracing::warn!(reason = why, "recreating the notification channel");
+                let _ = state.send(ChannelState::Down(why.into()));
+                recreate = true;
+                backoff = settings.reconnect_base;
+            }
+        }
+    }
+}
+
+async fn wait_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+fn refresh_deadline(channel: &Channel, margin: Duration) -> Instant {
+    // Webhook-like huge lifetimes and absent ones: no proactive refresh needed (check hourly).
+    let lifetime = channel.lifetime_secs.unwrap_or(3600).min(86_400);
+    let lifetime = Duration::from_secs(lifetime);
+    let at = lifetime.saturating_sub(margin).max(lifetime / 2);
+    Instant::now() + at
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    keeper: &ChannelKeeper,
+    ingest: &Ingest,
+    settings: &ChannelSettings,
+    mut current: Channel,
+    state: &watch::Sender<ChannelState>,
+    shutdown: &mut watch::Receiver<bool>,
+    channel_slot: &mut Option<Channel>,
+) -> SessionEnd {
+    let Some(url) = current.kind.url().map(str::to_string) else {
+        return SessionEnd::Recreate("no_channel_url");
+    };
+    let (ws, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            tracing::warn!(error = %e, "WebSocket connect failed");
+            // A channel whose socket cannot be opened may be gone: make the next round check.
+            *channel_slot = None;
+            return SessionEnd::Reconnect("connect_failed");
+        }
+    };
+    tracing::info!(channel_id = %current.channel_id, "WebSocket connected");
+    let _ = state.send(ChannelState::Ready(current.channel_id.clone()));
+    let (mut sink, mut stream) = ws.split();
+    let (control_tx, mut control_rx) = mpsc::unbounded_channel::<ControlMessage>();
+    let permits = Arc::new(Semaphore::new(MAX_FRAMES_IN_FLIGHT));
+    let mut ping = tokio::time::interval(settings.ping_interval);
+    ping.tick().await;
+    let mut missed = 0u32;
+    let mut refresh_at = refresh_deadline(&current, settings.refresh_margin);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                let _ = sink.send(Message::Close(None)).await;
+                return SessionEnd::Shutdown;
+            }
+            frame = stream.next() => match frame {
+                Some(Ok(Message::Text(text))) => {
+                    metrics::counter!("callbridge_notifications_received_total", "transport" => "websocket").increment(1);
+                    let Ok(permit) = permits.clone().acquire_owned().await else { return SessionEnd::Shutdown };
+                    let ingest = ingest.clone();
+                    let control_tx = control_tx.clone();
+                    let body = bytes::Bytes::from(text);
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        match ingest.accept(&body, Transport::WebSocket).await {
+                            Ok(Accepted::Control(c)) => { let _ = control_tx.send(c); }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "a WebSocket notification could not be written to Kafka; back-fill will recover it"),
+                        }
+                    });
+                }
+                Some(Ok(Message::Binary(bin))) => {
+                    tracing::warn!(bytes = bin.len(), "unexpected binary WebSocket frame ignored");
+                }
+                Some(Ok(Message::Pong(_))) => missed = 0,
+                Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Close(_))) | None => return SessionEnd::Reconnect("closed_by_server"),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "WebSocket error");
+                    return SessionEnd::Reconnect("socket_error");
+                }
+            },
+            _ = ping.tick() => {
+                if missed >= settings.max_missed_pongs {
+                    return SessionEnd::Reconnect("pong_timeout");
+                }
+                missed += 1;
+                if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    return SessionEnd::Reconnect("socket_error");
+                }
+            }
+            Some(control) = control_rx.recv() => match control {
+                ControlMessage::RefreshRequired => {
+                    tracing::info!("WEBSOCKET_REFRESH_REQUIRED received");
+                    match keeper.refresh(&current).await {
+                        Ok(c) => {
+                            refresh_at = refresh_deadline(&c, settings.refresh_margin);
+                            current = c;
+                            *channel_slot = Some(current.clone());
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "channel refresh failed");
+                            return SessionEnd::Recreate("refresh_failed");
+                        }
+                    }
+                }
+                ControlMessage::ToBeClosed => return SessionEnd::Recreate("to_be_closed"),
+                ControlMessage::Other(kind) => tracing::info!(%kind, "unknown channel control message ignored"),
+            },
+            _ = sleep_until(refresh_at) => {
+                match keeper.refresh(&current).await {
+                    Ok(c) => {
+                        refresh_at = refresh_deadline(&c, settings.refresh_margin);
+                        current = c;
+                        *channel_slot = Some(current.clone());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "proactive channel refresh failed");
+                        return SessionEnd::Recreate("refresh_failed");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! The bridge's configuration: `config.toml`, then `CALLBRIDGE_*` environment variables, then
+//! secret files.
+//!
+//! Nested keys map to environment variables with `__` between levels
+//! (`kafka.topics.raw` ↔ `CALLBRIDGE_KAFKA__TOPICS__RAW`). Secrets never need to be in the TOML:
+//! each one can come from its environment variable or from a `*_file` key pointing at a mounted
+//! file. [`BridgeConfig::validate`] reports every bad key at once, with the value and the fix.
+
+use super::{Invalid, InvalidReport};
+use crate::kafka::KafkaConfig;
+use crate::secret::Secret;
+use crate::sequencer::SequencerConfig;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration of `callbridge run`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// `[goto]`: credentials, API hosts, account keys.
+    pub goto: GotoSettings,
+    /// `[channel]`: the notification channel callbridge owns.
+    pub channel: ChannelSettings,
+    /// `[webhook]`: the HTTP receiver (webhook channels).
+    pub webhook: WebhookSettings,
+    /// `[kafka]`: brokers, security, topics.
+    pub kafka: KafkaConfig,
+    /// `[sequencer]`: gap timeout, back-fill limits, retention of closed calls.
+    pub sequencer: SequencerConfig,
+    /// `[sequencer_io]`: checkpointing and takeover of the sequencer's Kafka side.
+    pub sequencer_io: SequencerIoSettings,
+    /// `[admin]`: metrics and health endpoints.
+    pub admin: AdminSettings,
+    /// `[log]`: format and level.
+    pub log: LogSettings,
+}
+
+/// `[goto]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GotoSettings {
+    /// REST API base URL.
+    pub api_base_url: String,
+    /// OAuth base URL (`/oauth/token` is appended).
+    pub auth_base_url: String,
+    /// OAuth client id.
+    pub client_id: String,
+    /// OAuth client secret (`CALLBRIDGE_GOTO__CLIENT_SECRET` or `client_secret_file`).
+    pub client_secret: Secret,
+    /// File holding the client secret.
+    pub client_secret_file: Option<PathBuf>,
+    /// Personal access token (`CALLBRIDGE_GOTO__PERSONAL_ACCESS_TOKEN` or `..._file`).
+    pub personal_access_token: Secret,
+    /// File holding the personal access token.
+    pub personal_access_token_file: Option<PathBuf>,
+    /// Refresh token, used when no personal access token is set.
+    pub refresh_token: Secret,
+    /// File holding the refresh token.
+    pub refresh_token_file: Option<PathBuf>,
+    /// Account keys to subscribe (decimal strings).
+    pub account_keys: Vec<String>,
+    /// Call-event types to subscribe to.
+    pub events: Vec<String>,
+    /// Client-side limit of requests per second per GoTo API.
+    pub requests_per_second: u32,
+}
+
+impl Default for GotoSettings {
+    fn default() -> Self {
+        Self {
+            api_base_url: "https://api.goto.com".into(),
+            auth_base_url: "https://authentication.logmeininc.com".into(),
+            client_id: String::new(),
+            client_secret: Secret::default(),
+            client_secret_file: None,
+            personal_access_token: Secret::default(),
+            personal_access_token_file: None,
+            refresh_token: Secret::default(),
+            refresh_token_file: None,
+            account_keys: Vec::new(),
+            events: vec!["STARTING".into(), "ACTIVE".into(), "ENDING".into()],
+            requests_per_second: 10,
+        }
+    }
+}
+
+/// How notifications reach callbridge.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    /// GoTo POSTs to `webhook.public_url`.
+    Webhook,
+    /// callbridge holds a WebSocket to GoTo.
+    Websocket,
+}
+
+/// `[channel]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelSettings {
+    /// `webhook` or `websocket`.
+    pub kind: ChannelKind,
+    /// Nickname callbridge finds its channel by (and creates it with).
+    pub nickname: String,
+    /// Spelling of the WebSocket channel type sent to GoTo: `WebSockets` or `WebSocket`.
+    pub websocket_type: String,
+    /// Refresh a WebSocket channel this long before its `channelLifetime` runs out.
+    #[serde(with = "humantime_serde")]
+    pub refresh_margin: Duration,
+    /// How often the channel and subscriptions are checked and repaired.
+    #[serde(with = "humantime_serde")]
+    pub repair_interval: Duration,
+    /// WebSocket protocol ping interval.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Unanswered pings before the socket is considered dead.
+    pub max_missed_pongs: u32,
+    /// First reconnect delay (doubles up to `reconnect_max`).
+    #[serde(with = "humantime_serde")]
+    pub reconnect_base: Duration,
+    /// Longest reconnect delay.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+}
+
+impl Default for ChannelSettings {
+    fn default() -> Self {
+        Self {
+            kind: ChannelKind::Webhook,
+            nickname: "callbridge".into(),
+            websocket_type: "WebSockets".into(),
+            refresh_margin: Duration::from_secs(120),
+            repair_interval: Duration::from_secs(300),
+            ping_interval: Duration::from_secs(8),
+            max_missed_pongs: 3,
+            reconnect_base: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[webhook]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Address the webhook server listens on.
+    pub listen: SocketAddr,
+    /// Public URL GoTo posts to, without the secret (callbridge appends `/{secret}`).
+    pub public_url: String,
+    /// Path the server serves, without the secret.
+    pub path_prefix: String,
+    /// The path secret (`CALLBRIDGE_WEBHOOK__SECRET` or `secret_file`); at least 32 characters.
+    pub secret: Secret,
+    /// File holding the path secret.
+    pub secret_file: Option<PathBuf>,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            public_url: String::new(),
+            path_prefix: "/goto/webhook".into(),
+            secret: Secret::default(),
+            secret_file: None,
+        }
+    }
+}
+
+/// `[sequencer_io]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SequencerIoSettings {
+    /// How often acknowledged progress is written to the changelog.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// Bound on each phase of a partition takeover.
+    #[serde(with = "humantime_serde")]
+    pub takeover_timeout: Duration,
+    /// Back-fill requests in flight at once (GoTo's rate limit applies on top).
+    pub backfill_concurrency: usize,
+}
+
+impl Default for SequencerIoSettings {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval: Duration::from_secs(1),
+            takeover_timeout: Duration::from_secs(30),
+            backfill_concurrency: 4,
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Address of `/metrics`, `/healthz`, `/readyz` (separate from the webhook port).
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `json` or `human`.
+    pub format: String,
+    /// Default level filter (overridden by `RUST_LOG`).
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: "json".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// Loading failed: the file, a type, or a value is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A key has the wrong type or an unknown name.
+    #[error("{0}")]
+    Invalid(InvalidReport),
+    /// A `*_file` could not be read.
+    #[error("{key}: cannot read {path:?}: {source}; point it at a readable file or set the value through the environment")]
+    SecretFile {
+        /// The `*_file` key.
+        key: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BridgeConfig {
+    /// Reads `path` (if given), then `CALLBRIDGE_*` variables, then secret files, and validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, LoadError> {
+        let mut figment = Figment::from(Serialized::defaults(BridgeConfig::default()));
+        if let Some(p) = path {
+            if !p.exists() {
+                let mut r = InvalidReport::default();
+                r.push(Invalid::new(
+                    "--config",
+                    &p.display().to_string(),
+                    "an existing TOML file (see the commented config.toml at the repository root)",
+                ));
+                return Err(LoadError::Invalid(r));
+            }
+            figment = figment.merge(Toml::file(p));
+        }
+        figment = figment.merge(Env::prefixed("CALLBRIDGE_").split("__"));
+        Self::from_figment(figment)
+    }
+
+    /// Extracts from a prepared figment (tests use this with inline TOML).
+    pub fn from_figment(figment: Figment) -> Result<Self, LoadError> {
+        let mut config: BridgeConfig = figment.extract().map_err(|e| {
+            let mut r = InvalidReport::default();
+            for err in e {
+                r.push(explain(&err));
+            }
+            LoadError::Invalid(r)
+        })?;
+        config.read_secret_files()?;
+        let mut report = InvalidReport::default();
+        config.validate(&mut report);
+        if report.is_empty() {
+            Ok(config)
+        } else {
+            Err(LoadError::Invalid(report))
+        }
+    }
+
+    fn read_secret_files(&mut self) -> Result<(), LoadError> {
+        fn read(key: &'static str, file: &Option<PathBuf>, into: &mut Secret) -> Result<(), LoadError> {
+            if let Some(path) = file {
+                let value = std::fs::read_to_string(path).map_err(|source| LoadError::SecretFile {
+                    key,
+                    path: path.clone(),
+                    source,
+                })?;
+                *into = Secret::new(value.trim_end());
+            }
+            Ok(())
+        }
+        let g = &mut self.goto;
+        read("goto.client_secret_file", &g.client_secret_file, &mut g.client_secret)?;
+        read(
+            "goto.personal_access_token_file",
+            &g.personal_access_token_file,
+            &mut g.personal_access_token,
+        )?;
+        read("goto.refresh_token_file", &g.refresh_token_file, &mut g.refresh_token)?;
+        let w = &mut self.webhook;
+        read("webhook.secret_file", &w.secret_file, &mut w.secret)?;
+        Ok(())
+    }
+
+    /// Every problem with the values, each naming key, value and fix.
+    pub fn validate(&self, report: &mut InvalidReport) {
+        let g = &self.goto;
+        for (key, url) in [("goto.api_base_url", &g.api_base_url), ("goto.auth_base_url", &g.auth_base_url)] {
+            if url::Url::parse(url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
+                report.push(Invalid::new(key, url, "an absolute http(s) URL such as https://api.goto.com"));
+            }
+        }
+        if g.client_id.is_empty() {
+            report.push(Invalid::new("goto.client_id", "<unset>", "the OAuth client id from developer.goto.com"));
+        }
+        if g.client_secret.is_empty() {
+            report.push(Invalid::new(
+                "goto.client_secret",
+                "<unset>",
+                "set CALLBRIDGE_GOTO__CLIENT_SECRET or goto.client_secret_file",
+            ));
+        }
+        if g.personal_access_token.is_empty() && g.refresh_token.is_empty() {
+            report.push(Invalid::new(
+                "goto.personal_access_token",
+                "<unset>",
+                "a personal access token (CALLBRIDGE_GOTO__PERSONAL_ACCESS_TOKEN or goto.personal_access_token_file) or a refresh token (goto.refresh_token…)",
+            ));
+        }
+        if g.account_keys.is_empty() {
+            report.push(Invalid::new("goto.account_keys", "[]", "at least one account key, e.g. [\"1234567890123456789\"]"));
+        }
+        for key in &g.account_keys {
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_digit()) {
+                report.push(Invalid::new("goto.account_keys", key, "decimal digits only (GoTo account keys are ~19-digit numbers, as strings)"));
+            }
+        }
+        for event in &g.events {
+            if !matches!(event.as_str(), "STARTING" | "ACTIVE" | "ENDING") {
+                report.push(Invalid::new("goto.events", event, "STARTING, ACTIVE or ENDING"));
+            }
+        }
+        if g.events.len() < 3 {
+            report.push(Invalid::new(
+                "goto.events",
+                &format!("{:?}", g.events),
+                "all of STARTING, ACTIVE and ENDING: a gap-free stream needs every state",
+            ));
+        }
+        if g.requests_per_second == 0 {
+            report.push(Invalid::new("goto.requests_per_second", "0", "an integer >= 1 (GoTo's default limit is 10)"));
+        }
+        let c = &self.channel;
+        if c.nickname.is_empty() {
+            report.push(Invalid::new("channel.nickname", "", "a non-empty name that identifies this deployment's channel"));
+        }
+        if !matches!(c.websocket_type.as_str(), "WebSockets" | "WebSocket") {
+            report.push(Invalid::new("channel.websocket_type", &c.websocket_type, "WebSockets or WebSocket"));
+        }
+        if c.ping_interval.is_zero() {
+            report.push(Invalid::new("channel.ping_interval", "0s", "a duration > 0, e.g. \"8s\""));
+        }
+        if c.kind == ChannelKind::Webhook {
+            let w = &self.webhook;
+            if url::Url::parse(&w.public_url).is_err() {
+                report.push(Invalid::new(
+                    "webhook.public_url",
+                    &w.public_url,
+                    "the absolute URL GoTo can reach, e.g. https://callbridge.example.com/goto/webhook (required for channel.kind = \"webhook\")",
+                ));
+            }
+            if w.secret.expose().len() < 32 {
+                report.push(Invalid::new(
+                    "webhook.secret",
+                    if w.secret.is_empty() { "<unset>" } else { "<set, too short>" },
+                    "at least 32 random characters (e.g. `openssl rand -hex 32`) in CALLBRIDGE_WEBHOOK__SECRET or webhook.secret_file",
+                ));
+            }
+            if !w.path_prefix.starts_with('/') {
+                report.push(Invalid::new("webhook.path_prefix", &w.path_prefix, "a path starting with '/', e.g. /goto/webhook"));
+            }
+            if w.listen == self.admin.listen {
+                report.push(Invalid::new("admin.listen", &self.admin.listen.to_string(), "a different address than webhook.listen"));
+            }
+        }
+        if !matches!(self.log.format.as_str(), "json" | "human") {
+            report.push(Invalid::new("log.format", &self.log.format, "json or human"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            report.push(Invalid::new("log.level", &self.log.level, "a level (error, warn, info, debug, trace) or a RUST_LOG-style filter"));
+        }
+        if self.sequencer_io.backfill_concurrency == 0 {
+            report.push(Invalid::new("sequencer_io.backfill_concurrency", "0", "an integer >= 1"));
+        }
+        self.kafka.validate(report);
+    }
+}
+
+/// Turns figment's error into key / value / fix.
+fn explain(e: &figment::Error) -> Invalid {
+    use figment::error::Kind;
+    let key = if e.path.is_empty() { "<root>".to_string() } else { e.path.join(".") };
+    let origin = e
+        .metadata
+        .as_ref()
+        .map(|m| format!(" (from {})", m.name))
+        .unwrap_or_default();
+    match &e.kind {
+        Kind::InvalidType(actual, expected) => Invalid::new(&key, &format!("{actual}{origin}"), expected),
+        Kind::InvalidValue(actual, expected) => Invalid::new(&key, &format!("{actual}{origin}"), expected),
+        Kind::UnknownField(field, allowed) => Invalid::new(
+            &if e.path.is_empty() { field.clone() } else { format!("{key}.{field}") },
+            &format!("unknown key{origin}"),
+            &format!("one of: {}", allowed.join(", ")),
+        ),
+        Kind::UnknownVariant(v, allowed) => Invalid::new(&key, &format!("{v}{origin}"), &format!("one of: {}", allowed.join(", "))),
+        other => Invalid::new(&key, &origin, &other.to_string()),
+    }
+}

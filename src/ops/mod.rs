@@ -1,0 +1,112 @@
+//! Operations endpoints on the admin port: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Kept off the webhook port so the public surface is only the webhook path.
+
+use crate::channel::ChannelState;
+use crate::sequencer::shell::ShellStats;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The process-wide Prometheus recorder (installed once; later calls share it).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (tests): then this handle only renders ours.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// What `/readyz` checks.
+#[derive(Clone)]
+pub struct Readiness {
+    channel: watch::Receiver<ChannelState>,
+    sequencer: Arc<Mutex<Option<Arc<ShellStats>>>>,
+    draining: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    /// Readiness over the channel's state.
+    pub fn new(channel: watch::Receiver<ChannelState>) -> Self {
+        Self {
+            channel,
+            sequencer: Arc::new(Mutex::new(None)),
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Adds the sequencer's counters (partitions owned).
+    pub fn set_sequencer(&self, stats: Arc<ShellStats>) {
+        if let Ok(mut s) = self.sequencer.lock() {
+            *s = Some(stats);
+        }
+    }
+
+    /// Shutdown started: not ready any more, so the load balancer stops sending.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    fn report(&self) -> (bool, serde_json::Value) {
+        let channel = self.channel.borrow().clone();
+        let channel_ok = matches!(channel, ChannelState::Ready(_));
+        let partitions = self
+            .sequencer
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|s| s.partitions_owned.load(Ordering::Relaxed)))
+            .unwrap_or(0);
+        let draining = self.draining.load(Ordering::SeqCst);
+        let ok = channel_ok && !draining;
+        let body = json!({
+            "ready": ok,
+            "checks": {
+                "channel": {"ok": channel_ok, "state": format!("{channel:?}")},
+                "shutdown": {"ok": !draining},
+                "sequencer": {"partitions_owned": partitions},
+            }
+        });
+        (ok, body)
+    }
+}
+
+async fn readyz(State(r): State<Readiness>) -> impl IntoResponse {
+    let (ok, body) = r.report();
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body))
+}
+
+async fn healthz() -> impl IntoResponse {
+    (StatusCode::OK, Json(json!({"alive": true})))
+}
+
+async fn metrics_text() -> impl IntoResponse {
+    prometheus().render()
+}
+
+/// Serves the admin endpoints until `stop` turns true.
+pub async fn serve(listener: TcpListener, readiness: Readiness, mut stop: watch::Receiver<bool>) {
+    prometheus();
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(readiness);
+    let shutdown = async move {
+        let _ = stop.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        tracing::error!(error = %e, "admin server failed");
+    }
+}

@@ -1,0 +1,144 @@
+//! The changelog topic's records: the sequencer's resume index.
+//!
+//! Keys: a conversation id → its checkpoint (`null` value = evicted, a compaction tombstone);
+//! `__progress/{epoch}` → where the output stood when the index was last written;
+//! `__fence/{epoch}` → written by each new owner of the partition at takeover. The epoch is in
+//! the key so a late write by a previous owner can never replace the new owner's record under
+//! compaction. Every conversation record is a full snapshot of its key, so compaction can drop
+//! older values safely.
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of progress keys.
+pub const PROGRESS_PREFIX: &str = "__progress/";
+/// Prefix of fence keys.
+pub const FENCE_PREFIX: &str = "__fence/";
+
+/// One conversation's resume point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationEntry {
+    /// Next sequence number to publish.
+    pub next: u64,
+    /// The completion record was published.
+    pub ended: bool,
+    /// Gap records published so far.
+    pub gaps: u32,
+}
+
+/// Where the outputs stood when the index was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Writer's epoch.
+    pub epoch: u64,
+    /// Offset of the last acknowledged ordered-topic record covered by this index (-1: none).
+    pub ordered_offset: i64,
+    /// Raw offset from which consumption must resume.
+    pub raw_low_watermark: i64,
+}
+
+/// Fence value: the epoch and who took the partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    /// The new epoch.
+    pub epoch: u64,
+    /// Host/process that wrote it.
+    pub member: String,
+    /// Random token: proves the read-back saw THIS write, not an older one.
+    pub token: String,
+}
+
+/// A decoded changelog record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangelogRecord {
+    /// Conversation checkpoint.
+    Conversation(String, ConversationEntry),
+    /// Conversation evicted.
+    Tombstone(String),
+    /// Progress of an epoch.
+    Progress(Progress),
+    /// A fence; `None` value = a tombstone of an old fence/progress key.
+    Fence(Fence),
+    /// A tombstone of an old `__progress`/`__fence` key.
+    Housekeeping,
+}
+
+/// Why a changelog record could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("changelog record with key {key:?} is unreadable: {detail}")]
+pub struct ChangelogError {
+    key: String,
+    detail: String,
+}
+
+/// Key of the progress record of `epoch`.
+pub fn progress_key(epoch: u64) -> String {
+    format!("{PROGRESS_PREFIX}{epoch}")
+}
+
+/// Key of the fence record of `epoch`.
+pub fn fence_key(epoch: u64) -> String {
+    format!("{FENCE_PREFIX}{epoch}")
+}
+
+/// Value bytes for a record.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising these plain structs cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Reads one changelog record.
+pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<ChangelogRecord, ChangelogError> {
+    let key = String::from_utf8_lossy(key).into_owned();
+    let err = |detail: String| ChangelogError {
+        key: key.clone(),
+        detail,
+    };
+    let is_meta = key.starts_with(PROGRESS_PREFIX) || key.starts_with(FENCE_PREFIX);
+    let Some(value) = value else {
+        return Ok(if is_meta {
+            ChangelogRecord::Housekeeping
+        } else {
+            ChangelogRecord::Tombstone(key)
+        });
+    };
+    if key.starts_with(PROGRESS_PREFIX) {
+        serde_json::from_slice(value)
+            .map(ChangelogRecord::Progress)
+            .map_err(|e| err(e.to_string()))
+    } else if key.starts_with(FENCE_PREFIX) {
+        serde_json::from_slice(value)
+            .map(ChangelogRecord::Fence)
+            .map_err(|e| err(e.to_string()))
+    } else {
+        serde_json::from_slice(value)
+            .map(|entry| ChangelogRecord::Conversation(key.clone(), entry))
+            .map_err(|e| err(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let e = ConversationEntry { next: 7, ended: false, gaps: 1 };
+        assert_eq!(
+            decode(b"conv-1", Some(&encode(&e))).unwrap(),
+            ChangelogRecord::Conversation("conv-1".into(), e)
+        );
+        let p = Progress { epoch: 3, ordered_offset: 41, raw_low_watermark: 17 };
+        assert_eq!(
+            decode(progress_key(3).as_bytes(), Some(&encode(&p))).unwrap(),
+            ChangelogRecord::Progress(p)
+        );
+        assert_eq!(decode(b"conv-1", None).unwrap(), ChangelogRecord::Tombstone("conv-1".into()));
+        assert_eq!(decode(fence_key(2).as_bytes(), None).unwrap(), ChangelogRecord::Housekeeping);
+    }
+
+    #[test]
+    fn garbage_is_an_error_naming_the_key() {
+        let e = decode(b"conv-9", Some(b"{not json")).unwrap_err();
+        assert!(e.to_string().contains("conv-9"));
+    }
+}

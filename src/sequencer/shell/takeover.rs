@@ -1,0 +1,280 @@
+//! Taking over a raw partition: rebuild what the previous owner knew from Kafka alone.
+//!
+//! 1. Read `changelog[p]` to its end: conversation checkpoints, the newest progress record, the
+//!    highest epoch seen.
+//! 2. Append `__fence/{epoch+1}` with a random token and keep reading until that very record comes
+//!    back: a stale read (a broker or client lagging behind the log) would otherwise make us resume
+//!    from an old index. If it does not come back in time, the takeover is refused, not guessed.
+//! 3. Scan `ordered[p]` from just after the progress record's offset to the high watermark and
+//!    move every conversation past the states, gaps and completions found there: the output may
+//!    be ahead of the index (the previous owner died between the two writes), never behind.
+//!
+//! The result is a plain map the core is restored from; nothing here decides about ordering.
+
+use super::changelog::{self, ChangelogRecord, ConversationEntry, Fence, Progress};
+use crate::publish::record::headers as out_headers;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Why a takeover failed (the partition is then not processed; the shell retries).
+#[derive(Debug, thiserror::Error)]
+pub enum TakeoverError {
+    /// Kafka failed while reading or writing.
+    #[error("takeover of partition {partition}: {action}: {source}")]
+    Kafka {
+        /// Partition being taken over.
+        partition: i32,
+        /// What was being done.
+        action: &'static str,
+        /// librdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Our own fence did not come back: the read may be stale.
+    #[error("takeover of partition {partition}: fence epoch {epoch} not read back within {waited:?}; refusing to resume from a possibly stale changelog")]
+    FenceNotSeen {
+        /// Partition.
+        partition: i32,
+        /// Our epoch.
+        epoch: u64,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// A changelog record could not be decoded.
+    #[error("takeover of partition {partition}: {source}")]
+    Changelog {
+        /// Partition.
+        partition: i32,
+        /// The decode error.
+        #[source]
+        source: changelog::ChangelogError,
+    },
+}
+
+/// What the new owner knows after a takeover.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Epoch of this owner.
+    pub epoch: u64,
+    /// Conversation resume points (checkpoint merged with the ordered-topic scan).
+    pub conversations: HashMap<String, ConversationEntry>,
+    /// Newest progress record, if any.
+    pub progress: Option<Progress>,
+    /// Offset of the last record in `ordered[p]` (-1 when empty).
+    pub ordered_end: i64,
+    /// Records of the ordered topic found beyond the index (how far the output led).
+    pub scanned: u64,
+}
+
+/// Topics and clients a takeover needs.
+pub struct TakeoverContext<'a> {
+    /// Connection settings for the reading consumers.
+    pub client_config: ClientConfig,
+    /// Producer for the fence.
+    pub producer: &'a FutureProducer,
+    /// Runtime to wait on the fence's delivery.
+    pub runtime: &'a tokio::runtime::Handle,
+    /// Changelog topic.
+    pub changelog_topic: &'a str,
+    /// Ordered topic.
+    pub ordered_topic: &'a str,
+    /// Identity written into the fence.
+    pub member: &'a str,
+    /// Bound on each read phase.
+    pub timeout: Duration,
+}
+
+/// Runs steps 1–3 for partition `p`.
+pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, TakeoverError> {
+    let kafka = |action: &'static str| move |source| TakeoverError::Kafka { partition: p, action, source };
+    let reader: BaseConsumer = ctx
+        .client_config
+        .clone()
+        .set("group.id", format!("callbridge-takeover-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(kafka("creating the changelog reader"))?;
+
+    // 1. The changelog as it stands.
+    let mut rec = Recovered { ordered_end: -1, ..Recovered::default() };
+    let mut max_epoch = 0u64;
+    let (_, high) = reader
+        .fetch_watermarks(ctx.changelog_topic, p, ctx.timeout)
+        .map_err(kafka("reading changelog watermarks"))?;
+    let mut next_offset = read_range(&reader, ctx.changelog_topic, p, Offset::Beginning, high, ctx.timeout, |m| {
+        apply_changelog(&mut rec, &mut max_epoch, m, p).map(|_| ())
+    })
+    .map_err(|e| e.into_takeover(p, "reading the changelog"))?;
+
+    // 2. Fence: our epoch, read back.
+    let epoch = max_epoch + 1;
+    let token = uuid::Uuid::new_v4().to_string();
+    let fence = Fence { epoch, member: ctx.member.to_string(), token: token.clone() };
+    let key = changelog::fence_key(epoch);
+    let value = changelog::encode(&fence);
+    let delivery = ctx
+        .runtime
+        .block_on(ctx.producer.send(
+            FutureRecord::to(ctx.changelog_topic).partition(p).key(&key).payload(&value),
+            ctx.timeout,
+        ))
+        .map_err(|(e, _)| TakeoverError::Kafka { partition: p, action: "writing the fence", source: e })?;
+    let fence_offset = delivery.offset;
+    let started = Instant::now();
+    let mut seen = false;
+    while !seen {
+        if started.elapsed() > ctx.timeout {
+            return Err(TakeoverError::FenceNotSeen { partition: p, epoch, waited: started.elapsed() });
+        }
+        next_offset = read_range(&reader, ctx.changelog_topic, p, Offset::Offset(next_offset), fence_offset + 1, ctx.timeout, |m| {
+            if let ChangelogRecord::Fence(f) = apply_changelog(&mut rec, &mut max_epoch, m, p)? {
+                if f.token == token {
+                    seen = true;
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| e.into_takeover(p, "reading the fence back"))?;
+    }
+    rec.epoch = epoch;
+
+    // 3. The output may be ahead of the index.
+    let start = rec.progress.map(|pr| pr.ordered_offset + 1).unwrap_or(0);
+    let (low, high) = reader
+        .fetch_watermarks(ctx.ordered_topic, p, ctx.timeout)
+        .map_err(kafka("reading ordered watermarks"))?;
+    rec.ordered_end = high - 1;
+    let from = start.max(low);
+    if from < high {
+        let convs = &mut rec.conversations;
+        let mut scanned = 0u64;
+        read_range(&reader, ctx.ordered_topic, p, Offset::Offset(from), high, ctx.timeout, |m| {
+            scanned += 1;
+            apply_output(convs, m);
+            Ok(())
+        })
+        .map_err(|e| e.into_takeover(p, "scanning the ordered topic"))?;
+        rec.scanned = scanned;
+    }
+    Ok(rec)
+}
+
+enum ReadError {
+    Kafka(rdkafka::error::KafkaError),
+    Timeout,
+    Changelog(changelog::ChangelogError),
+}
+
+impl ReadError {
+    fn into_takeover(self, p: i32, action: &'static str) -> TakeoverError {
+        match self {
+            ReadError::Kafka(source) => TakeoverError::Kafka { partition: p, action, source },
+            ReadError::Timeout => TakeoverError::Kafka {
+                partition: p,
+                action,
+                source: rdkafka::error::KafkaError::MessageConsumption(
+                    rdkafka::types::RDKafkaErrorCode::RequestTimedOut,
+                ),
+            },
+            ReadError::Changelog(source) => TakeoverError::Changelog { partition: p, source },
+        }
+    }
+}
+
+/// Reads `[from, until)` of one partition; returns the offset after the last record read.
+fn read_range(
+    reader: &BaseConsumer,
+    topic: &str,
+    p: i32,
+    from: Offset,
+    until: i64,
+    timeout: Duration,
+    mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), changelog::ChangelogError>,
+) -> Result<i64, ReadError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, from).map_err(ReadError::Kafka)?;
+    reader.assign(&tpl).map_err(ReadError::Kafka)?;
+    let mut next = match from {
+        Offset::Offset(o) => o,
+        _ => 0,
+    };
+    let deadline = Instant::now() + timeout;
+    while next < until {
+        match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                next = m.offset() + 1;
+                f(&m).map_err(ReadError::Changelog)?;
+            }
+            Some(Err(e)) => return Err(ReadError::Kafka(e)),
+            None if Instant::now() > deadline => return Err(ReadError::Timeout),
+            None => {}
+        }
+    }
+    Ok(next)
+}
+
+fn apply_changelog(
+    rec: &mut Recovered,
+    max_epoch: &mut u64,
+    m: &rdkafka::message::BorrowedMessage<'_>,
+    _p: i32,
+) -> Result<ChangelogRecord, changelog::ChangelogError> {
+    let record = changelog::decode(m.key().unwrap_or_default(), m.payload())?;
+    match &record {
+        ChangelogRecord::Conversation(id, entry) => {
+            rec.conversations.insert(id.clone(), *entry);
+        }
+        ChangelogRecord::Tombstone(id) => {
+            rec.conversations.remove(id);
+        }
+        ChangelogRecord::Progress(p) => {
+            *max_epoch = (*max_epoch).max(p.epoch);
+            if rec.progress.is_none_or(|old| p.epoch >= old.epoch) {
+                rec.progress = Some(*p);
+            }
+        }
+        ChangelogRecord::Fence(f) => *max_epoch = (*max_epoch).max(f.epoch),
+        ChangelogRecord::Housekeeping => {}
+    }
+    Ok(record)
+}
+
+fn header<'m>(m: &'m rdkafka::message::BorrowedMessage<'_>, name: &str) -> Option<&'m str> {
+    let headers = m.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// Moves a conversation past one ordered-topic record (read from its headers, not its value).
+fn apply_output(convs: &mut HashMap<String, ConversationEntry>, m: &rdkafka::message::BorrowedMessage<'_>) {
+    let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { return };
+    let Some(seq) = header(m, out_headers::SEQUENCE).and_then(|s| s.parse::<u64>().ok()) else { return };
+    let entry = convs
+        .entry(key.to_string())
+        .or_insert(ConversationEntry { next: 1, ended: false, gaps: 0 });
+    match header(m, out_headers::KIND) {
+        Some("state") => entry.next = entry.next.max(seq + 1),
+        Some("gap") => {
+            let to = header(m, out_headers::SEQUENCE_END)
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(seq);
+            if to + 1 > entry.next {
+                entry.gaps += 1;
+                entry.next = to + 1;
+            }
+        }
+        Some("completion") => {
+            entry.ended = true;
+            entry.next = entry.next.max(seq + 1);
+        }
+        _ => {}
+    }
+}
