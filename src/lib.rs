@@ -25,6 +25,7 @@
 //!   WebSocket, traffic, faults and ground truth. It never uses the client's types, so the
 //!   contract tests catch a mismatch on either side.
 //! - [`telemetry`]: logging set-up and the shutdown signal.
+//! - [`verify`]: the oracle comparing the ordered topic with the simulator's ground truth.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -42,3 +43,4 @@ pub mod secret;
 pub mod sequencer;
 pub mod simulator;
 pub mod telemetry;
+pub mod verify;

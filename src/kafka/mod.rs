@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod producer;
+pub mod reader;
 pub mod topics;
 
 pub use config::KafkaConfig;

@@ -1,0 +1,245 @@
+//! `callbridge demo`: the main job on embedded defaults, verified.
+//!
+//! It starts the GoTo simulator and librdkafka's mock Kafka cluster in-process, runs the real
+//! pipeline (channel set-up, ingest, raw topic, sequencer with back-fill, ordered topic) against
+//! them with a realistic fault mix, shows progress, then reads the ordered topic back and
+//! compares it state by state with the simulator's ground truth. It exits non-zero unless the
+//! stream is perfect.
+
+use crate::app::{self, Listeners};
+use crate::config::bridge::ChannelKind;
+use crate::config::BridgeConfig;
+use crate::kafka::reader::read_topic;
+use crate::secret::Secret;
+use crate::simulator::{self, SimulatorConfig};
+use crate::verify::{verify, Verification};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Options of `callbridge demo`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Number of calls to simulate.
+    #[arg(long, default_value_t = 300)]
+    pub calls: u64,
+    /// New calls per second.
+    #[arg(long, default_value_t = 40.0)]
+    pub rate: f64,
+    /// Fault mix: `none`, `realistic` or `harsh`.
+    #[arg(long, default_value = "realistic")]
+    pub faults: String,
+    /// `webhook` or `websocket`.
+    #[arg(long, default_value = "webhook")]
+    pub transport: String,
+    /// Seed of the simulated traffic.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Give up waiting for the pipeline after this many seconds.
+    #[arg(long, default_value_t = 180)]
+    pub timeout_secs: u64,
+}
+
+/// Fault rates for a named mix (drop, duplicate, duplicate with new id, delay, unrecoverable).
+fn fault_mix(name: &str) -> Option<[f64; 5]> {
+    match name {
+        "none" => Some([0.0; 5]),
+        "realistic" => Some([0.03, 0.03, 0.02, 0.05, 0.01]),
+        "harsh" => Some([0.15, 0.10, 0.05, 0.20, 0.03]),
+        _ => None,
+    }
+}
+
+/// Runs the demo; the exit code says whether the stream was perfect.
+pub async fn run(args: DemoArgs) -> ExitCode {
+    match run_demo(&args).await {
+        Ok(v) if v.is_perfect() => {
+            println!("\nresult: PERFECT — every state exactly once, in order, gaps only where GoTo lost a state");
+            ExitCode::SUCCESS
+        }
+        Ok(_) => {
+            println!("\nresult: the stream is NOT perfect (see FAIL rows above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The whole demo, returning the verification.
+pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
+    let Some([drop, dup, dup_new, delay, unrecoverable]) = fault_mix(&args.faults) else {
+        return Err(format!("--faults {:?}: expected none, realistic or harsh", args.faults));
+    };
+    let kind = match args.transport.as_str() {
+        "webhook" => ChannelKind::Webhook,
+        "websocket" => ChannelKind::Websocket,
+        other => return Err(format!("--transport {other:?}: expected webhook or websocket")),
+    };
+    println!("callbridge demo: {} calls at {}/s over {}, fault mix {:?}", args.calls, args.rate, args.transport, args.faults);
+
+    // 1. Kafka: librdkafka's mock cluster, in-process.
+    let partitions = 6;
+    let mut kafka = crate::kafka::KafkaConfig::default();
+    kafka.topics.partitions = partitions;
+    kafka.topics.replication_factor = 1;
+    let topic_names = [
+        kafka.topics.raw.clone(),
+        kafka.topics.ordered.clone(),
+        kafka.topics.changelog.clone(),
+        kafka.topics.dead_letter.clone(),
+    ];
+    let cluster = MockKafka::start(&topic_names, partitions)?;
+    kafka.bootstrap_servers = cluster.bootstrap.clone();
+
+    // 2. GoTo: the simulator, traffic held until the bridge is up.
+    let mut sim_config = SimulatorConfig::default();
+    sim_config.scheduler.autostart = false;
+    sim_config.scheduler.calls = args.calls;
+    sim_config.scheduler.calls_per_second = args.rate;
+    sim_config.scheduler.max_concurrent_calls = 200;
+    sim_config.traffic.seed = args.seed;
+    sim_config.traffic.mean_state_interval = Duration::from_millis(60);
+    sim_config.faults.seed = args.seed;
+    sim_config.faults.drop_rate = drop;
+    sim_config.faults.duplicate_rate = dup;
+    sim_config.faults.duplicate_new_id_rate = dup_new;
+    sim_config.faults.delay_rate = delay;
+    sim_config.faults.max_delay = Duration::from_millis(400);
+    sim_config.faults.unrecoverable_rate = unrecoverable;
+    let sim = simulator::start(sim_config).await.map_err(|e| format!("simulator: {e}"))?;
+    let control = sim.control();
+
+    // 3. The bridge, pointed at both.
+    let webhook = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let webhook_addr = webhook.local_addr().map_err(|e| e.to_string())?;
+    let mut config = BridgeConfig::default();
+    config.goto.api_base_url = sim.base_url();
+    config.goto.auth_base_url = sim.base_url();
+    config.goto.client_id = "callbridge-demo".into();
+    config.goto.client_secret = Secret::new("demo-secret");
+    config.goto.personal_access_token = Secret::new("demo-pat");
+    config.goto.account_keys = crate::simulator::traffic::TrafficConfig::default().account_keys;
+    config.channel.kind = kind;
+    config.webhook.public_url = format!("http://{webhook_addr}/goto/webhook");
+    config.webhook.secret = Secret::new(uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string());
+    config.kafka = kafka.clone();
+    config.sequencer.gap_timeout = Duration::from_millis(500);
+    config.sequencer.backfill_retry_base = Duration::from_millis(200);
+    config.sequencer.backfill_retry_max = Duration::from_secs(2);
+    config.sequencer.idle_probe_after = Duration::from_secs(2);
+    config.sequencer_io.checkpoint_interval = Duration::from_millis(200);
+    let bridge = app::start(config, Listeners { webhook: Some(webhook), admin: Some(admin) })
+        .await
+        .map_err(|e| format!("bridge: {e}"))?;
+
+    // 4. Traffic, with live progress.
+    control.start_traffic();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let mut last_print = Instant::now() - Duration::from_secs(1);
+    loop {
+        let status = control.traffic_status();
+        let stats = &bridge.sequencer;
+        use std::sync::atomic::Ordering::Relaxed;
+        let completions = stats.completions_published.load(Relaxed);
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            println!(
+                "  {:>5.1}s  calls {}/{} ended  states {}  published {} (back-filled {})  gaps {}  complete {}",
+                started.elapsed().as_secs_f64(),
+                status.calls_ended,
+                args.calls,
+                status.states_generated,
+                stats.states_published.load(Relaxed),
+                stats.states_backfilled.load(Relaxed),
+                stats.gaps_published.load(Relaxed),
+                completions,
+            );
+        }
+        if status.done && completions >= args.calls {
+            break;
+        }
+        if Instant::now() > deadline {
+            println!("  timed out waiting for every call to complete; verifying what was published");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bridge.shutdown().await;
+
+    // 5. Read back and verify.
+    let truth = control.ground_truth();
+    let topic = kafka.topics.ordered.clone();
+    let records = tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, Duration::from_secs(60)))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("reading the ordered topic: {e}"))?;
+    let v = verify(&truth, &records);
+    println!("\nfaults injected by the simulator:");
+    for (name, count) in &truth.fault_counts {
+        println!("  {name:<36} {count:>10}");
+    }
+    println!("\nverification of the ordered topic against the simulator's ground truth:");
+    print!("{v}");
+    sim.shutdown().await;
+    drop(cluster);
+    Ok(v)
+}
+
+/// librdkafka's mock cluster on its own thread (it is neither `Send` nor `Sync`).
+pub struct MockKafka {
+    /// Bootstrap servers of the mock brokers.
+    pub bootstrap: String,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MockKafka {
+    /// Starts 3 mock brokers and creates `topics` with `partitions` each.
+    pub fn start(topics: &[String], partitions: i32) -> Result<Self, String> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let topics = topics.to_vec();
+        let thread = std::thread::Builder::new()
+            .name("mock-kafka".into())
+            .spawn(move || {
+                let cluster = match rdkafka::mocking::MockCluster::new(3) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("mock cluster: {e}")));
+                        return;
+                    }
+                };
+                for t in &topics {
+                    if let Err(e) = cluster.create_topic(t, partitions, 1) {
+                        let _ = ready_tx.send(Err(format!("mock topic {t}: {e}")));
+                        return;
+                    }
+                }
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                let _ = stop_rx.recv();
+                drop(cluster);
+            })
+            .map_err(|e| e.to_string())?;
+        let bootstrap = ready_rx.recv().map_err(|e| e.to_string())??;
+        Ok(Self {
+            bootstrap,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for MockKafka {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Reads a whole topic from the beginning to its current end: for verification (demo, tests)
+//! and audits, not for the pipeline.
+
+use super::config::KafkaConfig;
+use crate::verify::ReadRecord;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Every record of `topic` up to the high watermarks seen at the start, in partition/offset order.
+pub fn read_topic(config: &KafkaConfig, topic: &str, timeout: Duration) -> Result<Vec<ReadRecord>, KafkaError> {
+    let consumer: BaseConsumer = config
+        .client_config()
+        .map_err(|e| KafkaError::ClientCreation(e.to_string()))?
+        .set("group.id", format!("callbridge-reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    for p in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
+        if high > low {
+            remaining.insert(*p, high);
+            tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+        }
+    }
+    let mut out = Vec::new();
+    if remaining.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    while !remaining.is_empty() {
+        if Instant::now() > deadline {
+            return Err(KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::RequestTimedOut));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let p = m.partition();
+                if let Some(high) = remaining.get(&p).copied() {
+                    out.push(ReadRecord {
+                        partition: p,
+                        offset: m.offset(),
+                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        value: m.payload().unwrap_or_default().to_vec(),
+                    });
+                    if m.offset() + 1 >= high {
+                        remaining.remove(&p);
+                    }
+                }
+            }
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    out.sort_by_key(|r| (r.partition, r.offset));
+    Ok(out)
+}

@@ -1,0 +1,252 @@
+//! Compares the ordered topic with the simulator's ground truth, state by state.
+//!
+//! This is the oracle of the demo and the end-to-end tests: it reads what a consumer of the
+//! ordered topic would read and checks every promise — each recoverable state exactly once, in
+//! order, with GoTo's content unchanged; a gap record exactly where the simulator made a state
+//! unrecoverable; one completion after the last state. Pure: records in, report out.
+
+use crate::simulator::ground_truth::GroundTruth;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+/// One record read back from the ordered topic.
+#[derive(Clone, Debug)]
+pub struct ReadRecord {
+    /// Partition.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+    /// Key (`conversationSpaceId`).
+    pub key: Option<String>,
+    /// JSON value.
+    pub value: Vec<u8>,
+}
+
+/// What the comparison found. A perfect stream has every `*_violations`/`missing`/`duplicates`
+/// count at zero.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verification {
+    /// Calls in the ground truth.
+    pub calls: u64,
+    /// States in the ground truth.
+    pub states: u64,
+    /// States the simulator made unrecoverable.
+    pub unrecoverable: u64,
+    /// State records read.
+    pub states_published: u64,
+    /// Of those, from back-fill.
+    pub states_backfilled: u64,
+    /// Gap records read.
+    pub gap_records: u64,
+    /// Completion records read.
+    pub completions: u64,
+    /// State records whose sequence was already published (extra copies).
+    pub duplicates: u64,
+    /// Records whose sequence is below an earlier record's in the same stream.
+    pub order_violations: u64,
+    /// Recoverable states neither published nor covered by a gap, plus unrecoverable ones not
+    /// covered by a gap.
+    pub missing_without_gap: u64,
+    /// Recoverable states covered by a gap record (a gap where none was needed).
+    pub unneeded_gaps: u64,
+    /// Published states whose `state` or `metadata` differs from what GoTo generated.
+    pub content_mismatches: u64,
+    /// Calls without exactly one completion record as their last record (ended calls only).
+    pub completion_errors: u64,
+    /// Records that are not valid JSON of a known type, or carry a key that is not a known call.
+    pub malformed_records: u64,
+    /// Up to 20 human-readable examples of what went wrong.
+    pub examples: Vec<String>,
+}
+
+impl Verification {
+    /// True when the stream kept every promise.
+    pub fn is_perfect(&self) -> bool {
+        self.duplicates == 0
+            && self.order_violations == 0
+            && self.missing_without_gap == 0
+            && self.unneeded_gaps == 0
+            && self.content_mismatches == 0
+            && self.completion_errors == 0
+            && self.malformed_records == 0
+    }
+
+    fn example(&mut self, text: String) {
+        if self.examples.len() < 20 {
+            self.examples.push(text);
+        }
+    }
+}
+
+impl fmt::Display for Verification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rows: [(&str, u64, bool); 15] = [
+            ("calls", self.calls, false),
+            ("states generated", self.states, false),
+            ("states made unrecoverable", self.unrecoverable, false),
+            ("states published", self.states_published, false),
+            ("  of which back-filled", self.states_backfilled, false),
+            ("gap records", self.gap_records, false),
+            ("completion records", self.completions, false),
+            ("duplicates published", self.duplicates, true),
+            ("order violations", self.order_violations, true),
+            ("missing without a gap record", self.missing_without_gap, true),
+            ("gap records where none was needed", self.unneeded_gaps, true),
+            ("content mismatches", self.content_mismatches, true),
+            ("completion errors", self.completion_errors, true),
+            ("malformed records", self.malformed_records, true),
+            ("", 0, false),
+        ];
+        for (name, value, must_be_zero) in rows.iter().filter(|r| !r.0.is_empty()) {
+            let mark = match (must_be_zero, *value == 0) {
+                (true, true) => "  ok (must be 0)",
+                (true, false) => "  FAIL (must be 0)",
+                _ => "",
+            };
+            writeln!(f, "  {name:<36} {value:>10}{mark}")?;
+        }
+        for e in &self.examples {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Stream {
+    records: Vec<(i32, i64, Value)>,
+}
+
+/// Compares `records` (all of the ordered topic) with `truth`.
+pub fn verify(truth: &GroundTruth, records: &[ReadRecord]) -> Verification {
+    let mut v = Verification {
+        calls: truth.calls.len() as u64,
+        ..Verification::default()
+    };
+    let mut streams: HashMap<String, Stream> = HashMap::new();
+    for r in records {
+        let parsed: Option<Value> = serde_json::from_slice(&r.value).ok();
+        match (&r.key, parsed) {
+            (Some(k), Some(value)) => streams
+                .entry(k.clone())
+                .or_default()
+                .records
+                .push((r.partition, r.offset, value)),
+            _ => {
+                v.malformed_records += 1;
+                v.example(format!("record at {}:{} has no key or is not JSON", r.partition, r.offset));
+            }
+        }
+    }
+    for call in &truth.calls {
+        let id = &call.conversation_space_id;
+        v.states += call.states.len() as u64;
+        let mut stream = streams.remove(id).unwrap_or_default();
+        stream.records.sort_by_key(|(p, o, _)| (*p, *o));
+        let expected: BTreeMap<u64, &crate::simulator::ground_truth::StateRecord> =
+            call.states.iter().map(|s| (s.sequence_number, s)).collect();
+        v.unrecoverable += call.states.iter().filter(|s| s.unrecoverable).count() as u64;
+        let mut published: BTreeMap<u64, u32> = BTreeMap::new();
+        let mut gapped: BTreeMap<u64, ()> = BTreeMap::new();
+        let mut high = 0u64;
+        let mut completion_positions = Vec::new();
+        let n = stream.records.len();
+        for (i, (_, _, value)) in stream.records.iter().enumerate() {
+            match value.get("type").and_then(Value::as_str) {
+                Some("call-state") => {
+                    v.states_published += 1;
+                    if value.get("origin").and_then(Value::as_str) == Some("backfill") {
+                        v.states_backfilled += 1;
+                    }
+                    let Some(seq) = value.get("sequenceNumber").and_then(Value::as_u64) else {
+                        v.malformed_records += 1;
+                        continue;
+                    };
+                    let count = published.entry(seq).or_default();
+                    *count += 1;
+                    if *count > 1 {
+                        v.duplicates += 1;
+                        v.example(format!("{id}: sequence {seq} published {count} times"));
+                    }
+                    if seq < high {
+                        v.order_violations += 1;
+                        v.example(format!("{id}: sequence {seq} after {high}"));
+                    }
+                    high = high.max(seq);
+                    match expected.get(&seq) {
+                        Some(truth_state) => {
+                            let same_state = value.get("state") == Some(&truth_state.state);
+                            let same_meta = value.get("metadata") == Some(&call.metadata)
+                                || value.get("origin").and_then(Value::as_str) == Some("backfill")
+                                    && value
+                                        .get("metadata")
+                                        .and_then(|m| m.get("conversationSpaceId"))
+                                        .and_then(Value::as_str)
+                                        == Some(id.as_str());
+                            if !same_state || !same_meta {
+                                v.content_mismatches += 1;
+                                v.example(format!("{id}: sequence {seq} differs from what GoTo generated"));
+                            }
+                        }
+                        None => {
+                            v.malformed_records += 1;
+                            v.example(format!("{id}: sequence {seq} was never generated"));
+                        }
+                    }
+                }
+                Some("gap") => {
+                    v.gap_records += 1;
+                    let from = value.get("fromSequence").and_then(Value::as_u64).unwrap_or(0);
+                    let to = value.get("toSequence").and_then(Value::as_u64).unwrap_or(0);
+                    if from == 0 || to < from {
+                        v.malformed_records += 1;
+                        continue;
+                    }
+                    if from < high {
+                        v.order_violations += 1;
+                        v.example(format!("{id}: gap {from}-{to} after {high}"));
+                    }
+                    high = high.max(to);
+                    for s in from..=to {
+                        gapped.insert(s, ());
+                        if expected.get(&s).is_some_and(|t| !t.unrecoverable) {
+                            v.unneeded_gaps += 1;
+                            v.example(format!("{id}: gap covers recoverable sequence {s}"));
+                        }
+                    }
+                }
+                Some("completion") => {
+                    v.completions += 1;
+                    completion_positions.push(i);
+                }
+                _ => {
+                    v.malformed_records += 1;
+                }
+            }
+        }
+        for (seq, s) in &expected {
+            let covered = published.contains_key(seq) || gapped.contains_key(seq);
+            if !covered {
+                v.missing_without_gap += 1;
+                v.example(format!(
+                    "{id}: sequence {seq} ({}) missing without a gap record",
+                    if s.unrecoverable { "unrecoverable" } else { "recoverable" }
+                ));
+            }
+        }
+        if call.ended && (completion_positions.len() != 1 || completion_positions[0] + 1 != n) {
+            v.completion_errors += 1;
+            v.example(format!(
+                "{id}: {} completion records, last record is {}a completion",
+                completion_positions.len(),
+                if completion_positions.last() == Some(&(n.saturating_sub(1))) { "" } else { "not " }
+            ));
+        }
+    }
+    for (id, s) in streams {
+        v.malformed_records += s.records.len() as u64;
+        v.example(format!("{id}: {} records for a call the simulator never made", s.records.len()));
+    }
+    v
+}
