@@ -1,0 +1,1 @@
+//! HTTP behaviour tests against a local axum server.
