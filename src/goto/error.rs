@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::endpoint::{Endpoint, TOKEN};
+use super::endpoint::{Api, Endpoint, TOKEN};
 
 /// Longest GoTo-provided text kept in an error, so a pathological body cannot flood logs.
 const MAX_TEXT: usize = 500;
@@ -116,10 +116,12 @@ impl GotoError {
         }
     }
 
-    /// A decode error from serde. For the token endpoint only the error's position is kept:
-    /// serde quotes offending values, and there the values are tokens.
+    /// A decode error from serde. serde quotes offending values; where those may be
+    /// credentials (tokens; channel URLs, whose path is the WebSocket credential or the
+    /// webhook's shared secret) only the error's kind and position are kept.
     pub(crate) fn decode(endpoint: Endpoint, err: &serde_json::Error) -> Self {
-        let detail = if endpoint == TOKEN {
+        let sensitive = matches!(endpoint.api, Api::OAuth | Api::NotificationChannel);
+        let detail = if sensitive && err.to_string().contains('"') {
             format!(
                 "{:?} error at line {} column {}",
                 err.classify(),
@@ -457,6 +459,7 @@ mod tests {
             "premise of the test"
         );
         let decode = GotoError::decode(TOKEN, &serde_err);
+        let channel_decode = GotoError::decode(CREATE_CHANNEL, &serde_err);
 
         // reqwest puts the URL (query string included) into its errors; ours must not.
         let reqwest_err = reqwest::Client::new()
@@ -485,7 +488,7 @@ mod tests {
                     .unwrap_err(),
             )),
         };
-        for err in [decode, transport, auth, wrapped] {
+        for err in [decode, channel_decode, transport, auth, wrapped] {
             let shown = format!("{err} / {err:?}");
             assert!(!shown.contains(SECRET), "secret leaked: {shown}");
             assert!(!shown.contains("token="), "query string leaked: {shown}");

@@ -9,6 +9,8 @@
 //! variant, and call states are never re-serialised: they are kept as the raw JSON text GoTo
 //! sent ([`RawValue`]) with only `sequenceNumber` parsed out.
 
+use std::fmt;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -30,7 +32,10 @@ pub struct Channel {
 }
 
 /// How a channel delivers notifications.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// `Debug` shows only the scheme and host of the URL: a WebSocket URL is itself the
+/// credential to the channel, and a webhook URL typically carries a shared secret in its path.
+#[derive(Clone, PartialEq, Eq)]
 pub enum ChannelKind {
     /// GoTo POSTs each notification to `url` (absent only if GoTo omitted it).
     Webhook {
@@ -47,6 +52,33 @@ pub enum ChannelKind {
         /// The `channelType` as GoTo spelled it.
         channel_type: String,
     },
+}
+
+impl fmt::Debug for ChannelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChannelKind::Webhook { url } => f
+                .debug_struct("Webhook")
+                .field("url", &url.as_deref().map(redact_url))
+                .finish(),
+            ChannelKind::WebSocket { url } => f
+                .debug_struct("WebSocket")
+                .field("url", &url.as_deref().map(redact_url))
+                .finish(),
+            ChannelKind::Other { channel_type } => f
+                .debug_struct("Other")
+                .field("channel_type", channel_type)
+                .finish(),
+        }
+    }
+}
+
+/// `scheme://host/…` of a URL, or `…` when it does not parse.
+fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(u) => format!("{}://{}/…", u.scheme(), u.host_str().unwrap_or("")),
+        Err(_) => "…".to_owned(),
+    }
 }
 
 impl ChannelKind {
@@ -579,6 +611,23 @@ mod tests {
                 channel_type: "Sms".into()
             }
         );
+    }
+
+    #[test]
+    fn debug_hides_channel_url_paths() {
+        let ch = Channel::from_json(
+            br#"{"channelId":"c","channelURL":"wss://webrtc.jive.com/notification-channel/v1/channels/SECRETPATH/ws"}"#,
+            None,
+        )
+        .unwrap();
+        let shown = format!("{ch:?}");
+        assert!(!shown.contains("SECRETPATH"), "{shown}");
+        assert!(shown.contains("wss://webrtc.jive.com/…"), "{shown}");
+        let hook = ChannelKind::Webhook {
+            url: Some("https://h.example/hook/s3cr3t".into()),
+        };
+        assert!(!format!("{hook:?}").contains("s3cr3t"));
+        assert_eq!(hook.url(), Some("https://h.example/hook/s3cr3t"));
     }
 
     #[test]

@@ -304,4 +304,104 @@ mod tests {
             "a past date means retry now"
         );
     }
+
+    mod looping {
+        use super::super::*;
+        use crate::goto::endpoint::{GET_CHANNEL, LIST_CHANNELS};
+        use std::cell::Cell;
+        use tokio::time::Instant;
+
+        fn policy(max_attempts: u32) -> RetryPolicy {
+            RetryPolicy {
+                max_attempts,
+                base_delay: Duration::from_millis(100),
+                max_delay: Duration::from_secs(1),
+            }
+        }
+
+        fn failure(status: u16, retry_after: Option<Duration>) -> GotoError {
+            GotoError::from_api_response(GET_CHANNEL, status, b"{}", retry_after)
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn retries_until_success_with_growing_delays() {
+            let calls = Cell::new(0u32);
+            let start = Instant::now();
+            let result = retrying(GET_CHANNEL, &policy(5), true, || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move {
+                    if n < 4 {
+                        Err(failure(503, None))
+                    } else {
+                        Ok(n)
+                    }
+                }
+            })
+            .await;
+            assert_eq!(result.unwrap(), 4);
+            // Waits of [50,100] + [100,200] + [200,400] ms.
+            let waited = Instant::now() - start;
+            assert!(
+                waited >= Duration::from_millis(350) && waited <= Duration::from_millis(705),
+                "{waited:?}"
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn exhausts_and_wraps_the_last_error() {
+            let calls = Cell::new(0u32);
+            let err = retrying(LIST_CHANNELS, &policy(3), true, || {
+                calls.set(calls.get() + 1);
+                async { Err::<(), _>(failure(429, None)) }
+            })
+            .await
+            .unwrap_err();
+            assert_eq!(calls.get(), 3);
+            assert!(matches!(
+                err,
+                GotoError::RetriesExhausted { attempts: 3, endpoint, .. } if endpoint == LIST_CHANNELS
+            ));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn honours_retry_after() {
+            let calls = Cell::new(0u32);
+            let start = Instant::now();
+            retrying(GET_CHANNEL, &policy(5), true, || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move {
+                    if n == 1 {
+                        Err(failure(429, Some(Duration::from_secs(7))))
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .await
+            .unwrap();
+            let waited = Instant::now() - start;
+            assert!(
+                waited >= Duration::from_secs(7) && waited < Duration::from_millis(7010),
+                "{waited:?}"
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn permanent_errors_and_non_idempotent_requests_fail_at_once() {
+            for (status, allowed) in [(400, true), (404, true), (503, false)] {
+                let calls = Cell::new(0u32);
+                let err = retrying(GET_CHANNEL, &policy(5), allowed, || {
+                    calls.set(calls.get() + 1);
+                    async move { Err::<(), _>(failure(status, None)) }
+                })
+                .await
+                .unwrap_err();
+                assert_eq!(calls.get(), 1, "status {status}");
+                assert_eq!(err.status(), Some(status));
+                assert!(!matches!(err, GotoError::RetriesExhausted { .. }));
+            }
+        }
+    }
 }
