@@ -50,7 +50,7 @@ pub use config::{Credential, GotoClientConfig, Secret, WebSocketTypeSpelling};
 pub use endpoint::{Api, Endpoint};
 pub use error::{Constraint, GotoError};
 pub use model::{BackfilledState, Channel, ChannelKind, ConversationEvents, SubscriptionOutcome};
-pub use retry::{parse_retry_after, RetryPolicy};
+pub use retry::{parse_retry_after, RetryPolicy, MAX_RETRY_AFTER};
 
 use auth::TokenManager;
 use ratelimit::RateLimiter;
