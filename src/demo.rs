@@ -69,7 +69,7 @@ pub async fn run(args: DemoArgs) -> ExitCode {
 
 /// The whole demo, returning the verification.
 pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
-    let Some([drop, dup, dup_new, delay, unrecoverable]) = fault_mix(&args.faults) else {
+    let Some([drop_rate, dup, dup_new, delay, unrecoverable]) = fault_mix(&args.faults) else {
         return Err(format!("--faults {:?}: expected none, realistic or harsh", args.faults));
     };
     let kind = match args.transport.as_str() {
@@ -102,7 +102,7 @@ pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
     sim_config.traffic.seed = args.seed;
     sim_config.traffic.mean_state_interval = Duration::from_millis(60);
     sim_config.faults.seed = args.seed;
-    sim_config.faults.drop_rate = drop;
+    sim_config.faults.drop_rate = drop_rate;
     sim_config.faults.duplicate_rate = dup;
     sim_config.faults.duplicate_new_id_rate = dup_new;
     sim_config.faults.delay_rate = delay;

@@ -1,62 +1,15 @@
-//! Settings of the GoTo client, and the `Secret` wrapper that keeps credentials out of logs.
+//! Settings of the GoTo client.
 //!
 //! The bridge embeds [`GotoClientConfig`] in its own figment configuration, so everything here
 //! derives `Deserialize` with defaults for every knob that GoTo's public material pins down
 //! (10 requests/second per API, tokens refreshed after a third of their life, ...). Only the
 //! OAuth client and the user credential have no sensible default.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-/// A credential or token. `Debug` and `Display` print `***` so a secret can sit inside any
-/// struct that gets logged; the only way to read it is [`Secret::expose`], which makes every
-/// place that handles the clear text easy to find.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a clear-text secret.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The clear text. Callers must not log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// True when no secret was configured.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Secret(value)
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(value: &str) -> Self {
-        Secret(value.to_owned())
-    }
-}
+pub use crate::secret::Secret;
 
 /// The user credential exchanged at the token endpoint. An unattended daemon prefers a
 /// personal access token (no browser step, nothing to persist); a refresh token obtained once
