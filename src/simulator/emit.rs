@@ -12,7 +12,6 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::delivery::{call_state_body, dispatch, Outgoing};
-use super::faults::burst_release;
 use super::ground_truth::{fault, StateRecord};
 use super::state::{iso_now, Sim};
 use super::traffic::GeneratedState;
@@ -33,7 +32,7 @@ pub fn emit_state(sim: &Arc<Sim>, call: &CallContext<'_>, state: &GeneratedState
     let (fate, burst) = {
         let mut f = sim.faults();
         let fate = f.decide_state(is_last);
-        let burst = burst_release(f.config(), now.saturating_duration_since(sim.started_at));
+        let burst = f.burst_release(now);
         (fate, burst)
     };
     let hold = match (fate.delay, burst) {

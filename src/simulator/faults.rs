@@ -10,6 +10,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 /// Every fault knob. Rates are probabilities in 0..=1; `*_every` are schedules (None = off).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -80,13 +81,20 @@ pub struct StateFate {
 pub struct Faults {
     config: FaultsConfig,
     rng: ChaCha8Rng,
+    /// Burst windows are counted from here: the last time the burst schedule changed, so a
+    /// tester switching bursts on sees a window open at once.
+    burst_anchor: Instant,
 }
 
 impl Faults {
     /// Dice seeded from `config.seed`.
     pub fn new(config: FaultsConfig) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(config.seed);
-        Self { config, rng }
+        Self {
+            config,
+            rng,
+            burst_anchor: Instant::now(),
+        }
     }
 
     /// The current knobs.
@@ -98,6 +106,11 @@ impl Faults {
     pub fn set(&mut self, config: FaultsConfig) {
         if config.seed != self.config.seed {
             self.rng = ChaCha8Rng::seed_from_u64(config.seed);
+        }
+        if (config.burst_every, config.burst_hold)
+            != (self.config.burst_every, self.config.burst_hold)
+        {
+            self.burst_anchor = Instant::now();
         }
         self.config = config;
     }
@@ -152,6 +165,14 @@ impl Faults {
         fate
     }
 
+    /// When a delivery emitted at `now` must be released under the burst schedule.
+    pub fn burst_release(&self, now: Instant) -> Option<Duration> {
+        burst_release(
+            &self.config,
+            now.saturating_duration_since(self.burst_anchor),
+        )
+    }
+
     /// Pick one of `n` things.
     pub fn pick(&mut self, n: usize) -> Option<usize> {
         (n > 0).then(|| self.rng.gen_range(0..n))
@@ -201,7 +222,7 @@ impl FaultsConfig {
     }
 }
 
-/// When a delivery emitted `since_start` after the simulator began must be released, given the
+/// When a delivery emitted `since_start` after the burst anchor must be released, given the
 /// burst schedule: inside a window `[k*every, k*every+hold)` it waits for the window's end.
 pub fn burst_release(config: &FaultsConfig, since_start: Duration) -> Option<Duration> {
     let every = config.burst_every?;

@@ -158,7 +158,6 @@ pub async fn start(config: SimulatorConfig) -> Result<RunningSimulator, Simulato
         webhook_slots: Arc::new(Semaphore::new(
             config.delivery.max_concurrent_webhooks.max(1),
         )),
-        started_at: tokio::time::Instant::now(),
         shutdown: watch::channel(false).0,
         in_flight: AtomicUsize::new(0),
         progress: Notify::new(),

@@ -56,8 +56,6 @@ pub struct Sim {
     pub http: reqwest::Client,
     /// Bounds concurrent webhook POSTs.
     pub webhook_slots: Arc<Semaphore>,
-    /// When the simulator started (burst windows and fault schedules count from here).
-    pub started_at: Instant,
     /// Flips to true once on shutdown; every background task watches it.
     pub shutdown: watch::Sender<bool>,
     /// Deliveries dispatched but not finished (including held back ones).

@@ -34,8 +34,14 @@ pub async fn start(config: SimulatorConfig) -> RunningSimulator {
     simulator::start(config).await.unwrap()
 }
 
+thread_local! {
+    // Building a client loads TLS roots (slow); each #[tokio::test] runs on its own thread and
+    // runtime, so one client per thread never outlives the runtime its connections belong to.
+    static CLIENT: reqwest::Client = reqwest::Client::builder().no_proxy().build().unwrap();
+}
+
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    CLIENT.with(|c| c.clone())
 }
 
 /// An access token from the PAT grant with the default demo credentials.
@@ -244,5 +250,28 @@ pub async fn next_json(ws: &mut Ws, timeout: Duration) -> Option<Value> {
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
             Some(Ok(_)) => {}
         }
+    }
+}
+
+/// Wait until the simulator reports the channel's socket connected (registration happens
+/// asynchronously after the WebSocket handshake).
+pub async fn wait_connected(base: &str, token: &str, nickname: &str, channel_id: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let (_, ch) = call(
+            reqwest::Method::GET,
+            &format!("{base}/notification-channel/v1/channels/{nickname}/{channel_id}"),
+            token,
+            None,
+        )
+        .await;
+        if ch["channelData"]["isConnected"] == true {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "socket never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
