@@ -391,3 +391,48 @@ async fn to_be_closed_then_close_and_disconnect() {
     assert_eq!(r.status(), 404, "nothing connected any more");
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn protocol_pings_are_answered_and_control_delete_closes_the_socket() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let sim = start(fast_config()).await;
+    let base = sim.base_url();
+    let t = token(&base).await;
+    let (id, url) = websocket_channel(&base, &t, "n").await;
+    let mut ws = ws_connect(&url).await;
+    wait_connected(&base, &t, "n", &id).await;
+    ws.send(Message::Ping(b"hi".to_vec().into())).await.unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(2), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, Message::Pong(b"hi".to_vec().into()));
+    let r = client()
+        .delete(format!("{base}/_simulator/channels/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(next_json(&mut ws, Duration::from_secs(2)).await.is_none());
+    let (s, _) = call(
+        Method::GET,
+        &format!("{base}/notification-channel/v1/channels/n/{id}"),
+        &t,
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        sim.control().ground_truth().fault_counts["channelDeleted"],
+        1
+    );
+    let bad = ws_url_404(&url).await;
+    assert!(bad, "the URL of a deleted channel no longer upgrades");
+    sim.shutdown().await;
+}
+
+async fn ws_url_404(url: &str) -> bool {
+    tokio_tungstenite::connect_async(url).await.is_err()
+}
