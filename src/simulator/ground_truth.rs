@@ -283,3 +283,48 @@ impl GroundTruth {
         g
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(seq: u64, unrecoverable: bool) -> StateRecord {
+        StateRecord {
+            sequence_number: seq,
+            state_id: format!("s{seq}"),
+            state_type: "ACTIVE".into(),
+            state: serde_json::json!({"sequenceNumber": seq}),
+            emitted_at: String::new(),
+            emitted_instant: Some(Instant::now()),
+            dropped: unrecoverable,
+            unrecoverable,
+            duplicated: 0,
+            duplicated_new_id: 0,
+            delay_ms: None,
+            burst_held_ms: None,
+            subscribed_channels: Vec::new(),
+            deliveries: BTreeMap::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backfill_skips_unrecoverable_and_ages_out_with_retention() {
+        let mut g = GroundTruth::default();
+        g.start_call(0, "c", "a", serde_json::json!({}));
+        g.record_state("c", state(1, false));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        g.record_state("c", state(2, true));
+        g.record_state("c", state(3, false));
+        let keep = Some(Duration::from_secs(3));
+        let (_, s) = g.recoverable_states("c", keep, Instant::now()).unwrap();
+        let seqs: Vec<u64> = s.iter().map(|s| s.sequence_number).collect();
+        assert_eq!(seqs, vec![3], "1 aged out, 2 unrecoverable");
+        assert_eq!(g.unrecoverable.len(), 1);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(g.recoverable_states("c", keep, Instant::now()).is_none());
+        assert!(g.recoverable_states("c", None, Instant::now()).is_some());
+        assert!(g
+            .recoverable_states("other", None, Instant::now())
+            .is_none());
+    }
+}

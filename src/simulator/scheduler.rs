@@ -53,6 +53,8 @@ pub fn status(sim: &Sim) -> TrafficStatus {
 
 /// Start starting calls (no-op when already running).
 pub fn start(sim: &Arc<Sim>) {
+    // Set the wish first: a loop still winding down after a stop sees it and keeps going.
+    sim.traffic_wanted.send_replace(true);
     {
         let mut world = sim.world();
         if world.traffic.running {
@@ -64,7 +66,6 @@ pub fn start(sim: &Arc<Sim>) {
             world.traffic.base_time_ms = sim.config.traffic.base_time_ms.unwrap_or_else(wall_ms);
         }
     }
-    sim.traffic_wanted.send_replace(true);
     tokio::spawn(run(sim.clone()));
 }
 
@@ -82,39 +83,50 @@ async fn run(sim: Arc<Sim>) {
     let mut shutdown = sim.shutdown_signal();
     let mut next_start = Instant::now();
     loop {
-        if !*wanted.borrow_and_update() || *shutdown.borrow() {
-            break;
-        }
-        if cfg.calls > 0 && sim.world().traffic.calls_started >= cfg.calls {
-            break;
-        }
-        if period.is_some() {
-            tokio::select! {
-                _ = tokio::time::sleep_until(next_start) => {}
+        loop {
+            if !*wanted.borrow_and_update() || *shutdown.borrow() {
+                break;
+            }
+            if cfg.calls > 0 && sim.world().traffic.calls_started >= cfg.calls {
+                break;
+            }
+            if period.is_some() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next_start) => {}
+                    _ = wanted.changed() => continue,
+                    _ = shutdown.changed() => break,
+                }
+            }
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p,
                 _ = wanted.changed() => continue,
                 _ = shutdown.changed() => break,
+            };
+            let Ok(permit) = permit else { break };
+            if let Some(p) = period {
+                // No catch-up burst after waiting for a free slot.
+                next_start = (next_start + p).max(Instant::now());
             }
+            let (index, base) = {
+                let mut world = sim.world();
+                let t = &mut world.traffic;
+                let index = t.next_index;
+                t.next_index += 1;
+                t.calls_started += 1;
+                (index, t.base_time_ms)
+            };
+            tokio::spawn(play_call(sim.clone(), index, base, permit));
         }
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p,
-            _ = wanted.changed() => continue,
-            _ = shutdown.changed() => break,
-        };
-        let Ok(permit) = permit else { break };
-        if let Some(p) = period {
-            next_start = next_start.max(Instant::now() - p) + p;
+        // Decide to stop under the world lock, re-checking the wish: `start` sets the wish
+        // before it looks at `running`, so a start racing this exit is never lost.
+        let mut world = sim.world();
+        let exhausted = cfg.calls > 0 && world.traffic.calls_started >= cfg.calls;
+        if *sim.traffic_wanted.borrow() && !*sim.shutdown.borrow() && !exhausted {
+            continue;
         }
-        let (index, base) = {
-            let mut world = sim.world();
-            let t = &mut world.traffic;
-            let index = t.next_index;
-            t.next_index += 1;
-            t.calls_started += 1;
-            (index, t.base_time_ms)
-        };
-        tokio::spawn(play_call(sim.clone(), index, base, permit));
+        world.traffic.running = false;
+        break;
     }
-    sim.world().traffic.running = false;
     sim.progress.notify_waiters();
 }
 
