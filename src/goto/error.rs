@@ -1,0 +1,498 @@
+//! The one error type of the GoTo client.
+//!
+//! Every error names the endpoint by method and path template, and carries what GoTo said
+//! about the failure (HTTP status, `errorCode`, `message`, constraint list), because the
+//! operator reading the log has nothing else to go on: GoTo's 400 messages are often
+//! boilerplate and the real cause sits in the constraints. Errors never carry a URL (a query
+//! string is not ours to log), a request body, or a token: secrets live only in
+//! [`Secret`](super::Secret) values, which are never formatted into an error.
+
+use std::fmt::{self, Write as _};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::endpoint::{Api, Endpoint, TOKEN};
+
+/// Longest GoTo-provided text kept in an error, so a pathological body cannot flood logs.
+const MAX_TEXT: usize = 500;
+
+/// One entry of GoTo's `constraints` / `constraintViolations` array.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Constraint {
+    /// The offending field, e.g. `Events[0]`.
+    pub field: Option<String>,
+    /// What was wrong with it, e.g. `INVALID`, `REQUIRED`.
+    pub constraint: String,
+}
+
+impl fmt::Display for Constraint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{field}: {}", self.constraint),
+            None => f.write_str(&self.constraint),
+        }
+    }
+}
+
+/// Everything that can go wrong talking to GoTo.
+#[derive(Debug, thiserror::Error)]
+pub enum GotoError {
+    /// The configuration cannot work (empty client id, zero attempts, ...).
+    #[error("invalid GoTo client configuration: {detail}")]
+    Config {
+        /// What is wrong.
+        detail: String,
+    },
+    /// A REST endpoint answered with a status the call does not accept.
+    #[error("{}", describe_api(endpoint, *status, error_code, message, constraints))]
+    Api {
+        /// Which endpoint.
+        endpoint: Endpoint,
+        /// HTTP status.
+        status: u16,
+        /// GoTo's `errorCode`, e.g. `RTC-NOTIFICATION-CHANNEL-NOT-FOUND`.
+        error_code: Option<String>,
+        /// GoTo's `message`.
+        message: Option<String>,
+        /// GoTo's `reference` (a support correlation id).
+        reference: Option<String>,
+        /// `constraints` / `constraintViolations`, where GoTo hides the real cause of a 400.
+        constraints: Vec<Constraint>,
+        /// The server's `Retry-After`, when it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// The token endpoint refused the grant (`invalid_client`, `invalid_grant`, ...).
+    #[error("{}", describe_auth(grant, *status, error, description))]
+    Auth {
+        /// `personal_access_token` or `refresh_token`.
+        grant: &'static str,
+        /// HTTP status.
+        status: u16,
+        /// OAuth `error`.
+        error: Option<String>,
+        /// OAuth `error_description`.
+        description: Option<String>,
+        /// The server's `Retry-After`, when it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// The request did not complete: connect failure, timeout, reset, unreadable body.
+    #[error("{endpoint}: transport error: {source}")]
+    Transport {
+        /// Which endpoint.
+        endpoint: Endpoint,
+        /// The underlying error, with its URL stripped.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A success response whose body is not what the endpoint documents.
+    #[error("{endpoint}: undecodable response: {detail}")]
+    Decode {
+        /// Which endpoint.
+        endpoint: Endpoint,
+        /// What did not fit.
+        detail: String,
+    },
+    /// Every allowed attempt failed with a retryable error; `last` is the final one.
+    #[error("{endpoint}: gave up after {attempts} attempts, last error: {last}")]
+    RetriesExhausted {
+        /// Which endpoint.
+        endpoint: Endpoint,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        #[source]
+        last: Box<GotoError>,
+    },
+}
+
+impl GotoError {
+    /// A transport error, with the URL removed (it may carry a query string).
+    pub(crate) fn transport(endpoint: Endpoint, source: reqwest::Error) -> Self {
+        GotoError::Transport {
+            endpoint,
+            source: source.without_url(),
+        }
+    }
+
+    /// A decode error from serde. serde quotes offending values; where those may be
+    /// credentials (tokens; channel URLs, whose path is the WebSocket credential or the
+    /// webhook's shared secret) only the error's kind and position are kept.
+    pub(crate) fn decode(endpoint: Endpoint, err: &serde_json::Error) -> Self {
+        let sensitive = matches!(endpoint.api, Api::OAuth | Api::NotificationChannel);
+        let detail = if sensitive && err.to_string().contains('"') {
+            format!(
+                "{:?} error at line {} column {}",
+                err.classify(),
+                err.line(),
+                err.column()
+            )
+        } else {
+            truncate(&err.to_string())
+        };
+        GotoError::Decode { endpoint, detail }
+    }
+
+    /// An API error built from a non-accepted response of a REST endpoint.
+    pub(crate) fn from_api_response(
+        endpoint: Endpoint,
+        status: u16,
+        body: &[u8],
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let parsed = serde_json::from_slice::<ErrorBody>(body).ok();
+        let (error_code, message, reference, constraints) = match parsed {
+            Some(b) => {
+                let mut constraints = Vec::new();
+                for item in b.constraints.iter().chain(b.constraint_violations.iter()) {
+                    constraints.extend(constraint_from(item));
+                }
+                (
+                    b.error_code.as_ref().and_then(text).or(b.error),
+                    b.message.or(b.error_description).map(|m| truncate(&m)),
+                    b.reference,
+                    constraints,
+                )
+            }
+            None => {
+                // Not JSON (a proxy's HTML page, say): keep a short snippet as the message.
+                let snippet = String::from_utf8_lossy(body);
+                let snippet = snippet.trim();
+                let message = (!snippet.is_empty()).then(|| truncate(snippet));
+                (None, message, None, Vec::new())
+            }
+        };
+        GotoError::Api {
+            endpoint,
+            status,
+            error_code,
+            message,
+            reference,
+            constraints,
+            retry_after,
+        }
+    }
+
+    /// An auth error from the token endpoint's response. The raw body is never kept.
+    pub(crate) fn from_token_response(
+        grant: &'static str,
+        status: u16,
+        body: &[u8],
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let parsed = serde_json::from_slice::<ErrorBody>(body).ok();
+        let (error, description) = match parsed {
+            Some(b) => (
+                b.error.or_else(|| b.error_code.as_ref().and_then(text)),
+                b.error_description.or(b.message).map(|m| truncate(&m)),
+            ),
+            None => (None, None),
+        };
+        GotoError::Auth {
+            grant,
+            status,
+            error,
+            description,
+            retry_after,
+        }
+    }
+
+    /// True for failures that may succeed when repeated: 429, 5xx and transport errors.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            GotoError::Api { status, .. } | GotoError::Auth { status, .. } => {
+                *status == 429 || *status >= 500
+            }
+            GotoError::Transport { .. } => true,
+            GotoError::Config { .. }
+            | GotoError::Decode { .. }
+            | GotoError::RetriesExhausted { .. } => false,
+        }
+    }
+
+    /// The HTTP status GoTo answered (of the last attempt, for exhausted retries).
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            GotoError::Api { status, .. } | GotoError::Auth { status, .. } => Some(*status),
+            GotoError::RetriesExhausted { last, .. } => last.status(),
+            _ => None,
+        }
+    }
+
+    /// GoTo's `errorCode` (or the OAuth `error` for the token endpoint).
+    pub fn error_code(&self) -> Option<&str> {
+        match self {
+            GotoError::Api { error_code, .. } => error_code.as_deref(),
+            GotoError::Auth { error, .. } => error.as_deref(),
+            GotoError::RetriesExhausted { last, .. } => last.error_code(),
+            _ => None,
+        }
+    }
+
+    /// The server's `Retry-After`, if the failing response carried one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GotoError::Api { retry_after, .. } | GotoError::Auth { retry_after, .. } => {
+                *retry_after
+            }
+            GotoError::RetriesExhausted { last, .. } => last.retry_after(),
+            _ => None,
+        }
+    }
+
+    /// The endpoint the error is about (`None` for configuration errors).
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        match self {
+            GotoError::Api { endpoint, .. }
+            | GotoError::Transport { endpoint, .. }
+            | GotoError::Decode { endpoint, .. }
+            | GotoError::RetriesExhausted { endpoint, .. } => Some(*endpoint),
+            GotoError::Auth { .. } => Some(TOKEN),
+            GotoError::Config { .. } => None,
+        }
+    }
+
+    /// True when GoTo rejected the credentials themselves (the token endpoint answered
+    /// 400/401 with e.g. `invalid_grant`): retrying will not help, an operator must act.
+    pub fn is_credential_rejected(&self) -> bool {
+        matches!(self, GotoError::Auth { status, .. } if (400..500).contains(status) && *status != 429)
+    }
+}
+
+/// The union of GoTo's REST error body and the OAuth error body; every field optional.
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "errorCode")]
+    error_code: Option<Value>,
+    message: Option<String>,
+    reference: Option<String>,
+    #[serde(default, rename = "constraintViolations")]
+    constraint_violations: Vec<Value>,
+    #[serde(default)]
+    constraints: Vec<Value>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// A JSON scalar as text (`errorCode` is a string everywhere seen, but be lenient).
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn constraint_from(item: &Value) -> Option<Constraint> {
+    match item {
+        Value::String(s) => Some(Constraint {
+            field: None,
+            constraint: truncate(s),
+        }),
+        Value::Object(map) => {
+            let field = map.get("field").and_then(text);
+            let constraint = ["constraint", "message", "code"]
+                .iter()
+                .find_map(|k| map.get(*k).and_then(text))
+                .unwrap_or_else(|| "(unspecified)".to_owned());
+            Some(Constraint {
+                field,
+                constraint: truncate(&constraint),
+            })
+        }
+        _ => None,
+    }
+}
+
+fn truncate(s: &str) -> String {
+    if s.chars().count() <= MAX_TEXT {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(MAX_TEXT).collect();
+    out.push('…');
+    out
+}
+
+fn describe_api(
+    endpoint: &Endpoint,
+    status: u16,
+    error_code: &Option<String>,
+    message: &Option<String>,
+    constraints: &[Constraint],
+) -> String {
+    let mut out = format!("{endpoint} answered HTTP {status}");
+    if let Some(code) = error_code {
+        let _ = write!(out, " {code}");
+    }
+    if let Some(message) = message {
+        let _ = write!(out, ": {message}");
+    }
+    if !constraints.is_empty() {
+        out.push_str(" [constraints: ");
+        for (i, c) in constraints.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            let _ = write!(out, "{c}");
+        }
+        out.push(']');
+    }
+    out
+}
+
+fn describe_auth(
+    grant: &str,
+    status: u16,
+    error: &Option<String>,
+    description: &Option<String>,
+) -> String {
+    let mut out = format!("{TOKEN} refused the {grant} grant with HTTP {status}");
+    if let Some(error) = error {
+        let _ = write!(out, " {error}");
+    }
+    if let Some(description) = description {
+        let _ = write!(out, ": {description}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::endpoint::{CREATE_CHANNEL, DELETE_CHANNEL, SUBSCRIBE_CALL_EVENTS};
+    use super::*;
+
+    #[test]
+    fn api_error_names_endpoint_code_message_and_constraints() {
+        let body = br#"{"reference":"ref-1","constraintViolations":[],
+            "errorCode":"BAD_REQUEST","message":"The Notification Channel must be a WebSocket channel",
+            "constraints":[{"field":"Events[0]","constraint":"INVALID"},{"field":"ID","constraint":"REQUIRED"}]}"#;
+        let err = GotoError::from_api_response(SUBSCRIBE_CALL_EVENTS, 400, body, None);
+        assert_eq!(
+            err.to_string(),
+            "POST /call-events/v1/subscriptions answered HTTP 400 BAD_REQUEST: The Notification \
+             Channel must be a WebSocket channel [constraints: Events[0]: INVALID, ID: REQUIRED]"
+        );
+        assert_eq!(err.status(), Some(400));
+        assert_eq!(err.error_code(), Some("BAD_REQUEST"));
+        assert!(!err.is_retryable());
+        match err {
+            GotoError::Api { reference, .. } => assert_eq!(reference.as_deref(), Some("ref-1")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn constraint_violations_and_not_found_body() {
+        let body = br#"{"reference":"r","constraintViolations":[{"field":"to","constraint":"SIZE"}],
+            "errorCode":"RTC-NOTIFICATION-CHANNEL-NOT-FOUND","message":"Notification channel does not exist Webhook.x"}"#;
+        let err = GotoError::from_api_response(DELETE_CHANNEL, 404, body, None);
+        assert_eq!(err.error_code(), Some("RTC-NOTIFICATION-CHANNEL-NOT-FOUND"));
+        let text = err.to_string();
+        assert!(
+            text.starts_with("DELETE /notification-channel/v1/channels/{nickname}/{channelId}"),
+            "{text}"
+        );
+        assert!(text.contains("[constraints: to: SIZE]"), "{text}");
+    }
+
+    #[test]
+    fn non_json_body_becomes_a_short_message() {
+        let body = "<html>".repeat(200);
+        let err = GotoError::from_api_response(CREATE_CHANNEL, 502, body.as_bytes(), None);
+        assert!(err.is_retryable());
+        match &err {
+            GotoError::Api {
+                message: Some(m), ..
+            } => assert!(m.chars().count() <= MAX_TEXT + 1),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn oauth_error_body() {
+        let body = br#"{"error":"invalid_client","error_description":"client not found"}"#;
+        let err = GotoError::from_token_response("personal_access_token", 401, body, None);
+        assert_eq!(
+            err.to_string(),
+            "POST /oauth/token refused the personal_access_token grant with HTTP 401 \
+             invalid_client: client not found"
+        );
+        assert_eq!(err.error_code(), Some("invalid_client"));
+        assert!(err.is_credential_rejected());
+        assert!(!err.is_retryable());
+        let busy = GotoError::from_token_response("refresh_token", 503, b"", None);
+        assert!(busy.is_retryable());
+        assert!(!busy.is_credential_rejected());
+    }
+
+    #[test]
+    fn retryable_classification_and_exhausted_delegates() {
+        let e429 = GotoError::from_api_response(
+            SUBSCRIBE_CALL_EVENTS,
+            429,
+            b"{}",
+            Some(Duration::from_secs(2)),
+        );
+        assert!(e429.is_retryable());
+        let exhausted = GotoError::RetriesExhausted {
+            endpoint: SUBSCRIBE_CALL_EVENTS,
+            attempts: 5,
+            last: Box::new(e429),
+        };
+        assert!(!exhausted.is_retryable());
+        assert_eq!(exhausted.status(), Some(429));
+        assert_eq!(exhausted.retry_after(), Some(Duration::from_secs(2)));
+        assert!(exhausted.to_string().contains("gave up after 5 attempts"));
+    }
+
+    /// No error built by this module may show a token: token-endpoint decode errors drop
+    /// serde's quoted values, transport errors drop the URL.
+    #[tokio::test]
+    async fn errors_never_show_secrets() {
+        const SECRET: &str = "eyJsecret-token-value";
+        // serde quotes the offending value; for the token endpoint it must not appear.
+        let bad: Result<u64, _> = serde_json::from_str(&format!("\"{SECRET}\""));
+        let serde_err = bad.unwrap_err();
+        assert!(
+            serde_err.to_string().contains(SECRET),
+            "premise of the test"
+        );
+        let decode = GotoError::decode(TOKEN, &serde_err);
+        let channel_decode = GotoError::decode(CREATE_CHANNEL, &serde_err);
+
+        // reqwest puts the URL (query string included) into its errors; ours must not.
+        let reqwest_err = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:1/x?token={SECRET}"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(format!("{reqwest_err:?}").contains(SECRET), "premise");
+        let transport = GotoError::transport(CREATE_CHANNEL, reqwest_err);
+
+        let auth = GotoError::from_token_response(
+            "refresh_token",
+            400,
+            br#"{"error":"invalid_grant"}"#,
+            None,
+        );
+        let wrapped = GotoError::RetriesExhausted {
+            endpoint: CREATE_CHANNEL,
+            attempts: 2,
+            last: Box::new(GotoError::transport(
+                CREATE_CHANNEL,
+                reqwest::Client::new()
+                    .get(format!("http://127.0.0.1:1/?pat={SECRET}"))
+                    .send()
+                    .await
+                    .unwrap_err(),
+            )),
+        };
+        for err in [decode, channel_decode, transport, auth, wrapped] {
+            let shown = format!("{err} / {err:?}");
+            assert!(!shown.contains(SECRET), "secret leaked: {shown}");
+            assert!(!shown.contains("token="), "query string leaked: {shown}");
+            assert!(!shown.contains("http://"), "URL leaked: {shown}");
+        }
+    }
+}

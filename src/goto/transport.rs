@@ -1,0 +1,181 @@
+//! The one place that sends a request to GoTo's REST APIs.
+//!
+//! Every call goes the same way: take a token from the API's rate-limit bucket, attach a
+//! bearer token, send, classify the answer. A 401 drops the token, refreshes once and
+//! re-sends once (a 401 means GoTo did not act, so this is safe even for channel creation);
+//! 429, 5xx and transport failures are retried with backoff for requests that may be
+//! repeated. Keeping this in one place is what lets the API modules be plain request/decode
+//! code.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::Method;
+use url::Url;
+
+use super::auth::{BearerToken, TokenManager};
+use super::endpoint::Endpoint;
+use super::error::GotoError;
+use super::ratelimit::RateLimiter;
+use super::retry::{parse_retry_after, retrying, RetryPolicy};
+
+/// A request to a REST endpoint.
+#[derive(Debug)]
+pub(crate) struct ApiRequest {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) url: Url,
+    /// JSON body, already serialised.
+    pub(crate) body: Option<Vec<u8>>,
+    /// Non-2xx statuses the caller handles itself (typically 404), returned as responses.
+    pub(crate) also_accept: &'static [u16],
+    /// False for requests that must not be repeated blindly (channel creation).
+    pub(crate) idempotent: bool,
+}
+
+impl ApiRequest {
+    /// An idempotent request without body.
+    pub(crate) fn new(endpoint: Endpoint, url: Url) -> Self {
+        ApiRequest {
+            endpoint,
+            url,
+            body: None,
+            also_accept: &[],
+            idempotent: true,
+        }
+    }
+
+    pub(crate) fn json_body(mut self, body: &impl serde::Serialize) -> Result<Self, GotoError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| GotoError::Decode {
+            endpoint: self.endpoint,
+            detail: format!("cannot encode request body: {e}"),
+        })?;
+        self.body = Some(bytes);
+        Ok(self)
+    }
+
+    pub(crate) fn also_accept(mut self, statuses: &'static [u16]) -> Self {
+        self.also_accept = statuses;
+        self
+    }
+
+    pub(crate) fn not_idempotent(mut self) -> Self {
+        self.idempotent = false;
+        self
+    }
+}
+
+/// An accepted response: 2xx or one of the request's `also_accept` statuses.
+#[derive(Debug)]
+pub(crate) struct ApiResponse {
+    pub(crate) status: u16,
+    pub(crate) body: Bytes,
+}
+
+/// Rate limit → bearer token → send → classify, with retries.
+pub(crate) struct Transport {
+    http: reqwest::Client,
+    limiter: Arc<RateLimiter>,
+    auth: Arc<TokenManager>,
+    policy: RetryPolicy,
+}
+
+impl Transport {
+    pub(crate) fn new(
+        http: reqwest::Client,
+        limiter: Arc<RateLimiter>,
+        auth: Arc<TokenManager>,
+        policy: RetryPolicy,
+    ) -> Self {
+        Transport {
+            http,
+            limiter,
+            auth,
+            policy,
+        }
+    }
+
+    pub(crate) fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    pub(crate) fn auth(&self) -> &TokenManager {
+        &self.auth
+    }
+
+    /// Sends `req`, retrying as its idempotency allows.
+    pub(crate) async fn send(&self, req: &ApiRequest) -> Result<ApiResponse, GotoError> {
+        retrying(req.endpoint, &self.policy, req.idempotent, || {
+            self.send_authenticated(req)
+        })
+        .await
+    }
+
+    /// One attempt, plus the single re-send after a 401 with a refreshed token.
+    async fn send_authenticated(&self, req: &ApiRequest) -> Result<ApiResponse, GotoError> {
+        let token = self.auth.bearer().await?;
+        match self.send_once(req, &token).await {
+            Err(GotoError::Api { status: 401, .. }) => {
+                self.auth.invalidate(token.generation).await;
+                let token = self.auth.bearer().await?;
+                self.send_once(req, &token).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send_once(
+        &self,
+        req: &ApiRequest,
+        token: &BearerToken,
+    ) -> Result<ApiResponse, GotoError> {
+        let endpoint = req.endpoint;
+        self.limiter.acquire(endpoint.api).await;
+        let mut builder = self
+            .http
+            .request(method(endpoint), req.url.clone())
+            .bearer_auth(token.secret.expose())
+            .header(ACCEPT, "application/json");
+        if let Some(body) = &req.body {
+            builder = builder
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| GotoError::transport(endpoint, e))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| GotoError::transport(endpoint, e))?;
+        tracing::debug!(%endpoint, status, bytes = body.len(), "GoTo answered");
+        if (200..300).contains(&status) || req.also_accept.contains(&status) {
+            Ok(ApiResponse { status, body })
+        } else {
+            Err(GotoError::from_api_response(
+                endpoint,
+                status,
+                &body,
+                retry_after,
+            ))
+        }
+    }
+}
+
+fn method(endpoint: Endpoint) -> Method {
+    match endpoint.method {
+        "POST" => Method::POST,
+        "PUT" => Method::PUT,
+        "DELETE" => Method::DELETE,
+        "PATCH" => Method::PATCH,
+        _ => Method::GET,
+    }
+}
