@@ -263,7 +263,25 @@ async fn refresh_of_a_webhook_channel_keeps_its_url() {
 }
 
 #[tokio::test]
-async fn extend_lifetime_returns_the_default_lifetime() {
+async fn extend_lifetime_returns_the_new_lifetime() {
+    let mut c = sim_config();
+    c.channels.websocket_lifetime = std::time::Duration::from_secs(1200);
+    let sim = start(c).await;
+    let client = client(&sim);
+    let ch = client.create_channel("bridge-ws", &WEBSOCKET).await.unwrap();
+    assert_eq!(ch.lifetime_secs, Some(1200));
+    let extended = client
+        .extend_channel_lifetime("bridge-ws", &ch.channel_id)
+        .await
+        .unwrap();
+    assert_eq!(extended, 1200);
+}
+
+/// goto-api.md §2.3: `PUT …/channel-lifetime` "extends by the default value" — so a channel
+/// created with a shorter lifetime gets at least the default after an extension.
+#[tokio::test]
+#[ignore = "mismatch: simulator's extend_lifetime restarts the channel's own (requested) lifetime, not the default"]
+async fn extend_lifetime_extends_by_the_default_lifetime() {
     let mut c = sim_config();
     c.channels.websocket_lifetime = std::time::Duration::from_secs(1200);
     let sim = start(c).await;
@@ -277,8 +295,65 @@ async fn extend_lifetime_returns_the_default_lifetime() {
         .extend_channel_lifetime("bridge-ws", &ch.channel_id)
         .await
         .unwrap();
-    // The simulator restarts the countdown from the channel's lifetime.
-    assert_eq!(extended, 60);
+    assert!(extended >= 1200, "extended to {extended} s");
+}
+
+#[tokio::test]
+async fn requested_lifetime_above_the_maximum_is_capped() {
+    let sim = start(sim_config()).await;
+    let ch = client(&sim)
+        .create_channel(
+            "bridge-ws",
+            &ChannelRequest::WebSocket {
+                lifetime: Some(1_000_000),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ch.lifetime_secs, Some(10_800));
+}
+
+/// A webhook answering 410 is marked unreachable (`webhookChannelData.unreachableTimestamp`);
+/// the client surfaces that on its channel.
+#[tokio::test]
+async fn unreachable_webhook_is_reported_on_the_channel() {
+    let mut c = with_traffic(sim_config(), 1, 3, 3);
+    c.scheduler.autostart = false;
+    let sim = start(c).await;
+    let receiver = Receiver::answering(200, 410).await;
+    let client = client(&sim);
+    let ch = client
+        .create_channel(
+            "bridge-hook",
+            &ChannelRequest::Webhook {
+                url: receiver.url.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ch.unreachable_since, None);
+    let keys = [A1, A2, A3].map(callbridge::goto::AccountSubscription::all_events);
+    let outcomes = client
+        .subscribe_call_events(&ch.channel_id, &keys)
+        .await
+        .unwrap();
+    assert!(outcomes.iter().all(|o| o.is_subscribed()), "{outcomes:?}");
+    sim.control().start_traffic();
+    traffic_done(&sim).await;
+    assert!(
+        receiver
+            .seen()
+            .iter()
+            .any(|s| s.method == axum::http::Method::POST),
+        "premise: deliveries reached the receiver"
+    );
+    let got = client
+        .get_channel("bridge-hook", &ch.channel_id)
+        .await
+        .unwrap()
+        .expect("the channel stays");
+    let since = got.unreachable_since.expect("marked unreachable");
+    assert!(since.starts_with("20"), "{since}");
 }
 
 #[tokio::test]

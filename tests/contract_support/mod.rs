@@ -167,8 +167,8 @@ pub struct Seen {
     pub user_agent: Option<String>,
 }
 
-/// A tiny webhook receiver on 127.0.0.1:0: answers OPTIONS/GET (GoTo's verification) with a
-/// chosen status and POSTs with 200, recording what it saw.
+/// A tiny webhook receiver on 127.0.0.1:0: answers OPTIONS/GET (GoTo's verification) and
+/// POSTs (deliveries) with chosen statuses, recording what it saw.
 #[derive(Clone)]
 pub struct Receiver {
     pub url: String,
@@ -176,7 +176,12 @@ pub struct Receiver {
 }
 
 impl Receiver {
+    /// Verification answered with `verification_status`, deliveries with 200.
     pub async fn start(verification_status: u16) -> Receiver {
+        Receiver::answering(verification_status, 200).await
+    }
+
+    pub async fn answering(verification_status: u16, post_status: u16) -> Receiver {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let record = seen.clone();
         let handler = move |method: Method, headers: HeaderMap| {
@@ -187,7 +192,7 @@ impl Receiver {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
                 let status = if method == Method::POST {
-                    200
+                    post_status
                 } else {
                     verification_status
                 };
