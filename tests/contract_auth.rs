@@ -52,7 +52,11 @@ async fn rotated_refresh_token_replaces_the_old_one() {
     client.list_channels().await.unwrap();
     assert_eq!(client.token_refreshes(), 2);
     assert_eq!(answered(&sim, "oauth", 200), 2);
-    assert_eq!(answered(&sim, "oauth", 400), 0, "no refresh with a retired token");
+    assert_eq!(
+        answered(&sim, "oauth", 400),
+        0,
+        "no refresh with a retired token"
+    );
 }
 
 #[tokio::test]
@@ -112,7 +116,11 @@ async fn unknown_pat_is_invalid_grant_without_the_pat_in_the_message() {
     let shown = format!("{err} {err:?}");
     assert!(!shown.contains("not-a-known-pat"), "{shown}");
     assert_no_secrets(&shown);
-    assert_eq!(requests(&sim, "notification-channel"), 0, "no API call without a token");
+    assert_eq!(
+        requests(&sim, "notification-channel"),
+        0,
+        "no API call without a token"
+    );
 }
 
 #[tokio::test]

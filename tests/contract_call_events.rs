@@ -329,7 +329,10 @@ async fn backfill_with_participant_id_field() {
             .as_array()
             .is_some_and(|ps| ps.iter().any(|p| p.get("participantId").is_some()))
     });
-    assert!(has_participant_id, "premise: participants keyed participantId");
+    assert!(
+        has_participant_id,
+        "premise: participants keyed participantId"
+    );
     assert_backfill_matches_ground_truth(&sim, &truth).await;
 }
 
@@ -362,7 +365,11 @@ async fn backfill_bounds_are_inclusive_across_pages() {
     else {
         panic!("not found");
     };
-    assert_eq!(requests(&sim, "call-events") - before, 2, "two pages of two");
+    assert_eq!(
+        requests(&sim, "call-events") - before,
+        2,
+        "two pages of two"
+    );
     let seqs: Vec<u64> = states.iter().map(|s| s.sequence_number).collect();
     assert_eq!(seqs, vec![2, 3, 4, 5]);
     let expected: Vec<Value> = call.states[1..5].iter().map(|s| s.state.clone()).collect();

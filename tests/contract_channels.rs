@@ -99,7 +99,10 @@ async fn failed_webhook_verification_is_a_400_naming_the_url_field() {
         text.starts_with("POST /notification-channel/v1/channels/{nickname} answered HTTP 400"),
         "{text}"
     );
-    assert!(!text.contains("s3cr3t-path"), "webhook URL in the error: {text}");
+    assert!(
+        !text.contains("s3cr3t-path"),
+        "webhook URL in the error: {text}"
+    );
     assert!(client(&sim).list_channels().await.unwrap().is_empty());
 }
 
@@ -123,12 +126,18 @@ async fn websocket_with_spelling(
     let (status, body) = raw_get(
         &sim,
         &token,
-        &format!("/notification-channel/v1/channels/bridge-ws/{}", ch.channel_id),
+        &format!(
+            "/notification-channel/v1/channels/bridge-ws/{}",
+            ch.channel_id
+        ),
     )
     .await;
     assert_eq!(status, 200);
     let wire: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let spelled = wire["channelData"]["channelType"].as_str().unwrap().to_owned();
+    let spelled = wire["channelData"]["channelType"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     (spelled, ch.kind)
 }
 
@@ -143,18 +152,22 @@ fn assert_websocket_url(kind: &ChannelKind) {
 
 #[tokio::test]
 async fn websocket_type_spelled_websockets_is_accepted() {
-    let (spelled, kind) =
-        websocket_with_spelling(WebSocketSpelling::WebSockets, WebSocketTypeSpelling::WebSocket)
-            .await;
+    let (spelled, kind) = websocket_with_spelling(
+        WebSocketSpelling::WebSockets,
+        WebSocketTypeSpelling::WebSocket,
+    )
+    .await;
     assert_eq!(spelled, "WebSockets");
     assert_websocket_url(&kind);
 }
 
 #[tokio::test]
 async fn websocket_type_spelled_websocket_is_accepted() {
-    let (spelled, kind) =
-        websocket_with_spelling(WebSocketSpelling::WebSocket, WebSocketTypeSpelling::WebSockets)
-            .await;
+    let (spelled, kind) = websocket_with_spelling(
+        WebSocketSpelling::WebSocket,
+        WebSocketTypeSpelling::WebSockets,
+    )
+    .await;
     assert_eq!(spelled, "WebSocket");
     assert_websocket_url(&kind);
 }
@@ -178,7 +191,10 @@ async fn websocket_url_at_the_top_level_is_found() {
     c.channels.websocket_url_location = WebSocketUrlLocation::TopLevel;
     let sim = start(c).await;
     let client = client(&sim);
-    let ch = client.create_channel("bridge-ws", &WEBSOCKET).await.unwrap();
+    let ch = client
+        .create_channel("bridge-ws", &WEBSOCKET)
+        .await
+        .unwrap();
     assert_websocket_url(&ch.kind);
     // Same on the read paths.
     let got = client
@@ -196,7 +212,10 @@ async fn websocket_url_at_the_top_level_is_found() {
 async fn websocket_url_returned_by_the_client_connects() {
     let sim = start(sim_config()).await;
     let client = client(&sim);
-    let ch = client.create_channel("bridge-ws", &WEBSOCKET).await.unwrap();
+    let ch = client
+        .create_channel("bridge-ws", &WEBSOCKET)
+        .await
+        .unwrap();
     let url = ch.kind.url().unwrap().to_owned();
     let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     eventually(std::time::Duration::from_secs(3), async || {
@@ -204,14 +223,20 @@ async fn websocket_url_returned_by_the_client_connects() {
         let (_, body) = raw_get(
             &sim,
             &token,
-            &format!("/notification-channel/v1/channels/bridge-ws/{}", ch.channel_id),
+            &format!(
+                "/notification-channel/v1/channels/bridge-ws/{}",
+                ch.channel_id
+            ),
         )
         .await;
         body.contains(r#""isConnected":true"#).then_some(())
     })
     .await;
     // Deleting the channel closes the socket.
-    assert!(client.delete_channel("bridge-ws", &ch.channel_id).await.unwrap());
+    assert!(client
+        .delete_channel("bridge-ws", &ch.channel_id)
+        .await
+        .unwrap());
     let closed = tokio::time::timeout(std::time::Duration::from_secs(3), async {
         loop {
             match ws.next().await {
@@ -252,7 +277,10 @@ async fn refresh_of_a_webhook_channel_keeps_its_url() {
     let request = ChannelRequest::Webhook {
         url: receiver.url.clone(),
     };
-    let ch = client.create_channel("bridge-hook", &request).await.unwrap();
+    let ch = client
+        .create_channel("bridge-hook", &request)
+        .await
+        .unwrap();
     let refreshed = client
         .refresh_channel("bridge-hook", &ch.channel_id, &request)
         .await
@@ -268,7 +296,10 @@ async fn extend_lifetime_returns_the_new_lifetime() {
     c.channels.websocket_lifetime = std::time::Duration::from_secs(1200);
     let sim = start(c).await;
     let client = client(&sim);
-    let ch = client.create_channel("bridge-ws", &WEBSOCKET).await.unwrap();
+    let ch = client
+        .create_channel("bridge-ws", &WEBSOCKET)
+        .await
+        .unwrap();
     assert_eq!(ch.lifetime_secs, Some(1200));
     let extended = client
         .extend_channel_lifetime("bridge-ws", &ch.channel_id)
@@ -287,7 +318,10 @@ async fn extend_lifetime_extends_by_the_default_lifetime() {
     let sim = start(c).await;
     let client = client(&sim);
     let ch = client
-        .create_channel("bridge-ws", &ChannelRequest::WebSocket { lifetime: Some(60) })
+        .create_channel(
+            "bridge-ws",
+            &ChannelRequest::WebSocket { lifetime: Some(60) },
+        )
         .await
         .unwrap();
     assert_eq!(ch.lifetime_secs, Some(60));
@@ -360,7 +394,10 @@ async fn unreachable_webhook_is_reported_on_the_channel() {
 async fn get_returns_the_channel_as_created() {
     let sim = start(sim_config()).await;
     let client = client(&sim);
-    let ch = client.create_channel("bridge-ws", &WEBSOCKET).await.unwrap();
+    let ch = client
+        .create_channel("bridge-ws", &WEBSOCKET)
+        .await
+        .unwrap();
     let got = client
         .get_channel("bridge-ws", &ch.channel_id)
         .await
@@ -394,7 +431,10 @@ async fn nickname_with_reserved_characters_round_trips() {
         .unwrap()
         .expect("found under the same nickname");
     assert_eq!(got.nickname, nickname);
-    assert!(client.delete_channel(nickname, &ch.channel_id).await.unwrap());
+    assert!(client
+        .delete_channel(nickname, &ch.channel_id)
+        .await
+        .unwrap());
 }
 
 #[tokio::test]
@@ -448,9 +488,18 @@ async fn list_follows_page_markers_with_a_small_server_page_size() {
 async fn delete_is_true_then_false_and_the_channel_is_gone() {
     let sim = start(sim_config()).await;
     let client = client(&sim);
-    let ch = client.create_channel("bridge-ws", &WEBSOCKET).await.unwrap();
-    assert!(client.delete_channel("bridge-ws", &ch.channel_id).await.unwrap());
-    assert!(!client.delete_channel("bridge-ws", &ch.channel_id).await.unwrap());
+    let ch = client
+        .create_channel("bridge-ws", &WEBSOCKET)
+        .await
+        .unwrap();
+    assert!(client
+        .delete_channel("bridge-ws", &ch.channel_id)
+        .await
+        .unwrap());
+    assert!(!client
+        .delete_channel("bridge-ws", &ch.channel_id)
+        .await
+        .unwrap());
     assert!(client
         .get_channel("bridge-ws", &ch.channel_id)
         .await

@@ -96,7 +96,11 @@ async fn every_call_gives_up(fault: &str, status: u16, code: &str) {
     let results: Vec<(&str, GotoError)> = vec![
         (
             "GET /notification-channel/v1/channels/{nickname}/{channelId}",
-            client.get_channel("bridge-ws", &channel).await.map(|_| ()).unwrap_err(),
+            client
+                .get_channel("bridge-ws", &channel)
+                .await
+                .map(|_| ())
+                .unwrap_err(),
         ),
         (
             "GET /notification-channel/v1/channels",
@@ -120,7 +124,11 @@ async fn every_call_gives_up(fault: &str, status: u16, code: &str) {
         ),
         (
             "DELETE /notification-channel/v1/channels/{nickname}/{channelId}",
-            client.delete_channel("bridge-ws", &channel).await.map(|_| ()).unwrap_err(),
+            client
+                .delete_channel("bridge-ws", &channel)
+                .await
+                .map(|_| ())
+                .unwrap_err(),
         ),
         (
             "POST /call-events/v1/subscriptions",
@@ -132,15 +140,27 @@ async fn every_call_gives_up(fault: &str, status: u16, code: &str) {
         ),
         (
             "GET /call-events/v1/subscriptions",
-            client.call_event_subscriptions(&channel).await.map(|_| ()).unwrap_err(),
+            client
+                .call_event_subscriptions(&channel)
+                .await
+                .map(|_| ())
+                .unwrap_err(),
         ),
         (
             "GET /call-events/v1/conversation-spaces/{conversationSpaceId}/events",
-            client.conversation_events("c", None, None).await.map(|_| ()).unwrap_err(),
+            client
+                .conversation_events("c", None, None)
+                .await
+                .map(|_| ())
+                .unwrap_err(),
         ),
         (
             "GET /call-events/v1/conversation-spaces",
-            client.active_conversations(&keys).await.map(|_| ()).unwrap_err(),
+            client
+                .active_conversations(&keys)
+                .await
+                .map(|_| ())
+                .unwrap_err(),
         ),
         (
             "GET /call-events-report/v1/reports/{conversationSpaceId}",
@@ -156,7 +176,11 @@ async fn every_call_gives_up(fault: &str, status: u16, code: &str) {
         ),
         (
             "POST /call-events-report/v1/subscriptions",
-            client.subscribe_reports(&channel, &keys).await.map(|_| ()).unwrap_err(),
+            client
+                .subscribe_reports(&channel, &keys)
+                .await
+                .map(|_| ())
+                .unwrap_err(),
         ),
     ];
     for (template, err) in &results {
@@ -246,10 +270,7 @@ async fn retry_after_header_is_honoured() {
         .patch_faults(&json!({"rest_429_rate": 1.0}))
         .unwrap();
     let started = tokio::time::Instant::now();
-    let err = client
-        .get_channel("bridge-ws", &channel)
-        .await
-        .unwrap_err();
+    let err = client.get_channel("bridge-ws", &channel).await.unwrap_err();
     let waited = started.elapsed();
     assert_eq!(err.status(), Some(429));
     assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
@@ -268,10 +289,7 @@ async fn missing_retry_after_header_falls_back_to_backoff() {
         .patch_faults(&json!({"rest_429_rate": 1.0}))
         .unwrap();
     let started = tokio::time::Instant::now();
-    let err = client
-        .get_channel("bridge-ws", &channel)
-        .await
-        .unwrap_err();
+    let err = client.get_channel("bridge-ws", &channel).await.unwrap_err();
     let waited = started.elapsed();
     assert_eq!(err.status(), Some(429));
     assert_eq!(err.retry_after(), None);
@@ -452,7 +470,10 @@ async fn client_rate_limit_keeps_the_simulator_from_answering_429() {
 #[tokio::test]
 async fn client_rate_limit_paces_requests_under_a_looser_simulator_limit() {
     let (too_many, busiest, waits, took) = burst(30, 10, 25).await;
-    assert!(waits >= 10, "requests beyond the burst of 10 waited: {waits}");
+    assert!(
+        waits >= 10,
+        "requests beyond the burst of 10 waited: {waits}"
+    );
     assert_eq!(too_many, 0);
     // 10 at once, then one per 100 ms: the 25th leaves at 1.5 s.
     assert!(took >= Duration::from_millis(1450), "{took:?}");

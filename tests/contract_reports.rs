@@ -95,7 +95,10 @@ async fn report_summaries_list_every_ended_call_of_the_account() {
     traffic_done(&sim).await;
     let client = client(&sim);
     for account in [A1, A2, A3] {
-        assert_eq!(summary_ids(&client, account).await, ended_ids(&sim, account));
+        assert_eq!(
+            summary_ids(&client, account).await,
+            ended_ids(&sim, account)
+        );
     }
     assert_eq!(
         [A1, A2, A3]
@@ -131,7 +134,11 @@ async fn report_summaries_follow_page_markers() {
     let client = client(&sim);
     let before = requests(&sim, "call-events-report");
     let ids = summary_ids(&client, A1).await;
-    assert_eq!(requests(&sim, "call-events-report") - before, 2, "two pages");
+    assert_eq!(
+        requests(&sim, "call-events-report") - before,
+        2,
+        "two pages"
+    );
     assert_eq!(ids.len(), 1003);
     assert_eq!(ids, ended_ids(&sim, A1));
 }
@@ -203,9 +210,8 @@ async fn report_subscription_for_an_unknown_account_is_a_404_error() {
     assert_eq!(err.status(), Some(404));
     assert_eq!(err.error_code(), Some("NOT_FOUND"));
     assert!(
-        err.to_string().starts_with(
-            "POST /call-events-report/v1/subscriptions answered HTTP 404 NOT_FOUND"
-        ),
+        err.to_string()
+            .starts_with("POST /call-events-report/v1/subscriptions answered HTTP 404 NOT_FOUND"),
         "{err}"
     );
 }

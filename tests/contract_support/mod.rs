@@ -40,7 +40,12 @@ pub fn sim_config() -> SimulatorConfig {
 }
 
 /// Adds quick, bounded traffic that starts as soon as the simulator listens.
-pub fn with_traffic(mut c: SimulatorConfig, calls: u64, min_states: u32, max_states: u32) -> SimulatorConfig {
+pub fn with_traffic(
+    mut c: SimulatorConfig,
+    calls: u64,
+    min_states: u32,
+    max_states: u32,
+) -> SimulatorConfig {
     c.scheduler.autostart = true;
     c.scheduler.calls = calls;
     c.scheduler.calls_per_second = 0.0;
@@ -84,10 +89,7 @@ pub fn client(sim: &RunningSimulator) -> GotoClient {
 
 /// Waits (awaiting the simulator's progress notification) until bounded traffic is done.
 pub async fn traffic_done(sim: &RunningSimulator) -> GroundTruth {
-    let status = sim
-        .control()
-        .wait_until_done(Duration::from_secs(20))
-        .await;
+    let status = sim.control().wait_until_done(Duration::from_secs(20)).await;
     assert!(status.done, "traffic not done in time: {status:?}");
     sim.control().ground_truth()
 }
