@@ -311,7 +311,6 @@ async fn extend_lifetime_returns_the_new_lifetime() {
 /// goto-api.md §2.3: `PUT …/channel-lifetime` "extends by the default value" — so a channel
 /// created with a shorter lifetime gets at least the default after an extension.
 #[tokio::test]
-#[ignore = "mismatch: simulator's extend_lifetime restarts the channel's own (requested) lifetime, not the default"]
 async fn extend_lifetime_extends_by_the_default_lifetime() {
     let mut c = sim_config();
     c.channels.websocket_lifetime = std::time::Duration::from_secs(1200);
@@ -463,7 +462,6 @@ async fn list_follows_page_markers_past_the_default_page_size() {
 /// A GoTo whose page size maximum is below 100 (the maximum is only "per one third party",
 /// goto-api.md §2.4) must still be listable.
 #[tokio::test]
-#[ignore = "mismatch: client always asks pageSize=100; simulator answers 400 when channels.max_page_size < 100"]
 async fn list_follows_page_markers_with_a_small_server_page_size() {
     let mut c = sim_config();
     c.channels.max_page_size = 3;

@@ -334,7 +334,9 @@ fn max_lifetime(sim: &Sim, ch: &Channel) -> Duration {
     }
 }
 
-/// `PUT …/{channelId}/channel-lifetime`: extend by the default lifetime.
+/// `PUT …/{channelId}/channel-lifetime`: extend by the default lifetime ("extends by the default
+/// value"): the countdown restarts at the type's default, whatever lifetime the channel was
+/// created with.
 pub async fn extend_lifetime(
     State(sim): State<Arc<Sim>>,
     Path((nickname, id)): Path<(String, String)>,
@@ -344,6 +346,7 @@ pub async fn extend_lifetime(
     let now = Instant::now();
     let mut world = sim.world();
     let ch = find(&mut world, &nickname, &id)?;
+    ch.lifetime = max_lifetime(&sim, ch);
     ch.restart_lifetime(now);
     Ok(Json(json!({"channelLifetime": ch.remaining_secs(now)})).into_response())
 }
@@ -382,10 +385,11 @@ pub async fn list(
     authorize(&sim, API, &headers, READ_SCOPES)?;
     let q = Query::parse(raw.as_deref());
     let max = sim.config.channels.max_page_size.max(1);
-    let page_size = q.number(API, "pageSize", 1)?.map_or(max, |n| n as usize);
-    if page_size > max {
-        return Err(ApiError::field(API, "pageSize", "INVALID"));
-    }
+    // A larger pageSize than the server allows is served at the server's maximum (GoTo's
+    // behaviour above its maximum is undocumented; clamping is what its paged APIs are seen to do).
+    let page_size = q
+        .number(API, "pageSize", 1)?
+        .map_or(max, |n| (n as usize).min(max));
     let offset = decode_marker(API, q.get("pageMarker"))?;
     let now = Instant::now();
     let world = sim.world();
