@@ -90,6 +90,9 @@ enum Flight {
     Retry(Timestamp),
 }
 
+/// `wake` when the conversation has no queue entry.
+pub(crate) const NO_WAKE: Timestamp = Timestamp(u64::MAX);
+
 /// What the partition must do with a conversation after its timers fired.
 pub(crate) enum Fate {
     Keep,
@@ -105,8 +108,9 @@ pub(crate) struct Conversation<P> {
     last_activity: Timestamp,
     /// `last_activity`, or the last probe answer if later: the idle-probe clock.
     quiet_since: Timestamp,
-    /// This conversation's entry in the partition's deadline queue.
-    pub(crate) wake: Option<Timestamp>,
+    /// This conversation's entry in the partition's deadline queue ([`NO_WAKE`]: none). Not an
+    /// `Option`, to save 8 bytes per conversation.
+    pub(crate) wake: Timestamp,
     flight: Flight,
     held: BTreeMap<u64, Held<P>>,
     gap_count: u32,
@@ -124,7 +128,7 @@ impl<P> Conversation<P> {
             hole_start: 1,
             last_activity: now,
             quiet_since: now,
-            wake: None,
+            wake: NO_WAKE,
             flight: Flight::Idle,
             held: BTreeMap::new(),
             gap_count: 0,

@@ -35,9 +35,11 @@
 //! must outlast GoTo's redelivery horizon.
 //!
 //! # Memory
-//! An open conversation with nothing held is one `Conversation` (see the size test) plus its
-//! map entry, id allocation and one deadline-queue entry: about 250–300 bytes. Held states cost
-//! a B-tree entry plus the payload each.
+//! An open conversation with nothing held is one `Conversation` (152 bytes, pinned by a size
+//! test) plus its map entry (id pointer + hash-table slack), the id's `Arc<str>` allocation
+//! (~64 bytes for a UUID) and one deadline-queue entry (~35 bytes amortised): roughly 280 bytes.
+//! Held states cost a B-tree entry plus the payload each; nothing else allocates per
+//! conversation.
 
 mod config;
 mod conversation;

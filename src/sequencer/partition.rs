@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use super::conversation::{Conversation, Cx, Fate};
+use super::conversation::{Conversation, Cx, Fate, NO_WAKE};
 use super::stats::{Ledger, SequencerStats};
 use super::{
     Action, BackfillOutcome, ConversationCheckpoint, ConversationId, IncomingState,
@@ -127,7 +127,7 @@ impl<P> PartitionSequencer<P> {
             let Some(c) = self.conversations.get_mut(&id) else {
                 continue;
             };
-            c.wake = None;
+            c.wake = NO_WAKE;
             let mut cx = Cx {
                 id: &id,
                 cfg: &self.config,
@@ -276,17 +276,13 @@ impl<P> PartitionSequencer<P> {
             return;
         };
         let due = c.next_due(&self.config);
-        match c.wake {
-            Some(wake) if wake <= due => {}
-            Some(wake) => {
-                self.queue.remove(&(wake, id.clone()));
-                self.queue.insert((due, id.clone()));
-                c.wake = Some(due);
-            }
-            None => {
-                self.queue.insert((due, id.clone()));
-                c.wake = Some(due);
-            }
+        if c.wake == NO_WAKE {
+            self.queue.insert((due, id.clone()));
+            c.wake = due;
+        } else if due < c.wake {
+            self.queue.remove(&(c.wake, id.clone()));
+            self.queue.insert((due, id.clone()));
+            c.wake = due;
         }
     }
 }

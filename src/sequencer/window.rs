@@ -9,7 +9,7 @@
 //! fingerprints: a fold can only collide (missing a conflict, ~2^-32), never invent one.
 
 /// How many sequence numbers below `next` are checked for conflicting duplicates.
-pub const CONFLICT_WINDOW: u64 = 16;
+pub const CONFLICT_WINDOW: u64 = 12;
 
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Window {
@@ -73,8 +73,9 @@ mod tests {
         }
         let next = 41;
         assert_eq!(w.lookup(40, next), Some(fold(40_000)));
-        assert_eq!(w.lookup(25, next), Some(fold(25_000)));
-        assert_eq!(w.lookup(24, next), None, "outside the window");
+        let oldest = next - CONFLICT_WINDOW;
+        assert_eq!(w.lookup(oldest, next), Some(fold(oldest * 1000)));
+        assert_eq!(w.lookup(oldest - 1, next), None, "outside the window");
         assert_eq!(w.lookup(41, next), None, "not published yet");
     }
 
