@@ -1,0 +1,202 @@
+//! A stable identity for a call state, independent of how it travelled.
+//!
+//! The same state reaches us by webhook, by WebSocket and from the REST back-fill, each with its
+//! own serializer: key order, whitespace and string escapes can differ. The sequencer must tell
+//! "the same state again" (drop it) from "a different state with the same sequence number" (a
+//! conflict to dead-letter), so it compares a hash of a canonical form instead of bytes:
+//! object keys sorted (by UTF-8 bytes) at every depth, no whitespace, strings re-escaped the one
+//! way serde_json writes them, integral numbers written as integers (`1.0` == `1`).
+//!
+//! The hash is FNV-1a 64, written out here rather than std's `DefaultHasher`, whose algorithm
+//! may change between Rust releases; fingerprints end up in Kafka and must survive upgrades.
+
+use std::io;
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::ParseError;
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a 64 of `bytes`.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h = Fnv1a::new();
+    h.feed(bytes);
+    h.0
+}
+
+/// Fingerprint of a call-state object: FNV-1a 64 over its canonical JSON form.
+///
+/// Use this for back-filled states, so they compare equal to the same state received live
+/// (whose fingerprint [`super::parse`] computes the same way).
+pub fn state_fingerprint(state: &RawValue) -> Result<u64, ParseError> {
+    fingerprint_at(state, "state")
+}
+
+pub(crate) fn fingerprint_at(state: &RawValue, path: &str) -> Result<u64, ParseError> {
+    let value: Value = serde_json::from_str(state.get()).map_err(|e| ParseError::from_json(&e))?;
+    if !value.is_object() {
+        return Err(ParseError::wrong_type("", path, "object"));
+    }
+    let mut h = Fnv1a::new();
+    write_canonical(&value, &mut h).map_err(|_| ParseError::InvalidJson {
+        detail: "cannot canonicalise".to_owned(),
+    })?;
+    Ok(h.0)
+}
+
+/// The canonical text itself, for tests and debugging.
+pub fn canonical_json(value: &RawValue) -> Result<String, ParseError> {
+    let value: Value = serde_json::from_str(value.get()).map_err(|e| ParseError::from_json(&e))?;
+    let mut out = Vec::new();
+    write_canonical(&value, &mut out).map_err(|_| ParseError::InvalidJson {
+        detail: "cannot canonicalise".to_owned(),
+    })?;
+    String::from_utf8(out).map_err(|_| ParseError::InvalidJson {
+        detail: "canonical form is not UTF-8".to_owned(),
+    })
+}
+
+/// Streams the canonical form into `out`. Recursion depth is bounded by serde_json's own
+/// nesting limit (128) applied when `value` was parsed.
+fn write_canonical<W: io::Write>(value: &Value, out: &mut W) -> io::Result<()> {
+    match value {
+        Value::Null => out.write_all(b"null"),
+        Value::Bool(true) => out.write_all(b"true"),
+        Value::Bool(false) => out.write_all(b"false"),
+        Value::Number(n) => write_number(n, out),
+        Value::String(s) => serde_json::to_writer(out, s).map_err(io::Error::other),
+        Value::Array(items) => {
+            out.write_all(b"[")?;
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                write_canonical(item, out)?;
+            }
+            out.write_all(b"]")
+        }
+        Value::Object(map) => {
+            // serde_json's map is only sorted when its `preserve_order` feature is off, and any
+            // crate in the build can turn it on: sort explicitly.
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.write_all(b"{")?;
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                serde_json::to_writer(&mut *out, key).map_err(io::Error::other)?;
+                out.write_all(b":")?;
+                write_canonical(item, out)?;
+            }
+            out.write_all(b"}")
+        }
+    }
+}
+
+fn write_number<W: io::Write>(n: &serde_json::Number, out: &mut W) -> io::Result<()> {
+    if let Some(u) = n.as_u64() {
+        return write!(out, "{u}");
+    }
+    if let Some(i) = n.as_i64() {
+        return write!(out, "{i}");
+    }
+    match n.as_f64() {
+        // 2^53: every integer below it is exact in an f64, so `3.0` and `3` are one number.
+        Some(f) if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => {
+            // The guard above keeps the value inside i64, so the cast is exact.
+            write!(out, "{}", f as i64)
+        }
+        _ => write!(out, "{n}"),
+    }
+}
+
+struct Fnv1a(u64);
+
+impl Fnv1a {
+    fn new() -> Self {
+        Fnv1a(FNV_OFFSET)
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(FNV_PRIME);
+        }
+    }
+}
+
+impl io::Write for Fnv1a {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.feed(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> &RawValue {
+        serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn fnv1a64_matches_reference_vectors() {
+        // Published FNV-1a 64 test vectors.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn canonical_form_sorts_keys_at_every_depth_and_drops_whitespace() {
+        let a = raw(r#"{ "b": 1, "a": { "z": [ {"y":2, "x":1} ], "m": null } }"#);
+        assert_eq!(
+            canonical_json(a).unwrap(),
+            r#"{"a":{"m":null,"z":[{"x":1,"y":2}]},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn same_state_in_different_spellings_has_one_fingerprint() {
+        let a = raw(r#"{"sequenceNumber":3,"type":"ACTIVE","name":"Zoë/é","n":2.0}"#);
+        let b = raw(
+            "{\n  \"n\": 2, \"name\": \"Zo\\u00eb\\/\\u00e9\",\n  \"type\": \"ACTIVE\", \"sequenceNumber\": 3\n}",
+        );
+        assert_eq!(state_fingerprint(a).unwrap(), state_fingerprint(b).unwrap());
+    }
+
+    #[test]
+    fn different_states_with_the_same_sequence_differ() {
+        let a = raw(r#"{"sequenceNumber":3,"type":"ACTIVE","participants":[]}"#);
+        let b = raw(r#"{"sequenceNumber":3,"type":"ENDING","participants":[]}"#);
+        let c = raw(r#"{"sequenceNumber":3,"type":"ACTIVE","participants":[{}]}"#);
+        let fa = state_fingerprint(a).unwrap();
+        assert_ne!(fa, state_fingerprint(b).unwrap());
+        assert_ne!(fa, state_fingerprint(c).unwrap());
+        // Array order is meaningful, unlike key order.
+        let d = raw(r#"{"p":[1,2]}"#);
+        let e = raw(r#"{"p":[2,1]}"#);
+        assert_ne!(state_fingerprint(d).unwrap(), state_fingerprint(e).unwrap());
+    }
+
+    #[test]
+    fn non_object_state_is_rejected() {
+        let err = state_fingerprint(raw("[1,2]")).unwrap_err();
+        assert_eq!(
+            err,
+            ParseError::WrongType {
+                path: "state".into(),
+                expected: "object"
+            }
+        );
+    }
+}

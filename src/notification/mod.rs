@@ -1,0 +1,108 @@
+//! Reading GoTo notification bodies just far enough to route them.
+//!
+//! Ingest stores every body unchanged; the sequencer needs only a handful of fields from it (the
+//! conversation, the sequence number, whether it is the last state) plus a fingerprint to tell
+//! duplicates from conflicts. Parsing is therefore shallow and borrowing: the `metadata` and
+//! `state` objects come back as the exact [`RawValue`] bytes they arrived as, so unknown fields
+//! survive untouched, and nothing here ever re-serialises a payload.
+//!
+//! GoTo's envelope is only partly documented (see `goto-api.md` §4), so [`parse`] accepts every
+//! shape seen or claimed:
+//! - webhook body: `{"id","source":"call-events","type":"call-state","content":{"metadata","state"},…}`;
+//! - the official guide's bare `{"metadata","state"}`;
+//! - WebSocket frames wrapping either under `data`, with or without the claimed outer
+//!   `{"event":"Notification","eventId",…}` fields;
+//! - WebSocket control messages (`WEBSOCKET_REFRESH_REQUIRED`, `WEBSOCKET_TO_BE_CLOSED`), also
+//!   when a frame is nothing but that word (one third party compares raw frame text).
+//!
+//! Not accepted: a `data` member holding the notification as a JSON *string* (double-encoded);
+//! nothing suggests GoTo does that, and it could not be borrowed zero-copy.
+
+mod error;
+mod fingerprint;
+mod parse;
+
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
+
+pub use error::ParseError;
+pub use fingerprint::{canonical_json, fnv1a64, state_fingerprint};
+pub use parse::{inspect_state, parse};
+
+/// What a notification body turned out to be.
+#[derive(Debug, Clone)]
+pub enum Notification<'a> {
+    /// A Call Events state (`source` `call-events`, `type` `call-state`, or the bare form).
+    CallState(CallState<'a>),
+    /// A notification-channel control message for the WebSocket owner.
+    Control(ControlMessage),
+    /// Any other source or type (call-events-report, recording-service, …); the caller routes it
+    /// elsewhere. Also an object with none of `source`, `type`, `content`, `metadata`, `state`.
+    Other {
+        /// The envelope's `source`, if any.
+        source: Option<String>,
+        /// The envelope's `type`, if any.
+        kind: Option<String>,
+    },
+}
+
+/// The routing view of one call state. Borrowed from the body it was parsed from.
+#[derive(Debug, Clone)]
+pub struct CallState<'a> {
+    /// The envelope `id` (webhook deliveries and wrapped WebSocket frames carry one; the bare
+    /// form does not). A numeric id is kept as its decimal text.
+    pub notification_id: Option<Cow<'a, str>>,
+    /// `metadata.conversationSpaceId`: the call, and the Kafka key.
+    pub conversation_space_id: Cow<'a, str>,
+    /// `state.sequenceNumber`, ≥ 1 (a JSON integer, or a string of decimal digits).
+    pub sequence_number: u64,
+    /// `state.type`: STARTING, ACTIVE, ENDING or anything GoTo adds later.
+    pub state_type: Option<Cow<'a, str>>,
+    /// The `metadata` object, byte for byte.
+    pub metadata: &'a RawValue,
+    /// The `state` object, byte for byte.
+    pub state: &'a RawValue,
+    /// [`state_fingerprint`] of `state`.
+    pub fingerprint: u64,
+}
+
+impl CallState<'_> {
+    /// True for the conversation's last state (`type` ENDING, any letter case).
+    pub fn is_ending(&self) -> bool {
+        is_ending_type(self.state_type.as_deref())
+    }
+}
+
+/// The routing view of a bare `state` object, e.g. one returned by the REST back-fill.
+#[derive(Debug, Clone)]
+pub struct StateSummary<'a> {
+    /// `sequenceNumber`, ≥ 1.
+    pub sequence_number: u64,
+    /// `type`, if present.
+    pub state_type: Option<Cow<'a, str>>,
+    /// [`state_fingerprint`] of the object.
+    pub fingerprint: u64,
+}
+
+impl StateSummary<'_> {
+    /// True for the conversation's last state.
+    pub fn is_ending(&self) -> bool {
+        is_ending_type(self.state_type.as_deref())
+    }
+}
+
+/// Messages the notification channel sends about itself (WebSocket only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlMessage {
+    /// `WEBSOCKET_REFRESH_REQUIRED`: refresh the channel (PUT) before its lifetime runs out.
+    RefreshRequired,
+    /// `WEBSOCKET_TO_BE_CLOSED`: the server will close the socket; recreate the channel.
+    ToBeClosed,
+    /// Another `notification-websocket` message; carries its `type` (empty when absent).
+    Other(String),
+}
+
+fn is_ending_type(t: Option<&str>) -> bool {
+    t.is_some_and(|t| t.eq_ignore_ascii_case("ENDING"))
+}

@@ -1,0 +1,552 @@
+//! The shape detection behind [`parse`]: find the notification object inside whatever frame
+//! carried it, classify it by `(source, type)`, then read the few call-state fields.
+//!
+//! Every level is deserialised into a struct of `Option<&RawValue>` so serde never rejects a
+//! value by type on its own: each field's type is checked here, which lets errors carry the full
+//! dotted path and never the value.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::error::join;
+use super::fingerprint::fingerprint_at;
+use super::{CallState, ControlMessage, Notification, ParseError, StateSummary};
+
+const REFRESH_REQUIRED: &str = "WEBSOCKET_REFRESH_REQUIRED";
+const TO_BE_CLOSED: &str = "WEBSOCKET_TO_BE_CLOSED";
+
+/// Any object level we look into; unknown members are ignored, `null` reads as absent.
+#[derive(Deserialize)]
+struct Level<'a> {
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    source: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    state: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Metadata<'a> {
+    #[serde(borrow, default, rename = "conversationSpaceId")]
+    conversation_space_id: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct State<'a> {
+    #[serde(borrow, default, rename = "sequenceNumber")]
+    sequence_number: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<&'a RawValue>,
+}
+
+/// A JSON string, borrowed when it has no escapes.
+#[derive(Deserialize)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// Parses one notification body (webhook POST body or WebSocket text frame).
+///
+/// Never panics; errors name the offending field, never its value.
+pub fn parse(body: &[u8]) -> Result<Notification<'_>, ParseError> {
+    let raw: &RawValue = match serde_json::from_slice(body) {
+        Ok(raw) => raw,
+        Err(e) => {
+            return bare_control(body.trim_ascii())
+                .map(Notification::Control)
+                .ok_or_else(|| ParseError::from_json(&e))
+        }
+    };
+    let text = raw.get();
+    if text.starts_with('"') {
+        let Str(word) = from_json(text)?;
+        return bare_control(word.as_bytes())
+            .map(Notification::Control)
+            .ok_or(ParseError::NotAnObject);
+    }
+    if !text.starts_with('{') {
+        return Err(ParseError::NotAnObject);
+    }
+    let top: Level<'_> = from_json(text)?;
+    let unwrap_data = top.data.is_some()
+        && top.source.is_none()
+        && top.kind.is_none()
+        && top.content.is_none()
+        && top.metadata.is_none()
+        && top.state.is_none();
+    match top.data {
+        Some(data) if unwrap_data => {
+            let inner = object(data, "", "data")?;
+            classify(from_json(inner)?, "data")
+        }
+        _ => classify(top, ""),
+    }
+}
+
+/// Reads the routing fields of a bare state object (e.g. one item of a back-fill answer).
+pub fn inspect_state(state: &RawValue) -> Result<StateSummary<'_>, ParseError> {
+    let (sequence_number, state_type) = state_fields(state, "state")?;
+    Ok(StateSummary {
+        sequence_number,
+        state_type,
+        fingerprint: fingerprint_at(state, "state")?,
+    })
+}
+
+fn classify<'a>(n: Level<'a>, prefix: &str) -> Result<Notification<'a>, ParseError> {
+    let source = string(n.source, prefix, "source")?;
+    let kind = string(n.kind, prefix, "type")?;
+    if let Some(control) = control(source.as_deref(), kind.as_deref()) {
+        return Ok(Notification::Control(control));
+    }
+    let is_call_events = source.as_deref().is_none_or(|s| loose_eq(s, "call-events"));
+    let is_call_state = kind.as_deref().is_none_or(|k| loose_eq(k, "call-state"));
+    if !(is_call_events && is_call_state) {
+        return Ok(Notification::Other {
+            source: source.map(Cow::into_owned),
+            kind: kind.map(Cow::into_owned),
+        });
+    }
+    let (container, metadata, state) = if let Some(content) = n.content {
+        let content_text = object(content, prefix, "content")?;
+        let c: Level<'a> = from_json(content_text)?;
+        (join(prefix, "content"), c.metadata, c.state)
+    } else if n.metadata.is_some() || n.state.is_some() {
+        (prefix.to_owned(), n.metadata, n.state)
+    } else if source.is_none() && kind.is_none() {
+        // Nothing that says "call state": not ours to judge.
+        return Ok(Notification::Other {
+            source: None,
+            kind: None,
+        });
+    } else {
+        return Err(ParseError::missing(prefix, "content"));
+    };
+
+    let metadata = metadata.ok_or_else(|| ParseError::missing(&container, "metadata"))?;
+    let meta_path = join(&container, "metadata");
+    let meta: Metadata<'a> = from_json(object(metadata, &container, "metadata")?)?;
+    let conversation_space_id = string(
+        meta.conversation_space_id,
+        &meta_path,
+        "conversationSpaceId",
+    )?
+    .filter(|id| !id.is_empty())
+    .ok_or_else(|| ParseError::missing(&meta_path, "conversationSpaceId"))?;
+
+    let state = state.ok_or_else(|| ParseError::missing(&container, "state"))?;
+    let state_path = join(&container, "state");
+    let (sequence_number, state_type) = state_fields(state, &state_path)?;
+
+    Ok(Notification::CallState(CallState {
+        notification_id: id(n.id),
+        conversation_space_id,
+        sequence_number,
+        state_type,
+        metadata,
+        state,
+        fingerprint: fingerprint_at(state, &state_path)?,
+    }))
+}
+
+/// `sequenceNumber` and `type` of a state object found at `path`.
+fn state_fields<'a>(
+    state: &'a RawValue,
+    path: &str,
+) -> Result<(u64, Option<Cow<'a, str>>), ParseError> {
+    let text = state.get();
+    if !text.starts_with('{') {
+        return Err(ParseError::wrong_type("", path, "object"));
+    }
+    let s: State<'a> = from_json(text)?;
+    let seq = s
+        .sequence_number
+        .ok_or_else(|| ParseError::missing(path, "sequenceNumber"))?;
+    Ok((sequence_number(seq)?, string(s.kind, path, "type")?))
+}
+
+/// A JSON integer ≥ 1, or a string of decimal digits with the same value.
+fn sequence_number(raw: &RawValue) -> Result<u64, ParseError> {
+    let text = raw.get();
+    let digits: Cow<'_, str> = if text.starts_with('"') {
+        from_json::<Str<'_>>(text)?.0
+    } else {
+        Cow::Borrowed(text)
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ParseError::bad_sequence(&digits));
+    }
+    match digits.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(ParseError::bad_sequence(&digits)),
+    }
+}
+
+fn control(source: Option<&str>, kind: Option<&str>) -> Option<ControlMessage> {
+    match kind {
+        Some(k) if k.eq_ignore_ascii_case(REFRESH_REQUIRED) => {
+            return Some(ControlMessage::RefreshRequired)
+        }
+        Some(k) if k.eq_ignore_ascii_case(TO_BE_CLOSED) => return Some(ControlMessage::ToBeClosed),
+        _ => {}
+    }
+    source
+        .filter(|s| s.eq_ignore_ascii_case("notification-websocket"))
+        .map(|_| ControlMessage::Other(kind.unwrap_or_default().to_owned()))
+}
+
+/// A frame that is only a control word, as raw text or as a JSON string.
+fn bare_control(word: &[u8]) -> Option<ControlMessage> {
+    if word.eq_ignore_ascii_case(REFRESH_REQUIRED.as_bytes()) {
+        Some(ControlMessage::RefreshRequired)
+    } else if word.eq_ignore_ascii_case(TO_BE_CLOSED.as_bytes()) {
+        Some(ControlMessage::ToBeClosed)
+    } else {
+        None
+    }
+}
+
+/// Case-insensitive, `_` and `-` interchangeable: `call-state` == `CALL_STATE`.
+fn loose_eq(a: &str, b: &str) -> bool {
+    let norm = |c: u8| {
+        if c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| norm(x) == norm(y))
+}
+
+/// The envelope id: a string, or a number kept as its text; anything else is ignored (it does
+/// not affect routing).
+fn id(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    let text = raw?.get();
+    if text.starts_with('"') {
+        from_json::<Str<'_>>(text).ok().map(|s| s.0)
+    } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        Some(Cow::Borrowed(text))
+    } else {
+        None
+    }
+}
+
+fn string<'a>(
+    raw: Option<&'a RawValue>,
+    prefix: &str,
+    field: &str,
+) -> Result<Option<Cow<'a, str>>, ParseError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.get().starts_with('"') => Ok(Some(from_json::<Str<'a>>(raw.get())?.0)),
+        Some(_) => Err(ParseError::wrong_type(prefix, field, "string")),
+    }
+}
+
+/// The text of `raw` if it is an object, else a `WrongType` for `prefix.field`.
+fn object<'a>(raw: &'a RawValue, prefix: &str, field: &str) -> Result<&'a str, ParseError> {
+    let text = raw.get();
+    if text.starts_with('{') {
+        Ok(text)
+    } else {
+        Err(ParseError::wrong_type(prefix, field, "object"))
+    }
+}
+
+fn from_json<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, ParseError> {
+    serde_json::from_str(text).map_err(|e| ParseError::from_json(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notification::state_fingerprint;
+
+    const STATE: &str = r#"{"id":"b2b8e13e","sequenceNumber":1,"type":"STARTING","timestamp":"2026-09-25T19:33:04.223Z","participants":[{"id":"4eb8","status":{"value":"RINGING"},"futureField":{"x":1}}]}"#;
+    const META: &str = r#"{"conversationSpaceId":"8a484291-aaaa","direction":"INBOUND","accountKey":"5442810562173005068","callCreated":"2026-09-25T19:33:04.223Z"}"#;
+
+    fn webhook() -> String {
+        format!(
+            r#"{{"id":"1f4f6e0c","source":"call-events","type":"call-state","timestamp":"2026-09-25T19:33:04.521Z","ttl":600,"content":{{"metadata":{META},"state":{STATE}}},"bypassDoNotDisturb":false}}"#
+        )
+    }
+
+    fn call_state(body: &str) -> CallState<'_> {
+        match parse(body.as_bytes()).unwrap() {
+            Notification::CallState(cs) => cs,
+            other => panic!("not a call state: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn webhook_envelope_is_read_and_raw_bytes_kept() {
+        let body = webhook();
+        let cs = call_state(&body);
+        assert_eq!(cs.notification_id.as_deref(), Some("1f4f6e0c"));
+        assert_eq!(cs.conversation_space_id, "8a484291-aaaa");
+        assert!(
+            matches!(cs.conversation_space_id, Cow::Borrowed(_)),
+            "zero-copy id"
+        );
+        assert_eq!(cs.sequence_number, 1);
+        assert_eq!(cs.state_type.as_deref(), Some("STARTING"));
+        assert!(!cs.is_ending());
+        assert_eq!(cs.state.get(), STATE, "unknown fields and bytes untouched");
+        assert_eq!(cs.metadata.get(), META);
+        let expected = state_fingerprint(serde_json::from_str(STATE).unwrap()).unwrap();
+        assert_eq!(cs.fingerprint, expected);
+    }
+
+    #[test]
+    fn every_envelope_shape_gives_the_same_routing_fields() {
+        let w = webhook();
+        let bare = format!(r#"{{"metadata":{META},"state":{STATE}}}"#);
+        let ws = format!(r#"{{"data":{w}}}"#);
+        let ws_event = format!(
+            r#"{{"event":"Notification","eventId":"e-1","timestamp":"2026-09-25T19:33:04Z","data":{w}}}"#
+        );
+        let ws_bare = format!(r#"{{"data":{bare}}}"#);
+        let reference = call_state(&w);
+        for body in [&bare, &ws, &ws_event, &ws_bare] {
+            let cs = call_state(body);
+            assert_eq!(cs.conversation_space_id, reference.conversation_space_id);
+            assert_eq!(cs.sequence_number, reference.sequence_number);
+            assert_eq!(cs.fingerprint, reference.fingerprint);
+            assert_eq!(cs.state.get(), STATE);
+        }
+        assert_eq!(call_state(&bare).notification_id, None);
+        assert_eq!(call_state(&ws).notification_id.as_deref(), Some("1f4f6e0c"));
+    }
+
+    #[test]
+    fn whitespace_and_key_order_do_not_change_the_fingerprint() {
+        let pretty: serde_json::Value = serde_json::from_str(STATE).unwrap();
+        let pretty = serde_json::to_string_pretty(&pretty).unwrap();
+        let body = format!(r#"{{"data":{{"content":{{"state":{pretty},"metadata":{META}}}}}}}"#);
+        assert_eq!(
+            call_state(&body).fingerprint,
+            call_state(&webhook()).fingerprint
+        );
+    }
+
+    #[test]
+    fn sequence_number_as_string_and_ending_any_case() {
+        let body = r#"{"metadata":{"conversationSpaceId":"c"},"state":{"sequenceNumber":"42","type":"ending"}}"#;
+        let cs = call_state(body);
+        assert_eq!(cs.sequence_number, 42);
+        assert!(cs.is_ending());
+    }
+
+    #[test]
+    fn bad_sequence_numbers_are_rejected() {
+        for (seq, code) in [
+            ("0", "invalid_sequence_number"),
+            ("-1", "invalid_sequence_number"),
+            ("1.5", "invalid_sequence_number"),
+            ("1e3", "invalid_sequence_number"),
+            ("\"\"", "invalid_sequence_number"),
+            ("\"12a\"", "invalid_sequence_number"),
+            ("18446744073709551616", "invalid_sequence_number"),
+            ("true", "invalid_sequence_number"),
+            ("null", "missing_sequence_number"),
+        ] {
+            let body = format!(
+                r#"{{"metadata":{{"conversationSpaceId":"c"}},"state":{{"sequenceNumber":{seq}}}}}"#
+            );
+            let err = parse(body.as_bytes()).unwrap_err();
+            assert_eq!(err.reason_code(), code, "seq {seq}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_fields_name_their_full_path() {
+        let cases = [
+            (
+                r#"{"source":"call-events","type":"call-state","content":{"metadata":{},"state":{"sequenceNumber":1}}}"#,
+                "content.metadata.conversationSpaceId",
+                "missing_conversation_space_id",
+            ),
+            (
+                r#"{"data":{"source":"call-events","type":"call-state","content":{"metadata":{"conversationSpaceId":"c"},"state":{}}}}"#,
+                "data.content.state.sequenceNumber",
+                "missing_sequence_number",
+            ),
+            (
+                r#"{"metadata":{"conversationSpaceId":""},"state":{"sequenceNumber":1}}"#,
+                "metadata.conversationSpaceId",
+                "missing_conversation_space_id",
+            ),
+            (
+                r#"{"source":"call-events","type":"call-state"}"#,
+                "content",
+                "missing_field",
+            ),
+            (
+                r#"{"source":"call-events","content":{"state":{"sequenceNumber":1}}}"#,
+                "content.metadata",
+                "missing_metadata",
+            ),
+        ];
+        for (body, path, code) in cases {
+            match parse(body.as_bytes()) {
+                Err(e @ ParseError::MissingField { .. }) => {
+                    assert_eq!(e.reason_code(), code, "{body}");
+                    assert!(
+                        matches!(&e, ParseError::MissingField { path: p } if p == path),
+                        "{e}"
+                    );
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_reported_by_path_without_values() {
+        let body = r#"{"content":{"metadata":{"conversationSpaceId":12015550123},"state":{"sequenceNumber":1}}}"#;
+        let err = parse(body.as_bytes()).unwrap_err();
+        assert_eq!(
+            err,
+            ParseError::WrongType {
+                path: "content.metadata.conversationSpaceId".into(),
+                expected: "string"
+            }
+        );
+        assert!(!err.to_string().contains("12015550123"));
+        let body = r#"{"content":[1]}"#;
+        assert_eq!(
+            parse(body.as_bytes()).unwrap_err().reason_code(),
+            "invalid_content"
+        );
+        let body = r#"{"data":"{}"}"#;
+        assert_eq!(
+            parse(body.as_bytes()).unwrap_err().reason_code(),
+            "invalid_data"
+        );
+        let body = r#"{"metadata":{"conversationSpaceId":"c"},"state":[]}"#;
+        assert_eq!(
+            parse(body.as_bytes()).unwrap_err().reason_code(),
+            "invalid_state"
+        );
+    }
+
+    #[test]
+    fn control_messages_in_every_spelling() {
+        let cases = [
+            (
+                r#"{"data":{"source":"notification-websocket","type":"WEBSOCKET_REFRESH_REQUIRED"}}"#,
+                ControlMessage::RefreshRequired,
+            ),
+            (
+                r#"{"data":{"type":"WEBSOCKET_TO_BE_CLOSED"}}"#,
+                ControlMessage::ToBeClosed,
+            ),
+            (
+                r#"{"type":"WEBSOCKET_TO_BE_CLOSED"}"#,
+                ControlMessage::ToBeClosed,
+            ),
+            (
+                r#"{"data":{"source":"notification-websocket","type":"SOMETHING_NEW"}}"#,
+                ControlMessage::Other("SOMETHING_NEW".into()),
+            ),
+            (
+                "WEBSOCKET_REFRESH_REQUIRED",
+                ControlMessage::RefreshRequired,
+            ),
+            (" \"WEBSOCKET_TO_BE_CLOSED\"\n", ControlMessage::ToBeClosed),
+        ];
+        for (body, want) in cases {
+            match parse(body.as_bytes()) {
+                Ok(Notification::Control(c)) => assert_eq!(c, want, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn other_sources_are_passed_back_for_routing() {
+        let body = r#"{"source":"call-events-report","type":"REPORT_SUMMARY","content":{"conversationSpaceId":"c"}}"#;
+        match parse(body.as_bytes()).unwrap() {
+            Notification::Other { source, kind } => {
+                assert_eq!(source.as_deref(), Some("call-events-report"));
+                assert_eq!(kind.as_deref(), Some("REPORT_SUMMARY"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let body = r#"{"data":{"source":"recording-service","type":"RECORDING_UPLOADED","content":{"recording_id":"r"}}}"#;
+        assert!(matches!(
+            parse(body.as_bytes()).unwrap(),
+            Notification::Other { source: Some(s), .. } if s == "recording-service"
+        ));
+        assert!(matches!(
+            parse(b"{\"event\":\"Ping\"}").unwrap(),
+            Notification::Other {
+                source: None,
+                kind: None
+            }
+        ));
+        // A call-events notification of an unknown type is not a call state.
+        let body = r#"{"source":"call-events","type":"call-summary","content":{}}"#;
+        assert!(matches!(
+            parse(body.as_bytes()).unwrap(),
+            Notification::Other { .. }
+        ));
+    }
+
+    #[test]
+    fn loose_source_and_type_spellings_are_accepted() {
+        let body = format!(
+            r#"{{"source":"CALL_EVENTS","type":"CALL_STATE","content":{{"metadata":{META},"state":{STATE}}}}}"#
+        );
+        assert_eq!(call_state(&body).sequence_number, 1);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert_eq!(parse(b"").unwrap_err().reason_code(), "invalid_json");
+        assert_eq!(
+            parse(b"\xff\xfe").unwrap_err().reason_code(),
+            "invalid_json"
+        );
+        assert_eq!(parse(b"[1,2]").unwrap_err(), ParseError::NotAnObject);
+        assert_eq!(parse(b"\"hello\"").unwrap_err(), ParseError::NotAnObject);
+        assert_eq!(parse(b"42").unwrap_err(), ParseError::NotAnObject);
+        let deep = "[".repeat(10_000);
+        assert_eq!(
+            parse(deep.as_bytes()).unwrap_err().reason_code(),
+            "invalid_json"
+        );
+        let deep_state = format!(
+            r#"{{"metadata":{{"conversationSpaceId":"c"}},"state":{{"sequenceNumber":1,"x":{}1{}}}}}"#,
+            "[".repeat(500),
+            "]".repeat(500)
+        );
+        assert_eq!(
+            parse(deep_state.as_bytes()).unwrap_err().reason_code(),
+            "invalid_json"
+        );
+    }
+
+    #[test]
+    fn inspect_state_reads_backfilled_states() {
+        let raw: &RawValue = serde_json::from_str(STATE).unwrap();
+        let s = inspect_state(raw).unwrap();
+        assert_eq!(s.sequence_number, 1);
+        assert_eq!(s.state_type.as_deref(), Some("STARTING"));
+        assert_eq!(s.fingerprint, call_state(&webhook()).fingerprint);
+        let raw: &RawValue = serde_json::from_str(r#"{"type":"ENDING"}"#).unwrap();
+        assert_eq!(
+            inspect_state(raw).unwrap_err().reason_code(),
+            "missing_sequence_number"
+        );
+    }
+}

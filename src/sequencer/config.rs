@@ -1,0 +1,101 @@
+//! Timing rules of the sequencer, as operators set them.
+//!
+//! Defaults follow what GoTo is known to do: states of one call arrive within seconds, its
+//! store may lag a little behind the notification, and a call rarely lasts hours.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Sequencer settings. Durations accept humantime strings (`"2s"`, `"5m"`, `"6h"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SequencerConfig {
+    /// How long to wait for a missing state to arrive live before asking the REST back-fill.
+    /// Longer means fewer API calls for states that are merely late; shorter means less delay.
+    #[serde(with = "humantime_serde")]
+    pub gap_timeout: Duration,
+    /// First back-fill retry delay; doubles per attempt on the same gap.
+    #[serde(with = "humantime_serde")]
+    pub backfill_retry_base: Duration,
+    /// Cap on the back-fill retry delay.
+    #[serde(with = "humantime_serde")]
+    pub backfill_retry_max: Duration,
+    /// Once this long has passed since a gap was detected, a back-fill that still fails gives
+    /// up and a `BackfillFailed` gap record is published, so one conversation cannot stall
+    /// forever behind an unreachable API.
+    #[serde(with = "humantime_serde")]
+    pub backfill_max_wait: Duration,
+    /// A state must be absent from this many consecutive successful back-fill answers (spaced
+    /// by the retry backoff) before it is declared gone: GoTo's store may lag the notification.
+    /// Values below 1 act as 1.
+    pub confirm_gone_after: u32,
+    /// An open conversation that got nothing for this long is probed with an open-ended
+    /// back-fill from its next sequence, to catch a lost tail such as a dropped ENDING; repeated
+    /// every interval while it stays quiet. Each probe is one API call per quiet conversation.
+    #[serde(with = "humantime_serde")]
+    pub idle_probe_after: Duration,
+    /// An open conversation with no state for this long is evicted (`Abandoned`).
+    #[serde(with = "humantime_serde")]
+    pub abandon_after: Duration,
+    /// After completion, how long to remember a conversation to drop late duplicates. After
+    /// that it is evicted (changelog tombstone); a state arriving later would be treated as a
+    /// new conversation, so keep this above GoTo's redelivery horizon.
+    #[serde(with = "humantime_serde")]
+    pub closed_retention: Duration,
+}
+
+impl Default for SequencerConfig {
+    fn default() -> Self {
+        SequencerConfig {
+            gap_timeout: Duration::from_secs(2),
+            backfill_retry_base: Duration::from_millis(500),
+            backfill_retry_max: Duration::from_secs(30),
+            backfill_max_wait: Duration::from_secs(5 * 60),
+            confirm_gone_after: 2,
+            idle_probe_after: Duration::from_secs(30),
+            abandon_after: Duration::from_secs(6 * 60 * 60),
+            closed_retention: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+impl SequencerConfig {
+    /// Delay before retry number `tries` (1-based) of one gap: base·2^(tries-1), capped.
+    pub fn backoff(&self, tries: u32) -> Duration {
+        let exp = tries.saturating_sub(1).min(31);
+        self.backfill_retry_base
+            .checked_mul(1u32 << exp)
+            .unwrap_or(self.backfill_retry_max)
+            .min(self.backfill_retry_max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn humantime_fields_and_defaults_parse() {
+        let cfg: SequencerConfig =
+            serde_json::from_str(r#"{"gap_timeout":"3s","backfill_max_wait":"10m"}"#).unwrap();
+        assert_eq!(cfg.gap_timeout, Duration::from_secs(3));
+        assert_eq!(cfg.backfill_max_wait, Duration::from_secs(600));
+        assert_eq!(cfg.confirm_gone_after, 2);
+        assert_eq!(
+            cfg.closed_retention,
+            SequencerConfig::default().closed_retention
+        );
+        assert!(serde_json::from_str::<SequencerConfig>(r#"{"gap_timout":"3s"}"#).is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let cfg = SequencerConfig::default();
+        assert_eq!(cfg.backoff(1), Duration::from_millis(500));
+        assert_eq!(cfg.backoff(2), Duration::from_secs(1));
+        assert_eq!(cfg.backoff(4), Duration::from_secs(4));
+        assert_eq!(cfg.backoff(7), Duration::from_secs(30));
+        assert_eq!(cfg.backoff(u32::MAX), Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,553 @@
+//! The rules for one conversation: publish in order, hold what is early, ask for what is
+//! missing, decide when a missing state is gone, close after ENDING.
+//!
+//! Kept small on purpose (a partition may hold tens of thousands of open calls): with nothing
+//! held, a conversation is this struct and nothing else; `held` allocates only while states wait
+//! behind a gap. Back-fill bookkeeping (`tries`, `failures`, `absent`) refers to the *front
+//! hole* `next ..= first_held - 1` and resets whenever `next` moves: counting is conservative,
+//! so a state is never declared gone after fewer than `confirm_gone_after` answers that covered
+//! it and lacked it.
+
+use std::collections::BTreeMap;
+
+use super::stats::Ledger;
+use super::window::{fold, Window};
+use super::{
+    Action, BackfillOutcome, ConversationCheckpoint, ConversationId, DeadLetterReason, GapReason,
+    IncomingState, Origin, SequencerConfig, Timestamp,
+};
+
+/// Everything one call into a conversation needs besides the conversation itself.
+pub(crate) struct Cx<'a, P> {
+    pub(crate) id: &'a ConversationId,
+    pub(crate) cfg: &'a SequencerConfig,
+    pub(crate) now: Timestamp,
+    pub(crate) ledger: &'a mut Ledger,
+    pub(crate) out: &'a mut Vec<Action<P>>,
+}
+
+impl<P> Cx<'_, P> {
+    fn dead_letter(&mut self, s: IncomingState<P>, reason: DeadLetterReason) {
+        let counters = &mut self.ledger.counters;
+        match reason {
+            DeadLetterReason::ConflictingDuplicate => counters.conflicts += 1,
+            DeadLetterReason::AfterEnding => counters.after_ending += 1,
+            DeadLetterReason::InvalidSequence => counters.invalid_sequence += 1,
+        }
+        self.out.push(Action::DeadLetter {
+            conversation: self.id.clone(),
+            sequence_number: s.sequence_number,
+            reason,
+            payload: s.payload,
+        });
+    }
+
+    fn duplicate(&mut self, origin: Origin) {
+        match origin {
+            Origin::Backfill => self.ledger.counters.backfill_overlap += 1,
+            Origin::Webhook | Origin::WebSocket => self.ledger.counters.duplicates_dropped += 1,
+        }
+    }
+
+    fn request(&mut self, from: u64, to: Option<u64>) {
+        match to {
+            Some(_) => self.ledger.counters.backfills_requested += 1,
+            None => self.ledger.counters.probes_requested += 1,
+        }
+        self.out.push(Action::RequestBackfill {
+            conversation: self.id.clone(),
+            from,
+            to,
+        });
+    }
+}
+
+/// A state waiting for the sequences below it.
+#[derive(Debug)]
+struct Held<P> {
+    fingerprint: u64,
+    is_ending: bool,
+    origin: Origin,
+    raw_offset: Option<i64>,
+    received_at: Timestamp,
+    payload: P,
+}
+
+/// The back-fill the conversation is waiting on, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flight {
+    Idle,
+    /// A request for the front hole is out.
+    Gap {
+        from: u64,
+        to: u64,
+    },
+    /// An open-ended tail probe is out.
+    Probe {
+        from: u64,
+    },
+    /// Ask again for the front hole at this time.
+    Retry(Timestamp),
+}
+
+/// `wake` when the conversation has no queue entry.
+pub(crate) const NO_WAKE: Timestamp = Timestamp(u64::MAX);
+
+/// What the partition must do with a conversation after its timers fired.
+pub(crate) enum Fate {
+    Keep,
+    Evict,
+}
+
+#[derive(Debug)]
+pub(crate) struct Conversation<P> {
+    next: u64,
+    /// Front-hole start that `tries`/`failures`/`absent` refer to.
+    hole_start: u64,
+    /// Last state received; for a closed conversation, when it closed.
+    last_activity: Timestamp,
+    /// `last_activity`, or the last probe answer if later: the idle-probe clock.
+    quiet_since: Timestamp,
+    /// This conversation's entry in the partition's deadline queue ([`NO_WAKE`]: none). Not an
+    /// `Option`, to save 8 bytes per conversation.
+    pub(crate) wake: Timestamp,
+    flight: Flight,
+    held: BTreeMap<u64, Held<P>>,
+    gap_count: u32,
+    failures: u32,
+    tries: u16,
+    absent: u8,
+    ended: bool,
+    recent: Window,
+}
+
+impl<P> Conversation<P> {
+    pub(crate) fn new(now: Timestamp) -> Self {
+        Conversation {
+            next: 1,
+            hole_start: 1,
+            last_activity: now,
+            quiet_since: now,
+            wake: NO_WAKE,
+            flight: Flight::Idle,
+            held: BTreeMap::new(),
+            gap_count: 0,
+            failures: 0,
+            tries: 0,
+            absent: 0,
+            ended: false,
+            recent: Window::default(),
+        }
+    }
+
+    pub(crate) fn checkpoint(&self) -> ConversationCheckpoint {
+        ConversationCheckpoint {
+            next_sequence: self.next,
+            ended: self.ended,
+            gap_count: self.gap_count,
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.ended
+    }
+
+    pub(crate) fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// When the current front hole became known: the arrival of the oldest held state.
+    pub(crate) fn blocked_since(&self) -> Option<Timestamp> {
+        self.held.values().map(|h| h.received_at).min()
+    }
+
+    /// The earliest time something may be due for this conversation. Always defined: an open
+    /// conversation can always be abandoned, a closed one always evicted.
+    pub(crate) fn next_due(&self, cfg: &SequencerConfig) -> Timestamp {
+        if self.ended {
+            return self.last_activity.plus(cfg.closed_retention);
+        }
+        let abandon = self.last_activity.plus(cfg.abandon_after);
+        let due = match self.flight {
+            Flight::Gap { .. } | Flight::Probe { .. } => abandon,
+            Flight::Retry(at) => at,
+            Flight::Idle => match self.blocked_since() {
+                Some(since) => since.plus(cfg.gap_timeout),
+                None => self.quiet_since.plus(cfg.idle_probe_after),
+            },
+        };
+        due.min(abandon)
+    }
+
+    // ---- input ------------------------------------------------------------------------------
+
+    /// A state, live or back-filled. The heart of the ordering rules.
+    pub(crate) fn on_state(&mut self, cx: &mut Cx<'_, P>, s: IncomingState<P>) {
+        let seq = s.sequence_number;
+        if seq == 0 || seq == u64::MAX {
+            cx.dead_letter(s, DeadLetterReason::InvalidSequence);
+            return;
+        }
+        if self.ended {
+            // Closed: at or below ENDING it is a late duplicate, above it an anomaly.
+            if seq < self.next {
+                self.duplicate_of_published(cx, s);
+            } else {
+                cx.dead_letter(s, DeadLetterReason::AfterEnding);
+            }
+            return;
+        }
+        self.last_activity = self.last_activity.max(cx.now);
+        self.quiet_since = self.quiet_since.max(cx.now);
+
+        if seq < self.next {
+            self.duplicate_of_published(cx, s);
+            return;
+        }
+        if let Some(h) = self.held.get(&seq) {
+            if h.fingerprint == s.fingerprint {
+                cx.duplicate(s.origin);
+            } else {
+                cx.dead_letter(s, DeadLetterReason::ConflictingDuplicate);
+            }
+            return;
+        }
+        if self.held.range(..seq).any(|(_, h)| h.is_ending) {
+            cx.dead_letter(s, DeadLetterReason::AfterEnding);
+            return;
+        }
+        if seq == self.next {
+            let held = Held {
+                fingerprint: s.fingerprint,
+                is_ending: s.is_ending,
+                origin: s.origin,
+                raw_offset: None,
+                received_at: cx.now,
+                payload: s.payload,
+            };
+            self.publish(cx, seq, held);
+            self.drain(cx);
+            return;
+        }
+        // Early: hold it. The first held state starts a gap (its timer is `next_due`).
+        if self.held.is_empty() {
+            cx.ledger.counters.gaps_detected += 1;
+        }
+        cx.ledger.hold(s.raw_offset);
+        self.held.insert(
+            seq,
+            Held {
+                fingerprint: s.fingerprint,
+                is_ending: s.is_ending,
+                origin: s.origin,
+                raw_offset: s.raw_offset,
+                received_at: cx.now,
+                payload: s.payload,
+            },
+        );
+    }
+
+    /// The outcome of a back-fill request.
+    pub(crate) fn on_backfill(
+        &mut self,
+        cx: &mut Cx<'_, P>,
+        from: u64,
+        to: Option<u64>,
+        outcome: BackfillOutcome<P>,
+    ) {
+        // Only the answer to the request in flight moves the gap bookkeeping; anything else
+        // (a stale or duplicated answer) still contributes its states, which are truth.
+        let request = match (self.flight, to) {
+            (Flight::Gap { from: f, to: t }, Some(to)) if f == from && t == to => Some(self.flight),
+            (Flight::Probe { from: f }, None) if f == from => Some(self.flight),
+            _ => None,
+        };
+        if request.is_some() {
+            self.flight = Flight::Idle;
+        }
+        let answered = match outcome {
+            BackfillOutcome::Answered(states) => {
+                for mut s in states {
+                    s.origin = Origin::Backfill;
+                    s.raw_offset = None;
+                    self.on_state(cx, s);
+                }
+                true
+            }
+            BackfillOutcome::NotFound => true,
+            BackfillOutcome::Failed { retryable } => {
+                cx.ledger.counters.backfills_failed += 1;
+                if let Some(Flight::Gap { to, .. }) = request {
+                    self.gap_request_failed(cx, to, retryable);
+                }
+                false
+            }
+        };
+        match request {
+            // Absent from a probe means "nothing new", never "gone".
+            Some(Flight::Probe { .. }) => self.quiet_since = self.quiet_since.max(cx.now),
+            Some(Flight::Gap { to, .. }) if answered => self.gap_request_answered(cx, to),
+            _ => {}
+        }
+    }
+
+    /// A successful answer for the front hole `..=to`: whatever of it is still missing was
+    /// absent from the answer.
+    fn gap_request_answered(&mut self, cx: &mut Cx<'_, P>, to: u64) {
+        let confirm = cx.cfg.confirm_gone_after.max(1);
+        while !self.ended {
+            let Some(first_held) = self.held.keys().next().copied() else {
+                return;
+            };
+            if self.next > to {
+                // The hole now in front is not one this answer covered; its timer decides.
+                return;
+            }
+            self.sync_hole();
+            let count = u32::from(self.absent) + 1;
+            if count >= confirm {
+                cx.ledger.counters.gaps_gone += 1;
+                self.gap(cx, (first_held - 1).min(to), GapReason::Gone);
+                self.drain(cx);
+            } else {
+                self.absent = u8::try_from(count).unwrap_or(u8::MAX);
+                self.retry_later(cx);
+                return;
+            }
+        }
+    }
+
+    fn gap_request_failed(&mut self, cx: &mut Cx<'_, P>, to: u64, retryable: bool) {
+        if self.ended || self.next > to {
+            return;
+        }
+        let (Some(first_held), Some(since)) =
+            (self.held.keys().next().copied(), self.blocked_since())
+        else {
+            return;
+        };
+        self.sync_hole();
+        self.failures = self.failures.saturating_add(1);
+        if !retryable || cx.now >= since.plus(cx.cfg.backfill_max_wait) {
+            cx.ledger.counters.gaps_backfill_failed += 1;
+            let reason = GapReason::BackfillFailed {
+                attempts: self.failures,
+            };
+            self.gap(cx, (first_held - 1).min(to), reason);
+            self.drain(cx);
+        } else {
+            self.retry_later(cx);
+        }
+    }
+
+    fn retry_later(&mut self, cx: &mut Cx<'_, P>) {
+        self.tries = self.tries.saturating_add(1);
+        self.flight = Flight::Retry(cx.now.plus(cx.cfg.backoff(u32::from(self.tries))));
+    }
+
+    /// Timers due at `cx.now`.
+    pub(crate) fn on_tick(&mut self, cx: &mut Cx<'_, P>) -> Fate {
+        let (cfg, now) = (cx.cfg, cx.now);
+        if self.ended {
+            if now >= self.last_activity.plus(cfg.closed_retention) {
+                cx.ledger.counters.closed_evicted += 1;
+                return Fate::Evict;
+            }
+            return Fate::Keep;
+        }
+        if now >= self.last_activity.plus(cfg.abandon_after) {
+            // Only reachable with something held if the shell never answered a request.
+            cx.ledger.counters.abandoned += 1;
+            self.release_all(cx.ledger);
+            cx.out.push(Action::Abandoned {
+                conversation: cx.id.clone(),
+                next_sequence: self.next,
+            });
+            return Fate::Evict;
+        }
+        if let Flight::Retry(at) = self.flight {
+            if at > now {
+                return Fate::Keep;
+            }
+            self.flight = Flight::Idle;
+        }
+        if self.flight != Flight::Idle {
+            return Fate::Keep;
+        }
+        match (self.held.keys().next().copied(), self.blocked_since()) {
+            (Some(first_held), Some(since)) => {
+                if now >= since.plus(cfg.gap_timeout) {
+                    let (from, to) = (self.next, first_held - 1);
+                    self.flight = Flight::Gap { from, to };
+                    cx.request(from, Some(to));
+                }
+            }
+            _ => {
+                if now >= self.quiet_since.plus(cfg.idle_probe_after) {
+                    self.flight = Flight::Probe { from: self.next };
+                    cx.request(self.next, None);
+                }
+            }
+        }
+        Fate::Keep
+    }
+
+    // ---- takeover ---------------------------------------------------------------------------
+
+    /// Merge a changelog checkpoint (max wins: the changelog may lag the output).
+    pub(crate) fn restore(&mut self, cp: ConversationCheckpoint, ledger: &mut Ledger) {
+        let next = cp.next_sequence.max(1);
+        if next > self.next {
+            self.skip_to(next, ledger);
+        }
+        self.gap_count = self.gap_count.max(cp.gap_count);
+        if cp.ended && !self.ended {
+            self.close_quietly(ledger);
+        }
+    }
+
+    /// The ordered topic holds `seq` for this conversation.
+    pub(crate) fn observe_published(&mut self, seq: u64, ledger: &mut Ledger) {
+        if seq >= self.next && seq < u64::MAX {
+            self.skip_to(seq + 1, ledger);
+            ledger.changed = true;
+        }
+    }
+
+    /// The ordered topic holds a gap record ending at `to`.
+    pub(crate) fn observe_gap(&mut self, to: u64, ledger: &mut Ledger) {
+        if to >= self.next && to < u64::MAX {
+            self.skip_to(to + 1, ledger);
+            self.gap_count = self.gap_count.saturating_add(1);
+            ledger.changed = true;
+        }
+    }
+
+    /// The ordered topic holds this conversation's completion record.
+    pub(crate) fn observe_completion(&mut self, now: Timestamp, ledger: &mut Ledger) {
+        if !self.ended {
+            self.close_quietly(ledger);
+            self.last_activity = now;
+            ledger.changed = true;
+        }
+    }
+
+    // ---- internals --------------------------------------------------------------------------
+
+    /// Publishes held states while they are contiguous with `next`.
+    fn drain(&mut self, cx: &mut Cx<'_, P>) {
+        while !self.ended {
+            let Some(entry) = self.held.first_entry() else {
+                return;
+            };
+            if *entry.key() != self.next {
+                return;
+            }
+            let (seq, h) = entry.remove_entry();
+            cx.ledger.release(h.raw_offset);
+            self.publish(cx, seq, h);
+        }
+    }
+
+    fn publish(&mut self, cx: &mut Cx<'_, P>, seq: u64, h: Held<P>) {
+        cx.out.push(Action::Publish {
+            conversation: cx.id.clone(),
+            sequence_number: seq,
+            origin: h.origin,
+            payload: h.payload,
+        });
+        cx.ledger.counters.published += 1;
+        cx.ledger.changed = true;
+        self.recent.record(seq, h.fingerprint);
+        self.next = seq + 1;
+        if h.is_ending {
+            self.close(cx, seq);
+        }
+    }
+
+    /// ENDING was published with everything before it resolved.
+    fn close(&mut self, cx: &mut Cx<'_, P>, seq: u64) {
+        cx.out.push(Action::PublishCompletion {
+            conversation: cx.id.clone(),
+            last_sequence: seq,
+            gap_count: self.gap_count,
+        });
+        cx.ledger.counters.completions += 1;
+        self.ended = true;
+        self.last_activity = cx.now;
+        self.flight = Flight::Idle;
+        // Anything held above ENDING cannot be published after it.
+        for (seq, h) in std::mem::take(&mut self.held) {
+            cx.ledger.release(h.raw_offset);
+            let s = IncomingState {
+                sequence_number: seq,
+                fingerprint: h.fingerprint,
+                is_ending: h.is_ending,
+                origin: h.origin,
+                raw_offset: h.raw_offset,
+                payload: h.payload,
+            };
+            cx.dead_letter(s, DeadLetterReason::AfterEnding);
+        }
+    }
+
+    /// Closed by a checkpoint or an observed completion record: nothing to emit.
+    fn close_quietly(&mut self, ledger: &mut Ledger) {
+        self.ended = true;
+        self.flight = Flight::Idle;
+        self.release_all(ledger);
+    }
+
+    /// Declares `next..=to` a gap.
+    fn gap(&mut self, cx: &mut Cx<'_, P>, to: u64, reason: GapReason) {
+        let from = self.next;
+        cx.out.push(Action::PublishGap {
+            conversation: cx.id.clone(),
+            from,
+            to,
+            reason,
+        });
+        self.gap_count = self.gap_count.saturating_add(1);
+        self.recent.forget(from, to);
+        self.next = to + 1;
+        cx.ledger.changed = true;
+    }
+
+    /// Moves `next` forward without publishing (takeover): held states below it are already
+    /// in the output.
+    fn skip_to(&mut self, next: u64, ledger: &mut Ledger) {
+        self.recent.forget(self.next, next - 1);
+        self.next = next;
+        while let Some(entry) = self.held.first_entry() {
+            if *entry.key() >= next {
+                break;
+            }
+            ledger.release(entry.remove().raw_offset);
+        }
+    }
+
+    fn release_all(&mut self, ledger: &mut Ledger) {
+        for (_, h) in std::mem::take(&mut self.held) {
+            ledger.release(h.raw_offset);
+        }
+    }
+
+    /// Resets the per-hole counters when the front hole changed since they were counted.
+    fn sync_hole(&mut self) {
+        if self.hole_start != self.next {
+            self.hole_start = self.next;
+            self.tries = 0;
+            self.failures = 0;
+            self.absent = 0;
+        }
+    }
+
+    fn duplicate_of_published(&mut self, cx: &mut Cx<'_, P>, s: IncomingState<P>) {
+        match self.recent.lookup(s.sequence_number, self.next) {
+            Some(known) if known != fold(s.fingerprint) => {
+                cx.dead_letter(s, DeadLetterReason::ConflictingDuplicate)
+            }
+            _ => cx.duplicate(s.origin),
+        }
+    }
+}

@@ -1,0 +1,744 @@
+//! One test per rule of the sequencer, driven through the public `PartitionSequencer` API with
+//! injected time.
+
+use std::time::Duration;
+
+use super::conversation::Conversation;
+use super::*;
+
+type P = String;
+
+fn fp(seq: u64) -> u64 {
+    seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xabc
+}
+
+fn live(seq: u64) -> IncomingState<P> {
+    IncomingState {
+        sequence_number: seq,
+        fingerprint: fp(seq),
+        is_ending: false,
+        origin: Origin::Webhook,
+        raw_offset: Some(i64::try_from(seq).unwrap() * 10),
+        payload: format!("s{seq}"),
+    }
+}
+
+fn ending(seq: u64) -> IncomingState<P> {
+    IncomingState {
+        is_ending: true,
+        ..live(seq)
+    }
+}
+
+fn conflicting(seq: u64) -> IncomingState<P> {
+    IncomingState {
+        fingerprint: fp(seq) ^ 1,
+        payload: format!("x{seq}"),
+        ..live(seq)
+    }
+}
+
+fn backfilled(seq: u64) -> IncomingState<P> {
+    IncomingState {
+        origin: Origin::Backfill,
+        raw_offset: None,
+        ..live(seq)
+    }
+}
+
+struct Harness {
+    seq: PartitionSequencer<P>,
+    now: Timestamp,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with(SequencerConfig::default())
+    }
+
+    fn with(cfg: SequencerConfig) -> Self {
+        Harness {
+            seq: PartitionSequencer::new(cfg),
+            now: Timestamp(1_000),
+        }
+    }
+
+    fn state(&mut self, conv: &str, s: IncomingState<P>) -> Vec<Action<P>> {
+        let mut out = Vec::new();
+        self.seq.on_state(conv, s, self.now, &mut out);
+        out
+    }
+
+    fn backfill(
+        &mut self,
+        conv: &str,
+        from: u64,
+        to: Option<u64>,
+        outcome: BackfillOutcome<P>,
+    ) -> Vec<Action<P>> {
+        let mut out = Vec::new();
+        self.seq
+            .on_backfill(conv, from, to, outcome, self.now, &mut out);
+        out
+    }
+
+    /// Moves time forward by `ms`, firing every deadline on the way, at its own time.
+    fn advance(&mut self, ms: u64) -> Vec<Action<P>> {
+        let target = Timestamp(self.now.0 + ms);
+        let mut out = Vec::new();
+        while let Some(d) = self.seq.next_deadline() {
+            if d > target {
+                break;
+            }
+            self.now = self.now.max(d);
+            self.seq.on_tick(self.now, &mut out);
+        }
+        self.now = target;
+        out
+    }
+}
+
+fn published(actions: &[Action<P>]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Publish {
+                sequence_number, ..
+            } => Some(*sequence_number),
+            _ => None,
+        })
+        .collect()
+}
+
+fn request(conv: &str, from: u64, to: Option<u64>) -> Action<P> {
+    Action::RequestBackfill {
+        conversation: conv.into(),
+        from,
+        to,
+    }
+}
+
+fn gap(conv: &str, from: u64, to: u64, reason: GapReason) -> Action<P> {
+    Action::PublishGap {
+        conversation: conv.into(),
+        from,
+        to,
+        reason,
+    }
+}
+
+#[test]
+fn in_order_states_publish_at_once_and_ending_completes() {
+    let mut h = Harness::new();
+    assert_eq!(published(&h.state("c", live(1))), vec![1]);
+    assert_eq!(published(&h.state("c", live(2))), vec![2]);
+    let out = h.state("c", ending(3));
+    assert_eq!(
+        out,
+        vec![
+            Action::Publish {
+                conversation: "c".into(),
+                sequence_number: 3,
+                origin: Origin::Webhook,
+                payload: "s3".into()
+            },
+            Action::PublishCompletion {
+                conversation: "c".into(),
+                last_sequence: 3,
+                gap_count: 0
+            }
+        ]
+    );
+    assert_eq!(h.seq.stats().counters.completions, 1);
+    assert_eq!(
+        h.seq.checkpoint("c"),
+        Some(ConversationCheckpoint {
+            next_sequence: 4,
+            ended: true,
+            gap_count: 0
+        })
+    );
+}
+
+#[test]
+fn duplicates_are_dropped_and_counted() {
+    let mut h = Harness::new();
+    h.state("c", live(1));
+    h.state("c", live(2));
+    assert!(h.state("c", live(1)).is_empty());
+    assert!(h.state("c", live(2)).is_empty());
+    h.state("c", live(5)); // held
+    assert!(h.state("c", live(5)).is_empty());
+    assert_eq!(h.seq.stats().counters.duplicates_dropped, 3);
+    assert_eq!(h.seq.stats().counters.published, 2);
+}
+
+#[test]
+fn conflicting_duplicates_of_published_and_held_states_are_dead_lettered() {
+    let mut h = Harness::new();
+    h.state("c", live(1));
+    h.state("c", live(4));
+    let out = h.state("c", conflicting(1));
+    assert_eq!(
+        out,
+        vec![Action::DeadLetter {
+            conversation: "c".into(),
+            sequence_number: 1,
+            reason: DeadLetterReason::ConflictingDuplicate,
+            payload: "x1".into()
+        }]
+    );
+    let out = h.state("c", conflicting(4));
+    assert!(matches!(
+        &out[..],
+        [Action::DeadLetter { sequence_number: 4, reason: DeadLetterReason::ConflictingDuplicate, payload, .. }] if payload == "x4"
+    ));
+    // The held original, not the conflicting copy, is what gets published.
+    h.state("c", live(2));
+    let out = h.state("c", live(3));
+    assert!(out.iter().any(
+        |a| matches!(a, Action::Publish { sequence_number: 4, payload, .. } if payload == "s4")
+    ));
+    assert_eq!(h.seq.stats().counters.conflicts, 2);
+}
+
+#[test]
+fn conflicts_older_than_the_window_are_plain_duplicates() {
+    let mut h = Harness::new();
+    for s in 1..=40 {
+        h.state("c", live(s));
+    }
+    let oldest_checked = 41 - CONFLICT_WINDOW;
+    assert_eq!(h.state("c", conflicting(oldest_checked)).len(), 1);
+    assert!(h.state("c", conflicting(oldest_checked - 1)).is_empty());
+}
+
+#[test]
+fn early_states_wait_for_the_missing_one_without_backfill() {
+    let mut h = Harness::new();
+    h.state("c", live(1));
+    assert!(h.state("c", live(3)).is_empty());
+    assert!(h.state("c", live(4)).is_empty());
+    assert!(h.advance(1_999).is_empty(), "gap timer not due yet");
+    assert_eq!(published(&h.state("c", live(2))), vec![2, 3, 4]);
+    assert!(h.advance(10).is_empty(), "no back-fill once the gap closed");
+    assert_eq!(h.seq.stats().counters.backfills_requested, 0);
+}
+
+#[test]
+fn gap_timeout_requests_exactly_the_front_hole() {
+    let mut h = Harness::new();
+    h.state("c", live(1));
+    h.state("c", live(4));
+    h.state("c", live(7));
+    assert!(h.advance(1_999).is_empty());
+    assert_eq!(h.advance(1), vec![request("c", 2, Some(3))]);
+    // Coalesced: nothing more while it is in flight, even with new holes appearing.
+    h.state("c", live(9));
+    assert!(h.advance(60_000).is_empty());
+}
+
+#[test]
+fn a_conversation_first_seen_late_treats_the_start_as_a_gap() {
+    let mut h = Harness::new();
+    assert!(h.state("c", live(5)).is_empty());
+    assert_eq!(h.advance(2_000), vec![request("c", 1, Some(4))]);
+    let states = (1..=4).map(backfilled).collect();
+    let out = h.backfill("c", 1, Some(4), BackfillOutcome::Answered(states));
+    assert_eq!(published(&out), vec![1, 2, 3, 4, 5]);
+    assert!(matches!(
+        out[0],
+        Action::Publish {
+            origin: Origin::Backfill,
+            ..
+        }
+    ));
+    assert!(matches!(
+        out[4],
+        Action::Publish {
+            origin: Origin::Webhook,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_state_is_gone_only_after_two_answers_without_it() {
+    let mut h = Harness::new();
+    h.state("c", live(1));
+    h.state("c", live(3));
+    assert_eq!(h.advance(2_000), vec![request("c", 2, Some(2))]);
+    let out = h.backfill("c", 2, Some(2), BackfillOutcome::Answered(vec![]));
+    assert!(out.is_empty(), "one absent answer is not enough: {out:?}");
+    assert!(h.advance(499).is_empty());
+    assert_eq!(h.advance(1), vec![request("c", 2, Some(2))]);
+    let out = h.backfill("c", 2, Some(2), BackfillOutcome::NotFound);
+    assert_eq!(out[0], gap("c", 2, 2, GapReason::Gone));
+    assert_eq!(published(&out), vec![3]);
+    assert_eq!(h.seq.checkpoint("c").unwrap().gap_count, 1);
+}
+
+#[test]
+fn a_lagging_store_recovers_the_state_on_the_second_answer() {
+    let mut h = Harness::new();
+    h.state("c", live(1));
+    h.state("c", live(3));
+    h.advance(2_000);
+    h.backfill("c", 2, Some(2), BackfillOutcome::Answered(vec![]));
+    h.advance(500);
+    let out = h.backfill(
+        "c",
+        2,
+        Some(2),
+        BackfillOutcome::Answered(vec![backfilled(2)]),
+    );
+    assert_eq!(published(&out), vec![2, 3]);
+    assert!(!out.iter().any(|a| matches!(a, Action::PublishGap { .. })));
+}
+
+#[test]
+fn missing_runs_are_merged_and_split_around_recovered_states() {
+    let cfg = SequencerConfig {
+        confirm_gone_after: 1,
+        ..SequencerConfig::default()
+    };
+    let mut h = Harness::with(cfg);
+    h.state("c", live(1));
+    h.state("c", live(8));
+    assert_eq!(h.advance(2_000), vec![request("c", 2, Some(7))]);
+    let out = h.backfill(
+        "c",
+        2,
+        Some(7),
+        BackfillOutcome::Answered(vec![backfilled(5)]),
+    );
+    assert_eq!(
+        out.iter()
+            .map(|a| match a {
+                Action::PublishGap { from, to, .. } => format!("gap {from}-{to}"),
+                Action::Publish {
+                    sequence_number, ..
+                } => format!("pub {sequence_number}"),
+                other => format!("{other:?}"),
+            })
+            .collect::<Vec<_>>(),
+        vec!["gap 2-4", "pub 5", "gap 6-7", "pub 8"]
+    );
+}
+
+#[test]
+fn later_holes_need_their_own_confirmations() {
+    let mut h = Harness::new(); // confirm_gone_after = 2
+    h.state("c", live(1));
+    h.state("c", live(8));
+    h.advance(2_000);
+    // First answer returns 5: 2-4 and 6-7 absent once.
+    h.backfill(
+        "c",
+        2,
+        Some(7),
+        BackfillOutcome::Answered(vec![backfilled(5)]),
+    );
+    assert_eq!(h.advance(500), vec![request("c", 2, Some(4))]);
+    let out = h.backfill("c", 2, Some(4), BackfillOutcome::Answered(vec![]));
+    assert_eq!(out[0], gap("c", 2, 4, GapReason::Gone));
+    assert_eq!(published(&out), vec![5]);
+    // 6-7 were only absent once while in front: not gone yet, asked again.
+    assert_eq!(out.len(), 2);
+    let out = h.advance(2_000);
+    assert_eq!(out, vec![request("c", 6, Some(7))]);
+}
+
+#[test]
+fn failed_backfills_back_off_then_give_up_after_max_wait() {
+    let mut h = Harness::new();
+    h.state("c", live(1));
+    h.state("c", live(3));
+    let gap_seen = h.now;
+    let mut attempts = 0;
+    let mut delays = Vec::new();
+    let mut last = h.advance(2_000);
+    loop {
+        assert_eq!(last, vec![request("c", 2, Some(2))]);
+        attempts += 1;
+        let out = h.backfill("c", 2, Some(2), BackfillOutcome::Failed { retryable: true });
+        if let Some(Action::PublishGap { reason, .. }) = out.first() {
+            assert_eq!(*reason, GapReason::BackfillFailed { attempts });
+            assert_eq!(published(&out), vec![3]);
+            assert!(h.now >= gap_seen.plus(Duration::from_secs(300)));
+            break;
+        }
+        assert!(out.is_empty());
+        let before = h.now;
+        let next = h.seq.next_deadline().unwrap();
+        delays.push(next.0 - before.0);
+        h.now = next;
+        last = h.advance(0);
+        assert!(attempts < 100);
+    }
+    assert_eq!(
+        &delays[..7],
+        &[500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000]
+    );
+    assert!(delays[7..].iter().all(|d| *d == 30_000));
+}
+
+#[test]
+fn a_non_retryable_failure_gives_up_at_once() {
+    let mut h = Harness::new();
+    h.state("c", live(2));
+    h.advance(2_000);
+    let out = h.backfill(
+        "c",
+        1,
+        Some(1),
+        BackfillOutcome::Failed { retryable: false },
+    );
+    assert_eq!(
+        out[0],
+        gap("c", 1, 1, GapReason::BackfillFailed { attempts: 1 })
+    );
+    assert_eq!(published(&out), vec![2]);
+}
+
+#[test]
+fn a_live_state_filling_the_gap_mid_flight_makes_the_answer_harmless() {
+    let mut h = Harness::new();
+    h.state("c", live(1));
+    h.state("c", live(3));
+    h.advance(2_000);
+    assert_eq!(published(&h.state("c", live(2))), vec![2, 3]);
+    let out = h.backfill(
+        "c",
+        2,
+        Some(2),
+        BackfillOutcome::Answered(vec![backfilled(2)]),
+    );
+    assert!(out.is_empty());
+    let out = h.advance(10_000);
+    assert!(out.is_empty(), "no retry, no gap: {out:?}");
+    assert_eq!(h.seq.stats().counters.backfill_overlap, 1);
+}
+
+#[test]
+fn a_stale_answer_contributes_states_but_not_absence() {
+    let cfg = SequencerConfig {
+        confirm_gone_after: 1,
+        ..SequencerConfig::default()
+    };
+    let mut h = Harness::with(cfg);
+    h.state("c", live(1));
+    h.state("c", live(4));
+    h.advance(2_000); // requests 2..=3
+    let out = h.backfill("c", 2, Some(2), BackfillOutcome::NotFound);
+    assert!(
+        out.is_empty(),
+        "an answer to another range declares nothing"
+    );
+    let out = h.backfill(
+        "c",
+        9,
+        Some(9),
+        BackfillOutcome::Answered(vec![backfilled(2)]),
+    );
+    assert_eq!(published(&out), vec![2]);
+    let out = h.backfill("c", 2, Some(3), BackfillOutcome::NotFound);
+    assert_eq!(out[0], gap("c", 3, 3, GapReason::Gone));
+}
+
+#[test]
+fn quiet_conversations_are_probed_for_their_tail() {
+    let mut h = Harness::new();
+    h.state("c", live(1));
+    h.state("c", live(2));
+    assert!(h.advance(29_999).is_empty());
+    assert_eq!(h.advance(1), vec![request("c", 3, None)]);
+    // Nothing new is not a gap; the probe repeats after another interval.
+    assert!(h
+        .backfill("c", 3, None, BackfillOutcome::Answered(vec![]))
+        .is_empty());
+    assert!(h.advance(29_999).is_empty());
+    assert_eq!(h.advance(1), vec![request("c", 3, None)]);
+    let out = h.backfill(
+        "c",
+        3,
+        None,
+        BackfillOutcome::Answered(vec![
+            backfilled(3),
+            IncomingState {
+                is_ending: true,
+                ..backfilled(4)
+            },
+        ]),
+    );
+    assert_eq!(published(&out), vec![3, 4]);
+    assert!(matches!(
+        out.last(),
+        Some(Action::PublishCompletion {
+            last_sequence: 4,
+            ..
+        })
+    ));
+    assert_eq!(h.seq.stats().counters.probes_requested, 2);
+}
+
+#[test]
+fn a_probe_answer_with_a_hole_starts_the_gap_rules() {
+    let mut h = Harness::new();
+    h.state("c", live(1));
+    h.advance(30_000);
+    let out = h.backfill("c", 2, None, BackfillOutcome::Answered(vec![backfilled(4)]));
+    assert!(out.is_empty());
+    assert_eq!(h.advance(2_000), vec![request("c", 2, Some(3))]);
+}
+
+#[test]
+fn silent_open_conversations_are_abandoned() {
+    let mut h = Harness::new();
+    h.state("c", live(1));
+    h.seq.take_dirty();
+    let mut out = Vec::new();
+    // Answer every probe with nothing for six hours.
+    while h.seq.len() == 1 {
+        let step = h.advance(30_000);
+        for a in &step {
+            if let Action::RequestBackfill { from, to, .. } = a {
+                out.extend(h.backfill("c", *from, *to, BackfillOutcome::Answered(vec![])));
+            }
+        }
+        out.extend(
+            step.into_iter()
+                .filter(|a| !matches!(a, Action::RequestBackfill { .. })),
+        );
+    }
+    assert_eq!(
+        out,
+        vec![Action::Abandoned {
+            conversation: "c".into(),
+            next_sequence: 2
+        }]
+    );
+    assert!(h.now.since(Timestamp(1_000)) >= Duration::from_secs(6 * 3600));
+    assert_eq!(h.seq.take_dirty(), vec![("c".into(), None)]);
+    assert_eq!(h.seq.next_deadline(), None);
+}
+
+#[test]
+fn closed_conversations_drop_late_duplicates_then_are_evicted() {
+    let mut h = Harness::new();
+    h.state("c", live(1));
+    h.state("c", ending(2));
+    h.seq.take_dirty();
+    h.advance(60_000);
+    assert!(h.state("c", live(1)).is_empty());
+    let out = h.state("c", live(3));
+    assert!(matches!(
+        &out[..],
+        [Action::DeadLetter {
+            sequence_number: 3,
+            reason: DeadLetterReason::AfterEnding,
+            ..
+        }]
+    ));
+    assert!(h.advance(3_600_000 - 60_001).is_empty());
+    assert_eq!(h.seq.len(), 1, "still remembered");
+    assert!(h.advance(1).is_empty());
+    assert_eq!(h.seq.len(), 0);
+    assert_eq!(h.seq.take_dirty(), vec![("c".into(), None)]);
+}
+
+#[test]
+fn states_above_a_held_ending_are_dead_lettered() {
+    let mut h = Harness::new();
+    h.state("c", live(1));
+    h.state("c", live(5)); // will be above ENDING
+    h.state("c", ending(3));
+    let out = h.state("c", live(6));
+    assert!(matches!(
+        &out[..],
+        [Action::DeadLetter {
+            sequence_number: 6,
+            reason: DeadLetterReason::AfterEnding,
+            ..
+        }]
+    ));
+    let out = h.state("c", live(2));
+    assert_eq!(published(&out), vec![2, 3]);
+    assert!(matches!(
+        out[2],
+        Action::PublishCompletion {
+            last_sequence: 3,
+            ..
+        }
+    ));
+    assert!(matches!(
+        &out[3],
+        Action::DeadLetter {
+            sequence_number: 5,
+            reason: DeadLetterReason::AfterEnding,
+            ..
+        }
+    ));
+    assert_eq!(out.len(), 4);
+    assert_eq!(h.seq.raw_low_watermark(), None, "nothing held any more");
+}
+
+#[test]
+fn invalid_sequence_numbers_are_dead_lettered() {
+    let mut h = Harness::new();
+    let out = h.state("c", live(0));
+    assert!(matches!(
+        &out[..],
+        [Action::DeadLetter {
+            reason: DeadLetterReason::InvalidSequence,
+            ..
+        }]
+    ));
+    let out = h.state(
+        "c",
+        IncomingState {
+            sequence_number: u64::MAX,
+            ..live(1)
+        },
+    );
+    assert!(matches!(
+        &out[..],
+        [Action::DeadLetter {
+            reason: DeadLetterReason::InvalidSequence,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn raw_low_watermark_is_the_oldest_held_live_state() {
+    let mut h = Harness::new();
+    h.state("a", live(1));
+    assert_eq!(
+        h.seq.raw_low_watermark(),
+        None,
+        "published states do not hold"
+    );
+    h.state("a", live(4)); // offset 40
+    h.state("b", live(3)); // offset 30
+    h.state("b", backfilled(5)); // no offset
+    assert_eq!(h.seq.raw_low_watermark(), Some(30));
+    h.state("b", live(1));
+    h.state("b", live(2));
+    assert_eq!(h.seq.raw_low_watermark(), Some(40));
+    h.state("a", live(2));
+    h.state("a", live(3));
+    assert_eq!(h.seq.raw_low_watermark(), None);
+}
+
+#[test]
+fn dirty_checkpoints_are_reported_once() {
+    let mut h = Harness::new();
+    h.state("a", live(1));
+    h.state("b", live(2)); // held only: checkpoint unchanged
+    let mut dirty = h.seq.take_dirty();
+    dirty.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        dirty,
+        vec![(
+            "a".into(),
+            Some(ConversationCheckpoint {
+                next_sequence: 2,
+                ended: false,
+                gap_count: 0
+            })
+        )]
+    );
+    assert!(h.seq.take_dirty().is_empty());
+    h.state("a", live(1)); // duplicate: no change
+    assert!(h.seq.take_dirty().is_empty());
+}
+
+#[test]
+fn restore_and_observe_resume_without_republishing() {
+    let mut h = Harness::new();
+    let cp = ConversationCheckpoint {
+        next_sequence: 4,
+        ended: false,
+        gap_count: 1,
+    };
+    h.seq.restore("c", cp, h.now);
+    assert!(
+        h.seq.take_dirty().is_empty(),
+        "restore alone is not a change"
+    );
+    h.seq.observe_published("c", 4);
+    h.seq.observe_gap("c", 5, 6);
+    assert_eq!(
+        h.seq.checkpoint("c"),
+        Some(ConversationCheckpoint {
+            next_sequence: 7,
+            ended: false,
+            gap_count: 2
+        })
+    );
+    assert_eq!(h.seq.take_dirty().len(), 1);
+    for s in 1..=6 {
+        assert!(h.state("c", live(s)).is_empty(), "seq {s} re-published");
+    }
+    assert_eq!(published(&h.state("c", live(7))), vec![7]);
+    // Observing something older than what is known changes nothing.
+    h.seq.observe_published("c", 2);
+    h.seq.restore("c", cp, h.now);
+    assert_eq!(h.seq.checkpoint("c").unwrap().next_sequence, 8);
+}
+
+#[test]
+fn restored_closed_conversations_only_drop_duplicates() {
+    let mut h = Harness::new();
+    h.seq.observe_published("c", 3);
+    h.seq.observe_completion("c");
+    assert!(h.state("c", live(2)).is_empty());
+    assert!(h.state("c", ending(3)).is_empty());
+    assert!(h.seq.checkpoint("c").unwrap().ended);
+}
+
+#[test]
+fn stats_report_open_gaps_and_held_states() {
+    let mut h = Harness::new();
+    h.state("a", live(3));
+    let t_a = h.now;
+    h.advance(100);
+    h.state("b", live(1));
+    h.state("b", live(5));
+    h.state("b", live(6));
+    h.state("z", live(1));
+    h.state("z", ending(2));
+    let s = h.seq.stats();
+    assert_eq!(s.open_gaps, 2);
+    assert_eq!(s.oldest_open_gap_since, Some(t_a));
+    assert_eq!(s.held_states, 3);
+    assert_eq!(s.open_conversations, 2);
+    assert_eq!(s.closed_conversations, 1);
+    assert_eq!(s.counters.gaps_detected, 2);
+}
+
+#[test]
+fn next_deadline_tracks_the_earliest_timer() {
+    let mut h = Harness::new();
+    assert_eq!(h.seq.next_deadline(), None);
+    h.state("a", live(1));
+    assert_eq!(
+        h.seq.next_deadline(),
+        Some(h.now.plus(Duration::from_secs(30)))
+    );
+    h.state("b", live(2));
+    assert_eq!(
+        h.seq.next_deadline(),
+        Some(h.now.plus(Duration::from_secs(2)))
+    );
+}
+
+#[test]
+fn an_idle_open_conversation_stays_small() {
+    // The per-conversation budget is ~300 bytes including map and queue overhead; the struct
+    // itself must stay well under it.
+    let size = std::mem::size_of::<Conversation<Vec<u8>>>();
+    assert!(size <= 160, "Conversation is {size} bytes");
+    eprintln!("Conversation<Vec<u8>> = {size} bytes");
+}

@@ -1,0 +1,159 @@
+//! The vocabulary shared by the sequencer core and the async shell that drives it.
+//!
+//! The core never performs I/O: the shell hands it [`IncomingState`]s and back-fill outcomes,
+//! and carries out the [`Action`]s it returns, in order. Everything here is plain data so the
+//! shell can be written (and tested) against it without knowing the rules.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A conversation (`conversationSpaceId`). `Arc` so actions, the deadline queue and the map
+/// share one allocation per conversation.
+pub type ConversationId = Arc<str>;
+
+/// Milliseconds since an arbitrary monotonic origin chosen by the shell. Injected so the core
+/// never reads a clock and tests can drive time exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    /// `self + d`, saturating instead of overflowing.
+    pub fn plus(self, d: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_add(millis(d)))
+    }
+
+    /// Time elapsed since `earlier` (zero if `earlier` is later).
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How a state reached the sequencer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// A webhook POST (via the raw topic).
+    Webhook,
+    /// A WebSocket frame (via the raw topic).
+    WebSocket,
+    /// An answer of the REST back-fill the core asked for.
+    Backfill,
+}
+
+/// One call state, reduced to what ordering needs. `payload` is opaque to the core (the shell
+/// uses the raw bytes) and is handed back unchanged in the action that publishes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingState<P> {
+    /// `state.sequenceNumber` (1-based, +1 per state).
+    pub sequence_number: u64,
+    /// `notification::state_fingerprint` of the state: equal for the same state, whichever way
+    /// it came.
+    pub fingerprint: u64,
+    /// The state's type is ENDING: the conversation's last state.
+    pub is_ending: bool,
+    /// Where it came from.
+    pub origin: Origin,
+    /// Offset of the raw-topic record it came from (live states). The raw consumer must not
+    /// commit past a held state's offset, see [`super::PartitionSequencer::raw_low_watermark`].
+    pub raw_offset: Option<i64>,
+    /// Opaque to the core.
+    pub payload: P,
+}
+
+/// Something the shell must do, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action<P> {
+    /// Append this state to the ordered topic: the next one of its conversation.
+    Publish {
+        conversation: ConversationId,
+        sequence_number: u64,
+        origin: Origin,
+        payload: P,
+    },
+    /// Append a gap record: states `from..=to` will never be published.
+    PublishGap {
+        conversation: ConversationId,
+        from: u64,
+        to: u64,
+        reason: GapReason,
+    },
+    /// Append a completion record: the ENDING state (`last_sequence`) was published and every
+    /// earlier sequence was published or declared a gap.
+    PublishCompletion {
+        conversation: ConversationId,
+        last_sequence: u64,
+        gap_count: u32,
+    },
+    /// Fetch states `from..=to` (`to: None`: every state from `from` on, an idle tail probe)
+    /// and report with `on_backfill(conversation, from, to, …)`. Never two in flight for one
+    /// conversation; the shell owes exactly one answer per request.
+    RequestBackfill {
+        conversation: ConversationId,
+        from: u64,
+        to: Option<u64>,
+    },
+    /// A state that cannot be published; send it to the dead-letter topic.
+    DeadLetter {
+        conversation: ConversationId,
+        sequence_number: u64,
+        reason: DeadLetterReason,
+        payload: P,
+    },
+    /// An open conversation had no activity for `abandon_after` and was evicted without a
+    /// completion. `next_sequence` is the first sequence that was never resolved.
+    Abandoned {
+        conversation: ConversationId,
+        next_sequence: u64,
+    },
+}
+
+/// Why a gap record was published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GapReason {
+    /// The back-fill answered, `confirm_gone_after` times in a row, without these states.
+    Gone,
+    /// The back-fill kept failing until `backfill_max_wait` (or failed non-retryably).
+    BackfillFailed {
+        /// Failed attempts for this gap.
+        attempts: u32,
+    },
+}
+
+/// Why a state went to the dead-letter topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterReason {
+    /// Same conversation and sequence number as a state already published or held, different
+    /// content (fingerprint). The first one seen wins; this one is set aside.
+    ConflictingDuplicate,
+    /// A sequence number above the conversation's ENDING state: GoTo promises ENDING is last, so
+    /// this is an anomaly worth a human look rather than a silent drop.
+    AfterEnding,
+    /// Sequence number 0 or `u64::MAX` (the parser never yields these; the shell might).
+    InvalidSequence,
+}
+
+/// Result of a back-fill request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackfillOutcome<P> {
+    /// The API answered; these are the states it returned (any order, any subset; states
+    /// outside the requested range are accepted too).
+    Answered(Vec<IncomingState<P>>),
+    /// The API says the conversation does not exist (any more): counts as "all absent".
+    NotFound,
+    /// The request failed. `retryable: false` (e.g. a 4xx other than 429) gives up at once.
+    Failed { retryable: bool },
+}
+
+/// What the changelog stores per conversation: enough to resume after a takeover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConversationCheckpoint {
+    /// The first sequence number not yet published nor declared a gap.
+    pub next_sequence: u64,
+    /// The completion record was published.
+    pub ended: bool,
+    /// Gap records published so far.
+    pub gap_count: u32,
+}
