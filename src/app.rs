@@ -116,11 +116,17 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
     let readiness = Readiness::new(channel_rx.clone());
 
     let admin_listener = bind(listeners.admin, config.admin.listen).await?;
-    let admin_addr = admin_listener.local_addr().map_err(|source| AppError::Bind {
-        addr: config.admin.listen,
-        source,
-    })?;
-    tasks.push(tokio::spawn(ops::serve(admin_listener, readiness.clone(), stop_rx.clone())));
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| AppError::Bind {
+            addr: config.admin.listen,
+            source,
+        })?;
+    tasks.push(tokio::spawn(ops::serve(
+        admin_listener,
+        readiness.clone(),
+        stop_rx.clone(),
+    )));
 
     let shell_config = ShellConfig {
         kafka: config.kafka.clone(),

@@ -70,14 +70,24 @@ pub async fn run(args: DemoArgs) -> ExitCode {
 /// The whole demo, returning the verification.
 pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
     let Some([drop_rate, dup, dup_new, delay, unrecoverable]) = fault_mix(&args.faults) else {
-        return Err(format!("--faults {:?}: expected none, realistic or harsh", args.faults));
+        return Err(format!(
+            "--faults {:?}: expected none, realistic or harsh",
+            args.faults
+        ));
     };
     let kind = match args.transport.as_str() {
         "webhook" => ChannelKind::Webhook,
         "websocket" => ChannelKind::Websocket,
-        other => return Err(format!("--transport {other:?}: expected webhook or websocket")),
+        other => {
+            return Err(format!(
+                "--transport {other:?}: expected webhook or websocket"
+            ))
+        }
     };
-    println!("callbridge demo: {} calls at {}/s over {}, fault mix {:?}", args.calls, args.rate, args.transport, args.faults);
+    println!(
+        "callbridge demo: {} calls at {}/s over {}, fault mix {:?}",
+        args.calls, args.rate, args.transport, args.faults
+    );
 
     // 1. Kafka: librdkafka's mock cluster, in-process.
     let partitions = 6;
@@ -108,12 +118,18 @@ pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
     sim_config.faults.delay_rate = delay;
     sim_config.faults.max_delay = Duration::from_millis(400);
     sim_config.faults.unrecoverable_rate = unrecoverable;
-    let sim = simulator::start(sim_config).await.map_err(|e| format!("simulator: {e}"))?;
+    let sim = simulator::start(sim_config)
+        .await
+        .map_err(|e| format!("simulator: {e}"))?;
     let control = sim.control();
 
     // 3. The bridge, pointed at both.
-    let webhook = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let webhook = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let webhook_addr = webhook.local_addr().map_err(|e| e.to_string())?;
     let mut config = BridgeConfig::default();
     config.goto.api_base_url = sim.base_url();
@@ -124,16 +140,24 @@ pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
     config.goto.account_keys = crate::simulator::traffic::TrafficConfig::default().account_keys;
     config.channel.kind = kind;
     config.webhook.public_url = format!("http://{webhook_addr}/goto/webhook");
-    config.webhook.secret = Secret::new(uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string());
+    config.webhook.secret = Secret::new(
+        uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string(),
+    );
     config.kafka = kafka.clone();
     config.sequencer.gap_timeout = Duration::from_millis(500);
     config.sequencer.backfill_retry_base = Duration::from_millis(200);
     config.sequencer.backfill_retry_max = Duration::from_secs(2);
     config.sequencer.idle_probe_after = Duration::from_secs(2);
     config.sequencer_io.checkpoint_interval = Duration::from_millis(200);
-    let bridge = app::start(config, Listeners { webhook: Some(webhook), admin: Some(admin) })
-        .await
-        .map_err(|e| format!("bridge: {e}"))?;
+    let bridge = app::start(
+        config,
+        Listeners {
+            webhook: Some(webhook),
+            admin: Some(admin),
+        },
+    )
+    .await
+    .map_err(|e| format!("bridge: {e}"))?;
 
     // 4. Traffic, with live progress.
     control.start_traffic();
@@ -163,7 +187,9 @@ pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
             break;
         }
         if Instant::now() > deadline {
-            println!("  timed out waiting for every call to complete; verifying what was published");
+            println!(
+                "  timed out waiting for every call to complete; verifying what was published"
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -173,10 +199,11 @@ pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
     // 5. Read back and verify.
     let truth = control.ground_truth();
     let topic = kafka.topics.ordered.clone();
-    let records = tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, Duration::from_secs(60)))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("reading the ordered topic: {e}"))?;
+    let records =
+        tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, Duration::from_secs(60)))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("reading the ordered topic: {e}"))?;
     let v = verify(&truth, &records);
     println!("\nfaults injected by the simulator:");
     for (name, count) in &truth.fault_counts {

@@ -91,8 +91,16 @@ impl fmt::Display for Verification {
             ("completion records", self.completions, false),
             ("duplicates published", self.duplicates, true),
             ("order violations", self.order_violations, true),
-            ("missing without a gap record", self.missing_without_gap, true),
-            ("gap records where none was needed", self.unneeded_gaps, true),
+            (
+                "missing without a gap record",
+                self.missing_without_gap,
+                true,
+            ),
+            (
+                "gap records where none was needed",
+                self.unneeded_gaps,
+                true,
+            ),
             ("content mismatches", self.content_mismatches, true),
             ("completion errors", self.completion_errors, true),
             ("malformed records", self.malformed_records, true),
@@ -128,14 +136,19 @@ pub fn verify(truth: &GroundTruth, records: &[ReadRecord]) -> Verification {
     for r in records {
         let parsed: Option<Value> = serde_json::from_slice(&r.value).ok();
         match (&r.key, parsed) {
-            (Some(k), Some(value)) => streams
-                .entry(k.clone())
-                .or_default()
-                .records
-                .push((r.partition, r.offset, value)),
+            (Some(k), Some(value)) => {
+                streams
+                    .entry(k.clone())
+                    .or_default()
+                    .records
+                    .push((r.partition, r.offset, value))
+            }
             _ => {
                 v.malformed_records += 1;
-                v.example(format!("record at {}:{} has no key or is not JSON", r.partition, r.offset));
+                v.example(format!(
+                    "record at {}:{} has no key or is not JSON",
+                    r.partition, r.offset
+                ));
             }
         }
     }
@@ -186,7 +199,9 @@ pub fn verify(truth: &GroundTruth, records: &[ReadRecord]) -> Verification {
                                         == Some(id.as_str());
                             if !same_state || !same_meta {
                                 v.content_mismatches += 1;
-                                v.example(format!("{id}: sequence {seq} differs from what GoTo generated"));
+                                v.example(format!(
+                                    "{id}: sequence {seq} differs from what GoTo generated"
+                                ));
                             }
                         }
                         None => {
@@ -197,7 +212,10 @@ pub fn verify(truth: &GroundTruth, records: &[ReadRecord]) -> Verification {
                 }
                 Some("gap") => {
                     v.gap_records += 1;
-                    let from = value.get("fromSequence").and_then(Value::as_u64).unwrap_or(0);
+                    let from = value
+                        .get("fromSequence")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
                     let to = value.get("toSequence").and_then(Value::as_u64).unwrap_or(0);
                     if from == 0 || to < from {
                         v.malformed_records += 1;
@@ -231,7 +249,11 @@ pub fn verify(truth: &GroundTruth, records: &[ReadRecord]) -> Verification {
                 v.missing_without_gap += 1;
                 v.example(format!(
                     "{id}: sequence {seq} ({}) missing without a gap record",
-                    if s.unrecoverable { "unrecoverable" } else { "recoverable" }
+                    if s.unrecoverable {
+                        "unrecoverable"
+                    } else {
+                        "recoverable"
+                    }
                 ));
             }
         }
@@ -240,13 +262,20 @@ pub fn verify(truth: &GroundTruth, records: &[ReadRecord]) -> Verification {
             v.example(format!(
                 "{id}: {} completion records, last record is {}a completion",
                 completion_positions.len(),
-                if completion_positions.last() == Some(&(n.saturating_sub(1))) { "" } else { "not " }
+                if completion_positions.last() == Some(&(n.saturating_sub(1))) {
+                    ""
+                } else {
+                    "not "
+                }
             ));
         }
     }
     for (id, s) in streams {
         v.malformed_records += s.records.len() as u64;
-        v.example(format!("{id}: {} records for a call the simulator never made", s.records.len()));
+        v.example(format!(
+            "{id}: {} records for a call the simulator never made",
+            s.records.len()
+        ));
     }
     v
 }

@@ -49,7 +49,10 @@ async fn refuses_topics_that_are_not_co_partitioned() {
     let err = ensure_topics(&c).await.expect_err("5 vs 3 partitions");
     assert!(matches!(err, TopicError::NotCoPartitioned { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("skewed.ordered=5") && text.contains("skewed.raw=3"), "{text}");
+    assert!(
+        text.contains("skewed.ordered=5") && text.contains("skewed.raw=3"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -59,5 +62,8 @@ async fn missing_topic_with_creation_off_names_the_topic_and_the_fix() {
     c.topics.create = false;
     let err = ensure_topics(&c).await.expect_err("nothing exists");
     let text = err.to_string();
-    assert!(text.contains("nocreate.raw") && text.contains("kafka.topics.create"), "{text}");
+    assert!(
+        text.contains("nocreate.raw") && text.contains("kafka.topics.create"),
+        "{text}"
+    );
 }

@@ -175,7 +175,11 @@ impl ChannelKeeper {
     }
 
     async fn create(&self) -> Result<Channel, ChannelError> {
-        match self.client.create_channel(&self.nickname, &self.request()).await {
+        match self
+            .client
+            .create_channel(&self.nickname, &self.request())
+            .await
+        {
             Ok(c) => {
                 tracing::info!(channel_id = %c.channel_id, lifetime_secs = ?c.lifetime_secs, "notification channel created");
                 Ok(c)
@@ -213,7 +217,11 @@ impl ChannelKeeper {
     /// Deletes `old` (if still there), creates a new channel and subscribes it.
     pub async fn recreate(&self, old: Option<&Channel>) -> Result<Channel, ChannelError> {
         if let Some(old) = old {
-            if let Err(e) = self.client.delete_channel(&self.nickname, &old.channel_id).await {
+            if let Err(e) = self
+                .client
+                .delete_channel(&self.nickname, &old.channel_id)
+                .await
+            {
                 tracing::warn!(error = %e, "deleting the old channel failed; creating a new one anyway");
             }
         }
@@ -318,7 +326,10 @@ impl ChannelKeeper {
         if missing == 0 {
             return Ok(Repair::Healthy);
         }
-        tracing::warn!(missing, "call-events subscriptions missing; subscribing again");
+        tracing::warn!(
+            missing,
+            "call-events subscriptions missing; subscribing again"
+        );
         self.ensure_subscriptions(channel).await?;
         Ok(Repair::Resubscribed(missing))
     }

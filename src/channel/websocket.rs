@@ -76,18 +76,29 @@ pub async fn run(
         recreate = false;
         channel = Some(current.clone());
         // 2. A socket on it.
-        let end = session(&keeper, &ingest, &settings, current, &state, &mut shutdown, &mut channel).await;
+        let end = session(
+            &keeper,
+            &ingest,
+            &settings,
+            current,
+            &state,
+            &mut shutdown,
+            &mut channel,
+        )
+        .await;
         match end {
             SessionEnd::Shutdown => return Ok(()),
             SessionEnd::Reconnect(why) => {
-                metrics::counter!("callbridge_channel_reconnects_total", "reason" => why).increment(1);
+                metrics::counter!("callbridge_channel_reconnects_total", "reason" => why)
+                    .increment(1);
                 tracing::warn!(reason = why, ?backoff, "WebSocket reconnecting");
                 let _ = state.send(ChannelState::Down(why.into()));
                 wait_or_shutdown(backoff, &mut shutdown).await;
                 backoff = (backoff * 2).min(settings.reconnect_max);
             }
             SessionEnd::Recreate(why) => {
-                metrics::counter!("callbridge_channel_reconnects_total", "reason" => why).increment(1);
+                metrics::counter!("callbridge_channel_reconnects_total", "reason" => why)
+                    .increment(1);
                 tracing::warn!(reason = why, "recreating the notification channel");
                 let _ = state.send(ChannelState::Down(why.into()));
                 recreate = true;

@@ -289,25 +289,38 @@ impl BridgeConfig {
     }
 
     fn read_secret_files(&mut self) -> Result<(), LoadError> {
-        fn read(key: &'static str, file: &Option<PathBuf>, into: &mut Secret) -> Result<(), LoadError> {
+        fn read(
+            key: &'static str,
+            file: &Option<PathBuf>,
+            into: &mut Secret,
+        ) -> Result<(), LoadError> {
             if let Some(path) = file {
-                let value = std::fs::read_to_string(path).map_err(|source| LoadError::SecretFile {
-                    key,
-                    path: path.clone(),
-                    source,
-                })?;
+                let value =
+                    std::fs::read_to_string(path).map_err(|source| LoadError::SecretFile {
+                        key,
+                        path: path.clone(),
+                        source,
+                    })?;
                 *into = Secret::new(value.trim_end());
             }
             Ok(())
         }
         let g = &mut self.goto;
-        read("goto.client_secret_file", &g.client_secret_file, &mut g.client_secret)?;
+        read(
+            "goto.client_secret_file",
+            &g.client_secret_file,
+            &mut g.client_secret,
+        )?;
         read(
             "goto.personal_access_token_file",
             &g.personal_access_token_file,
             &mut g.personal_access_token,
         )?;
-        read("goto.refresh_token_file", &g.refresh_token_file, &mut g.refresh_token)?;
+        read(
+            "goto.refresh_token_file",
+            &g.refresh_token_file,
+            &mut g.refresh_token,
+        )?;
         let w = &mut self.webhook;
         read("webhook.secret_file", &w.secret_file, &mut w.secret)?;
         Ok(())
@@ -316,13 +329,27 @@ impl BridgeConfig {
     /// Every problem with the values, each naming key, value and fix.
     pub fn validate(&self, report: &mut InvalidReport) {
         let g = &self.goto;
-        for (key, url) in [("goto.api_base_url", &g.api_base_url), ("goto.auth_base_url", &g.auth_base_url)] {
-            if url::Url::parse(url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
-                report.push(Invalid::new(key, url, "an absolute http(s) URL such as https://api.goto.com"));
+        for (key, url) in [
+            ("goto.api_base_url", &g.api_base_url),
+            ("goto.auth_base_url", &g.auth_base_url),
+        ] {
+            if url::Url::parse(url)
+                .map(|u| !matches!(u.scheme(), "http" | "https"))
+                .unwrap_or(true)
+            {
+                report.push(Invalid::new(
+                    key,
+                    url,
+                    "an absolute http(s) URL such as https://api.goto.com",
+                ));
             }
         }
         if g.client_id.is_empty() {
-            report.push(Invalid::new("goto.client_id", "<unset>", "the OAuth client id from developer.goto.com"));
+            report.push(Invalid::new(
+                "goto.client_id",
+                "<unset>",
+                "the OAuth client id from developer.goto.com",
+            ));
         }
         if g.client_secret.is_empty() {
             report.push(Invalid::new(
@@ -339,16 +366,28 @@ impl BridgeConfig {
             ));
         }
         if g.account_keys.is_empty() {
-            report.push(Invalid::new("goto.account_keys", "[]", "at least one account key, e.g. [\"1234567890123456789\"]"));
+            report.push(Invalid::new(
+                "goto.account_keys",
+                "[]",
+                "at least one account key, e.g. [\"1234567890123456789\"]",
+            ));
         }
         for key in &g.account_keys {
             if key.is_empty() || !key.bytes().all(|b| b.is_ascii_digit()) {
-                report.push(Invalid::new("goto.account_keys", key, "decimal digits only (GoTo account keys are ~19-digit numbers, as strings)"));
+                report.push(Invalid::new(
+                    "goto.account_keys",
+                    key,
+                    "decimal digits only (GoTo account keys are ~19-digit numbers, as strings)",
+                ));
             }
         }
         for event in &g.events {
             if !matches!(event.as_str(), "STARTING" | "ACTIVE" | "ENDING") {
-                report.push(Invalid::new("goto.events", event, "STARTING, ACTIVE or ENDING"));
+                report.push(Invalid::new(
+                    "goto.events",
+                    event,
+                    "STARTING, ACTIVE or ENDING",
+                ));
             }
         }
         if g.events.len() < 3 {
@@ -359,17 +398,33 @@ impl BridgeConfig {
             ));
         }
         if g.requests_per_second == 0 {
-            report.push(Invalid::new("goto.requests_per_second", "0", "an integer >= 1 (GoTo's default limit is 10)"));
+            report.push(Invalid::new(
+                "goto.requests_per_second",
+                "0",
+                "an integer >= 1 (GoTo's default limit is 10)",
+            ));
         }
         let c = &self.channel;
         if c.nickname.is_empty() {
-            report.push(Invalid::new("channel.nickname", "", "a non-empty name that identifies this deployment's channel"));
+            report.push(Invalid::new(
+                "channel.nickname",
+                "",
+                "a non-empty name that identifies this deployment's channel",
+            ));
         }
         if !matches!(c.websocket_type.as_str(), "WebSockets" | "WebSocket") {
-            report.push(Invalid::new("channel.websocket_type", &c.websocket_type, "WebSockets or WebSocket"));
+            report.push(Invalid::new(
+                "channel.websocket_type",
+                &c.websocket_type,
+                "WebSockets or WebSocket",
+            ));
         }
         if c.ping_interval.is_zero() {
-            report.push(Invalid::new("channel.ping_interval", "0s", "a duration > 0, e.g. \"8s\""));
+            report.push(Invalid::new(
+                "channel.ping_interval",
+                "0s",
+                "a duration > 0, e.g. \"8s\"",
+            ));
         }
         if c.kind == ChannelKind::Webhook {
             let w = &self.webhook;
@@ -388,20 +443,40 @@ impl BridgeConfig {
                 ));
             }
             if !w.path_prefix.starts_with('/') {
-                report.push(Invalid::new("webhook.path_prefix", &w.path_prefix, "a path starting with '/', e.g. /goto/webhook"));
+                report.push(Invalid::new(
+                    "webhook.path_prefix",
+                    &w.path_prefix,
+                    "a path starting with '/', e.g. /goto/webhook",
+                ));
             }
             if w.listen == self.admin.listen {
-                report.push(Invalid::new("admin.listen", &self.admin.listen.to_string(), "a different address than webhook.listen"));
+                report.push(Invalid::new(
+                    "admin.listen",
+                    &self.admin.listen.to_string(),
+                    "a different address than webhook.listen",
+                ));
             }
         }
         if !matches!(self.log.format.as_str(), "json" | "human") {
-            report.push(Invalid::new("log.format", &self.log.format, "json or human"));
+            report.push(Invalid::new(
+                "log.format",
+                &self.log.format,
+                "json or human",
+            ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            report.push(Invalid::new("log.level", &self.log.level, "a level (error, warn, info, debug, trace) or a RUST_LOG-style filter"));
+            report.push(Invalid::new(
+                "log.level",
+                &self.log.level,
+                "a level (error, warn, info, debug, trace) or a RUST_LOG-style filter",
+            ));
         }
         if self.sequencer_io.backfill_concurrency == 0 {
-            report.push(Invalid::new("sequencer_io.backfill_concurrency", "0", "an integer >= 1"));
+            report.push(Invalid::new(
+                "sequencer_io.backfill_concurrency",
+                "0",
+                "an integer >= 1",
+            ));
         }
         self.kafka.validate(report);
     }
@@ -410,21 +485,37 @@ impl BridgeConfig {
 /// Turns figment's error into key / value / fix.
 fn explain(e: &figment::Error) -> Invalid {
     use figment::error::Kind;
-    let key = if e.path.is_empty() { "<root>".to_string() } else { e.path.join(".") };
+    let key = if e.path.is_empty() {
+        "<root>".to_string()
+    } else {
+        e.path.join(".")
+    };
     let origin = e
         .metadata
         .as_ref()
         .map(|m| format!(" (from {})", m.name))
         .unwrap_or_default();
     match &e.kind {
-        Kind::InvalidType(actual, expected) => Invalid::new(&key, &format!("{actual}{origin}"), expected),
-        Kind::InvalidValue(actual, expected) => Invalid::new(&key, &format!("{actual}{origin}"), expected),
+        Kind::InvalidType(actual, expected) => {
+            Invalid::new(&key, &format!("{actual}{origin}"), expected)
+        }
+        Kind::InvalidValue(actual, expected) => {
+            Invalid::new(&key, &format!("{actual}{origin}"), expected)
+        }
         Kind::UnknownField(field, allowed) => Invalid::new(
-            &if e.path.is_empty() { field.clone() } else { format!("{key}.{field}") },
+            &if e.path.is_empty() {
+                field.clone()
+            } else {
+                format!("{key}.{field}")
+            },
             &format!("unknown key{origin}"),
             &format!("one of: {}", allowed.join(", ")),
         ),
-        Kind::UnknownVariant(v, allowed) => Invalid::new(&key, &format!("{v}{origin}"), &format!("one of: {}", allowed.join(", "))),
+        Kind::UnknownVariant(v, allowed) => Invalid::new(
+            &key,
+            &format!("{v}{origin}"),
+            &format!("one of: {}", allowed.join(", ")),
+        ),
         other => Invalid::new(&key, &origin, &other.to_string()),
     }
 }

@@ -18,11 +18,6 @@
 //! - `model`: lenient response decoding.
 //! - `channels`, `call_events`, `reports`: the API calls, as methods on [`GotoClient`].
 
-// `GotoError::Api` carries everything GoTo said about a failure, which makes the error larger
-// than clippy likes. Errors here are on the cold path of a network call; boxing them would
-// only make matching on the fields clumsier for callers.
-#![allow(clippy::result_large_err)]
-
 mod auth;
 mod call_events;
 mod channels;

@@ -106,7 +106,11 @@ mod tests {
 
         limiter.acquire(Api::CallEvents).await;
         let waited = Instant::now() - start;
-        assert_eq!(waited, WINDOW + JITTER_MARGIN, "the third waits for the window");
+        assert_eq!(
+            waited,
+            WINDOW + JITTER_MARGIN,
+            "the third waits for the window"
+        );
         limiter.acquire(Api::CallEvents).await;
         let waited = Instant::now() - start;
         assert_eq!(waited, WINDOW + JITTER_MARGIN);
@@ -146,10 +150,7 @@ mod tests {
         }
         assert_eq!(Instant::now(), start, "a full bucket after idling");
         limiter.acquire(Api::OAuth).await;
-        assert!(
-            Instant::now() > start,
-            "at most one second's worth at once"
-        );
+        assert!(Instant::now() > start, "at most one second's worth at once");
         assert_eq!(limiter.waits(Api::OAuth), 1);
     }
 

@@ -102,7 +102,8 @@ impl RawWriter {
         match &self.other_topic {
             None => Ok(false),
             Some(topic) => {
-                self.send(topic, None, body, base_headers(transport)).await?;
+                self.send(topic, None, body, base_headers(transport))
+                    .await?;
                 Ok(true)
             }
         }
@@ -135,7 +136,8 @@ impl RawWriter {
         } else {
             body
         };
-        self.send(&self.dead_letter_topic, key, value, headers).await
+        self.send(&self.dead_letter_topic, key, value, headers)
+            .await
     }
 
     async fn send(

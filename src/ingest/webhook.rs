@@ -116,6 +116,9 @@ mod tests {
         assert!(secret_matches("abc123", &s));
         assert!(!secret_matches("abc124", &s));
         assert!(!secret_matches("abc12", &s));
-        assert!(!secret_matches("", &Secret::new("")), "an empty secret never matches");
+        assert!(
+            !secret_matches("", &Secret::new("")),
+            "an empty secret never matches"
+        );
     }
 }

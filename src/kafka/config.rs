@@ -247,7 +247,12 @@ impl KafkaConfig {
                 ));
             }
         }
-        let names = [&topics.raw, &topics.ordered, &topics.changelog, &topics.dead_letter];
+        let names = [
+            &topics.raw,
+            &topics.ordered,
+            &topics.changelog,
+            &topics.dead_letter,
+        ];
         for (i, a) in names.iter().enumerate() {
             if names[i + 1..].contains(a) {
                 report.push(Invalid::new(
@@ -305,7 +310,11 @@ impl KafkaConfig {
             if !tls.key_password.is_empty() {
                 c.set("ssl.key.password", tls.key_password.expose());
             }
-            let ident = if tls.endpoint_identification { "https" } else { "none" };
+            let ident = if tls.endpoint_identification {
+                "https"
+            } else {
+                "none"
+            };
             c.set("ssl.endpoint.identification.algorithm", ident);
         }
         for (k, v) in &self.librdkafka {
@@ -356,7 +365,8 @@ mod tests {
     #[test]
     fn passthrough_cannot_override_typed_keys() {
         let mut c = KafkaConfig::default();
-        c.librdkafka.insert("enable.idempotence".into(), "false".into());
+        c.librdkafka
+            .insert("enable.idempotence".into(), "false".into());
         c.librdkafka.insert("linger.ms".into(), "1".into());
         let p = problems(&c);
         assert_eq!(p.len(), 1, "{p:?}");
@@ -367,7 +377,9 @@ mod tests {
     fn same_topic_twice_is_refused() {
         let mut c = KafkaConfig::default();
         c.topics.ordered = c.topics.raw.clone();
-        assert!(problems(&c).iter().any(|p| p.contains("four different topics")));
+        assert!(problems(&c)
+            .iter()
+            .any(|p| p.contains("four different topics")));
     }
 
     #[test]

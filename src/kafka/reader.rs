@@ -11,11 +11,18 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Every record of `topic` up to the high watermarks seen at the start, in partition/offset order.
-pub fn read_topic(config: &KafkaConfig, topic: &str, timeout: Duration) -> Result<Vec<ReadRecord>, KafkaError> {
+pub fn read_topic(
+    config: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<ReadRecord>, KafkaError> {
     let consumer: BaseConsumer = config
         .client_config()
         .map_err(|e| KafkaError::ClientCreation(e.to_string()))?
-        .set("group.id", format!("callbridge-reader-{}", uuid::Uuid::new_v4()))
+        .set(
+            "group.id",
+            format!("callbridge-reader-{}", uuid::Uuid::new_v4()),
+        )
         .set("enable.auto.commit", "false")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -42,7 +49,9 @@ pub fn read_topic(config: &KafkaConfig, topic: &str, timeout: Duration) -> Resul
     let deadline = Instant::now() + timeout;
     while !remaining.is_empty() {
         if Instant::now() > deadline {
-            return Err(KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::RequestTimedOut));
+            return Err(KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::RequestTimedOut,
+            ));
         }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {

@@ -107,7 +107,11 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<TopicLayout, TopicErr
         let new: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|name| {
-                let topic = NewTopic::new(name, t.partitions, TopicReplication::Fixed(t.replication_factor));
+                let topic = NewTopic::new(
+                    name,
+                    t.partitions,
+                    TopicReplication::Fixed(t.replication_factor),
+                );
                 if *name == t.changelog {
                     topic.set("cleanup.policy", "compact")
                 } else {
@@ -116,7 +120,10 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<TopicLayout, TopicErr
             })
             .collect();
         let results = admin
-            .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+            .create_topics(
+                &new,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            )
             .await
             .map_err(kafka("creating topics"))?;
         for result in results {
@@ -132,7 +139,9 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<TopicLayout, TopicErr
         }
     }
     // Read back: a topic created by someone else (or just now) must also match.
-    let counts = wait_for_counts(&admin, &wanted).await.map_err(kafka("reading topic metadata"))?;
+    let counts = wait_for_counts(&admin, &wanted)
+        .await
+        .map_err(kafka("reading topic metadata"))?;
     let co: Vec<(&str, i32)> = wanted
         .iter()
         .zip(&counts)
@@ -184,7 +193,9 @@ async fn wait_for_counts(
             return Ok(counts.into_iter().flatten().collect());
         }
         if std::time::Instant::now() > deadline {
-            return Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition));
+            return Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

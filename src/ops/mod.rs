@@ -65,7 +65,10 @@ impl Readiness {
             .sequencer
             .lock()
             .ok()
-            .and_then(|s| s.as_ref().map(|s| s.partitions_owned.load(Ordering::Relaxed)))
+            .and_then(|s| {
+                s.as_ref()
+                    .map(|s| s.partitions_owned.load(Ordering::Relaxed))
+            })
             .unwrap_or(0);
         let draining = self.draining.load(Ordering::SeqCst);
         let ok = channel_ok && !draining;
@@ -83,7 +86,11 @@ impl Readiness {
 
 async fn readyz(State(r): State<Readiness>) -> impl IntoResponse {
     let (ok, body) = r.report();
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body))
 }
 
@@ -106,7 +113,10 @@ pub async fn serve(listener: TcpListener, readiness: Readiness, mut stop: watch:
     let shutdown = async move {
         let _ = stop.changed().await;
     };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
         tracing::error!(error = %e, "admin server failed");
     }
 }

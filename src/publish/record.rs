@@ -219,9 +219,20 @@ mod tests {
         // Odd spacing, key order and an unknown field must survive untouched.
         let metadata = raw(r#"{ "conversationSpaceId":"c-1","zNew":{"x":1},"accountKey":"1"}"#);
         let state = raw(r#"{"sequenceNumber":3,  "type":"ACTIVE","futureField":[1,2]}"#);
-        let r = state_record("c-1", 3, RecordOrigin::Backfill, &metadata, &state, Some("2026-01-01T00:00:00.000Z"), 7);
+        let r = state_record(
+            "c-1",
+            3,
+            RecordOrigin::Backfill,
+            &metadata,
+            &state,
+            Some("2026-01-01T00:00:00.000Z"),
+            7,
+        );
         let text = String::from_utf8(r.value.clone()).unwrap();
-        assert!(text.contains(metadata.get()) && text.contains(state.get()), "{text}");
+        assert!(
+            text.contains(metadata.get()) && text.contains(state.get()),
+            "{text}"
+        );
         let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
         assert_eq!(v["sequenceNumber"], 3);
         assert_eq!(v["origin"], "backfill");
@@ -247,7 +258,10 @@ mod tests {
     fn gap_and_completion_records() {
         let g = gap_record("c", 4, 6, GapCause::Gone, 1);
         let v: serde_json::Value = serde_json::from_slice(&g.value).unwrap();
-        assert_eq!((v["fromSequence"].as_u64(), v["toSequence"].as_u64()), (Some(4), Some(6)));
+        assert_eq!(
+            (v["fromSequence"].as_u64(), v["toSequence"].as_u64()),
+            (Some(4), Some(6))
+        );
         assert_eq!(v["reason"], "gone");
         let c = completion_record("c", 9, 1, 1);
         let v: serde_json::Value = serde_json::from_slice(&c.value).unwrap();

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Sequencer settings. Durations accept humantime strings (`"2s"`, `"5m"`, `"6h"`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SequencerConfig {
     /// How long to wait for a missing state to arrive live before asking the REST back-fill.

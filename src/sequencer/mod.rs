@@ -48,6 +48,8 @@ mod stats;
 mod types;
 mod window;
 
+pub mod shell;
+
 #[cfg(test)]
 mod tests;
 

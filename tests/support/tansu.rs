@@ -25,7 +25,9 @@ impl Tansu {
     pub fn start_with_storage(sqlite_dir: Option<&std::path::Path>) -> Tansu {
         let port = free_port();
         let dir = TempDir::new("tansu");
-        let workdir = sqlite_dir.map(PathBuf::from).unwrap_or_else(|| dir.0.clone());
+        let workdir = sqlite_dir
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.0.clone());
         let storage = if sqlite_dir.is_some() {
             "sqlite://tansu.db".to_string()
         } else {
@@ -35,7 +37,13 @@ impl Tansu {
         let log = std::fs::File::create(dir.0.join("tansu.log")).expect("tansu log file");
         let child = Command::new(tansu_bin())
             .current_dir(&workdir)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", &storage])
             .stdout(Stdio::null())
             .stderr(log)
@@ -74,7 +82,10 @@ impl Tansu {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "tansu did not become ready in 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not become ready in 30 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -122,18 +122,32 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let e = ConversationEntry { next: 7, ended: false, gaps: 1 };
+        let e = ConversationEntry {
+            next: 7,
+            ended: false,
+            gaps: 1,
+        };
         assert_eq!(
             decode(b"conv-1", Some(&encode(&e))).unwrap(),
             ChangelogRecord::Conversation("conv-1".into(), e)
         );
-        let p = Progress { epoch: 3, ordered_offset: 41, raw_low_watermark: 17 };
+        let p = Progress {
+            epoch: 3,
+            ordered_offset: 41,
+            raw_low_watermark: 17,
+        };
         assert_eq!(
             decode(progress_key(3).as_bytes(), Some(&encode(&p))).unwrap(),
             ChangelogRecord::Progress(p)
         );
-        assert_eq!(decode(b"conv-1", None).unwrap(), ChangelogRecord::Tombstone("conv-1".into()));
-        assert_eq!(decode(fence_key(2).as_bytes(), None).unwrap(), ChangelogRecord::Housekeeping);
+        assert_eq!(
+            decode(b"conv-1", None).unwrap(),
+            ChangelogRecord::Tombstone("conv-1".into())
+        );
+        assert_eq!(
+            decode(fence_key(2).as_bytes(), None).unwrap(),
+            ChangelogRecord::Housekeeping
+        );
     }
 
     #[test]

@@ -100,7 +100,6 @@ pub struct ShellStats {
     pub takeovers: std::sync::atomic::AtomicU64,
 }
 
-
 /// One owned partition.
 struct OwnedPartition {
     epoch: u64,
@@ -131,6 +130,7 @@ struct PendingSnapshot {
 /// State shared by the loop and the revoke callback (both on the consumer thread).
 struct RunState {
     config: ShellConfig,
+    runtime: tokio::runtime::Handle,
     producer: FutureProducer,
     partitions: BTreeMap<i32, OwnedPartition>,
     backfill_tx: tokio::sync::mpsc::UnboundedSender<BackfillJob>,
@@ -152,7 +152,9 @@ impl ClientContext for ShellContext {}
 impl ConsumerContext for ShellContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let Ok(mut st) = self.state.lock() else { return };
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
             for e in tpl.elements() {
                 let p = e.partition();
                 st.assigned.retain(|a| *a != p);
@@ -171,7 +173,8 @@ impl ConsumerContext for ShellContext {
                 tracing::error!(error = %e, "pausing newly assigned partitions failed");
             }
             if let Ok(mut st) = self.state.lock() {
-                st.assigned.extend(tpl.elements().iter().map(|e| e.partition()));
+                st.assigned
+                    .extend(tpl.elements().iter().map(|e| e.partition()));
             }
         }
     }
@@ -243,16 +246,20 @@ fn run(
     stats: &Arc<ShellStats>,
 ) -> Result<(), ShellError> {
     let topics = &config.kafka.topics;
-    let base = config.kafka.client_config().map_err(|e| ShellError::Kafka {
-        action: "reading kafka.sasl.password_file".into(),
-        source: KafkaError::ClientCreation(e.to_string()),
-    })?;
+    let base = config
+        .kafka
+        .client_config()
+        .map_err(|e| ShellError::Kafka {
+            action: "reading kafka.sasl.password_file".into(),
+            source: KafkaError::ClientCreation(e.to_string()),
+        })?;
     let producer =
         idempotent_producer(&config.kafka).map_err(kafka_err("creating the producer"))?;
     let (done_tx, done_rx) = std::sync::mpsc::channel::<BackfillDone>();
     let backfill_tx = spawn_worker(runtime, source, config.backfill_concurrency, done_tx);
     let state = Arc::new(Mutex::new(RunState {
         config: config.clone(),
+        runtime: runtime.clone(),
         producer: producer.clone(),
         partitions: BTreeMap::new(),
         backfill_tx,
@@ -287,7 +294,12 @@ fn run(
             for p in std::mem::take(&mut st.assigned) {
                 let resume = st.take_over(p, runtime, &consumer)?;
                 consumer
-                    .seek(&topics.raw, p, Offset::Offset(resume), Duration::from_secs(10))
+                    .seek(
+                        &topics.raw,
+                        p,
+                        Offset::Offset(resume),
+                        Duration::from_secs(10),
+                    )
                     .map_err(kafka_err(format!("seeking raw partition {p} to {resume}")))?;
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&topics.raw, p);
@@ -368,10 +380,14 @@ impl RunState {
         consumer: &BaseConsumer<ShellContext>,
     ) -> Result<i64, ShellError> {
         let topics = &self.config.kafka.topics;
-        let base = self.config.kafka.client_config().map_err(|e| ShellError::Kafka {
-            action: "reading kafka.sasl.password_file".into(),
-            source: KafkaError::ClientCreation(e.to_string()),
-        })?;
+        let base = self
+            .config
+            .kafka
+            .client_config()
+            .map_err(|e| ShellError::Kafka {
+                action: "reading kafka.sasl.password_file".into(),
+                source: KafkaError::ClientCreation(e.to_string()),
+            })?;
         let ctx = TakeoverContext {
             client_config: base,
             producer: &self.producer,
@@ -404,7 +420,9 @@ impl RunState {
                 tpl.add_partition(&topics.raw, p);
                 let committed = consumer
                     .committed_offsets(tpl, Duration::from_secs(10))
-                    .map_err(kafka_err(format!("reading the committed offset of raw {p}")))?;
+                    .map_err(kafka_err(format!(
+                        "reading the committed offset of raw {p}"
+                    )))?;
                 committed
                     .find_partition(&topics.raw, p)
                     .and_then(|e| match e.offset() {
@@ -605,9 +623,12 @@ impl RunState {
                     last_sequence,
                     gap_count,
                 } => {
-                    let r = record::completion_record(&conversation, last_sequence, gap_count, epoch);
+                    let r =
+                        record::completion_record(&conversation, last_sequence, gap_count, epoch);
                     self.send(p, &ordered, r, true)?;
-                    self.stats.completions_published.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .completions_published
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 Action::RequestBackfill {
                     conversation,
@@ -771,12 +792,13 @@ impl RunState {
     }
 
     fn drain_acks(&mut self, p: i32, block: bool) -> Result<(), ShellError> {
+        let runtime = self.runtime.clone();
         let Some(part) = self.partitions.get_mut(&p) else {
             return Ok(());
         };
         while let Some((seq, fut, is_ordered)) = part.inflight.front_mut() {
             let result = if block {
-                futures_util::executor::block_on(&mut *fut)
+                runtime.block_on(&mut *fut)
             } else {
                 match futures_util::FutureExt::now_or_never(&mut *fut) {
                     Some(r) => r,
@@ -825,7 +847,7 @@ impl RunState {
         let progressed = part
             .pending
             .back()
-            .map_or(true, |s| s.raw_low_watermark != lwm);
+            .is_none_or(|s| s.raw_low_watermark != lwm);
         if entries.is_empty() && !progressed {
             return;
         }

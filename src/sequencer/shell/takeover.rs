@@ -90,55 +90,99 @@ pub struct TakeoverContext<'a> {
 
 /// Runs steps 1–3 for partition `p`.
 pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, TakeoverError> {
-    let kafka = |action: &'static str| move |source| TakeoverError::Kafka { partition: p, action, source };
+    let kafka = |action: &'static str| {
+        move |source| TakeoverError::Kafka {
+            partition: p,
+            action,
+            source,
+        }
+    };
     let reader: BaseConsumer = ctx
         .client_config
         .clone()
-        .set("group.id", format!("callbridge-takeover-{}", uuid::Uuid::new_v4()))
+        .set(
+            "group.id",
+            format!("callbridge-takeover-{}", uuid::Uuid::new_v4()),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()
         .map_err(kafka("creating the changelog reader"))?;
 
     // 1. The changelog as it stands.
-    let mut rec = Recovered { ordered_end: -1, ..Recovered::default() };
+    let mut rec = Recovered {
+        ordered_end: -1,
+        ..Recovered::default()
+    };
     let mut max_epoch = 0u64;
     let (_, high) = reader
         .fetch_watermarks(ctx.changelog_topic, p, ctx.timeout)
         .map_err(kafka("reading changelog watermarks"))?;
-    let mut next_offset = read_range(&reader, ctx.changelog_topic, p, Offset::Beginning, high, ctx.timeout, |m| {
-        apply_changelog(&mut rec, &mut max_epoch, m, p).map(|_| ())
-    })
+    let mut next_offset = read_range(
+        &reader,
+        ctx.changelog_topic,
+        p,
+        Offset::Beginning,
+        high,
+        ctx.timeout,
+        |m| apply_changelog(&mut rec, &mut max_epoch, m, p).map(|_| ()),
+    )
     .map_err(|e| e.into_takeover(p, "reading the changelog"))?;
 
     // 2. Fence: our epoch, read back.
     let epoch = max_epoch + 1;
     let token = uuid::Uuid::new_v4().to_string();
-    let fence = Fence { epoch, member: ctx.member.to_string(), token: token.clone() };
+    let fence = Fence {
+        epoch,
+        member: ctx.member.to_string(),
+        token: token.clone(),
+    };
     let key = changelog::fence_key(epoch);
     let value = changelog::encode(&fence);
     let delivery = ctx
         .runtime
-        .block_on(ctx.producer.send(
-            FutureRecord::to(ctx.changelog_topic).partition(p).key(&key).payload(&value),
-            ctx.timeout,
-        ))
-        .map_err(|(e, _)| TakeoverError::Kafka { partition: p, action: "writing the fence", source: e })?;
+        .block_on(
+            ctx.producer.send(
+                FutureRecord::to(ctx.changelog_topic)
+                    .partition(p)
+                    .key(&key)
+                    .payload(&value),
+                ctx.timeout,
+            ),
+        )
+        .map_err(|(e, _)| TakeoverError::Kafka {
+            partition: p,
+            action: "writing the fence",
+            source: e,
+        })?;
     let fence_offset = delivery.offset;
     let started = Instant::now();
     let mut seen = false;
     while !seen {
         if started.elapsed() > ctx.timeout {
-            return Err(TakeoverError::FenceNotSeen { partition: p, epoch, waited: started.elapsed() });
+            return Err(TakeoverError::FenceNotSeen {
+                partition: p,
+                epoch,
+                waited: started.elapsed(),
+            });
         }
-        next_offset = read_range(&reader, ctx.changelog_topic, p, Offset::Offset(next_offset), fence_offset + 1, ctx.timeout, |m| {
-            if let ChangelogRecord::Fence(f) = apply_changelog(&mut rec, &mut max_epoch, m, p)? {
-                if f.token == token {
-                    seen = true;
+        next_offset = read_range(
+            &reader,
+            ctx.changelog_topic,
+            p,
+            Offset::Offset(next_offset),
+            fence_offset + 1,
+            ctx.timeout,
+            |m| {
+                if let ChangelogRecord::Fence(f) = apply_changelog(&mut rec, &mut max_epoch, m, p)?
+                {
+                    if f.token == token {
+                        seen = true;
+                    }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .map_err(|e| e.into_takeover(p, "reading the fence back"))?;
     }
     rec.epoch = epoch;
@@ -153,11 +197,19 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     if from < high {
         let convs = &mut rec.conversations;
         let mut scanned = 0u64;
-        read_range(&reader, ctx.ordered_topic, p, Offset::Offset(from), high, ctx.timeout, |m| {
-            scanned += 1;
-            apply_output(convs, m);
-            Ok(())
-        })
+        read_range(
+            &reader,
+            ctx.ordered_topic,
+            p,
+            Offset::Offset(from),
+            high,
+            ctx.timeout,
+            |m| {
+                scanned += 1;
+                apply_output(convs, m);
+                Ok(())
+            },
+        )
         .map_err(|e| e.into_takeover(p, "scanning the ordered topic"))?;
         rec.scanned = scanned;
     }
@@ -173,7 +225,11 @@ enum ReadError {
 impl ReadError {
     fn into_takeover(self, p: i32, action: &'static str) -> TakeoverError {
         match self {
-            ReadError::Kafka(source) => TakeoverError::Kafka { partition: p, action, source },
+            ReadError::Kafka(source) => TakeoverError::Kafka {
+                partition: p,
+                action,
+                source,
+            },
             ReadError::Timeout => TakeoverError::Kafka {
                 partition: p,
                 action,
@@ -181,7 +237,10 @@ impl ReadError {
                     rdkafka::types::RDKafkaErrorCode::RequestTimedOut,
                 ),
             },
-            ReadError::Changelog(source) => TakeoverError::Changelog { partition: p, source },
+            ReadError::Changelog(source) => TakeoverError::Changelog {
+                partition: p,
+                source,
+            },
         }
     }
 }
@@ -197,7 +256,8 @@ fn read_range(
     mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), changelog::ChangelogError>,
 ) -> Result<i64, ReadError> {
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, p, from).map_err(ReadError::Kafka)?;
+    tpl.add_partition_offset(topic, p, from)
+        .map_err(ReadError::Kafka)?;
     reader.assign(&tpl).map_err(ReadError::Kafka)?;
     let mut next = match from {
         Offset::Offset(o) => o,
@@ -254,12 +314,21 @@ fn header<'m>(m: &'m rdkafka::message::BorrowedMessage<'_>, name: &str) -> Optio
 }
 
 /// Moves a conversation past one ordered-topic record (read from its headers, not its value).
-fn apply_output(convs: &mut HashMap<String, ConversationEntry>, m: &rdkafka::message::BorrowedMessage<'_>) {
-    let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { return };
-    let Some(seq) = header(m, out_headers::SEQUENCE).and_then(|s| s.parse::<u64>().ok()) else { return };
-    let entry = convs
-        .entry(key.to_string())
-        .or_insert(ConversationEntry { next: 1, ended: false, gaps: 0 });
+fn apply_output(
+    convs: &mut HashMap<String, ConversationEntry>,
+    m: &rdkafka::message::BorrowedMessage<'_>,
+) {
+    let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+        return;
+    };
+    let Some(seq) = header(m, out_headers::SEQUENCE).and_then(|s| s.parse::<u64>().ok()) else {
+        return;
+    };
+    let entry = convs.entry(key.to_string()).or_insert(ConversationEntry {
+        next: 1,
+        ended: false,
+        gaps: 0,
+    });
     match header(m, out_headers::KIND) {
         Some("state") => entry.next = entry.next.max(seq + 1),
         Some("gap") => {
