@@ -152,7 +152,14 @@ fn payload(c: usize, seq: u64, kind: Kind) -> String {
     }
 }
 
-fn incoming(s: &Scenario, c: usize, seq: u64, kind: Kind, origin: Origin, offset: Option<i64>) -> IncomingState<String> {
+fn incoming(
+    s: &Scenario,
+    c: usize,
+    seq: u64,
+    kind: Kind,
+    origin: Origin,
+    offset: Option<i64>,
+) -> IncomingState<String> {
     let p = payload(c, seq, kind);
     IncomingState {
         sequence_number: seq,
@@ -212,13 +219,19 @@ impl<'a> Sim<'a> {
             abandoned: Vec::new(),
             expected_dead: Vec::new(),
             calls: vec![0; s.convs.len()],
-            lag: s.convs.iter().map(|c| c.states.iter().map(|st| st.lag).collect()).collect(),
+            lag: s
+                .convs
+                .iter()
+                .map(|c| c.states.iter().map(|st| st.lag).collect())
+                .collect(),
             offsets: Vec::new(),
         }
     }
 
     fn conv_index(name: &str) -> usize {
-        name.strip_prefix("conv-").and_then(|n| n.parse().ok()).expect("our name")
+        name.strip_prefix("conv-")
+            .and_then(|n| n.parse().ok())
+            .expect("our name")
     }
 
     /// `next` of a conversation according to the ordered topic alone.
@@ -240,28 +253,56 @@ impl<'a> Sim<'a> {
     fn apply(&mut self, actions: Vec<Action<String>>) {
         for a in actions {
             match a {
-                Action::Publish { conversation, sequence_number, payload, .. } => {
+                Action::Publish {
+                    conversation,
+                    sequence_number,
+                    payload,
+                    ..
+                } => {
                     let c = Self::conv_index(&conversation);
                     self.topic.push((c, Out::Pub(sequence_number, payload)));
                 }
-                Action::PublishGap { conversation, from, to, reason } => {
+                Action::PublishGap {
+                    conversation,
+                    from,
+                    to,
+                    reason,
+                } => {
                     let c = Self::conv_index(&conversation);
                     self.topic.push((c, Out::Gap(from, to, reason)));
                 }
-                Action::PublishCompletion { conversation, last_sequence, gap_count } => {
+                Action::PublishCompletion {
+                    conversation,
+                    last_sequence,
+                    gap_count,
+                } => {
                     let c = Self::conv_index(&conversation);
                     self.topic.push((c, Out::Done(last_sequence, gap_count)));
                 }
-                Action::RequestBackfill { conversation, from, to } => {
+                Action::RequestBackfill {
+                    conversation,
+                    from,
+                    to,
+                } => {
                     let c = Self::conv_index(&conversation);
                     assert!(
                         !self.pending.iter().any(|p| p.conv == c),
                         "two back-fills in flight for conversation {c}"
                     );
                     let at = Timestamp(self.now.0 + self.rng.gen_range(0..300));
-                    self.pending.push(Pending { at, conv: c, from, to });
+                    self.pending.push(Pending {
+                        at,
+                        conv: c,
+                        from,
+                        to,
+                    });
                 }
-                Action::DeadLetter { conversation, sequence_number, reason, payload } => {
+                Action::DeadLetter {
+                    conversation,
+                    sequence_number,
+                    reason,
+                    payload,
+                } => {
                     let c = Self::conv_index(&conversation);
                     self.dead.push((c, sequence_number, reason, payload));
                 }
@@ -291,7 +332,14 @@ impl<'a> Sim<'a> {
                     self.lag[p.conv][i] -= 1;
                     continue;
                 }
-                states.push(incoming(self.s, p.conv, seq, Kind::Original, Origin::Backfill, None));
+                states.push(incoming(
+                    self.s,
+                    p.conv,
+                    seq,
+                    Kind::Original,
+                    Origin::Backfill,
+                    None,
+                ));
             }
             states.shuffle(&mut self.rng);
             if states.is_empty() && self.rng.gen_bool(0.5) {
@@ -301,7 +349,14 @@ impl<'a> Sim<'a> {
             }
         };
         let mut out = Vec::new();
-        self.seq.on_backfill(&conv_name(p.conv), p.from, p.to, outcome, self.now, &mut out);
+        self.seq.on_backfill(
+            &conv_name(p.conv),
+            p.from,
+            p.to,
+            outcome,
+            self.now,
+            &mut out,
+        );
         self.apply(out);
     }
 
@@ -315,7 +370,11 @@ impl<'a> Sim<'a> {
         }
         let offset = self.offsets.len() as i64;
         self.offsets.push((e.conv, e.seq));
-        let origin = if self.rng.gen_bool(0.5) { Origin::Webhook } else { Origin::WebSocket };
+        let origin = if self.rng.gen_bool(0.5) {
+            Origin::Webhook
+        } else {
+            Origin::WebSocket
+        };
         let s = incoming(self.s, e.conv, e.seq, e.kind, origin, Some(offset));
         let mut out = Vec::new();
         self.seq.on_state(&conv_name(e.conv), s, self.now, &mut out);
@@ -327,7 +386,10 @@ impl<'a> Sim<'a> {
     fn check_watermark(&self) {
         if let Some(o) = self.seq.raw_low_watermark() {
             let (c, seq) = self.offsets[usize::try_from(o).expect("our offsets")];
-            assert!(seq >= self.topic_next(c), "watermark {o} points at published {c}/{seq}");
+            assert!(
+                seq >= self.topic_next(c),
+                "watermark {o} points at published {c}/{seq}"
+            );
         }
     }
 
@@ -347,7 +409,11 @@ impl<'a> Sim<'a> {
             };
             self.now = self.now.max(t);
             if answer_at == Some(t) {
-                let k = self.pending.iter().position(|p| p.at == t).expect("just found");
+                let k = self
+                    .pending
+                    .iter()
+                    .position(|p| p.at == t)
+                    .expect("just found");
                 let p = self.pending.swap_remove(k);
                 self.answer(p);
             } else if deadline == Some(t) {
@@ -366,7 +432,11 @@ impl<'a> Sim<'a> {
     }
 
     fn stream(&self, c: usize) -> Vec<Out> {
-        self.topic.iter().filter(|(cc, _)| *cc == c).map(|(_, o)| o.clone()).collect()
+        self.topic
+            .iter()
+            .filter(|(cc, _)| *cc == c)
+            .map(|(_, o)| o.clone())
+            .collect()
     }
 }
 
