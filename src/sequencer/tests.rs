@@ -86,10 +86,16 @@ impl Harness {
     fn advance(&mut self, ms: u64) -> Vec<Action<P>> {
         let target = Timestamp(self.now.0 + ms);
         let mut out = Vec::new();
+        let mut ticks = 0;
         while let Some(d) = self.seq.next_deadline() {
             if d > target {
                 break;
             }
+            ticks += 1;
+            assert!(
+                ticks < 100_000,
+                "a deadline at {d:?} keeps firing without progress"
+            );
             self.now = self.now.max(d);
             self.seq.on_tick(self.now, &mut out);
         }
@@ -236,6 +242,22 @@ fn gap_timeout_requests_exactly_the_front_hole() {
     // Coalesced: nothing more while it is in flight, even with new holes appearing.
     h.state("c", live(9));
     assert!(h.advance(60_000).is_empty());
+}
+
+#[test]
+fn a_new_gap_gets_its_full_timeout_even_when_an_older_timer_fires_first() {
+    let mut h = Harness::new();
+    h.state("c", live(1));
+    h.state("c", live(3)); // gap timer for 2 at +2000
+    h.advance(1_000);
+    h.state("c", live(2)); // closed; the queue entry at +2000 stays (early is allowed)
+    h.advance(500);
+    h.state("c", live(5)); // new gap, due at +3500
+    assert!(
+        h.advance(1_999).is_empty(),
+        "the +2000 entry must not request early"
+    );
+    assert_eq!(h.advance(1), vec![request("c", 4, Some(4))]);
 }
 
 #[test]
