@@ -67,15 +67,59 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     }
 }
 
-/// The whole demo, returning the verification.
-pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
-    let Some([drop_rate, dup, dup_new, delay, unrecoverable]) = fault_mix(&args.faults) else {
+/// One end-to-end run: a simulator with faults, the real bridge, Kafka, and the verification.
+/// The demo runs it on the mock cluster; the end-to-end tests run it on tansu.
+pub struct Scenario {
+    /// Kafka connection; topics are created by the bridge if missing.
+    pub kafka: crate::kafka::KafkaConfig,
+    /// Webhook or WebSocket.
+    pub transport: ChannelKind,
+    /// Calls to simulate.
+    pub calls: u64,
+    /// New calls per second.
+    pub rate: f64,
+    /// Simulator faults.
+    pub faults: crate::simulator::FaultsConfig,
+    /// Traffic seed.
+    pub seed: u64,
+    /// Give up waiting for completion after this long.
+    pub timeout: Duration,
+    /// Print a progress line every second.
+    pub progress: bool,
+}
+
+/// What a scenario produced.
+pub struct ScenarioOutcome {
+    /// The comparison of the ordered topic with the ground truth.
+    pub verification: Verification,
+    /// The simulator's ground truth.
+    pub truth: crate::simulator::GroundTruth,
+    /// True when not every call completed within the timeout.
+    pub timed_out: bool,
+}
+
+/// The fault settings of a named mix.
+pub fn faults_for(mix: &str, seed: u64) -> Result<crate::simulator::FaultsConfig, String> {
+    let Some([drop_rate, dup, dup_new, delay, unrecoverable]) = fault_mix(mix) else {
         return Err(format!(
-            "--faults {:?}: expected none, realistic or harsh",
-            args.faults
+            "--faults {mix:?}: expected none, realistic or harsh"
         ));
     };
-    let kind = match args.transport.as_str() {
+    let mut f = crate::simulator::FaultsConfig::default();
+    f.seed = seed;
+    f.drop_rate = drop_rate;
+    f.duplicate_rate = dup;
+    f.duplicate_new_id_rate = dup_new;
+    f.delay_rate = delay;
+    f.max_delay = Duration::from_millis(400);
+    f.unrecoverable_rate = unrecoverable;
+    Ok(f)
+}
+
+/// The whole demo, returning the verification.
+pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
+    let faults = faults_for(&args.faults, args.seed)?;
+    let transport = match args.transport.as_str() {
         "webhook" => ChannelKind::Webhook,
         "websocket" => ChannelKind::Websocket,
         other => {
@@ -88,8 +132,6 @@ pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
         "callbridge demo: {} calls at {}/s over {}, fault mix {:?}",
         args.calls, args.rate, args.transport, args.faults
     );
-
-    // 1. Kafka: librdkafka's mock cluster, in-process.
     let partitions = 6;
     let mut kafka = crate::kafka::KafkaConfig::default();
     kafka.topics.partitions = partitions;
@@ -102,28 +144,54 @@ pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
     ];
     let cluster = MockKafka::start(&topic_names, partitions)?;
     kafka.bootstrap_servers = cluster.bootstrap.clone();
+    let outcome = run_scenario(Scenario {
+        kafka,
+        transport,
+        calls: args.calls,
+        rate: args.rate,
+        faults,
+        seed: args.seed,
+        timeout: Duration::from_secs(args.timeout_secs),
+        progress: true,
+    })
+    .await?;
+    println!("\nfaults injected by the simulator:");
+    for (name, count) in &outcome.truth.fault_counts {
+        println!("  {name:<36} {count:>10}");
+    }
+    println!("\nverification of the ordered topic against the simulator's ground truth:");
+    print!("{}", outcome.verification);
+    drop(cluster);
+    Ok(outcome.verification)
+}
 
-    // 2. GoTo: the simulator, traffic held until the bridge is up.
+/// Runs `scenario` to completion and verifies the ordered topic.
+pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String> {
+    let Scenario {
+        kafka,
+        transport,
+        calls,
+        rate,
+        faults,
+        seed,
+        timeout,
+        progress,
+    } = scenario;
+    // GoTo: the simulator, traffic held until the bridge is up.
     let mut sim_config = SimulatorConfig::default();
     sim_config.scheduler.autostart = false;
-    sim_config.scheduler.calls = args.calls;
-    sim_config.scheduler.calls_per_second = args.rate;
+    sim_config.scheduler.calls = calls;
+    sim_config.scheduler.calls_per_second = rate;
     sim_config.scheduler.max_concurrent_calls = 200;
-    sim_config.traffic.seed = args.seed;
+    sim_config.traffic.seed = seed;
     sim_config.traffic.mean_state_interval = Duration::from_millis(60);
-    sim_config.faults.seed = args.seed;
-    sim_config.faults.drop_rate = drop_rate;
-    sim_config.faults.duplicate_rate = dup;
-    sim_config.faults.duplicate_new_id_rate = dup_new;
-    sim_config.faults.delay_rate = delay;
-    sim_config.faults.max_delay = Duration::from_millis(400);
-    sim_config.faults.unrecoverable_rate = unrecoverable;
+    sim_config.faults = faults;
     let sim = simulator::start(sim_config)
         .await
         .map_err(|e| format!("simulator: {e}"))?;
     let control = sim.control();
 
-    // 3. The bridge, pointed at both.
+    // The bridge, pointed at the simulator and Kafka.
     let webhook = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
@@ -138,11 +206,13 @@ pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
     config.goto.client_secret = Secret::new("demo-secret");
     config.goto.personal_access_token = Secret::new("demo-pat");
     config.goto.account_keys = crate::simulator::traffic::TrafficConfig::default().account_keys;
-    config.channel.kind = kind;
+    config.channel.kind = transport;
     config.webhook.public_url = format!("http://{webhook_addr}/goto/webhook");
-    config.webhook.secret = Secret::new(
-        uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string(),
-    );
+    config.webhook.secret = Secret::new(format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    ));
     config.kafka = kafka.clone();
     config.sequencer.gap_timeout = Duration::from_millis(500);
     config.sequencer.backfill_retry_base = Duration::from_millis(200);
@@ -159,23 +229,24 @@ pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
     .await
     .map_err(|e| format!("bridge: {e}"))?;
 
-    // 4. Traffic, with live progress.
+    // Traffic, with live progress, until every call's stream is complete.
     control.start_traffic();
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let deadline = started + timeout;
     let mut last_print = Instant::now() - Duration::from_secs(1);
+    let mut timed_out = false;
     loop {
+        use std::sync::atomic::Ordering::Relaxed;
         let status = control.traffic_status();
         let stats = &bridge.sequencer;
-        use std::sync::atomic::Ordering::Relaxed;
         let completions = stats.completions_published.load(Relaxed);
-        if last_print.elapsed() >= Duration::from_secs(1) {
+        if progress && last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
             println!(
                 "  {:>5.1}s  calls {}/{} ended  states {}  published {} (back-filled {})  gaps {}  complete {}",
                 started.elapsed().as_secs_f64(),
                 status.calls_ended,
-                args.calls,
+                calls,
                 status.states_generated,
                 stats.states_published.load(Relaxed),
                 stats.states_backfilled.load(Relaxed),
@@ -183,20 +254,23 @@ pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
                 completions,
             );
         }
-        if status.done && completions >= args.calls {
+        if status.done && completions >= calls {
             break;
         }
         if Instant::now() > deadline {
-            println!(
-                "  timed out waiting for every call to complete; verifying what was published"
-            );
+            timed_out = true;
+            if progress {
+                println!(
+                    "  timed out waiting for every call to complete; verifying what was published"
+                );
+            }
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bridge.shutdown().await;
 
-    // 5. Read back and verify.
+    // Read back and verify.
     let truth = control.ground_truth();
     let topic = kafka.topics.ordered.clone();
     let records =
@@ -204,16 +278,13 @@ pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("reading the ordered topic: {e}"))?;
-    let v = verify(&truth, &records);
-    println!("\nfaults injected by the simulator:");
-    for (name, count) in &truth.fault_counts {
-        println!("  {name:<36} {count:>10}");
-    }
-    println!("\nverification of the ordered topic against the simulator's ground truth:");
-    print!("{v}");
+    let verification = verify(&truth, &records);
     sim.shutdown().await;
-    drop(cluster);
-    Ok(v)
+    Ok(ScenarioOutcome {
+        verification,
+        truth,
+        timed_out,
+    })
 }
 
 /// librdkafka's mock cluster on its own thread (it is neither `Send` nor `Sync`).
