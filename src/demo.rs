@@ -105,15 +105,16 @@ pub fn faults_for(mix: &str, seed: u64) -> Result<crate::simulator::FaultsConfig
             "--faults {mix:?}: expected none, realistic or harsh"
         ));
     };
-    let mut f = crate::simulator::FaultsConfig::default();
-    f.seed = seed;
-    f.drop_rate = drop_rate;
-    f.duplicate_rate = dup;
-    f.duplicate_new_id_rate = dup_new;
-    f.delay_rate = delay;
-    f.max_delay = Duration::from_millis(400);
-    f.unrecoverable_rate = unrecoverable;
-    Ok(f)
+    Ok(crate::simulator::FaultsConfig {
+        seed,
+        drop_rate,
+        duplicate_rate: dup,
+        duplicate_new_id_rate: dup_new,
+        delay_rate: delay,
+        max_delay: Duration::from_millis(400),
+        unrecoverable_rate: unrecoverable,
+        ..Default::default()
+    })
 }
 
 /// The whole demo, returning the verification.
@@ -165,6 +166,37 @@ pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
     Ok(outcome.verification)
 }
 
+/// A bridge configuration pointed at a simulator at `simulator_url`, with the simulator's default
+/// credentials and timers short enough for a demo (gaps back-filled after 500 ms).
+pub fn bridge_config(
+    simulator_url: &str,
+    kafka: crate::kafka::KafkaConfig,
+    transport: ChannelKind,
+    webhook_addr: std::net::SocketAddr,
+) -> BridgeConfig {
+    let mut config = BridgeConfig::default();
+    config.goto.api_base_url = simulator_url.to_string();
+    config.goto.auth_base_url = simulator_url.to_string();
+    config.goto.client_id = "callbridge-demo".into();
+    config.goto.client_secret = Secret::new("demo-secret");
+    config.goto.personal_access_token = Secret::new("demo-pat");
+    config.goto.account_keys = crate::simulator::traffic::TrafficConfig::default().account_keys;
+    config.channel.kind = transport;
+    config.webhook.public_url = format!("http://{webhook_addr}/goto/webhook");
+    config.webhook.secret = Secret::new(format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    config.kafka = kafka;
+    config.sequencer.gap_timeout = Duration::from_millis(500);
+    config.sequencer.backfill_retry_base = Duration::from_millis(200);
+    config.sequencer.backfill_retry_max = Duration::from_secs(2);
+    config.sequencer.idle_probe_after = Duration::from_secs(2);
+    config.sequencer_io.checkpoint_interval = Duration::from_millis(200);
+    config
+}
+
 /// Runs `scenario` to completion and verifies the ordered topic.
 pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String> {
     let Scenario {
@@ -199,26 +231,7 @@ pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String>
         .await
         .map_err(|e| e.to_string())?;
     let webhook_addr = webhook.local_addr().map_err(|e| e.to_string())?;
-    let mut config = BridgeConfig::default();
-    config.goto.api_base_url = sim.base_url();
-    config.goto.auth_base_url = sim.base_url();
-    config.goto.client_id = "callbridge-demo".into();
-    config.goto.client_secret = Secret::new("demo-secret");
-    config.goto.personal_access_token = Secret::new("demo-pat");
-    config.goto.account_keys = crate::simulator::traffic::TrafficConfig::default().account_keys;
-    config.channel.kind = transport;
-    config.webhook.public_url = format!("http://{webhook_addr}/goto/webhook");
-    config.webhook.secret = Secret::new(format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    config.kafka = kafka.clone();
-    config.sequencer.gap_timeout = Duration::from_millis(500);
-    config.sequencer.backfill_retry_base = Duration::from_millis(200);
-    config.sequencer.backfill_retry_max = Duration::from_secs(2);
-    config.sequencer.idle_probe_after = Duration::from_secs(2);
-    config.sequencer_io.checkpoint_interval = Duration::from_millis(200);
+    let config = bridge_config(&sim.base_url(), kafka.clone(), transport, webhook_addr);
     let bridge = app::start(
         config,
         Listeners {

@@ -21,6 +21,18 @@ pub struct ReadRecord {
     pub key: Option<String>,
     /// JSON value.
     pub value: Vec<u8>,
+    /// Headers, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl ReadRecord {
+    /// The first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// What the comparison found. A perfect stream has every `*_violations`/`missing`/`duplicates`

@@ -19,6 +19,7 @@ fn kafka(broker: &Tansu) -> KafkaConfig {
 }
 
 async fn run(transport: ChannelKind, seed: u64) {
+    callbridge::telemetry::init("human", "warn");
     let broker = Tansu::start();
     let mut faults = faults_for("harsh", seed).unwrap();
     // Guarantee every kind of fault shows up in a short run.

@@ -2,15 +2,17 @@
 //! and audits, not for the pipeline.
 
 use super::config::KafkaConfig;
+use crate::sequencer::shell::takeover::SETTLE;
 use crate::verify::ReadRecord;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// Every record of `topic` up to the high watermarks seen at the start, in partition/offset order.
+/// Every record of `topic` (up to the high watermarks seen at the start, and what follows until
+/// the topic is quiet), in partition/offset order.
 pub fn read_topic(
     config: &KafkaConfig,
     topic: &str,
@@ -47,25 +49,46 @@ pub fn read_topic(
     }
     consumer.assign(&tpl)?;
     let deadline = Instant::now() + timeout;
-    while !remaining.is_empty() {
+    // Past the reported ends, read on until the topic is quiet: tansu reports the high watermark
+    // as the last batch's base offset + 1 (see `sequencer::shell::takeover::SETTLE`).
+    let mut quiet_since: Option<Instant> = None;
+    loop {
+        if remaining.is_empty() && quiet_since.get_or_insert_with(Instant::now).elapsed() >= SETTLE
+        {
+            break;
+        }
         if Instant::now() > deadline {
             return Err(KafkaError::MessageConsumption(
                 rdkafka::types::RDKafkaErrorCode::RequestTimedOut,
             ));
         }
-        match consumer.poll(Duration::from_millis(200)) {
+        match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(m)) => {
+                quiet_since = None;
                 let p = m.partition();
-                if let Some(high) = remaining.get(&p).copied() {
-                    out.push(ReadRecord {
-                        partition: p,
-                        offset: m.offset(),
-                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                        value: m.payload().unwrap_or_default().to_vec(),
-                    });
-                    if m.offset() + 1 >= high {
-                        remaining.remove(&p);
-                    }
+                out.push(ReadRecord {
+                    partition: p,
+                    offset: m.offset(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    let v =
+                                        h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                                    (h.key.to_string(), v.into_owned())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                });
+                if remaining
+                    .get(&p)
+                    .is_some_and(|high| m.offset() + 1 >= *high)
+                {
+                    remaining.remove(&p);
                 }
             }
             Some(Err(e)) => return Err(e),

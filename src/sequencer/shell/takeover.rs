@@ -125,6 +125,7 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
         Offset::Beginning,
         high,
         ctx.timeout,
+        false,
         |m| apply_changelog(&mut rec, &mut max_epoch, m, p).map(|_| ()),
     )
     .map_err(|e| e.into_takeover(p, "reading the changelog"))?;
@@ -173,6 +174,7 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
             Offset::Offset(next_offset),
             fence_offset + 1,
             ctx.timeout,
+            false,
             |m| {
                 if let ChangelogRecord::Fence(f) = apply_changelog(&mut rec, &mut max_epoch, m, p)?
                 {
@@ -192,27 +194,26 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     let (low, high) = reader
         .fetch_watermarks(ctx.ordered_topic, p, ctx.timeout)
         .map_err(kafka("reading ordered watermarks"))?;
-    rec.ordered_end = high - 1;
     let from = start.max(low);
-    if from < high {
-        let convs = &mut rec.conversations;
-        let mut scanned = 0u64;
-        read_range(
-            &reader,
-            ctx.ordered_topic,
-            p,
-            Offset::Offset(from),
-            high,
-            ctx.timeout,
-            |m| {
-                scanned += 1;
-                apply_output(convs, m);
-                Ok(())
-            },
-        )
-        .map_err(|e| e.into_takeover(p, "scanning the ordered topic"))?;
-        rec.scanned = scanned;
-    }
+    let convs = &mut rec.conversations;
+    let mut scanned = 0u64;
+    let end = read_range(
+        &reader,
+        ctx.ordered_topic,
+        p,
+        Offset::Offset(from),
+        high,
+        ctx.timeout,
+        true,
+        |m| {
+            scanned += 1;
+            apply_output(convs, m);
+            Ok(())
+        },
+    )
+    .map_err(|e| e.into_takeover(p, "scanning the ordered topic"))?;
+    rec.scanned = scanned;
+    rec.ordered_end = end.max(start) - 1;
     Ok(rec)
 }
 
@@ -245,7 +246,17 @@ impl ReadError {
     }
 }
 
-/// Reads `[from, until)` of one partition; returns the offset after the last record read.
+/// How long a partition must stay quiet past its reported end before the end is believed.
+/// tansu 0.6 reports the high watermark as the last batch's *base* offset + 1 (seen here: ten
+/// records written in one batch at offsets 0–9 gave a high watermark of 1), so a reader that
+/// stops at the high watermark misses the tail of the last batch. After the previous owner is
+/// fenced nobody writes the partition, so reading on until it is quiet reaches the true end on
+/// any broker; on a correct broker nothing more arrives and the cost is this delay.
+pub const SETTLE: Duration = Duration::from_millis(300);
+
+/// Reads `[from, until)` of one partition and, with `settle`, whatever follows until the
+/// partition has been quiet for [`SETTLE`]; returns the offset after the last record read.
+#[allow(clippy::too_many_arguments)]
 fn read_range(
     reader: &BaseConsumer,
     topic: &str,
@@ -253,6 +264,7 @@ fn read_range(
     from: Offset,
     until: i64,
     timeout: Duration,
+    settle: bool,
     mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), changelog::ChangelogError>,
 ) -> Result<i64, ReadError> {
     let mut tpl = TopicPartitionList::new();
@@ -264,10 +276,20 @@ fn read_range(
         _ => 0,
     };
     let deadline = Instant::now() + timeout;
-    while next < until {
-        match reader.poll(Duration::from_millis(100)) {
+    let mut quiet_since: Option<Instant> = None;
+    loop {
+        if next >= until {
+            if !settle {
+                return Ok(next);
+            }
+            if quiet_since.get_or_insert_with(Instant::now).elapsed() >= SETTLE {
+                return Ok(next);
+            }
+        }
+        match reader.poll(Duration::from_millis(50)) {
             Some(Ok(m)) => {
-                next = m.offset() + 1;
+                next = next.max(m.offset() + 1);
+                quiet_since = None;
                 f(&m).map_err(ReadError::Changelog)?;
             }
             Some(Err(e)) => return Err(ReadError::Kafka(e)),
@@ -275,7 +297,6 @@ fn read_range(
             None => {}
         }
     }
-    Ok(next)
 }
 
 fn apply_changelog(

@@ -1,0 +1,163 @@
+//! Bad input through the real webhook and a real broker (tansu): every malformed body gets a
+//! clear answer and lands in the dead-letter topic with its reason; nothing is lost.
+mod support;
+
+use callbridge::app::{self, Listeners};
+use callbridge::config::bridge::ChannelKind;
+use callbridge::demo::bridge_config;
+use callbridge::kafka::reader::read_topic;
+use callbridge::kafka::KafkaConfig;
+use callbridge::simulator::{self, SimulatorConfig};
+use callbridge::verify::ReadRecord;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use support::tansu::Tansu;
+
+fn call_state(conv: &str, seq: u64, state_id: &str) -> serde_json::Value {
+    json!({
+        "id": format!("n-{conv}-{seq}-{state_id}"), "source": "call-events", "type": "call-state",
+        "timestamp": "2026-01-01T00:00:00.000Z", "ttl": 600,
+        "content": {
+            "metadata": {"conversationSpaceId": conv, "direction": "INBOUND", "accountKey": "1000000000000000001"},
+            "state": {"id": state_id, "sequenceNumber": seq, "type": if seq == 1 { "STARTING" } else { "ACTIVE" },
+                      "timestamp": "2026-01-01T00:00:00.000Z", "participants": []}
+        }
+    })
+}
+
+async fn wait_for_records(kafka: &KafkaConfig, topic: &str, n: usize) -> Vec<ReadRecord> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (k, t) = (kafka.clone(), topic.to_string());
+        let records =
+            tokio::task::spawn_blocking(move || read_topic(&k, &t, Duration::from_secs(10)))
+                .await
+                .unwrap()
+                .unwrap();
+        if records.len() >= n || Instant::now() > deadline {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
+    let broker = Tansu::start();
+    let mut sim_config = SimulatorConfig::default();
+    sim_config.scheduler.autostart = false;
+    let sim = simulator::start(sim_config).await.unwrap();
+    let mut kafka = KafkaConfig {
+        bootstrap_servers: broker.bootstrap(),
+        ..KafkaConfig::default()
+    };
+    kafka.topics.partitions = 2;
+    kafka.topics.replication_factor = 1;
+    let webhook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = webhook.local_addr().unwrap();
+    let config = bridge_config(&sim.base_url(), kafka.clone(), ChannelKind::Webhook, addr);
+    let url = format!(
+        "http://{addr}/goto/webhook/{}",
+        config.webhook.secret.expose()
+    );
+    let bridge = app::start(
+        config,
+        Listeners {
+            webhook: Some(webhook),
+            admin: Some(admin),
+        },
+    )
+    .await
+    .expect("bridge starts");
+    let http = reqwest::Client::new();
+    let post = |body: Vec<u8>| {
+        http.post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    // GoTo's verification request and a wrong secret.
+    assert_eq!(
+        http.request(reqwest::Method::OPTIONS, &url)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let wrong = format!("http://{addr}/goto/webhook/not-the-secret");
+    assert_eq!(
+        http.post(&wrong).body("{}").send().await.unwrap().status(),
+        404
+    );
+
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"{not json".to_vec(), 202, "invalid_json"),
+        (serde_json::to_vec(&json!({"source":"call-events","type":"call-state","content":{"metadata":{},"state":{"sequenceNumber":1}}})).unwrap(), 202, "missing_conversation_space_id"),
+        (serde_json::to_vec(&json!({"source":"call-events","type":"call-state","content":{"metadata":{"conversationSpaceId":"c-x"},"state":{"type":"ACTIVE"}}})).unwrap(), 202, "missing_sequence_number"),
+        (vec![b' '; 1024 * 1024 + 10], 413, "oversize"),
+    ];
+    for (body, status, reason) in &cases {
+        let r = post(body.clone()).await.unwrap();
+        assert_eq!(r.status().as_u16(), *status, "{reason}");
+        let answer: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(answer["reason"], *reason);
+    }
+    // A valid state, then the same sequence with different content: a conflicting duplicate,
+    // caught by the sequencer after the raw topic.
+    let first = post(serde_json::to_vec(&call_state("c-conflict", 1, "state-a")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let dup = post(serde_json::to_vec(&call_state("c-conflict", 1, "state-a")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        dup.status(),
+        200,
+        "a plain duplicate is accepted (and dropped later)"
+    );
+    let conflict = post(serde_json::to_vec(&call_state("c-conflict", 1, "state-b")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(conflict.status(), 200);
+    // Another source on the same channel: counted and dropped (no other-sources topic set).
+    let other = post(serde_json::to_vec(&json!({"source":"call-events-report","type":"REPORT_SUMMARY","content":{"conversationSpaceId":"c-r"}})).unwrap()).await.unwrap();
+    assert_eq!(other.status(), 200);
+
+    let dlq = wait_for_records(&kafka, &kafka.topics.dead_letter, cases.len() + 1).await;
+    let mut reasons: Vec<&str> = dlq
+        .iter()
+        .filter_map(|r| r.header("callbridge-dead-letter-reason"))
+        .collect();
+    reasons.sort();
+    let mut expected: Vec<&str> = cases.iter().map(|c| c.2).collect();
+    expected.push("conflicting_duplicate");
+    expected.sort();
+    assert_eq!(reasons, expected);
+    let oversize = dlq
+        .iter()
+        .find(|r| r.header("callbridge-dead-letter-reason") == Some("oversize"))
+        .unwrap();
+    assert_eq!(
+        oversize.header("callbridge-original-length"),
+        Some("1048586")
+    );
+    assert!(dlq
+        .iter()
+        .all(|r| r.header("callbridge-dead-letter-detail").is_some()));
+
+    // The valid state went through exactly once.
+    let ordered = wait_for_records(&kafka, &kafka.topics.ordered, 1).await;
+    let states: Vec<_> = ordered
+        .iter()
+        .filter(|r| r.key.as_deref() == Some("c-conflict"))
+        .collect();
+    assert_eq!(states.len(), 1, "{:?}", states.len());
+    let v: serde_json::Value = serde_json::from_slice(&states[0].value).unwrap();
+    assert_eq!(v["state"]["id"], "state-a");
+    bridge.shutdown().await;
+    sim.shutdown().await;
+}
