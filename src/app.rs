@@ -182,8 +182,10 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
             );
             let channel = set_up_with_retry(&keeper, &config).await?;
             let _ = channel_tx.send(ChannelState::Ready(channel.channel_id.clone()));
+            channel::catchup::catch_up(keeper.client(), &ingest, &config.goto.account_keys).await;
             tasks.push(tokio::spawn(channel::repair_loop(
                 keeper,
+                ingest.clone(),
                 channel,
                 config.channel.repair_interval,
                 channel_tx,

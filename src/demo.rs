@@ -86,6 +86,10 @@ pub struct Scenario {
     pub timeout: Duration,
     /// Print a progress line every second.
     pub progress: bool,
+    /// Mean time between two states of a call.
+    pub mean_state_interval: Duration,
+    /// Fewest states per call.
+    pub min_states: u32,
 }
 
 /// What a scenario produced.
@@ -154,6 +158,8 @@ pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
         seed: args.seed,
         timeout: Duration::from_secs(args.timeout_secs),
         progress: true,
+        mean_state_interval: Duration::from_millis(60),
+        min_states: 3,
     })
     .await?;
     println!("\nfaults injected by the simulator:");
@@ -194,6 +200,8 @@ pub fn bridge_config(
     config.sequencer.backfill_retry_max = Duration::from_secs(2);
     config.sequencer.idle_probe_after = Duration::from_secs(2);
     config.sequencer_io.checkpoint_interval = Duration::from_millis(200);
+    config.channel.reconnect_base = Duration::from_millis(100);
+    config.channel.repair_interval = Duration::from_secs(1);
     config
 }
 
@@ -208,6 +216,8 @@ pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String>
         seed,
         timeout,
         progress,
+        mean_state_interval,
+        min_states,
     } = scenario;
     // GoTo: the simulator, traffic held until the bridge is up.
     let mut sim_config = SimulatorConfig::default();
@@ -216,7 +226,8 @@ pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String>
     sim_config.scheduler.calls_per_second = rate;
     sim_config.scheduler.max_concurrent_calls = 200;
     sim_config.traffic.seed = seed;
-    sim_config.traffic.mean_state_interval = Duration::from_millis(60);
+    sim_config.traffic.mean_state_interval = mean_state_interval;
+    sim_config.traffic.min_states = min_states;
     sim_config.faults = faults;
     let sim = simulator::start(sim_config)
         .await

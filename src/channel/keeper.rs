@@ -120,6 +120,11 @@ impl ChannelKeeper {
         &self.client
     }
 
+    /// The account keys kept subscribed.
+    pub fn account_keys(&self) -> &[String] {
+        &self.account_keys
+    }
+
     fn request(&self) -> ChannelRequest {
         match &self.desired {
             DesiredChannel::Webhook { url } => ChannelRequest::Webhook {

@@ -2,10 +2,12 @@
 //!
 //! - [`keeper`]: find-or-create, subscribe (checking every 207 item), refresh, recreate, repair.
 //! - [`websocket`]: the WebSocket session (pings, reconnects, control messages).
+//! - [`catchup`]: after an outage, the active calls' last states go to the raw topic.
 //!
 //! The webhook side has no session: the HTTP server lives in [`crate::ingest::webhook`], and the
 //! keeper's repair loop is all it needs.
 
+pub mod catchup;
 pub mod keeper;
 pub mod websocket;
 
@@ -24,9 +26,11 @@ pub enum ChannelState {
     Failed(String),
 }
 
-/// Repairs the channel every `interval` until `shutdown`; webhook mode's keep-alive.
+/// Repairs the channel every `interval` until `shutdown`; webhook mode's keep-alive. After a
+/// repair that changed something, the active calls are caught up.
 pub async fn repair_loop(
     keeper: ChannelKeeper,
+    ingest: crate::ingest::Ingest,
     mut channel: crate::goto::Channel,
     interval: std::time::Duration,
     state: tokio::sync::watch::Sender<ChannelState>,
@@ -47,6 +51,7 @@ pub async fn repair_loop(
                 metrics::counter!("callbridge_channel_repairs_total").increment(1);
                 tracing::warn!(repair = ?r, "channel repaired");
                 let _ = state.send(ChannelState::Ready(channel.channel_id.clone()));
+                catchup::catch_up(keeper.client(), &ingest, keeper.account_keys()).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "channel repair failed; will retry");

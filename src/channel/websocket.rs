@@ -147,6 +147,17 @@ async fn session(
     };
     tracing::info!(channel_id = %current.channel_id, "WebSocket connected");
     let _ = state.send(ChannelState::Ready(current.channel_id.clone()));
+    // Whatever happened while we were not connected: active calls' last states to raw.
+    {
+        let (client, ingest, keys) = (
+            keeper.client().clone(),
+            ingest.clone(),
+            keeper.account_keys().to_vec(),
+        );
+        tokio::spawn(async move {
+            super::catchup::catch_up(&client, &ingest, &keys).await;
+        });
+    }
     let (mut sink, mut stream) = ws.split();
     let (control_tx, mut control_rx) = mpsc::unbounded_channel::<ControlMessage>();
     let permits = Arc::new(Semaphore::new(MAX_FRAMES_IN_FLIGHT));
@@ -162,7 +173,6 @@ async fn session(
             }
             frame = stream.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
-                    metrics::counter!("callbridge_notifications_received_total", "transport" => "websocket").increment(1);
                     let Ok(permit) = permits.clone().acquire_owned().await else { return SessionEnd::Shutdown };
                     let ingest = ingest.clone();
                     let control_tx = control_tx.clone();

@@ -46,6 +46,8 @@ impl Ingest {
 
     /// Routes `body` and writes it where it belongs; `Ok` only once Kafka acknowledged it.
     pub async fn accept(&self, body: &[u8], transport: Transport) -> Result<Accepted, WriteError> {
+        metrics::counter!("callbridge_notifications_received_total", "transport" => transport.as_str())
+            .increment(1);
         match route(body) {
             Disposition::Raw {
                 conversation_space_id,
@@ -60,6 +62,8 @@ impl Ingest {
                 reason,
                 detail,
             } => {
+                metrics::counter!("callbridge_dead_letter_records_total", "reason" => reason)
+                    .increment(1);
                 tracing::warn!(reason, %detail, transport = transport.as_str(), "notification dead-lettered");
                 self.writer
                     .dead_letter(key.as_deref(), body, transport, reason, &detail)
@@ -68,6 +72,11 @@ impl Ingest {
             }
             Disposition::OtherSource { source } => {
                 let written = self.writer.write_other(body, transport).await?;
+                metrics::counter!(
+                    "callbridge_other_source_notifications_total",
+                    "outcome" => if written { "written" } else { "dropped" }
+                )
+                .increment(1);
                 tracing::debug!(%source, written, "notification of another source");
                 Ok(Accepted::OtherSource(written))
             }

@@ -19,6 +19,9 @@ pub enum Transport {
     Webhook,
     /// A frame on the notification WebSocket.
     WebSocket,
+    /// The last state of an active call, listed from the REST API after a (re)connect so calls
+    /// whose states were all missed during an outage are still seen.
+    Catchup,
 }
 
 impl Transport {
@@ -27,6 +30,7 @@ impl Transport {
         match self {
             Transport::Webhook => "webhook",
             Transport::WebSocket => "websocket",
+            Transport::Catchup => "catchup",
         }
     }
 }

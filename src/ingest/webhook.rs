@@ -64,7 +64,15 @@ async fn handle(
         )
             .into_response(),
         axum::http::Method::GET | axum::http::Method::HEAD => StatusCode::OK.into_response(),
-        axum::http::Method::POST => post(&state.ingest, &body).await,
+        axum::http::Method::POST => {
+            let response = post(&state.ingest, &body).await;
+            metrics::counter!(
+                "callbridge_webhook_responses_total",
+                "status" => response.status().as_str().to_string()
+            )
+            .increment(1);
+            response
+        }
         _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
     }
 }

@@ -368,6 +368,7 @@ fn origin_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Origin {
     });
     match transport {
         Some(b"websocket") => Origin::WebSocket,
+        Some(b"catchup") => Origin::Backfill,
         _ => Origin::Webhook,
     }
 }
