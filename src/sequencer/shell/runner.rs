@@ -794,12 +794,25 @@ impl RunState {
 
     fn drain_acks(&mut self, p: i32, block: bool) -> Result<(), ShellError> {
         let runtime = self.runtime.clone();
+        let drain_bound = self.config.takeover_timeout;
         let Some(part) = self.partitions.get_mut(&p) else {
             return Ok(());
         };
         while let Some((seq, fut, is_ordered)) = part.inflight.front_mut() {
             let result = if block {
-                runtime.block_on(&mut *fut)
+                // Bounded: with Kafka gone, a shutdown or revoke must not hang forever; the
+                // unacknowledged tail is simply re-derived by the next owner's takeover.
+                match runtime.block_on(tokio::time::timeout(drain_bound, &mut *fut)) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(ShellError::Kafka {
+                            action: format!("waiting for acknowledgements of partition {p}"),
+                            source: KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
+                            ),
+                        })
+                    }
+                }
             } else {
                 match futures_util::FutureExt::now_or_never(&mut *fut) {
                     Some(r) => r,
