@@ -71,7 +71,8 @@ fn main() -> ExitCode {
             runtime().block_on(callbridge::simulator::cli::run(args))
         }
         Command::Demo(args) => {
-            callbridge::telemetry::init("human", "warn");
+            // Gap records are expected in the demo; keep its table readable (RUST_LOG overrides).
+            callbridge::telemetry::init("human", "error");
             runtime().block_on(callbridge::demo::run(args))
         }
     }

@@ -291,8 +291,9 @@ fn run(
                 return Err(e);
             }
             // Takeovers first: a newly assigned partition is paused until it is rebuilt.
-            for p in std::mem::take(&mut st.assigned) {
-                let resume = st.take_over(p, runtime, &consumer)?;
+            let assigned = std::mem::take(&mut st.assigned);
+            for (p, recovered) in st.recover_all(&assigned, runtime)? {
+                let resume = st.install(p, recovered, &consumer)?;
                 consumer
                     .seek(
                         &topics.raw,
@@ -374,12 +375,13 @@ fn origin_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Origin {
 }
 
 impl RunState {
-    fn take_over(
-        &mut self,
-        p: i32,
+    /// Runs the Kafka part of the takeover of every newly assigned partition at once (each
+    /// is independent, and most of a takeover is waiting on the broker).
+    fn recover_all(
+        &self,
+        partitions: &[i32],
         runtime: &tokio::runtime::Handle,
-        consumer: &BaseConsumer<ShellContext>,
-    ) -> Result<i64, ShellError> {
+    ) -> Result<Vec<(i32, super::takeover::Recovered)>, ShellError> {
         let topics = &self.config.kafka.topics;
         let base = self
             .config
@@ -398,7 +400,36 @@ impl RunState {
             member: &self.config.member,
             timeout: self.config.takeover_timeout,
         };
-        let recovered = take_over(&ctx, p)?;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = partitions
+                .iter()
+                .map(|&p| {
+                    let ctx = &ctx;
+                    (p, scope.spawn(move || take_over(ctx, p)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(p, h)| match h.join() {
+                    Ok(r) => r.map(|rec| (p, rec)).map_err(ShellError::from),
+                    Err(_) => Err(ShellError::Kafka {
+                        action: format!("takeover of partition {p} panicked"),
+                        source: KafkaError::Canceled,
+                    }),
+                })
+                .collect()
+        })
+    }
+
+    /// Builds partition `p`'s core from what the takeover recovered; returns the raw offset to
+    /// resume from.
+    fn install(
+        &mut self,
+        p: i32,
+        recovered: super::takeover::Recovered,
+        consumer: &BaseConsumer<ShellContext>,
+    ) -> Result<i64, ShellError> {
+        let topics = &self.config.kafka.topics;
         let now = now_ms(self.origin);
         let mut core = PartitionSequencer::new(self.config.sequencer.clone());
         for (conv, entry) in &recovered.conversations {
@@ -802,7 +833,8 @@ impl RunState {
             let result = if block {
                 // Bounded: with Kafka gone, a shutdown or revoke must not hang forever; the
                 // unacknowledged tail is simply re-derived by the next owner's takeover.
-                match runtime.block_on(tokio::time::timeout(drain_bound, &mut *fut)) {
+                match runtime.block_on(async { tokio::time::timeout(drain_bound, &mut *fut).await })
+                {
                     Ok(r) => r,
                     Err(_) => {
                         return Err(ShellError::Kafka {

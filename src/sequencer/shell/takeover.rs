@@ -106,6 +106,8 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
         )
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        // The reader polls to an end it already knows; waiting for more data only slows it.
+        .set("fetch.wait.max.ms", "10")
         .create()
         .map_err(kafka("creating the changelog reader"))?;
 
