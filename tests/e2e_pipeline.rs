@@ -73,18 +73,20 @@ async fn websocket_with_faults_is_exact() {
 }
 
 /// The GoTo side misbehaving on top of the state faults: the socket cut every 2 s,
-/// `WEBSOCKET_TO_BE_CLOSED` every 3 s (channel recreated), all tokens revoked every 2.5 s, and
-/// 5 % of REST calls answered 429 or 503. Calls here last longer than an outage (at least 8
+/// `WEBSOCKET_TO_BE_CLOSED` every 3 s (channel recreated), the channel deleted every 4.5 s, all
+/// tokens revoked every 2.5 s, and
+/// 5 % of REST calls answered 429 or 503. Calls here last longer than an outage (at least 12
 /// states 150 ms apart): a call that starts and ends entirely inside an outage is invisible to
 /// the catch-up of active calls (a documented limit, see docs/architecture.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn websocket_survives_disconnects_recreation_token_revocation_and_rest_errors() {
+async fn websocket_survives_disconnects_recreation_deletion_token_revocation_and_rest_errors() {
     callbridge::telemetry::init("human", "warn");
     let broker = Tansu::start();
     let mut faults = faults_for("realistic", 5).unwrap();
     faults.websocket_disconnect_every = Some(Duration::from_secs(2));
     faults.websocket_to_be_closed_every = Some(Duration::from_secs(3));
     faults.token_revoke_every = Some(Duration::from_millis(2500));
+    faults.channel_delete_every = Some(Duration::from_millis(4500));
     faults.rest_429_rate = 0.05;
     faults.rest_5xx_rate = 0.05;
     let outcome = run_scenario(Scenario {
@@ -94,16 +96,17 @@ async fn websocket_survives_disconnects_recreation_token_revocation_and_rest_err
         rate: 5.0,
         faults,
         seed: 5,
-        timeout: Duration::from_secs(150),
+        timeout: Duration::from_secs(90),
         progress: false,
         mean_state_interval: Duration::from_millis(150),
-        min_states: 8,
+        min_states: 12,
     })
     .await
     .expect("scenario runs");
     let v = &outcome.verification;
     let counts = &outcome.truth.fault_counts;
     for fault in [
+        "channelDeleted",
         "websocketDisconnect",
         "websocketToBeClosed",
         "tokensRevoked",

@@ -20,6 +20,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
+/// A session that lasted this long was healthy: the next reconnect is immediate.
+const HEALTHY_SESSION: Duration = Duration::from_millis(500);
+
 /// Frames being written to Kafka at once.
 const MAX_FRAMES_IN_FLIGHT: usize = 1024;
 
@@ -44,6 +47,8 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ChannelError> {
     let mut backoff = settings.reconnect_base;
+    // Reconnects in a row without a healthy session in between.
+    let mut failures: u32 = 0;
     let mut channel: Option<Channel> = None;
     let mut recreate = false;
     loop {
@@ -74,8 +79,10 @@ pub async fn run(
             }
         };
         recreate = false;
+        backoff = settings.reconnect_base;
         channel = Some(current.clone());
         // 2. A socket on it.
+        let session_started = tokio::time::Instant::now();
         let end = session(
             &keeper,
             &ingest,
@@ -91,10 +98,28 @@ pub async fn run(
             SessionEnd::Reconnect(why) => {
                 metrics::counter!("callbridge_channel_reconnects_total", "reason" => why)
                     .increment(1);
-                tracing::warn!(reason = why, ?backoff, "WebSocket reconnecting");
                 let _ = state.send(ChannelState::Down(why.into()));
-                wait_or_shutdown(backoff, &mut shutdown).await;
-                backoff = (backoff * 2).min(settings.reconnect_max);
+                // Every moment without a socket is a window of lost states, so the first
+                // reconnect after a healthy session is immediate; only reconnects that keep
+                // failing (a session that dies at once counts as a failure) back off.
+                if session_started.elapsed() >= HEALTHY_SESSION {
+                    failures = 0;
+                }
+                if failures == 0 {
+                    tracing::warn!(reason = why, "WebSocket reconnecting");
+                } else {
+                    let delay = settings
+                        .reconnect_base
+                        .saturating_mul(1 << (failures - 1).min(16))
+                        .min(settings.reconnect_max);
+                    tracing::warn!(
+                        reason = why,
+                        ?delay,
+                        "WebSocket reconnecting after a backoff"
+                    );
+                    wait_or_shutdown(delay, &mut shutdown).await;
+                }
+                failures += 1;
             }
             SessionEnd::Recreate(why) => {
                 metrics::counter!("callbridge_channel_reconnects_total", "reason" => why)
@@ -165,6 +190,9 @@ async fn session(
     ping.tick().await;
     let mut missed = 0u32;
     let mut refresh_at = refresh_deadline(&current, settings.refresh_margin);
+    // The subscriptions can vanish while the socket stays up: check them like webhook mode does.
+    let mut repair = tokio::time::interval(settings.repair_interval);
+    repair.tick().await;
     loop {
         tokio::select! {
             _ = shutdown.changed() => {
@@ -191,7 +219,12 @@ async fn session(
                 }
                 Some(Ok(Message::Pong(_))) => missed = 0,
                 Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) | None => return SessionEnd::Reconnect("closed_by_server"),
+                Some(Ok(Message::Close(_))) | None => {
+                    // The server closes the socket when the channel expires or is deleted:
+                    // re-check the channel before reconnecting instead of dialling a dead URL.
+                    *channel_slot = None;
+                    return SessionEnd::Reconnect("closed_by_server");
+                }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "WebSocket error");
                     return SessionEnd::Reconnect("socket_error");
@@ -223,6 +256,20 @@ async fn session(
                 }
                 ControlMessage::ToBeClosed => return SessionEnd::Recreate("to_be_closed"),
                 ControlMessage::Other(kind) => tracing::info!(%kind, "unknown channel control message ignored"),
+            },
+            _ = repair.tick() => match keeper.repair(&mut current).await {
+                Ok(super::Repair::Healthy) => {}
+                Ok(super::Repair::Resubscribed(n)) => {
+                    metrics::counter!("callbridge_channel_repairs_total").increment(1);
+                    tracing::warn!(missing = n, "call-events subscriptions restored");
+                }
+                Ok(super::Repair::ChannelRecreated) => {
+                    // A new channel has a new URL: connect to it.
+                    metrics::counter!("callbridge_channel_repairs_total").increment(1);
+                    *channel_slot = Some(current.clone());
+                    return SessionEnd::Reconnect("channel_recreated");
+                }
+                Err(e) => tracing::warn!(error = %e, "channel repair check failed; will retry"),
             },
             _ = sleep_until(refresh_at) => {
                 match keeper.refresh(&current).await {
