@@ -100,6 +100,8 @@ pub struct ScenarioOutcome {
     pub truth: crate::simulator::GroundTruth,
     /// True when not every call completed within the timeout.
     pub timed_out: bool,
+    /// Every record of the ordered topic.
+    pub records: Vec<crate::verify::ReadRecord>,
 }
 
 /// The fault settings of a named mix.
@@ -308,6 +310,7 @@ pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String>
         verification,
         truth,
         timed_out,
+        records,
     })
 }
 

@@ -60,6 +60,55 @@ async fn run(transport: ChannelKind, seed: u64) {
     assert_eq!(v.states_published + v.unrecoverable, v.states, "{v}");
     assert_eq!(v.completions, v.calls, "{v}");
     assert!(v.gap_records > 0 && v.gap_records <= v.unrecoverable, "{v}");
+    assert_records_follow_the_published_format(&outcome.records);
+}
+
+/// Every record validates against `schemas/ordered-record.schema.json` and carries the
+/// CloudEvents binary-mode headers that docs/output-format.md promises.
+fn assert_records_follow_the_published_format(records: &[callbridge::verify::ReadRecord]) {
+    let schema: serde_json::Value = serde_json::from_str(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/schemas/ordered-record.schema.json"
+    )))
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema itself is valid");
+    assert!(!records.is_empty());
+    let mut kinds = std::collections::BTreeSet::new();
+    for r in records {
+        let value: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{value} breaks the schema: {errors:?}");
+        for h in [
+            "ce_specversion",
+            "ce_id",
+            "ce_source",
+            "ce_type",
+            "ce_subject",
+            "content-type",
+        ] {
+            assert!(r.header(h).is_some(), "{h} missing on {value}");
+        }
+        let kind = r.header("callbridge-kind").unwrap().to_string();
+        assert_eq!(
+            Some(value["type"].as_str().unwrap()),
+            match kind.as_str() {
+                "state" => Some("call-state"),
+                "gap" => Some("gap"),
+                "completion" => Some("completion"),
+                _ => None,
+            }
+        );
+        assert_eq!(r.header("ce_subject"), r.key.as_deref());
+        kinds.insert(kind);
+    }
+    assert_eq!(
+        kinds.len(),
+        3,
+        "all three record types were checked: {kinds:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
