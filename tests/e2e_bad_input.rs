@@ -158,6 +158,39 @@ async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
     assert_eq!(states.len(), 1, "{:?}", states.len());
     let v: serde_json::Value = serde_json::from_slice(&states[0].value).unwrap();
     assert_eq!(v["state"]["id"], "state-a");
+
+    // The operator sees all of it on the admin port.
+    let metrics_url = format!("http://{}/metrics", bridge.admin_addr);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let wanted = [
+        "callbridge_dead_letter_records_total{reason=\"invalid_json\"} 1",
+        "callbridge_dead_letter_records_total{reason=\"oversize\"} 1",
+        "callbridge_webhook_responses_total{status=\"413\"} 1",
+        "callbridge_webhook_responses_total{status=\"202\"} 3",
+        "callbridge_conflicting_duplicates_total 1",
+        "callbridge_duplicates_dropped_total 1",
+        "callbridge_states_published_total{origin=\"webhook\"} 1",
+        "callbridge_other_source_notifications_total{outcome=\"dropped\"} 1",
+    ];
+    loop {
+        let text = http
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let missing: Vec<_> = wanted.iter().filter(|w| !text.contains(*w)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed {missing:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     bridge.shutdown().await;
     sim.shutdown().await;
 }

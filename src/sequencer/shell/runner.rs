@@ -36,6 +36,8 @@ pub struct StatePayload {
     metadata: Box<RawValue>,
     state: Box<RawValue>,
     timestamp: Option<String>,
+    /// When ingest received it (ms since the Unix epoch), for the end-to-end latency metric.
+    received_at_ms: Option<u64>,
 }
 
 type Payload = Arc<StatePayload>;
@@ -141,7 +143,13 @@ struct RunState {
     assigned: Vec<i32>,
     /// Set when a callback hit an error the loop must end the run for.
     failed: Option<ShellError>,
+    /// Counters already exported, per partition (the core's counters are per core).
+    exported: BTreeMap<i32, crate::sequencer::Counters>,
+    last_metrics: Instant,
 }
+
+/// How often the core's counters and gauges are exported (its gauges walk every conversation).
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
 struct ShellContext {
     state: Arc<Mutex<RunState>>,
@@ -268,6 +276,8 @@ fn run(
         actions: Vec::new(),
         assigned: Vec::new(),
         failed: None,
+        exported: BTreeMap::new(),
+        last_metrics: Instant::now(),
     }));
     let consumer: BaseConsumer<ShellContext> = base
         .clone()
@@ -361,6 +371,22 @@ fn state_fields(state: &RawValue) -> (Option<String>, bool) {
     }
 }
 
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn received_at(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<u64> {
+    let h = m.headers()?;
+    h.iter()
+        .find(|h| h.key == crate::ingest::raw_writer::headers::RECEIVED_AT)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
+}
+
 fn origin_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Origin {
     let transport = m.headers().and_then(|h| {
         h.iter()
@@ -375,6 +401,55 @@ fn origin_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Origin {
 }
 
 impl RunState {
+    /// Exports the cores' counters (as increments since the last export) and gauges.
+    fn export_metrics(&mut self) {
+        use metrics::{counter, gauge};
+        self.last_metrics = Instant::now();
+        let now = now_ms(self.origin);
+        let (mut open_gaps, mut held, mut open, mut oldest) = (0usize, 0usize, 0usize, None);
+        for (p, part) in &self.partitions {
+            let st = part.core.stats();
+            let c = &st.counters;
+            let last = self.exported.entry(*p).or_default();
+            let inc = |now: u64, before: u64| now.saturating_sub(before);
+            counter!("callbridge_duplicates_dropped_total")
+                .increment(inc(c.duplicates_dropped, last.duplicates_dropped));
+            counter!("callbridge_conflicting_duplicates_total")
+                .increment(inc(c.conflicts, last.conflicts));
+            counter!("callbridge_gaps_detected_total")
+                .increment(inc(c.gaps_detected, last.gaps_detected));
+            counter!("callbridge_gap_records_published_total", "reason" => "gone")
+                .increment(inc(c.gaps_gone, last.gaps_gone));
+            counter!("callbridge_gap_records_published_total", "reason" => "backfill_failed")
+                .increment(inc(c.gaps_backfill_failed, last.gaps_backfill_failed));
+            counter!("callbridge_backfill_requests_total", "kind" => "gap")
+                .increment(inc(c.backfills_requested, last.backfills_requested));
+            counter!("callbridge_backfill_requests_total", "kind" => "idle_probe")
+                .increment(inc(c.probes_requested, last.probes_requested));
+            counter!("callbridge_backfill_failures_total")
+                .increment(inc(c.backfills_failed, last.backfills_failed));
+            counter!("callbridge_completions_published_total")
+                .increment(inc(c.completions, last.completions));
+            counter!("callbridge_conversations_abandoned_total")
+                .increment(inc(c.abandoned, last.abandoned));
+            *last = c.clone();
+            open_gaps += st.open_gaps;
+            held += st.held_states;
+            open += st.open_conversations;
+            oldest = match (oldest, st.oldest_open_gap_since) {
+                (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
+                (a, b) => a.or(b),
+            };
+        }
+        self.exported.retain(|p, _| self.partitions.contains_key(p));
+        gauge!("callbridge_gaps_open").set(open_gaps as f64);
+        gauge!("callbridge_states_held").set(held as f64);
+        gauge!("callbridge_conversations_open").set(open as f64);
+        gauge!("callbridge_partitions_owned").set(self.partitions.len() as f64);
+        let age = oldest.map_or(0.0, |t: Timestamp| now.since(t).as_secs_f64());
+        gauge!("callbridge_gap_oldest_age_seconds").set(age);
+    }
+
     /// Runs the Kafka part of the takeover of every newly assigned partition at once (each
     /// is independent, and most of a takeover is waiting on the broker).
     fn recover_all(
@@ -510,6 +585,7 @@ impl RunState {
                     metadata: cs.metadata.to_owned(),
                     state: cs.state.to_owned(),
                     timestamp,
+                    received_at_ms: received_at(m),
                 });
                 let _span = tracing::debug_span!("state", conversation = %cs.conversation_space_id, partition = p).entered();
                 let incoming = IncomingState {
@@ -561,6 +637,7 @@ impl RunState {
                                 metadata,
                                 state: fs.state,
                                 timestamp,
+                                received_at_ms: None,
                             }),
                         })
                     })
@@ -633,6 +710,13 @@ impl RunState {
                     self.stats.states_published.fetch_add(1, Ordering::Relaxed);
                     if origin == RecordOrigin::Backfill {
                         self.stats.states_backfilled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    metrics::counter!("callbridge_states_published_total", "origin" => origin.as_str())
+                        .increment(1);
+                    if let Some(at) = payload.received_at_ms {
+                        let latency = epoch_ms().saturating_sub(at) as f64 / 1000.0;
+                        metrics::histogram!("callbridge_end_to_end_latency_seconds")
+                            .record(latency);
                     }
                 }
                 Action::PublishGap {
@@ -807,6 +891,9 @@ impl RunState {
         consumer: &BaseConsumer<ShellContext>,
         raw_topic: &str,
     ) -> Result<(), ShellError> {
+        if self.last_metrics.elapsed() >= METRICS_INTERVAL {
+            self.export_metrics();
+        }
         let owned: Vec<i32> = self.partitions.keys().copied().collect();
         for p in owned {
             self.drain_acks(p, false)?;
@@ -1005,6 +1092,7 @@ impl RunState {
         self.write_ready_snapshots(p)?;
         self.drain_acks(p, true)?;
         self.commit_ready(p, commit, &raw_topic)?;
+        self.export_metrics();
         self.partitions.remove(&p);
         self.stats.partitions_owned.fetch_sub(1, Ordering::Relaxed);
         tracing::info!(partition = p, "partition released");
