@@ -143,6 +143,11 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
     );
     let sequencer = sequencer_handle.stats.clone();
     readiness.set_sequencer(sequencer.clone());
+    tasks.push(tokio::spawn(watch_kafka(
+        ingest.clone(),
+        readiness.clone(),
+        stop_rx.clone(),
+    )));
 
     let mut webhook_addr = None;
     match config.channel.kind {
@@ -263,6 +268,24 @@ async fn set_up_with_retry(
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// Every 2 s: is Kafka reachable (for `/readyz`), and how deep is ingest's producer queue.
+async fn watch_kafka(ingest: Ingest, readiness: Readiness, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let writer = ingest.writer().clone();
+        metrics::gauge!("callbridge_kafka_producer_queue_depth").set(f64::from(writer.in_flight()));
+        let ok =
+            tokio::task::spawn_blocking(move || writer.kafka_reachable(Duration::from_secs(2)))
+                .await
+                .unwrap_or(false);
+        readiness.set_kafka_reachable(ok);
     }
 }
 

@@ -105,3 +105,79 @@ async fn webhook_answers_503_within_the_bound_when_kafka_is_gone() {
     drop(bridge); // shutting down would wait for a broker that is gone
     sim.shutdown().await;
 }
+
+async fn readyz(http: &reqwest::Client, url: &str) -> (u16, serde_json::Value) {
+    match http.get(url).send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.json().await.unwrap_or_default())
+        }
+        Err(_) => (0, serde_json::Value::Null),
+    }
+}
+
+/// Polls `/readyz` until `pred` holds (an awaited condition with a deadline, not a sleep).
+async fn wait_ready(
+    http: &reqwest::Client,
+    url: &str,
+    what: &str,
+    pred: impl Fn(u16, &serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = readyz(http, url).await;
+        if pred(status, &body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: last /readyz {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readiness_follows_the_channel_and_kafka() {
+    let broker = Tansu::start();
+    let mut sim_config = SimulatorConfig::default();
+    sim_config.scheduler.autostart = false;
+    let sim = simulator::start(sim_config).await.unwrap();
+    let control = sim.control();
+    let (l, addr) = listeners().await;
+    let config = bridge_config(&sim.base_url(), kafka(&broker), ChannelKind::Webhook, addr);
+    let bridge = app::start(config, l).await.expect("bridge starts");
+    let url = format!("http://{}/readyz", bridge.admin_addr);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &url, "ready after start-up", |s, _| s == 200).await;
+
+    // The channel disappears and GoTo answers 503 to everything: the repair fails, not ready.
+    let channel_id = match &*bridge.channel.borrow() {
+        callbridge::channel::ChannelState::Ready(id) => id.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(control.delete_channel(&channel_id));
+    control
+        .patch_faults(&serde_json::json!({"rest_5xx_rate": 1.0}))
+        .unwrap();
+    let body = wait_ready(&http, &url, "channel check fails", |s, b| {
+        s == 503 && b["checks"]["channel"]["ok"] == false
+    })
+    .await;
+    assert_eq!(body["checks"]["kafka"]["ok"], true, "{body}");
+    // GoTo recovers: the repair loop recreates the channel, ready again.
+    control
+        .patch_faults(&serde_json::json!({"rest_5xx_rate": 0.0}))
+        .unwrap();
+    wait_ready(&http, &url, "ready after repair", |s, _| s == 200).await;
+
+    // Kafka goes away: not ready, and the body says why.
+    drop(broker);
+    let body = wait_ready(&http, &url, "kafka check fails", |s, b| {
+        s == 503 && b["checks"]["kafka"]["ok"] == false
+    })
+    .await;
+    assert_eq!(body["ready"], false);
+    drop(bridge);
+    sim.shutdown().await;
+}

@@ -227,6 +227,7 @@ impl TokenManager {
         let token = cached.bearer();
         state.cached = Some(cached);
         self.refreshes.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("callbridge_goto_token_refreshes_total", "grant" => grant).increment(1);
         tracing::debug!(
             grant,
             lifetime_secs = lifetime.as_secs(),

@@ -46,6 +46,8 @@ impl RateLimiter {
     pub async fn acquire(&self, api: Api) {
         if let Some(wait) = self.reserve(api) {
             self.waits[api.index()].fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("callbridge_goto_rate_limit_waits_total", "api" => api.as_str())
+                .increment(1);
             tracing::debug!(
                 api = api.as_str(),
                 wait_ms = wait.as_millis() as u64,

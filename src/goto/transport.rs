@@ -142,11 +142,13 @@ impl Transport {
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.clone());
         }
-        let response = builder
-            .send()
-            .await
-            .map_err(|e| GotoError::transport(endpoint, e))?;
+        let sent_at = tokio::time::Instant::now();
+        let response = builder.send().await.map_err(|e| {
+            record_call(endpoint, "transport_error", sent_at);
+            GotoError::transport(endpoint, e)
+        })?;
         let status = response.status().as_u16();
+        record_call(endpoint, response.status().as_str(), sent_at);
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
@@ -168,6 +170,21 @@ impl Transport {
             ))
         }
     }
+}
+
+/// `callbridge_goto_requests_total{endpoint,status}` and the request latency: the endpoint is
+/// the path template (`GET /call-events/v1/conversation-spaces/{conversationSpaceId}/events`),
+/// never an id, so the label set stays bounded.
+fn record_call(endpoint: Endpoint, status: &str, sent_at: tokio::time::Instant) {
+    let label = format!("{} {}", endpoint.method, endpoint.template);
+    metrics::counter!(
+        "callbridge_goto_requests_total",
+        "endpoint" => label.clone(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!("callbridge_goto_request_duration_seconds", "endpoint" => label)
+        .record(sent_at.elapsed().as_secs_f64());
 }
 
 fn method(endpoint: Endpoint) -> Method {

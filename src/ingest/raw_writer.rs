@@ -165,7 +165,10 @@ impl RawWriter {
         match tokio::time::timeout(self.ack_timeout, delivery).await {
             Err(_) => Err(WriteError::AckTimeout(self.ack_timeout)),
             Ok(Err(_canceled)) => Err(WriteError::Kafka(KafkaError::Canceled)),
-            Ok(Ok(Err((e, _)))) => Err(WriteError::Kafka(e)),
+            Ok(Ok(Err((e, _)))) => {
+                crate::kafka::producer::count_delivery_error(&e);
+                Err(WriteError::Kafka(e))
+            }
             Ok(Ok(Ok(_))) => Ok(()),
         }
     }
@@ -174,6 +177,16 @@ impl RawWriter {
     pub fn in_flight(&self) -> i32 {
         use rdkafka::producer::Producer;
         self.producer.in_flight_count()
+    }
+
+    /// True when a broker answers a metadata request for the raw topic within `timeout`
+    /// (blocking: call from a blocking task).
+    pub fn kafka_reachable(&self, timeout: Duration) -> bool {
+        use rdkafka::producer::Producer;
+        self.producer
+            .client()
+            .fetch_metadata(Some(&self.raw_topic), timeout)
+            .is_ok()
     }
 
     /// Waits up to `timeout` for everything queued to be acknowledged (graceful shutdown).

@@ -24,3 +24,11 @@ pub fn idempotent_producer(config: &KafkaConfig) -> Result<FutureProducer, Kafka
     }
     c.create()
 }
+
+/// `callbridge_kafka_delivery_errors_total{code}`.
+pub fn count_delivery_error(e: &KafkaError) {
+    let code = e
+        .rdkafka_error_code()
+        .map_or_else(|| "unknown".to_string(), |c| format!("{c:?}"));
+    metrics::counter!("callbridge_kafka_delivery_errors_total", "code" => code).increment(1);
+}

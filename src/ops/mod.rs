@@ -34,6 +34,7 @@ pub struct Readiness {
     channel: watch::Receiver<ChannelState>,
     sequencer: Arc<Mutex<Option<Arc<ShellStats>>>>,
     draining: Arc<AtomicBool>,
+    kafka: Arc<AtomicBool>,
 }
 
 impl Readiness {
@@ -43,7 +44,14 @@ impl Readiness {
             channel,
             sequencer: Arc::new(Mutex::new(None)),
             draining: Arc::new(AtomicBool::new(false)),
+            kafka: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Records the latest Kafka reachability check.
+    pub fn set_kafka_reachable(&self, ok: bool) {
+        self.kafka.store(ok, Ordering::SeqCst);
+        metrics::gauge!("callbridge_kafka_reachable").set(if ok { 1.0 } else { 0.0 });
     }
 
     /// Adds the sequencer's counters (partitions owned).
@@ -61,23 +69,29 @@ impl Readiness {
     fn report(&self) -> (bool, serde_json::Value) {
         let channel = self.channel.borrow().clone();
         let channel_ok = matches!(channel, ChannelState::Ready(_));
-        let partitions = self
+        let (joined, partitions) = self
             .sequencer
             .lock()
             .ok()
             .and_then(|s| {
-                s.as_ref()
-                    .map(|s| s.partitions_owned.load(Ordering::Relaxed))
+                s.as_ref().map(|s| {
+                    (
+                        s.group_joined.load(Ordering::SeqCst),
+                        s.partitions_owned.load(Ordering::Relaxed),
+                    )
+                })
             })
-            .unwrap_or(0);
+            .unwrap_or((false, 0));
+        let kafka_ok = self.kafka.load(Ordering::SeqCst);
         let draining = self.draining.load(Ordering::SeqCst);
-        let ok = channel_ok && !draining;
+        let ok = channel_ok && kafka_ok && joined && !draining;
         let body = json!({
             "ready": ok,
             "checks": {
+                "kafka": {"ok": kafka_ok},
                 "channel": {"ok": channel_ok, "state": format!("{channel:?}")},
+                "sequencer": {"ok": joined, "partitions_owned": partitions},
                 "shutdown": {"ok": !draining},
-                "sequencer": {"partitions_owned": partitions},
             }
         });
         (ok, body)

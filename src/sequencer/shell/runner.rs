@@ -100,6 +100,9 @@ pub struct ShellStats {
     pub dead_lettered: std::sync::atomic::AtomicU64,
     /// Takeovers completed.
     pub takeovers: std::sync::atomic::AtomicU64,
+    /// The consumer is in the group with an assignment (possibly empty: more replicas than
+    /// partitions); false before the first assignment and during a rebalance.
+    pub group_joined: AtomicBool,
 }
 
 /// One owned partition.
@@ -153,9 +156,23 @@ const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
 struct ShellContext {
     state: Arc<Mutex<RunState>>,
+    raw_topic: String,
 }
 
-impl ClientContext for ShellContext {}
+impl ClientContext for ShellContext {
+    /// librdkafka's statistics carry the consumer lag of every owned raw partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(topic) = statistics.topics.get(&self.raw_topic) {
+            let lag: i64 = topic
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                .map(|p| p.consumer_lag)
+                .sum();
+            metrics::gauge!("callbridge_raw_consumer_lag").set(lag as f64);
+        }
+    }
+}
 
 impl ConsumerContext for ShellContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -163,6 +180,7 @@ impl ConsumerContext for ShellContext {
             let Ok(mut st) = self.state.lock() else {
                 return;
             };
+            st.stats.group_joined.store(false, Ordering::SeqCst);
             for e in tpl.elements() {
                 let p = e.partition();
                 st.assigned.retain(|a| *a != p);
@@ -183,6 +201,7 @@ impl ConsumerContext for ShellContext {
             if let Ok(mut st) = self.state.lock() {
                 st.assigned
                     .extend(tpl.elements().iter().map(|e| e.partition()));
+                st.stats.group_joined.store(true, Ordering::SeqCst);
             }
         }
     }
@@ -285,8 +304,10 @@ fn run(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "range")
+        .set("statistics.interval.ms", "5000")
         .create_with_context(ShellContext {
             state: state.clone(),
+            raw_topic: topics.raw.clone(),
         })
         .map_err(kafka_err("creating the raw consumer"))?;
     consumer
@@ -951,10 +972,11 @@ impl RunState {
                     }
                 }
                 Ok(Err((e, _))) => {
+                    crate::kafka::producer::count_delivery_error(&e);
                     return Err(ShellError::Kafka {
                         action: format!("delivery of an output of partition {p}"),
                         source: e,
-                    })
+                    });
                 }
                 Err(_) => {
                     return Err(ShellError::Kafka {
