@@ -1,0 +1,163 @@
+//! SIGTERM while webhooks are coming in: every notification answered 200 is in Kafka, and the
+//! process leaves cleanly. The bridge runs as the real binary (`callbridge run`).
+mod support;
+
+use callbridge::kafka::reader::read_topic;
+use callbridge::kafka::KafkaConfig;
+use callbridge::simulator::{self, SimulatorConfig};
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::tansu::{Tansu, TempDir};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_loses_no_accepted_notification() {
+    let broker = Tansu::start();
+    let mut sim_config = SimulatorConfig::default();
+    sim_config.scheduler.autostart = false;
+    let sim = simulator::start(sim_config).await.unwrap();
+    let (webhook_port, admin_port) = (free_port(), free_port());
+    let secret = "s".repeat(16) + &uuid::Uuid::new_v4().simple().to_string();
+    let dir = TempDir::new("shutdown");
+    let config_path = dir.0.join("config.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"
+[goto]
+api_base_url = "{sim}"
+auth_base_url = "{sim}"
+client_id = "callbridge-demo"
+account_keys = ["1000000000000000001"]
+[webhook]
+listen = "127.0.0.1:{webhook_port}"
+public_url = "http://127.0.0.1:{webhook_port}/goto/webhook"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+[kafka.topics]
+partitions = 2
+replication_factor = 1
+[log]
+format = "human"
+level = "warn"
+"#,
+            sim = sim.base_url(),
+            bootstrap = broker.bootstrap(),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_callbridge"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .env("CALLBRIDGE_GOTO__CLIENT_SECRET", "demo-secret")
+        .env("CALLBRIDGE_GOTO__PERSONAL_ACCESS_TOKEN", "demo-pat")
+        .env("CALLBRIDGE_WEBHOOK__SECRET", &secret)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(&readyz).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the bridge never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Load: 8 senders, each its own call, sequence numbers counting up, until refused.
+    let url = format!("http://127.0.0.1:{webhook_port}/goto/webhook/{secret}");
+    let accepted = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut senders = Vec::new();
+    for sender in 0..8 {
+        let (http, url, accepted) = (http.clone(), url.clone(), accepted.clone());
+        senders.push(tokio::spawn(async move {
+            let conv = format!("shutdown-{sender}");
+            for seq in 1u64.. {
+                let body = serde_json::json!({
+                    "id": format!("{conv}-{seq}"), "source": "call-events", "type": "call-state",
+                    "content": {"metadata": {"conversationSpaceId": conv},
+                                "state": {"id": format!("{conv}-{seq}"), "sequenceNumber": seq,
+                                          "type": if seq == 1 { "STARTING" } else { "ACTIVE" }}}
+                });
+                match http.post(&url).json(&body).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        accepted.lock().unwrap().insert((conv.clone(), seq));
+                    }
+                    Ok(_) => {}
+                    Err(_) => return, // the server is gone
+                }
+            }
+        }));
+    }
+    // Let load build up, then SIGTERM (awaiting a count of accepted requests, not a timer).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while accepted.lock().unwrap().len() < 200 {
+        assert!(Instant::now() < deadline, "load never got going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exited = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exited.success(), "callbridge exited with {exited}");
+    for s in senders {
+        tokio::time::timeout(Duration::from_secs(30), s)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    let accepted = accepted.lock().unwrap().clone();
+    let mut kafka = KafkaConfig {
+        bootstrap_servers: broker.bootstrap(),
+        ..KafkaConfig::default()
+    };
+    kafka.topics.partitions = 2;
+    let topic = kafka.topics.raw.clone();
+    let records =
+        tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .unwrap();
+    let in_raw: BTreeSet<(String, u64)> = records
+        .iter()
+        .filter_map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).ok()?;
+            let conv = v["content"]["metadata"]["conversationSpaceId"]
+                .as_str()?
+                .to_string();
+            Some((conv, v["content"]["state"]["sequenceNumber"].as_u64()?))
+        })
+        .collect();
+    let lost: Vec<_> = accepted.difference(&in_raw).collect();
+    assert!(accepted.len() >= 200);
+    assert!(
+        lost.is_empty(),
+        "{} accepted notifications are not in Kafka: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    sim.shutdown().await;
+}
