@@ -76,6 +76,14 @@ pub enum ShellError {
     Takeover(#[from] TakeoverError),
 }
 
+/// Connection properties; only the SASL password file can make this fail.
+fn client_config(kafka: &KafkaConfig) -> Result<rdkafka::ClientConfig, ShellError> {
+    kafka.client_config().map_err(|e| ShellError::Kafka {
+        action: "reading kafka.sasl.password_file".into(),
+        source: KafkaError::ClientCreation(e.to_string()),
+    })
+}
+
 fn kafka_err(action: impl Into<String>) -> impl FnOnce(KafkaError) -> ShellError {
     let action = action.into();
     move |source| ShellError::Kafka { action, source }
@@ -273,13 +281,7 @@ fn run(
     stats: &Arc<ShellStats>,
 ) -> Result<(), ShellError> {
     let topics = &config.kafka.topics;
-    let base = config
-        .kafka
-        .client_config()
-        .map_err(|e| ShellError::Kafka {
-            action: "reading kafka.sasl.password_file".into(),
-            source: KafkaError::ClientCreation(e.to_string()),
-        })?;
+    let base = client_config(&config.kafka)?;
     let producer =
         idempotent_producer(&config.kafka).map_err(kafka_err("creating the producer"))?;
     let (done_tx, done_rx) = std::sync::mpsc::channel::<BackfillDone>();
@@ -479,14 +481,7 @@ impl RunState {
         runtime: &tokio::runtime::Handle,
     ) -> Result<Vec<(i32, super::takeover::Recovered)>, ShellError> {
         let topics = &self.config.kafka.topics;
-        let base = self
-            .config
-            .kafka
-            .client_config()
-            .map_err(|e| ShellError::Kafka {
-                action: "reading kafka.sasl.password_file".into(),
-                source: KafkaError::ClientCreation(e.to_string()),
-            })?;
+        let base = client_config(&self.config.kafka)?;
         let ctx = TakeoverContext {
             client_config: base,
             producer: &self.producer,
