@@ -10,30 +10,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-/// One record read back from the ordered topic.
-#[derive(Clone, Debug)]
-pub struct ReadRecord {
-    /// Partition.
-    pub partition: i32,
-    /// Offset within the partition.
-    pub offset: i64,
-    /// Key (`conversationSpaceId`).
-    pub key: Option<String>,
-    /// JSON value.
-    pub value: Vec<u8>,
-    /// Headers, in order.
-    pub headers: Vec<(String, String)>,
-}
-
-impl ReadRecord {
-    /// The first header named `name`.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
+pub use crate::kafka::reader::ReadRecord;
 
 /// What the comparison found. A perfect stream has every `*_violations`/`missing`/`duplicates`
 /// count at zero.

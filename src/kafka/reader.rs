@@ -2,14 +2,45 @@
 //! and audits, not for the pipeline.
 
 use super::config::KafkaConfig;
-use crate::sequencer::shell::takeover::SETTLE;
-use crate::verify::ReadRecord;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+/// How long a partition must stay quiet past its reported end before the end is believed.
+/// tansu 0.6 reports the high watermark as the last batch's *base* offset + 1 (seen here: ten
+/// records written in one batch at offsets 0–9 gave a high watermark of 1), so a reader that
+/// stops at the high watermark misses the tail of the last batch. After the previous owner is
+/// fenced nobody writes the partition, so reading on until it is quiet reaches the true end on
+/// any broker; on a correct broker nothing more arrives and the cost is this delay.
+pub const SETTLE: Duration = Duration::from_millis(300);
+
+/// One record read back from a topic.
+#[derive(Clone, Debug)]
+pub struct ReadRecord {
+    /// Partition.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+    /// Key (`conversationSpaceId`).
+    pub key: Option<String>,
+    /// JSON value.
+    pub value: Vec<u8>,
+    /// Headers, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl ReadRecord {
+    /// The first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
 
 /// Every record of `topic` (up to the high watermarks seen at the start, and what follows until
 /// the topic is quiet), in partition/offset order.
@@ -50,7 +81,7 @@ pub fn read_topic(
     consumer.assign(&tpl)?;
     let deadline = Instant::now() + timeout;
     // Past the reported ends, read on until the topic is quiet: tansu reports the high watermark
-    // as the last batch's base offset + 1 (see `sequencer::shell::takeover::SETTLE`).
+    // as the last batch's base offset + 1 (see [`SETTLE`]).
     let mut quiet_since: Option<Instant> = None;
     loop {
         if remaining.is_empty() && quiet_since.get_or_insert_with(Instant::now).elapsed() >= SETTLE

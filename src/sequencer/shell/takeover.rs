@@ -12,6 +12,7 @@
 //! The result is a plain map the core is restored from; nothing here decides about ordering.
 
 use super::changelog::{self, ChangelogRecord, ConversationEntry, Fence, Progress};
+use crate::kafka::reader::SETTLE;
 use crate::publish::record::headers as out_headers;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -247,14 +248,6 @@ impl ReadError {
         }
     }
 }
-
-/// How long a partition must stay quiet past its reported end before the end is believed.
-/// tansu 0.6 reports the high watermark as the last batch's *base* offset + 1 (seen here: ten
-/// records written in one batch at offsets 0–9 gave a high watermark of 1), so a reader that
-/// stops at the high watermark misses the tail of the last batch. After the previous owner is
-/// fenced nobody writes the partition, so reading on until it is quiet reaches the true end on
-/// any broker; on a correct broker nothing more arrives and the cost is this delay.
-pub const SETTLE: Duration = Duration::from_millis(300);
 
 /// Reads `[from, until)` of one partition and, with `settle`, whatever follows until the
 /// partition has been quiet for [`SETTLE`]; returns the offset after the last record read.
