@@ -244,7 +244,7 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
         sequencer_handle: Some(sequencer_handle),
         ingest,
         readiness,
-        drain_timeout: Duration::from_secs(20),
+        drain_timeout: config.shutdown.timeout,
     })
 }
 
@@ -297,16 +297,29 @@ fn member_name() -> String {
 impl RunningBridge {
     /// Stops in order: not ready, no new webhooks, flush accepted, drain the sequencer.
     pub async fn shutdown(mut self) {
+        // One deadline for the whole sequence, so it fits terminationGracePeriodSeconds. What
+        // does not finish in time is not lost: it is either not yet acknowledged to GoTo
+        // (retried, then back-filled) or re-derived from Kafka by the next owner.
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         self.readiness.set_draining();
         let _ = self.stop.send(true);
         for t in self.tasks.drain(..) {
-            let _ = tokio::time::timeout(self.drain_timeout, t).await;
+            let _ = tokio::time::timeout(left(), t).await;
         }
         let writer = self.ingest.writer().clone();
-        let timeout = self.drain_timeout;
-        let _ = tokio::task::spawn_blocking(move || writer.flush(timeout)).await;
+        let flush_for = left();
+        let _ = tokio::time::timeout(
+            left(),
+            tokio::task::spawn_blocking(move || writer.flush(flush_for)),
+        )
+        .await;
         if let Some(h) = self.sequencer_handle.take() {
-            let _ = tokio::task::spawn_blocking(move || h.shutdown()).await;
+            let _ = tokio::time::timeout(left(), tokio::task::spawn_blocking(move || h.shutdown()))
+                .await;
+        }
+        if left().is_zero() {
+            tracing::warn!(timeout = ?self.drain_timeout, "shutdown did not finish within shutdown.timeout");
         }
     }
 }

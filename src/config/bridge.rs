@@ -37,6 +37,26 @@ pub struct BridgeConfig {
     pub admin: AdminSettings,
     /// `[log]`: format and level.
     pub log: LogSettings,
+    /// `[shutdown]`: how long a graceful stop may take.
+    pub shutdown: ShutdownSettings,
+}
+
+/// `[shutdown]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// Bound on the whole graceful stop (stop accepting, flush, drain, commit, leave the group);
+    /// keep it below the pod's `terminationGracePeriodSeconds`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(25),
+        }
+    }
 }
 
 /// `[goto]`.
@@ -469,6 +489,13 @@ impl BridgeConfig {
                 "log.level",
                 &self.log.level,
                 "a level (error, warn, info, debug, trace) or a RUST_LOG-style filter",
+            ));
+        }
+        if self.shutdown.timeout.is_zero() {
+            report.push(Invalid::new(
+                "shutdown.timeout",
+                "0s",
+                "a duration > 0 below terminationGracePeriodSeconds, e.g. \"25s\"",
             ));
         }
         if self.sequencer_io.backfill_concurrency == 0 {
