@@ -102,6 +102,29 @@ pub struct ScenarioOutcome {
     pub timed_out: bool,
     /// Every record of the ordered topic.
     pub records: Vec<crate::verify::ReadRecord>,
+    /// `/metrics` scraped when the bridge was up, before any traffic.
+    pub metrics_before: String,
+    /// `/metrics` scraped once every call completed, before shutdown.
+    pub metrics_after: String,
+}
+
+/// The value of one series in Prometheus text (`name{labels}` exactly as rendered), 0 if absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let url = format!("http://{addr}/metrics");
+    match reqwest::get(&url).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
 }
 
 /// The fault settings of a named mix.
@@ -256,6 +279,7 @@ pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String>
     .map_err(|e| format!("bridge: {e}"))?;
 
     // Traffic, with live progress, until every call's stream is complete.
+    let metrics_before = scrape(bridge.admin_addr).await;
     control.start_traffic();
     let started = Instant::now();
     let deadline = started + timeout;
@@ -294,6 +318,22 @@ pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String>
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The sequencer exports its counters once a second: wait for the export that covers the
+    // last completion (bounded), so the scrape matches what was published.
+    let published = bridge
+        .sequencer
+        .completions_published
+        .load(std::sync::atomic::Ordering::Relaxed) as f64;
+    let export_deadline = Instant::now() + Duration::from_secs(5);
+    let mut metrics_after = scrape(bridge.admin_addr).await;
+    while metric_value(&metrics_after, "callbridge_completions_published_total")
+        - metric_value(&metrics_before, "callbridge_completions_published_total")
+        < published
+        && Instant::now() < export_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics_after = scrape(bridge.admin_addr).await;
+    }
     bridge.shutdown().await;
 
     // Read back and verify.
@@ -311,6 +351,8 @@ pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String>
         truth,
         timed_out,
         records,
+        metrics_before,
+        metrics_after,
     })
 }
 

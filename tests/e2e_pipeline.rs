@@ -3,7 +3,7 @@
 mod support;
 
 use callbridge::config::bridge::ChannelKind;
-use callbridge::demo::{faults_for, run_scenario, Scenario};
+use callbridge::demo::{faults_for, metric_value, run_scenario, Scenario};
 use callbridge::kafka::KafkaConfig;
 use std::time::Duration;
 use support::tansu::Tansu;
@@ -61,6 +61,41 @@ async fn run(transport: ChannelKind, seed: u64) {
     assert_eq!(v.completions, v.calls, "{v}");
     assert!(v.gap_records > 0 && v.gap_records <= v.unrecoverable, "{v}");
     assert_records_follow_the_published_format(&outcome.records);
+    assert_metrics_tell_the_same_story(&outcome);
+}
+
+/// What an operator sees on `/metrics` matches what happened: drops show as gaps and
+/// back-fills, duplicates as duplicates dropped, and the published counts equal the topic's.
+/// (Deltas over the run; nextest runs each test in its own process.)
+fn assert_metrics_tell_the_same_story(outcome: &callbridge::demo::ScenarioOutcome) {
+    let delta = |series: &str| {
+        metric_value(&outcome.metrics_after, series) - metric_value(&outcome.metrics_before, series)
+    };
+    let v = &outcome.verification;
+    let text = &outcome.metrics_after;
+    assert!(delta("callbridge_gaps_detected_total") > 0.0, "{text}");
+    assert!(
+        delta("callbridge_backfill_requests_total{kind=\"gap\"}") > 0.0,
+        "{text}"
+    );
+    assert!(delta("callbridge_duplicates_dropped_total") > 0.0, "{text}");
+    assert_eq!(
+        delta("callbridge_gap_records_published_total{reason=\"gone\"}")
+            + delta("callbridge_gap_records_published_total{reason=\"backfill_failed\"}"),
+        v.gap_records as f64,
+        "{text}"
+    );
+    assert_eq!(
+        delta("callbridge_states_published_total{origin=\"backfill\"}"),
+        v.states_backfilled as f64,
+        "{text}"
+    );
+    assert_eq!(
+        delta("callbridge_completions_published_total"),
+        v.completions as f64,
+        "{text}"
+    );
+    assert_eq!(metric_value(text, "callbridge_gaps_open"), 0.0, "{text}");
 }
 
 /// Every record validates against `schemas/ordered-record.schema.json` and carries the
