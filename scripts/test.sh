@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The README's second command: install what the tests need, then run every check CI runs.
+# The README's second command: install what the tests need, then run every check CI runs:
+# format, lint, the Rust tests (unit, property, contract, end-to-end on tansu), doc tests, and the
+# Helm chart / deploy checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -14,4 +16,6 @@ echo "== tests"
 cargo nextest run --locked --no-fail-fast
 echo "== doc tests"
 cargo test --doc --locked
+echo "== chart and deploy"
+CALLBRIDGE_BIN="${CARGO_TARGET_DIR:-target}/debug/callbridge" scripts/test-chart.sh
 echo "all checks passed"

@@ -169,3 +169,38 @@ fn check_config_command_uses_the_environment_and_exits_64_on_errors() {
         assert!(!err.contains(secret), "secret leaked: {err}");
     }
 }
+
+#[test]
+fn unrelated_callbridge_variables_are_not_configuration_keys() {
+    let bin = env!("CARGO_BIN_EXE_callbridge");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
+    // What Kubernetes injects for a Service named `callbridge`, and the config path variable.
+    let out = Command::new(bin)
+        .arg("check-config")
+        .envs(SECRETS.iter().copied())
+        .env("CALLBRIDGE_CONFIG", path)
+        .env("CALLBRIDGE_SERVICE_HOST", "10.0.0.1")
+        .env("CALLBRIDGE_PORT", "tcp://10.0.0.1:8080")
+        .env("CALLBRIDGE_PORT_8080_TCP_ADDR", "10.0.0.1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A real key with a typo in its section is still not silently accepted as a key...
+    let typo = Command::new(bin)
+        .args(["check-config", "--config", path])
+        .envs(SECRETS.iter().copied())
+        .env("CALLBRIDGE_KAFKA__TOPICS__PARTITONS", "3")
+        .output()
+        .unwrap();
+    assert_eq!(
+        typo.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&typo.stdout)
+    );
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("partitons"));
+}

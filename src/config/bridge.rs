@@ -269,6 +269,34 @@ pub enum LoadError {
     },
 }
 
+/// The configuration's top-level sections; only `CALLBRIDGE_<SECTION>__…` variables are keys.
+const SECTIONS: &[&str] = &[
+    "goto",
+    "channel",
+    "webhook",
+    "kafka",
+    "sequencer",
+    "sequencer_io",
+    "admin",
+    "log",
+    "shutdown",
+];
+
+/// `CALLBRIDGE_<SECTION>__<KEY>` variables. Other `CALLBRIDGE_*` variables are not keys and are
+/// left alone: `CALLBRIDGE_CONFIG` (the file's path) and the service links Kubernetes injects
+/// for a Service named `callbridge` (`CALLBRIDGE_SERVICE_HOST`, `CALLBRIDGE_PORT_8080_TCP`, …).
+fn environment() -> Env {
+    Env::prefixed("CALLBRIDGE_")
+        .filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            SECTIONS.iter().any(|s| {
+                key.strip_prefix(s)
+                    .is_some_and(|rest| rest.starts_with("__"))
+            })
+        })
+        .split("__")
+}
+
 impl BridgeConfig {
     /// Reads `path` (if given), then `CALLBRIDGE_*` variables, then secret files, and validates.
     pub fn load(path: Option<&Path>) -> Result<Self, LoadError> {
@@ -285,7 +313,7 @@ impl BridgeConfig {
             }
             figment = figment.merge(Toml::file(p));
         }
-        figment = figment.merge(Env::prefixed("CALLBRIDGE_").split("__"));
+        figment = figment.merge(environment());
         Self::from_figment(figment)
     }
 

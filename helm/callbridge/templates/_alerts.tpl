@@ -1,0 +1,101 @@
+{{/*
+The alert rules. deploy/alerts.yaml holds the same groups with the default thresholds and the
+release name "callbridge"; tests/chart checks that the two stay identical.
+*/}}
+{{- define "callbridge.alertGroups" -}}
+{{- $r := .Values.prometheusRule -}}
+{{- $fullname := include "callbridge.fullname" . -}}
+groups:
+  - name: callbridge
+    rules:
+      - alert: CallbridgeGapOpenTooLong
+        expr: max by (namespace, pod) (callbridge_gap_oldest_age_seconds) > {{ $r.gapOldestAgeSeconds }}
+        labels:
+          severity: critical
+        annotations:
+          summary: A call has waited {{`{{ $value | humanizeDuration }}`}} for a missing state on {{`{{ $labels.pod }}`}}
+          description: >-
+            The oldest open gap is close to sequencer.backfill_max_wait (5m by default). When it is
+            reached the bridge publishes a backfill_failed gap record: a hole in the ordered stream.
+            Check GoTo API reachability, credentials and rate limits (back-fill failures, logs).
+      - alert: CallbridgeBackfillFailedGaps
+        expr: sum by (namespace) (rate(callbridge_gap_records_published_total{reason="backfill_failed"}[15m])) > 0
+        labels:
+          severity: critical
+        annotations:
+          summary: Gap records with reason backfill_failed are being published
+          description: >-
+            A missing state could not be back-filled from GoTo within sequencer.backfill_max_wait,
+            so the ordered topic carries an explicit gap. Each one is lost data for a consumer.
+      - alert: CallbridgeBackfillFailing
+        expr: sum by (namespace, pod) (rate(callbridge_backfill_failures_total[5m])) > {{ $r.backfillFailuresPerSecond }}
+        for: 10m
+        labels:
+          severity: warning
+        annotations:
+          summary: Back-fill requests to GoTo are failing on {{`{{ $labels.pod }}`}}
+          description: >-
+            {{`{{ $value | humanize }}`}} failed back-fill answers per second. Open gaps will turn into
+            backfill_failed gap records if this lasts longer than sequencer.backfill_max_wait.
+      - alert: CallbridgeChannelReconnecting
+        expr: sum by (namespace, pod) (rate(callbridge_channel_reconnects_total[5m])) > {{ $r.channelReconnectsPerSecond }}
+        for: 10m
+        labels:
+          severity: warning
+        annotations:
+          summary: The GoTo notification channel keeps reconnecting on {{`{{ $labels.pod }}`}}
+          description: >-
+            The WebSocket channel is reconnected or recreated often (see the reason label of
+            callbridge_channel_reconnects_total). Notifications may be delayed; catch-up and
+            back-fill repair what is missed.
+      - alert: CallbridgeNotReady
+        expr: sum by (namespace, pod) (kube_pod_status_ready{condition="true", pod=~"{{ $fullname }}-.*"}) == 0
+        for: {{ $r.notReadyFor }}
+        labels:
+          severity: critical
+        annotations:
+          summary: callbridge pod {{`{{ $labels.pod }}`}} is not ready
+          description: >-
+            /readyz has failed for a while: the notification channel or its subscriptions are not in
+            place (or shutdown is stuck). The /readyz body names the failing check. Needs
+            kube-state-metrics.
+      - alert: CallbridgeKafkaUnreachable
+        expr: min by (namespace, pod) (callbridge_kafka_reachable) == 0
+        for: 2m
+        labels:
+          severity: critical
+        annotations:
+          summary: callbridge on {{`{{ $labels.pod }}`}} cannot reach Kafka
+          description: >-
+            The bridge's periodic Kafka check fails: webhooks are answered 503 after kafka.ack_timeout
+            and the sequencer stops. Check the brokers, the network policy and the credentials.
+      - alert: CallbridgeWebhookUnavailable
+        expr: sum by (namespace) (rate(callbridge_webhook_responses_total{status="503"}[5m])) > 0
+        for: 5m
+        labels:
+          severity: warning
+        annotations:
+          summary: callbridge answers GoTo's webhooks with 503
+          description: >-
+            Kafka did not acknowledge notifications within kafka.ack_timeout. GoTo retries a 5xx only
+            twice, so lasting 503s lose notifications that back-fill must repair.
+      - alert: CallbridgeRawConsumerLagGrowing
+        expr: sum by (namespace) (callbridge_raw_consumer_lag) > {{ $r.rawConsumerLag }} and sum by (namespace) (delta(callbridge_raw_consumer_lag[10m])) > 0
+        for: 10m
+        labels:
+          severity: warning
+        annotations:
+          summary: The sequencer is falling behind the raw topic
+          description: >-
+            {{`{{ $value | humanize }}`}} raw records wait for the sequencer and the backlog keeps
+            growing: end-to-end latency rises. Check the sequencer's partitions, Kafka and CPU.
+      - alert: CallbridgeDeadLetterGrowing
+        expr: sum by (namespace, reason) (rate(callbridge_dead_letter_records_total[15m])) > 0
+        labels:
+          severity: warning
+        annotations:
+          summary: Notifications are being dead-lettered (reason {{`{{ $labels.reason }}`}})
+          description: >-
+            Bodies that could not be processed go to the dead-letter topic with the reason and the
+            failing field in headers. Inspect them: a GoTo payload change shows up here first.
+{{- end }}
