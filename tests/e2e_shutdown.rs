@@ -1,5 +1,6 @@
-//! SIGTERM while webhooks are coming in: every notification answered 200 is in Kafka, and the
-//! process leaves cleanly. The bridge runs as the real binary (`callbridge run`).
+//! SIGTERM while webhooks are coming in: every notification answered 200 is in Kafka, the
+//! process leaves cleanly, and not one line of its debug-level log holds a secret. The bridge
+//! runs as the real binary (`callbridge run`).
 mod support;
 
 use callbridge::kafka::reader::read_topic;
@@ -50,8 +51,8 @@ bootstrap_servers = "{bootstrap}"
 partitions = 2
 replication_factor = 1
 [log]
-format = "human"
-level = "warn"
+format = "json"
+level = "debug"
 "#,
             sim = sim.base_url(),
             bootstrap = broker.bootstrap(),
@@ -65,9 +66,18 @@ level = "warn"
         .env("CALLBRIDGE_GOTO__PERSONAL_ACCESS_TOKEN", "demo-pat")
         .env("CALLBRIDGE_WEBHOOK__SECRET", &secret)
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Every log line of the run, for the secret check at the end.
+    let stderr = child.stderr.take().unwrap();
+    let log_reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
     let http = reqwest::Client::new();
     let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
     let deadline = Instant::now() + Duration::from_secs(60);

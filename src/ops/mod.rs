@@ -112,7 +112,11 @@ async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, Json(json!({"alive": true})))
 }
 
-async fn metrics_text() -> impl IntoResponse {
+async fn metrics_text(State(r): State<Readiness>) -> impl IntoResponse {
+    let (ready, _) = r.report();
+    let channel_ready = matches!(*r.channel.borrow(), ChannelState::Ready(_));
+    metrics::gauge!("callbridge_channel_ready").set(if channel_ready { 1.0 } else { 0.0 });
+    metrics::gauge!("callbridge_ready").set(if ready { 1.0 } else { 0.0 });
     prometheus().render()
 }
 

@@ -90,8 +90,18 @@ pub fn spawn_worker(
             let source = source.clone();
             let done = done.clone();
             tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
                 let fetched = source.fetch(&job.conversation, job.from, job.to).await;
                 drop(permit);
+                let outcome = match &fetched {
+                    Fetched::States(_) => "answered",
+                    Fetched::NotFound => "not_found",
+                    Fetched::Failed { .. } => "failed",
+                };
+                metrics::counter!("callbridge_backfill_responses_total", "outcome" => outcome)
+                    .increment(1);
+                metrics::histogram!("callbridge_backfill_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 // The consumer thread may be gone (shutdown); nothing to do then.
                 let _ = done.send(BackfillDone { job, fetched });
             });
