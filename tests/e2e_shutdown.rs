@@ -131,7 +131,23 @@ level = "debug"
         .await
         .unwrap()
         .unwrap();
-    assert!(exited.success(), "callbridge exited with {exited}");
+    let log = log_reader.join().unwrap();
+    assert!(
+        exited.success(),
+        "callbridge exited with {exited}:\n{}",
+        log.join("\n")
+    );
+    // Secrets never reach a log line, even at debug level: the client secret, the PAT, the
+    // webhook path secret, and the access tokens the simulator issued (all start `sim-at-`).
+    assert!(log.len() > 20, "the run logged almost nothing: {log:?}");
+    for line in &log {
+        for secret in ["demo-secret", "demo-pat", secret.as_str(), "sim-at-"] {
+            assert!(
+                !line.contains(secret),
+                "a secret leaked into the log: {line}"
+            );
+        }
+    }
     for s in senders {
         tokio::time::timeout(Duration::from_secs(30), s)
             .await

@@ -150,6 +150,20 @@ async fn readiness_follows_the_channel_and_kafka() {
     let url = format!("http://{}/readyz", bridge.admin_addr);
     let http = reqwest::Client::new();
     wait_ready(&http, &url, "ready after start-up", |s, _| s == 200).await;
+    let health = http
+        .get(format!("http://{}/healthz", bridge.admin_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let health: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(health["checks"]["sequencer_loop"]["ok"], true, "{health}");
+    assert!(
+        health["checks"]["sequencer_loop"]["last_turn_ms_ago"]
+            .as_u64()
+            .unwrap()
+            < 5_000
+    );
 
     // The channel disappears and GoTo answers 503 to everything: the repair fails, not ready.
     let channel_id = match &*bridge.channel.borrow() {

@@ -108,8 +108,39 @@ async fn readyz(State(r): State<Readiness>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-async fn healthz() -> impl IntoResponse {
-    (StatusCode::OK, Json(json!({"alive": true})))
+/// A consumer loop that has not turned for this long is stuck (a takeover phase is bounded by
+/// `sequencer_io.takeover_timeout`, 30 s by default, and runs for all partitions at once).
+const STUCK_AFTER_MS: u64 = 90_000;
+
+/// Alive when the process answers and the sequencer's loop is turning (a restart is the fix for
+/// a stuck loop, which is what a failing liveness probe triggers).
+async fn healthz(State(r): State<Readiness>) -> impl IntoResponse {
+    let heartbeat = r
+        .sequencer
+        .lock()
+        .ok()
+        .and_then(|s| s.as_ref().map(|s| s.heartbeat_ms.load(Ordering::Relaxed)))
+        .unwrap_or(0);
+    let now = crate::sequencer::shell::runner::epoch_ms();
+    // 0: the loop has not started yet (start-up), which is not a failure.
+    let since = if heartbeat == 0 {
+        0
+    } else {
+        now.saturating_sub(heartbeat)
+    };
+    let alive = since < STUCK_AFTER_MS;
+    let status = if alive {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "alive": alive,
+            "checks": {"sequencer_loop": {"ok": alive, "last_turn_ms_ago": since}}
+        })),
+    )
 }
 
 async fn metrics_text(State(r): State<Readiness>) -> impl IntoResponse {

@@ -111,6 +111,8 @@ pub struct ShellStats {
     /// The consumer is in the group with an assignment (possibly empty: more replicas than
     /// partitions); false before the first assignment and during a rebalance.
     pub group_joined: AtomicBool,
+    /// Wall-clock ms of the consumer loop's latest turn (`/healthz`: is it still turning?).
+    pub heartbeat_ms: std::sync::atomic::AtomicU64,
 }
 
 /// One owned partition.
@@ -318,6 +320,7 @@ fn run(
 
     let result = (|| -> Result<(), ShellError> {
         while !stop.load(Ordering::SeqCst) {
+            stats.heartbeat_ms.store(epoch_ms(), Ordering::Relaxed);
             let polled = consumer.poll(Duration::from_millis(5));
             let mut st = lock(&state);
             if let Some(e) = st.failed.take() {
@@ -394,7 +397,7 @@ fn state_fields(state: &RawValue) -> (Option<String>, bool) {
     }
 }
 
-fn epoch_ms() -> u64 {
+pub(crate) fn epoch_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
