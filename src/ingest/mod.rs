@@ -1,7 +1,7 @@
 //! Ingest: receive every notification (webhook and/or WebSocket) and put it, unchanged, into the
 //! raw topic. Ingest never calls the sequencer; Kafka is the only thing between them.
 //!
-//! - [`route`]: pure decision of where a body goes.
+//! - [`mod@route`]: pure decision of where a body goes.
 //! - [`raw_writer`]: the acknowledged write to Kafka.
 //! - [`Ingest`]: both together, shared by the webhook server and the WebSocket client.
 

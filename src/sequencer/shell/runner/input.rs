@@ -1,0 +1,281 @@
+//! The inputs of the shell: takeovers, raw records, back-fill answers and time.
+
+use super::*;
+
+#[derive(serde::Deserialize)]
+struct StateTimestamp<'a> {
+    #[serde(borrow)]
+    timestamp: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn state_fields(state: &RawValue) -> (Option<String>, bool) {
+    match serde_json::from_str::<StateTimestamp<'_>>(state.get()) {
+        Ok(s) => (
+            s.timestamp.map(|t| t.into_owned()),
+            s.kind.as_deref() == Some("ENDING"),
+        ),
+        Err(_) => (None, false),
+    }
+}
+
+pub(crate) fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn received_at(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<u64> {
+    let h = m.headers()?;
+    h.iter()
+        .find(|h| h.key == crate::ingest::raw_writer::headers::RECEIVED_AT)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn origin_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Origin {
+    let transport = m.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == crate::ingest::raw_writer::headers::TRANSPORT)
+            .and_then(|h| h.value)
+    });
+    match transport {
+        Some(b"websocket") => Origin::WebSocket,
+        Some(b"catchup") => Origin::Backfill,
+        _ => Origin::Webhook,
+    }
+}
+
+/// Metadata for a back-filled state whose response carried none (GoTo's `items: [state]` shape).
+fn synthesized_metadata(conversation: &str) -> Box<RawValue> {
+    let json = serde_json::json!({ "conversationSpaceId": conversation }).to_string();
+    RawValue::from_string(json).unwrap_or_else(|_| Box::<RawValue>::default())
+}
+
+impl RunState {
+    /// Runs the Kafka part of the takeover of every newly assigned partition at once (each
+    /// is independent, and most of a takeover is waiting on the broker).
+    pub(super) fn recover_all(
+        &self,
+        partitions: &[i32],
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Vec<(i32, crate::sequencer::shell::takeover::Recovered)>, ShellError> {
+        let topics = &self.config.kafka.topics;
+        let base = client_config(&self.config.kafka)?;
+        let ctx = TakeoverContext {
+            client_config: base,
+            producer: &self.producer,
+            runtime,
+            changelog_topic: &topics.changelog,
+            ordered_topic: &topics.ordered,
+            member: &self.config.member,
+            timeout: self.config.takeover_timeout,
+        };
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = partitions
+                .iter()
+                .map(|&p| {
+                    let ctx = &ctx;
+                    (p, scope.spawn(move || take_over(ctx, p)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(p, h)| match h.join() {
+                    Ok(r) => r.map(|rec| (p, rec)).map_err(ShellError::from),
+                    Err(_) => Err(ShellError::Kafka {
+                        action: format!("takeover of partition {p} panicked"),
+                        source: KafkaError::Canceled,
+                    }),
+                })
+                .collect()
+        })
+    }
+
+    /// Builds partition `p`'s core from what the takeover recovered; returns the raw offset to
+    /// resume from.
+    pub(super) fn install(
+        &mut self,
+        p: i32,
+        recovered: crate::sequencer::shell::takeover::Recovered,
+        consumer: &BaseConsumer<ShellContext>,
+    ) -> Result<i64, ShellError> {
+        let topics = &self.config.kafka.topics;
+        let now = now_ms(self.origin);
+        let mut core = PartitionSequencer::new(self.config.sequencer.clone());
+        for (conv, entry) in &recovered.conversations {
+            core.restore(
+                conv,
+                ConversationCheckpoint {
+                    next_sequence: entry.next,
+                    ended: entry.ended,
+                    gap_count: entry.gaps,
+                },
+                now,
+            );
+        }
+        // Resume from the index; without one, from the group's committed offset (never past an
+        // unindexed output: commits only ever follow an acknowledged index write).
+        let resume = match recovered.progress {
+            Some(pr) => pr.raw_low_watermark,
+            None => {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&topics.raw, p);
+                let committed = consumer
+                    .committed_offsets(tpl, Duration::from_secs(10))
+                    .map_err(kafka_err(format!(
+                        "reading the committed offset of raw {p}"
+                    )))?;
+                committed
+                    .find_partition(&topics.raw, p)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    })
+                    .unwrap_or(0)
+            }
+        };
+        tracing::info!(
+            partition = p,
+            epoch = recovered.epoch,
+            conversations = recovered.conversations.len(),
+            scanned = recovered.scanned,
+            resume,
+            "partition taken over"
+        );
+        self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+        self.stats.partitions_owned.fetch_add(1, Ordering::Relaxed);
+        self.partitions.insert(
+            p,
+            OwnedPartition {
+                epoch: recovered.epoch,
+                core,
+                inflight: VecDeque::new(),
+                sent: 0,
+                acked: 0,
+                ordered_acked: recovered.ordered_end,
+                next_raw: resume,
+                pending: VecDeque::new(),
+                commit_after: VecDeque::new(),
+                last_snapshot: Instant::now(),
+            },
+        );
+        Ok(resume)
+    }
+
+    pub(super) fn on_raw(
+        &mut self,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+    ) -> Result<(), ShellError> {
+        let p = m.partition();
+        let now = now_ms(self.origin);
+        let Some(part) = self.partitions.get_mut(&p) else {
+            return Ok(()); // not taken over (yet): it will be re-read after the seek
+        };
+        if m.offset() < part.next_raw {
+            return Ok(());
+        }
+        part.next_raw = m.offset() + 1;
+        let body = m.payload().unwrap_or_default();
+        match notification::parse(body) {
+            Ok(Notification::CallState(cs)) => {
+                let (timestamp, _) = state_fields(cs.state);
+                let payload = Arc::new(StatePayload {
+                    metadata: cs.metadata.to_owned(),
+                    state: cs.state.to_owned(),
+                    timestamp,
+                    received_at_ms: received_at(m),
+                });
+                let _span = tracing::debug_span!("state", conversation = %cs.conversation_space_id, partition = p).entered();
+                let incoming = IncomingState {
+                    sequence_number: cs.sequence_number,
+                    fingerprint: cs.fingerprint,
+                    is_ending: cs.is_ending(),
+                    origin: origin_of(m),
+                    raw_offset: Some(m.offset()),
+                    payload,
+                };
+                part.core
+                    .on_state(&cs.conversation_space_id, incoming, now, &mut self.actions);
+            }
+            Ok(_) => {} // ingest routes other notifications elsewhere; nothing to sequence
+            Err(e) => {
+                let reason = e.reason_code();
+                let detail = e.to_string();
+                self.dead_letter(p, m.key(), body, reason, &detail)?;
+            }
+        }
+        self.execute(p)
+    }
+
+    pub(super) fn on_backfill(&mut self, done: BackfillDone) -> Result<(), ShellError> {
+        let p = done.job.partition;
+        let now = now_ms(self.origin);
+        let Some(part) = self.partitions.get_mut(&p) else {
+            return Ok(());
+        };
+        if part.epoch != done.job.epoch {
+            return Ok(()); // issued before a re-takeover: the new core asks again if needed
+        }
+        let conv = &done.job.conversation;
+        let outcome = match done.fetched {
+            Fetched::States(states) => BackfillOutcome::Answered(
+                states
+                    .into_iter()
+                    .filter_map(|fs| {
+                        let fingerprint = notification::state_fingerprint(&fs.state).ok()?;
+                        let (timestamp, is_ending) = state_fields(&fs.state);
+                        let metadata = fs.metadata.unwrap_or_else(|| synthesized_metadata(conv));
+                        Some(IncomingState {
+                            sequence_number: fs.sequence_number,
+                            fingerprint,
+                            is_ending,
+                            origin: Origin::Backfill,
+                            raw_offset: None,
+                            payload: Arc::new(StatePayload {
+                                metadata,
+                                state: fs.state,
+                                timestamp,
+                                received_at_ms: None,
+                            }),
+                        })
+                    })
+                    .collect(),
+            ),
+            Fetched::NotFound => BackfillOutcome::NotFound,
+            Fetched::Failed { retryable, error } => {
+                tracing::warn!(conversation = %conv, partition = p, %error, "back-fill failed");
+                BackfillOutcome::Failed { retryable }
+            }
+        };
+        part.core.on_backfill(
+            conv,
+            done.job.from,
+            done.job.to,
+            outcome,
+            now,
+            &mut self.actions,
+        );
+        self.execute(p)
+    }
+
+    pub(super) fn tick(&mut self) -> Result<(), ShellError> {
+        let now = now_ms(self.origin);
+        let due: Vec<i32> = self
+            .partitions
+            .iter()
+            .filter(|(_, part)| part.core.next_deadline().is_some_and(|d| d <= now))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            if let Some(part) = self.partitions.get_mut(&p) {
+                part.core.on_tick(now, &mut self.actions);
+            }
+            self.execute(p)?;
+        }
+        Ok(())
+    }
+}

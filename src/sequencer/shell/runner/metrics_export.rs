@@ -1,0 +1,54 @@
+//! Exporting the cores' counters and gauges to Prometheus.
+
+use super::*;
+
+impl RunState {
+    /// Exports the cores' counters (as increments since the last export) and gauges.
+    pub(super) fn export_metrics(&mut self) {
+        use metrics::{counter, gauge};
+        self.last_metrics = Instant::now();
+        let now = now_ms(self.origin);
+        let (mut open_gaps, mut held, mut open, mut oldest) = (0usize, 0usize, 0usize, None);
+        for (p, part) in &self.partitions {
+            let st = part.core.stats();
+            let c = &st.counters;
+            let last = self.exported.entry(*p).or_default();
+            let inc = |now: u64, before: u64| now.saturating_sub(before);
+            counter!("callbridge_duplicates_dropped_total")
+                .increment(inc(c.duplicates_dropped, last.duplicates_dropped));
+            counter!("callbridge_conflicting_duplicates_total")
+                .increment(inc(c.conflicts, last.conflicts));
+            counter!("callbridge_gaps_detected_total")
+                .increment(inc(c.gaps_detected, last.gaps_detected));
+            counter!("callbridge_gap_records_published_total", "reason" => "gone")
+                .increment(inc(c.gaps_gone, last.gaps_gone));
+            counter!("callbridge_gap_records_published_total", "reason" => "backfill_failed")
+                .increment(inc(c.gaps_backfill_failed, last.gaps_backfill_failed));
+            counter!("callbridge_backfill_requests_total", "kind" => "gap")
+                .increment(inc(c.backfills_requested, last.backfills_requested));
+            counter!("callbridge_backfill_requests_total", "kind" => "idle_probe")
+                .increment(inc(c.probes_requested, last.probes_requested));
+            counter!("callbridge_backfill_failures_total")
+                .increment(inc(c.backfills_failed, last.backfills_failed));
+            counter!("callbridge_completions_published_total")
+                .increment(inc(c.completions, last.completions));
+            counter!("callbridge_conversations_abandoned_total")
+                .increment(inc(c.abandoned, last.abandoned));
+            *last = c.clone();
+            open_gaps += st.open_gaps;
+            held += st.held_states;
+            open += st.open_conversations;
+            oldest = match (oldest, st.oldest_open_gap_since) {
+                (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
+                (a, b) => a.or(b),
+            };
+        }
+        self.exported.retain(|p, _| self.partitions.contains_key(p));
+        gauge!("callbridge_gaps_open").set(open_gaps as f64);
+        gauge!("callbridge_states_held").set(held as f64);
+        gauge!("callbridge_conversations_open").set(open as f64);
+        gauge!("callbridge_partitions_owned").set(self.partitions.len() as f64);
+        let age = oldest.map_or(0.0, |t: Timestamp| now.since(t).as_secs_f64());
+        gauge!("callbridge_gap_oldest_age_seconds").set(age);
+    }
+}

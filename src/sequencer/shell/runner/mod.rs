@@ -1,0 +1,392 @@
+//! The sequencer's I/O shell: a consumer-group member on the raw topic that feeds the pure core
+//! and carries out what it decides.
+//!
+//! One dedicated thread owns the consumer, every owned partition's [`PartitionSequencer`] and the
+//! bookkeeping of acknowledgements, so rebalance callbacks (which librdkafka runs inside `poll`)
+//! act on the same state without locking across threads. The rules it keeps:
+//! - outputs of partition `p` go to `ordered[p]` in decision order (one producer, idempotent);
+//! - the changelog is written only for outputs already acknowledged (index never leads output);
+//! - any delivery error ends the run: the caller restarts it, and the takeover rebuilds from
+//!   Kafka, which is exactly the crash path, so there is one recovery path to trust.
+//!
+//! This file holds the types, the rebalance callbacks and the loop; the loop's work is split by
+//! direction: `input` (takeovers, raw records, back-fill answers, time), `output` (records to
+//! Kafka in decision order), `checkpoint` (acknowledgements, the changelog index, commits,
+//! hand-over) and `metrics_export`.
+
+mod checkpoint;
+mod input;
+mod metrics_export;
+mod output;
+
+pub(crate) use input::epoch_ms;
+
+use super::backfill::{spawn_worker, BackfillDone, BackfillJob, BackfillSource, Fetched};
+use super::changelog::{self, ConversationEntry, Progress};
+use super::takeover::{take_over, TakeoverContext, TakeoverError};
+use crate::kafka::{idempotent_producer, KafkaConfig};
+use crate::notification::{self, Notification};
+use crate::publish::record::{self, GapCause, OrderedRecord, RecordOrigin};
+use crate::sequencer::{
+    Action, BackfillOutcome, ConversationCheckpoint, GapReason, IncomingState, Origin,
+    PartitionSequencer, SequencerConfig, Timestamp,
+};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde_json::value::RawValue;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a published state carries from the raw record (or the back-fill) to the ordered topic.
+#[derive(Debug)]
+pub struct StatePayload {
+    metadata: Box<RawValue>,
+    state: Box<RawValue>,
+    timestamp: Option<String>,
+    /// When ingest received it (ms since the Unix epoch), for the end-to-end latency metric.
+    received_at_ms: Option<u64>,
+}
+
+type Payload = Arc<StatePayload>;
+
+/// Settings of the shell.
+#[derive(Clone, Debug)]
+pub struct ShellConfig {
+    /// Kafka connection and topics.
+    pub kafka: KafkaConfig,
+    /// The core's timers.
+    pub sequencer: SequencerConfig,
+    /// How often acknowledged progress is written to the changelog.
+    pub checkpoint_interval: Duration,
+    /// Bound on each takeover phase.
+    pub takeover_timeout: Duration,
+    /// Concurrent back-fill requests.
+    pub backfill_concurrency: usize,
+    /// Identity written into fences (host name, pod name).
+    pub member: String,
+}
+
+/// Why a run of the shell ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ShellError {
+    /// Kafka failed (client creation, delivery, commit).
+    #[error("sequencer: {action}: {source}")]
+    Kafka {
+        /// What was being done.
+        action: String,
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// A takeover failed.
+    #[error(transparent)]
+    Takeover(#[from] TakeoverError),
+}
+
+/// Connection properties; only the SASL password file can make this fail.
+fn client_config(kafka: &KafkaConfig) -> Result<rdkafka::ClientConfig, ShellError> {
+    kafka.client_config().map_err(|e| ShellError::Kafka {
+        action: "reading kafka.sasl.password_file".into(),
+        source: KafkaError::ClientCreation(e.to_string()),
+    })
+}
+
+fn kafka_err(action: impl Into<String>) -> impl FnOnce(KafkaError) -> ShellError {
+    let action = action.into();
+    move |source| ShellError::Kafka { action, source }
+}
+
+/// Counters the operator and the tests read.
+#[derive(Debug, Default)]
+pub struct ShellStats {
+    /// Partitions currently owned and taken over.
+    pub partitions_owned: std::sync::atomic::AtomicU64,
+    /// States published (live and back-filled).
+    pub states_published: std::sync::atomic::AtomicU64,
+    /// States published from back-fill.
+    pub states_backfilled: std::sync::atomic::AtomicU64,
+    /// Gap records published.
+    pub gaps_published: std::sync::atomic::AtomicU64,
+    /// Completion records published.
+    pub completions_published: std::sync::atomic::AtomicU64,
+    /// Back-fill requests issued.
+    pub backfill_requests: std::sync::atomic::AtomicU64,
+    /// Raw records dead-lettered by the sequencer.
+    pub dead_lettered: std::sync::atomic::AtomicU64,
+    /// Takeovers completed.
+    pub takeovers: std::sync::atomic::AtomicU64,
+    /// The consumer is in the group with an assignment (possibly empty: more replicas than
+    /// partitions); false before the first assignment and during a rebalance.
+    pub group_joined: AtomicBool,
+    /// Wall-clock ms of the consumer loop's latest turn (`/healthz`: is it still turning?).
+    pub heartbeat_ms: std::sync::atomic::AtomicU64,
+}
+
+/// One owned partition.
+struct OwnedPartition {
+    epoch: u64,
+    core: PartitionSequencer<Payload>,
+    /// Unacknowledged outputs of this partition (ordered, changelog, dead letter) in send order:
+    /// (send number, delivery, is an ordered-topic record).
+    inflight: VecDeque<(u64, DeliveryFuture, bool)>,
+    sent: u64,
+    acked: u64,
+    /// Offset of the newest acknowledged ordered-topic record.
+    ordered_acked: i64,
+    /// Next raw offset to process.
+    next_raw: i64,
+    /// Changelog snapshots waiting for their outputs' acknowledgements.
+    pending: VecDeque<PendingSnapshot>,
+    /// (send number of a progress record, raw offset to commit once it is acknowledged).
+    commit_after: VecDeque<(u64, i64)>,
+    last_snapshot: Instant,
+}
+
+struct PendingSnapshot {
+    needs_acked: u64,
+    ordered_offset: Option<i64>,
+    entries: Vec<(Arc<str>, Option<ConversationCheckpoint>)>,
+    raw_low_watermark: i64,
+}
+
+/// State shared by the loop and the revoke callback (both on the consumer thread).
+struct RunState {
+    config: ShellConfig,
+    runtime: tokio::runtime::Handle,
+    producer: FutureProducer,
+    partitions: BTreeMap<i32, OwnedPartition>,
+    backfill_tx: tokio::sync::mpsc::UnboundedSender<BackfillJob>,
+    stats: Arc<ShellStats>,
+    origin: Instant,
+    actions: Vec<Action<Payload>>,
+    /// Partitions assigned but not yet taken over.
+    assigned: Vec<i32>,
+    /// Set when a callback hit an error the loop must end the run for.
+    failed: Option<ShellError>,
+    /// Counters already exported, per partition (the core's counters are per core).
+    exported: BTreeMap<i32, crate::sequencer::Counters>,
+    last_metrics: Instant,
+}
+
+/// How often the core's counters and gauges are exported (its gauges walk every conversation).
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
+struct ShellContext {
+    state: Arc<Mutex<RunState>>,
+    raw_topic: String,
+}
+
+impl ClientContext for ShellContext {
+    /// librdkafka's statistics carry the consumer lag of every owned raw partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(topic) = statistics.topics.get(&self.raw_topic) {
+            let lag: i64 = topic
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                .map(|p| p.consumer_lag)
+                .sum();
+            metrics::gauge!("callbridge_raw_consumer_lag").set(lag as f64);
+        }
+    }
+}
+
+impl ConsumerContext for ShellContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
+            st.stats.group_joined.store(false, Ordering::SeqCst);
+            for e in tpl.elements() {
+                let p = e.partition();
+                st.assigned.retain(|a| *a != p);
+                if let Err(err) = st.release(p, |t| consumer.commit(t, CommitMode::Sync)) {
+                    tracing::error!(partition = p, error = %err, "draining a revoked partition failed");
+                    st.failed.get_or_insert(err);
+                }
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            // Nothing of a new partition may be processed before its takeover.
+            if let Err(e) = consumer.pause(tpl) {
+                tracing::error!(error = %e, "pausing newly assigned partitions failed");
+            }
+            if let Ok(mut st) = self.state.lock() {
+                st.assigned
+                    .extend(tpl.elements().iter().map(|e| e.partition()));
+                st.stats.group_joined.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// Handle to a running sequencer.
+pub struct SequencerHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Live counters.
+    pub stats: Arc<ShellStats>,
+}
+
+impl SequencerHandle {
+    /// Asks the loop to stop (it drains, checkpoints, commits and leaves the group) and waits.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SequencerHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Starts the sequencer on its own thread. It runs until stopped; a run that fails (Kafka error,
+/// takeover refused) is restarted after a backoff with fresh clients, through the same takeover a
+/// crash would take.
+pub fn spawn(
+    config: ShellConfig,
+    source: Arc<dyn BackfillSource>,
+    runtime: tokio::runtime::Handle,
+) -> SequencerHandle {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(ShellStats::default());
+    let (s, st) = (stop.clone(), stats.clone());
+    let thread = std::thread::Builder::new()
+        .name("sequencer".into())
+        .spawn(move || {
+            let mut backoff = Duration::from_millis(200);
+            while !s.load(Ordering::SeqCst) {
+                match run(&config, source.clone(), &runtime, &s, &st) {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::error!(error = %e, "sequencer run failed; restarting from Kafka");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        })
+        .ok();
+    SequencerHandle {
+        stop,
+        thread,
+        stats,
+    }
+}
+
+fn run(
+    config: &ShellConfig,
+    source: Arc<dyn BackfillSource>,
+    runtime: &tokio::runtime::Handle,
+    stop: &AtomicBool,
+    stats: &Arc<ShellStats>,
+) -> Result<(), ShellError> {
+    let topics = &config.kafka.topics;
+    let base = client_config(&config.kafka)?;
+    let producer =
+        idempotent_producer(&config.kafka).map_err(kafka_err("creating the producer"))?;
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<BackfillDone>();
+    let backfill_tx = spawn_worker(runtime, source, config.backfill_concurrency, done_tx);
+    let state = Arc::new(Mutex::new(RunState {
+        config: config.clone(),
+        runtime: runtime.clone(),
+        producer: producer.clone(),
+        partitions: BTreeMap::new(),
+        backfill_tx,
+        stats: stats.clone(),
+        origin: Instant::now(),
+        actions: Vec::new(),
+        assigned: Vec::new(),
+        failed: None,
+        exported: BTreeMap::new(),
+        last_metrics: Instant::now(),
+    }));
+    let consumer: BaseConsumer<ShellContext> = base
+        .clone()
+        .set("group.id", &config.kafka.consumer_group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "range")
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(ShellContext {
+            state: state.clone(),
+            raw_topic: topics.raw.clone(),
+        })
+        .map_err(kafka_err("creating the raw consumer"))?;
+    consumer
+        .subscribe(&[&topics.raw])
+        .map_err(kafka_err("subscribing to the raw topic"))?;
+
+    let result = (|| -> Result<(), ShellError> {
+        while !stop.load(Ordering::SeqCst) {
+            stats.heartbeat_ms.store(epoch_ms(), Ordering::Relaxed);
+            let polled = consumer.poll(Duration::from_millis(5));
+            let mut st = lock(&state);
+            if let Some(e) = st.failed.take() {
+                return Err(e);
+            }
+            // Takeovers first: a newly assigned partition is paused until it is rebuilt.
+            let assigned = std::mem::take(&mut st.assigned);
+            for (p, recovered) in st.recover_all(&assigned, runtime)? {
+                let resume = st.install(p, recovered, &consumer)?;
+                consumer
+                    .seek(
+                        &topics.raw,
+                        p,
+                        Offset::Offset(resume),
+                        Duration::from_secs(10),
+                    )
+                    .map_err(kafka_err(format!("seeking raw partition {p} to {resume}")))?;
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&topics.raw, p);
+                consumer
+                    .resume(&tpl)
+                    .map_err(kafka_err(format!("resuming raw partition {p}")))?;
+            }
+            match polled {
+                Some(Ok(m)) => st.on_raw(&m)?,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "raw consumer error");
+                }
+                None => {}
+            }
+            while let Ok(done) = done_rx.try_recv() {
+                st.on_backfill(done)?;
+            }
+            st.tick()?;
+            st.housekeeping(&consumer, &topics.raw)?;
+        }
+        // Graceful stop: drain every partition, then leave the group.
+        let mut st = lock(&state);
+        let owned: Vec<i32> = st.partitions.keys().copied().collect();
+        for p in owned {
+            st.release(p, |t| consumer.commit(t, CommitMode::Sync))?;
+        }
+        Ok(())
+    })();
+    drop(consumer);
+    result
+}
+
+fn lock(state: &Mutex<RunState>) -> std::sync::MutexGuard<'_, RunState> {
+    // The lock is only ever taken on the consumer thread; a poisoned lock means a panic there,
+    // and its state is still the best we have (the run ends right after anyway).
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms(origin: Instant) -> Timestamp {
+    Timestamp(origin.elapsed().as_millis() as u64)
+}

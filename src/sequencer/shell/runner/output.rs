@@ -1,0 +1,214 @@
+//! The outputs of the shell: records to the ordered and dead-letter topics, in decision order,
+//! with backpressure when librdkafka's queue is full.
+
+use super::*;
+
+impl RunState {
+    /// Carries out the core's decisions for partition `p`, in order.
+    pub(super) fn execute(&mut self, p: i32) -> Result<(), ShellError> {
+        let actions = std::mem::take(&mut self.actions);
+        let Some(epoch) = self.partitions.get(&p).map(|x| x.epoch) else {
+            return Ok(());
+        };
+        let ordered = self.config.kafka.topics.ordered.clone();
+        for action in actions {
+            match action {
+                Action::Publish {
+                    conversation,
+                    sequence_number,
+                    origin,
+                    payload,
+                } => {
+                    let origin = match origin {
+                        Origin::Webhook => RecordOrigin::Webhook,
+                        Origin::WebSocket => RecordOrigin::WebSocket,
+                        Origin::Backfill => RecordOrigin::Backfill,
+                    };
+                    let r = record::state_record(
+                        &conversation,
+                        sequence_number,
+                        origin,
+                        &payload.metadata,
+                        &payload.state,
+                        payload.timestamp.as_deref(),
+                        epoch,
+                    );
+                    self.send(p, &ordered, r, true)?;
+                    self.stats.states_published.fetch_add(1, Ordering::Relaxed);
+                    if origin == RecordOrigin::Backfill {
+                        self.stats.states_backfilled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    metrics::counter!("callbridge_states_published_total", "origin" => origin.as_str())
+                        .increment(1);
+                    if let Some(at) = payload.received_at_ms {
+                        let latency = epoch_ms().saturating_sub(at) as f64 / 1000.0;
+                        metrics::histogram!("callbridge_end_to_end_latency_seconds")
+                            .record(latency);
+                    }
+                }
+                Action::PublishGap {
+                    conversation,
+                    from,
+                    to,
+                    reason,
+                } => {
+                    let cause = match reason {
+                        GapReason::Gone => GapCause::Gone,
+                        GapReason::BackfillFailed { .. } => GapCause::BackfillFailed,
+                    };
+                    tracing::warn!(conversation = %conversation, partition = p, from, to, reason = cause.as_str(), "gap record published");
+                    let r = record::gap_record(&conversation, from, to, cause, epoch);
+                    self.send(p, &ordered, r, true)?;
+                    self.stats.gaps_published.fetch_add(1, Ordering::Relaxed);
+                }
+                Action::PublishCompletion {
+                    conversation,
+                    last_sequence,
+                    gap_count,
+                } => {
+                    let r =
+                        record::completion_record(&conversation, last_sequence, gap_count, epoch);
+                    self.send(p, &ordered, r, true)?;
+                    self.stats
+                        .completions_published
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Action::RequestBackfill {
+                    conversation,
+                    from,
+                    to,
+                } => {
+                    self.stats.backfill_requests.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.backfill_tx.send(BackfillJob {
+                        partition: p,
+                        epoch,
+                        conversation,
+                        from,
+                        to,
+                    });
+                }
+                Action::DeadLetter {
+                    conversation,
+                    sequence_number,
+                    payload,
+                    ..
+                } => {
+                    let body = format!(
+                        "{{\"metadata\":{},\"state\":{}}}",
+                        payload.metadata.get(),
+                        payload.state.get()
+                    );
+                    let detail = format!(
+                        "sequence {sequence_number} was already seen with different content"
+                    );
+                    tracing::warn!(conversation = %conversation, partition = p, sequence_number, "conflicting duplicate dead-lettered");
+                    self.dead_letter(
+                        p,
+                        Some(conversation.as_bytes()),
+                        body.as_bytes(),
+                        "conflicting_duplicate",
+                        &detail,
+                    )?;
+                }
+                Action::Abandoned {
+                    conversation,
+                    next_sequence,
+                } => {
+                    tracing::warn!(conversation = %conversation, partition = p, next_sequence, "open conversation abandoned after sequencer.abandon_after without activity");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn dead_letter(
+        &mut self,
+        p: i32,
+        key: Option<&[u8]>,
+        body: &[u8],
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), ShellError> {
+        use crate::ingest::raw_writer::headers as h;
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: h::DEAD_LETTER_REASON,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: h::DEAD_LETTER_DETAIL,
+                value: Some(detail),
+            });
+        let topic = self.config.kafka.topics.dead_letter.clone();
+        let mut rec = FutureRecord::to(&topic).payload(body).headers(headers);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        let fut = self.enqueue(rec, &topic)?;
+        self.track(p, fut, false);
+        Ok(())
+    }
+
+    pub(super) fn send(
+        &mut self,
+        p: i32,
+        topic: &str,
+        r: OrderedRecord,
+        is_ordered: bool,
+    ) -> Result<(), ShellError> {
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_str()),
+            });
+        }
+        let rec = FutureRecord::to(topic)
+            .partition(p)
+            .key(&r.key)
+            .payload(&r.value)
+            .headers(headers);
+        let fut = self.enqueue(rec, topic)?;
+        self.track(p, fut, is_ordered);
+        Ok(())
+    }
+
+    /// Enqueues a record, waiting while librdkafka's queue is full: the consumer thread stops
+    /// reading raw until Kafka catches up (backpressure, not an unbounded buffer).
+    pub(super) fn enqueue<K, V>(
+        &self,
+        mut rec: FutureRecord<'_, K, V>,
+        topic: &str,
+    ) -> Result<DeliveryFuture, ShellError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        V: rdkafka::message::ToBytes + ?Sized,
+    {
+        loop {
+            match self.producer.send_result(rec) {
+                Ok(f) => return Ok(f),
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    back,
+                )) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => {
+                    return Err(ShellError::Kafka {
+                        action: format!("producing to {topic}"),
+                        source: e,
+                    })
+                }
+            }
+        }
+    }
+
+    pub(super) fn track(&mut self, p: i32, fut: DeliveryFuture, is_ordered: bool) {
+        if let Some(part) = self.partitions.get_mut(&p) {
+            part.sent += 1;
+            part.inflight.push_back((part.sent, fut, is_ordered));
+        }
+    }
+}
