@@ -90,6 +90,8 @@ pub struct Scenario {
     pub mean_state_interval: Duration,
     /// Fewest states per call.
     pub min_states: u32,
+    /// Adjusts the simulator's settings (GoTo variants, channel lifetimes) before it starts.
+    pub simulator: Option<fn(&mut SimulatorConfig)>,
 }
 
 /// What a scenario produced.
@@ -185,6 +187,7 @@ pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
         progress: true,
         mean_state_interval: Duration::from_millis(60),
         min_states: 3,
+        simulator: None,
     })
     .await?;
     println!("\nfaults injected by the simulator:");
@@ -243,6 +246,7 @@ pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String>
         progress,
         mean_state_interval,
         min_states,
+        simulator: adjust_simulator,
     } = scenario;
     // GoTo: the simulator, traffic held until the bridge is up.
     let mut sim_config = SimulatorConfig::default();
@@ -254,6 +258,9 @@ pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String>
     sim_config.traffic.mean_state_interval = mean_state_interval;
     sim_config.traffic.min_states = min_states;
     sim_config.faults = faults;
+    if let Some(adjust) = adjust_simulator {
+        adjust(&mut sim_config);
+    }
     let sim = simulator::start(sim_config)
         .await
         .map_err(|e| format!("simulator: {e}"))?;

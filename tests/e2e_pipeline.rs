@@ -35,6 +35,7 @@ async fn run(transport: ChannelKind, seed: u64) {
         progress: false,
         mean_state_interval: Duration::from_millis(60),
         min_states: 3,
+        simulator: None,
     })
     .await
     .expect("scenario runs");
@@ -184,6 +185,7 @@ async fn websocket_survives_disconnects_recreation_deletion_token_revocation_and
         progress: false,
         mean_state_interval: Duration::from_millis(150),
         min_states: 12,
+        simulator: None,
     })
     .await
     .expect("scenario runs");
@@ -205,4 +207,62 @@ async fn websocket_survives_disconnects_recreation_deletion_token_revocation_and
     assert!(!outcome.timed_out, "not every call completed:\n{v}");
     assert!(v.is_perfect(), "{v}");
     assert_eq!(v.completions, v.calls, "{v}");
+}
+
+/// A WebSocket channel that lives 4 s and warns 3 s before its end: the bridge refreshes it on
+/// every `WEBSOCKET_REFRESH_REQUIRED`, GoTo answers the refresh with an empty body (a variant
+/// the docs leave open), and the socket is cut every 1.5 s. The bridge must keep the socket URL
+/// across the body-less refresh and reconnect to it, never recreate for want of a URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websocket_refreshes_short_lived_channels_answered_without_a_body() {
+    callbridge::telemetry::init("human", "warn");
+    let broker = Tansu::start();
+    let mut faults = faults_for("none", 3).unwrap();
+    faults.websocket_disconnect_every = Some(Duration::from_millis(1500));
+    let outcome = run_scenario(Scenario {
+        kafka: kafka(&broker),
+        transport: ChannelKind::Websocket,
+        calls: 20,
+        rate: 4.0,
+        faults,
+        seed: 3,
+        timeout: Duration::from_secs(90),
+        progress: false,
+        mean_state_interval: Duration::from_millis(150),
+        min_states: 10,
+        simulator: Some(|c| {
+            c.channels.websocket_lifetime = Duration::from_secs(4);
+            c.channels.refresh_required_before = Duration::from_secs(3);
+            c.channels.refresh_empty_body = true;
+        }),
+    })
+    .await
+    .expect("scenario runs");
+    let v = &outcome.verification;
+    assert!(!outcome.timed_out, "not every call completed:\n{v}");
+    assert!(v.is_perfect(), "{v}");
+    let after = &outcome.metrics_after;
+    let refreshes = metric_value(
+        after,
+        "callbridge_goto_requests_total{endpoint=\"PUT /notification-channel/v1/channels/{nickname}/{channelId}\",status=\"200\"}",
+    );
+    assert!(
+        refreshes >= 2.0,
+        "the channel was never refreshed:\n{after}"
+    );
+    assert_eq!(
+        metric_value(
+            after,
+            "callbridge_channel_reconnects_total{reason=\"no_channel_url\"}"
+        ),
+        0.0,
+        "{after}"
+    );
+    assert!(
+        metric_value(
+            after,
+            "callbridge_channel_reconnects_total{reason=\"socket_error\"}"
+        ) > 0.0,
+        "the socket was never cut:\n{after}"
+    );
 }

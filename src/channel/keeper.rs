@@ -213,10 +213,19 @@ impl ChannelKeeper {
 
     /// PUT-refreshes a WebSocket channel (GoTo's answer to `WEBSOCKET_REFRESH_REQUIRED`).
     pub async fn refresh(&self, channel: &Channel) -> Result<Channel, ChannelError> {
-        self.client
+        let mut refreshed = self
+            .client
             .refresh_channel(&self.nickname, &channel.channel_id, &self.request())
             .await
-            .map_err(goto("refreshing the notification channel"))
+            .map_err(goto("refreshing the notification channel"))?;
+        // GoTo may answer a refresh without the channel's URL (or without a body at all): the
+        // socket URL does not change on refresh, so keep the one we have.
+        if let (ChannelKind::WebSocket { url: new @ None }, ChannelKind::WebSocket { url: old }) =
+            (&mut refreshed.kind, &channel.kind)
+        {
+            new.clone_from(old);
+        }
+        Ok(refreshed)
     }
 
     /// Deletes `old` (if still there), creates a new channel and subscribes it.

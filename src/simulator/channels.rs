@@ -323,6 +323,9 @@ pub async fn refresh(
         }
     }
     ch.restart_lifetime(now);
+    if sim.config.channels.refresh_empty_body {
+        return Ok(StatusCode::OK.into_response());
+    }
     Ok(Json(channel_json(&sim, ch, now)).into_response())
 }
 

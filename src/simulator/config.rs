@@ -192,6 +192,9 @@ pub struct ChannelsConfig {
     pub websocket_url_location: WebSocketUrlLocation,
     /// Largest accepted `pageSize` of the channel list (also its default).
     pub max_page_size: usize,
+    /// A refresh (`PUT …/{channelId}`) answers 200 with an empty body instead of the channel
+    /// (GoTo's demos ignore the body; whether it carries the channel is not documented).
+    pub refresh_empty_body: bool,
 }
 
 impl Default for ChannelsConfig {
@@ -208,6 +211,7 @@ impl Default for ChannelsConfig {
             websocket_type_spelling: WebSocketSpelling::WebSockets,
             websocket_url_location: WebSocketUrlLocation::ChannelData,
             max_page_size: 100,
+            refresh_empty_body: false,
         }
     }
 }
