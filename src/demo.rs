@@ -51,6 +51,19 @@ fn fault_mix(name: &str) -> Option<[f64; 5]> {
 
 /// Runs the demo; the exit code says whether the stream was perfect.
 pub async fn run(args: DemoArgs) -> ExitCode {
+    // Bad options are usage errors (64), found before anything starts.
+    let usage = faults_for(&args.faults, args.seed).err().or_else(|| {
+        (!matches!(args.transport.as_str(), "webhook" | "websocket")).then(|| {
+            format!(
+                "--transport {:?}: expected webhook or websocket",
+                args.transport
+            )
+        })
+    });
+    if let Some(e) = usage {
+        eprintln!("demo: {e}");
+        return ExitCode::from(64);
+    }
     match run_demo(&args).await {
         Ok(v) if v.is_perfect() => {
             println!("\nresult: PERFECT — every state exactly once, in order, gaps only where GoTo lost a state");

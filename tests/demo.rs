@@ -2,7 +2,7 @@
 //! + the real pipeline) must end with a perfect verification and exit 0, on both transports.
 use std::process::Command;
 
-fn demo(args: &[&str]) -> (bool, String) {
+fn demo(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_callbridge"))
         .arg("demo")
         .args(["--calls", "30", "--rate", "20"])
@@ -10,15 +10,15 @@ fn demo(args: &[&str]) -> (bool, String) {
         .output()
         .unwrap();
     (
-        out.status.success(),
+        out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     )
 }
 
 #[test]
 fn demo_over_webhook_is_perfect() {
-    let (ok, text) = demo(&["--transport", "webhook", "--faults", "harsh"]);
-    assert!(ok, "{text}");
+    let (code, text) = demo(&["--transport", "webhook", "--faults", "harsh"]);
+    assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("result: PERFECT"), "{text}");
     assert!(
         text.contains("duplicates published                          0  ok"),
@@ -28,14 +28,17 @@ fn demo_over_webhook_is_perfect() {
 
 #[test]
 fn demo_over_websocket_is_perfect() {
-    let (ok, text) = demo(&["--transport", "websocket", "--faults", "realistic"]);
-    assert!(ok, "{text}");
+    let (code, text) = demo(&["--transport", "websocket", "--faults", "realistic"]);
+    assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("result: PERFECT"), "{text}");
 }
 
 #[test]
-fn demo_refuses_an_unknown_fault_mix() {
-    let (ok, text) = demo(&["--faults", "apocalyptic"]);
-    assert!(!ok);
+fn demo_refuses_bad_options_as_usage_errors() {
+    let (code, text) = demo(&["--faults", "apocalyptic"]);
+    assert_eq!(code, Some(64), "{text}");
     assert!(text.contains("expected none, realistic or harsh"), "{text}");
+    let (code, text) = demo(&["--transport", "carrier-pigeon"]);
+    assert_eq!(code, Some(64), "{text}");
+    assert!(text.contains("expected webhook or websocket"), "{text}");
 }
