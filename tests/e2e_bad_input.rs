@@ -171,6 +171,7 @@ async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
         "callbridge_duplicates_dropped_total 1",
         "callbridge_states_published_total{origin=\"webhook\"} 1",
         "callbridge_other_source_notifications_total{outcome=\"dropped\"} 1",
+        "callbridge_goto_requests_total{endpoint=\"POST /oauth/token\",status=\"200\"} 1",
     ];
     loop {
         let text = http

@@ -11,9 +11,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use reqwest::header::{ACCEPT, RETRY_AFTER};
+use reqwest::header::ACCEPT;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::Mutex;
@@ -24,7 +24,7 @@ use super::config::{Credential, Secret};
 use super::endpoint::{Api, TOKEN};
 use super::error::GotoError;
 use super::ratelimit::RateLimiter;
-use super::retry::{parse_retry_after, retrying, RetryPolicy};
+use super::retry::{retrying, RetryPolicy};
 
 /// GoTo's documented access-token lifetime, used when a response omits `expires_in`.
 const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
@@ -246,25 +246,13 @@ impl TokenManager {
     ) -> Result<(TokenResponse, Instant), GotoError> {
         self.limiter.acquire(Api::OAuth).await;
         let sent_at = Instant::now();
-        let response = self
+        let request = self
             .http
             .post(self.token_url.clone())
             .basic_auth(&self.client_id, Some(self.client_secret.expose()))
             .header(ACCEPT, "application/json")
-            .form(&[("grant_type", grant), (field, credential.expose())])
-            .send()
-            .await
-            .map_err(|e| GotoError::transport(TOKEN, e))?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| GotoError::transport(TOKEN, e))?;
+            .form(&[("grant_type", grant), (field, credential.expose())]);
+        let (status, retry_after, body) = super::transport::exchange(TOKEN, request).await?;
         if !(200..300).contains(&status) {
             return Err(GotoError::from_token_response(
                 grant,

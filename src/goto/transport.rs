@@ -142,22 +142,7 @@ impl Transport {
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.clone());
         }
-        let sent_at = tokio::time::Instant::now();
-        let response = builder.send().await.map_err(|e| {
-            record_call(endpoint, "transport_error", sent_at);
-            GotoError::transport(endpoint, e)
-        })?;
-        let status = response.status().as_u16();
-        record_call(endpoint, response.status().as_str(), sent_at);
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| GotoError::transport(endpoint, e))?;
+        let (status, retry_after, body) = exchange(endpoint, builder).await?;
         tracing::debug!(%endpoint, status, bytes = body.len(), "GoTo answered");
         if (200..300).contains(&status) || req.also_accept.contains(&status) {
             Ok(ApiResponse { status, body })
@@ -170,6 +155,31 @@ impl Transport {
             ))
         }
     }
+}
+
+/// Sends one request and reads the whole answer: status, `Retry-After` and body. Every GoTo call
+/// (the token endpoint included) goes through here, so every one is counted and timed.
+pub(crate) async fn exchange(
+    endpoint: Endpoint,
+    builder: reqwest::RequestBuilder,
+) -> Result<(u16, Option<std::time::Duration>, Bytes), GotoError> {
+    let sent_at = tokio::time::Instant::now();
+    let response = builder.send().await.map_err(|e| {
+        record_call(endpoint, "transport_error", sent_at);
+        GotoError::transport(endpoint, e)
+    })?;
+    let status = response.status().as_u16();
+    record_call(endpoint, response.status().as_str(), sent_at);
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| GotoError::transport(endpoint, e))?;
+    Ok((status, retry_after, body))
 }
 
 /// `callbridge_goto_requests_total{endpoint,status}` and the request latency: the endpoint is
