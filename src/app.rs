@@ -7,7 +7,9 @@
 //! Shutdown is the reverse: readiness goes false, the webhook stops accepting, what was accepted
 //! is flushed, the sequencer drains, checkpoints and leaves the group.
 
-use crate::channel::{self, ChannelKeeper, ChannelState, DesiredChannel};
+use crate::channel::duty::ChannelDuty;
+use crate::channel::election::{ChannelElection, Role};
+use crate::channel::{self, ChannelState};
 use crate::config::bridge::ChannelKind;
 use crate::config::BridgeConfig;
 use crate::goto::{Credential, GotoClient, GotoClientConfig, GotoError, WebSocketTypeSpelling};
@@ -70,6 +72,7 @@ pub struct RunningBridge {
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     sequencer_handle: Option<shell::SequencerHandle>,
+    election: Option<ChannelElection>,
     ingest: Ingest,
     readiness: Readiness,
     drain_timeout: Duration,
@@ -128,13 +131,14 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
         stop_rx.clone(),
     )));
 
+    let member = member_name();
     let shell_config = ShellConfig {
         kafka: config.kafka.clone(),
         sequencer: config.sequencer.clone(),
         checkpoint_interval: config.sequencer_io.checkpoint_interval,
         takeover_timeout: config.sequencer_io.takeover_timeout,
         backfill_concurrency: config.sequencer_io.backfill_concurrency,
-        member: member_name(),
+        member: member.clone(),
     };
     let sequencer_handle = shell::spawn(
         shell_config,
@@ -150,88 +154,66 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
     )));
 
     let mut webhook_addr = None;
-    match config.channel.kind {
-        ChannelKind::Webhook => {
-            let listener = bind(listeners.webhook, config.webhook.listen).await?;
-            webhook_addr = listener.local_addr().ok();
-            let router = webhook::router(
-                ingest.clone(),
-                &config.webhook.path_prefix,
-                config.webhook.secret.clone(),
-            );
-            let mut stop = stop_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let shutdown = async move {
-                    let _ = stop.changed().await;
-                };
-                if let Err(e) = axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    tracing::error!(error = %e, "webhook server failed");
-                }
-            }));
-            let url = format!(
-                "{}/{}",
-                config.webhook.public_url.trim_end_matches('/'),
-                config.webhook.secret.expose()
-            );
-            let keeper = ChannelKeeper::new(
-                client.clone(),
-                config.channel.nickname.clone(),
-                DesiredChannel::Webhook {
-                    url: crate::secret::Secret::new(url),
-                },
-                config.goto.account_keys.clone(),
-                config.goto.events.clone(),
-            );
-            let channel = set_up_with_retry(&keeper, &config).await?;
-            let _ = channel_tx.send(ChannelState::Ready(channel.channel_id.clone()));
-            channel::catchup::catch_up(keeper.client(), &ingest, &config.goto.account_keys).await;
-            tasks.push(tokio::spawn(channel::repair_loop(
-                keeper,
-                ingest.clone(),
-                channel,
-                config.channel.repair_interval,
-                channel_tx,
-                stop_rx.clone(),
-            )));
-        }
-        ChannelKind::Websocket => {
-            let keeper = ChannelKeeper::new(
-                client.clone(),
-                config.channel.nickname.clone(),
-                DesiredChannel::WebSocket,
-                config.goto.account_keys.clone(),
-                config.goto.events.clone(),
-            );
-            let ingest = ingest.clone();
-            let settings = config.channel.clone();
-            let stop = stop_rx.clone();
-            let mut ready = channel_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) =
-                    channel::websocket::run(keeper, ingest, settings, channel_tx, stop).await
-                {
-                    tracing::error!(error = %e, "WebSocket channel stopped");
-                }
-            }));
-            // Start-up completes when the socket is up or set-up failed for good.
-            loop {
-                match &*ready.borrow_and_update() {
-                    ChannelState::Ready(_) => break,
-                    ChannelState::Failed(e) => {
-                        return Err(AppError::Channel(channel::ChannelError::Goto {
-                            context: "setting up the WebSocket channel",
-                            source: GotoError::Config { detail: e.clone() },
-                        }))
-                    }
-                    _ => {}
-                }
-                if ready.changed().await.is_err() {
-                    break;
-                }
+    if config.channel.kind == ChannelKind::Webhook {
+        // Every replica serves webhooks, owner or not: GoTo posts to the Service.
+        let listener = bind(listeners.webhook, config.webhook.listen).await?;
+        webhook_addr = listener.local_addr().ok();
+        let router = webhook::router(
+            ingest.clone(),
+            &config.webhook.path_prefix,
+            config.webhook.secret.clone(),
+        );
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.changed().await;
+            };
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "webhook server failed");
             }
+        }));
+    }
+
+    let election =
+        ChannelElection::start(&config.kafka, &member, config.channel.owner_session_timeout)?;
+    let mut role = election.role();
+    let duty = ChannelDuty {
+        client: client.clone(),
+        ingest: ingest.clone(),
+        channel: config.channel.clone(),
+        webhook: config.webhook.clone(),
+        account_keys: config.goto.account_keys.clone(),
+        events: config.goto.events.clone(),
+    };
+    tasks.push(tokio::spawn(channel::duty::follow_election(
+        duty,
+        election.role(),
+        channel_tx,
+        stop_rx.clone(),
+    )));
+    // Start-up completes once this replica knows its role and, as the owner, has the channel up
+    // (or failed for good: a missing scope or bad credentials stop the process with the fix).
+    let mut ready = channel_rx.clone();
+    loop {
+        let r = *role.borrow_and_update();
+        let c = ready.borrow_and_update().clone();
+        match (r, c) {
+            (Role::Standby, _) => break,
+            (Role::Owner, ChannelState::Ready(_)) => break,
+            (Role::Owner, ChannelState::Failed(e)) => {
+                return Err(AppError::Channel(channel::ChannelError::Goto {
+                    context: "setting up the notification channel",
+                    source: GotoError::Config { detail: e },
+                }))
+            }
+            _ => {}
+        }
+        tokio::select! {
+            changed = role.changed() => if changed.is_err() { break },
+            changed = ready.changed() => if changed.is_err() { break },
         }
     }
     Ok(RunningBridge {
@@ -242,33 +224,11 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
         stop: stop_tx,
         tasks,
         sequencer_handle: Some(sequencer_handle),
+        election: Some(election),
         ingest,
         readiness,
         drain_timeout: config.shutdown.timeout,
     })
-}
-
-async fn set_up_with_retry(
-    keeper: &ChannelKeeper,
-    config: &BridgeConfig,
-) -> Result<crate::goto::Channel, AppError> {
-    let mut delay = config.channel.reconnect_base;
-    loop {
-        let attempt = async {
-            let c = keeper.ensure_channel().await?;
-            keeper.ensure_subscriptions(&c).await?;
-            Ok::<_, channel::ChannelError>(c)
-        };
-        match attempt.await {
-            Ok(c) => return Ok(c),
-            Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, ?delay, "channel set-up failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(config.channel.reconnect_max);
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
 
 /// Every 2 s: is Kafka reachable (for `/readyz`), and how deep is ingest's producer queue.
@@ -314,6 +274,11 @@ impl RunningBridge {
             tokio::task::spawn_blocking(move || writer.flush(flush_for)),
         )
         .await;
+        // Hand the channel over early: the next owner can set it up while this one drains.
+        if let Some(e) = self.election.take() {
+            let _ = tokio::time::timeout(left(), tokio::task::spawn_blocking(move || e.shutdown()))
+                .await;
+        }
         if let Some(h) = self.sequencer_handle.take() {
             let _ = tokio::time::timeout(left(), tokio::task::spawn_blocking(move || h.shutdown()))
                 .await;

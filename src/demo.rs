@@ -186,6 +186,7 @@ pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
         kafka.topics.ordered.clone(),
         kafka.topics.changelog.clone(),
         kafka.topics.dead_letter.clone(),
+        kafka.topics.channel_owner.clone(),
     ];
     let cluster = MockKafka::start(&topic_names, partitions)?;
     kafka.bootstrap_servers = cluster.bootstrap.clone();

@@ -3,11 +3,15 @@
 //! - [`keeper`]: find-or-create, subscribe (checking every 207 item), refresh, recreate, repair.
 //! - [`websocket`]: the WebSocket session (pings, reconnects, control messages).
 //! - [`catchup`]: after an outage, the active calls' last states go to the raw topic.
+//! - [`election`]: which replica owns the channel (a Kafka consumer group).
+//! - [`duty`]: what the owner runs while it owns it.
 //!
 //! The webhook side has no session: the HTTP server lives in [`crate::ingest::webhook`], and the
 //! keeper's repair loop is all it needs.
 
 pub mod catchup;
+pub mod duty;
+pub mod election;
 pub mod keeper;
 pub mod websocket;
 
@@ -24,6 +28,8 @@ pub enum ChannelState {
     Down(String),
     /// A permanent problem stopped it; holds the error.
     Failed(String),
+    /// Another replica owns the channel; this one only ingests and sequences.
+    Standby,
 }
 
 /// Repairs the channel every `interval` until `shutdown`; webhook mode's keep-alive. After a

@@ -145,6 +145,10 @@ pub struct ChannelSettings {
     /// Longest reconnect delay.
     #[serde(with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// How long a channel owner that stopped answering Kafka keeps ownership before another
+    /// replica takes the channel over (the election group's `session.timeout.ms`).
+    #[serde(with = "humantime_serde")]
+    pub owner_session_timeout: Duration,
 }
 
 impl Default for ChannelSettings {
@@ -159,6 +163,7 @@ impl Default for ChannelSettings {
             max_missed_pongs: 3,
             reconnect_base: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
+            owner_session_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -472,6 +477,15 @@ impl BridgeConfig {
                 "channel.ping_interval",
                 "0s",
                 "a duration > 0, e.g. \"8s\"",
+            ));
+        }
+        if c.owner_session_timeout < Duration::from_secs(1)
+            || c.owner_session_timeout > Duration::from_secs(300)
+        {
+            report.push(Invalid::new(
+                "channel.owner_session_timeout",
+                &humantime::format_duration(c.owner_session_timeout).to_string(),
+                "between 1s and 5m, within the broker's group.min/max.session.timeout.ms (e.g. \"10s\")",
             ));
         }
         if c.kind == ChannelKind::Webhook {

@@ -139,6 +139,9 @@ pub struct TopicsConfig {
     /// Where notifications of other sources (reports, recordings…) go; counted and dropped
     /// when unset.
     pub other_sources: Option<String>,
+    /// One-partition topic whose consumer group elects the replica that owns the GoTo channel
+    /// (no records are written to it).
+    pub channel_owner: String,
     /// Partitions of `raw`, `ordered` and `changelog` when callbridge creates them.
     pub partitions: i32,
     /// Replication factor of topics callbridge creates.
@@ -155,6 +158,7 @@ impl Default for TopicsConfig {
             changelog: "callbridge.changelog".into(),
             dead_letter: "callbridge.dead-letter".into(),
             other_sources: None,
+            channel_owner: "callbridge.channel-owner".into(),
             partitions: 12,
             replication_factor: 3,
             create: true,
@@ -238,6 +242,7 @@ impl KafkaConfig {
             ("kafka.topics.ordered", &topics.ordered),
             ("kafka.topics.changelog", &topics.changelog),
             ("kafka.topics.dead_letter", &topics.dead_letter),
+            ("kafka.topics.channel_owner", &topics.channel_owner),
         ] {
             if !valid_topic_name(name) {
                 report.push(Invalid::new(
@@ -252,6 +257,7 @@ impl KafkaConfig {
             &topics.ordered,
             &topics.changelog,
             &topics.dead_letter,
+            &topics.channel_owner,
         ];
         for (i, a) in names.iter().enumerate() {
             if names[i + 1..].contains(a) {

@@ -89,6 +89,7 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<TopicLayout, TopicErr
     if let Some(other) = &t.other_sources {
         wanted.push((other, false));
     }
+    wanted.push((&t.channel_owner, false));
     let existing = partition_counts(&admin, &wanted, Duration::from_secs(10))
         .map_err(kafka("reading topic metadata"))?;
     let missing: Vec<&str> = wanted
@@ -107,9 +108,15 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<TopicLayout, TopicErr
         let new: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|name| {
+                // The election needs exactly one partition to hold.
+                let partitions = if *name == t.channel_owner {
+                    1
+                } else {
+                    t.partitions
+                };
                 let topic = NewTopic::new(
                     name,
-                    t.partitions,
+                    partitions,
                     TopicReplication::Fixed(t.replication_factor),
                 );
                 if *name == t.changelog {

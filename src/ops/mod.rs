@@ -68,7 +68,8 @@ impl Readiness {
 
     fn report(&self) -> (bool, serde_json::Value) {
         let channel = self.channel.borrow().clone();
-        let channel_ok = matches!(channel, ChannelState::Ready(_));
+        // A standby replica does not hold the channel, yet serves webhooks and its partitions.
+        let channel_ok = matches!(channel, ChannelState::Ready(_) | ChannelState::Standby);
         let (joined, partitions) = self
             .sequencer
             .lock()

@@ -107,6 +107,11 @@ impl SimulatorControl {
         write_ground_truth(&self.sim)
     }
 
+    /// Ids of the channels that exist now.
+    pub fn channel_ids(&self) -> Vec<String> {
+        self.sim.world().channels.keys().cloned().collect()
+    }
+
     /// Invalidate every access token.
     pub fn revoke_tokens(&self) {
         actions::revoke_tokens(&self.sim);

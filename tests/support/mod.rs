@@ -1,3 +1,4 @@
 //! Shared test harness: real brokers and helpers, no fakes.
 #![allow(dead_code)]
+pub mod cluster;
 pub mod tansu;

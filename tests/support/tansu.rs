@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 /// A running tansu broker.
 pub struct Tansu {
-    child: Child,
+    child: Option<Child>,
     port: u16,
+    workdir: PathBuf,
+    storage: String,
     _dir: TempDir,
 }
 
@@ -33,10 +35,42 @@ impl Tansu {
         } else {
             "memory://tansu/".to_string()
         };
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.0.join("tansu.log")).expect("tansu log file");
+        let mut broker = Tansu {
+            child: None,
+            port,
+            workdir,
+            storage,
+            _dir: dir,
+        };
+        broker.restart();
+        broker
+    }
+
+    /// Kills the broker (SIGKILL): clients see connections refused until [`Tansu::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// True while the broker process runs.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts the broker again on the same port and storage (data survives with `sqlite://`),
+    /// and waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self._dir.0.join("tansu.log"))
+            .expect("tansu log file");
         let child = Command::new(tansu_bin())
-            .current_dir(&workdir)
+            .current_dir(&self.workdir)
             .args([
                 "broker",
                 "--listener-url",
@@ -44,7 +78,7 @@ impl Tansu {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", &storage])
+            .args(["--storage-engine", &self.storage])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -54,13 +88,8 @@ impl Tansu {
                     tansu_bin().display()
                 )
             });
-        let broker = Tansu {
-            child,
-            port,
-            _dir: dir,
-        };
-        broker.wait_ready();
-        broker
+        self.child = Some(child);
+        self.wait_ready();
     }
 
     /// `host:port` for `bootstrap.servers`.
@@ -93,8 +122,7 @@ impl Tansu {
 
 impl Drop for Tansu {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 

@@ -1,0 +1,967 @@
+//! Fuzzes `callbridge::sequencer::PartitionSequencer` with arbitrary sequences of shell calls and
+//! checks, after every call, what the sequencer promises against an oracle kept here.
+//!
+//! # Input format (hand-decoded, so seeds can be written by hand)
+//! Byte 0 picks the timing preset ([`preset`]), byte 1 the ENDING sequence of each of the four
+//! conversations (2 bits each: 3, 7, 11 or 15). Then operations, one opcode byte each
+//! (`% 16`) followed by its argument bytes (missing bytes read as 0):
+//! - `0..=5` state `[conv, seq, flags, dt]`: `seq` byte 255 → 0, 254 → `u64::MAX`,
+//!   253 → `u64::MAX - 1`, else `1 + b % 20`; flags bits 0-1 content variant (0/1 the genuine
+//!   state, 2/3 a conflicting copy whose ENDING flag is bit 2), bits 3-4 origin, bit 6 reuse an
+//!   earlier raw offset, bits 6+7 no offset; time advances by `dt` units first.
+//! - `6` tick `[hi, lo]`: advance `(hi << 8 | lo)` units, `on_tick`.
+//! - `7`, `15` tick at the next deadline.
+//! - `8`, `9` answer a pending back-fill `[which, kind, mask_hi, mask_lo, extra]`.
+//! - `10` an unsolicited answer `[conv, from, to, kind, mask, extra]`.
+//! - `11` `take_dirty` (write the changelog).
+//! - `12` `restore` `[conv, mode, next, flags]`.
+//! - `13` `observe_*` `[conv, kind, seq]`.
+//! - `14` takeover: a new sequencer restored from the changelog plus the ordered topic beyond it.
+//!
+//! # Invariants checked
+//! Per conversation (an "incarnation" ends when it is evicted):
+//! - published sequence numbers and gap records are contiguous from `next` and strictly
+//!   increasing; a gap never covers a held state; nothing is published after the completion, and
+//!   a completion follows exactly the publication of an ENDING state, with the right gap count;
+//! - every published/dead-lettered payload is one that was delivered for that conversation and
+//!   sequence, is emitted once, and a held state is the one published (first seen wins);
+//! - dead letters have a reason that holds (a conflicting duplicate really differs, an
+//!   after-ending state really is above an ENDING, invalid sequences are 0/`u64::MAX`); a late
+//!   duplicate inside the conflict window with another fingerprint is never silently dropped, nor
+//!   is a conflicting copy of a held state;
+//! - back-fill requests: never two in flight, `from == next`, a gap request ends just below the
+//!   first held state, a probe only when nothing is held;
+//! - `checkpoint()` equals the oracle's next/ended/gap count; `stats()` held/open/closed/gap
+//!   gauges match; `raw_low_watermark()` is exactly the smallest raw offset of a held live state;
+//! - eviction only as documented (abandon after `abandon_after` of inactivity, closed after
+//!   `closed_retention`), and `take_dirty` reports every changed conversation and every tombstone;
+//! - a takeover never republishes: the new owner's `next` is above everything published;
+//! - liveness: answering every request and ticking to each deadline empties the sequencer
+//!   (nothing held, no watermark, no deadline).
+
+#![no_main]
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use callbridge::notification::fnv1a64;
+use callbridge::sequencer::{
+    Action, BackfillOutcome, ConversationCheckpoint, DeadLetterReason, GapReason, IncomingState,
+    Origin, PartitionSequencer, SequencerConfig, Timestamp, CONFLICT_WINDOW,
+};
+use libfuzzer_sys::fuzz_target;
+
+const CONVS: [&str; 4] = ["conv-a", "conv-b", "conv-c", "conv-d"];
+const MAX_OPS: usize = 400;
+const DRAIN_STEPS: usize = 100_000;
+
+fuzz_target!(|data: &[u8]| run(data));
+
+fn run(data: &[u8]) {
+    let mut input = Bytes { data, pos: 0 };
+    let (config, unit) = preset(&mut input);
+    let ends_byte = input.byte();
+    let ends: [u64; 4] = std::array::from_fn(|c| 3 + 4 * u64::from((ends_byte >> (2 * c)) & 3));
+    let mut h = Harness::new(config, unit, ends);
+    let mut ops = 0;
+    while !input.done() && ops < MAX_OPS {
+        ops += 1;
+        let op = input.byte() % 16;
+        match op {
+            0..=5 => {
+                let (c, sb, flags, dt) = (input.byte(), input.byte(), input.byte(), input.byte());
+                h.advance(u64::from(dt));
+                h.live_state(usize::from(c) % 4, seq_from(sb), flags);
+            }
+            6 => {
+                let units = u64::from(input.byte()) << 8 | u64::from(input.byte());
+                h.advance(units);
+                h.tick();
+            }
+            7 | 15 => h.tick_to_deadline(),
+            8 | 9 => {
+                let (which, kind) = (input.byte(), input.byte());
+                let mask = u16::from(input.byte()) << 8 | u16::from(input.byte());
+                let extra = input.byte();
+                h.answer_pending(usize::from(which), kind, mask, extra);
+            }
+            10 => {
+                let (c, from, to) = (input.byte(), input.byte(), input.byte());
+                let (kind, mask, extra) = (input.byte(), input.byte(), input.byte());
+                let from = u64::from(from % 22);
+                let to = (to != 0).then(|| from + u64::from(to % 6));
+                h.answer(usize::from(c) % 4, from, to, kind, u16::from(mask), extra);
+            }
+            11 => h.take_dirty(),
+            12 => {
+                let (c, mode, next, flags) = (input.byte(), input.byte(), input.byte(), input.byte());
+                h.restore(usize::from(c) % 4, mode, next, flags);
+            }
+            13 => {
+                let (c, kind, sb) = (input.byte(), input.byte(), input.byte());
+                h.observe(usize::from(c) % 4, kind, seq_from(sb));
+            }
+            14 => h.takeover(),
+            _ => unreachable!(),
+        }
+    }
+    h.drain();
+}
+
+fn seq_from(b: u8) -> u64 {
+    match b {
+        255 => 0,
+        254 => u64::MAX,
+        253 => u64::MAX - 1,
+        b => 1 + u64::from(b % 20),
+    }
+}
+
+/// Timing rules and the length of one time unit in the input, in milliseconds.
+fn preset(input: &mut Bytes<'_>) -> (SequencerConfig, u64) {
+    let ms = Duration::from_millis;
+    match input.byte() % 5 {
+        0 => (SequencerConfig::default(), 100),
+        1 => (
+            SequencerConfig {
+                gap_timeout: ms(10),
+                backfill_retry_base: ms(5),
+                backfill_retry_max: ms(40),
+                backfill_max_wait: ms(200),
+                confirm_gone_after: 2,
+                idle_probe_after: ms(100),
+                abandon_after: ms(2_000),
+                closed_retention: ms(500),
+            },
+            1,
+        ),
+        // Everything at once: zero timeouts, a single answer declares a state gone.
+        2 => (
+            SequencerConfig {
+                gap_timeout: ms(0),
+                backfill_retry_base: ms(0),
+                backfill_retry_max: ms(0),
+                backfill_max_wait: ms(0),
+                confirm_gone_after: 0,
+                idle_probe_after: ms(1),
+                abandon_after: ms(50),
+                closed_retention: ms(0),
+            },
+            1,
+        ),
+        3 => (
+            SequencerConfig {
+                gap_timeout: ms(50),
+                backfill_retry_base: ms(20),
+                backfill_retry_max: ms(100),
+                backfill_max_wait: ms(10_000),
+                confirm_gone_after: 4,
+                idle_probe_after: ms(300),
+                abandon_after: ms(5_000),
+                closed_retention: ms(2_000),
+            },
+            5,
+        ),
+        _ => {
+            let mut b = || u64::from(input.byte());
+            (
+                SequencerConfig {
+                    gap_timeout: ms(b() * 10),
+                    backfill_retry_base: ms(b() * 5),
+                    backfill_retry_max: ms(b() * 20),
+                    backfill_max_wait: ms(b() * 100),
+                    confirm_gone_after: (b() % 5) as u32,
+                    idle_probe_after: ms((b() + 1) * 20),
+                    abandon_after: ms((b() + 1) * 200),
+                    closed_retention: ms(b() * 50),
+                },
+                2,
+            )
+        }
+    }
+}
+
+struct Bytes<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Bytes<'_> {
+    fn byte(&mut self) -> u8 {
+        let b = self.data.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        b
+    }
+
+    fn done(&self) -> bool {
+        self.pos >= self.data.len()
+    }
+}
+
+// ---- the oracle -----------------------------------------------------------------------------------
+
+/// One delivered state; its index is the payload handed to the sequencer.
+#[derive(Debug, Clone, Copy)]
+struct Delivery {
+    conv: usize,
+    seq: u64,
+    fingerprint: u64,
+    is_ending: bool,
+    origin: Origin,
+    /// What the sequencer must count for the watermark (`None` for back-fill answers).
+    offset: Option<i64>,
+}
+
+/// The oracle's view of one conversation incarnation.
+#[derive(Debug)]
+struct Conv {
+    next: u64,
+    ended: bool,
+    gap_count: u32,
+    /// Lower bound of the sequencer's `last_activity`.
+    active_since: Timestamp,
+    /// Lower bound of the time it closed (None: unknown).
+    closed_at: Option<Timestamp>,
+    /// Held states: sequence → payload.
+    held: BTreeMap<u64, u32>,
+    /// Fingerprints published in this incarnation by this sequencer (for the conflict window).
+    published: BTreeMap<u64, u64>,
+    /// Highest sequence published or declared a gap in this incarnation (0: none).
+    max_resolved: u64,
+    /// Checkpoint changed since the last `take_dirty`.
+    dirty: bool,
+}
+
+impl Conv {
+    fn new(now: Timestamp) -> Self {
+        Conv {
+            next: 1,
+            ended: false,
+            gap_count: 0,
+            active_since: now,
+            closed_at: None,
+            held: BTreeMap::new(),
+            published: BTreeMap::new(),
+            max_resolved: 0,
+            dirty: false,
+        }
+    }
+
+    fn checkpoint(&self) -> ConversationCheckpoint {
+        ConversationCheckpoint {
+            next_sequence: self.next,
+            ended: self.ended,
+            gap_count: self.gap_count,
+        }
+    }
+
+    /// `next` moves to `next` without publishing (restore / observed output).
+    fn skip_to(&mut self, next: u64) {
+        self.next = next;
+        self.held.retain(|&s, _| s >= next);
+    }
+
+    fn close_quietly(&mut self) {
+        self.ended = true;
+        self.held.clear();
+        self.closed_at = Some(self.active_since);
+    }
+}
+
+/// One record of the ordered topic.
+#[derive(Debug, Clone, Copy)]
+enum Record {
+    Published(u64),
+    Gap(u64, u64),
+    Completion,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    State,
+    Backfill,
+    Tick,
+    Other,
+}
+
+struct Harness {
+    seq: PartitionSequencer<u32>,
+    config: SequencerConfig,
+    unit: u64,
+    now: Timestamp,
+    ends: [u64; 4],
+    convs: [Option<Conv>; 4],
+    deliveries: Vec<Delivery>,
+    emitted: HashSet<u32>,
+    /// Back-fill requests not yet answered, oldest first: (conv, from, to).
+    pending: Vec<(usize, u64, Option<u64>)>,
+    next_offset: i64,
+    /// Evicted since the last `take_dirty`: a tombstone is owed.
+    tombstones: HashSet<usize>,
+    changelog: BTreeMap<usize, ConversationCheckpoint>,
+    topic: Vec<(usize, Record)>,
+    /// Topic length the changelog covers (as of the last `take_dirty`).
+    indexed_upto: usize,
+}
+
+impl Harness {
+    fn new(config: SequencerConfig, unit: u64, ends: [u64; 4]) -> Self {
+        Harness {
+            seq: PartitionSequencer::new(config.clone()),
+            config,
+            unit,
+            now: Timestamp(1_000_000),
+            ends,
+            convs: Default::default(),
+            deliveries: Vec::new(),
+            emitted: HashSet::new(),
+            pending: Vec::new(),
+            next_offset: 0,
+            tombstones: HashSet::new(),
+            changelog: BTreeMap::new(),
+            topic: Vec::new(),
+            indexed_upto: 0,
+        }
+    }
+
+    fn advance(&mut self, units: u64) {
+        self.now = Timestamp(self.now.0.saturating_add(units.saturating_mul(self.unit)));
+    }
+
+    fn fingerprint(c: usize, seq: u64, variant: u8, is_ending: bool) -> u64 {
+        fnv1a64(format!("{c}/{seq}/{variant}/{is_ending}").as_bytes())
+    }
+
+    /// A state as GoTo has it (variant 0) or a conflicting copy.
+    fn state(&mut self, c: usize, seq: u64, variant: u8, ending_bit: bool) -> (u64, bool) {
+        let is_ending = if variant == 0 {
+            seq == self.ends[c]
+        } else {
+            ending_bit
+        };
+        (Self::fingerprint(c, seq, variant, is_ending), is_ending)
+    }
+
+    fn deliver(&mut self, d: Delivery, given_offset: Option<i64>) -> IncomingState<u32> {
+        let payload = u32::try_from(self.deliveries.len()).expect("few deliveries");
+        self.deliveries.push(d);
+        IncomingState {
+            sequence_number: d.seq,
+            fingerprint: d.fingerprint,
+            is_ending: d.is_ending,
+            origin: d.origin,
+            raw_offset: given_offset,
+            payload,
+        }
+    }
+
+    fn ensure_conv(&mut self, c: usize) {
+        if self.convs[c].is_none() {
+            self.convs[c] = Some(Conv::new(self.now));
+        }
+    }
+
+    // ---- operations ------------------------------------------------------------------------
+
+    fn live_state(&mut self, c: usize, seq: u64, flags: u8) {
+        let v = flags & 3;
+        let variant = v.saturating_sub(1);
+        let (fingerprint, is_ending) = self.state(c, seq, variant, flags & 4 != 0);
+        let origin = match (flags >> 3) & 3 {
+            0 | 3 => Origin::Webhook,
+            1 => Origin::WebSocket,
+            _ => Origin::Backfill,
+        };
+        let offset = match flags >> 6 {
+            3 => None,
+            1 if self.next_offset > 0 => Some(self.next_offset - 1 - i64::from(flags & 3).min(self.next_offset - 1)),
+            _ => {
+                self.next_offset += 1;
+                Some(self.next_offset - 1)
+            }
+        };
+        let d = Delivery {
+            conv: c,
+            seq,
+            fingerprint,
+            is_ending,
+            origin,
+            offset,
+        };
+        let s = self.deliver(d, offset);
+        let payload = s.payload;
+        self.ensure_conv(c);
+        let next_before = self.conv(c).next;
+        let mut out = Vec::new();
+        let now = self.now;
+        self.seq.on_state(CONVS[c], s, now, &mut out);
+        self.process(Call::State, &[payload], out);
+
+        // A late duplicate inside the conflict window with another fingerprint must have been
+        // dead-lettered, not dropped.
+        if !self.emitted.contains(&payload) && seq < next_before && next_before - seq <= CONFLICT_WINDOW
+        {
+            if let Some(o) = &self.convs[c] {
+                if let Some(&published) = o.published.get(&seq) {
+                    assert!(
+                        fold(published) == fold(fingerprint),
+                        "conflicting duplicate of published {c}/{seq} dropped silently (next {next_before})"
+                    );
+                }
+            }
+        }
+        self.check();
+    }
+
+    fn tick(&mut self) {
+        let mut out = Vec::new();
+        let now = self.now;
+        self.seq.on_tick(now, &mut out);
+        self.process(Call::Tick, &[], out);
+        self.check();
+    }
+
+    fn tick_to_deadline(&mut self) {
+        if let Some(d) = self.seq.next_deadline() {
+            self.now = self.now.max(d);
+        }
+        self.tick();
+    }
+
+    fn answer_pending(&mut self, which: usize, kind: u8, mask: u16, extra: u8) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let (c, from, to) = self.pending[which % self.pending.len()];
+        self.answer(c, from, to, kind, mask, extra);
+    }
+
+    /// Answers `(c, from, to)`: the request in flight if it matches one, else an unsolicited one.
+    fn answer(&mut self, c: usize, from: u64, to: Option<u64>, kind: u8, mask: u16, extra: u8) {
+        if let Some(i) = self.pending.iter().position(|p| *p == (c, from, to)) {
+            self.pending.remove(i);
+        }
+        let mut payloads = Vec::new();
+        let outcome = match kind % 6 {
+            0 | 1 => {
+                let mut states = Vec::new();
+                let last = to.unwrap_or(from.saturating_add(15)).min(from.saturating_add(15));
+                let mut seqs: Vec<u64> = (from..=last)
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, s)| s)
+                    .collect();
+                if extra & 1 != 0 {
+                    seqs.push(last.saturating_add(1)); // outside the range
+                }
+                if extra & 2 != 0 {
+                    seqs.reverse();
+                }
+                for s in seqs {
+                    // Mostly the genuine state; bit 2 makes every third one a conflicting copy.
+                    let variant = if extra & 4 != 0 && s % 3 == 0 { 1 } else { 0 };
+                    let (fingerprint, is_ending) = self.state(c, s, variant, extra & 8 != 0);
+                    let d = Delivery {
+                        conv: c,
+                        seq: s,
+                        fingerprint,
+                        is_ending,
+                        origin: Origin::Backfill,
+                        offset: None,
+                    };
+                    // The shell may pass anything; the sequencer must drop raw offsets here.
+                    let st = self.deliver(d, Some(i64::from(extra)));
+                    payloads.push(st.payload);
+                    states.push(st);
+                }
+                BackfillOutcome::Answered(states)
+            }
+            2 => BackfillOutcome::Answered(Vec::new()),
+            3 => BackfillOutcome::NotFound,
+            4 => BackfillOutcome::Failed { retryable: true },
+            _ => BackfillOutcome::Failed { retryable: false },
+        };
+        let known = self.convs[c].is_some();
+        let mut out = Vec::new();
+        let now = self.now;
+        self.seq.on_backfill(CONVS[c], from, to, outcome, now, &mut out);
+        if !known {
+            assert!(out.is_empty(), "answer for an unknown conversation acted: {out:?}");
+        }
+        self.process(Call::Backfill, &payloads, out);
+        self.check();
+    }
+
+    fn take_dirty(&mut self) {
+        let dirty = self.seq.take_dirty();
+        let mut seen = HashSet::new();
+        for (id, cp) in &dirty {
+            let c = conv_index(id);
+            assert!(seen.insert(c), "take_dirty lists {id} twice");
+            assert_eq!(*cp, self.seq.checkpoint(id), "take_dirty checkpoint of {id}");
+        }
+        for c in 0..4 {
+            let owed = self.tombstones.contains(&c) || self.convs[c].as_ref().is_some_and(|o| o.dirty);
+            assert!(!owed || seen.contains(&c), "take_dirty misses {}", CONVS[c]);
+        }
+        for (id, cp) in dirty {
+            let c = conv_index(&id);
+            match cp {
+                Some(cp) => {
+                    self.changelog.insert(c, cp);
+                }
+                None => {
+                    self.changelog.remove(&c);
+                }
+            }
+        }
+        for o in self.convs.iter_mut().flatten() {
+            o.dirty = false;
+        }
+        self.tombstones.clear();
+        self.indexed_upto = self.topic.len();
+        self.check();
+    }
+
+    fn restore(&mut self, c: usize, mode: u8, next: u8, flags: u8) {
+        let cp = match self.changelog.get(&c) {
+            Some(cp) if mode & 1 == 0 => *cp,
+            _ => ConversationCheckpoint {
+                next_sequence: u64::from(next % 23),
+                ended: flags & 1 != 0,
+                gap_count: u32::from(flags >> 1 & 3),
+            },
+        };
+        self.ensure_conv(c);
+        let now = self.now;
+        self.seq.restore(CONVS[c], cp, now);
+        let o = self.conv_mut(c);
+        let next = cp.next_sequence.max(1);
+        if next > o.next {
+            o.skip_to(next);
+        }
+        o.gap_count = o.gap_count.max(cp.gap_count);
+        if cp.ended && !o.ended {
+            o.close_quietly();
+        }
+        self.check();
+    }
+
+    fn observe(&mut self, c: usize, kind: u8, seq: u64) {
+        self.ensure_conv(c);
+        let now = self.now;
+        match kind % 3 {
+            0 => {
+                self.seq.observe_published(CONVS[c], seq);
+                let o = self.conv_mut(c);
+                if seq >= o.next && seq < u64::MAX {
+                    o.skip_to(seq + 1);
+                    o.dirty = true;
+                }
+            }
+            1 => {
+                let from = seq.saturating_sub(2).max(1);
+                self.seq.observe_gap(CONVS[c], from, seq);
+                let o = self.conv_mut(c);
+                if seq >= o.next && seq < u64::MAX {
+                    o.skip_to(seq + 1);
+                    o.gap_count = o.gap_count.saturating_add(1);
+                    o.dirty = true;
+                }
+            }
+            _ => {
+                self.seq.observe_completion(CONVS[c]);
+                let o = self.conv_mut(c);
+                if !o.ended {
+                    o.close_quietly();
+                    o.closed_at = Some(now);
+                    o.dirty = true;
+                }
+            }
+        }
+        self.check();
+    }
+
+    /// The owner dies (held states and requests in flight are lost); a new one restores the
+    /// changelog, then replays the ordered topic beyond what the changelog covers.
+    fn takeover(&mut self) {
+        let now = self.now;
+        self.seq = PartitionSequencer::new(self.config.clone());
+        for (c, cp) in &self.changelog {
+            self.seq.restore(CONVS[*c], *cp, now);
+        }
+        for (c, r) in &self.topic[self.indexed_upto..] {
+            match *r {
+                Record::Published(s) => self.seq.observe_published(CONVS[*c], s),
+                Record::Gap(from, to) => self.seq.observe_gap(CONVS[*c], from, to),
+                Record::Completion => self.seq.observe_completion(CONVS[*c]),
+            }
+        }
+        self.pending.clear();
+        self.tombstones.clear();
+        for c in 0..4 {
+            let cp = self.seq.checkpoint(CONVS[c]);
+            if let (Some(o), Some(cp)) = (&self.convs[c], cp) {
+                assert!(
+                    cp.next_sequence > o.max_resolved,
+                    "takeover would republish {}: next {} but {} already in the topic",
+                    CONVS[c],
+                    cp.next_sequence,
+                    o.max_resolved
+                );
+            }
+            assert!(
+                cp.is_some() || self.convs[c].as_ref().is_none_or(|o| o.max_resolved == 0),
+                "takeover forgot {} although the topic has its states",
+                CONVS[c]
+            );
+            self.convs[c] = cp.map(|cp| {
+                let mut o = Conv::new(now);
+                o.next = cp.next_sequence;
+                o.ended = cp.ended;
+                o.gap_count = cp.gap_count;
+                o.closed_at = cp.ended.then_some(now);
+                // Restored and observed conversations may or may not be dirty; don't insist.
+                o.max_resolved = cp.next_sequence - 1;
+                o
+            });
+        }
+        // Whatever the new owner marked dirty is fine to report; start the owed set afresh.
+        self.check();
+    }
+
+    /// Liveness: answer every request (NotFound) and tick to every deadline until the
+    /// sequencer has forgotten everything.
+    fn drain(&mut self) {
+        for _ in 0..DRAIN_STEPS {
+            if let Some(&(c, from, to)) = self.pending.first() {
+                self.answer(c, from, to, 3, 0, 0);
+                continue;
+            }
+            let Some(d) = self.seq.next_deadline() else {
+                assert!(self.seq.is_empty(), "conversations left without a deadline");
+                assert_eq!(self.seq.raw_low_watermark(), None, "watermark after drain");
+                assert_eq!(self.seq.stats().held_states, 0, "held after drain");
+                return;
+            };
+            self.now = Timestamp(self.now.0.saturating_add(1).max(d.0));
+            self.tick();
+        }
+        panic!(
+            "no quiescence after {DRAIN_STEPS} steps: {} conversations, deadline {:?}",
+            self.seq.len(),
+            self.seq.next_deadline()
+        );
+    }
+
+    // ---- checking actions ------------------------------------------------------------------
+
+    fn conv(&self, c: usize) -> &Conv {
+        self.convs[c].as_ref().expect("oracle knows the conversation")
+    }
+
+    fn conv_mut(&mut self, c: usize) -> &mut Conv {
+        self.convs[c].as_mut().expect("oracle knows the conversation")
+    }
+
+    /// Checks the actions of one call in order and updates the oracle.
+    fn process(&mut self, call: Call, delivered: &[u32], out: Vec<Action<u32>>) {
+        let now = self.now;
+        let mut expect_completion: Option<(usize, u64)> = None;
+        let mut abandoned = HashSet::new();
+        for a in out {
+            if let Some((ec, es)) = expect_completion {
+                assert!(
+                    matches!(&a, Action::PublishCompletion { conversation, last_sequence, .. }
+                        if conv_index(conversation) == ec && *last_sequence == es),
+                    "ENDING {}/{es} published without its completion right after: {a:?}",
+                    CONVS[ec]
+                );
+            }
+            match a {
+                Action::Publish {
+                    conversation,
+                    sequence_number: seq,
+                    origin,
+                    payload,
+                } => {
+                    let c = conv_index(&conversation);
+                    let d = self.deliveries[payload as usize];
+                    assert!(self.emitted.insert(payload), "payload {payload} emitted twice");
+                    let fresh = delivered.contains(&payload);
+                    let o = self.convs[c].as_mut().expect("publish for an unknown conversation");
+                    assert!(!o.ended, "{conversation}/{seq} published after completion");
+                    assert_eq!(seq, o.next, "{conversation}: published {seq}, expected {}", o.next);
+                    assert!(seq < u64::MAX);
+                    assert_eq!((d.conv, d.seq), (c, seq), "published payload of another state");
+                    assert_eq!(origin, d.origin, "published with another origin");
+                    match o.held.remove(&seq) {
+                        Some(h) => assert_eq!(h, payload, "{conversation}/{seq}: held state not the one published"),
+                        None => assert!(fresh, "{conversation}/{seq}: published a state that was not held"),
+                    }
+                    o.next = seq + 1;
+                    o.max_resolved = seq;
+                    o.published.insert(seq, d.fingerprint);
+                    o.active_since = now;
+                    o.dirty = true;
+                    self.topic.push((c, Record::Published(seq)));
+                    if d.is_ending {
+                        expect_completion = Some((c, seq));
+                    }
+                }
+                Action::PublishGap {
+                    conversation,
+                    from,
+                    to,
+                    reason,
+                } => {
+                    let c = conv_index(&conversation);
+                    assert_eq!(call, Call::Backfill, "gap outside a back-fill answer");
+                    let o = self.convs[c].as_mut().expect("gap for an unknown conversation");
+                    assert!(!o.ended, "{conversation}: gap after completion");
+                    assert_eq!(from, o.next, "{conversation}: gap {from}..={to}, expected from {}", o.next);
+                    assert!(from <= to && to < u64::MAX, "{conversation}: gap {from}..={to}");
+                    let first_held = o.held.keys().next().copied();
+                    assert!(
+                        first_held.is_some_and(|h| h > to),
+                        "{conversation}: gap {from}..={to} without a held state above it ({first_held:?})"
+                    );
+                    if let GapReason::BackfillFailed { attempts } = reason {
+                        assert!(attempts >= 1, "BackfillFailed with 0 attempts");
+                    }
+                    o.next = to + 1;
+                    o.max_resolved = to;
+                    o.gap_count = o.gap_count.saturating_add(1);
+                    o.dirty = true;
+                    self.topic.push((c, Record::Gap(from, to)));
+                }
+                Action::PublishCompletion {
+                    conversation,
+                    last_sequence,
+                    gap_count,
+                } => {
+                    let c = conv_index(&conversation);
+                    assert_eq!(expect_completion, Some((c, last_sequence)), "completion without ENDING");
+                    expect_completion = None;
+                    let o = self.convs[c].as_mut().expect("completion for an unknown conversation");
+                    assert!(!o.ended, "{conversation}: second completion");
+                    assert_eq!(last_sequence + 1, o.next);
+                    assert_eq!(gap_count, o.gap_count, "{conversation}: completion gap count");
+                    o.ended = true;
+                    o.closed_at = Some(now);
+                    o.dirty = true;
+                    self.topic.push((c, Record::Completion));
+                }
+                Action::RequestBackfill {
+                    conversation,
+                    from,
+                    to,
+                } => {
+                    let c = conv_index(&conversation);
+                    assert_eq!(call, Call::Tick, "back-fill requested outside a tick");
+                    assert!(
+                        !self.pending.iter().any(|p| p.0 == c),
+                        "two back-fills in flight for {conversation}"
+                    );
+                    let o = self.conv(c);
+                    assert!(!o.ended, "{conversation}: back-fill after completion");
+                    assert_eq!(from, o.next, "{conversation}: back-fill from {from}");
+                    let first_held = o.held.keys().next().copied();
+                    match to {
+                        Some(to) => assert!(
+                            to >= from && first_held == Some(to + 1),
+                            "{conversation}: gap request {from}..={to}, first held {first_held:?}"
+                        ),
+                        None => assert!(first_held.is_none(), "{conversation}: probe while holding"),
+                    }
+                    self.pending.push((c, from, to));
+                }
+                Action::DeadLetter {
+                    conversation,
+                    sequence_number: seq,
+                    reason,
+                    payload,
+                } => {
+                    let c = conv_index(&conversation);
+                    let d = self.deliveries[payload as usize];
+                    assert!(self.emitted.insert(payload), "payload {payload} emitted twice");
+                    assert_eq!((d.conv, d.seq), (c, seq), "dead-lettered payload of another state");
+                    let fresh = delivered.contains(&payload);
+                    let invalid = seq == 0 || seq == u64::MAX;
+                    assert_eq!(
+                        invalid,
+                        reason == DeadLetterReason::InvalidSequence,
+                        "{conversation}/{seq} dead-lettered as {reason:?}"
+                    );
+                    if invalid {
+                        assert!(fresh);
+                        continue;
+                    }
+                    let o = self.convs[c].as_mut().expect("dead letter for an unknown conversation");
+                    let was_held = o.held.get(&seq) == Some(&payload);
+                    assert!(fresh || was_held, "{conversation}/{seq}: dead-lettered a state neither new nor held");
+                    match reason {
+                        DeadLetterReason::ConflictingDuplicate => {
+                            assert!(fresh && !was_held, "conflict dead letter of the held original");
+                            let differs_published =
+                                o.published.get(&seq).is_some_and(|&f| f != d.fingerprint);
+                            let differs_held = o
+                                .held
+                                .get(&seq)
+                                .is_some_and(|&p| self.deliveries[p as usize].fingerprint != d.fingerprint);
+                            assert!(
+                                differs_published || differs_held,
+                                "{conversation}/{seq}: dead-lettered as conflicting, but nothing differs"
+                            );
+                        }
+                        DeadLetterReason::AfterEnding => {
+                            let ending_below = o
+                                .held
+                                .range(..seq)
+                                .any(|(_, &p)| self.deliveries[p as usize].is_ending);
+                            assert!(
+                                (o.ended && seq >= o.next) || ending_below,
+                                "{conversation}/{seq}: AfterEnding but not above an ENDING (next {}, ended {})",
+                                o.next,
+                                o.ended
+                            );
+                        }
+                        DeadLetterReason::InvalidSequence => unreachable!(),
+                    }
+                    if was_held {
+                        o.held.remove(&seq);
+                    }
+                }
+                Action::Abandoned {
+                    conversation,
+                    next_sequence,
+                } => {
+                    let c = conv_index(&conversation);
+                    assert_eq!(call, Call::Tick, "abandoned outside a tick");
+                    let o = self.conv(c);
+                    assert!(!o.ended, "{conversation}: closed conversation abandoned");
+                    assert_eq!(next_sequence, o.next, "{conversation}: abandoned next");
+                    assert!(
+                        now >= o.active_since.plus(self.config.abandon_after),
+                        "{conversation} abandoned early: now {now:?}, active at {:?}",
+                        o.active_since
+                    );
+                    abandoned.insert(c);
+                }
+            }
+        }
+        assert_eq!(expect_completion, None, "ENDING published without a completion");
+
+        // Delivered states that were neither published nor dead-lettered: held, or dropped as
+        // duplicates (never a conflicting copy of a held state).
+        for &p in delivered {
+            if self.emitted.contains(&p) {
+                continue;
+            }
+            let d = self.deliveries[p as usize];
+            assert!(d.seq != 0 && d.seq != u64::MAX, "invalid sequence not dead-lettered");
+            let Some(o) = self.convs[d.conv].as_mut() else {
+                continue;
+            };
+            if o.ended || d.seq < o.next {
+                continue; // a duplicate of something published (window checked by the caller)
+            }
+            match o.held.get(&d.seq) {
+                Some(&h) => assert_eq!(
+                    self.deliveries[h as usize].fingerprint,
+                    d.fingerprint,
+                    "{}/{}: conflicting copy of a held state dropped silently",
+                    CONVS[d.conv],
+                    d.seq
+                ),
+                None => {
+                    o.held.insert(d.seq, p);
+                    o.active_since = now;
+                }
+            }
+        }
+
+        // Evictions.
+        for c in 0..4 {
+            let Some(o) = &self.convs[c] else {
+                continue;
+            };
+            if self.seq.checkpoint(CONVS[c]).is_some() {
+                assert!(!abandoned.contains(&c), "{} abandoned but kept", CONVS[c]);
+                continue;
+            }
+            assert_eq!(call, Call::Tick, "{} evicted outside a tick", CONVS[c]);
+            if o.ended {
+                if let Some(t) = o.closed_at {
+                    assert!(
+                        now >= t.plus(self.config.closed_retention),
+                        "{} evicted before closed_retention",
+                        CONVS[c]
+                    );
+                }
+            } else {
+                assert!(abandoned.contains(&c), "{} evicted open without Abandoned", CONVS[c]);
+            }
+            self.convs[c] = None;
+            self.tombstones.insert(c);
+            self.pending.retain(|p| p.0 != c);
+        }
+    }
+
+    /// Whole-sequencer consistency with the oracle.
+    fn check(&self) {
+        let mut held = 0;
+        let mut low: Option<i64> = None;
+        let (mut open, mut closed, mut gaps) = (0, 0, 0);
+        for c in 0..4 {
+            let cp = self.seq.checkpoint(CONVS[c]);
+            match &self.convs[c] {
+                Some(o) => {
+                    assert_eq!(cp, Some(o.checkpoint()), "{} checkpoint", CONVS[c]);
+                    assert!(!o.ended || o.held.is_empty(), "{} holds states after completion", CONVS[c]);
+                    held += o.held.len();
+                    for &p in o.held.values() {
+                        if let Some(off) = self.deliveries[p as usize].offset {
+                            low = Some(low.map_or(off, |l| l.min(off)));
+                        }
+                    }
+                    if o.ended {
+                        closed += 1;
+                    } else {
+                        open += 1;
+                        gaps += usize::from(!o.held.is_empty());
+                    }
+                }
+                None => assert_eq!(cp, None, "{} should be forgotten", CONVS[c]),
+            }
+        }
+        assert_eq!(
+            self.seq.raw_low_watermark(),
+            low,
+            "raw_low_watermark is not the smallest raw offset of a held state"
+        );
+        let st = self.seq.stats();
+        assert_eq!(st.held_states, held, "held states");
+        assert_eq!(st.open_conversations, open, "open conversations");
+        assert_eq!(st.closed_conversations, closed, "closed conversations");
+        assert_eq!(st.open_gaps, gaps, "open gaps");
+        assert_eq!(self.seq.len(), open + closed);
+        assert_eq!(
+            self.seq.next_deadline().is_some(),
+            !self.seq.is_empty(),
+            "a conversation without a timer (or a timer without one)"
+        );
+    }
+}
+
+fn conv_index(id: &str) -> usize {
+    CONVS
+        .iter()
+        .position(|c| *c == id)
+        .unwrap_or_else(|| panic!("action for a conversation never fed: {id}"))
+}
+
+/// The 32-bit fold the conflict window compares (see `sequencer/window.rs`).
+fn fold(fingerprint: u64) -> u32 {
+    (fingerprint ^ (fingerprint >> 32)) as u32
+}

@@ -1,0 +1,183 @@
+//! What the channel owner does, started when this replica wins the election and stopped when it
+//! loses it: set up the channel and subscriptions, catch up the active calls, then keep it alive
+//! (webhook: the repair loop; WebSocket: the session).
+//!
+//! A new owner's catch-up lists the calls in progress and writes their latest state to raw, so
+//! states GoTo sent while nobody held the socket are found by the sequencer as gaps and
+//! back-filled: a handover loses nothing the REST API still has.
+
+use super::election::Role;
+use super::DesiredChannel;
+use super::{catchup, repair_loop, websocket, ChannelError, ChannelKeeper, ChannelState};
+use crate::config::bridge::{ChannelKind, ChannelSettings, WebhookSettings};
+use crate::goto::{Channel, GotoClient};
+use crate::ingest::Ingest;
+use tokio::sync::watch;
+
+/// Everything the owner needs to hold the channel.
+#[derive(Clone)]
+pub struct ChannelDuty {
+    /// The GoTo client.
+    pub client: GotoClient,
+    /// Where notifications go.
+    pub ingest: Ingest,
+    /// `[channel]`.
+    pub channel: ChannelSettings,
+    /// `[webhook]` (webhook mode).
+    pub webhook: WebhookSettings,
+    /// Accounts to subscribe.
+    pub account_keys: Vec<String>,
+    /// Call-event types to subscribe.
+    pub events: Vec<String>,
+}
+
+impl ChannelDuty {
+    fn keeper(&self) -> ChannelKeeper {
+        let desired = match self.channel.kind {
+            ChannelKind::Webhook => DesiredChannel::Webhook {
+                url: crate::secret::Secret::new(format!(
+                    "{}/{}",
+                    self.webhook.public_url.trim_end_matches('/'),
+                    self.webhook.secret.expose()
+                )),
+            },
+            ChannelKind::Websocket => DesiredChannel::WebSocket,
+        };
+        ChannelKeeper::new(
+            self.client.clone(),
+            self.channel.nickname.clone(),
+            desired,
+            self.account_keys.clone(),
+            self.events.clone(),
+        )
+    }
+}
+
+/// Follows `role` until `shutdown`: holds the channel while this replica is the owner.
+pub async fn follow_election(
+    duty: ChannelDuty,
+    mut role: watch::Receiver<Role>,
+    state: watch::Sender<ChannelState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        // 1. Wait to be the owner.
+        loop {
+            let now = *role.borrow_and_update();
+            match now {
+                Role::Owner => break,
+                Role::Standby => {
+                    let _ = state.send(ChannelState::Standby);
+                }
+                Role::Joining => {}
+            }
+            tokio::select! {
+                changed = role.changed() => if changed.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+        }
+        tracing::info!("this replica owns the GoTo channel");
+        let _ = state.send(ChannelState::Starting);
+        // 2. Hold it until ownership or the process ends.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut task = tokio::spawn(hold(duty.clone(), state.clone(), stop_rx));
+        let mut task_done = false;
+        let mut shutting_down = false;
+        loop {
+            tokio::select! {
+                changed = role.changed() => {
+                    if changed.is_err() || *role.borrow() != Role::Owner { break }
+                }
+                _ = shutdown.changed() => { shutting_down = true; break }
+                _ = &mut task, if !task_done => {
+                    // Only a permanent failure ends the duty early; its state says why.
+                    task_done = true;
+                }
+            }
+        }
+        let _ = stop_tx.send(true);
+        if !task_done {
+            let _ = task.await;
+        }
+        if shutting_down {
+            return;
+        }
+        tracing::warn!("this replica no longer owns the GoTo channel");
+    }
+}
+
+async fn hold(duty: ChannelDuty, state: watch::Sender<ChannelState>, stop: watch::Receiver<bool>) {
+    let keeper = duty.keeper();
+    match duty.channel.kind {
+        ChannelKind::Webhook => {
+            let channel = match set_up(&keeper, &duty.channel, &state, stop.clone()).await {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "channel set-up failed for good");
+                    let _ = state.send(ChannelState::Failed(e.to_string()));
+                    return;
+                }
+                None => return,
+            };
+            let _ = state.send(ChannelState::Ready(channel.channel_id.clone()));
+            catchup::catch_up(keeper.client(), &duty.ingest, keeper.account_keys()).await;
+            repair_loop(
+                keeper,
+                duty.ingest.clone(),
+                channel,
+                duty.channel.repair_interval,
+                state,
+                stop,
+            )
+            .await;
+        }
+        ChannelKind::Websocket => {
+            if let Err(e) = websocket::run(
+                keeper,
+                duty.ingest.clone(),
+                duty.channel.clone(),
+                state,
+                stop,
+            )
+            .await
+            {
+                tracing::error!(error = %e, "WebSocket channel stopped");
+            }
+        }
+    }
+}
+
+/// Finds or creates the channel and its subscriptions, retrying transient failures; `None` when
+/// stopped first.
+async fn set_up(
+    keeper: &ChannelKeeper,
+    settings: &ChannelSettings,
+    state: &watch::Sender<ChannelState>,
+    mut stop: watch::Receiver<bool>,
+) -> Option<Result<Channel, ChannelError>> {
+    let mut delay = settings.reconnect_base;
+    loop {
+        let attempt = async {
+            let c = keeper.ensure_channel().await?;
+            keeper.ensure_subscriptions(&c).await?;
+            Ok::<_, ChannelError>(c)
+        };
+        let result = tokio::select! {
+            r = attempt => r,
+            _ = stop.changed() => return None,
+        };
+        match result {
+            Ok(c) => return Some(Ok(c)),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, ?delay, "channel set-up failed; retrying");
+                let _ = state.send(ChannelState::Down("channel set-up failed".into()));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.changed() => return None,
+                }
+                delay = (delay * 2).min(settings.reconnect_max);
+            }
+            Err(e) => return Some(Err(e)),
+        }
+    }
+}

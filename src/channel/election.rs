@@ -1,0 +1,195 @@
+//! Which replica owns the GoTo channel: the member of a Kafka consumer group that holds
+//! partition 0 of a one-partition topic.
+//!
+//! Every replica ingests (webhook POSTs reach whichever pod the Service picks) and runs the
+//! sequencer for its share of the raw topic, but only one may create the channel, keep its
+//! subscriptions and, in WebSocket mode, hold the socket: two owners would race to create
+//! channels and double GoTo's deliveries. Kafka's group protocol already is a lease with a
+//! heartbeat, so the election needs nothing beyond the broker callbridge needs anyway:
+//! the group `{kafka.consumer_group}.channel-owner` subscribes to `kafka.topics.channel_owner`,
+//! and whoever is assigned its partition 0 is the owner. The assignor is `cooperative-sticky`, so
+//! a replica joining or leaving does not move ownership away from a healthy owner (with `range`
+//! every restart would reshuffle it and cost a handover).
+//!
+//! Handover time: a replica that stops cleanly leaves the group and the next owner is assigned
+//! within a rebalance (about a second); one that dies is evicted after
+//! `channel.owner_session_timeout`. Overlap is possible but harmless for the output: an owner
+//! that lost the group without noticing (paused process) writes notifications to the raw topic
+//! like any ingest, and the sequencer drops what is doubled. It stops as soon as librdkafka
+//! reports the revocation or the lost assignment.
+
+use crate::kafka::KafkaConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::ClientContext;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// This replica's part in the channel election.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The group has not answered yet.
+    Joining,
+    /// This replica owns the channel.
+    Owner,
+    /// Another replica owns the channel; this one ingests and sequences only.
+    Standby,
+}
+
+/// The partition whose holder owns the channel.
+const OWNER_PARTITION: i32 = 0;
+
+struct ElectionContext {
+    topic: String,
+    role: watch::Sender<Role>,
+    owned: AtomicBool,
+}
+
+impl ElectionContext {
+    fn holds_owner_partition(&self, tpl: &rdkafka::TopicPartitionList) -> bool {
+        tpl.elements()
+            .iter()
+            .any(|e| e.topic() == self.topic && e.partition() == OWNER_PARTITION)
+    }
+
+    fn set(&self, role: Role) {
+        let before = *self.role.borrow();
+        if before != role {
+            tracing::info!(from = ?before, to = ?role, "channel ownership changed");
+            metrics::gauge!("callbridge_channel_owner").set(if role == Role::Owner {
+                1.0
+            } else {
+                0.0
+            });
+            if role == Role::Owner || before == Role::Owner {
+                metrics::counter!("callbridge_channel_owner_changes_total").increment(1);
+            }
+            let _ = self.role.send(role);
+        }
+    }
+}
+
+impl ClientContext for ElectionContext {}
+
+impl ConsumerContext for ElectionContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            // Give the channel up before the partition goes to someone else.
+            Rebalance::Revoke(tpl) if self.holds_owner_partition(tpl) => {
+                self.owned.store(false, Ordering::SeqCst);
+                self.set(Role::Standby);
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "channel election rebalance error");
+            }
+            _ => {}
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            // Cooperative assignment: `tpl` lists only what was added.
+            if self.holds_owner_partition(tpl) {
+                self.owned.store(true, Ordering::SeqCst);
+            }
+            self.set(if self.owned.load(Ordering::SeqCst) {
+                Role::Owner
+            } else {
+                Role::Standby
+            });
+        }
+    }
+}
+
+/// A running election: a consumer polled on its own thread so its heartbeats never wait on
+/// anything else.
+pub struct ChannelElection {
+    role: watch::Receiver<Role>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ChannelElection {
+    /// Joins the election group.
+    pub fn start(
+        kafka: &KafkaConfig,
+        member: &str,
+        session_timeout: Duration,
+    ) -> Result<Self, KafkaError> {
+        let topic = kafka.topics.channel_owner.clone();
+        let (tx, rx) = watch::channel(Role::Joining);
+        let mut config = kafka
+            .client_config()
+            .map_err(|e| KafkaError::ClientCreation(format!("kafka.sasl.password_file: {e}")))?;
+        let session_ms = session_timeout.as_millis().max(1000);
+        config
+            .set(
+                "group.id",
+                format!("{}.channel-owner", kafka.consumer_group),
+            )
+            .set("client.id", format!("callbridge-election/{member}"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "latest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", session_ms.to_string())
+            .set("heartbeat.interval.ms", (session_ms / 3).to_string());
+        let consumer: BaseConsumer<ElectionContext> =
+            config.create_with_context(ElectionContext {
+                topic: topic.clone(),
+                role: tx,
+                owned: AtomicBool::new(false),
+            })?;
+        consumer.subscribe(&[&topic])?;
+        metrics::gauge!("callbridge_channel_owner").set(0.0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_thread = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("channel-election".into())
+            .spawn(move || {
+                while !stop_thread.load(Ordering::SeqCst) {
+                    // The topic holds no records; polling serves heartbeats and rebalances.
+                    if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
+                        tracing::warn!(error = %e, "channel election consumer error");
+                    }
+                }
+                // Leave the group now, so the next owner is chosen without waiting for the
+                // session to expire.
+                consumer.unsubscribe();
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while consumer.context().owned.load(Ordering::SeqCst)
+                    && std::time::Instant::now() < deadline
+                {
+                    let _ = consumer.poll(Duration::from_millis(50));
+                }
+                consumer.context().set(Role::Standby);
+                drop(consumer);
+            })
+            .map_err(|e| KafkaError::ClientCreation(format!("election thread: {e}")))?;
+        Ok(Self {
+            role: rx,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The current role, updated on every rebalance.
+    pub fn role(&self) -> watch::Receiver<Role> {
+        self.role.clone()
+    }
+
+    /// Leaves the group (blocking, up to a few seconds).
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ChannelElection {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}

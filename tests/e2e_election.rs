@@ -1,0 +1,241 @@
+//! Several replicas, one channel owner: exactly one replica holds the GoTo channel, ownership
+//! does not move when a replica joins, and when the owner goes away (SIGTERM, or SIGKILL) another
+//! replica takes the channel over within a bounded time, printed here. In webhook mode every
+//! replica accepts POSTs, owner or not. The replicas are real `callbridge run` processes.
+mod support;
+
+use callbridge::simulator::{self, SimulatorConfig};
+use std::time::{Duration, Instant};
+use support::cluster::{webhook_secret, Deployment, Replica};
+use support::tansu::{Tansu, TempDir};
+
+async fn simulator_without_traffic() -> simulator::RunningSimulator {
+    let mut config = SimulatorConfig::default();
+    config.scheduler.autostart = false;
+    simulator::start(config).await.unwrap()
+}
+
+/// Index of the one replica that owns the channel, once exactly one does and every other
+/// running replica is on standby.
+async fn sole_owner(replicas: &mut [Replica], timeout: Duration) -> Option<usize> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let mut owners = Vec::new();
+        let mut standbys = 0;
+        let mut running = 0;
+        for (i, r) in replicas.iter_mut().enumerate() {
+            if !r.is_running() {
+                continue;
+            }
+            running += 1;
+            match r.channel_state().await.as_deref() {
+                Some(s) if s.starts_with("Ready") => owners.push(i),
+                Some("Standby") => standbys += 1,
+                _ => {}
+            }
+        }
+        if owners.len() == 1 && owners.len() + standbys == running {
+            return Some(owners[0]);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+fn deployment(
+    sim: &simulator::RunningSimulator,
+    bootstrap: String,
+    transport: &'static str,
+) -> Deployment {
+    Deployment {
+        simulator_url: sim.base_url(),
+        bootstrap,
+        transport,
+        partitions: 2,
+        webhook_secret: webhook_secret(),
+        extra_toml: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_owner_and_handover_on_tansu() {
+    let broker = Tansu::start();
+    let sim = simulator_without_traffic().await;
+    let dir = TempDir::new("election");
+    let d = deployment(&sim, broker.bootstrap(), "websocket");
+    let mut replicas: Vec<Replica> = (0..2)
+        .map(|i| Replica::new(&dir.0, &format!("replica-{i}"), &d))
+        .collect();
+    for r in &mut replicas {
+        r.start();
+    }
+    for r in &replicas {
+        assert!(
+            r.wait_ready(Duration::from_secs(60)).await,
+            "{} never became ready",
+            r.name
+        );
+    }
+    let owner = sole_owner(&mut replicas, Duration::from_secs(30))
+        .await
+        .expect("exactly one owner");
+    // GoTo sees one channel, with one socket.
+    assert_eq!(
+        sim.control().channel_ids().len(),
+        1,
+        "only the owner creates a channel"
+    );
+
+    // A clean stop hands the channel over at once (the owner leaves the group).
+    let stopped = Instant::now();
+    assert!(replicas[owner].terminate(), "SIGTERM exit status");
+    let next = sole_owner(&mut replicas, Duration::from_secs(30))
+        .await
+        .expect("a new owner after SIGTERM");
+    let handover_term = stopped.elapsed();
+    assert_ne!(next, owner);
+    println!("handover after SIGTERM of the owner: {handover_term:?}");
+
+    // A replica joining does not take ownership from a healthy owner (sticky assignment).
+    replicas[owner].start();
+    assert!(replicas[owner].wait_ready(Duration::from_secs(60)).await);
+    assert_eq!(
+        sole_owner(&mut replicas, Duration::from_secs(30)).await,
+        Some(next),
+        "ownership moved when a replica joined"
+    );
+
+    // SIGKILL: the dead member holds the partition until someone joins the group again (tansu
+    // does not expire sessions; Kubernetes restarts the pod), then the channel moves on.
+    let killed = Instant::now();
+    replicas[next].kill();
+    replicas[next].start();
+    let after_kill = sole_owner(&mut replicas, Duration::from_secs(60))
+        .await
+        .expect("an owner after SIGKILL and restart");
+    println!(
+        "channel owned again {:?} after SIGKILL + restart (owner: replica-{after_kill})",
+        killed.elapsed()
+    );
+    for r in &mut replicas {
+        r.terminate();
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_owner_is_replaced_within_the_session_timeout() {
+    // librdkafka's mock cluster enforces session.timeout.ms, so a SIGKILLed owner that never
+    // comes back is evicted: the measured handover is bounded by channel.owner_session_timeout.
+    let d_topics = {
+        let k = callbridge::kafka::KafkaConfig::default();
+        vec![
+            k.topics.raw.clone(),
+            k.topics.ordered.clone(),
+            k.topics.changelog.clone(),
+            k.topics.dead_letter.clone(),
+            k.topics.channel_owner.clone(),
+        ]
+    };
+    let cluster = callbridge::demo::MockKafka::start(&d_topics, 2).unwrap();
+    let sim = simulator_without_traffic().await;
+    let dir = TempDir::new("election-mock");
+    let d = deployment(&sim, cluster.bootstrap.clone(), "websocket");
+    let mut replicas: Vec<Replica> = (0..2)
+        .map(|i| Replica::new(&dir.0, &format!("replica-{i}"), &d))
+        .collect();
+    for r in &mut replicas {
+        r.start();
+    }
+    for r in &replicas {
+        assert!(
+            r.wait_ready(Duration::from_secs(60)).await,
+            "{} never became ready",
+            r.name
+        );
+    }
+    let owner = sole_owner(&mut replicas, Duration::from_secs(30))
+        .await
+        .expect("exactly one owner");
+    let killed = Instant::now();
+    replicas[owner].kill();
+    let next = sole_owner(&mut replicas, Duration::from_secs(40))
+        .await
+        .expect("the standby takes over");
+    let handover = killed.elapsed();
+    assert_ne!(next, owner);
+    println!("handover after SIGKILL of the owner (session timeout 6 s): {handover:?}");
+    // Session timeout (6 s) plus a rebalance and the channel set-up.
+    assert!(
+        handover < Duration::from_secs(20),
+        "handover took {handover:?}"
+    );
+    for r in &mut replicas {
+        r.terminate();
+    }
+    sim.shutdown().await;
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_webhook_replica_accepts_posts() {
+    let broker = Tansu::start();
+    let sim = simulator_without_traffic().await;
+    let dir = TempDir::new("election-webhook");
+    let d = deployment(&sim, broker.bootstrap(), "webhook");
+    let mut replicas: Vec<Replica> = (0..2)
+        .map(|i| Replica::new(&dir.0, &format!("replica-{i}"), &d))
+        .collect();
+    for r in &mut replicas {
+        r.start();
+    }
+    for r in &replicas {
+        assert!(
+            r.wait_ready(Duration::from_secs(60)).await,
+            "{} never became ready",
+            r.name
+        );
+    }
+    let owner = sole_owner(&mut replicas, Duration::from_secs(30))
+        .await
+        .expect("exactly one owner");
+    let http = reqwest::Client::new();
+    for (i, r) in replicas.iter().enumerate() {
+        let conv = format!("election-{i}");
+        let body = serde_json::json!({
+            "id": format!("{conv}-1"), "source": "call-events", "type": "call-state",
+            "content": {"metadata": {"conversationSpaceId": conv},
+                        "state": {"id": format!("{conv}-1"), "sequenceNumber": 1, "type": "STARTING"}}
+        });
+        let url = format!(
+            "http://127.0.0.1:{}/goto/webhook/{}",
+            r.webhook_port, d.webhook_secret
+        );
+        let status = http.post(url).json(&body).send().await.unwrap().status();
+        assert_eq!(
+            status,
+            200,
+            "replica-{i} (owner: {}) refused a POST",
+            i == owner
+        );
+    }
+    let kafka = d.kafka();
+    let topic = kafka.topics.raw.clone();
+    let raw = tokio::task::spawn_blocking(move || {
+        callbridge::kafka::reader::read_topic(&kafka, &topic, Duration::from_secs(30))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    for i in 0..2 {
+        let key = format!("election-{i}");
+        assert!(
+            raw.iter().any(|r| r.key.as_deref() == Some(key.as_str())),
+            "the POST to replica-{i} is not in the raw topic"
+        );
+    }
+    for r in &mut replicas {
+        r.terminate();
+    }
+    sim.shutdown().await;
+}

@@ -1,0 +1,289 @@
+//! Bridge replicas as real processes (`callbridge run`), for the tests that kill, restart and
+//! rebalance them: each replica gets its own config file and ports, its stderr is kept line by
+//! line (for the secret check), and it can be SIGKILLed, SIGTERMed and started again.
+
+use callbridge::kafka::reader::{read_topic, ReadRecord};
+use callbridge::kafka::KafkaConfig;
+use std::io::BufRead;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Secrets every replica is configured with; none may appear in a log line.
+pub const CLIENT_SECRET: &str = "demo-secret";
+/// The personal access token the simulator accepts by default.
+pub const PAT: &str = "demo-pat";
+/// Prefixes of the tokens the simulator issues.
+pub const ISSUED_TOKEN_PREFIXES: [&str; 2] = ["sim-at-", "sim-rt-"];
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// What every replica of one deployment shares.
+#[derive(Clone)]
+pub struct Deployment {
+    /// The simulator's base URL.
+    pub simulator_url: String,
+    /// Kafka bootstrap servers.
+    pub bootstrap: String,
+    /// `webhook` or `websocket`.
+    pub transport: &'static str,
+    /// Partitions of raw/ordered/changelog.
+    pub partitions: i32,
+    /// Webhook path secret.
+    pub webhook_secret: String,
+    /// Extra TOML appended to each replica's config (later tables win over nothing: use new
+    /// tables only, e.g. `[sequencer]` keys not set here).
+    pub extra_toml: String,
+}
+
+impl Deployment {
+    /// The deployment's Kafka settings, for reading its topics.
+    pub fn kafka(&self) -> KafkaConfig {
+        let mut kafka = KafkaConfig {
+            bootstrap_servers: self.bootstrap.clone(),
+            ..KafkaConfig::default()
+        };
+        kafka.topics.partitions = self.partitions;
+        kafka.topics.replication_factor = 1;
+        kafka
+    }
+
+    /// Every record of the ordered topic.
+    pub async fn read_ordered(&self) -> Vec<ReadRecord> {
+        let kafka = self.kafka();
+        let topic = kafka.topics.ordered.clone();
+        tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, Duration::from_secs(120)))
+            .await
+            .expect("reader task")
+            .expect("reading the ordered topic")
+    }
+}
+
+/// One replica process.
+pub struct Replica {
+    /// `replica-N`.
+    pub name: String,
+    config_path: PathBuf,
+    secret: String,
+    child: Option<Child>,
+    /// Admin port (`/readyz`, `/metrics`).
+    pub admin_port: u16,
+    /// Webhook port.
+    pub webhook_port: u16,
+    /// Every stderr line of every incarnation.
+    pub log: Arc<Mutex<Vec<String>>>,
+    /// Times started.
+    pub starts: u32,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Replica {
+    /// Writes the replica's config under `dir`; does not start it.
+    pub fn new(dir: &Path, name: &str, d: &Deployment) -> Replica {
+        let (webhook_port, admin_port) = (free_port(), free_port());
+        let config_path = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config_path,
+            format!(
+                r#"
+[goto]
+api_base_url = "{sim}"
+auth_base_url = "{sim}"
+client_id = "callbridge-demo"
+account_keys = {accounts}
+[channel]
+kind = "{transport}"
+reconnect_base = "100ms"
+repair_interval = "2s"
+owner_session_timeout = "6s"
+[webhook]
+listen = "127.0.0.1:{webhook_port}"
+public_url = "http://127.0.0.1:{webhook_port}/goto/webhook"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+ack_timeout = "3s"
+[kafka.topics]
+partitions = {partitions}
+replication_factor = 1
+[sequencer]
+gap_timeout = "500ms"
+backfill_retry_base = "200ms"
+backfill_retry_max = "2s"
+idle_probe_after = "3s"
+[sequencer_io]
+checkpoint_interval = "200ms"
+[shutdown]
+timeout = "10s"
+[log]
+format = "json"
+level = "debug"
+{extra}
+"#,
+                sim = d.simulator_url,
+                accounts = serde_json::to_string(
+                    &callbridge::simulator::traffic::TrafficConfig::default().account_keys
+                )
+                .expect("account keys"),
+                transport = d.transport,
+                bootstrap = d.bootstrap,
+                partitions = d.partitions,
+                extra = d.extra_toml,
+            ),
+        )
+        .expect("replica config");
+        Replica {
+            name: name.to_string(),
+            config_path,
+            secret: d.webhook_secret.clone(),
+            child: None,
+            admin_port,
+            webhook_port,
+            log: Arc::new(Mutex::new(Vec::new())),
+            starts: 0,
+            readers: Vec::new(),
+        }
+    }
+
+    /// Starts the process (not waiting for readiness).
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_callbridge"))
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("CALLBRIDGE_GOTO__CLIENT_SECRET", CLIENT_SECRET)
+            .env("CALLBRIDGE_GOTO__PERSONAL_ACCESS_TOKEN", PAT)
+            .env("CALLBRIDGE_WEBHOOK__SECRET", &self.secret)
+            .env("HOSTNAME", &self.name)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting callbridge");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = self.log.clone();
+        self.readers.push(std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                log.lock().unwrap().push(line);
+            }
+        }));
+        self.child = Some(child);
+        self.starts += 1;
+    }
+
+    /// SIGKILL: no drain, no flush, no goodbye to the group.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        c.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// True while the process runs (reaps it if it exited by itself).
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => match c.try_wait() {
+                Ok(None) => true,
+                _ => {
+                    self.child = None;
+                    false
+                }
+            },
+            None => false,
+        }
+    }
+
+    /// `/readyz`'s body, `None` when the process does not answer.
+    pub async fn readyz(&self) -> Option<serde_json::Value> {
+        let url = format!("http://127.0.0.1:{}/readyz", self.admin_port);
+        let r = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    /// The channel state `/readyz` reports (`Ready("…")`, `Standby`, `Starting`…).
+    pub async fn channel_state(&self) -> Option<String> {
+        let v = self.readyz().await?;
+        v["checks"]["channel"]["state"].as_str().map(str::to_string)
+    }
+
+    /// True when this replica holds the channel and it is up.
+    pub async fn owns_channel(&self) -> bool {
+        self.channel_state()
+            .await
+            .is_some_and(|s| s.starts_with("Ready"))
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let url = format!("http://127.0.0.1:{}/readyz", self.admin_port);
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(r) = http.get(&url).timeout(Duration::from_secs(2)).send().await {
+                if r.status() == 200 {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// Every log line so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Lines (of any replica) that contain a configured secret or an issued token.
+pub fn leaked_secrets(replicas: &[Replica], webhook_secret: &str) -> Vec<String> {
+    let mut needles = vec![CLIENT_SECRET, PAT, webhook_secret];
+    needles.extend(ISSUED_TOKEN_PREFIXES);
+    replicas
+        .iter()
+        .flat_map(|r| r.log_lines())
+        .filter(|line| needles.iter().any(|n| line.contains(n)))
+        .collect()
+}
+
+/// A fresh webhook path secret (64 hex characters).
+pub fn webhook_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
