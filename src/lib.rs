@@ -36,6 +36,7 @@ pub mod app;
 pub mod channel;
 pub mod config;
 pub mod demo;
+pub mod failpoint;
 pub mod goto;
 pub mod ingest;
 pub mod kafka;

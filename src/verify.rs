@@ -124,7 +124,8 @@ impl fmt::Display for Verification {
 
 #[derive(Default)]
 struct Stream {
-    records: Vec<(i32, i64, Value)>,
+    /// (partition, offset, value, writer epoch header)
+    records: Vec<(i32, i64, Value, String)>,
 }
 
 /// Compares `records` (all of the ordered topic) with `truth`.
@@ -137,13 +138,12 @@ pub fn verify(truth: &GroundTruth, records: &[ReadRecord]) -> Verification {
     for r in records {
         let parsed: Option<Value> = serde_json::from_slice(&r.value).ok();
         match (&r.key, parsed) {
-            (Some(k), Some(value)) => {
-                streams
-                    .entry(k.clone())
-                    .or_default()
-                    .records
-                    .push((r.partition, r.offset, value))
-            }
+            (Some(k), Some(value)) => streams.entry(k.clone()).or_default().records.push((
+                r.partition,
+                r.offset,
+                value,
+                r.header("callbridge-epoch").unwrap_or("?").to_string(),
+            )),
             _ => {
                 v.malformed_records += 1;
                 v.example(format!(
@@ -170,16 +170,18 @@ pub fn verify(truth: &GroundTruth, records: &[ReadRecord]) -> Verification {
             ));
             continue;
         }
-        stream.records.sort_by_key(|(p, o, _)| (*p, *o));
+        stream.records.sort_by_key(|(p, o, _, _)| (*p, *o));
         let expected: BTreeMap<u64, &crate::simulator::ground_truth::StateRecord> =
             call.states.iter().map(|s| (s.sequence_number, s)).collect();
         v.unrecoverable += call.states.iter().filter(|s| s.unrecoverable).count() as u64;
         let mut published: BTreeMap<u64, u32> = BTreeMap::new();
+        let mut first_copy: BTreeMap<u64, String> = BTreeMap::new();
         let mut gapped: BTreeMap<u64, ()> = BTreeMap::new();
         let mut high = 0u64;
         let mut completion_positions = Vec::new();
         let n = stream.records.len();
-        for (i, (_, _, value)) in stream.records.iter().enumerate() {
+        for (i, (partition, offset, value, epoch)) in stream.records.iter().enumerate() {
+            let at = format!("{partition}:{offset} epoch {epoch}");
             match value.get("type").and_then(Value::as_str) {
                 Some("call-state") => {
                     v.states_published += 1;
@@ -194,7 +196,12 @@ pub fn verify(truth: &GroundTruth, records: &[ReadRecord]) -> Verification {
                     *count += 1;
                     if *count > 1 {
                         v.duplicates += 1;
-                        v.example(format!("{id}: sequence {seq} published {count} times"));
+                        let first = first_copy.get(&seq).cloned().unwrap_or_default();
+                        v.example(format!(
+                            "{id}: sequence {seq} published {count} times (at {first}, again at {at})"
+                        ));
+                    } else {
+                        first_copy.insert(seq, at.clone());
                     }
                     if seq < high {
                         v.order_violations += 1;

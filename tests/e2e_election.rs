@@ -164,8 +164,8 @@ async fn a_dead_owner_is_replaced_within_the_session_timeout() {
         .expect("the standby takes over");
     let handover = killed.elapsed();
     assert_ne!(next, owner);
-    println!("handover after SIGKILL of the owner (session timeout 6 s): {handover:?}");
-    // Session timeout (6 s) plus a rebalance and the channel set-up.
+    println!("handover after SIGKILL of the owner (owner session timeout 3 s): {handover:?}");
+    // Session timeout (3 s) plus a rebalance and the channel set-up.
     assert!(
         handover < Duration::from_secs(20),
         "handover took {handover:?}"

@@ -3,8 +3,9 @@
 //!
 //! Beyond "never panics", every input checks what the module promises:
 //! - `parse` is deterministic (same bytes, same result);
-//! - an error names fields only: its path is made of known field names, an `InvalidJson` detail is
-//!   only "category at line L column C", a bad sequence echo is bounded (no body text in logs);
+//! - an error carries no body text: its path is made of known field names, an `InvalidJson`
+//!   detail is only "category at line L column C" (a bad sequence number is echoed, by design, but
+//!   cut to 24 bytes);
 //! - an accepted call state has a non-empty conversation id, `sequenceNumber >= 1`, `metadata` and
 //!   `state` objects that are byte-for-byte slices of the body, and the fingerprint that
 //!   `state_fingerprint` and `inspect_state` give for that `state`;
@@ -38,12 +39,21 @@ fn check(body: &[u8]) {
         format!("{again:?}"),
         "parse is not deterministic"
     );
+    if tracing() {
+        eprintln!("{first:?}");
+    }
     match &first {
         Ok(Notification::CallState(cs)) => check_call_state(body, cs),
         Ok(Notification::Control(_) | Notification::Other { .. }) => {}
         Err(e) => check_error(e),
     }
     check_inspect_state(body);
+}
+
+/// `PARSE_FUZZ_TRACE=1` prints each parse result (to see what a seed or a crash is).
+fn tracing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("PARSE_FUZZ_TRACE").is_some())
 }
 
 // ---- errors -------------------------------------------------------------------------------------
@@ -99,9 +109,14 @@ fn check_error(e: &ParseError) {
 
 /// `"<category> at line <n> column <n>"`, nothing else.
 fn is_json_detail(detail: &str) -> bool {
-    let rest = ["io error", "syntax error", "unexpected data", "unexpected end of input"]
-        .iter()
-        .find_map(|c| detail.strip_prefix(c));
+    let rest = [
+        "io error",
+        "syntax error",
+        "unexpected data",
+        "unexpected end of input",
+    ]
+    .iter()
+    .find_map(|c| detail.strip_prefix(c));
     let Some(rest) = rest.and_then(|r| r.strip_prefix(" at line ")) else {
         return false;
     };
@@ -122,11 +137,18 @@ fn check_call_state(body: &[u8], cs: &CallState<'_>) {
     );
     let text = std::str::from_utf8(body).expect("an accepted body is UTF-8");
     let (meta, state) = (cs.metadata.get(), cs.state.get());
-    assert!(meta.starts_with('{') && state.starts_with('{'), "not objects");
+    assert!(
+        meta.starts_with('{') && state.starts_with('{'),
+        "not objects"
+    );
     assert!(text.contains(meta), "metadata is not a slice of the body");
     assert!(text.contains(state), "state is not a slice of the body");
     assert!(
-        cs.is_ending() == cs.state_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("ENDING")),
+        cs.is_ending()
+            == cs
+                .state_type
+                .as_deref()
+                .is_some_and(|t| t.eq_ignore_ascii_case("ENDING")),
         "is_ending disagrees with the state type"
     );
 
@@ -163,7 +185,10 @@ fn check_call_state(body: &[u8], cs: &CallState<'_>) {
 fn same_call_state(cs: &CallState<'_>, body: &str, what: &str, same_id: bool) {
     match parse(body.as_bytes()) {
         Ok(Notification::CallState(other)) => {
-            assert_eq!(other.conversation_space_id, cs.conversation_space_id, "{what}");
+            assert_eq!(
+                other.conversation_space_id, cs.conversation_space_id,
+                "{what}"
+            );
             assert_eq!(other.sequence_number, cs.sequence_number, "{what}");
             assert_eq!(other.state_type, cs.state_type, "{what}");
             assert_eq!(other.fingerprint, cs.fingerprint, "{what}");

@@ -208,6 +208,16 @@ pub struct SequencerIoSettings {
     pub takeover_timeout: Duration,
     /// Back-fill requests in flight at once (GoTo's rate limit applies on top).
     pub backfill_concurrency: usize,
+    /// How long a replica that stopped heartbeating (crashed, frozen) keeps its raw partitions
+    /// before the group hands them to the others (`session.timeout.ms` of the raw consumer).
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// An output not acknowledged by Kafka within this long fails, and the partition is taken
+    /// over again (`message.timeout.ms` of the sequencer's producer). A takeover after a crash
+    /// waits `session_timeout` + `output_timeout` before reading the output, so nothing the
+    /// previous owner still had queued can land after it.
+    #[serde(with = "humantime_serde")]
+    pub output_timeout: Duration,
 }
 
 impl Default for SequencerIoSettings {
@@ -216,6 +226,8 @@ impl Default for SequencerIoSettings {
             checkpoint_interval: Duration::from_secs(1),
             takeover_timeout: Duration::from_secs(30),
             backfill_concurrency: 4,
+            session_timeout: Duration::from_secs(10),
+            output_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -545,6 +557,22 @@ impl BridgeConfig {
                 "sequencer_io.backfill_concurrency",
                 "0",
                 "an integer >= 1",
+            ));
+        }
+        let output = self.sequencer_io.output_timeout;
+        if output < Duration::from_secs(1) || output > Duration::from_secs(300) {
+            report.push(Invalid::new(
+                "sequencer_io.output_timeout",
+                &humantime::format_duration(output).to_string(),
+                "between 1s and 5m (e.g. \"10s\"); a crash takeover waits session_timeout + output_timeout",
+            ));
+        }
+        let session = self.sequencer_io.session_timeout;
+        if session < Duration::from_secs(1) || session > Duration::from_secs(300) {
+            report.push(Invalid::new(
+                "sequencer_io.session_timeout",
+                &humantime::format_duration(session).to_string(),
+                "between 1s and 5m, within the broker's group.min/max.session.timeout.ms (e.g. \"10s\")",
             ));
         }
         self.kafka.validate(report);

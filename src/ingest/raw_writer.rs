@@ -97,7 +97,9 @@ impl RawWriter {
     ) -> Result<(), WriteError> {
         let headers = base_headers(transport);
         self.send(&self.raw_topic, Some(conversation_space_id), body, headers)
-            .await
+            .await?;
+        crate::failpoint::hit(crate::failpoint::INGEST_AFTER_RAW_ACK);
+        Ok(())
     }
 
     /// Writes a notification of another source to `kafka.topics.other_sources`.

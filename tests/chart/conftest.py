@@ -78,7 +78,7 @@ VALUE_SETS = {
             "podDisruptionBudget": {"enabled": True, "minAvailable": 1},
         },
     ),
-    # WebSocket mode: no webhook port, no webhook secret, one replica.
+    # WebSocket mode: no webhook port, no webhook secret.
     "websocket": merge(
         {k: v for k, v in MINIMAL.items() if k != "secrets"},
         {

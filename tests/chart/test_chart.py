@@ -77,10 +77,12 @@ def test_schema_refuses_wrong_types_and_unknown_keys(bad, where):
         render(merge(MINIMAL, bad))
 
 
-def test_websocket_refuses_more_than_one_replica_and_ingress():
+def test_websocket_runs_several_replicas_and_refuses_ingress():
     ws = VALUE_SETS["websocket"]
-    with pytest.raises(helm.HelmRenderError, match="exactly one replica"):
-        render(merge(ws, {"replicaCount": 2}))
+    docs = render(merge(ws, {"replicaCount": 3}))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     with pytest.raises(helm.HelmRenderError, match="ingress"):
         render(merge(ws, {"ingress": {"enabled": True}}))
 
@@ -278,7 +280,7 @@ def test_probes_ports_and_service(rendered, name):
     assert svc["admin"]["port"] == 9090 and svc["admin"]["targetPort"] == "admin"
     if VALUE_SETS[name]["config"].get("channel", {}).get("kind") == "websocket":
         assert "webhook" not in ports and "webhook" not in svc
-        assert one(docs, "Deployment")["spec"]["strategy"]["type"] == "Recreate"
+        assert one(docs, "Deployment")["spec"]["strategy"]["type"] == "RollingUpdate"
     else:
         assert ports["webhook"] == 8080
         assert svc["webhook"]["port"] == 8080 and svc["webhook"]["targetPort"] == "webhook"

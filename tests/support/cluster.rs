@@ -11,12 +11,32 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// `sequencer_io.session_timeout` of every replica.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+
 /// Secrets every replica is configured with; none may appear in a log line.
 pub const CLIENT_SECRET: &str = "demo-secret";
 /// The personal access token the simulator accepts by default.
 pub const PAT: &str = "demo-pat";
 /// Prefixes of the tokens the simulator issues.
 pub const ISSUED_TOKEN_PREFIXES: [&str; 2] = ["sim-at-", "sim-rt-"];
+
+/// Where replica logs are kept: `<target>/tmp/replica-logs/<test binary>-<pid>/`.
+pub fn log_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("replica-logs")
+            .join(format!("{exe}-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    })
+    .clone()
+}
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
@@ -82,6 +102,7 @@ pub struct Replica {
     pub log: Arc<Mutex<Vec<String>>>,
     /// Times started.
     pub starts: u32,
+    env: Vec<(String, String)>,
     readers: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -103,7 +124,7 @@ account_keys = {accounts}
 kind = "{transport}"
 reconnect_base = "100ms"
 repair_interval = "2s"
-owner_session_timeout = "6s"
+owner_session_timeout = "3s"
 [webhook]
 listen = "127.0.0.1:{webhook_port}"
 public_url = "http://127.0.0.1:{webhook_port}/goto/webhook"
@@ -122,6 +143,8 @@ backfill_retry_max = "2s"
 idle_probe_after = "3s"
 [sequencer_io]
 checkpoint_interval = "200ms"
+session_timeout = "{session_ms}ms"
+output_timeout = "4s"
 [shutdown]
 timeout = "10s"
 [log]
@@ -137,6 +160,7 @@ level = "debug"
                 transport = d.transport,
                 bootstrap = d.bootstrap,
                 partitions = d.partitions,
+                session_ms = SESSION_TIMEOUT.as_millis(),
                 extra = d.extra_toml,
             ),
         )
@@ -150,7 +174,16 @@ level = "debug"
             webhook_port,
             log: Arc::new(Mutex::new(Vec::new())),
             starts: 0,
+            env: Vec::new(),
             readers: Vec::new(),
+        }
+    }
+
+    /// Sets an environment variable for the next starts; an empty value removes it.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        if !value.is_empty() {
+            self.env.push((key.to_string(), value.to_string()));
         }
     }
 
@@ -164,17 +197,29 @@ level = "debug"
             .env("CALLBRIDGE_GOTO__PERSONAL_ACCESS_TOKEN", PAT)
             .env("CALLBRIDGE_WEBHOOK__SECRET", &self.secret)
             .env("HOSTNAME", &self.name)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting callbridge");
         let stderr = child.stderr.take().expect("stderr");
         let log = self.log.clone();
+        // Also on disk, kept after the test for whoever debugs a failure.
+        let file_path = log_dir().join(format!("{}.log", self.name));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&file_path)
+            .ok();
         self.readers.push(std::thread::spawn(move || {
+            use std::io::Write;
             for line in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
             {
+                if let Some(f) = &mut file {
+                    let _ = writeln!(f, "{line}");
+                }
                 log.lock().unwrap().push(line);
             }
         }));
@@ -286,4 +331,83 @@ pub fn webhook_secret() -> String {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     )
+}
+
+/// Calls with at least one notification delivered to the bridge, per the ground truth: the
+/// calls the bridge can be held to.
+pub fn announced(truth: &callbridge::simulator::GroundTruth) -> std::collections::HashSet<String> {
+    truth
+        .calls
+        .iter()
+        .filter(|c| {
+            c.states
+                .iter()
+                .any(|s| s.deliveries.values().any(|d| d.delivered > 0))
+        })
+        .map(|c| c.conversation_space_id.clone())
+        .collect()
+}
+
+/// Conversations with a completion record in the ordered topic.
+pub async fn completed(d: &Deployment) -> std::collections::HashSet<String> {
+    d.read_ordered()
+        .await
+        .iter()
+        .filter(|r| r.header("callbridge-kind") == Some("completion"))
+        .filter_map(|r| r.key.clone())
+        .collect()
+}
+
+/// Waits until every announced call is complete in the ordered topic, printing progress
+/// (incomplete calls, partitions owned per replica) every 2 s; false at the deadline.
+pub async fn wait_for_completion(
+    d: &Deployment,
+    control: &callbridge::simulator::SimulatorControl,
+    replicas: &[Replica],
+    timeout: Duration,
+) -> bool {
+    let started = Instant::now();
+    loop {
+        let want = announced(&control.ground_truth());
+        let have = completed(d).await;
+        let missing = want.difference(&have).count();
+        if missing == 0 {
+            return true;
+        }
+        let mut owned = Vec::new();
+        for r in replicas {
+            let p = r
+                .readyz()
+                .await
+                .and_then(|v| v["checks"]["sequencer"]["partitions_owned"].as_u64());
+            owned.push(p.map_or("-".to_string(), |p| p.to_string()));
+        }
+        println!(
+            "  +{:>5.1}s  {missing} announced calls not complete yet; partitions owned per replica: {}",
+            started.elapsed().as_secs_f64(),
+            owned.join("/")
+        );
+        if started.elapsed() > timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// tansu 0.6 evicts a group member that died without leaving only when another member joins
+/// after the dead one's session expired (a real broker evicts it by itself and rebalances); until
+/// then the dead member's raw partitions have no owner. This waits for the session timeout to
+/// run out since the last kill and restarts one replica cleanly (a rolling restart: the join
+/// tansu needs). Returns once it is ready again.
+pub async fn join_after_sessions_expired(replicas: &mut [Replica], last_kill: Instant) {
+    let expired = last_kill + SESSION_TIMEOUT + Duration::from_secs(1);
+    tokio::time::sleep_until(expired.into()).await;
+    let r = &mut replicas[0];
+    r.terminate();
+    r.start();
+    assert!(
+        r.wait_ready(Duration::from_secs(60)).await,
+        "{} did not come back",
+        r.name
+    );
 }

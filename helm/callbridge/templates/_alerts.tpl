@@ -48,6 +48,17 @@ groups:
             The WebSocket channel is reconnected or recreated often (see the reason label of
             callbridge_channel_reconnects_total). Notifications may be delayed; catch-up and
             back-fill repair what is missed.
+      - alert: CallbridgeNoChannelOwner
+        expr: max by (namespace) (callbridge_channel_ready) < 1
+        for: 5m
+        labels:
+          severity: critical
+        annotations:
+          summary: No callbridge replica holds the GoTo notification channel
+          description: >-
+            No replica has the channel up (the elected owner is failing to set it up, or no
+            replica owns it). GoTo delivers nothing meanwhile; the owner's /readyz body and logs
+            say why.
       - alert: CallbridgeNotReady
         expr: sum by (namespace, pod) (kube_pod_status_ready{condition="true", pod=~"{{ $fullname }}-.*"}) == 0
         for: {{ $r.notReadyFor }}

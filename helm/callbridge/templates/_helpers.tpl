@@ -151,9 +151,6 @@ Render-time checks the JSON schema cannot express.
 {{- fail "config.webhook.listen and config.admin.listen must use different ports" }}
 {{- end }}
 {{- else }}
-{{- if or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}
-{{- fail "config.channel.kind websocket runs exactly one replica (one socket per channel; single-owner election is not built yet): set replicaCount 1 and autoscaling.enabled false" }}
-{{- end }}
 {{- if .Values.ingress.enabled }}
 {{- fail "ingress.enabled needs config.channel.kind webhook: in websocket mode nothing comes in from GoTo" }}
 {{- end }}

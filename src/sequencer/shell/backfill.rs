@@ -102,6 +102,9 @@ pub fn spawn_worker(
                     .increment(1);
                 metrics::histogram!("callbridge_backfill_duration_seconds")
                     .record(started.elapsed().as_secs_f64());
+                if matches!(fetched, Fetched::States(_)) {
+                    crate::failpoint::hit(crate::failpoint::SEQUENCER_BACKFILL_ANSWERED);
+                }
                 // The consumer thread may be gone (shutdown); nothing to do then.
                 let _ = done.send(BackfillDone { job, fetched });
             });

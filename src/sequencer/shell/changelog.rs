@@ -34,6 +34,10 @@ pub struct Progress {
     pub ordered_offset: i64,
     /// Raw offset from which consumption must resume.
     pub raw_low_watermark: i64,
+    /// Written by a clean hand-over (revoke or shutdown): every output of this epoch was
+    /// acknowledged before this record, and the writer wrote nothing after it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
 /// Fence value: the epoch and who took the partition.
@@ -135,6 +139,7 @@ mod tests {
             epoch: 3,
             ordered_offset: 41,
             raw_low_watermark: 17,
+            released: true,
         };
         assert_eq!(
             decode(progress_key(3).as_bytes(), Some(&encode(&p))).unwrap(),

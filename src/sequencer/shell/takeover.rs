@@ -69,6 +69,9 @@ pub struct Recovered {
     pub ordered_end: i64,
     /// Records of the ordered topic found beyond the index (how far the output led).
     pub scanned: u64,
+    /// The previous owner did not hand over cleanly (crash, lost session), so the takeover
+    /// waited `unclean_wait` for its stragglers.
+    pub waited_for_previous_owner: bool,
 }
 
 /// Topics and clients a takeover needs.
@@ -87,6 +90,10 @@ pub struct TakeoverContext<'a> {
     pub member: &'a str,
     /// Bound on each read phase.
     pub timeout: Duration,
+    /// How long to wait before fencing when the previous owner did not hand over cleanly: its
+    /// session timeout (how long it may go on believing it owns the partition) plus its output
+    /// timeout (how long what it queued may take to land or fail).
+    pub unclean_wait: Duration,
 }
 
 /// Runs steps 1–3 for partition `p`.
@@ -133,7 +140,25 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     )
     .map_err(|e| e.into_takeover(p, "reading the changelog"))?;
 
-    // 2. Fence: our epoch, read back.
+    // 2. Fence: our epoch, read back. A previous owner that did not hand over cleanly may still
+    //    have outputs on their way (queued before it learnt it lost the partition); they land or
+    //    fail within `unclean_wait`, and only after that is the scan of the output complete.
+    //    Everything written to the changelog meanwhile is read with the fence below.
+    let clean = max_epoch == 0
+        || rec
+            .progress
+            .is_some_and(|pr| pr.epoch == max_epoch && pr.released);
+    if !clean {
+        tracing::warn!(
+            partition = p,
+            previous_epoch = max_epoch,
+            wait = ?ctx.unclean_wait,
+            "previous owner did not hand over cleanly; waiting for its in-flight outputs"
+        );
+        metrics::counter!("callbridge_takeover_unclean_total").increment(1);
+        std::thread::sleep(ctx.unclean_wait);
+        rec.waited_for_previous_owner = true;
+    }
     let epoch = max_epoch + 1;
     let token = uuid::Uuid::new_v4().to_string();
     let fence = Fence {
@@ -210,6 +235,7 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
         true,
         |m| {
             scanned += 1;
+            crate::failpoint::hit(crate::failpoint::SEQUENCER_DURING_TAKEOVER_SCAN);
             apply_output(convs, m);
             Ok(())
         },

@@ -127,6 +127,7 @@ impl RunState {
             if !ready {
                 return Ok(());
             }
+            crate::failpoint::hit(crate::failpoint::SEQUENCER_BEFORE_CHANGELOG);
             let Some(snap) = part.pending.pop_front() else {
                 return Ok(());
             };
@@ -152,6 +153,7 @@ impl RunState {
                 epoch,
                 ordered_offset: snap.ordered_offset.unwrap_or(-1),
                 raw_low_watermark: snap.raw_low_watermark,
+                released: false,
             };
             let key = changelog::progress_key(epoch);
             let value = changelog::encode(&progress);
@@ -186,6 +188,7 @@ impl RunState {
             offset = part.commit_after.pop_front().map(|(_, o)| o);
         }
         if let Some(o) = offset {
+            crate::failpoint::hit(crate::failpoint::SEQUENCER_BEFORE_COMMIT);
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(raw_topic, p, Offset::Offset(o))
                 .map_err(kafka_err("building a commit"))?;
@@ -194,6 +197,43 @@ impl RunState {
                 tracing::debug!(partition = p, error = %e, "raw offset commit failed");
             }
         }
+        Ok(())
+    }
+
+    /// Forgets every partition without writing anything (their assignment was lost).
+    pub(super) fn abandon_all(&mut self) {
+        let n = self.partitions.len() as u64;
+        self.partitions.clear();
+        self.assigned.clear();
+        self.pending_takeovers.clear();
+        self.stats.partitions_owned.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// The last progress record of a clean hand-over, `released`: every output is acknowledged
+    /// (the caller drained), so the next owner need not wait for stragglers of this epoch.
+    fn write_release_marker(&mut self, p: i32) -> Result<(), ShellError> {
+        let changelog_topic = self.config.kafka.topics.changelog.clone();
+        let Some(part) = self.partitions.get(&p) else {
+            return Ok(());
+        };
+        let lwm = part
+            .core
+            .raw_low_watermark()
+            .map_or(part.next_raw, |held| held.min(part.next_raw));
+        let progress = Progress {
+            epoch: part.epoch,
+            ordered_offset: part.ordered_acked,
+            raw_low_watermark: lwm,
+            released: true,
+        };
+        let key = changelog::progress_key(part.epoch);
+        let value = changelog::encode(&progress);
+        let rec = FutureRecord::to(&changelog_topic)
+            .partition(p)
+            .key(key.as_bytes())
+            .payload(value.as_slice());
+        let fut = self.enqueue(rec, &changelog_topic)?;
+        self.track(p, fut, false);
         Ok(())
     }
 
@@ -211,6 +251,8 @@ impl RunState {
         self.drain_acks(p, true)?;
         self.snapshot(p);
         self.write_ready_snapshots(p)?;
+        self.drain_acks(p, true)?;
+        self.write_release_marker(p)?;
         self.drain_acks(p, true)?;
         self.commit_ready(p, commit, &raw_topic)?;
         self.export_metrics();

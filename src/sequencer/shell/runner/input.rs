@@ -56,43 +56,44 @@ fn synthesized_metadata(conversation: &str) -> Box<RawValue> {
 }
 
 impl RunState {
-    /// Runs the Kafka part of the takeover of every newly assigned partition at once (each
-    /// is independent, and most of a takeover is waiting on the broker).
-    pub(super) fn recover_all(
-        &self,
-        partitions: &[i32],
-        runtime: &tokio::runtime::Handle,
-    ) -> Result<Vec<(i32, crate::sequencer::shell::takeover::Recovered)>, ShellError> {
-        let topics = &self.config.kafka.topics;
+    /// Starts the Kafka part of partition `p`'s takeover on its own thread; the result comes
+    /// back through `takeover_tx`.
+    pub(super) fn start_takeover(&mut self, p: i32) -> Result<(), ShellError> {
         let base = client_config(&self.config.kafka)?;
-        let ctx = TakeoverContext {
-            client_config: base,
-            producer: &self.producer,
-            runtime,
-            changelog_topic: &topics.changelog,
-            ordered_topic: &topics.ordered,
-            member: &self.config.member,
-            timeout: self.config.takeover_timeout,
-        };
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = partitions
-                .iter()
-                .map(|&p| {
-                    let ctx = &ctx;
-                    (p, scope.spawn(move || take_over(ctx, p)))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|(p, h)| match h.join() {
-                    Ok(r) => r.map(|rec| (p, rec)).map_err(ShellError::from),
-                    Err(_) => Err(ShellError::Kafka {
-                        action: format!("takeover of partition {p} panicked"),
-                        source: KafkaError::Canceled,
-                    }),
-                })
-                .collect()
-        })
+        self.next_takeover_token += 1;
+        let token = self.next_takeover_token;
+        self.pending_takeovers.insert(p, token);
+        let producer = self.producer.clone();
+        let runtime = self.runtime.clone();
+        let config = self.config.clone();
+        let tx = self.takeover_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("takeover-{p}"))
+            .spawn(move || {
+                let topics = &config.kafka.topics;
+                let ctx = TakeoverContext {
+                    client_config: base,
+                    producer: &producer,
+                    runtime: &runtime,
+                    changelog_topic: &topics.changelog,
+                    ordered_topic: &topics.ordered,
+                    member: &config.member,
+                    timeout: config.takeover_timeout,
+                    unclean_wait: config.session_timeout + config.output_timeout,
+                };
+                let result = take_over(&ctx, p);
+                // The run may be over (its receiver gone); the result is moot then.
+                let _ = tx.send(TakeoverDone {
+                    partition: p,
+                    token,
+                    result,
+                });
+            })
+            .map_err(|e| ShellError::Kafka {
+                action: format!("starting the takeover of partition {p}: {e}"),
+                source: KafkaError::Canceled,
+            })?;
+        Ok(())
     }
 
     /// Builds partition `p`'s core from what the takeover recovered; returns the raw offset to

@@ -24,7 +24,7 @@ pub(crate) use input::epoch_ms;
 use super::backfill::{spawn_worker, BackfillDone, BackfillJob, BackfillSource, Fetched};
 use super::changelog::{self, ConversationEntry, Progress};
 use super::takeover::{take_over, TakeoverContext, TakeoverError};
-use crate::kafka::{idempotent_producer, KafkaConfig};
+use crate::kafka::{output_producer, KafkaConfig};
 use crate::notification::{self, Notification};
 use crate::publish::record::{self, GapCause, OrderedRecord, RecordOrigin};
 use crate::sequencer::{
@@ -69,6 +69,10 @@ pub struct ShellConfig {
     pub backfill_concurrency: usize,
     /// Identity written into fences (host name, pod name).
     pub member: String,
+    /// `session.timeout.ms` of the raw consumer group.
+    pub session_timeout: Duration,
+    /// How long an output may wait for its acknowledgement before it fails.
+    pub output_timeout: Duration,
 }
 
 /// Why a run of the shell ended.
@@ -86,6 +90,12 @@ pub enum ShellError {
     /// A takeover failed.
     #[error(transparent)]
     Takeover(#[from] TakeoverError),
+    /// The group took partitions away without a revoke we could act on (session lost): they
+    /// may already be someone else's, so nothing more is written for them.
+    #[error(
+        "sequencer: assignment lost (session timed out or fenced); restarting with fresh clients"
+    )]
+    AssignmentLost,
 }
 
 /// Connection properties; only the SASL password file can make this fail.
@@ -164,13 +174,25 @@ struct RunState {
     stats: Arc<ShellStats>,
     origin: Instant,
     actions: Vec<Action<Payload>>,
-    /// Partitions assigned but not yet taken over.
+    /// Partitions assigned but whose takeover has not started yet.
     assigned: Vec<i32>,
+    /// Takeovers running on their own threads, by partition, with the token of the latest one
+    /// (a result whose token no longer matches was revoked meanwhile and is dropped).
+    pending_takeovers: BTreeMap<i32, u64>,
+    next_takeover_token: u64,
+    takeover_tx: std::sync::mpsc::Sender<TakeoverDone>,
     /// Set when a callback hit an error the loop must end the run for.
     failed: Option<ShellError>,
     /// Counters already exported, per partition (the core's counters are per core).
     exported: BTreeMap<i32, crate::sequencer::Counters>,
     last_metrics: Instant,
+}
+
+/// A finished takeover, sent back to the consumer thread.
+struct TakeoverDone {
+    partition: i32,
+    token: u64,
+    result: Result<crate::sequencer::shell::takeover::Recovered, TakeoverError>,
 }
 
 /// How often the core's counters and gauges are exported (its gauges walk every conversation).
@@ -203,9 +225,22 @@ impl ConsumerContext for ShellContext {
                 return;
             };
             st.stats.group_joined.store(false, Ordering::SeqCst);
+            if consumer.assignment_lost() {
+                // Not a hand-over: the partitions may already belong to another replica. Write
+                // nothing more for them (no drain, no index, no commit), drop what is still
+                // queued, and start over; the next owner's takeover waits for what was already
+                // on its way.
+                use rdkafka::producer::{Producer, PurgeConfig};
+                tracing::warn!("raw partitions lost without a hand-over; dropping queued outputs");
+                st.producer.purge(PurgeConfig::default().queue().inflight());
+                st.failed.get_or_insert(ShellError::AssignmentLost);
+                st.abandon_all();
+                return;
+            }
             for e in tpl.elements() {
                 let p = e.partition();
                 st.assigned.retain(|a| *a != p);
+                st.pending_takeovers.remove(&p);
                 if let Err(err) = st.release(p, |t| consumer.commit(t, CommitMode::Sync)) {
                     tracing::error!(partition = p, error = %err, "draining a revoked partition failed");
                     st.failed.get_or_insert(err);
@@ -296,9 +331,10 @@ fn run(
 ) -> Result<(), ShellError> {
     let topics = &config.kafka.topics;
     let base = client_config(&config.kafka)?;
-    let producer =
-        idempotent_producer(&config.kafka).map_err(kafka_err("creating the producer"))?;
+    let producer = output_producer(&config.kafka, config.output_timeout)
+        .map_err(kafka_err("creating the producer"))?;
     let (done_tx, done_rx) = std::sync::mpsc::channel::<BackfillDone>();
+    let (takeover_tx, takeover_rx) = std::sync::mpsc::channel::<TakeoverDone>();
     let backfill_tx = spawn_worker(runtime, source, config.backfill_concurrency, done_tx);
     let state = Arc::new(Mutex::new(RunState {
         config: config.clone(),
@@ -310,6 +346,9 @@ fn run(
         origin: Instant::now(),
         actions: Vec::new(),
         assigned: Vec::new(),
+        pending_takeovers: BTreeMap::new(),
+        next_takeover_token: 0,
+        takeover_tx,
         failed: None,
         exported: BTreeMap::new(),
         last_metrics: Instant::now(),
@@ -320,6 +359,16 @@ fn run(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "range")
+        .set(
+            "session.timeout.ms",
+            config.session_timeout.as_millis().max(1000).to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (config.session_timeout.as_millis() / 3)
+                .max(300)
+                .to_string(),
+        )
         .set("statistics.interval.ms", "5000")
         .create_with_context(ShellContext {
             state: state.clone(),
@@ -338,9 +387,19 @@ fn run(
             if let Some(e) = st.failed.take() {
                 return Err(e);
             }
-            // Takeovers first: a newly assigned partition is paused until it is rebuilt.
+            // A newly assigned partition stays paused until its takeover, which runs on its own
+            // thread so this loop keeps polling (a takeover may wait out a previous owner, and
+            // a consumer that stops polling misses rebalances and loses its session).
             let assigned = std::mem::take(&mut st.assigned);
-            for (p, recovered) in st.recover_all(&assigned, runtime)? {
+            for p in assigned {
+                st.start_takeover(p)?;
+            }
+            while let Ok(done) = takeover_rx.try_recv() {
+                if st.pending_takeovers.get(&done.partition) != Some(&done.token) {
+                    continue;
+                }
+                st.pending_takeovers.remove(&done.partition);
+                let (p, recovered) = (done.partition, done.result?);
                 let resume = st.install(p, recovered, &consumer)?;
                 consumer
                     .seek(

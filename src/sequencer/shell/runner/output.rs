@@ -171,6 +171,9 @@ impl RunState {
             .headers(headers);
         let fut = self.enqueue(rec, topic)?;
         self.track(p, fut, is_ordered);
+        if is_ordered {
+            crate::failpoint::hit(crate::failpoint::SEQUENCER_AFTER_OUTPUT_SENT);
+        }
         Ok(())
     }
 
