@@ -18,6 +18,6 @@ fi
 if cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
   echo "cargo-fuzz $CARGO_FUZZ_VERSION already installed"
 else
-  echo "installing cargo-fuzz $CARGO_FUZZ_VERSION (about a minute on 2 cores)"
+  echo "installing cargo-fuzz $CARGO_FUZZ_VERSION (under a minute)"
   cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
 fi

@@ -140,7 +140,6 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
         backfill_concurrency: config.sequencer_io.backfill_concurrency,
         member: member.clone(),
         session_timeout: config.sequencer_io.session_timeout,
-        output_timeout: config.sequencer_io.output_timeout,
     };
     let sequencer_handle = shell::spawn(
         shell_config,

@@ -258,6 +258,7 @@ pub fn bridge_config(
     config.sequencer_io.checkpoint_interval = Duration::from_millis(200);
     config.channel.reconnect_base = Duration::from_millis(100);
     config.channel.repair_interval = Duration::from_secs(1);
+    config.channel.report_sweep_delay = Duration::from_secs(2);
     config
 }
 

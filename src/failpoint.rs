@@ -29,7 +29,7 @@ pub const SEQUENCER_AFTER_OUTPUT_SENT: &str = "sequencer.after_output_sent";
 pub const SEQUENCER_BEFORE_CHANGELOG: &str = "sequencer.before_changelog";
 /// The changelog is written; the raw offset is not committed yet.
 pub const SEQUENCER_BEFORE_COMMIT: &str = "sequencer.before_commit";
-/// A takeover is scanning the ordered topic.
+/// A takeover has written its fence and is about to scan the ordered topic.
 pub const SEQUENCER_DURING_TAKEOVER_SCAN: &str = "sequencer.during_takeover_scan";
 /// GoTo answered a back-fill; its states are not published yet.
 pub const SEQUENCER_BACKFILL_ANSWERED: &str = "sequencer.backfill_answered";

@@ -28,7 +28,7 @@ fn passes(point: &str) -> u64 {
 }
 
 async fn crash_at(point: &'static str, seed: u64) {
-    let traffic_secs = 20;
+    let traffic_secs = 30;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let broker = Tansu::start();
     let mut sim_config = SimulatorConfig::default();
@@ -108,7 +108,7 @@ async fn crash_at(point: &'static str, seed: u64) {
         r.set_env("CALLBRIDGE_FAILPOINT", "");
         r.start();
     }
-    join_after_sessions_expired(&mut replicas, last_kill).await;
+    join_after_sessions_expired(&mut replicas, last_kill, 4).await;
     let fired: usize = replicas
         .iter()
         .map(|r| {

@@ -120,12 +120,24 @@ async fn hold(duty: ChannelDuty, state: watch::Sender<ChannelState>, stop: watch
                 None => return,
             };
             let _ = state.send(ChannelState::Ready(channel.channel_id.clone()));
+            if !duty.channel.report_sweep_lookback.is_zero() {
+                let now = std::time::SystemTime::now();
+                catchup::spawn_sweep(
+                    keeper.client().clone(),
+                    duty.ingest.clone(),
+                    keeper.account_keys().to_vec(),
+                    (now - duty.channel.report_sweep_lookback, now),
+                    duty.channel.report_sweep_delay,
+                    stop.clone(),
+                );
+            }
             catchup::catch_up(keeper.client(), &duty.ingest, keeper.account_keys()).await;
             repair_loop(
                 keeper,
                 duty.ingest.clone(),
                 channel,
                 duty.channel.repair_interval,
+                duty.channel.report_sweep_delay,
                 state,
                 stop,
             )

@@ -39,11 +39,15 @@ pub async fn repair_loop(
     ingest: crate::ingest::Ingest,
     mut channel: crate::goto::Channel,
     interval: std::time::Duration,
+    sweep_delay: std::time::Duration,
     state: tokio::sync::watch::Sender<ChannelState>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.tick().await;
+    // The last time the channel was seen healthy: a repair means GoTo may have had nowhere to
+    // deliver since then.
+    let mut healthy_at = std::time::SystemTime::now();
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -51,12 +55,23 @@ pub async fn repair_loop(
         }
         match keeper.repair(&mut channel).await {
             Ok(Repair::Healthy) => {
+                healthy_at = std::time::SystemTime::now();
                 let _ = state.send(ChannelState::Ready(channel.channel_id.clone()));
             }
             Ok(r) => {
                 metrics::counter!("callbridge_channel_repairs_total").increment(1);
                 tracing::warn!(repair = ?r, "channel repaired");
                 let _ = state.send(ChannelState::Ready(channel.channel_id.clone()));
+                let now = std::time::SystemTime::now();
+                catchup::spawn_sweep(
+                    keeper.client().clone(),
+                    ingest.clone(),
+                    keeper.account_keys().to_vec(),
+                    (healthy_at, now),
+                    sweep_delay,
+                    shutdown.clone(),
+                );
+                healthy_at = now;
                 catchup::catch_up(keeper.client(), &ingest, keeper.account_keys()).await;
             }
             Err(e) => {

@@ -51,6 +51,10 @@ pub async fn run(
     let mut failures: u32 = 0;
     let mut channel: Option<Channel> = None;
     let mut recreate = false;
+    // Since when GoTo may have had nobody to deliver to: a new owner cannot know when its
+    // predecessor lost the socket, so it looks back `report_sweep_lookback`.
+    let mut down_since: Option<std::time::SystemTime> = (!settings.report_sweep_lookback.is_zero())
+        .then(|| std::time::SystemTime::now() - settings.report_sweep_lookback);
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -91,8 +95,12 @@ pub async fn run(
             &state,
             &mut shutdown,
             &mut channel,
+            &mut down_since,
         )
         .await;
+        if !matches!(end, SessionEnd::Shutdown) {
+            down_since.get_or_insert_with(std::time::SystemTime::now);
+        }
         match end {
             SessionEnd::Shutdown => return Ok(()),
             SessionEnd::Reconnect(why) => {
@@ -157,6 +165,7 @@ async fn session(
     state: &watch::Sender<ChannelState>,
     shutdown: &mut watch::Receiver<bool>,
     channel_slot: &mut Option<Channel>,
+    down_since: &mut Option<std::time::SystemTime>,
 ) -> SessionEnd {
     let Some(url) = current.kind.url().map(str::to_string) else {
         return SessionEnd::Recreate("no_channel_url");
@@ -179,6 +188,16 @@ async fn session(
             ingest.clone(),
             keeper.account_keys().to_vec(),
         );
+        if let Some(since) = down_since.take() {
+            super::catchup::spawn_sweep(
+                client.clone(),
+                ingest.clone(),
+                keys.clone(),
+                (since, std::time::SystemTime::now()),
+                settings.report_sweep_delay,
+                shutdown.clone(),
+            );
+        }
         tokio::spawn(async move {
             super::catchup::catch_up(&client, &ingest, &keys).await;
         });

@@ -149,6 +149,15 @@ pub struct ChannelSettings {
     /// replica takes the channel over (the election group's `session.timeout.ms`).
     #[serde(with = "humantime_serde")]
     pub owner_session_timeout: Duration,
+    /// After the channel comes back, wait this long (GoTo publishes a call's report minutes
+    /// after it ends) before sweeping the report summaries for calls that started and ended
+    /// while it was down.
+    #[serde(with = "humantime_serde")]
+    pub report_sweep_delay: Duration,
+    /// A replica that becomes the channel owner sweeps calls created this far back (it cannot
+    /// know when its predecessor lost the channel); `0s` turns that sweep off.
+    #[serde(with = "humantime_serde")]
+    pub report_sweep_lookback: Duration,
 }
 
 impl Default for ChannelSettings {
@@ -164,6 +173,8 @@ impl Default for ChannelSettings {
             reconnect_base: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
             owner_session_timeout: Duration::from_secs(10),
+            report_sweep_delay: Duration::from_secs(180),
+            report_sweep_lookback: Duration::from_secs(120),
         }
     }
 }
@@ -212,12 +223,6 @@ pub struct SequencerIoSettings {
     /// before the group hands them to the others (`session.timeout.ms` of the raw consumer).
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
-    /// An output not acknowledged by Kafka within this long fails, and the partition is taken
-    /// over again (`message.timeout.ms` of the sequencer's producer). A takeover after a crash
-    /// waits `session_timeout` + `output_timeout` before reading the output, so nothing the
-    /// previous owner still had queued can land after it.
-    #[serde(with = "humantime_serde")]
-    pub output_timeout: Duration,
 }
 
 impl Default for SequencerIoSettings {
@@ -227,7 +232,6 @@ impl Default for SequencerIoSettings {
             takeover_timeout: Duration::from_secs(30),
             backfill_concurrency: 4,
             session_timeout: Duration::from_secs(10),
-            output_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -557,14 +561,6 @@ impl BridgeConfig {
                 "sequencer_io.backfill_concurrency",
                 "0",
                 "an integer >= 1",
-            ));
-        }
-        let output = self.sequencer_io.output_timeout;
-        if output < Duration::from_secs(1) || output > Duration::from_secs(300) {
-            report.push(Invalid::new(
-                "sequencer_io.output_timeout",
-                &humantime::format_duration(output).to_string(),
-                "between 1s and 5m (e.g. \"10s\"); a crash takeover waits session_timeout + output_timeout",
             ));
         }
         let session = self.sequencer_io.session_timeout;

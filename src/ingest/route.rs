@@ -60,3 +60,60 @@ pub fn route(body: &[u8]) -> Disposition {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The bad-input table of docs/reliability.md, row by row.
+    use super::*;
+
+    fn call_state(state: &str) -> Vec<u8> {
+        format!(
+            r#"{{"source":"call-events","type":"call-state","content":{{"metadata":{{"conversationSpaceId":"c-1"}},"state":{state}}}}}"#
+        )
+        .into_bytes()
+    }
+
+    fn reason(body: &[u8]) -> String {
+        match route(body) {
+            Disposition::Raw { .. } => "raw".into(),
+            Disposition::DeadLetter { reason, .. } => reason.into(),
+            Disposition::OtherSource { .. } => "other_source".into(),
+            Disposition::Control(_) => "control".into(),
+        }
+    }
+
+    #[test]
+    fn bad_input_table() {
+        // GoTo is known to send some numbers as strings; a numeric string sequence is accepted.
+        let valid = call_state(r#"{"sequenceNumber":3,"type":"ACTIVE"}"#);
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let mut invalid_utf8 = call_state(r#"{"sequenceNumber":3,"type":"ACTIVE","x":"AB"}"#);
+        let at = invalid_utf8.len() - 4;
+        invalid_utf8[at] = 0xff;
+        let rows: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("valid", valid.clone(), "raw"),
+            ("truncated", valid[..valid.len() / 2].to_vec(), "invalid_json"),
+            ("not json", b"{not json".to_vec(), "invalid_json"),
+            ("empty", Vec::new(), "invalid_json"),
+            ("invalid utf-8", invalid_utf8, "invalid_json"),
+            ("array", b"[]".to_vec(), "not_an_object"),
+            ("no conversation id", br#"{"source":"call-events","type":"call-state","content":{"metadata":{},"state":{"sequenceNumber":1}}}"#.to_vec(), "missing_conversation_space_id"),
+            ("numeric conversation id", br#"{"source":"call-events","type":"call-state","content":{"metadata":{"conversationSpaceId":7},"state":{"sequenceNumber":1}}}"#.to_vec(), "invalid_conversation_space_id"),
+            ("no sequence", call_state(r#"{"type":"ACTIVE"}"#), "missing_sequence_number"),
+            ("sequence as string", call_state(r#"{"sequenceNumber":"3"}"#), "raw"),
+            ("sequence zero", call_state(r#"{"sequenceNumber":0}"#), "invalid_sequence_number"),
+            ("sequence negative", call_state(r#"{"sequenceNumber":-1}"#), "invalid_sequence_number"),
+            ("sequence float", call_state(r#"{"sequenceNumber":1.5}"#), "invalid_sequence_number"),
+            ("sequence huge", call_state(r#"{"sequenceNumber":123456789012345678901234567890}"#), "invalid_sequence_number"),
+            ("state not an object", call_state(r#""ACTIVE""#), "invalid_state"),
+            ("deep nesting in state (100)", call_state(&format!(r#"{{"sequenceNumber":3,"x":{}}}"#, deep(100))), "raw"),
+            ("deep nesting in state (10000)", call_state(&format!(r#"{{"sequenceNumber":3,"x":{}}}"#, deep(10_000))), "invalid_json"),
+            ("oversize", vec![b' '; MAX_NOTIFICATION_BYTES + 1], "oversize"),
+            ("control", br#"{"data":{"source":"notification-websocket","type":"WEBSOCKET_REFRESH_REQUIRED"}}"#.to_vec(), "control"),
+            ("other source", br#"{"source":"call-history","type":"report-summary","content":{}}"#.to_vec(), "other_source"),
+        ];
+        for (name, body, expected) in &rows {
+            assert_eq!(reason(body), *expected, "{name}");
+        }
+    }
+}

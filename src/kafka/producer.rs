@@ -11,35 +11,12 @@ use rdkafka::producer::FutureProducer;
 
 /// A producer with idempotence, `acks=all` and the Java partitioner.
 pub fn idempotent_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
-    producer_with_timeout(config, None)
-}
-
-/// The sequencer's output producer: like [`idempotent_producer`], but a record not acknowledged
-/// within `timeout` fails instead of waiting forever. The bound is what makes a replaced owner's
-/// writes finite in time: whatever it still had queued is written or failed within `timeout`,
-/// so the next owner knows how long to wait before trusting its scan of the output. A failed
-/// output is never retried alone (the shell takes the partition over again), so the timeout
-/// cannot open a gap.
-pub fn output_producer(
-    config: &KafkaConfig,
-    timeout: std::time::Duration,
-) -> Result<FutureProducer, KafkaError> {
-    producer_with_timeout(config, Some(timeout))
-}
-
-fn producer_with_timeout(
-    config: &KafkaConfig,
-    timeout: Option<std::time::Duration>,
-) -> Result<FutureProducer, KafkaError> {
     let mut c = config
         .client_config()
         .map_err(|e| KafkaError::ClientCreation(format!("kafka.sasl.password_file: {e}")))?;
     c.set("enable.idempotence", "true")
         .set("acks", "all")
-        .set(
-            "message.timeout.ms",
-            timeout.map_or(0, |t| t.as_millis().max(1)).to_string(),
-        )
+        .set("message.timeout.ms", "0")
         .set("partitioner", "murmur2_random");
     if !config.librdkafka.contains_key("linger.ms") {
         // The acknowledged path is latency-bound (a webhook waits for the ack): keep batches short.

@@ -169,7 +169,10 @@ impl<P> PartitionSequencer<P> {
             .collect()
     }
 
-    /// Takeover: seed `conv` from the changelog. Merges (max wins) with anything already known.
+    /// Takeover: seed `conv` from the changelog, on a fresh core, before any state of `conv`
+    /// arrives (the shell restores, then scans, then reads raw). Merging into a conversation that
+    /// already holds states is not supported: a held state landing exactly on the new `next`
+    /// would not be released (found by the `sequencer_input` fuzz target; see fuzz/README.md).
     pub fn restore(&mut self, conv: &str, checkpoint: ConversationCheckpoint, now: Timestamp) {
         self.now = self.now.max(now);
         let id = self.intern(conv, now);

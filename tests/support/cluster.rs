@@ -125,6 +125,8 @@ kind = "{transport}"
 reconnect_base = "100ms"
 repair_interval = "2s"
 owner_session_timeout = "3s"
+report_sweep_delay = "2s"
+report_sweep_lookback = "60s"
 [webhook]
 listen = "127.0.0.1:{webhook_port}"
 public_url = "http://127.0.0.1:{webhook_port}/goto/webhook"
@@ -144,7 +146,6 @@ idle_probe_after = "3s"
 [sequencer_io]
 checkpoint_interval = "200ms"
 session_timeout = "{session_ms}ms"
-output_timeout = "4s"
 [shutdown]
 timeout = "10s"
 [log]
@@ -348,16 +349,6 @@ pub fn announced(truth: &callbridge::simulator::GroundTruth) -> std::collections
         .collect()
 }
 
-/// Conversations with a completion record in the ordered topic.
-pub async fn completed(d: &Deployment) -> std::collections::HashSet<String> {
-    d.read_ordered()
-        .await
-        .iter()
-        .filter(|r| r.header("callbridge-kind") == Some("completion"))
-        .filter_map(|r| r.key.clone())
-        .collect()
-}
-
 /// Waits until every announced call is complete in the ordered topic, printing progress
 /// (incomplete calls, partitions owned per replica) every 2 s; false at the deadline.
 pub async fn wait_for_completion(
@@ -368,8 +359,16 @@ pub async fn wait_for_completion(
 ) -> bool {
     let started = Instant::now();
     loop {
-        let want = announced(&control.ground_truth());
-        let have = completed(d).await;
+        // Every call GoTo announced, and every call the bridge published anything of (the
+        // report sweep finds calls GoTo never announced), must be complete.
+        let records = d.read_ordered().await;
+        let mut want = announced(&control.ground_truth());
+        want.extend(records.iter().filter_map(|r| r.key.clone()));
+        let have: std::collections::HashSet<String> = records
+            .iter()
+            .filter(|r| r.header("callbridge-kind") == Some("completion"))
+            .filter_map(|r| r.key.clone())
+            .collect();
         let missing = want.difference(&have).count();
         if missing == 0 {
             return true;
@@ -397,17 +396,49 @@ pub async fn wait_for_completion(
 /// tansu 0.6 evicts a group member that died without leaving only when another member joins
 /// after the dead one's session expired (a real broker evicts it by itself and rebalances); until
 /// then the dead member's raw partitions have no owner. This waits for the session timeout to
-/// run out since the last kill and restarts one replica cleanly (a rolling restart: the join
-/// tansu needs). Returns once it is ready again.
-pub async fn join_after_sessions_expired(replicas: &mut [Replica], last_kill: Instant) {
+/// run out since the last kill, then restarts one replica cleanly (a rolling restart: the join
+/// tansu needs) and waits for every partition to be owned again; if one is still orphaned, it
+/// does the same with the next replica (at most once per replica). Returns the restarts made.
+pub async fn join_after_sessions_expired(
+    replicas: &mut [Replica],
+    last_kill: Instant,
+    partitions: u64,
+) -> usize {
+    let mut restarts = 0;
     let expired = last_kill + SESSION_TIMEOUT + Duration::from_secs(1);
     tokio::time::sleep_until(expired.into()).await;
-    let r = &mut replicas[0];
-    r.terminate();
-    r.start();
-    assert!(
-        r.wait_ready(Duration::from_secs(60)).await,
-        "{} did not come back",
-        r.name
-    );
+    for i in 0..replicas.len() {
+        let r = &mut replicas[i];
+        r.terminate();
+        r.start();
+        restarts += 1;
+        assert!(
+            r.wait_ready(Duration::from_secs(60)).await,
+            "{} did not come back",
+            r.name
+        );
+        // Takeovers after a crash wait out the previous owner (session timeout + 5 s).
+        let deadline = Instant::now() + SESSION_TIMEOUT + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if owned_partitions(replicas).await >= partitions {
+                return restarts;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // Sessions of members killed just before this join have expired by now.
+    }
+    restarts
+}
+
+/// Raw partitions taken over, summed over the replicas' `/readyz`.
+pub async fn owned_partitions(replicas: &[Replica]) -> u64 {
+    let mut n = 0;
+    for r in replicas {
+        n += r
+            .readyz()
+            .await
+            .and_then(|v| v["checks"]["sequencer"]["partitions_owned"].as_u64())
+            .unwrap_or(0);
+    }
+    n
 }

@@ -64,10 +64,13 @@ impl Tansu {
     pub fn restart(&mut self) {
         self.stop();
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        // Kept after the test (under the target dir) for whoever debugs a failure.
+        let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tansu-logs");
+        let _ = std::fs::create_dir_all(&log_dir);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self._dir.0.join("tansu.log"))
+            .open(log_dir.join(format!("tansu-{}-{}.log", std::process::id(), self.port)))
             .expect("tansu log file");
         let child = Command::new(tansu_bin())
             .current_dir(&self.workdir)
@@ -79,6 +82,10 @@ impl Tansu {
                 &url,
             ])
             .args(["--storage-engine", &self.storage])
+            .env(
+                "RUST_LOG",
+                std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

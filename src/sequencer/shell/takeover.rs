@@ -218,6 +218,7 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     rec.epoch = epoch;
 
     // 3. The output may be ahead of the index.
+    crate::failpoint::hit(crate::failpoint::SEQUENCER_DURING_TAKEOVER_SCAN);
     let start = rec.progress.map(|pr| pr.ordered_offset + 1).unwrap_or(0);
     let (low, high) = reader
         .fetch_watermarks(ctx.ordered_topic, p, ctx.timeout)
@@ -235,7 +236,6 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
         true,
         |m| {
             scanned += 1;
-            crate::failpoint::hit(crate::failpoint::SEQUENCER_DURING_TAKEOVER_SCAN);
             apply_output(convs, m);
             Ok(())
         },

@@ -55,6 +55,12 @@ fn synthesized_metadata(conversation: &str) -> Box<RawValue> {
     RawValue::from_string(json).unwrap_or_else(|_| Box::<RawValue>::default())
 }
 
+/// Beyond the session timeout, how long a replaced owner's last produce requests may still take
+/// to land: a request is written by the broker on receipt, and an owner that cannot reach the
+/// broker for longer than its session timeout learns it lost the partition and destroys its
+/// producer before it reconnects.
+const STRAGGLER_MARGIN: Duration = Duration::from_secs(5);
+
 impl RunState {
     /// Starts the Kafka part of partition `p`'s takeover on its own thread; the result comes
     /// back through `takeover_tx`.
@@ -63,13 +69,38 @@ impl RunState {
         self.next_takeover_token += 1;
         let token = self.next_takeover_token;
         self.pending_takeovers.insert(p, token);
-        let producer = self.producer.clone();
         let runtime = self.runtime.clone();
         let config = self.config.clone();
         let tx = self.takeover_tx.clone();
         std::thread::Builder::new()
             .name(format!("takeover-{p}"))
             .spawn(move || {
+                // The fence gets a producer of its own: a takeover that waits out a previous
+                // owner must not keep the run's output producer (and what it queues) alive.
+                let producer: FutureProducer = match base
+                    .clone()
+                    .set("enable.idempotence", "false")
+                    .set("acks", "all")
+                    .set(
+                        "message.timeout.ms",
+                        config.takeover_timeout.as_millis().max(1).to_string(),
+                    )
+                    .create()
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(TakeoverDone {
+                            partition: p,
+                            token,
+                            result: Err(crate::sequencer::shell::takeover::TakeoverError::Kafka {
+                                partition: p,
+                                action: "creating the fence producer",
+                                source: e,
+                            }),
+                        });
+                        return;
+                    }
+                };
                 let topics = &config.kafka.topics;
                 let ctx = TakeoverContext {
                     client_config: base,
@@ -79,7 +110,7 @@ impl RunState {
                     ordered_topic: &topics.ordered,
                     member: &config.member,
                     timeout: config.takeover_timeout,
-                    unclean_wait: config.session_timeout + config.output_timeout,
+                    unclean_wait: config.session_timeout + STRAGGLER_MARGIN,
                 };
                 let result = take_over(&ctx, p);
                 // The run may be over (its receiver gone); the result is moot then.

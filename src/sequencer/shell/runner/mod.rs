@@ -24,7 +24,7 @@ pub(crate) use input::epoch_ms;
 use super::backfill::{spawn_worker, BackfillDone, BackfillJob, BackfillSource, Fetched};
 use super::changelog::{self, ConversationEntry, Progress};
 use super::takeover::{take_over, TakeoverContext, TakeoverError};
-use crate::kafka::{output_producer, KafkaConfig};
+use crate::kafka::{idempotent_producer, KafkaConfig};
 use crate::notification::{self, Notification};
 use crate::publish::record::{self, GapCause, OrderedRecord, RecordOrigin};
 use crate::sequencer::{
@@ -71,8 +71,6 @@ pub struct ShellConfig {
     pub member: String,
     /// `session.timeout.ms` of the raw consumer group.
     pub session_timeout: Duration,
-    /// How long an output may wait for its acknowledgement before it fails.
-    pub output_timeout: Duration,
 }
 
 /// Why a run of the shell ended.
@@ -227,12 +225,12 @@ impl ConsumerContext for ShellContext {
             st.stats.group_joined.store(false, Ordering::SeqCst);
             if consumer.assignment_lost() {
                 // Not a hand-over: the partitions may already belong to another replica. Write
-                // nothing more for them (no drain, no index, no commit), drop what is still
-                // queued, and start over; the next owner's takeover waits for what was already
-                // on its way.
-                use rdkafka::producer::{Producer, PurgeConfig};
-                tracing::warn!("raw partitions lost without a hand-over; dropping queued outputs");
-                st.producer.purge(PurgeConfig::default().queue().inflight());
+                // nothing more for them (no drain, no index, no commit) and end the run: its
+                // producer is destroyed with what it still queues. No explicit purge: purging
+                // in-flight records makes an idempotent producer bump its epoch, and some
+                // brokers (tansu 0.6) fail on that. The next owner's takeover waits out what
+                // was already on its way.
+                tracing::warn!("raw partitions lost without a hand-over; restarting the sequencer");
                 st.failed.get_or_insert(ShellError::AssignmentLost);
                 st.abandon_all();
                 return;
@@ -331,8 +329,8 @@ fn run(
 ) -> Result<(), ShellError> {
     let topics = &config.kafka.topics;
     let base = client_config(&config.kafka)?;
-    let producer = output_producer(&config.kafka, config.output_timeout)
-        .map_err(kafka_err("creating the producer"))?;
+    let producer =
+        idempotent_producer(&config.kafka).map_err(kafka_err("creating the producer"))?;
     let (done_tx, done_rx) = std::sync::mpsc::channel::<BackfillDone>();
     let (takeover_tx, takeover_rx) = std::sync::mpsc::channel::<TakeoverDone>();
     let backfill_tx = spawn_worker(runtime, source, config.backfill_concurrency, done_tx);
