@@ -131,7 +131,22 @@ async fn chaos_replicas_broker_and_goto_faults_lose_nothing() {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut restart_at: Vec<(Instant, usize)> = Vec::new();
     let mut last_broker_restart = Instant::now();
+    let mut broker_restarts = 0u32;
     let mut last_kill = Instant::now();
+    let mut first_pass = vec![
+        Chaos::KillReplica,
+        Chaos::StopReplica,
+        Chaos::RestartBroker,
+        Chaos::RevokeTokens,
+        Chaos::DeleteChannel,
+        Chaos::ToBeClosed,
+        Chaos::Storm429,
+        Chaos::Burst5xx,
+    ];
+    {
+        use rand::seq::SliceRandom;
+        first_pass.shuffle(&mut rng);
+    }
     while started.elapsed() < Duration::from_secs(chaos_secs) {
         // Replicas due back come back (what Kubernetes does after a crash).
         let now = Instant::now();
@@ -140,7 +155,8 @@ async fn chaos_replicas_broker_and_goto_faults_lose_nothing() {
         }
         restart_at.retain(|(t, _)| *t > now);
         tokio::time::sleep(Duration::from_millis(rng.gen_range(2000..5000))).await;
-        let event = Chaos::pick(&mut rng);
+        // Every kind of fault once (in a seeded order), then at random.
+        let event = first_pass.pop().unwrap_or_else(|| Chaos::pick(&mut rng));
         let running: Vec<usize> = (0..replicas.len())
             .filter(|i| replicas[*i].is_running())
             .collect();
@@ -158,10 +174,14 @@ async fn chaos_replicas_broker_and_goto_faults_lose_nothing() {
                 restart_at.push((Instant::now() + back_in, i));
                 true
             }
-            Chaos::RestartBroker if last_broker_restart.elapsed() > Duration::from_secs(20) => {
+            Chaos::RestartBroker
+                if broker_restarts == 0
+                    || last_broker_restart.elapsed() > Duration::from_secs(20) =>
+            {
                 broker.stop();
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..5000))).await;
                 broker.restart();
+                broker_restarts += 1;
                 last_broker_restart = Instant::now();
                 last_kill = Instant::now();
                 true
