@@ -398,14 +398,40 @@ pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String>
 pub struct MockKafka {
     /// Bootstrap servers of the mock brokers.
     pub bootstrap: String,
+    applied: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A broker fault the mock cluster applies (what tansu cannot produce).
+#[derive(Clone, Copy, Debug)]
+pub enum MockFault {
+    /// Every broker answers this much later (zero: back to normal).
+    RoundTrip(Duration),
+    /// The next `n` Produce requests fail with retriable errors (not leader, timed out).
+    ProduceErrors(usize),
+    /// The next `n` Fetch requests fail with retriable errors.
+    FetchErrors(usize),
+    /// The leader of every partition of every topic moves to the next broker.
+    MoveLeaders,
 }
 
 impl MockKafka {
     /// Starts 3 mock brokers and creates `topics` with `partitions` each.
     pub fn start(topics: &[String], partitions: i32) -> Result<Self, String> {
+        Self::start_with_faults(topics, partitions, Vec::new())
+    }
+
+    /// Like [`MockKafka::start`], then applies `schedule` (offsets from the start) on the mock
+    /// cluster's own thread (it is `!Send`).
+    pub fn start_with_faults(
+        topics: &[String],
+        partitions: i32,
+        schedule: Vec<(Duration, MockFault)>,
+    ) -> Result<Self, String> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
+        let applied = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let applied_in_thread = applied.clone();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         let topics = topics.to_vec();
         let thread = std::thread::Builder::new()
@@ -425,6 +451,17 @@ impl MockKafka {
                     }
                 }
                 let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                let started = std::time::Instant::now();
+                let mut round = 0;
+                for (at, fault) in schedule {
+                    let wait = (started + at).saturating_duration_since(std::time::Instant::now());
+                    if stop_rx.recv_timeout(wait).is_ok() {
+                        return;
+                    }
+                    if apply_mock_fault(&cluster, &topics, partitions, fault, &mut round) {
+                        applied_in_thread.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
                 let _ = stop_rx.recv();
                 drop(cluster);
             })
@@ -432,9 +469,74 @@ impl MockKafka {
         let bootstrap = ready_rx.recv().map_err(|e| e.to_string())??;
         Ok(Self {
             bootstrap,
+            applied,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
+    }
+}
+
+fn apply_mock_fault(
+    cluster: &rdkafka::mocking::MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    topics: &[String],
+    partitions: i32,
+    fault: MockFault,
+    round: &mut i32,
+) -> bool {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let retriable = |n: usize| -> Vec<RDKafkaRespErr> {
+        (0..n)
+            .map(|i| {
+                if i % 2 == 0 {
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION
+                } else {
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT
+                }
+            })
+            .collect()
+    };
+    let result = match fault {
+        MockFault::RoundTrip(d) => (1..=3).try_for_each(|b| {
+            cluster
+                .broker_round_trip_time(b, d)
+                .map_err(|e| e.to_string())
+        }),
+        MockFault::ProduceErrors(n) => {
+            cluster.request_errors(RDKafkaApiKey::Produce, &retriable(n));
+            Ok(())
+        }
+        MockFault::FetchErrors(n) => {
+            cluster.request_errors(RDKafkaApiKey::Fetch, &retriable(n));
+            Ok(())
+        }
+        MockFault::MoveLeaders => {
+            *round += 1;
+            topics.iter().try_for_each(|t| {
+                (0..partitions).try_for_each(|p| {
+                    let broker = (p + *round) % 3 + 1;
+                    cluster
+                        .partition_leader(t, p, Some(broker))
+                        .map_err(|e| e.to_string())
+                })
+            })
+        }
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(?fault, "mock broker fault applied");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(?fault, error = %e, "mock broker fault not applied");
+            false
+        }
+    }
+}
+
+impl MockKafka {
+    /// How many scheduled faults have been applied so far.
+    pub fn faults_applied(&self) -> usize {
+        self.applied.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

@@ -24,7 +24,7 @@ pub(crate) use input::epoch_ms;
 use super::backfill::{spawn_worker, BackfillDone, BackfillJob, BackfillSource, Fetched};
 use super::changelog::{self, ConversationEntry, Progress};
 use super::takeover::{take_over, TakeoverContext, TakeoverError};
-use crate::kafka::{idempotent_producer, KafkaConfig};
+use crate::kafka::{ordered_producer, KafkaConfig};
 use crate::notification::{self, Notification};
 use crate::publish::record::{self, GapCause, OrderedRecord, RecordOrigin};
 use crate::sequencer::{
@@ -329,8 +329,7 @@ fn run(
 ) -> Result<(), ShellError> {
     let topics = &config.kafka.topics;
     let base = client_config(&config.kafka)?;
-    let producer =
-        idempotent_producer(&config.kafka).map_err(kafka_err("creating the producer"))?;
+    let producer = ordered_producer(&config.kafka).map_err(kafka_err("creating the producer"))?;
     let (done_tx, done_rx) = std::sync::mpsc::channel::<BackfillDone>();
     let (takeover_tx, takeover_rx) = std::sync::mpsc::channel::<TakeoverDone>();
     let backfill_tx = spawn_worker(runtime, source, config.backfill_concurrency, done_tx);
