@@ -178,6 +178,14 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
         }));
     }
 
+    tasks.push(tokio::spawn(sweep_unwritten_windows(
+        client.clone(),
+        ingest.clone(),
+        config.goto.account_keys.clone(),
+        config.channel.report_sweep_delay,
+        stop_rx.clone(),
+    )));
+
     let election =
         ChannelElection::start(&config.kafka, &member, config.channel.owner_session_timeout)?;
     let mut role = election.role();
@@ -230,6 +238,43 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
         readiness,
         drain_timeout: config.shutdown.timeout,
     })
+}
+
+/// Every 5 s: windows in which this replica could not write notifications to Kafka, now over,
+/// are swept from GoTo's report summaries (calls wholly inside them left nothing in raw). Every
+/// replica does this for its own ingest, owner or not (webhooks reach any replica).
+async fn sweep_unwritten_windows(
+    client: GotoClient,
+    ingest: Ingest,
+    account_keys: Vec<String>,
+    delay: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        for window in ingest.take_unwritten_windows() {
+            tracing::warn!(
+                seconds = window
+                    .1
+                    .duration_since(window.0)
+                    .unwrap_or_default()
+                    .as_secs(),
+                "notifications could not be written for a while; sweeping GoTo's reports for it"
+            );
+            channel::catchup::spawn_sweep(
+                client.clone(),
+                ingest.clone(),
+                account_keys.clone(),
+                window,
+                delay,
+                stop.clone(),
+            );
+        }
+    }
 }
 
 /// Every 2 s: is Kafka reachable (for `/readyz`), and how deep is ingest's producer queue.

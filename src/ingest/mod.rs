@@ -31,12 +31,50 @@ pub enum Accepted {
 #[derive(Clone)]
 pub struct Ingest {
     writer: RawWriter,
+    outage: std::sync::Arc<std::sync::Mutex<UnwrittenWindow>>,
+}
+
+/// When notifications could not be written (Kafka down): a call that started and ended in that
+/// window left nothing in raw, so nothing will ever ask for it; the window is swept from GoTo's
+/// report summaries once writes succeed again (see `channel::catchup`).
+#[derive(Default)]
+struct UnwrittenWindow {
+    /// First failed write of the current outage.
+    since: Option<std::time::SystemTime>,
+    /// Outages that ended and are waiting to be swept: (first failure, first success after).
+    ended: Vec<(std::time::SystemTime, std::time::SystemTime)>,
 }
 
 impl Ingest {
     /// Ingest over `writer`.
     pub fn new(writer: RawWriter) -> Self {
-        Self { writer }
+        Self {
+            writer,
+            outage: Default::default(),
+        }
+    }
+
+    /// Takes the windows in which notifications could not be written and that have ended since.
+    pub fn take_unwritten_windows(&self) -> Vec<(std::time::SystemTime, std::time::SystemTime)> {
+        self.outage
+            .lock()
+            .map(|mut o| std::mem::take(&mut o.ended))
+            .unwrap_or_default()
+    }
+
+    fn note_write(&self, ok: bool) {
+        let Ok(mut o) = self.outage.lock() else {
+            return;
+        };
+        let now = std::time::SystemTime::now();
+        match (ok, o.since) {
+            (false, None) => o.since = Some(now),
+            (true, Some(since)) => {
+                o.since = None;
+                o.ended.push((since, now));
+            }
+            _ => {}
+        }
     }
 
     /// The underlying writer (queue depth, flush on shutdown).
@@ -46,6 +84,16 @@ impl Ingest {
 
     /// Routes `body` and writes it where it belongs; `Ok` only once Kafka acknowledged it.
     pub async fn accept(&self, body: &[u8], transport: Transport) -> Result<Accepted, WriteError> {
+        let result = self.accept_inner(body, transport).await;
+        self.note_write(result.is_ok());
+        result
+    }
+
+    async fn accept_inner(
+        &self,
+        body: &[u8],
+        transport: Transport,
+    ) -> Result<Accepted, WriteError> {
         metrics::counter!("callbridge_notifications_received_total", "transport" => transport.as_str())
             .increment(1);
         match route(body) {
@@ -82,5 +130,34 @@ impl Ingest {
             }
             Disposition::Control(control) => Ok(Accepted::Control(control)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_of_writes_becomes_one_window_once_writes_succeed_again() {
+        let ingest = Ingest::new(
+            RawWriter::new(&crate::kafka::KafkaConfig::default())
+                .expect("producer without a broker"),
+        );
+        ingest.note_write(true);
+        assert!(
+            ingest.take_unwritten_windows().is_empty(),
+            "no failure, no window"
+        );
+        ingest.note_write(false);
+        ingest.note_write(false);
+        assert!(
+            ingest.take_unwritten_windows().is_empty(),
+            "still failing: not over yet"
+        );
+        ingest.note_write(true);
+        let windows = ingest.take_unwritten_windows();
+        assert_eq!(windows.len(), 1);
+        assert!(windows[0].0 <= windows[0].1);
+        assert!(ingest.take_unwritten_windows().is_empty(), "taken once");
     }
 }
