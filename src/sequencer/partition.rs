@@ -184,6 +184,16 @@ impl<P> PartitionSequencer<P> {
         self.settle(&id);
     }
 
+    /// Takeover: `conv`'s restored checkpoint is newer than what the changelog holds (the scan of
+    /// the ordered topic raised it), so it must be written again: otherwise the next progress
+    /// record moves past the outputs that raised it, and the takeover after that would resume
+    /// from the stale changelog entry and publish them twice.
+    pub fn mark_dirty(&mut self, conv: &str) {
+        if let Some((id, _)) = self.conversations.get_key_value(conv) {
+            self.dirty.insert(id.clone());
+        }
+    }
+
     /// Takeover scan: the ordered topic holds state `seq` of `conv` beyond the checkpoint.
     pub fn observe_published(&mut self, conv: &str, seq: u64) {
         let id = self.intern(conv, self.now);

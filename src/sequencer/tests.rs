@@ -764,3 +764,23 @@ fn an_idle_open_conversation_stays_small() {
     assert!(size <= 160, "Conversation is {size} bytes");
     eprintln!("Conversation<Vec<u8>> = {size} bytes");
 }
+
+#[test]
+fn a_restored_checkpoint_raised_by_the_scan_is_written_again() {
+    // The takeover merged the ordered-topic scan into the checkpoint it restores; the changelog
+    // still holds the older entry, so the conversation must be written at the next snapshot.
+    let mut h = Harness::new();
+    let cp = ConversationCheckpoint {
+        next_sequence: 7,
+        ended: true,
+        gap_count: 0,
+    };
+    h.seq.restore("c", cp, h.now);
+    h.seq.restore("quiet", cp, h.now);
+    h.seq.mark_dirty("c");
+    h.seq.mark_dirty("unknown");
+    let dirty = h.seq.take_dirty();
+    assert_eq!(dirty.len(), 1, "{dirty:?}");
+    assert_eq!(&*dirty[0].0, "c");
+    assert_eq!(dirty[0].1, Some(cp));
+}

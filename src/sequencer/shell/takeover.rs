@@ -72,6 +72,9 @@ pub struct Recovered {
     /// The previous owner did not hand over cleanly (crash, lost session), so the takeover
     /// waited `unclean_wait` for its stragglers.
     pub waited_for_previous_owner: bool,
+    /// Conversations the scan of the ordered topic moved past their changelog entry: their new
+    /// resume point is not in the changelog yet.
+    pub raised_by_scan: std::collections::HashSet<String>,
 }
 
 /// Topics and clients a takeover needs.
@@ -225,6 +228,7 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
         .map_err(kafka("reading ordered watermarks"))?;
     let from = start.max(low);
     let convs = &mut rec.conversations;
+    let raised = &mut rec.raised_by_scan;
     let mut scanned = 0u64;
     let end = read_range(
         &reader,
@@ -236,6 +240,9 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
         true,
         |m| {
             scanned += 1;
+            if let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                raised.insert(key.to_string());
+            }
             apply_output(convs, m);
             Ok(())
         },

@@ -149,6 +149,9 @@ impl RunState {
                 now,
             );
         }
+        for conv in &recovered.raised_by_scan {
+            core.mark_dirty(conv);
+        }
         // Resume from the index; without one, from the group's committed offset (never past an
         // unindexed output: commits only ever follow an acknowledged index write).
         let resume = match recovered.progress {
