@@ -11,6 +11,22 @@ use rdkafka::producer::FutureProducer;
 
 /// A producer with idempotence, `acks=all` and the Java partitioner.
 pub fn idempotent_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    idempotent_settings(config)?.create()
+}
+
+/// The sequencer's output producer: [`idempotent_producer`] with one request in flight per
+/// broker. With several in flight, a batch that fails and is retried can be overtaken by the
+/// next one; a strict broker refuses the overtaking batch (out of order sequence), but
+/// librdkafka's mock cluster was seen here acknowledging both and keeping only the later one: a
+/// state reported written that is not in the topic, after its successor. The ordered topic cannot
+/// afford to depend on the broker's strictness; raw can (a lost raw record is back-filled).
+pub fn ordered_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    idempotent_settings(config)?
+        .set("max.in.flight.requests.per.connection", "1")
+        .create()
+}
+
+fn idempotent_settings(config: &KafkaConfig) -> Result<rdkafka::ClientConfig, KafkaError> {
     let mut c = config
         .client_config()
         .map_err(|e| KafkaError::ClientCreation(format!("kafka.sasl.password_file: {e}")))?;
@@ -22,28 +38,7 @@ pub fn idempotent_producer(config: &KafkaConfig) -> Result<FutureProducer, Kafka
         // The acknowledged path is latency-bound (a webhook waits for the ack): keep batches short.
         c.set("linger.ms", "1");
     }
-    c.create()
-}
-
-/// The sequencer's output producer: [`idempotent_producer`] with one request in flight per
-/// broker. With several in flight, a batch that fails and is retried can be overtaken by the
-/// next one; a strict broker refuses the overtaking batch (out of order sequence), but
-/// librdkafka's mock cluster was seen here acknowledging both and keeping only the later one: a
-/// state reported written that is not in the topic, after its successor. The ordered topic cannot
-/// afford to depend on the broker's strictness; raw can (a lost raw record is back-filled).
-pub fn ordered_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
-    let mut c = config
-        .client_config()
-        .map_err(|e| KafkaError::ClientCreation(format!("kafka.sasl.password_file: {e}")))?;
-    c.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.timeout.ms", "0")
-        .set("max.in.flight.requests.per.connection", "1")
-        .set("partitioner", "murmur2_random");
-    if !config.librdkafka.contains_key("linger.ms") {
-        c.set("linger.ms", "1");
-    }
-    c.create()
+    Ok(c)
 }
 
 /// `callbridge_kafka_delivery_errors_total{code}`.
