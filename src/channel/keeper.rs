@@ -38,6 +38,18 @@ pub enum ChannelError {
         #[source]
         source: GotoError,
     },
+    /// A call on our channel answered 404: the channel vanished (deleted, expired) between two
+    /// steps. Transient: the next round finds or creates a channel again.
+    #[error("{context}: notification channel {channel_id} is gone: {source}")]
+    ChannelGone {
+        /// What the keeper was doing.
+        context: &'static str,
+        /// The vanished channel.
+        channel_id: String,
+        /// The client's error (endpoint, status, errorCode).
+        #[source]
+        source: GotoError,
+    },
     /// The channel GoTo returned has no URL to connect to.
     #[error("GoTo returned WebSocket channel {channel_id} without a channelURL")]
     NoUrl {
@@ -51,7 +63,7 @@ impl ChannelError {
     pub fn is_transient(&self) -> bool {
         match self {
             ChannelError::SubscriptionRefused { .. } => false,
-            ChannelError::NoUrl { .. } => true,
+            ChannelError::NoUrl { .. } | ChannelError::ChannelGone { .. } => true,
             ChannelError::Goto { source, .. } => match source.status() {
                 Some(401 | 403 | 400 | 404) => false,
                 _ => !matches!(source, GotoError::Auth { .. } | GotoError::Config { .. }),
@@ -62,6 +74,24 @@ impl ChannelError {
 
 fn goto(context: &'static str) -> impl FnOnce(GotoError) -> ChannelError {
     move |source| ChannelError::Goto { context, source }
+}
+
+/// For calls on one channel: a 404 means the channel is gone (GoTo deletes and expires channels
+/// on its own, possibly between our create and our subscribe), which a new round repairs; any
+/// other failure is classified as usual.
+fn on_channel(context: &'static str, channel_id: &str) -> impl FnOnce(GotoError) -> ChannelError {
+    let channel_id = channel_id.to_string();
+    move |source| {
+        if source.status() == Some(404) {
+            ChannelError::ChannelGone {
+                context,
+                channel_id,
+                source,
+            }
+        } else {
+            ChannelError::Goto { context, source }
+        }
+    }
 }
 
 /// The channel callbridge wants.
@@ -217,7 +247,10 @@ impl ChannelKeeper {
             .client
             .refresh_channel(&self.nickname, &channel.channel_id, &self.request())
             .await
-            .map_err(goto("refreshing the notification channel"))?;
+            .map_err(on_channel(
+                "refreshing the notification channel",
+                &channel.channel_id,
+            ))?;
         // GoTo may answer a refresh without the channel's URL (or without a body at all): the
         // socket URL does not change on refresh, so keep the one we have.
         if let (ChannelKind::WebSocket { url: new @ None }, ChannelKind::WebSocket { url: old }) =
@@ -262,7 +295,10 @@ impl ChannelKeeper {
                 .client
                 .subscribe_call_events(&channel.channel_id, &request)
                 .await
-                .map_err(goto("subscribing to call events"))?;
+                .map_err(on_channel(
+                    "subscribing to call events",
+                    &channel.channel_id,
+                ))?;
             let mut retry = Vec::new();
             for outcome in outcomes {
                 match outcome {

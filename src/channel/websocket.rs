@@ -37,8 +37,10 @@ enum SessionEnd {
     Recreate(&'static str),
 }
 
-/// Runs the WebSocket channel until `shutdown` turns true. Returns an error only for permanent
-/// problems (bad credentials, refused subscriptions): everything else is retried.
+/// Runs the WebSocket channel until `shutdown` turns true. Returns an error only for a permanent
+/// problem (bad credentials, refused subscriptions) before the first session: once the channel
+/// has worked, every failure is retried with backoff like webhook mode's repair loop does, since
+/// an owner that stops holding the channel keeps its election and silences every replica.
 pub async fn run(
     keeper: ChannelKeeper,
     ingest: Ingest,
@@ -51,6 +53,7 @@ pub async fn run(
     let mut failures: u32 = 0;
     let mut channel: Option<Channel> = None;
     let mut recreate = false;
+    let mut established = false;
     // Since when GoTo may have had nobody to deliver to: a new owner cannot know when its
     // predecessor lost the socket, so it looks back `report_sweep_lookback`.
     let mut down_since: Option<std::time::SystemTime> = (!settings.report_sweep_lookback.is_zero())
@@ -70,12 +73,16 @@ pub async fn run(
         };
         let current = match ready {
             Ok(c) => c,
-            Err(e) if !e.is_transient() => {
+            Err(e) if !e.is_transient() && !established => {
                 let _ = state.send(ChannelState::Failed(e.to_string()));
                 return Err(e);
             }
             Err(e) => {
-                tracing::warn!(error = %e, ?backoff, "channel set-up failed; retrying");
+                if e.is_transient() {
+                    tracing::warn!(error = %e, ?backoff, "channel set-up failed; retrying");
+                } else {
+                    tracing::error!(error = %e, ?backoff, "channel set-up refused after the channel had worked; retrying");
+                }
                 let _ = state.send(ChannelState::Down("channel set-up failed".into()));
                 wait_or_shutdown(backoff, &mut shutdown).await;
                 backoff = (backoff * 2).min(settings.reconnect_max);
@@ -83,6 +90,7 @@ pub async fn run(
             }
         };
         recreate = false;
+        established = true;
         backoff = settings.reconnect_base;
         channel = Some(current.clone());
         // 2. A socket on it.

@@ -1,0 +1,103 @@
+//! The channel keeper against the simulator: a channel that vanishes between two of the keeper's
+//! steps (GoTo deletes and expires channels on its own) is a transient failure that a new round
+//! repairs, never a reason to stop holding the channel.
+//!
+//! Found by a CI run of `e2e_pipeline`: a channel recreated on `WEBSOCKET_TO_BE_CLOSED` was
+//! deleted before its subscriptions were posted; the 404 was taken as permanent and the
+//! replica's WebSocket duty stopped for good.
+
+mod contract_support;
+
+use callbridge::channel::{ChannelError, ChannelKeeper, DesiredChannel};
+use contract_support::*;
+
+fn keeper(sim: &callbridge::simulator::RunningSimulator) -> ChannelKeeper {
+    ChannelKeeper::new(
+        client(sim),
+        "bridge",
+        DesiredChannel::WebSocket,
+        vec![A1.to_owned()],
+        vec![
+            "STARTING".to_owned(),
+            "ACTIVE".to_owned(),
+            "ENDING".to_owned(),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn subscribing_a_channel_deleted_meanwhile_is_transient_and_a_new_round_repairs_it() {
+    let sim = start(sim_config()).await;
+    let keeper = keeper(&sim);
+    let channel = keeper.ensure_channel().await.expect("channel created");
+    keeper
+        .client()
+        .delete_channel("bridge", &channel.channel_id)
+        .await
+        .expect("deleted");
+
+    let err = keeper
+        .ensure_subscriptions(&channel)
+        .await
+        .expect_err("the channel is gone");
+    assert!(
+        matches!(&err, ChannelError::ChannelGone { channel_id, .. } if *channel_id == channel.channel_id),
+        "{err:?}"
+    );
+    assert!(err.is_transient(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("subscribing to call events"), "{text}");
+    assert!(text.contains("/call-events/v1/subscriptions"), "{text}");
+    assert!(text.contains("404"), "{text}");
+    assert_no_secrets(&text);
+
+    // What the WebSocket loop does next: recreate, which must end with a subscribed channel.
+    let fresh = keeper.recreate(Some(&channel)).await.expect("recreated");
+    assert_ne!(fresh.channel_id, channel.channel_id);
+    let subscribed = keeper
+        .client()
+        .call_event_subscriptions(&fresh.channel_id)
+        .await
+        .expect("listed");
+    assert!(subscribed.iter().any(|k| k == A1), "{subscribed:?}");
+}
+
+#[tokio::test]
+async fn refreshing_a_channel_deleted_meanwhile_is_transient() {
+    let sim = start(sim_config()).await;
+    let keeper = keeper(&sim);
+    let channel = keeper.ensure_channel().await.expect("channel created");
+    keeper
+        .client()
+        .delete_channel("bridge", &channel.channel_id)
+        .await
+        .expect("deleted");
+    let err = keeper
+        .refresh(&channel)
+        .await
+        .expect_err("the channel is gone");
+    assert!(matches!(err, ChannelError::ChannelGone { .. }), "{err:?}");
+    assert!(err.is_transient(), "{err}");
+}
+
+#[tokio::test]
+async fn an_unknown_account_is_still_permanent() {
+    let sim = start(sim_config()).await;
+    let keeper = ChannelKeeper::new(
+        client(&sim),
+        "bridge",
+        DesiredChannel::WebSocket,
+        vec!["4000000000000000999".to_owned()],
+        vec!["STARTING".to_owned()],
+    );
+    let channel = keeper.ensure_channel().await.expect("channel created");
+    let err = keeper
+        .ensure_subscriptions(&channel)
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err, ChannelError::SubscriptionRefused { status: 404, .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_transient(), "{err}");
+}
