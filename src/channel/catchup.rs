@@ -20,25 +20,77 @@ use crate::goto::{ConversationEvents, GotoClient};
 use crate::ingest::{Accepted, Ingest, Transport};
 use std::time::{Duration, SystemTime};
 
+/// Attempts per step of a catch-up or sweep (listing, one call's states, one raw write): a
+/// catch-up that gives up on the first 429 or revoked token leaves a call that nobody else knows
+/// about invisible for good (a CI run of the WebSocket fault suite lost two whole calls that way).
+const ATTEMPTS: u32 = 6;
+/// First pause between attempts; doubles each time (0.5 + 1 + 2 + 4 + 8 s in all).
+const FIRST_PAUSE: Duration = Duration::from_millis(500);
+
+/// Runs `step` until it succeeds or [`ATTEMPTS`] ran out, pausing with doubling backoff; each
+/// failure is logged with `what`. Returns the last error when every attempt failed.
+async fn retried<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    mut step: impl FnMut() -> F,
+) -> Result<T, E> {
+    let mut pause = FIRST_PAUSE;
+    let mut attempt = 1;
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt >= ATTEMPTS => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, ?pause, "{what} failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Writes one catch-up or sweep body to raw, retried (Kafka may be restarting).
+async fn write_raw(ingest: &Ingest, body: &[u8], what: &str) -> bool {
+    match retried(what, || ingest.accept(body, Transport::Catchup)).await {
+        Ok(Accepted::Raw) => true,
+        Ok(other) => {
+            tracing::debug!(?other, "{what}: not routed to raw");
+            false
+        }
+        Err(e) => {
+            metrics::counter!("callbridge_catchup_failures_total").increment(1);
+            tracing::error!(error = %e, "{what} failed for good; back-fill is the only way left");
+            false
+        }
+    }
+}
+
 /// Lists the active calls of `account_keys` and writes their last states to the raw topic.
-/// Returns how many were written. Errors are logged: catch-up is best effort on top of back-fill.
+/// Returns how many were written. Each step is retried a few times; what still fails is logged
+/// and counted (`callbridge_catchup_failures_total`): catch-up sits on top of back-fill.
 pub async fn catch_up(client: &GotoClient, ingest: &Ingest, account_keys: &[String]) -> usize {
-    let items = match client.active_conversations(account_keys).await {
+    let items = match retried("catch-up: listing active calls", || {
+        client.active_conversations(account_keys)
+    })
+    .await
+    {
         Ok(items) => items,
         Err(e) => {
-            tracing::warn!(error = %e, "catch-up: listing active calls failed");
+            metrics::counter!("callbridge_catchup_failures_total").increment(1);
+            tracing::error!(error = %e, "catch-up: listing active calls failed for good");
             return 0;
         }
     };
     let mut written = 0;
     for item in items {
-        match ingest
-            .accept(item.get().as_bytes(), Transport::Catchup)
-            .await
+        if write_raw(
+            ingest,
+            item.get().as_bytes(),
+            "catch-up: writing an active call",
+        )
+        .await
         {
-            Ok(Accepted::Raw) => written += 1,
-            Ok(other) => tracing::debug!(?other, "catch-up item not routed to raw"),
-            Err(e) => tracing::warn!(error = %e, "catch-up: writing an active call failed"),
+            written += 1;
         }
     }
     metrics::counter!("callbridge_catchup_states_total").increment(written as u64);
@@ -50,7 +102,8 @@ pub async fn catch_up(client: &GotoClient, ingest: &Ingest, account_keys: &[Stri
 const SWEEP_MARGIN: Duration = Duration::from_secs(10);
 
 /// Writes every state of every call created in `[from, to]` (and ended by now) to raw, from the
-/// report summaries and the back-fill endpoint. Returns the number of calls found.
+/// report summaries and the back-fill endpoint. Returns the number of calls found. Every step is
+/// retried like [`catch_up`]'s.
 pub async fn sweep_reports(
     client: &GotoClient,
     ingest: &Ingest,
@@ -62,10 +115,15 @@ pub async fn sweep_reports(
     let mut calls = 0;
     let mut written = 0u64;
     for account in account_keys {
-        let summaries = match client.report_summaries(account, from, to).await {
+        let summaries = match retried("report sweep: listing report summaries", || {
+            client.report_summaries(account, from, to)
+        })
+        .await
+        {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "report sweep: listing report summaries failed");
+                metrics::counter!("callbridge_catchup_failures_total").increment(1);
+                tracing::error!(error = %e, account = %account, "report sweep: listing report summaries failed for good");
                 continue;
             }
         };
@@ -74,22 +132,24 @@ pub async fn sweep_reports(
                 continue;
             };
             calls += 1;
-            match client.conversation_events(&id, None, None).await {
+            match retried("report sweep: fetching a call's states", || {
+                client.conversation_events(&id, None, None)
+            })
+            .await
+            {
                 Ok(ConversationEvents::Found(states)) => {
                     for s in states {
                         let body = notification(&id, s.metadata.as_deref(), &s.state);
-                        match ingest.accept(body.as_bytes(), Transport::Catchup).await {
-                            Ok(Accepted::Raw) => written += 1,
-                            Ok(other) => tracing::debug!(?other, "report sweep item not routed"),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "report sweep: writing a state failed")
-                            }
+                        if write_raw(ingest, body.as_bytes(), "report sweep: writing a state").await
+                        {
+                            written += 1;
                         }
                     }
                 }
                 Ok(ConversationEvents::NotFound) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, conversation = %id, "report sweep: fetching states failed")
+                    metrics::counter!("callbridge_catchup_failures_total").increment(1);
+                    tracing::error!(error = %e, conversation = %id, "report sweep: fetching a call's states failed for good")
                 }
             }
         }
@@ -150,6 +210,35 @@ fn notification(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn steps_are_retried_with_backoff_then_given_up() {
+        let calls = std::cell::Cell::new(0u32);
+        let started = tokio::time::Instant::now();
+        let r: Result<u32, String> = retried("flaky", || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move {
+                if n < 3 {
+                    Err(format!("failure {n}"))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(r, Ok(3));
+        assert_eq!(started.elapsed(), FIRST_PAUSE * 3, "0.5 s then 1 s");
+
+        calls.set(0);
+        let r: Result<(), String> = retried("broken", || {
+            calls.set(calls.get() + 1);
+            async { Err("down".to_string()) }
+        })
+        .await;
+        assert_eq!(r, Err("down".into()));
+        assert_eq!(calls.get(), ATTEMPTS);
+    }
 
     #[test]
     fn swept_states_are_routable_notifications() {

@@ -380,7 +380,16 @@ impl ChannelKeeper {
             missing,
             "call-events subscriptions missing; subscribing again"
         );
-        self.ensure_subscriptions(channel).await?;
-        Ok(Repair::Resubscribed(missing))
+        match self.ensure_subscriptions(channel).await {
+            Ok(()) => Ok(Repair::Resubscribed(missing)),
+            // Deleted between the two reads: recreate now rather than one repair interval later,
+            // since nothing is delivered meanwhile.
+            Err(ChannelError::ChannelGone { .. }) => {
+                tracing::warn!(channel_id = %channel.channel_id, "notification channel vanished while resubscribing; recreating it");
+                *channel = self.recreate(None).await?;
+                Ok(Repair::ChannelRecreated)
+            }
+            Err(e) => Err(e),
+        }
     }
 }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::delivery::{dispatch, envelope, Outgoing};
 use super::emit::{emit_state, CallContext};
 use super::state::{iso_ms, wall_ms, Sim};
-use super::traffic::generate_call;
+use super::traffic::{generate_call, CALL_SPACING_MS};
 
 /// Answer of `GET /_simulator/traffic`.
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -131,6 +131,13 @@ async fn run(sim: Arc<Sim>) {
 }
 
 async fn play_call(sim: Arc<Sim>, index: u64, base_time_ms: u64, _slot: OwnedSemaphorePermit) {
+    // GoTo stamps `callCreated` when the call really starts, and the report sweep finds calls by
+    // it: without a fixed `traffic.base_time_ms` (a replay), shift the call's nominal start
+    // (`base + index × CALL_SPACING_MS`) onto now. Content is seeded by the index alone.
+    let base_time_ms = match sim.config.traffic.base_time_ms {
+        Some(_) => base_time_ms,
+        None => wall_ms().saturating_sub(index.saturating_mul(CALL_SPACING_MS)),
+    };
     let call = generate_call(&sim.config.traffic, base_time_ms, index);
     let ctx = CallContext {
         conversation_space_id: &call.conversation_space_id,
