@@ -37,6 +37,15 @@ enum Command {
     Simulate(callbridge::simulator::cli::SimulateArgs),
     /// Run the whole pipeline on embedded defaults and verify the stream it produced.
     Demo(callbridge::demo::DemoArgs),
+    /// Measure throughput, latency, CPU and memory end to end, beside the HTTP and Kafka
+    /// ceilings (needs tansu; see docs/performance.md).
+    Bench(callbridge::bench::BenchArgs),
+    /// The benchmark's load generator (started by `bench`).
+    #[command(hide = true)]
+    BenchLoad,
+    /// The benchmark's bare HTTP server (started by `bench`).
+    #[command(hide = true)]
+    BenchSink,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +79,15 @@ fn main() -> ExitCode {
             callbridge::telemetry::init("human", "info");
             runtime().block_on(callbridge::simulator::cli::run(args))
         }
+        Command::Bench(args) => {
+            callbridge::telemetry::init("human", "warn");
+            runtime().block_on(callbridge::bench::run(args))
+        }
+        Command::BenchLoad => {
+            callbridge::telemetry::init("human", "warn");
+            runtime().block_on(callbridge::bench::load::run())
+        }
+        Command::BenchSink => runtime().block_on(callbridge::bench::sink::run()),
         Command::Demo(args) => {
             // Gap records are expected in the demo; keep its table readable (RUST_LOG overrides).
             callbridge::telemetry::init("human", "error");

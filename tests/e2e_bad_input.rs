@@ -123,11 +123,20 @@ async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
         .await
         .unwrap();
     assert_eq!(conflict.status(), 200);
+    // A state ingest can route but the sequencer cannot fingerprint (a number beyond f64):
+    // accepted at ingest, which reads routing fields only, and dead-lettered by the sequencer.
+    let huge = post(
+        br#"{"source":"call-events","type":"call-state","content":{"metadata":{"conversationSpaceId":"c-huge"},"state":{"sequenceNumber":1,"x":1e400}}}"#
+            .to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(huge.status(), 200);
     // Another source on the same channel: counted and dropped (no other-sources topic set).
     let other = post(serde_json::to_vec(&json!({"source":"call-events-report","type":"REPORT_SUMMARY","content":{"conversationSpaceId":"c-r"}})).unwrap()).await.unwrap();
     assert_eq!(other.status(), 200);
 
-    let dlq = wait_for_records(&kafka, &kafka.topics.dead_letter, cases.len() + 1).await;
+    let dlq = wait_for_records(&kafka, &kafka.topics.dead_letter, cases.len() + 2).await;
     let mut reasons: Vec<&str> = dlq
         .iter()
         .filter_map(|r| r.header("callbridge-dead-letter-reason"))
@@ -135,6 +144,7 @@ async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
     reasons.sort();
     let mut expected: Vec<&str> = cases.iter().map(|c| c.2).collect();
     expected.push("conflicting_duplicate");
+    expected.push("invalid_json");
     expected.sort();
     assert_eq!(reasons, expected);
     let oversize = dlq
@@ -148,6 +158,11 @@ async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
     assert!(dlq
         .iter()
         .all(|r| r.header("callbridge-dead-letter-detail").is_some()));
+    assert!(
+        dlq.iter().any(|r| r.key.as_deref() == Some("c-huge")
+            && r.header("callbridge-dead-letter-reason") == Some("invalid_json")),
+        "the unfingerprintable state is dead-lettered by the sequencer, keyed by its call"
+    );
 
     // The valid state went through exactly once.
     let ordered = wait_for_records(&kafka, &kafka.topics.ordered, 1).await;

@@ -107,6 +107,9 @@ mod tests {
             ("sequence huge", call_state(r#"{"sequenceNumber":123456789012345678901234567890}"#), "invalid_sequence_number"),
             ("state not an object", call_state(r#""ACTIVE""#), "invalid_state"),
             ("deep nesting in state (100)", call_state(&format!(r#"{{"sequenceNumber":3,"x":{}}}"#, deep(100))), "raw"),
+            // Ingest reads routing fields only; the sequencer, which fingerprints the state,
+            // dead-letters what serde_json's tree cannot hold (docs/reliability.md).
+            ("number beyond f64 in state", call_state(r#"{"sequenceNumber":3,"x":1e400}"#), "raw"),
             ("deep nesting in state (10000)", call_state(&format!(r#"{{"sequenceNumber":3,"x":{}}}"#, deep(10_000))), "invalid_json"),
             ("oversize", vec![b' '; MAX_NOTIFICATION_BYTES + 1], "oversize"),
             ("control", br#"{"data":{"source":"notification-websocket","type":"WEBSOCKET_REFRESH_REQUIRED"}}"#.to_vec(), "control"),

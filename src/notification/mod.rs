@@ -63,11 +63,19 @@ pub struct CallState<'a> {
     pub metadata: &'a RawValue,
     /// The `state` object, byte for byte.
     pub state: &'a RawValue,
-    /// [`state_fingerprint`] of `state`.
-    pub fingerprint: u64,
+    /// Where `state` sits in the body (`content.state`, …), for error messages.
+    pub(crate) state_path: String,
 }
 
 impl CallState<'_> {
+    /// [`state_fingerprint`] of `state`. Computed on demand: canonicalising the state is most
+    /// of the cost of parsing, and only the sequencer needs it (ingest routes on the fields
+    /// above). An error here means the state cannot be compared with another copy of itself;
+    /// the sequencer dead-letters such a state.
+    pub fn fingerprint(&self) -> Result<u64, ParseError> {
+        fingerprint::fingerprint_at(self.state, &self.state_path)
+    }
+
     /// True for the conversation's last state (`type` ENDING, any letter case).
     pub fn is_ending(&self) -> bool {
         is_ending_type(self.state_type.as_deref())

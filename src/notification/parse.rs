@@ -146,6 +146,14 @@ fn classify<'a>(n: Level<'a>, prefix: &str) -> Result<Notification<'a>, ParseErr
     let state = state.ok_or_else(|| ParseError::missing(&container, "state"))?;
     let state_path = join(&container, "state");
     let (sequence_number, state_type) = state_fields(state, &state_path)?;
+    // The fingerprint is computed later (by the sequencer) through serde_json's tree, which
+    // refuses more than MAX_DEPTH levels; refuse such a state here already, where it costs one
+    // byte scan, so it is dead-lettered at ingest like any other unreadable body.
+    if nests_deeper_than(state.get(), MAX_DEPTH) {
+        return Err(ParseError::InvalidJson {
+            detail: format!("{state_path} nests deeper than {MAX_DEPTH} levels"),
+        });
+    }
 
     Ok(Notification::CallState(CallState {
         notification_id: id(n.id),
@@ -154,8 +162,39 @@ fn classify<'a>(n: Level<'a>, prefix: &str) -> Result<Notification<'a>, ParseErr
         state_type,
         metadata,
         state,
-        fingerprint: fingerprint_at(state, &state_path)?,
+        state_path,
     }))
+}
+
+/// serde_json's nesting limit for a tree (`Value`), which the fingerprint builds.
+const MAX_DEPTH: usize = 127;
+
+/// True when `json` (valid JSON) nests arrays and objects more than `limit` levels deep.
+fn nests_deeper_than(json: &str, limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// `sequenceNumber` and `type` of a state object found at `path`.
@@ -303,7 +342,7 @@ mod tests {
         assert_eq!(cs.state.get(), STATE, "unknown fields and bytes untouched");
         assert_eq!(cs.metadata.get(), META);
         let expected = state_fingerprint(serde_json::from_str(STATE).unwrap()).unwrap();
-        assert_eq!(cs.fingerprint, expected);
+        assert_eq!(cs.fingerprint().unwrap(), expected);
     }
 
     #[test]
@@ -320,11 +359,31 @@ mod tests {
             let cs = call_state(body);
             assert_eq!(cs.conversation_space_id, reference.conversation_space_id);
             assert_eq!(cs.sequence_number, reference.sequence_number);
-            assert_eq!(cs.fingerprint, reference.fingerprint);
+            assert_eq!(cs.fingerprint().unwrap(), reference.fingerprint().unwrap());
             assert_eq!(cs.state.get(), STATE);
         }
         assert_eq!(call_state(&bare).notification_id, None);
         assert_eq!(call_state(&ws).notification_id.as_deref(), Some("1f4f6e0c"));
+    }
+
+    #[test]
+    fn routing_refuses_exactly_the_nesting_the_fingerprint_cannot_read() {
+        for depth in [126usize, 127, 128, 129] {
+            // The state object is level 1; `x` adds depth - 1 more levels.
+            let inner = format!("{}1{}", "[".repeat(depth - 1), "]".repeat(depth - 1));
+            let body = format!(
+                r#"{{"source":"call-events","type":"call-state","content":{{"metadata":{{"conversationSpaceId":"c"}},"state":{{"sequenceNumber":1,"s":"[[[\"","x":{inner}}}}}}}"#
+            );
+            let routed = parse(body.as_bytes());
+            let state_text = format!(r#"{{"sequenceNumber":1,"s":"[[[\"","x":{inner}}}"#);
+            let state: &RawValue = serde_json::from_str(&state_text).unwrap();
+            let fingerprint = state_fingerprint(state);
+            assert_eq!(routed.is_ok(), fingerprint.is_ok(), "depth {depth}");
+            assert_eq!(routed.is_ok(), depth <= MAX_DEPTH, "depth {depth}");
+            if let Ok(Notification::CallState(cs)) = routed {
+                assert_eq!(cs.fingerprint().ok(), fingerprint.ok());
+            }
+        }
     }
 
     #[test]
@@ -333,8 +392,8 @@ mod tests {
         let pretty = serde_json::to_string_pretty(&pretty).unwrap();
         let body = format!(r#"{{"data":{{"content":{{"state":{pretty},"metadata":{META}}}}}}}"#);
         assert_eq!(
-            call_state(&body).fingerprint,
-            call_state(&webhook()).fingerprint
+            call_state(&body).fingerprint().unwrap(),
+            call_state(&webhook()).fingerprint().unwrap()
         );
     }
 
@@ -542,7 +601,7 @@ mod tests {
         let s = inspect_state(raw).unwrap();
         assert_eq!(s.sequence_number, 1);
         assert_eq!(s.state_type.as_deref(), Some("STARTING"));
-        assert_eq!(s.fingerprint, call_state(&webhook()).fingerprint);
+        assert_eq!(s.fingerprint, call_state(&webhook()).fingerprint().unwrap());
         let raw: &RawValue = serde_json::from_str(r#"{"type":"ENDING"}"#).unwrap();
         assert_eq!(
             inspect_state(raw).unwrap_err().reason_code(),

@@ -132,6 +132,55 @@ impl SimulatorControl {
         actions::disconnect(&self.sim, channel_id)
     }
 
+    /// Makes a state GoTo "has" but did not deliver known to the REST API, so back-fill can
+    /// return it. The benchmark's load generator POSTs states itself and registers here the ones
+    /// it withholds (its injected drops); the call is created on first use and counts as ended
+    /// (never listed among active calls).
+    pub fn record_withheld_state(
+        &self,
+        conversation_space_id: &str,
+        account_key: &str,
+        metadata: &serde_json::Value,
+        sequence_number: u64,
+        state: serde_json::Value,
+    ) {
+        let mut world = self.sim.world();
+        let truth = &mut world.ground_truth;
+        if truth.call(conversation_space_id).is_none() {
+            truth.start_call(
+                u64::MAX,
+                conversation_space_id,
+                account_key,
+                metadata.clone(),
+            );
+            truth.end_call(conversation_space_id, super::state::wall_ms());
+        }
+        let text = |k: &str| {
+            state
+                .get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        let record = super::ground_truth::StateRecord {
+            sequence_number,
+            state_id: text("id"),
+            state_type: text("type"),
+            emitted_at: super::state::iso_now(),
+            emitted_instant: Some(tokio::time::Instant::now()),
+            dropped: true,
+            unrecoverable: false,
+            duplicated: 0,
+            duplicated_new_id: 0,
+            delay_ms: None,
+            burst_held_ms: None,
+            subscribed_channels: Vec::new(),
+            deliveries: Default::default(),
+            state,
+        };
+        truth.record_state(conversation_space_id, record);
+    }
+
     /// Request and delivery counters.
     pub fn stats(&self) -> Stats {
         self.sim.world().stats.clone()

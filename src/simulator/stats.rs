@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Request counters of one API.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiStats {
     /// Requests seen, all statuses.
@@ -23,7 +23,7 @@ pub struct ApiStats {
 }
 
 /// Delivery counters.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryStats {
     /// Webhook HTTP attempts (incl. attempts lost by fault) and WebSocket frame sends.
@@ -43,7 +43,7 @@ pub struct DeliveryStats {
 }
 
 /// All counters.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Stats {
     /// Per API name.

@@ -217,6 +217,14 @@ impl RunState {
         let body = m.payload().unwrap_or_default();
         match notification::parse(body) {
             Ok(Notification::CallState(cs)) => {
+                let fingerprint = match cs.fingerprint() {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let detail = e.to_string();
+                        self.dead_letter(p, m.key(), body, e.reason_code(), &detail)?;
+                        return self.execute(p);
+                    }
+                };
                 let (timestamp, _) = state_fields(cs.state);
                 let payload = Arc::new(StatePayload {
                     metadata: cs.metadata.to_owned(),
@@ -227,7 +235,7 @@ impl RunState {
                 let _span = tracing::debug_span!("state", conversation = %cs.conversation_space_id, partition = p).entered();
                 let incoming = IncomingState {
                     sequence_number: cs.sequence_number,
-                    fingerprint: cs.fingerprint,
+                    fingerprint,
                     is_ending: cs.is_ending(),
                     origin: origin_of(m),
                     raw_offset: Some(m.offset()),

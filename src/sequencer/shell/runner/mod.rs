@@ -54,6 +54,9 @@ pub struct StatePayload {
 
 type Payload = Arc<StatePayload>;
 
+/// librdkafka `fetch.wait.max.ms` of the raw consumer unless `kafka.librdkafka` sets it.
+const RAW_FETCH_WAIT_MS: &str = "20";
+
 /// Settings of the shell.
 #[derive(Clone, Debug)]
 pub struct ShellConfig {
@@ -350,8 +353,8 @@ fn run(
         exported: BTreeMap::new(),
         last_metrics: Instant::now(),
     }));
-    let consumer: BaseConsumer<ShellContext> = base
-        .clone()
+    let mut consumer_config = base.clone();
+    consumer_config
         .set("group.id", &config.kafka.consumer_group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -366,7 +369,15 @@ fn run(
                 .max(300)
                 .to_string(),
         )
-        .set("statistics.interval.ms", "5000")
+        .set("statistics.interval.ms", "5000");
+    if !config.kafka.librdkafka.contains_key("fetch.wait.max.ms") {
+        // A broker that does not answer a fetch early when data arrives (tansu) holds every
+        // raw record for up to this long before the sequencer sees it; librdkafka's 500 ms
+        // default made that most of the end-to-end latency (docs/performance.md). Kafka answers
+        // early anyway, so a short wait only adds cheap empty fetches while idle.
+        consumer_config.set("fetch.wait.max.ms", RAW_FETCH_WAIT_MS);
+    }
+    let consumer: BaseConsumer<ShellContext> = consumer_config
         .create_with_context(ShellContext {
             state: state.clone(),
             raw_topic: topics.raw.clone(),

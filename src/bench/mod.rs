@@ -1,0 +1,474 @@
+//! `callbridge bench`: the end-to-end benchmark, with its two ceilings measured in the same run.
+//!
+//! Real parts only: tansu as the broker, the bridge as its own process (`callbridge run`), the
+//! load generator as another ([`load`], hosting the GoTo simulator the bridge sets its channel
+//! up with and back-fills from), and a reader of the ordered topic here ([`observe`]). The
+//! ceilings: a bare HTTP server ([`sink`]) the same load generator POSTs to, and a plain
+//! librdkafka producer writing the same bodies to the same broker. Every figure is printed as a
+//! table and written as JSON so runs can be compared between commits (`docs/performance.md`).
+//!
+//! The phases, in order: HTTP ceiling; Kafka ceiling; closed loop at 0 % drops; 5 % drops
+//! (withheld states healed by back-fill under GoTo's 10 requests/s); open loop at fixed rates;
+//! then a fresh bridge holding many open conversations, for memory per conversation.
+
+pub mod dist;
+pub mod http1;
+pub mod load;
+pub mod observe;
+mod procs;
+pub mod procstat;
+pub mod report;
+pub mod sink;
+
+use load::{LoadCommand, RunReport, RunSpec};
+use observe::Observer;
+use procs::{LineChild, Proc};
+use report::{BenchReport, Ceilings, DropPhase, MemoryPhase, RatePhase, ThroughputPhase};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Options of `callbridge bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// A short run (seconds per phase, 50k open conversations): to try the harness, not for
+    /// figures.
+    #[arg(long)]
+    pub quick: bool,
+    /// Length of each closed-loop and fixed-rate phase, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub phase_secs: u64,
+    /// Concurrent webhook connections of the load generator.
+    #[arg(long, default_value_t = 256)]
+    pub connections: usize,
+    /// Fixed rates (states/s) of the open-loop phases.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000,20000")]
+    pub rates: Vec<f64>,
+    /// Open conversations held for the memory figure.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub open_conversations: u64,
+    /// Calls of the 5 %-drop phase (each withheld state costs one back-fill request, and GoTo
+    /// allows 10 per second: the phase lasts about calls × 0.4 / 10 seconds).
+    #[arg(long, default_value_t = 2_000)]
+    pub drop_calls: u64,
+    /// Partitions of the bridge's topics.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "target/bench/latest.json")]
+    pub out: PathBuf,
+    /// The tansu binary (default: `$TANSU_BIN`, `~/.cargo/bin/tansu`, then PATH).
+    #[arg(long)]
+    pub tansu: Option<PathBuf>,
+}
+
+/// Runs the benchmark; non-zero when it could not run or the bridge broke a promise
+/// (a lost, doubled or misordered state).
+pub async fn run(mut args: BenchArgs) -> ExitCode {
+    if args.quick {
+        args.phase_secs = args.phase_secs.min(3);
+        args.open_conversations = args.open_conversations.min(50_000);
+        args.drop_calls = args.drop_calls.min(200);
+    }
+    match run_bench(&args).await {
+        Ok(report) => {
+            print!("{}", report.table());
+            if let Some(dir) = args.out.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            match serde_json::to_string_pretty(&report) {
+                Ok(json) => match std::fs::write(&args.out, json) {
+                    Ok(()) => println!("\nJSON: {}", args.out.display()),
+                    Err(e) => eprintln!("cannot write {}: {e}", args.out.display()),
+                },
+                Err(e) => eprintln!("cannot serialise the report: {e}"),
+            }
+            if report.promises_kept() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("the bridge lost, doubled or misordered states under load (see above)");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("bench failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Bridge {
+    proc: Proc,
+    webhook: String,
+    kafka: crate::kafka::KafkaConfig,
+}
+
+const WEBHOOK_SECRET: &str = "bench-webhook-secret-0123456789abcdef";
+
+async fn start_bridge(
+    dir: &Path,
+    suffix: &str,
+    simulator: &str,
+    bootstrap: &str,
+    partitions: i32,
+) -> Result<Bridge, String> {
+    let (port, admin) = (procs::free_port()?, procs::free_port()?);
+    let accounts =
+        serde_json::to_string(&crate::simulator::traffic::TrafficConfig::default().account_keys)
+            .map_err(|e| e.to_string())?;
+    let config = format!(
+        r#"
+[goto]
+api_base_url = "{simulator}"
+auth_base_url = "{simulator}"
+client_id = "callbridge-demo"
+account_keys = {accounts}
+[channel]
+kind = "webhook"
+nickname = "callbridge-bench{suffix}"
+[webhook]
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}/goto/webhook"
+[admin]
+listen = "127.0.0.1:{admin}"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+consumer_group = "callbridge-bench{suffix}"
+[kafka.topics]
+raw = "callbridge.raw{suffix}"
+ordered = "callbridge.call-states{suffix}"
+changelog = "callbridge.changelog{suffix}"
+dead_letter = "callbridge.dead-letter{suffix}"
+channel_owner = "callbridge.channel-owner{suffix}"
+partitions = {partitions}
+replication_factor = 1
+[log]
+format = "json"
+level = "warn"
+"#
+    );
+    let path = dir.join(format!("bridge{suffix}.toml"));
+    std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
+    let proc = procs::start_bridge(
+        &path,
+        &[
+            ("CALLBRIDGE_GOTO__CLIENT_SECRET", "demo-secret".into()),
+            ("CALLBRIDGE_GOTO__PERSONAL_ACCESS_TOKEN", "demo-pat".into()),
+            ("CALLBRIDGE_WEBHOOK__SECRET", WEBHOOK_SECRET.into()),
+        ],
+        &dir.join(format!("bridge{suffix}.log")),
+    )?;
+    let ready = format!("http://127.0.0.1:{admin}/readyz");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http
+            .get(&ready)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the bridge was not ready within 60 s (log: {})",
+                dir.join(format!("bridge{suffix}.log")).display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut kafka = crate::kafka::KafkaConfig {
+        bootstrap_servers: bootstrap.to_string(),
+        ..crate::kafka::KafkaConfig::default()
+    };
+    kafka.topics.ordered = format!("callbridge.call-states{suffix}");
+    Ok(Bridge {
+        proc,
+        webhook: format!("http://127.0.0.1:{port}/goto/webhook/{WEBHOOK_SECRET}"),
+        kafka,
+    })
+}
+
+fn call<T: serde::de::DeserializeOwned>(
+    child: &mut LineChild,
+    command: &LoadCommand,
+) -> Result<T, String> {
+    let v = tokio::task::block_in_place(|| child.call(command))?;
+    serde_json::from_value(v).map_err(|e| format!("load generator answer: {e}"))
+}
+
+fn usage(pid: u32) -> procstat::Usage {
+    procstat::read(pid).unwrap_or_default()
+}
+
+/// Runs one load phase against the bridge and waits for the ordered topic to show all of it.
+async fn bridge_phase(
+    load: &mut LineChild,
+    observer: &Observer,
+    bridge: &Bridge,
+    spec: RunSpec,
+    settle: Duration,
+) -> Result<(RunReport, ThroughputPhase), String> {
+    let phase = spec.phase;
+    let before = usage(bridge.proc.pid());
+    let start = Instant::now();
+    let report: RunReport = call(load, &LoadCommand::Run(spec))?;
+    let expected = report.delivered + report.withheld + report.failed;
+    let complete = observer.wait_for(phase, expected, settle).await;
+    let after = usage(bridge.proc.pid());
+    let phase_figures = observer.with(phase, |p| {
+        let end = p.last_state_at.unwrap_or_else(Instant::now);
+        let secs = end.saturating_duration_since(start).as_secs_f64().max(1e-9);
+        ThroughputPhase {
+            states_expected: expected,
+            states_published: p.states,
+            gaps: p.gaps,
+            backfilled: p.backfilled,
+            duplicates: p.duplicates,
+            order_violations: p.order_violations,
+            complete,
+            load_secs: report.elapsed_ms as f64 / 1000.0,
+            end_to_end_secs: secs,
+            states_per_sec: p.states as f64 / secs,
+            webhook_latency: report.latency.clone(),
+            end_to_end_latency: dist::summarize(&mut p.live_latency_us),
+            healed_latency: dist::summarize(&mut p.healed_latency_us),
+            bridge_cpu_secs: after.cpu_secs - before.cpu_secs,
+            cpu_secs_per_1000_states: (after.cpu_secs - before.cpu_secs) * 1000.0
+                / (p.states.max(1) as f64),
+            failed_posts: report.failed,
+            failed_attempts: report.failed_attempts,
+        }
+    });
+    Ok((report, phase_figures))
+}
+
+async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
+    let dir = std::env::temp_dir().join(format!("callbridge-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let logs = PathBuf::from("target/bench/logs");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
+    let secs = Duration::from_secs(args.phase_secs);
+    let ms = args.phase_secs * 1000;
+    eprintln!("bench: starting tansu, the load generator, the HTTP sink and the bridge");
+    let (tansu, bootstrap) = procs::start_tansu(
+        &procs::tansu_bin(args.tansu.as_deref()),
+        &dir,
+        &logs.join("tansu.log"),
+    )?;
+    let mut load = LineChild::spawn("bench-load", "load generator", &logs.join("load.log"))?;
+    let hello = tokio::task::block_in_place(|| load.read())?;
+    let simulator = hello["simulator"]
+        .as_str()
+        .ok_or("load generator: no simulator URL")?
+        .to_string();
+    let mut sink = LineChild::spawn("bench-sink", "HTTP sink", &logs.join("sink.log"))?;
+    let sink_url = format!(
+        "http://{}/goto/webhook/{WEBHOOK_SECRET}",
+        tokio::task::block_in_place(|| sink.read())?["listen"]
+            .as_str()
+            .ok_or("HTTP sink: no address")?
+    );
+    let bridge = start_bridge(&logs, "", &simulator, &bootstrap, args.partitions).await?;
+    let observer = Observer::start(&bridge.kafka, &bridge.kafka.topics.ordered)?;
+    let spec = |phase: u32, target: &str| RunSpec {
+        phase,
+        target: target.to_string(),
+        connections: args.connections,
+        rate: None,
+        duration_ms: ms,
+        max_calls: 0,
+        drop_rate: 0.0,
+        only_starting: false,
+    };
+
+    // 1. HTTP ceiling.
+    eprintln!("bench: HTTP ceiling ({} s closed loop)", args.phase_secs);
+    let http: RunReport = call(&mut load, &LoadCommand::Run(spec(1, &sink_url)))?;
+    drop(sink);
+
+    // 2. Kafka ceiling.
+    eprintln!("bench: Kafka ceiling");
+    let ceiling_topic = "callbridge.bench-ceiling".to_string();
+    create_topic(&bootstrap, &ceiling_topic, args.partitions).await?;
+    let records = if args.quick { 50_000 } else { 500_000 };
+    let kafka: load::CeilingReport = call(
+        &mut load,
+        &LoadCommand::KafkaCeiling {
+            bootstrap: bootstrap.clone(),
+            topic: ceiling_topic,
+            records,
+        },
+    )?;
+
+    // 3. The bridge, closed loop, no drops.
+    eprintln!("bench: bridge, closed loop, 0 % drops");
+    let (_, closed) = bridge_phase(
+        &mut load,
+        &observer,
+        &bridge,
+        spec(3, &bridge.webhook),
+        Duration::from_secs(60),
+    )
+    .await?;
+
+    // 4. 5 % drops: the back-fill path, bounded by GoTo's 10 requests/s.
+    eprintln!(
+        "bench: bridge, 5 % drops, {} calls (back-fill at GoTo's 10 requests/s)",
+        args.drop_calls
+    );
+    let rest_before: crate::simulator::Stats = call(&mut load, &LoadCommand::RestStats)?;
+    let (drop_report, dropped) = bridge_phase(
+        &mut load,
+        &observer,
+        &bridge,
+        RunSpec {
+            duration_ms: 3_600_000,
+            max_calls: args.drop_calls,
+            drop_rate: 0.05,
+            ..spec(4, &bridge.webhook)
+        },
+        // Every withheld state is one request at most; the bridge gives up after 5 minutes.
+        Duration::from_secs(330),
+    )
+    .await?;
+    let rest_after: crate::simulator::Stats = call(&mut load, &LoadCommand::RestStats)?;
+    let api = |s: &crate::simulator::Stats| s.apis.get("call-events").cloned().unwrap_or_default();
+    let drop_phase = DropPhase {
+        withheld: drop_report.withheld,
+        backfill_requests: api(&rest_after).requests - api(&rest_before).requests,
+        busiest_second_requests: api(&rest_after).max_requests_in_one_second as u64,
+        rate_limited_429: api(&rest_after).too_many_requests,
+        figures: dropped,
+    };
+
+    // 5. Open loop at fixed rates.
+    let mut rates = Vec::new();
+    for (i, rate) in args.rates.iter().enumerate() {
+        eprintln!("bench: bridge, open loop at {rate} states/s");
+        let (_, figures) = bridge_phase(
+            &mut load,
+            &observer,
+            &bridge,
+            RunSpec {
+                rate: Some(*rate),
+                ..spec(10 + i as u32, &bridge.webhook)
+            },
+            Duration::from_secs(60),
+        )
+        .await?;
+        rates.push(RatePhase {
+            rate: *rate,
+            figures,
+        });
+    }
+    let main_usage = usage(bridge.proc.pid());
+    drop(observer);
+    bridge.proc.terminate(Duration::from_secs(30));
+
+    // 6. Memory per open conversation, on a fresh bridge.
+    eprintln!(
+        "bench: a fresh bridge holding {} open conversations",
+        args.open_conversations
+    );
+    let fresh = start_bridge(&logs, "-mem", &simulator, &bootstrap, args.partitions).await?;
+    let observer = Observer::start(&fresh.kafka, &fresh.kafka.topics.ordered)?;
+    let memory = memory_phase(&mut load, &observer, &fresh, args, secs).await?;
+    drop(observer);
+    fresh.proc.terminate(Duration::from_secs(30));
+    let _ = tokio::task::block_in_place(|| load.call(&LoadCommand::Quit));
+    let tansu_usage = usage(tansu.pid());
+    drop(tansu);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    Ok(BenchReport {
+        version: env!("CARGO_PKG_VERSION").into(),
+        commit: option_env!("CALLBRIDGE_COMMIT").unwrap_or("").into(),
+        date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        connections: args.connections,
+        phase_secs: args.phase_secs,
+        ceilings: Ceilings {
+            http_states_per_sec: http.delivered as f64 / (http.elapsed_ms.max(1) as f64 / 1000.0),
+            http_latency: http.latency,
+            kafka_records_per_sec: kafka.acked as f64 / (kafka.elapsed_ms.max(1) as f64 / 1000.0),
+            kafka_failed: kafka.failed,
+        },
+        closed_loop: closed,
+        drops: drop_phase,
+        rates,
+        memory,
+        bridge_peak_rss_bytes: main_usage.peak_rss_bytes,
+        tansu_cpu_secs: tansu_usage.cpu_secs,
+    })
+}
+
+async fn memory_phase(
+    load: &mut LineChild,
+    observer: &Observer,
+    bridge: &Bridge,
+    args: &BenchArgs,
+    settle: Duration,
+) -> Result<MemoryPhase, String> {
+    // Let start-up allocations settle before the baseline.
+    tokio::time::sleep(settle.min(Duration::from_secs(2))).await;
+    let before = usage(bridge.proc.pid());
+    let report: RunReport = call(
+        load,
+        &LoadCommand::Run(RunSpec {
+            phase: 20,
+            target: bridge.webhook.clone(),
+            connections: args.connections,
+            rate: None,
+            duration_ms: 3_600_000,
+            max_calls: args.open_conversations,
+            drop_rate: 0.0,
+            only_starting: true,
+        }),
+    )?;
+    let held = observer
+        .wait_for(20, report.delivered, Duration::from_secs(120))
+        .await;
+    // The sequencer holds them once they are published; give the allocator a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = usage(bridge.proc.pid());
+    let conversations = observer.with(20, |p| p.states);
+    Ok(MemoryPhase {
+        open_conversations: conversations,
+        all_published: held,
+        rss_before_bytes: before.rss_bytes,
+        rss_after_bytes: after.rss_bytes,
+        bytes_per_conversation: after.rss_bytes.saturating_sub(before.rss_bytes) as f64
+            / conversations.max(1) as f64,
+        states_per_sec: report.delivered as f64 / (report.elapsed_ms.max(1) as f64 / 1000.0),
+    })
+}
+
+async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(|e| format!("admin client: {e}"))?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .map_err(|e| format!("creating {topic}: {e}"))?;
+    for r in results {
+        if let Err((t, code)) = r {
+            if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+                return Err(format!("creating {t}: {code}"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! `callbridge bench` end to end, small: the harness starts tansu, the load generator, the HTTP
+//! sink and the bridge, runs every phase, and writes a report whose figures add up. Speed is not
+//! judged here (that is the benchmark's job); what must hold is that the harness measures what
+//! it claims: every expected state was read back, none twice, back-fill healed every withheld
+//! state within GoTo's 10 requests/s, and the memory phase held the conversations it opened.
+
+use std::process::Command;
+
+#[test]
+fn a_small_bench_run_measures_every_phase_and_the_bridge_keeps_its_promises() {
+    let out =
+        std::env::temp_dir().join(format!("callbridge-bench-test-{}.json", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_callbridge"))
+        .args([
+            "bench",
+            "--quick",
+            "--phase-secs",
+            "2",
+            "--connections",
+            "16",
+            "--rates",
+            "300",
+            "--open-conversations",
+            "3000",
+            "--drop-calls",
+            "60",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("callbridge bench runs");
+    assert!(status.success(), "bench exited with {status}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("report written"))
+            .expect("report is JSON");
+    let _ = std::fs::remove_file(&out);
+
+    let c = &report["ceilings"];
+    assert!(c["http_states_per_sec"].as_f64().unwrap() > 0.0, "{c}");
+    assert!(c["kafka_records_per_sec"].as_f64().unwrap() > 0.0, "{c}");
+    assert_eq!(c["kafka_failed"], 0, "{c}");
+
+    let phases = std::iter::once(&report["closed_loop"])
+        .chain(std::iter::once(&report["drops"]["figures"]))
+        .chain(
+            report["rates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| &r["figures"]),
+        );
+    for p in phases {
+        let expected = p["states_expected"].as_u64().unwrap();
+        assert!(expected > 0, "{p}");
+        assert_eq!(p["states_published"].as_u64().unwrap(), expected, "{p}");
+        assert_eq!(p["duplicates"], 0, "{p}");
+        assert_eq!(p["order_violations"], 0, "{p}");
+        assert_eq!(p["gaps"], 0, "GoTo had every state: {p}");
+        assert!(
+            p["end_to_end_latency"]["count"].as_u64().unwrap() > 0,
+            "{p}"
+        );
+        assert!(p["bridge_cpu_secs"].as_f64().unwrap() > 0.0, "{p}");
+    }
+
+    let d = &report["drops"];
+    let withheld = d["withheld"].as_u64().unwrap();
+    assert!(withheld > 0, "{d}");
+    assert!(
+        d["figures"]["backfilled"].as_u64().unwrap() >= withheld,
+        "every withheld state must come back by back-fill: {d}"
+    );
+    assert!(
+        d["figures"]["healed_latency"]["count"].as_u64().unwrap() >= withheld,
+        "{d}"
+    );
+    let busiest = d["busiest_second_requests"].as_u64().unwrap();
+    assert!((1..=10).contains(&busiest), "GoTo's 10 requests/s: {d}");
+
+    let m = &report["memory"];
+    assert_eq!(m["open_conversations"], 3000, "{m}");
+    assert_eq!(m["all_published"], true, "{m}");
+    assert!(m["rss_after_bytes"].as_u64().unwrap() > 0, "{m}");
+    assert!(report["bridge_peak_rss_bytes"].as_u64().unwrap() > 0);
+}
