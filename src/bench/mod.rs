@@ -44,16 +44,19 @@ pub struct BenchArgs {
     /// Fixed rates (states/s) of the open-loop phases.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000,20000")]
     pub rates: Vec<f64>,
-    /// Open conversations held for the memory figure.
+    /// Open conversations held for the memory figure (0 skips the phase).
     #[arg(long, default_value_t = 1_000_000)]
     pub open_conversations: u64,
-    /// Calls of the 5 %-drop phase (each withheld state costs one back-fill request, and GoTo
+    /// Calls of the 5 %-drop phase, 0 to skip it (each withheld state costs one back-fill request, and GoTo
     /// allows 10 per second: the phase lasts about calls × 0.4 / 10 seconds).
     #[arg(long, default_value_t = 2_000)]
     pub drop_calls: u64,
     /// Partitions of the bridge's topics.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
+    /// A librdkafka property for the bridge (`KEY=VALUE`, repeatable), to compare settings.
+    #[arg(long)]
+    pub librdkafka: Vec<String>,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/latest.json")]
     pub out: PathBuf,
@@ -110,8 +113,16 @@ async fn start_bridge(
     suffix: &str,
     simulator: &str,
     bootstrap: &str,
-    partitions: i32,
+    args: &BenchArgs,
 ) -> Result<Bridge, String> {
+    let partitions = args.partitions;
+    let mut librdkafka = String::new();
+    for kv in &args.librdkafka {
+        let Some((k, v)) = kv.split_once('=') else {
+            return Err(format!("--librdkafka {kv:?}: expected KEY=VALUE"));
+        };
+        librdkafka.push_str(&format!("{:?} = {:?}\n", k.trim(), v.trim()));
+    }
     let (port, admin) = (procs::free_port()?, procs::free_port()?);
     let accounts =
         serde_json::to_string(&crate::simulator::traffic::TrafficConfig::default().account_keys)
@@ -142,7 +153,8 @@ dead_letter = "callbridge.dead-letter{suffix}"
 channel_owner = "callbridge.channel-owner{suffix}"
 partitions = {partitions}
 replication_factor = 1
-[log]
+[kafka.librdkafka]
+{librdkafka}[log]
 format = "json"
 level = "warn"
 "#
@@ -272,7 +284,7 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
             .as_str()
             .ok_or("HTTP sink: no address")?
     );
-    let bridge = start_bridge(&logs, "", &simulator, &bootstrap, args.partitions).await?;
+    let bridge = start_bridge(&logs, "", &simulator, &bootstrap, args).await?;
     let observer = Observer::start(&bridge.kafka, &bridge.kafka.topics.ordered)?;
     let spec = |phase: u32, target: &str| RunSpec {
         phase,
@@ -316,33 +328,38 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
     .await?;
 
     // 4. 5 % drops: the back-fill path, bounded by GoTo's 10 requests/s.
-    eprintln!(
-        "bench: bridge, 5 % drops, {} calls (back-fill at GoTo's 10 requests/s)",
-        args.drop_calls
-    );
-    let rest_before: crate::simulator::Stats = call(&mut load, &LoadCommand::RestStats)?;
-    let (drop_report, dropped) = bridge_phase(
-        &mut load,
-        &observer,
-        &bridge,
-        RunSpec {
-            duration_ms: 3_600_000,
-            max_calls: args.drop_calls,
-            drop_rate: 0.05,
-            ..spec(4, &bridge.webhook)
-        },
-        // Every withheld state is one request at most; the bridge gives up after 5 minutes.
-        Duration::from_secs(330),
-    )
-    .await?;
-    let rest_after: crate::simulator::Stats = call(&mut load, &LoadCommand::RestStats)?;
-    let api = |s: &crate::simulator::Stats| s.apis.get("call-events").cloned().unwrap_or_default();
-    let drop_phase = DropPhase {
-        withheld: drop_report.withheld,
-        backfill_requests: api(&rest_after).requests - api(&rest_before).requests,
-        busiest_second_requests: api(&rest_after).max_requests_in_one_second as u64,
-        rate_limited_429: api(&rest_after).too_many_requests,
-        figures: dropped,
+    let drop_phase = if args.drop_calls == 0 {
+        None
+    } else {
+        eprintln!(
+            "bench: bridge, 5 % drops, {} calls (back-fill at GoTo's 10 requests/s)",
+            args.drop_calls
+        );
+        let rest_before: crate::simulator::Stats = call(&mut load, &LoadCommand::RestStats)?;
+        let (drop_report, dropped) = bridge_phase(
+            &mut load,
+            &observer,
+            &bridge,
+            RunSpec {
+                duration_ms: 3_600_000,
+                max_calls: args.drop_calls,
+                drop_rate: 0.05,
+                ..spec(4, &bridge.webhook)
+            },
+            // Every withheld state is one request at most; the bridge gives up after 5 minutes.
+            Duration::from_secs(330),
+        )
+        .await?;
+        let rest_after: crate::simulator::Stats = call(&mut load, &LoadCommand::RestStats)?;
+        let api =
+            |s: &crate::simulator::Stats| s.apis.get("call-events").cloned().unwrap_or_default();
+        Some(DropPhase {
+            withheld: drop_report.withheld,
+            backfill_requests: api(&rest_after).requests - api(&rest_before).requests,
+            busiest_second_requests: api(&rest_after).max_requests_in_one_second as u64,
+            rate_limited_429: api(&rest_after).too_many_requests,
+            figures: dropped,
+        })
     };
 
     // 5. Open loop at fixed rates.
@@ -370,15 +387,20 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
     bridge.proc.terminate(Duration::from_secs(30));
 
     // 6. Memory per open conversation, on a fresh bridge.
-    eprintln!(
-        "bench: a fresh bridge holding {} open conversations",
-        args.open_conversations
-    );
-    let fresh = start_bridge(&logs, "-mem", &simulator, &bootstrap, args.partitions).await?;
-    let observer = Observer::start(&fresh.kafka, &fresh.kafka.topics.ordered)?;
-    let memory = memory_phase(&mut load, &observer, &fresh, args, secs).await?;
-    drop(observer);
-    fresh.proc.terminate(Duration::from_secs(30));
+    let memory = if args.open_conversations == 0 {
+        None
+    } else {
+        eprintln!(
+            "bench: a fresh bridge holding {} open conversations",
+            args.open_conversations
+        );
+        let fresh = start_bridge(&logs, "-mem", &simulator, &bootstrap, args).await?;
+        let observer = Observer::start(&fresh.kafka, &fresh.kafka.topics.ordered)?;
+        let memory = memory_phase(&mut load, &observer, &fresh, args, secs).await?;
+        drop(observer);
+        fresh.proc.terminate(Duration::from_secs(30));
+        Some(memory)
+    };
     let _ = tokio::task::block_in_place(|| load.call(&LoadCommand::Quit));
     let tansu_usage = usage(tansu.pid());
     drop(tansu);

@@ -36,12 +36,12 @@ pub struct BenchReport {
     pub ceilings: Ceilings,
     /// Closed loop at maximum, no drops.
     pub closed_loop: ThroughputPhase,
-    /// 5 % drops.
-    pub drops: DropPhase,
+    /// 5 % drops (absent when skipped with `--drop-calls 0`).
+    pub drops: Option<DropPhase>,
     /// Open loop at fixed rates.
     pub rates: Vec<RatePhase>,
-    /// Memory per open conversation.
-    pub memory: MemoryPhase,
+    /// Memory per open conversation (absent when skipped with `--open-conversations 0`).
+    pub memory: Option<MemoryPhase>,
     /// Peak RSS of the bridge over the throughput phases.
     pub bridge_peak_rss_bytes: u64,
     /// CPU seconds the broker used over the whole run.
@@ -145,7 +145,7 @@ impl BenchReport {
     /// No phase lost, doubled or misordered a state.
     pub fn promises_kept(&self) -> bool {
         let phases = std::iter::once(&self.closed_loop)
-            .chain(std::iter::once(&self.drops.figures))
+            .chain(self.drops.iter().map(|d| &d.figures))
             .chain(self.rates.iter().map(|r| &r.figures));
         let mut ok = true;
         for p in phases {
@@ -154,7 +154,7 @@ impl BenchReport {
                 && p.complete
                 && p.states_published + p.gaps >= p.states_expected;
         }
-        ok && self.memory.all_published
+        ok && self.memory.as_ref().is_none_or(|m| m.all_published)
     }
 
     /// The terminal table.
@@ -212,37 +212,41 @@ impl BenchReport {
             );
         };
         row(&mut t, "closed loop, 0% drops", &self.closed_loop);
-        row(&mut t, "5% drops", &self.drops.figures);
+        if let Some(d) = &self.drops {
+            row(&mut t, "5% drops", &d.figures);
+        }
         for r in &self.rates {
             row(&mut t, &format!("open loop {:.0}/s", r.rate), &r.figures);
         }
-        let d = &self.drops;
-        let _ = writeln!(t, "\nback-fill (5% drops)");
-        let _ = writeln!(
-            t,
-            "  withheld {} states; {} back-filled, {} gap records; {} call-events requests",
-            d.withheld, d.figures.backfilled, d.figures.gaps, d.backfill_requests
-        );
-        let _ = writeln!(
-            t,
-            "  time to heal p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; busiest second {} requests (limit 10), {} answered 429",
-            d.figures.healed_latency.p50_ms,
-            d.figures.healed_latency.p99_ms,
-            d.figures.healed_latency.max_ms,
-            d.busiest_second_requests,
-            d.rate_limited_429
-        );
-        let m = &self.memory;
-        let _ = writeln!(t, "\nmemory");
-        let _ = writeln!(
-            t,
-            "  {} open conversations: {:.0} bytes each (RSS {:.1} → {:.1} MiB); bridge peak RSS under load {:.1} MiB",
-            m.open_conversations,
-            m.bytes_per_conversation,
-            m.rss_before_bytes as f64 / 1048576.0,
-            m.rss_after_bytes as f64 / 1048576.0,
-            self.bridge_peak_rss_bytes as f64 / 1048576.0
-        );
+        if let Some(d) = &self.drops {
+            let _ = writeln!(t, "\nback-fill (5% drops)");
+            let _ = writeln!(
+                t,
+                "  withheld {} states; {} back-filled, {} gap records; {} call-events requests",
+                d.withheld, d.figures.backfilled, d.figures.gaps, d.backfill_requests
+            );
+            let _ = writeln!(
+                t,
+                "  time to heal p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; busiest second {} requests (limit 10), {} answered 429",
+                d.figures.healed_latency.p50_ms,
+                d.figures.healed_latency.p99_ms,
+                d.figures.healed_latency.max_ms,
+                d.busiest_second_requests,
+                d.rate_limited_429
+            );
+        }
+        if let Some(m) = &self.memory {
+            let _ = writeln!(t, "\nmemory");
+            let _ = writeln!(
+                t,
+                "  {} open conversations: {:.0} bytes each (RSS {:.1} → {:.1} MiB); bridge peak RSS under load {:.1} MiB",
+                m.open_conversations,
+                m.bytes_per_conversation,
+                m.rss_before_bytes as f64 / 1048576.0,
+                m.rss_after_bytes as f64 / 1048576.0,
+                self.bridge_peak_rss_bytes as f64 / 1048576.0
+            );
+        }
         let _ = writeln!(t, "\ntargets");
         let at5k = self.rates.iter().find(|r| (r.rate - 5000.0).abs() < 1.0);
         let mark = |ok: bool| if ok { "met" } else { "MISSED" };
@@ -272,13 +276,15 @@ impl BenchReport {
                 mark(r.figures.end_to_end_latency.p99_ms <= targets::END_TO_END_P99_MS)
             );
         }
-        let _ = writeln!(
-            t,
-            "  ≤ {} bytes per open conversation: {:.0}  {}",
-            targets::BYTES_PER_CONVERSATION,
-            m.bytes_per_conversation,
-            mark(m.bytes_per_conversation <= targets::BYTES_PER_CONVERSATION)
-        );
+        if let Some(m) = &self.memory {
+            let _ = writeln!(
+                t,
+                "  ≤ {} bytes per open conversation: {:.0}  {}",
+                targets::BYTES_PER_CONVERSATION,
+                m.bytes_per_conversation,
+                mark(m.bytes_per_conversation <= targets::BYTES_PER_CONVERSATION)
+            );
+        }
         t
     }
 }

@@ -36,15 +36,155 @@ pub fn state_fingerprint(state: &RawValue) -> Result<u64, ParseError> {
 }
 
 pub(crate) fn fingerprint_at(state: &RawValue, path: &str) -> Result<u64, ParseError> {
-    let value: Value = serde_json::from_str(state.get()).map_err(|e| ParseError::from_json(&e))?;
-    if !value.is_object() {
+    // A borrowed tree rather than `serde_json::Value`: same parser (same limits, same
+    // acceptance), same canonical bytes, but no allocation per key and per unescaped string;
+    // the fingerprint was most of the sequencer's parsing cost (docs/performance.md).
+    let node: Node<'_> =
+        serde_json::from_str(state.get()).map_err(|e| ParseError::from_json(&e))?;
+    if !matches!(node, Node::Object(_)) {
         return Err(ParseError::wrong_type("", path, "object"));
     }
     let mut h = Fnv1a::new();
-    write_canonical(&value, &mut h).map_err(|_| ParseError::InvalidJson {
-        detail: "cannot canonicalise".to_owned(),
-    })?;
+    node.write_canonical(&mut h)
+        .map_err(|_| ParseError::InvalidJson {
+            detail: "cannot canonicalise".to_owned(),
+        })?;
     Ok(h.0)
+}
+
+/// A JSON value borrowing its strings from the text where it can.
+enum Node<'a> {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    String(std::borrow::Cow<'a, str>),
+    Array(Vec<Node<'a>>),
+    Object(Vec<(std::borrow::Cow<'a, str>, Node<'a>)>),
+}
+
+impl<'de> serde::Deserialize<'de> for Node<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NodeVisitor)
+    }
+}
+
+/// A string borrowed when it has no escapes.
+struct Text<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(std::borrow::Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(std::borrow::Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NodeVisitor {
+    type Value = Node<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Node::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Node::Bool(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Node::Number(v.into()))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Node::Number(v.into()))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        // JSON text cannot spell NaN or infinities; serde_json's `Value` maps them to null.
+        Ok(serde_json::Number::from_f64(v).map_or(Node::Null, Node::Number))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Node::String(std::borrow::Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Node::String(std::borrow::Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Node::String(std::borrow::Cow::Owned(v)))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Node::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut entries: Vec<(std::borrow::Cow<'de, str>, Node<'de>)> = Vec::new();
+        while let Some(Text(key)) = map.next_key()? {
+            entries.push((key, map.next_value()?));
+        }
+        // Sorted by key bytes; of repeated keys the last one wins, as in `serde_json::Value`.
+        entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let mut unique: Vec<(std::borrow::Cow<'de, str>, Node<'de>)> =
+            Vec::with_capacity(entries.len());
+        for e in entries {
+            match unique.last_mut() {
+                Some(last) if last.0 == e.0 => *last = e,
+                _ => unique.push(e),
+            }
+        }
+        Ok(Node::Object(unique))
+    }
+}
+
+impl Node<'_> {
+    /// The same bytes as [`write_canonical`] writes for the equivalent `Value`.
+    fn write_canonical<W: io::Write>(&self, out: &mut W) -> io::Result<()> {
+        match self {
+            Node::Null => out.write_all(b"null"),
+            Node::Bool(true) => out.write_all(b"true"),
+            Node::Bool(false) => out.write_all(b"false"),
+            Node::Number(n) => write_number(n, out),
+            Node::String(s) => serde_json::to_writer(out, s.as_ref()).map_err(io::Error::other),
+            Node::Array(items) => {
+                out.write_all(b"[")?;
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.write_all(b",")?;
+                    }
+                    item.write_canonical(out)?;
+                }
+                out.write_all(b"]")
+            }
+            Node::Object(entries) => {
+                out.write_all(b"{")?;
+                for (i, (key, item)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.write_all(b",")?;
+                    }
+                    serde_json::to_writer(&mut *out, key.as_ref()).map_err(io::Error::other)?;
+                    out.write_all(b":")?;
+                    item.write_canonical(out)?;
+                }
+                out.write_all(b"}")
+            }
+        }
+    }
 }
 
 /// The canonical text itself, for tests and debugging.
@@ -186,6 +326,49 @@ mod tests {
         let d = raw(r#"{"p":[1,2]}"#);
         let e = raw(r#"{"p":[2,1]}"#);
         assert_ne!(state_fingerprint(d).unwrap(), state_fingerprint(e).unwrap());
+    }
+
+    /// The fingerprint through the borrowed tree must equal FNV-1a of the `Value`-based
+    /// canonical text, byte for byte: fingerprints live in Kafka (changelog, dedupe) and a
+    /// change would make every stored one disagree with a new copy of the same state.
+    #[test]
+    fn borrowed_tree_fingerprint_equals_the_value_based_canonical_form() {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            (-1e12f64..1e12).prop_map(serde_json::Value::from),
+            prop_oneof![Just(2.0f64), Just(-0.0), Just(1e300), Just(0.1)]
+                .prop_map(serde_json::Value::from),
+            "(?s).{0,12}".prop_map(serde_json::Value::from),
+            "[a\\\"/é\u{1F600}\n\t]{0,6}".prop_map(serde_json::Value::from),
+        ];
+        let tree = leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                prop::collection::vec(("[a-c\"\\\\é]{0,3}", inner), 0..6)
+                    .prop_map(|kv| { serde_json::Value::Object(kv.into_iter().collect()) }),
+            ]
+        });
+        let objects = prop::collection::vec(("[a-zA-Z\\\\é]{0,4}", tree), 0..8);
+        proptest!(ProptestConfig::with_cases(2000), |(kv in objects, dup in any::<bool>())| {
+            let mut text = serde_json::to_string(&serde_json::Value::Object(kv.into_iter().collect())).unwrap();
+            if dup && text.len() > 2 {
+                // A repeated key: the last one wins in both.
+                text.insert_str(1, r#""k":1,"k":[true],"#);
+            }
+            let state: &RawValue = serde_json::from_str(&text).unwrap();
+            let reference = fnv1a64(canonical_json(state).unwrap().as_bytes());
+            prop_assert_eq!(state_fingerprint(state).unwrap(), reference, "{}", text);
+        });
+        // Escapes in the text (not only in the value) take the owned path.
+        let escaped = raw(r#"{"k\u00e9y":"v\u00e9\n","b":[1.0,-0,1e2]}"#);
+        assert_eq!(
+            state_fingerprint(escaped).unwrap(),
+            fnv1a64(canonical_json(escaped).unwrap().as_bytes())
+        );
     }
 
     #[test]
