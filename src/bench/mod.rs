@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// A librdkafka property for the bridge (`KEY=VALUE`, repeatable), to compare settings.
     #[arg(long)]
     pub librdkafka: Vec<String>,
+    /// The callbridge binary run as the bridge (default: this one), to compare builds: the load
+    /// generator, the ceilings and the measurements stay the same.
+    #[arg(long)]
+    pub bridge_bin: Option<PathBuf>,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/latest.json")]
     pub out: PathBuf,
@@ -162,6 +166,7 @@ level = "warn"
     let path = dir.join(format!("bridge{suffix}.toml"));
     std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
     let proc = procs::start_bridge(
+        args.bridge_bin.as_deref(),
         &path,
         &[
             ("CALLBRIDGE_GOTO__CLIENT_SECRET", "demo-secret".into()),

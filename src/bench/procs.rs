@@ -175,9 +175,18 @@ impl LineChild {
     }
 }
 
-/// Starts `callbridge run --config CONFIG` with `env`, stderr to `log`.
-pub fn start_bridge(config: &Path, env: &[(&str, String)], log: &Path) -> Result<Proc, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+/// Starts `callbridge run --config CONFIG` (`bin`, or this executable) with `env`, stderr to
+/// `log`.
+pub fn start_bridge(
+    bin: Option<&Path>,
+    config: &Path,
+    env: &[(&str, String)],
+    log: &Path,
+) -> Result<Proc, String> {
+    let exe = match bin {
+        Some(b) => b.to_path_buf(),
+        None => std::env::current_exe().map_err(|e| format!("own executable: {e}"))?,
+    };
     let log = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let child = Command::new(exe)
         .args(["run", "--config"])

@@ -26,6 +26,15 @@ pub fn ordered_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaErr
         .create()
 }
 
+/// `linger.ms` unless `kafka.librdkafka` sets it. A webhook waits for its record's ack, so a
+/// short linger looks right, but measured (docs/performance.md, 3 runs each on tansu) 5 ms beat
+/// 1 ms everywhere except the median at low load: librdkafka's broker threads wake up once per
+/// linger, and those wake-ups were the largest single cost in the bridge's profile; fewer,
+/// fuller requests also queue less at the broker. At 1,000 states/s the webhook p50 rose
+/// 3.9 → 6.5 ms while p99 fell 21 → 13 ms; at 5,000/s p50 22 → 14 ms and p99 72 → 58 ms;
+/// closed-loop throughput +10 %, CPU per state −12 %.
+pub const DEFAULT_LINGER_MS: &str = "5";
+
 fn idempotent_settings(config: &KafkaConfig) -> Result<rdkafka::ClientConfig, KafkaError> {
     let mut c = config
         .client_config()
@@ -35,8 +44,7 @@ fn idempotent_settings(config: &KafkaConfig) -> Result<rdkafka::ClientConfig, Ka
         .set("message.timeout.ms", "0")
         .set("partitioner", "murmur2_random");
     if !config.librdkafka.contains_key("linger.ms") {
-        // The acknowledged path is latency-bound (a webhook waits for the ack): keep batches short.
-        c.set("linger.ms", "1");
+        c.set("linger.ms", DEFAULT_LINGER_MS);
     }
     Ok(c)
 }

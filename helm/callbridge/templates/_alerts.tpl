@@ -48,6 +48,17 @@ groups:
             The WebSocket channel is reconnected or recreated often (see the reason label of
             callbridge_channel_reconnects_total). Notifications may be delayed; catch-up and
             back-fill repair what is missed.
+      - alert: CallbridgeCatchupFailed
+        expr: sum by (namespace, pod) (increase(callbridge_catchup_failures_total[15m])) > 0
+        labels:
+          severity: warning
+        annotations:
+          summary: A catch-up or report sweep step failed for good on {{`{{ $labels.pod }}`}}
+          description: >-
+            After a channel outage the bridge lists active calls and sweeps report summaries to
+            find calls GoTo could not deliver; a step failed 6 times in a row. A call that had no
+            state delivered at all may be missing from the ordered topic. The log line "failed for
+            good" names the call or the listing; check GoTo API reachability and credentials.
       - alert: CallbridgeNoChannelOwner
         expr: max by (namespace) (callbridge_channel_ready) < 1
         for: 5m
