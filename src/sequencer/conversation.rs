@@ -102,8 +102,6 @@ pub(crate) enum Fate {
 #[derive(Debug)]
 pub(crate) struct Conversation<P> {
     next: u64,
-    /// Front-hole start that `tries`/`failures`/`absent` refer to.
-    hole_start: u64,
     /// Last state received; for a closed conversation, when it closed.
     last_activity: Timestamp,
     /// `last_activity`, or the last probe answer if later: the idle-probe clock.
@@ -111,32 +109,97 @@ pub(crate) struct Conversation<P> {
     /// This conversation's entry in the partition's deadline queue ([`NO_WAKE`]: none). Not an
     /// `Option`, to save 8 bytes per conversation.
     pub(crate) wake: Timestamp,
+    /// Held states and back-fill bookkeeping; `None` while nothing is held and no request is
+    /// out, which is most conversations most of the time (see [`Trouble`]).
+    trouble: Option<Box<Trouble<P>>>,
+    gap_count: u32,
+    ended: bool,
+    recent: Window,
+}
+
+/// What a conversation needs only while a state waits behind a gap or a back-fill request is
+/// out. Boxed, because a million idle conversations would otherwise each carry its 60-odd
+/// bytes (docs/performance.md, memory per open conversation).
+#[derive(Debug)]
+struct Trouble<P> {
+    /// Front-hole start that `tries`/`failures`/`absent` refer to.
+    hole_start: u64,
     flight: Flight,
     held: BTreeMap<u64, Held<P>>,
-    gap_count: u32,
     failures: u32,
     tries: u16,
     absent: u8,
-    ended: bool,
-    recent: Window,
+}
+
+impl<P> Default for Trouble<P> {
+    fn default() -> Self {
+        Trouble {
+            hole_start: 0,
+            flight: Flight::Idle,
+            held: BTreeMap::new(),
+            failures: 0,
+            tries: 0,
+            absent: 0,
+        }
+    }
 }
 
 impl<P> Conversation<P> {
     pub(crate) fn new(now: Timestamp) -> Self {
         Conversation {
             next: 1,
-            hole_start: 1,
             last_activity: now,
             quiet_since: now,
             wake: NO_WAKE,
-            flight: Flight::Idle,
-            held: BTreeMap::new(),
+            trouble: None,
             gap_count: 0,
-            failures: 0,
-            tries: 0,
-            absent: 0,
             ended: false,
             recent: Window::default(),
+        }
+    }
+
+    // ---- the boxed part ---------------------------------------------------------------------
+
+    fn trouble_mut(&mut self) -> &mut Trouble<P> {
+        self.trouble.get_or_insert_with(Box::default)
+    }
+
+    fn flight(&self) -> Flight {
+        self.trouble.as_ref().map_or(Flight::Idle, |t| t.flight)
+    }
+
+    fn set_flight(&mut self, flight: Flight) {
+        match (&mut self.trouble, flight) {
+            (None, Flight::Idle) => {}
+            _ => self.trouble_mut().flight = flight,
+        }
+    }
+
+    fn held(&self) -> Option<&BTreeMap<u64, Held<P>>> {
+        self.trouble.as_ref().map(|t| &t.held)
+    }
+
+    fn first_held(&self) -> Option<u64> {
+        self.held().and_then(|h| h.keys().next().copied())
+    }
+
+    fn take_held(&mut self) -> BTreeMap<u64, Held<P>> {
+        self.trouble
+            .as_mut()
+            .map(|t| std::mem::take(&mut t.held))
+            .unwrap_or_default()
+    }
+
+    /// Drops the boxed part once nothing is held and no request is out. Its counters only ever
+    /// matter for the hole they were counted on (`sync_hole` resets them otherwise), so nothing
+    /// is lost. Called by the partition after every call into the conversation.
+    pub(crate) fn tidy(&mut self) {
+        if self
+            .trouble
+            .as_ref()
+            .is_some_and(|t| t.flight == Flight::Idle && t.held.is_empty())
+        {
+            self.trouble = None;
         }
     }
 
@@ -153,12 +216,12 @@ impl<P> Conversation<P> {
     }
 
     pub(crate) fn held_len(&self) -> usize {
-        self.held.len()
+        self.held().map_or(0, BTreeMap::len)
     }
 
     /// When the current front hole became known: the arrival of the oldest held state.
     pub(crate) fn blocked_since(&self) -> Option<Timestamp> {
-        self.held.values().map(|h| h.received_at).min()
+        self.held()?.values().map(|h| h.received_at).min()
     }
 
     /// The earliest time something may be due for this conversation. Always defined: an open
@@ -168,7 +231,7 @@ impl<P> Conversation<P> {
             return self.last_activity.plus(cfg.closed_retention);
         }
         let abandon = self.last_activity.plus(cfg.abandon_after);
-        let due = match self.flight {
+        let due = match self.flight() {
             Flight::Gap { .. } | Flight::Probe { .. } => abandon,
             Flight::Retry(at) => at,
             Flight::Idle => match self.blocked_since() {
@@ -204,7 +267,7 @@ impl<P> Conversation<P> {
             self.duplicate_of_published(cx, s);
             return;
         }
-        if let Some(h) = self.held.get(&seq) {
+        if let Some(h) = self.held().and_then(|held| held.get(&seq)) {
             if h.fingerprint == s.fingerprint {
                 cx.duplicate(s.origin);
             } else {
@@ -212,7 +275,10 @@ impl<P> Conversation<P> {
             }
             return;
         }
-        if self.held.range(..seq).any(|(_, h)| h.is_ending) {
+        if self
+            .held()
+            .is_some_and(|held| held.range(..seq).any(|(_, h)| h.is_ending))
+        {
             cx.dead_letter(s, DeadLetterReason::AfterEnding);
             return;
         }
@@ -230,11 +296,11 @@ impl<P> Conversation<P> {
             return;
         }
         // Early: hold it. The first held state starts a gap (its timer is `next_due`).
-        if self.held.is_empty() {
+        if self.held_len() == 0 {
             cx.ledger.counters.gaps_detected += 1;
         }
         cx.ledger.hold(s.raw_offset);
-        self.held.insert(
+        self.trouble_mut().held.insert(
             seq,
             Held {
                 fingerprint: s.fingerprint,
@@ -257,13 +323,14 @@ impl<P> Conversation<P> {
     ) {
         // Only the answer to the request in flight moves the gap bookkeeping; anything else
         // (a stale or duplicated answer) still contributes its states, which are truth.
-        let request = match (self.flight, to) {
-            (Flight::Gap { from: f, to: t }, Some(to)) if f == from && t == to => Some(self.flight),
-            (Flight::Probe { from: f }, None) if f == from => Some(self.flight),
+        let flight = self.flight();
+        let request = match (flight, to) {
+            (Flight::Gap { from: f, to: t }, Some(to)) if f == from && t == to => Some(flight),
+            (Flight::Probe { from: f }, None) if f == from => Some(flight),
             _ => None,
         };
         if request.is_some() {
-            self.flight = Flight::Idle;
+            self.set_flight(Flight::Idle);
         }
         let answered = match outcome {
             BackfillOutcome::Answered(states) => {
@@ -296,7 +363,7 @@ impl<P> Conversation<P> {
     fn gap_request_answered(&mut self, cx: &mut Cx<'_, P>, to: u64) {
         let confirm = cx.cfg.confirm_gone_after.max(1);
         while !self.ended {
-            let Some(first_held) = self.held.keys().next().copied() else {
+            let Some(first_held) = self.first_held() else {
                 return;
             };
             if self.next > to {
@@ -304,13 +371,13 @@ impl<P> Conversation<P> {
                 return;
             }
             self.sync_hole();
-            let count = u32::from(self.absent) + 1;
+            let count = u32::from(self.trouble_mut().absent) + 1;
             if count >= confirm {
                 cx.ledger.counters.gaps_gone += 1;
                 self.gap(cx, (first_held - 1).min(to), GapReason::Gone);
                 self.drain(cx);
             } else {
-                self.absent = u8::try_from(count).unwrap_or(u8::MAX);
+                self.trouble_mut().absent = u8::try_from(count).unwrap_or(u8::MAX);
                 self.retry_later(cx);
                 return;
             }
@@ -321,18 +388,16 @@ impl<P> Conversation<P> {
         if self.ended || self.next > to {
             return;
         }
-        let (Some(first_held), Some(since)) =
-            (self.held.keys().next().copied(), self.blocked_since())
-        else {
+        let (Some(first_held), Some(since)) = (self.first_held(), self.blocked_since()) else {
             return;
         };
         self.sync_hole();
-        self.failures = self.failures.saturating_add(1);
+        let t = self.trouble_mut();
+        t.failures = t.failures.saturating_add(1);
+        let failures = t.failures;
         if !retryable || cx.now >= since.plus(cx.cfg.backfill_max_wait) {
             cx.ledger.counters.gaps_backfill_failed += 1;
-            let reason = GapReason::BackfillFailed {
-                attempts: self.failures,
-            };
+            let reason = GapReason::BackfillFailed { attempts: failures };
             self.gap(cx, (first_held - 1).min(to), reason);
             self.drain(cx);
         } else {
@@ -341,8 +406,9 @@ impl<P> Conversation<P> {
     }
 
     fn retry_later(&mut self, cx: &mut Cx<'_, P>) {
-        self.tries = self.tries.saturating_add(1);
-        self.flight = Flight::Retry(cx.now.plus(cx.cfg.backoff(u32::from(self.tries))));
+        let t = self.trouble_mut();
+        t.tries = t.tries.saturating_add(1);
+        t.flight = Flight::Retry(cx.now.plus(cx.cfg.backoff(u32::from(t.tries))));
     }
 
     /// Timers due at `cx.now`.
@@ -365,26 +431,26 @@ impl<P> Conversation<P> {
             });
             return Fate::Evict;
         }
-        if let Flight::Retry(at) = self.flight {
+        if let Flight::Retry(at) = self.flight() {
             if at > now {
                 return Fate::Keep;
             }
-            self.flight = Flight::Idle;
+            self.set_flight(Flight::Idle);
         }
-        if self.flight != Flight::Idle {
+        if self.flight() != Flight::Idle {
             return Fate::Keep;
         }
-        match (self.held.keys().next().copied(), self.blocked_since()) {
+        match (self.first_held(), self.blocked_since()) {
             (Some(first_held), Some(since)) => {
                 if now >= since.plus(cfg.gap_timeout) {
                     let (from, to) = (self.next, first_held - 1);
-                    self.flight = Flight::Gap { from, to };
+                    self.set_flight(Flight::Gap { from, to });
                     cx.request(from, Some(to));
                 }
             }
             _ => {
                 if now >= self.quiet_since.plus(cfg.idle_probe_after) {
-                    self.flight = Flight::Probe { from: self.next };
+                    self.set_flight(Flight::Probe { from: self.next });
                     cx.request(self.next, None);
                 }
             }
@@ -437,10 +503,14 @@ impl<P> Conversation<P> {
     /// Publishes held states while they are contiguous with `next`.
     fn drain(&mut self, cx: &mut Cx<'_, P>) {
         while !self.ended {
-            let Some(entry) = self.held.first_entry() else {
+            let next = self.next;
+            let Some(held) = self.trouble.as_mut().map(|t| &mut t.held) else {
                 return;
             };
-            if *entry.key() != self.next {
+            let Some(entry) = held.first_entry() else {
+                return;
+            };
+            if *entry.key() != next {
                 return;
             }
             let (seq, h) = entry.remove_entry();
@@ -475,9 +545,9 @@ impl<P> Conversation<P> {
         cx.ledger.counters.completions += 1;
         self.ended = true;
         self.last_activity = cx.now;
-        self.flight = Flight::Idle;
+        self.set_flight(Flight::Idle);
         // Anything held above ENDING cannot be published after it.
-        for (seq, h) in std::mem::take(&mut self.held) {
+        for (seq, h) in self.take_held() {
             cx.ledger.release(h.raw_offset);
             let s = IncomingState {
                 sequence_number: seq,
@@ -494,7 +564,7 @@ impl<P> Conversation<P> {
     /// Closed by a checkpoint or an observed completion record: nothing to emit.
     fn close_quietly(&mut self, ledger: &mut Ledger) {
         self.ended = true;
-        self.flight = Flight::Idle;
+        self.set_flight(Flight::Idle);
         self.release_all(ledger);
     }
 
@@ -518,7 +588,10 @@ impl<P> Conversation<P> {
     fn skip_to(&mut self, next: u64, ledger: &mut Ledger) {
         self.recent.forget(self.next, next - 1);
         self.next = next;
-        while let Some(entry) = self.held.first_entry() {
+        let Some(held) = self.trouble.as_mut().map(|t| &mut t.held) else {
+            return;
+        };
+        while let Some(entry) = held.first_entry() {
             if *entry.key() >= next {
                 break;
             }
@@ -527,18 +600,20 @@ impl<P> Conversation<P> {
     }
 
     fn release_all(&mut self, ledger: &mut Ledger) {
-        for (_, h) in std::mem::take(&mut self.held) {
+        for (_, h) in self.take_held() {
             ledger.release(h.raw_offset);
         }
     }
 
     /// Resets the per-hole counters when the front hole changed since they were counted.
     fn sync_hole(&mut self) {
-        if self.hole_start != self.next {
-            self.hole_start = self.next;
-            self.tries = 0;
-            self.failures = 0;
-            self.absent = 0;
+        let next = self.next;
+        let t = self.trouble_mut();
+        if t.hole_start != next {
+            t.hole_start = next;
+            t.tries = 0;
+            t.failures = 0;
+            t.absent = 0;
         }
     }
 
@@ -549,5 +624,16 @@ impl<P> Conversation<P> {
             }
             _ => cx.duplicate(s.origin),
         }
+    }
+}
+
+#[cfg(test)]
+mod size {
+    /// What one open conversation costs in its partition's map, beside the key. Kept from
+    /// creeping back up: a million open calls multiply every byte (docs/performance.md).
+    #[test]
+    fn an_idle_conversation_stays_small() {
+        let size = std::mem::size_of::<super::Conversation<std::sync::Arc<()>>>();
+        assert!(size <= 104, "Conversation grew to {size} bytes");
     }
 }

@@ -288,6 +288,7 @@ impl<P> PartitionSequencer<P> {
         let Some(c) = self.conversations.get_mut(id) else {
             return;
         };
+        c.tidy();
         let due = c.next_due(&self.config);
         if c.wake == NO_WAKE {
             self.queue.insert((due, id.clone()));
