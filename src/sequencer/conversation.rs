@@ -1,12 +1,13 @@
 //! The rules for one conversation: publish in order, hold what is early, ask for what is
 //! missing, decide when a missing state is gone, close after ENDING.
 //!
-//! Kept small on purpose (a partition may hold tens of thousands of open calls): with nothing
-//! held, a conversation is this struct and nothing else; `held` allocates only while states wait
-//! behind a gap. Back-fill bookkeeping (`tries`, `failures`, `absent`) refers to the *front
-//! hole* `next ..= first_held - 1` and resets whenever `next` moves: counting is conservative,
-//! so a state is never declared gone after fewer than `confirm_gone_after` answers that covered
-//! it and lacked it.
+//! Kept small on purpose (a partition may hold hundreds of thousands of open calls): with
+//! nothing held and no request out, a conversation is this 104-byte struct and nothing else; the
+//! held states and the back-fill bookkeeping live in a boxed [`Trouble`] that exists only while
+//! a gap is open. That bookkeeping (`tries`, `failures`, `absent`) refers to the *front hole*
+//! `next ..= first_held - 1` and resets whenever `next` moves: counting is conservative, so a
+//! state is never declared gone after fewer than `confirm_gone_after` answers that covered it and
+//! lacked it.
 
 use std::collections::BTreeMap;
 
