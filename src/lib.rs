@@ -6,7 +6,7 @@
 //! Data flows one way: ingest → raw topic → sequencer → ordered topic.
 //!
 //! - [`app`]: `callbridge run`, wiring every part together and shutting down in order.
-//! - [`bench`]: `callbridge bench`: the end-to-end benchmark beside its HTTP and Kafka ceilings.
+//! - [`bench`](mod@bench): `callbridge bench`: the end-to-end benchmark beside its HTTP and Kafka ceilings.
 //! - [`channel`]: the GoTo notification channel and subscriptions, kept alive (WebSocket session,
 //!   repair loop).
 //! - [`config`]: configuration errors that name the key, the value and the fix.
