@@ -149,9 +149,11 @@ fn classify<'a>(n: Level<'a>, prefix: &str) -> Result<Notification<'a>, ParseErr
     // The fingerprint is computed later (by the sequencer) through serde_json's tree, which
     // refuses more than MAX_DEPTH levels; refuse such a state here already, where it costs one
     // byte scan, so it is dead-lettered at ingest like any other unreadable body.
-    if nests_deeper_than(state.get(), MAX_DEPTH) {
+    if let Some((line, column)) = too_deep_at(state.get(), MAX_DEPTH) {
+        // Worded like serde_json's own recursion-limit error (a syntax error at the bracket,
+        // position within the state), as the fingerprint reported it before.
         return Err(ParseError::InvalidJson {
-            detail: format!("{state_path} nests deeper than {MAX_DEPTH} levels"),
+            detail: format!("syntax error at line {line} column {column}"),
         });
     }
 
@@ -169,10 +171,12 @@ fn classify<'a>(n: Level<'a>, prefix: &str) -> Result<Notification<'a>, ParseErr
 /// serde_json's nesting limit for a tree (`Value`), which the fingerprint builds.
 const MAX_DEPTH: usize = 127;
 
-/// True when `json` (valid JSON) nests arrays and objects more than `limit` levels deep.
-fn nests_deeper_than(json: &str, limit: usize) -> bool {
+/// Where (line, 1-based byte column) `json` (valid JSON) first nests arrays and objects more
+/// than `limit` levels deep, if it does.
+fn too_deep_at(json: &str, limit: usize) -> Option<(usize, usize)> {
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for b in json.bytes() {
+    let (mut line, mut line_start) = (1usize, 0usize);
+    for (i, b) in json.bytes().enumerate() {
         if in_string {
             match b {
                 _ if escaped => escaped = false,
@@ -184,17 +188,18 @@ fn nests_deeper_than(json: &str, limit: usize) -> bool {
         }
         match b {
             b'"' => in_string = true,
+            b'\n' => (line, line_start) = (line + 1, i + 1),
             b'{' | b'[' => {
                 depth += 1;
                 if depth > limit {
-                    return true;
+                    return Some((line, i - line_start + 1));
                 }
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
-    false
+    None
 }
 
 /// `sequenceNumber` and `type` of a state object found at `path`.
