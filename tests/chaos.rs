@@ -147,6 +147,8 @@ async fn chaos_replicas_broker_and_goto_faults_lose_nothing() {
         use rand::seq::SliceRandom;
         first_pass.shuffle(&mut rng);
     }
+    // Replicas that exited on their own (a crash, not one of ours): Kubernetes restarts them too.
+    let mut crashes = 0u64;
     while started.elapsed() < Duration::from_secs(chaos_secs) {
         // Replicas due back come back (what Kubernetes does after a crash).
         let now = Instant::now();
@@ -154,8 +156,20 @@ async fn chaos_replicas_broker_and_goto_faults_lose_nothing() {
             replicas[*i].start();
         }
         restart_at.retain(|(t, _)| *t > now);
+        for (i, replica) in replicas.iter_mut().enumerate() {
+            if !replica.is_running() && !restart_at.iter().any(|(_, j)| *j == i) {
+                crashes += 1;
+                println!(
+                    "  {:>5.1}s  replica-{i} exited by itself; restarting it (see its log)",
+                    started.elapsed().as_secs_f64()
+                );
+                restart_at.push((now + Duration::from_millis(rng.gen_range(2000..5000)), i));
+            }
+        }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(2000..5000))).await;
-        // Every kind of fault once (in a seeded order), then at random.
+        // Every kind of fault once (in a seeded order), then at random; a first-pass fault that
+        // cannot happen yet (too few replicas up, a broker restart too recent) is tried again.
+        let from_first_pass = !first_pass.is_empty();
         let event = first_pass.pop().unwrap_or_else(|| Chaos::pick(&mut rng));
         let running: Vec<usize> = (0..replicas.len())
             .filter(|i| replicas[*i].is_running())
@@ -215,6 +229,8 @@ async fn chaos_replicas_broker_and_goto_faults_lose_nothing() {
         if done {
             *counts.entry(format!("{event:?}")).or_default() += 1;
             println!("  {:>5.1}s  {event:?}", started.elapsed().as_secs_f64());
+        } else if from_first_pass {
+            first_pass.insert(0, event);
         }
     }
 
@@ -259,6 +275,7 @@ async fn chaos_replicas_broker_and_goto_faults_lose_nothing() {
         println!("  {event:<16} {n:>5}");
     }
     println!("  replica starts   {replica_starts:>5}");
+    println!("  replica crashes  {crashes:>5}");
     println!("\nGoTo faults injected by the simulator:");
     for (name, n) in &truth.fault_counts {
         println!("  {name:<36} {n:>8}");
@@ -272,6 +289,7 @@ async fn chaos_replicas_broker_and_goto_faults_lose_nothing() {
         "chaos_events": counts,
         "replica_sigkills": kills,
         "replica_sigterms": stops,
+        "replica_crashes": crashes,
         "rolling_restarts_for_tansu_eviction": rolling_restarts,
         "broker_restarts": broker_restarts,
         "goto_faults": truth.fault_counts,
