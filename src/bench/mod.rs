@@ -15,7 +15,7 @@ pub mod dist;
 pub mod http1;
 pub mod load;
 pub mod observe;
-mod procs;
+pub mod procs;
 pub mod procstat;
 pub mod report;
 pub mod sink;

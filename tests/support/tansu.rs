@@ -133,17 +133,9 @@ impl Drop for Tansu {
     }
 }
 
+/// The same lookup as `callbridge bench`: `$TANSU_BIN`, `~/.cargo/bin/tansu`, then PATH.
 fn tansu_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TANSU_BIN") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let cargo_bin = PathBuf::from(home).join(".cargo/bin/tansu");
-    if cargo_bin.exists() {
-        cargo_bin
-    } else {
-        PathBuf::from("tansu")
-    }
+    callbridge::bench::procs::tansu_bin(None)
 }
 
 fn free_port() -> u16 {
