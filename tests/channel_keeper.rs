@@ -25,16 +25,22 @@ fn keeper(sim: &callbridge::simulator::RunningSimulator) -> ChannelKeeper {
     )
 }
 
-#[tokio::test]
-async fn subscribing_a_channel_deleted_meanwhile_is_transient_and_a_new_round_repairs_it() {
-    let sim = start(sim_config()).await;
-    let keeper = keeper(&sim);
+/// A channel the keeper created, deleted behind its back (GoTo deleting or expiring it).
+async fn created_then_deleted(keeper: &ChannelKeeper) -> callbridge::goto::Channel {
     let channel = keeper.ensure_channel().await.expect("channel created");
     keeper
         .client()
         .delete_channel("bridge", &channel.channel_id)
         .await
         .expect("deleted");
+    channel
+}
+
+#[tokio::test]
+async fn subscribing_a_channel_deleted_meanwhile_is_transient_and_a_new_round_repairs_it() {
+    let sim = start(sim_config()).await;
+    let keeper = keeper(&sim);
+    let channel = created_then_deleted(&keeper).await;
 
     let err = keeper
         .ensure_subscriptions(&channel)
@@ -66,12 +72,7 @@ async fn subscribing_a_channel_deleted_meanwhile_is_transient_and_a_new_round_re
 async fn refreshing_a_channel_deleted_meanwhile_is_transient() {
     let sim = start(sim_config()).await;
     let keeper = keeper(&sim);
-    let channel = keeper.ensure_channel().await.expect("channel created");
-    keeper
-        .client()
-        .delete_channel("bridge", &channel.channel_id)
-        .await
-        .expect("deleted");
+    let channel = created_then_deleted(&keeper).await;
     let err = keeper
         .refresh(&channel)
         .await
