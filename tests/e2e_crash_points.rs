@@ -13,7 +13,8 @@ use callbridge::verify::verify;
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 use support::cluster::{
-    join_after_sessions_expired, wait_for_completion, webhook_secret, Deployment, Replica,
+    join_after_sessions_expired, owned_partitions, wait_for_completion, webhook_secret, Deployment,
+    Replica, SESSION_TIMEOUT,
 };
 use support::tansu::{Tansu, TempDir};
 
@@ -29,13 +30,35 @@ fn passes(point: &str) -> u64 {
     }
 }
 
+/// Ordered outputs stop for a while after every kill (tansu keeps the dead member until a later
+/// join, then the takeover waits out its session), so a point passed per record can go a whole
+/// fixed-length run without firing. The armed phase therefore runs at least `MIN_ARMED` and until
+/// the point has fired, bounded by `MAX_ARMED` (the test fails if it never fires).
+const MIN_ARMED: Duration = Duration::from_secs(30);
+const MAX_ARMED: Duration = Duration::from_secs(90);
+
+/// Kills of this point so far, over every incarnation of every replica.
+fn fired(replicas: &[Replica], point: &str) -> usize {
+    let prefix = format!("failpoint {point}");
+    replicas
+        .iter()
+        .map(|r| {
+            r.log_lines()
+                .iter()
+                .filter(|l| l.starts_with(&prefix))
+                .count()
+        })
+        .sum()
+}
+
 async fn crash_at(point: &'static str, seed: u64) {
-    let traffic_secs = 30;
+    let partitions = 4;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let broker = Tansu::start();
     let mut sim_config = SimulatorConfig::default();
     sim_config.scheduler.autostart = false;
-    sim_config.scheduler.calls = 4 * traffic_secs;
+    // Enough calls for the longest armed phase; traffic is stopped when the phase ends.
+    sim_config.scheduler.calls = 4 * MAX_ARMED.as_secs();
     sim_config.scheduler.calls_per_second = 4.0;
     sim_config.scheduler.max_concurrent_calls = 200;
     sim_config.traffic.seed = seed;
@@ -57,7 +80,7 @@ async fn crash_at(point: &'static str, seed: u64) {
         simulator_url: sim.base_url(),
         bootstrap: broker.bootstrap(),
         transport: "websocket",
-        partitions: 4,
+        partitions: partitions as i32,
         webhook_secret: webhook_secret(),
         extra_toml: String::new(),
     };
@@ -80,9 +103,17 @@ async fn crash_at(point: &'static str, seed: u64) {
     let started = Instant::now();
     let mut crashes = 0u64;
     let mut outside_kills = 0u64;
+    let mut evicting_restarts = 0u64;
     let mut last_kill = Instant::now();
+    let mut last_evicting_restart = Instant::now();
     let mut next_outside_kill = Instant::now() + Duration::from_secs(5);
-    while started.elapsed() < Duration::from_secs(traffic_secs) {
+    // A takeover after a crash waits out the dead owner's session plus its fence margin (5 s).
+    let takeover_bound = SESSION_TIMEOUT + Duration::from_secs(7);
+    loop {
+        let elapsed = started.elapsed();
+        if (elapsed >= MIN_ARMED && fired(&replicas, point) > 0) || elapsed >= MAX_ARMED {
+            break;
+        }
         for r in &mut replicas {
             if !r.is_running() {
                 crashes += 1;
@@ -90,16 +121,32 @@ async fn crash_at(point: &'static str, seed: u64) {
                 arm(r, &mut rng);
             }
         }
-        if Instant::now() >= next_outside_kill {
+        let all_owned = owned_partitions(&replicas).await >= partitions;
+        if all_owned && Instant::now() >= next_outside_kill {
+            // Kill a working deployment, not one still recovering from the last kill.
             let i = rng.gen_range(0..replicas.len());
             replicas[i].kill();
             last_kill = Instant::now();
             outside_kills += 1;
             arm(&mut replicas[i], &mut rng);
             next_outside_kill = Instant::now() + Duration::from_secs(5);
+        } else if !all_owned
+            && last_kill.elapsed() > takeover_bound
+            && last_evicting_restart.elapsed() > takeover_bound
+        {
+            // Partitions still orphaned long after the last kill: tansu is keeping a dead member
+            // until someone joins. A real broker evicts it by itself; a rolling restart is the
+            // join tansu needs.
+            let i = rng.gen_range(0..replicas.len());
+            replicas[i].terminate();
+            arm(&mut replicas[i], &mut rng);
+            last_evicting_restart = Instant::now();
+            evicting_restarts += 1;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let armed = started.elapsed();
+    control.stop_traffic();
     // Disarm: restart both without the point and let them finish the work.
     for r in &mut replicas {
         if !r.is_running() {
@@ -110,22 +157,16 @@ async fn crash_at(point: &'static str, seed: u64) {
         r.set_env("CALLBRIDGE_FAILPOINT", "");
         r.start();
     }
-    join_after_sessions_expired(&mut replicas, last_kill, 4).await;
-    let fired: usize = replicas
-        .iter()
-        .map(|r| {
-            r.log_lines()
-                .iter()
-                .filter(|l| l.starts_with(&format!("failpoint {point}")))
-                .count()
-        })
-        .sum();
+    join_after_sessions_expired(&mut replicas, last_kill, partitions).await;
+    let fired = fired(&replicas, point);
     assert!(control.wait_until_done(Duration::from_secs(120)).await.done);
     let complete = wait_for_completion(&d, &control, &replicas, Duration::from_secs(120)).await;
     let truth = control.ground_truth();
     let v = verify(&truth, &d.read_ordered().await);
     println!(
-        "{point}: {fired} kills at the point, {outside_kills} from outside, {} states checked\n{v}",
+        "{point}: {fired} kills at the point, {outside_kills} from outside, {evicting_restarts} \
+         evicting restarts, armed {:.0} s, {} states checked\n{v}",
+        armed.as_secs_f64(),
         v.states
     );
     for r in &mut replicas {
