@@ -219,7 +219,7 @@ impl Backfill<'_> {
                     continue;
                 };
                 self.requests += 1;
-                let (conv, lo, to) = (conv_index(conversation), *lo, *to);
+                let (conv, lo, to) = (conv_index(&conversation.as_text()), *lo, *to);
                 let hi = to.unwrap_or(STATES).min(STATES);
                 let states = (lo..=hi)
                     .filter(|&s| self.withholding && is_withheld(conv, s))

@@ -80,6 +80,23 @@ fn a_small_bench_run_measures_every_phase_and_the_bridge_keeps_its_promises() {
     let m = &report["memory"];
     assert_eq!(m["open_conversations"], 3000, "{m}");
     assert_eq!(m["all_published"], true, "{m}");
-    assert!(m["rss_after_bytes"].as_u64().unwrap() > 0, "{m}");
+    let (half, after) = (
+        m["rss_half_bytes"].as_u64().unwrap(),
+        m["rss_after_bytes"].as_u64().unwrap(),
+    );
+    assert!(half > 0 && after > 0, "{m}");
+    // The two figures are the growth of the second half and since ready, per conversation.
+    let second = 3000 - 3000 / 2;
+    let marginal = m["bytes_per_conversation"].as_f64().unwrap();
+    assert!(
+        (marginal - after.saturating_sub(half) as f64 / second as f64).abs() < 1.0,
+        "{m}"
+    );
+    let from_ready = m["bytes_per_conversation_from_ready"].as_f64().unwrap();
+    let before = m["rss_before_bytes"].as_u64().unwrap();
+    assert!(
+        (from_ready - after.saturating_sub(before) as f64 / 3000.0).abs() < 1.0,
+        "{m}"
+    );
     assert!(report["bridge_peak_rss_bytes"].as_u64().unwrap() > 0);
 }

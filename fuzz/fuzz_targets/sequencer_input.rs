@@ -46,12 +46,19 @@ use std::time::Duration;
 
 use callbridge::notification::fnv1a64;
 use callbridge::sequencer::{
-    Action, BackfillOutcome, ConversationCheckpoint, DeadLetterReason, GapReason, IncomingState,
+    Action, BackfillOutcome, ConversationCheckpoint, ConversationId, DeadLetterReason, GapReason, IncomingState,
     Origin, PartitionSequencer, SequencerConfig, Timestamp, CONFLICT_WINDOW,
 };
 use libfuzzer_sys::fuzz_target;
 
-const CONVS: [&str; 4] = ["conv-a", "conv-b", "conv-c", "conv-d"];
+/// Two plain ids and two canonical UUIDs: the core holds the latter packed (`sequencer/id.rs`),
+/// so both forms go through every rule.
+const CONVS: [&str; 4] = [
+    "conv-a",
+    "conv-b",
+    "0f8e2c3a-95b1-4c7d-8e6f-a1b2c3d4e5f6",
+    "7d444840-9dc0-11d1-b245-5ffdce74fad2",
+];
 const MAX_OPS: usize = 400;
 const DRAIN_STEPS: usize = 100_000;
 
@@ -543,7 +550,7 @@ impl Harness {
             assert!(seen.insert(c), "take_dirty lists {id} twice");
             assert_eq!(
                 *cp,
-                self.seq.checkpoint(id),
+                self.seq.checkpoint(&id.as_text()),
                 "take_dirty checkpoint of {id}"
             );
         }
@@ -1112,10 +1119,10 @@ impl Harness {
     }
 }
 
-fn conv_index(id: &str) -> usize {
+fn conv_index(id: &ConversationId) -> usize {
     CONVS
         .iter()
-        .position(|c| *c == id)
+        .position(|c| *id == **c)
         .unwrap_or_else(|| panic!("action for a conversation never fed: {id}"))
 }
 

@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// Open conversations held for the memory figure (0 skips the phase).
     #[arg(long, default_value_t = 1_000_000)]
     pub open_conversations: u64,
+    /// Rate (conversations/s) at which the memory phase opens them; 0 for as fast as answers
+    /// come (then the RSS also holds whatever librdkafka buffered while the sequencer lagged).
+    #[arg(long, default_value_t = 8_000.0)]
+    pub memory_rate: f64,
     /// Calls of the 5 %-drop phase, 0 to skip it (each withheld state costs one back-fill request, and GoTo
     /// allows 10 per second: the phase lasts about calls × 0.4 / 10 seconds).
     #[arg(long, default_value_t = 2_000)]
@@ -445,34 +449,57 @@ async fn memory_phase(
     // Let start-up allocations settle before the baseline.
     tokio::time::sleep(settle.min(Duration::from_secs(2))).await;
     let before = usage(bridge.proc.pid());
-    let report: RunReport = call(
-        load,
-        &LoadCommand::Run(RunSpec {
-            phase: 20,
-            target: bridge.webhook.clone(),
-            connections: args.connections,
-            rate: None,
-            duration_ms: 3_600_000,
-            max_calls: args.open_conversations,
-            drop_rate: 0.0,
-            only_starting: true,
-        }),
-    )?;
-    let held = observer
-        .wait_for(20, report.delivered, Duration::from_secs(120))
-        .await;
-    // The sequencer holds them once they are published; give the allocator a moment.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = usage(bridge.proc.pid());
-    let conversations = observer.with(20, |p| p.states);
+    // Two halves: the first also warms what any traffic fills once (librdkafka's fetch and
+    // produce buffers, allocator arenas, metric histograms); the second's growth is what one
+    // more open conversation costs.
+    let halves = [
+        (20, args.open_conversations / 2),
+        (21, args.open_conversations - args.open_conversations / 2),
+    ];
+    let mut rss = Vec::new();
+    let (mut delivered, mut elapsed_ms, mut held) = (0, 0, true);
+    for (phase, calls) in halves {
+        let report: RunReport = call(
+            load,
+            &LoadCommand::Run(RunSpec {
+                phase,
+                target: bridge.webhook.clone(),
+                connections: args.connections,
+                rate: (args.memory_rate > 0.0).then_some(args.memory_rate),
+                duration_ms: 3_600_000,
+                max_calls: calls,
+                drop_rate: 0.0,
+                only_starting: true,
+            }),
+        )?;
+        held &= observer
+            .wait_for(phase, report.delivered, Duration::from_secs(120))
+            .await;
+        delivered += report.delivered;
+        elapsed_ms += report.elapsed_ms;
+        // The sequencer holds them once they are published; give the allocator a moment.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        rss.push((
+            observer.with(phase, |p| p.states),
+            usage(bridge.proc.pid()).rss_bytes,
+        ));
+    }
+    let [(first, rss_half), (second, rss_after)] = rss[..] else {
+        return Err("memory phase: two halves expected".into());
+    };
+    let per = |grown: u64, n: u64| grown as f64 / n.max(1) as f64;
     Ok(MemoryPhase {
-        open_conversations: conversations,
+        open_conversations: first + second,
         all_published: held,
         rss_before_bytes: before.rss_bytes,
-        rss_after_bytes: after.rss_bytes,
-        bytes_per_conversation: after.rss_bytes.saturating_sub(before.rss_bytes) as f64
-            / conversations.max(1) as f64,
-        states_per_sec: report.delivered as f64 / (report.elapsed_ms.max(1) as f64 / 1000.0),
+        rss_half_bytes: rss_half,
+        rss_after_bytes: rss_after,
+        bytes_per_conversation: per(rss_after.saturating_sub(rss_half), second),
+        bytes_per_conversation_from_ready: per(
+            rss_after.saturating_sub(before.rss_bytes),
+            first + second,
+        ),
+        states_per_sec: delivered as f64 / (elapsed_ms.max(1) as f64 / 1000.0),
     })
 }
 

@@ -35,14 +35,16 @@
 //! must outlast GoTo's redelivery horizon.
 //!
 //! # Memory
-//! An open conversation with nothing held is one `Conversation` (152 bytes, pinned by a size
-//! test) plus its map entry (id pointer + hash-table slack), the id's `Arc<str>` allocation
-//! (~64 bytes for a UUID) and one deadline-queue entry (~35 bytes amortised): roughly 280 bytes.
-//! Held states cost a B-tree entry plus the payload each; nothing else allocates per
-//! conversation.
+//! An open conversation with nothing held is one slot: its id (24 bytes, a UUID packed inline,
+//! see `id.rs`) and its `Conversation` (104 bytes, pinned by a size test), in fixed-size
+//! chunks; plus a 4-byte slot number in the hash index (with the table's slack) and one
+//! deadline-queue entry. `cargo bench --bench sequencer_memory` measures the whole at ~175 bytes
+//! of heap per conversation. Held states cost a B-tree entry plus the payload each; nothing else
+//! allocates per conversation.
 
 mod config;
 mod conversation;
+mod id;
 mod partition;
 mod stats;
 mod types;
@@ -54,6 +56,7 @@ pub mod shell;
 mod tests;
 
 pub use config::SequencerConfig;
+pub use id::IdText;
 pub use partition::PartitionSequencer;
 pub use stats::{Counters, SequencerStats};
 pub use types::{

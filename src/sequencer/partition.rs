@@ -5,10 +5,20 @@
 //! in one ordered queue holding at most one entry per conversation; an entry may fire early
 //! (activity only ever postpones a conversation's real deadline, and rescheduling on every
 //! state would churn the queue), in which case the conversation just re-arms.
+//!
+//! Laid out for a million open calls per process (docs/performance.md, memory): conversations
+//! live in fixed-size chunks of slots, so growing never copies them or leaves a freed table
+//! behind, and the slack is at most one chunk; the hash index holds only 4-byte slot numbers,
+//! so its power-of-two slack costs bytes, not whole entries; the deadline queue names slots,
+//! not ids.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::conversation::{Conversation, Cx, Fate, NO_WAKE};
+use super::id::IdKey;
 use super::stats::{Ledger, SequencerStats};
 use super::{
     Action, BackfillOutcome, ConversationCheckpoint, ConversationId, IncomingState,
@@ -29,8 +39,11 @@ use super::{
 #[derive(Debug)]
 pub struct PartitionSequencer<P> {
     config: SequencerConfig,
-    conversations: HashMap<ConversationId, Conversation<P>>,
-    queue: BTreeSet<(Timestamp, ConversationId)>,
+    slots: Slots<P>,
+    /// Occupied slot numbers, found by their id's hash.
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    queue: BTreeSet<(Timestamp, u32)>,
     dirty: HashSet<ConversationId>,
     ledger: Ledger,
     /// Latest time seen, for calls that carry none (`observe_*`).
@@ -42,7 +55,9 @@ impl<P> PartitionSequencer<P> {
     pub fn new(config: SequencerConfig) -> Self {
         PartitionSequencer {
             config,
-            conversations: HashMap::new(),
+            slots: Slots::default(),
+            index: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
             queue: BTreeSet::new(),
             dirty: HashSet::new(),
             ledger: Ledger::default(),
@@ -65,18 +80,18 @@ impl<P> PartitionSequencer<P> {
         out: &mut Vec<Action<P>>,
     ) {
         self.now = self.now.max(now);
-        let id = self.intern(conv, now);
-        if let Some(c) = self.conversations.get_mut(&id) {
+        let s = self.intern(conv, now);
+        if let Some(slot) = self.slots.get_mut(s) {
             let mut cx = Cx {
-                id: &id,
+                id: &slot.id,
                 cfg: &self.config,
                 now,
                 ledger: &mut self.ledger,
                 out,
             };
-            c.on_state(&mut cx, state);
+            slot.conversation.on_state(&mut cx, state);
         }
-        self.settle(&id);
+        self.settle(s);
     }
 
     /// The outcome of a `RequestBackfill{conv, from, to}`. Returned states go through the same
@@ -91,21 +106,20 @@ impl<P> PartitionSequencer<P> {
         out: &mut Vec<Action<P>>,
     ) {
         self.now = self.now.max(now);
-        let Some((id, _)) = self.conversations.get_key_value(conv) else {
+        let Some(s) = self.find(IdKey::parse(conv)) else {
             return;
         };
-        let id = id.clone();
-        if let Some(c) = self.conversations.get_mut(&id) {
+        if let Some(slot) = self.slots.get_mut(s) {
             let mut cx = Cx {
-                id: &id,
+                id: &slot.id,
                 cfg: &self.config,
                 now,
                 ledger: &mut self.ledger,
                 out,
             };
-            c.on_backfill(&mut cx, from, to, outcome);
+            slot.conversation.on_backfill(&mut cx, from, to, outcome);
         }
-        self.settle(&id);
+        self.settle(s);
     }
 
     /// Fires every timer due at `now`: back-fill requests for gaps, retries, idle probes,
@@ -119,27 +133,28 @@ impl<P> PartitionSequencer<P> {
             if first.0 > now {
                 break;
             }
-            if let Some((_, id)) = self.queue.pop_first() {
-                due.push(id);
+            if let Some((_, s)) = self.queue.pop_first() {
+                due.push(s);
             }
         }
-        for id in due {
-            let Some(c) = self.conversations.get_mut(&id) else {
+        for s in due {
+            let Some(slot) = self.slots.get_mut(s) else {
                 continue;
             };
-            c.wake = NO_WAKE;
+            slot.conversation.wake = NO_WAKE;
             let mut cx = Cx {
-                id: &id,
+                id: &slot.id,
                 cfg: &self.config,
                 now,
                 ledger: &mut self.ledger,
                 out,
             };
-            match c.on_tick(&mut cx) {
-                Fate::Keep => self.settle(&id),
+            match slot.conversation.on_tick(&mut cx) {
+                Fate::Keep => self.settle(s),
                 Fate::Evict => {
-                    self.conversations.remove(&id);
-                    self.dirty.insert(id);
+                    if let Some(id) = self.remove(s) {
+                        self.dirty.insert(id);
+                    }
                     self.ledger.changed = false;
                 }
             }
@@ -153,7 +168,8 @@ impl<P> PartitionSequencer<P> {
 
     /// What the changelog should hold for `conv` now.
     pub fn checkpoint(&self, conv: &str) -> Option<ConversationCheckpoint> {
-        self.conversations.get(conv).map(Conversation::checkpoint)
+        let s = self.find(IdKey::parse(conv))?;
+        self.slots.get(s).map(|slot| slot.conversation.checkpoint())
     }
 
     /// Conversations whose checkpoint changed since the last call; `None` means evicted (write
@@ -163,7 +179,10 @@ impl<P> PartitionSequencer<P> {
         dirty
             .into_iter()
             .map(|id| {
-                let cp = self.conversations.get(&id).map(Conversation::checkpoint);
+                let cp = self
+                    .find(id.key())
+                    .and_then(|s| self.slots.get(s))
+                    .map(|slot| slot.conversation.checkpoint());
                 (id, cp)
             })
             .collect()
@@ -175,13 +194,13 @@ impl<P> PartitionSequencer<P> {
     /// would not be released (found by the `sequencer_input` fuzz target; see fuzz/README.md).
     pub fn restore(&mut self, conv: &str, checkpoint: ConversationCheckpoint, now: Timestamp) {
         self.now = self.now.max(now);
-        let id = self.intern(conv, now);
-        if let Some(c) = self.conversations.get_mut(&id) {
-            c.restore(checkpoint, &mut self.ledger);
+        let s = self.intern(conv, now);
+        if let Some(slot) = self.slots.get_mut(s) {
+            slot.conversation.restore(checkpoint, &mut self.ledger);
         }
         // The changelog already holds this; only observe_* make a restored conversation dirty.
         self.ledger.changed = false;
-        self.settle(&id);
+        self.settle(s);
     }
 
     /// Takeover: `conv`'s restored checkpoint is newer than what the changelog holds (the scan of
@@ -189,38 +208,41 @@ impl<P> PartitionSequencer<P> {
     /// record moves past the outputs that raised it, and the takeover after that would resume
     /// from the stale changelog entry and publish them twice.
     pub fn mark_dirty(&mut self, conv: &str) {
-        if let Some((id, _)) = self.conversations.get_key_value(conv) {
-            self.dirty.insert(id.clone());
+        if let Some(slot) = self
+            .find(IdKey::parse(conv))
+            .and_then(|s| self.slots.get(s))
+        {
+            self.dirty.insert(slot.id.clone());
         }
     }
 
     /// Takeover scan: the ordered topic holds state `seq` of `conv` beyond the checkpoint.
     pub fn observe_published(&mut self, conv: &str, seq: u64) {
-        let id = self.intern(conv, self.now);
-        if let Some(c) = self.conversations.get_mut(&id) {
-            c.observe_published(seq, &mut self.ledger);
+        let s = self.intern(conv, self.now);
+        if let Some(slot) = self.slots.get_mut(s) {
+            slot.conversation.observe_published(seq, &mut self.ledger);
         }
-        self.settle(&id);
+        self.settle(s);
     }
 
     /// Takeover scan: the ordered topic holds a gap record `from..=to` of `conv`.
     pub fn observe_gap(&mut self, conv: &str, from: u64, to: u64) {
         let _ = from;
-        let id = self.intern(conv, self.now);
-        if let Some(c) = self.conversations.get_mut(&id) {
-            c.observe_gap(to, &mut self.ledger);
+        let s = self.intern(conv, self.now);
+        if let Some(slot) = self.slots.get_mut(s) {
+            slot.conversation.observe_gap(to, &mut self.ledger);
         }
-        self.settle(&id);
+        self.settle(s);
     }
 
     /// Takeover scan: the ordered topic holds the completion record of `conv`.
     pub fn observe_completion(&mut self, conv: &str) {
         let now = self.now;
-        let id = self.intern(conv, now);
-        if let Some(c) = self.conversations.get_mut(&id) {
-            c.observe_completion(now, &mut self.ledger);
+        let s = self.intern(conv, now);
+        if let Some(slot) = self.slots.get_mut(s) {
+            slot.conversation.observe_completion(now, &mut self.ledger);
         }
-        self.settle(&id);
+        self.settle(s);
     }
 
     /// The smallest raw offset of a held (unpublished) live state. The raw consumer may commit
@@ -236,7 +258,7 @@ impl<P> PartitionSequencer<P> {
             held_states: self.ledger.held_total,
             ..SequencerStats::default()
         };
-        for c in self.conversations.values() {
+        for c in self.slots.conversations() {
             if c.is_closed() {
                 stats.closed_conversations += 1;
                 continue;
@@ -250,8 +272,8 @@ impl<P> PartitionSequencer<P> {
         }
         debug_assert_eq!(
             stats.held_states,
-            self.conversations
-                .values()
+            self.slots
+                .conversations()
                 .map(Conversation::held_len)
                 .sum::<usize>()
         );
@@ -260,43 +282,162 @@ impl<P> PartitionSequencer<P> {
 
     /// Conversations currently remembered (open and closed).
     pub fn len(&self) -> usize {
-        self.conversations.len()
+        self.index.len()
     }
 
     /// No conversation remembered.
     pub fn is_empty(&self) -> bool {
-        self.conversations.is_empty()
+        self.index.is_empty()
     }
 
-    /// The shared id for `conv`, creating the conversation if new.
-    fn intern(&mut self, conv: &str, now: Timestamp) -> ConversationId {
-        if let Some((id, _)) = self.conversations.get_key_value(conv) {
-            return id.clone();
-        }
-        let id: ConversationId = ConversationId::from(conv);
-        self.conversations
-            .insert(id.clone(), Conversation::new(now));
-        id
+    /// The slot of the conversation with this id, if remembered.
+    fn find(&self, key: IdKey<'_>) -> Option<u32> {
+        let hash = self.hasher.hash_one(key);
+        let slots = &self.slots;
+        self.index
+            .find(hash, |&s| {
+                slots.get(s).is_some_and(|slot| slot.id.key() == key)
+            })
+            .copied()
     }
 
-    /// After any change to `id`: record a changed checkpoint and make sure a timer entry exists
-    /// no later than the conversation's next deadline.
-    fn settle(&mut self, id: &ConversationId) {
-        if std::mem::take(&mut self.ledger.changed) {
-            self.dirty.insert(id.clone());
+    /// The slot for `conv`, creating the conversation if new.
+    fn intern(&mut self, conv: &str, now: Timestamp) -> u32 {
+        let key = IdKey::parse(conv);
+        if let Some(s) = self.find(key) {
+            return s;
         }
-        let Some(c) = self.conversations.get_mut(id) else {
+        let s = self.slots.insert(Slot {
+            id: ConversationId::from_key(key),
+            conversation: Conversation::new(now),
+        });
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index
+            .insert_unique(hasher.hash_one(key), s, |&x| slot_hash(slots, hasher, x));
+        s
+    }
+
+    /// Forgets the conversation in slot `s` (its queue entry must be gone); returns its id.
+    fn remove(&mut self, s: u32) -> Option<ConversationId> {
+        let hash = slot_hash(&self.slots, &self.hasher, s);
+        if let Ok(entry) = self.index.find_entry(hash, |&x| x == s) {
+            entry.remove();
+        }
+        self.slots.remove(s).map(|slot| slot.id)
+    }
+
+    /// After any change to slot `s`: record a changed checkpoint and make sure a timer entry
+    /// exists no later than the conversation's next deadline.
+    fn settle(&mut self, s: u32) {
+        let Some(slot) = self.slots.get_mut(s) else {
             return;
         };
+        if std::mem::take(&mut self.ledger.changed) {
+            self.dirty.insert(slot.id.clone());
+        }
+        let c = &mut slot.conversation;
         c.tidy();
         let due = c.next_due(&self.config);
         if c.wake == NO_WAKE {
-            self.queue.insert((due, id.clone()));
+            self.queue.insert((due, s));
             c.wake = due;
         } else if due < c.wake {
-            self.queue.remove(&(c.wake, id.clone()));
-            self.queue.insert((due, id.clone()));
+            self.queue.remove(&(c.wake, s));
+            self.queue.insert((due, s));
             c.wake = due;
         }
+    }
+}
+
+fn slot_hash<P>(slots: &Slots<P>, hasher: &DefaultHashBuilder, s: u32) -> u64 {
+    // Only occupied slots are indexed; the fallback is never taken.
+    slots
+        .get(s)
+        .map_or(0, |slot| hasher.hash_one(slot.id.key()))
+}
+
+/// One remembered conversation.
+#[derive(Debug)]
+struct Slot<P> {
+    id: ConversationId,
+    conversation: Conversation<P>,
+}
+
+/// Slots per chunk: 4096 × ~128 bytes, half a megabyte.
+const CHUNK: usize = 4096;
+
+/// Conversations in fixed-size chunks, addressed by slot number; freed slots are reused first.
+#[derive(Debug)]
+struct Slots<P> {
+    chunks: Vec<Box<[Option<Slot<P>>]>>,
+    free: Vec<u32>,
+    /// Slots ever handed out (the next new slot number).
+    high: u32,
+}
+
+impl<P> Default for Slots<P> {
+    fn default() -> Self {
+        Slots {
+            chunks: Vec::new(),
+            free: Vec::new(),
+            high: 0,
+        }
+    }
+}
+
+impl<P> Slots<P> {
+    fn get(&self, s: u32) -> Option<&Slot<P>> {
+        let s = s as usize;
+        self.chunks.get(s / CHUNK)?.get(s % CHUNK)?.as_ref()
+    }
+
+    fn get_mut(&mut self, s: u32) -> Option<&mut Slot<P>> {
+        let s = s as usize;
+        self.chunks.get_mut(s / CHUNK)?.get_mut(s % CHUNK)?.as_mut()
+    }
+
+    fn insert(&mut self, slot: Slot<P>) -> u32 {
+        let s = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                let s = self.high;
+                self.high += 1;
+                if s as usize / CHUNK == self.chunks.len() {
+                    self.chunks
+                        .push(std::iter::repeat_with(|| None).take(CHUNK).collect());
+                }
+                s
+            }
+        };
+        let s_us = s as usize;
+        if let Some(cell) = self
+            .chunks
+            .get_mut(s_us / CHUNK)
+            .and_then(|c| c.get_mut(s_us % CHUNK))
+        {
+            *cell = Some(slot);
+        }
+        s
+    }
+
+    fn remove(&mut self, s: u32) -> Option<Slot<P>> {
+        let s_us = s as usize;
+        let slot = self
+            .chunks
+            .get_mut(s_us / CHUNK)?
+            .get_mut(s_us % CHUNK)?
+            .take();
+        if slot.is_some() {
+            self.free.push(s);
+        }
+        slot
+    }
+
+    fn conversations(&self) -> impl Iterator<Item = &Conversation<P>> {
+        self.chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .flatten()
+            .map(|slot| &slot.conversation)
     }
 }

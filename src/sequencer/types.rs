@@ -4,12 +4,9 @@
 //! and carries out the [`Action`]s it returns, in order. Everything here is plain data so the
 //! shell can be written (and tested) against it without knowing the rules.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-/// A conversation (`conversationSpaceId`). `Arc` so actions, the deadline queue and the map
-/// share one allocation per conversation.
-pub type ConversationId = Arc<str>;
+pub use super::id::ConversationId;
 
 /// Milliseconds since an arbitrary monotonic origin chosen by the shell. Injected so the core
 /// never reads a clock and tests can drive time exactly.

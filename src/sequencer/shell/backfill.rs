@@ -56,7 +56,7 @@ pub struct BackfillJob {
     /// Takeover epoch of that partition when the job was issued (stale answers are ignored).
     pub epoch: u64,
     /// Conversation.
-    pub conversation: Arc<str>,
+    pub conversation: crate::sequencer::ConversationId,
     /// First sequence.
     pub from: u64,
     /// Last sequence, `None` for an open-ended probe.
@@ -91,7 +91,9 @@ pub fn spawn_worker(
             let done = done.clone();
             tokio::spawn(async move {
                 let started = tokio::time::Instant::now();
-                let fetched = source.fetch(&job.conversation, job.from, job.to).await;
+                let fetched = source
+                    .fetch(&job.conversation.as_text(), job.from, job.to)
+                    .await;
                 drop(permit);
                 let outcome = match &fetched {
                     Fetched::States(_) => "answered",

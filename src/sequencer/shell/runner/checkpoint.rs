@@ -140,9 +140,10 @@ impl RunState {
                         gaps: c.gap_count,
                     })
                 });
+                let key = conv.as_text();
                 let mut rec = FutureRecord::to(&changelog_topic)
                     .partition(p)
-                    .key(conv.as_bytes());
+                    .key(key.as_bytes());
                 if let Some(v) = &value {
                     rec = rec.payload(v.as_slice());
                 }

@@ -263,7 +263,7 @@ impl RunState {
         if part.epoch != done.job.epoch {
             return Ok(()); // issued before a re-takeover: the new core asks again if needed
         }
-        let conv = &done.job.conversation;
+        let conv = done.job.conversation.as_text();
         let outcome = match done.fetched {
             Fetched::States(states) => BackfillOutcome::Answered(
                 states
@@ -271,7 +271,7 @@ impl RunState {
                     .filter_map(|fs| {
                         let fingerprint = notification::state_fingerprint(&fs.state).ok()?;
                         let (timestamp, is_ending) = state_fields(&fs.state);
-                        let metadata = fs.metadata.unwrap_or_else(|| synthesized_metadata(conv));
+                        let metadata = fs.metadata.unwrap_or_else(|| synthesized_metadata(&conv));
                         Some(IncomingState {
                             sequence_number: fs.sequence_number,
                             fingerprint,
@@ -295,7 +295,7 @@ impl RunState {
             }
         };
         part.core.on_backfill(
-            conv,
+            &conv,
             done.job.from,
             done.job.to,
             outcome,

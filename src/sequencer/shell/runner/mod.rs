@@ -161,7 +161,10 @@ struct OwnedPartition {
 struct PendingSnapshot {
     needs_acked: u64,
     ordered_offset: Option<i64>,
-    entries: Vec<(Arc<str>, Option<ConversationCheckpoint>)>,
+    entries: Vec<(
+        crate::sequencer::ConversationId,
+        Option<ConversationCheckpoint>,
+    )>,
     raw_low_watermark: i64,
 }
 

@@ -25,7 +25,7 @@ impl RunState {
                         Origin::Backfill => RecordOrigin::Backfill,
                     };
                     let r = record::state_record(
-                        &conversation,
+                        &conversation.as_text(),
                         sequence_number,
                         origin,
                         &payload.metadata,
@@ -57,7 +57,7 @@ impl RunState {
                         GapReason::BackfillFailed { .. } => GapCause::BackfillFailed,
                     };
                     tracing::warn!(conversation = %conversation, partition = p, from, to, reason = cause.as_str(), "gap record published");
-                    let r = record::gap_record(&conversation, from, to, cause, epoch);
+                    let r = record::gap_record(&conversation.as_text(), from, to, cause, epoch);
                     self.send(p, &ordered, r, true)?;
                     self.stats.gaps_published.fetch_add(1, Ordering::Relaxed);
                 }
@@ -66,8 +66,12 @@ impl RunState {
                     last_sequence,
                     gap_count,
                 } => {
-                    let r =
-                        record::completion_record(&conversation, last_sequence, gap_count, epoch);
+                    let r = record::completion_record(
+                        &conversation.as_text(),
+                        last_sequence,
+                        gap_count,
+                        epoch,
+                    );
                     self.send(p, &ordered, r, true)?;
                     self.stats
                         .completions_published
@@ -104,7 +108,7 @@ impl RunState {
                     tracing::warn!(conversation = %conversation, partition = p, sequence_number, "conflicting duplicate dead-lettered");
                     self.dead_letter(
                         p,
-                        Some(conversation.as_bytes()),
+                        Some(conversation.as_text().as_bytes()),
                         body.as_bytes(),
                         "conflicting_duplicate",
                         &detail,
