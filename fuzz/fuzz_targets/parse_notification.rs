@@ -155,11 +155,21 @@ fn check_call_state(body: &[u8], cs: &CallState<'_>) {
     // The fingerprint is lazy: it may fail where routing succeeded (the sequencer then
     // dead-letters the state), but it must agree with `state_fingerprint` either way.
     let Ok(fp) = cs.fingerprint() else {
-        assert!(state_fingerprint(cs.state).is_err(), "fingerprint disagrees on failure");
-        assert!(inspect_state(cs.state).is_err(), "inspect_state accepted an unfingerprintable state");
+        assert!(
+            state_fingerprint(cs.state).is_err(),
+            "fingerprint disagrees on failure"
+        );
+        assert!(
+            inspect_state(cs.state).is_err(),
+            "inspect_state accepted an unfingerprintable state"
+        );
         return;
     };
-    assert_eq!(Ok(fp), state_fingerprint(cs.state), "parse and state_fingerprint disagree");
+    assert_eq!(
+        Ok(fp),
+        state_fingerprint(cs.state),
+        "parse and state_fingerprint disagree"
+    );
     let summary = inspect_state(cs.state).expect("inspect_state of an accepted state");
     assert_eq!(summary.sequence_number, cs.sequence_number);
     assert_eq!(summary.state_type, cs.state_type);

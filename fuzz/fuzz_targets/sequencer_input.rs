@@ -30,7 +30,8 @@
 //!   duplicate inside the conflict window with another fingerprint is never silently dropped, nor
 //!   is a conflicting copy of a held state;
 //! - back-fill requests: never two in flight, `from == next`, a gap request ends just below the
-//!   first held state, a probe only when nothing is held;
+//!   first held state, a probe only when nothing is held, never more than
+//!   `idle_probes_in_flight` probes out for open calls;
 //! - `checkpoint()` equals the oracle's next/ended/gap count; `stats()` held/open/closed/gap
 //!   gauges match; `raw_low_watermark()` is exactly the smallest raw offset of a held live state;
 //! - eviction only as documented (abandon after `abandon_after` of inactivity, closed after
@@ -46,8 +47,8 @@ use std::time::Duration;
 
 use callbridge::notification::fnv1a64;
 use callbridge::sequencer::{
-    Action, BackfillOutcome, ConversationCheckpoint, ConversationId, DeadLetterReason, GapReason, IncomingState,
-    Origin, PartitionSequencer, SequencerConfig, Timestamp, CONFLICT_WINDOW,
+    Action, BackfillOutcome, ConversationCheckpoint, ConversationId, DeadLetterReason, GapReason,
+    IncomingState, Origin, PartitionSequencer, SequencerConfig, Timestamp, CONFLICT_WINDOW,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -162,6 +163,8 @@ fn preset(input: &mut Bytes<'_>) -> (SequencerConfig, u64) {
                 backfill_max_wait: ms(200),
                 confirm_gone_after: 2,
                 idle_probe_after: ms(100),
+                // One probe at a time for four conversations: the others queue.
+                idle_probes_in_flight: 1,
                 abandon_after: ms(2_000),
                 closed_retention: ms(500),
             },
@@ -176,6 +179,7 @@ fn preset(input: &mut Bytes<'_>) -> (SequencerConfig, u64) {
                 backfill_max_wait: ms(0),
                 confirm_gone_after: 0,
                 idle_probe_after: ms(1),
+                idle_probes_in_flight: 4,
                 abandon_after: ms(50),
                 closed_retention: ms(0),
             },
@@ -189,6 +193,7 @@ fn preset(input: &mut Bytes<'_>) -> (SequencerConfig, u64) {
                 backfill_max_wait: ms(10_000),
                 confirm_gone_after: 4,
                 idle_probe_after: ms(300),
+                idle_probes_in_flight: 0,
                 abandon_after: ms(5_000),
                 closed_retention: ms(2_000),
             },
@@ -206,6 +211,7 @@ fn preset(input: &mut Bytes<'_>) -> (SequencerConfig, u64) {
                     idle_probe_after: ms((b() + 1) * 20),
                     abandon_after: ms((b() + 1) * 200),
                     closed_retention: ms(b() * 50),
+                    idle_probes_in_flight: (b() % 4) as u32,
                 },
                 2,
             )
@@ -899,7 +905,22 @@ impl Harness {
                             "{conversation}: gap request {from}..={to}, first held {first_held:?}"
                         ),
                         None => {
-                            assert!(first_held.is_none(), "{conversation}: probe while holding")
+                            assert!(first_held.is_none(), "{conversation}: probe while holding");
+                            // A probe of a call that closed or was abandoned meanwhile no
+                            // longer counts: the core ignores its answer.
+                            let probes = self
+                                .pending
+                                .iter()
+                                .filter(|p| {
+                                    p.2.is_none()
+                                        && !abandoned.contains(&p.0)
+                                        && self.convs[p.0].as_ref().is_some_and(|o| !o.ended)
+                                })
+                                .count();
+                            assert!(
+                                probes < self.config.idle_probes_in_flight as usize,
+                                "{conversation}: probe beyond idle_probes_in_flight ({probes} out)"
+                            );
                         }
                     }
                     self.pending.push((c, from, to));

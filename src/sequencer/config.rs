@@ -35,6 +35,12 @@ pub struct SequencerConfig {
     /// every interval while it stays quiet. Each probe is one API call per quiet conversation.
     #[serde(with = "humantime_serde")]
     pub idle_probe_after: Duration,
+    /// Idle probes out at once per partition; conversations due for one wait their turn, oldest
+    /// first. GoTo allows 10 requests/s, so probing every quiet call each `idle_probe_after`
+    /// cannot scale to thousands of open calls: rationed, probes never crowd out the back-fill
+    /// of real gaps (which are not rationed), and a quiet call is probed less often when many
+    /// are quiet. 0 turns idle probes off.
+    pub idle_probes_in_flight: u32,
     /// An open conversation with no state for this long is evicted (`Abandoned`).
     #[serde(with = "humantime_serde")]
     pub abandon_after: Duration,
@@ -54,6 +60,7 @@ impl Default for SequencerConfig {
             backfill_max_wait: Duration::from_secs(5 * 60),
             confirm_gone_after: 2,
             idle_probe_after: Duration::from_secs(30),
+            idle_probes_in_flight: 2,
             abandon_after: Duration::from_secs(6 * 60 * 60),
             closed_retention: Duration::from_secs(60 * 60),
         }

@@ -98,6 +98,9 @@ pub(crate) const NO_WAKE: Timestamp = Timestamp(u64::MAX);
 pub(crate) enum Fate {
     Keep,
     Evict,
+    /// Quiet long enough for an idle probe: the partition starts it or queues it (probes are
+    /// rationed per partition, see [`SequencerConfig::idle_probes_in_flight`]).
+    ProbeDue,
 }
 
 #[derive(Debug)]
@@ -115,6 +118,12 @@ pub(crate) struct Conversation<P> {
     trouble: Option<Box<Trouble<P>>>,
     gap_count: u32,
     ended: bool,
+    /// Waiting in the partition's probe queue for a free probe slot (no timer of its own for
+    /// the probe meanwhile; fits in padding, so idle conversations stay 104 bytes).
+    pub(crate) probe_queued: bool,
+    /// Counted in the partition's probes in flight (kept in step by `settle` and eviction, so
+    /// every way a probe ends, answered or not, gives its slot back).
+    pub(crate) probe_counted: bool,
     recent: Window,
 }
 
@@ -155,6 +164,8 @@ impl<P> Conversation<P> {
             trouble: None,
             gap_count: 0,
             ended: false,
+            probe_queued: false,
+            probe_counted: false,
             recent: Window::default(),
         }
     }
@@ -237,6 +248,8 @@ impl<P> Conversation<P> {
             Flight::Retry(at) => at,
             Flight::Idle => match self.blocked_since() {
                 Some(since) => since.plus(cfg.gap_timeout),
+                // Queued for a probe: the partition wakes it when a slot frees.
+                None if self.probe_queued => abandon,
                 None => self.quiet_since.plus(cfg.idle_probe_after),
             },
         };
@@ -450,13 +463,34 @@ impl<P> Conversation<P> {
                 }
             }
             _ => {
-                if now >= self.quiet_since.plus(cfg.idle_probe_after) {
-                    self.set_flight(Flight::Probe { from: self.next });
-                    cx.request(self.next, None);
+                if !self.probe_queued && self.wants_probe(cfg, now) {
+                    return Fate::ProbeDue;
                 }
             }
         }
         Fate::Keep
+    }
+
+    /// Open and not due for abandonment, nothing held, no request out, and quiet for
+    /// `idle_probe_after`.
+    pub(crate) fn wants_probe(&self, cfg: &SequencerConfig, now: Timestamp) -> bool {
+        !self.ended
+            && self.flight() == Flight::Idle
+            && self.first_held().is_none()
+            && now >= self.quiet_since.plus(cfg.idle_probe_after)
+            && now < self.last_activity.plus(cfg.abandon_after)
+    }
+
+    /// An idle probe is out.
+    pub(crate) fn is_probing(&self) -> bool {
+        matches!(self.flight(), Flight::Probe { .. })
+    }
+
+    /// Sends the open-ended probe (the partition checked [`Self::wants_probe`] and has a slot).
+    pub(crate) fn start_probe(&mut self, cx: &mut Cx<'_, P>) {
+        self.probe_queued = false;
+        self.set_flight(Flight::Probe { from: self.next });
+        cx.request(self.next, None);
     }
 
     // ---- takeover ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@
 //! so its power-of-two slack costs bytes, not whole entries; the deadline queue names slots,
 //! not ids.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
@@ -44,6 +44,12 @@ pub struct PartitionSequencer<P> {
     index: HashTable<u32>,
     hasher: DefaultHashBuilder,
     queue: BTreeSet<(Timestamp, u32)>,
+    /// Conversations with an idle probe out (`Conversation::probe_counted`).
+    probes_in_flight: u32,
+    /// Slots due for an idle probe, oldest first, waiting for `probes_in_flight` to drop below
+    /// the limit. Entries can be stale (the conversation got a state, or was evicted and its
+    /// slot reused): `Conversation::probe_queued` and `wants_probe` are checked when popped.
+    probes_waiting: VecDeque<u32>,
     dirty: HashSet<ConversationId>,
     ledger: Ledger,
     /// Latest time seen, for calls that carry none (`observe_*`).
@@ -59,6 +65,8 @@ impl<P> PartitionSequencer<P> {
             index: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
             queue: BTreeSet::new(),
+            probes_in_flight: 0,
+            probes_waiting: VecDeque::new(),
             dirty: HashSet::new(),
             ledger: Ledger::default(),
             now: Timestamp(0),
@@ -126,6 +134,7 @@ impl<P> PartitionSequencer<P> {
     /// abandonment and eviction of closed conversations.
     pub fn on_tick(&mut self, now: Timestamp, out: &mut Vec<Action<P>>) {
         self.now = self.now.max(now);
+        self.start_waiting_probes(now, out);
         // Collect first: a conversation re-armed for `<= now` waits for the next tick instead
         // of looping here.
         let mut due = Vec::new();
@@ -151,6 +160,17 @@ impl<P> PartitionSequencer<P> {
             };
             match slot.conversation.on_tick(&mut cx) {
                 Fate::Keep => self.settle(s),
+                Fate::ProbeDue => {
+                    if self.probes_in_flight < self.config.idle_probes_in_flight {
+                        slot.conversation.start_probe(&mut cx); // counted by `settle`
+                    } else {
+                        slot.conversation.probe_queued = true;
+                        if self.config.idle_probes_in_flight > 0 {
+                            self.probes_waiting.push_back(s);
+                        }
+                    }
+                    self.settle(s);
+                }
                 Fate::Evict => {
                     if let Some(id) = self.remove(s) {
                         self.dirty.insert(id);
@@ -162,8 +182,42 @@ impl<P> PartitionSequencer<P> {
     }
 
     /// When `on_tick` next has work (or may have: entries can be early). `None`: nothing known.
+    /// At once (the latest time seen) when a probe slot is free and conversations wait for one.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.queue.first().map(|(t, _)| *t)
+        let timer = self.queue.first().map(|(t, _)| *t);
+        if !self.probes_waiting.is_empty()
+            && self.probes_in_flight < self.config.idle_probes_in_flight
+        {
+            return Some(timer.map_or(self.now, |t| t.min(self.now)));
+        }
+        timer
+    }
+
+    /// Conversations waiting for a probe, oldest first, while slots are free.
+    fn start_waiting_probes(&mut self, now: Timestamp, out: &mut Vec<Action<P>>) {
+        while self.probes_in_flight < self.config.idle_probes_in_flight {
+            let Some(s) = self.probes_waiting.pop_front() else {
+                break;
+            };
+            let Some(slot) = self.slots.get_mut(s) else {
+                continue;
+            };
+            if !std::mem::take(&mut slot.conversation.probe_queued) {
+                continue; // stale: not this conversation's turn any more
+            }
+            if slot.conversation.wants_probe(&self.config, now) {
+                let mut cx = Cx {
+                    id: &slot.id,
+                    cfg: &self.config,
+                    now,
+                    ledger: &mut self.ledger,
+                    out,
+                };
+                slot.conversation.start_probe(&mut cx);
+            }
+            // Counts the probe if one started; either way its timers run from its own state.
+            self.settle(s);
+        }
     }
 
     /// What the changelog should hold for `conv` now.
@@ -323,7 +377,16 @@ impl<P> PartitionSequencer<P> {
         if let Ok(entry) = self.index.find_entry(hash, |&x| x == s) {
             entry.remove();
         }
-        self.slots.remove(s).map(|slot| slot.id)
+        let slot = self.slots.remove(s)?;
+        if self.index.is_empty() {
+            // Only stale entries can be left; they would make `next_deadline` fire for nobody.
+            self.probes_waiting.clear();
+        }
+        if slot.conversation.probe_counted {
+            // Its answer, if it ever comes, finds no conversation: the slot is free now.
+            self.probes_in_flight = self.probes_in_flight.saturating_sub(1);
+        }
+        Some(slot.id)
     }
 
     /// After any change to slot `s`: record a changed checkpoint and make sure a timer entry
@@ -336,6 +399,14 @@ impl<P> PartitionSequencer<P> {
             self.dirty.insert(slot.id.clone());
         }
         let c = &mut slot.conversation;
+        if c.is_probing() != c.probe_counted {
+            c.probe_counted = !c.probe_counted;
+            if c.probe_counted {
+                self.probes_in_flight += 1;
+            } else {
+                self.probes_in_flight = self.probes_in_flight.saturating_sub(1);
+            }
+        }
         c.tidy();
         let due = c.next_due(&self.config);
         if c.wake == NO_WAKE {

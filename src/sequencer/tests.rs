@@ -817,3 +817,73 @@ fn slots_of_evicted_conversations_are_reused_without_mixing_conversations_up() {
         assert_eq!(published(&h.state(&uuid(i), live(2))), vec![2]);
     }
 }
+
+#[test]
+fn idle_probes_are_rationed_oldest_first_and_never_hold_up_a_gap() {
+    let mut h = Harness::with(SequencerConfig {
+        idle_probes_in_flight: 1,
+        ..SequencerConfig::default()
+    });
+    for (i, c) in ["a", "b", "c"].into_iter().enumerate() {
+        h.state(c, live(1));
+        h.advance(10 * (i as u64 + 1)); // a is the quietest, then b, then c
+    }
+    // All three are due by now; only one probe may be out: the oldest.
+    assert_eq!(h.advance(30_000), vec![request("a", 2, None)]);
+    // A gap elsewhere is not rationed: asked for at gap_timeout while the probe slot is taken.
+    h.state("g", live(1));
+    h.state("g", live(3));
+    assert_eq!(h.advance(2_000), vec![request("g", 2, Some(2))]);
+    // Answering the probe frees the slot for the next in line, at once.
+    assert!(h
+        .backfill("a", 2, None, BackfillOutcome::Answered(vec![]))
+        .is_empty());
+    assert_eq!(
+        h.seq.next_deadline(),
+        Some(h.now),
+        "a waiting probe is due now"
+    );
+    assert_eq!(h.advance(0), vec![request("b", 2, None)]);
+    // Answering b's probe lets c's go out.
+    assert!(h
+        .backfill("b", 2, None, BackfillOutcome::Answered(vec![]))
+        .is_empty());
+    assert_eq!(h.advance(0), vec![request("c", 2, None)]);
+    assert_eq!(h.seq.stats().counters.probes_requested, 3);
+}
+
+#[test]
+fn a_conversation_that_speaks_while_waiting_for_a_probe_is_not_probed() {
+    let mut h = Harness::with(SequencerConfig {
+        idle_probes_in_flight: 1,
+        ..SequencerConfig::default()
+    });
+    h.state("a", live(1));
+    h.state("b", live(1));
+    assert_eq!(h.advance(30_000), vec![request("a", 2, None)]);
+    // b waits for the slot; then it gets its next state live.
+    assert_eq!(published(&h.state("b", live(2))), vec![2]);
+    assert!(h.advance(5_000).is_empty());
+    assert!(h
+        .backfill("a", 2, None, BackfillOutcome::Answered(vec![]))
+        .is_empty());
+    assert!(h.advance(0).is_empty(), "b is no longer quiet");
+    // Its own idle clock runs again from the state it got (5 s ago).
+    assert!(h.advance(24_999).is_empty());
+    assert_eq!(h.advance(1), vec![request("b", 3, None)]);
+}
+
+#[test]
+fn idle_probes_can_be_turned_off() {
+    let mut h = Harness::with(SequencerConfig {
+        idle_probes_in_flight: 0,
+        ..SequencerConfig::default()
+    });
+    h.state("a", live(1));
+    assert!(h.advance(3_600_000).is_empty(), "no probe, ever");
+    let out = h.advance(6 * 3_600_000);
+    assert!(
+        matches!(&out[..], [Action::Abandoned { .. }]),
+        "still abandoned after abandon_after: {out:?}"
+    );
+}
