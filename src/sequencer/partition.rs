@@ -318,6 +318,7 @@ impl<P> PartitionSequencer<P> {
                 continue;
             }
             stats.open_conversations += 1;
+            stats.probes_waiting += usize::from(c.probe_queued);
             if let Some(since) = c.blocked_since() {
                 stats.open_gaps += 1;
                 stats.oldest_open_gap_since =

@@ -58,6 +58,8 @@ pub struct SequencerStats {
     pub open_conversations: usize,
     /// Completed conversations still remembered for duplicate detection.
     pub closed_conversations: usize,
+    /// Quiet conversations waiting for an idle-probe slot (`idle_probes_in_flight`).
+    pub probes_waiting: usize,
 }
 
 /// Partition-wide state the per-conversation rules update.

@@ -830,6 +830,7 @@ fn idle_probes_are_rationed_oldest_first_and_never_hold_up_a_gap() {
     }
     // All three are due by now; only one probe may be out: the oldest.
     assert_eq!(h.advance(30_000), vec![request("a", 2, None)]);
+    assert_eq!(h.seq.stats().probes_waiting, 2, "b and c wait their turn");
     // A gap elsewhere is not rationed: asked for at gap_timeout while the probe slot is taken.
     h.state("g", live(1));
     h.state("g", live(3));

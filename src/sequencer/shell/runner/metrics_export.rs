@@ -9,6 +9,7 @@ impl RunState {
         self.last_metrics = Instant::now();
         let now = now_ms(self.origin);
         let (mut open_gaps, mut held, mut open, mut oldest) = (0usize, 0usize, 0usize, None);
+        let mut probes_waiting = 0usize;
         for (p, part) in &self.partitions {
             let st = part.core.stats();
             let c = &st.counters;
@@ -38,6 +39,7 @@ impl RunState {
             open_gaps += st.open_gaps;
             held += st.held_states;
             open += st.open_conversations;
+            probes_waiting += st.probes_waiting;
             oldest = match (oldest, st.oldest_open_gap_since) {
                 (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
                 (a, b) => a.or(b),
@@ -47,6 +49,7 @@ impl RunState {
         gauge!("callbridge_gaps_open").set(open_gaps as f64);
         gauge!("callbridge_states_held").set(held as f64);
         gauge!("callbridge_conversations_open").set(open as f64);
+        gauge!("callbridge_idle_probes_waiting").set(probes_waiting as f64);
         gauge!("callbridge_partitions_owned").set(self.partitions.len() as f64);
         let age = oldest.map_or(0.0, |t: Timestamp| now.since(t).as_secs_f64());
         gauge!("callbridge_gap_oldest_age_seconds").set(age);
