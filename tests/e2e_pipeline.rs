@@ -210,8 +210,47 @@ async fn websocket_survives_disconnects_recreation_deletion_token_revocation_and
         );
     }
     assert!(!outcome.timed_out, "not every call completed:\n{v}");
-    assert!(v.is_perfect(), "{v}");
+    assert!(
+        v.is_perfect(),
+        "{v}\nwhat GoTo did with the calls the stream lacks:\n{}",
+        delivery_story(&outcome.truth, &v.examples)
+    );
     assert_eq!(v.completions + v.never_announced_calls, v.calls, "{v}");
+}
+
+/// For each call named in the verification's examples: when each state was emitted and what
+/// happened to its deliveries (to debug a failure without rerunning it).
+fn delivery_story(truth: &callbridge::simulator::GroundTruth, examples: &[String]) -> String {
+    let mut out = String::new();
+    for call in &truth.calls {
+        let id = &call.conversation_space_id;
+        if !examples.iter().any(|e| e.starts_with(id.as_str())) {
+            continue;
+        }
+        out.push_str(&format!("{id}:\n"));
+        for s in &call.states {
+            let deliveries: Vec<String> = s
+                .deliveries
+                .iter()
+                .map(|(ch, d)| {
+                    format!(
+                        "{ch}: delivered {} dropped {} {:?}",
+                        d.delivered, d.dropped, d.drop_reasons
+                    )
+                })
+                .collect();
+            out.push_str(&format!(
+                "  seq {} {} emitted {} subscribed {:?} dropped {} | {}\n",
+                s.sequence_number,
+                s.state_type,
+                s.emitted_at,
+                s.subscribed_channels,
+                s.dropped,
+                deliveries.join("; ")
+            ));
+        }
+    }
+    out
 }
 
 /// A WebSocket channel that lives 4 s and warns 3 s before its end: the bridge refreshes it on
