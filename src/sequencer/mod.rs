@@ -23,7 +23,9 @@
 //!   `DeadLetter{AfterEnding}`: GoTo says ENDING is last, so this is an anomaly for a human,
 //!   and it cannot be published after the completion record.
 //! - An open conversation quiet for `idle_probe_after` is probed with an open-ended back-fill
-//!   (to catch a lost ENDING); absent there means "nothing new". No state for `abandon_after`:
+//!   (to catch a lost ENDING); absent there means "nothing new". At most
+//!   `idle_probes_in_flight` probes per partition are out; the other quiet conversations wait
+//!   their turn, oldest first (gap back-fills are never rationed). No state for `abandon_after`:
 //!   `Abandoned` and evicted. Closed conversations are evicted after `closed_retention`.
 //!
 //! # Checkpoints (design D1 of `exactly-once-notes.md`)
