@@ -95,10 +95,8 @@ impl From<&str> for ConversationId {
 
 impl From<String> for ConversationId {
     fn from(s: String) -> Self {
-        match pack_uuid(&s) {
-            Some(b) => ConversationId(Repr::Uuid(b)),
-            None => ConversationId(Repr::Text(Arc::from(s))),
-        }
+        // `Arc<str>` copies the text into its own block either way: nothing to reuse.
+        ConversationId::from(s.as_str())
     }
 }
 
