@@ -518,6 +518,7 @@ proptest! {
     fn takeover_from_a_checkpoint_plus_full_redelivery_duplicates_nothing(
         s in scenario(false),
         cut in any::<prop::sample::Index>(),
+        lost in any::<prop::sample::Index>(),
     ) {
         let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
         let evs = events(&s, &mut rng);
@@ -540,21 +541,40 @@ proptest! {
             }
         });
 
-        // A dies (held states and in-flight back-fills lost). B takes over: changelog, then the
-        // ordered topic beyond it, then the raw topic again from the start.
+        // A dies (held states and in-flight back-fills lost), and outputs it had sent but not
+        // seen acknowledged are lost with it: any suffix of the topic beyond the index (for
+        // example an ENDING that landed and its completion record that did not).
+        let kept = indexed_upto + lost.index(a.topic.len() - indexed_upto + 1);
+        a.topic.truncate(kept);
+        // B takes over: changelog, then the ordered topic beyond it (finishing an ENDING found
+        // without its completion, as the shell's takeover does), then the raw topic again.
         let mut b = Sim::new(&s, 4, a.now);
         for (id, cp) in &changelog {
             b.seq.restore(id, *cp, b.now);
         }
+        let mut endings = BTreeMap::new();
         for (c, out) in &a.topic[indexed_upto..] {
             let id = conv_name(*c);
             match out {
-                Out::Pub(seq, _) => b.seq.observe_published(&id, *seq),
+                Out::Pub(seq, _) => {
+                    b.seq.observe_published(&id, *seq);
+                    if *seq as usize == s.convs[*c].states.len() {
+                        endings.insert(id, *seq);
+                    }
+                }
                 Out::Gap(from, to, _) => b.seq.observe_gap(&id, *from, *to),
-                Out::Done(..) => b.seq.observe_completion(&id),
+                Out::Done(..) => {
+                    endings.remove(&id);
+                    b.seq.observe_completion(&id);
+                }
             }
         }
         b.topic = a.topic.clone();
+        let mut out = Vec::new();
+        for (id, last) in &endings {
+            prop_assert!(b.seq.complete_found_ending(id, *last, b.now, &mut out));
+        }
+        b.apply(out);
         b.run(&evs, true, |_| {});
 
         for c in 0..s.convs.len() {

@@ -144,6 +144,21 @@ pub fn state_record(
     }
 }
 
+/// Reads back whether a state record's value (as built by [`state_record`]) carries GoTo's
+/// ENDING state, by the same rule ingest uses. A takeover needs it to finish a call whose ENDING
+/// was written and whose completion record was not. Anything unreadable is "not ENDING".
+pub fn state_record_is_ending(value: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct StateRecord<'a> {
+        #[serde(borrow)]
+        state: &'a RawValue,
+    }
+    serde_json::from_slice::<StateRecord<'_>>(value)
+        .ok()
+        .and_then(|r| crate::notification::inspect_state(r.state).ok())
+        .is_some_and(|s| s.is_ending())
+}
+
 /// An explicit gap: states `from..=to` will never be published.
 pub fn gap_record(
     conversation: &str,
@@ -212,6 +227,36 @@ mod tests {
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn ending_is_read_back_from_state_records_only() {
+        let metadata = raw(r#"{"conversationSpaceId":"c-1"}"#);
+        let record = |state: &str| {
+            state_record(
+                "c-1",
+                2,
+                RecordOrigin::Webhook,
+                &metadata,
+                &raw(state),
+                None,
+                1,
+            )
+            .value
+        };
+        assert!(state_record_is_ending(&record(
+            r#"{"sequenceNumber":2,"type":"ENDING","zNew":1}"#
+        )));
+        assert!(state_record_is_ending(&record(
+            r#"{"sequenceNumber":2,"type":"ending"}"#
+        )));
+        assert!(!state_record_is_ending(&record(
+            r#"{"sequenceNumber":2,"type":"ACTIVE"}"#
+        )));
+        assert!(!state_record_is_ending(
+            &completion_record("c-1", 2, 0, 1).value
+        ));
+        assert!(!state_record_is_ending(b"{\"state\":"));
     }
 
     #[test]

@@ -533,6 +533,20 @@ impl<P> Conversation<P> {
         }
     }
 
+    /// The ordered topic holds ENDING (`seq`) but no completion record after it: the previous
+    /// owner died between the two writes. Nothing else would ever close the call (its ENDING is
+    /// below `next`, so a re-read or a probe only finds duplicates), so the completion is written
+    /// now. Only when ENDING is exactly the last thing published: a restore that disagrees is
+    /// left alone rather than guessed at.
+    pub(crate) fn complete_found_ending(&mut self, cx: &mut Cx<'_, P>, seq: u64) -> bool {
+        if self.ended || seq == u64::MAX || self.next != seq + 1 {
+            return false;
+        }
+        self.close(cx, seq);
+        cx.ledger.changed = true;
+        true
+    }
+
     // ---- internals --------------------------------------------------------------------------
 
     /// Publishes held states while they are contiguous with `next`.

@@ -299,6 +299,38 @@ impl<P> PartitionSequencer<P> {
         self.settle(s);
     }
 
+    /// Takeover scan: the ordered topic holds `conv`'s ENDING state `last_sequence` and no
+    /// completion record after it (the previous owner died between the two writes). Publishes
+    /// the completion, once; returns whether it did (false when the restored state disagrees:
+    /// already closed, or something other than ENDING was published last).
+    pub fn complete_found_ending(
+        &mut self,
+        conv: &str,
+        last_sequence: u64,
+        now: Timestamp,
+        out: &mut Vec<Action<P>>,
+    ) -> bool {
+        self.now = self.now.max(now);
+        let Some(s) = self.find(IdKey::parse(conv)) else {
+            return false;
+        };
+        let mut completed = false;
+        if let Some(slot) = self.slots.get_mut(s) {
+            let mut cx = Cx {
+                id: &slot.id,
+                cfg: &self.config,
+                now,
+                ledger: &mut self.ledger,
+                out,
+            };
+            completed = slot
+                .conversation
+                .complete_found_ending(&mut cx, last_sequence);
+        }
+        self.settle(s);
+        completed
+    }
+
     /// The smallest raw offset of a held (unpublished) live state. The raw consumer may commit
     /// up to (not past) it; `None`: nothing held, commit freely.
     pub fn raw_low_watermark(&self) -> Option<i64> {

@@ -721,6 +721,41 @@ fn restored_closed_conversations_only_drop_duplicates() {
 }
 
 #[test]
+fn an_ending_found_without_its_completion_is_completed_once() {
+    // The previous owner's ENDING (3) landed, its completion record did not.
+    let mut h = Harness::new();
+    let cp = ConversationCheckpoint {
+        next_sequence: 4,
+        ended: false,
+        gap_count: 1,
+    };
+    h.seq.restore("c", cp, h.now);
+    // Disagreeing restores are left alone: unknown conversation, ENDING not the last published.
+    let mut out = Vec::new();
+    assert!(!h.seq.complete_found_ending("other", 3, h.now, &mut out));
+    assert!(!h.seq.complete_found_ending("c", 2, h.now, &mut out));
+    assert!(out.is_empty());
+    assert!(h.seq.complete_found_ending("c", 3, h.now, &mut out));
+    assert_eq!(
+        out,
+        vec![Action::PublishCompletion {
+            conversation: "c".into(),
+            last_sequence: 3,
+            gap_count: 1,
+        }]
+    );
+    let cp = h.seq.checkpoint("c").unwrap();
+    assert!(cp.ended && cp.next_sequence == 4, "{cp:?}");
+    assert_eq!(h.seq.take_dirty().len(), 1, "the closed state is indexed");
+    // Once: asked again, or the raw topic re-read, nothing more.
+    out.clear();
+    assert!(!h.seq.complete_found_ending("c", 3, h.now, &mut out));
+    assert!(out.is_empty());
+    assert!(h.state("c", ending(3)).is_empty());
+    assert!(h.state("c", live(2)).is_empty());
+}
+
+#[test]
 fn stats_report_open_gaps_and_held_states() {
     let mut h = Harness::new();
     h.state("a", live(3));

@@ -13,7 +13,7 @@
 
 use super::changelog::{self, ChangelogRecord, ConversationEntry, Fence, Progress};
 use crate::kafka::reader::SETTLE;
-use crate::publish::record::headers as out_headers;
+use crate::publish::record::{self, headers as out_headers};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -75,6 +75,10 @@ pub struct Recovered {
     /// Conversations the scan of the ordered topic moved past their changelog entry: their new
     /// resume point is not in the changelog yet.
     pub raised_by_scan: std::collections::HashSet<String>,
+    /// Conversations whose ENDING state (the sequence given) the scan found with no completion
+    /// record after it: the previous owner died between the two writes, and the new owner must
+    /// write the completion (nothing else would).
+    pub ending_without_completion: HashMap<String, u64>,
 }
 
 /// Topics and clients a takeover needs.
@@ -229,6 +233,7 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     let from = start.max(low);
     let convs = &mut rec.conversations;
     let raised = &mut rec.raised_by_scan;
+    let endings = &mut rec.ending_without_completion;
     let mut scanned = 0u64;
     let end = read_range(
         &reader,
@@ -243,7 +248,7 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
             if let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
                 raised.insert(key.to_string());
             }
-            apply_output(convs, m);
+            apply_output(convs, endings, m);
             Ok(())
         },
     )
@@ -362,9 +367,12 @@ fn header<'m>(m: &'m rdkafka::message::BorrowedMessage<'_>, name: &str) -> Optio
         .and_then(|v| std::str::from_utf8(v).ok())
 }
 
-/// Moves a conversation past one ordered-topic record (read from its headers, not its value).
+/// Moves a conversation past one ordered-topic record (read from its headers; a state's value
+/// only to learn whether it is ENDING) and keeps `endings` to the ENDING states not yet followed
+/// by their completion record.
 fn apply_output(
     convs: &mut HashMap<String, ConversationEntry>,
+    endings: &mut HashMap<String, u64>,
     m: &rdkafka::message::BorrowedMessage<'_>,
 ) {
     let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
@@ -379,7 +387,12 @@ fn apply_output(
         gaps: 0,
     });
     match header(m, out_headers::KIND) {
-        Some("state") => entry.next = entry.next.max(seq + 1),
+        Some("state") => {
+            entry.next = entry.next.max(seq + 1);
+            if m.payload().is_some_and(record::state_record_is_ending) {
+                endings.insert(key.to_string(), seq);
+            }
+        }
         Some("gap") => {
             let to = header(m, out_headers::SEQUENCE_END)
                 .and_then(|s| s.parse::<u64>().ok())
@@ -390,6 +403,7 @@ fn apply_output(
             }
         }
         Some("completion") => {
+            endings.remove(key);
             entry.ended = true;
             entry.next = entry.next.max(seq + 1);
         }

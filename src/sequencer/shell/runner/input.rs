@@ -152,6 +152,19 @@ impl RunState {
         for conv in &recovered.raised_by_scan {
             core.mark_dirty(conv);
         }
+        // Decided here, carried out once the partition is installed (below).
+        let mut completions = 0usize;
+        for (conv, &last) in &recovered.ending_without_completion {
+            if core.complete_found_ending(conv, last, now, &mut self.actions) {
+                completions += 1;
+                tracing::warn!(
+                    conversation = %conv,
+                    partition = p,
+                    last_sequence = last,
+                    "ENDING found in the ordered topic without its completion record (the previous owner stopped between the two); completing the call"
+                );
+            }
+        }
         // Resume from the index; without one, from the group's committed offset (never past an
         // unindexed output: commits only ever follow an acknowledged index write).
         let resume = match recovered.progress {
@@ -178,6 +191,7 @@ impl RunState {
             epoch = recovered.epoch,
             conversations = recovered.conversations.len(),
             scanned = recovered.scanned,
+            completions,
             resume,
             "partition taken over"
         );
@@ -198,6 +212,7 @@ impl RunState {
                 last_snapshot: Instant::now(),
             },
         );
+        self.execute(p)?;
         Ok(resume)
     }
 

@@ -1,0 +1,176 @@
+//! Takeover against tansu: the new owner of a partition finishes what the ordered topic shows
+//! the previous owner was in the middle of.
+//!
+//! The crash-point suite reaches these states by killing a replica at random moments; here the
+//! ordered topic is written directly, so the case is certain to be exercised on every run.
+mod support;
+
+use callbridge::app::{self, Listeners, RunningBridge};
+use callbridge::config::bridge::ChannelKind;
+use callbridge::demo::bridge_config;
+use callbridge::kafka::reader::{read_topic, ReadRecord};
+use callbridge::kafka::KafkaConfig;
+use callbridge::publish::record::{self, headers, RecordOrigin};
+use callbridge::simulator::{self, RunningSimulator, SimulatorConfig};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::value::RawValue;
+use std::time::{Duration, Instant};
+use support::tansu::Tansu;
+
+fn kafka(broker: &Tansu) -> KafkaConfig {
+    let mut k = KafkaConfig {
+        bootstrap_servers: broker.bootstrap(),
+        ..KafkaConfig::default()
+    };
+    k.topics.partitions = 2;
+    k.topics.replication_factor = 1;
+    k
+}
+
+/// What a previous owner wrote to `ordered[partition]`: states `1..=last` of `conv`, the last one
+/// ENDING, and no completion record (it stopped between the two writes).
+async fn write_states_without_completion(
+    kafka: &KafkaConfig,
+    partition: i32,
+    conv: &str,
+    last: u64,
+) {
+    let producer: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+    let metadata = RawValue::from_string(format!(r#"{{"conversationSpaceId":"{conv}"}}"#)).unwrap();
+    for seq in 1..=last {
+        let kind = if seq == last { "ENDING" } else { "ACTIVE" };
+        let state = RawValue::from_string(format!(
+            r#"{{"id":"s-{seq}","sequenceNumber":{seq},"type":"{kind}","participants":[]}}"#
+        ))
+        .unwrap();
+        let r = record::state_record(conv, seq, RecordOrigin::Webhook, &metadata, &state, None, 1);
+        let mut h = OwnedHeaders::new();
+        for (k, v) in &r.headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        producer
+            .send(
+                FutureRecord::to(&kafka.topics.ordered)
+                    .partition(partition)
+                    .key(&r.key)
+                    .payload(&r.value)
+                    .headers(h),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("writing the previous owner's output");
+    }
+}
+
+async fn start_bridge(sim: &RunningSimulator, kafka: KafkaConfig) -> RunningBridge {
+    let webhook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = webhook.local_addr().unwrap();
+    let config = bridge_config(&sim.base_url(), kafka, ChannelKind::Webhook, addr);
+    app::start(
+        config,
+        Listeners {
+            webhook: Some(webhook),
+            admin: Some(admin),
+        },
+    )
+    .await
+    .expect("bridge starts")
+}
+
+async fn read_ordered(kafka: &KafkaConfig) -> Vec<ReadRecord> {
+    let (kafka, topic) = (kafka.clone(), kafka.topics.ordered.clone());
+    tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("reading the ordered topic")
+}
+
+fn kinds_of(records: &[ReadRecord], conv: &str) -> Vec<String> {
+    records
+        .iter()
+        .filter(|r| r.key.as_deref() == Some(conv))
+        .map(|r| {
+            format!(
+                "{}:{}",
+                r.header(headers::KIND).unwrap_or("?"),
+                r.header(headers::SEQUENCE).unwrap_or("?")
+            )
+        })
+        .collect()
+}
+
+/// Reads the ordered topic until `conv` has a completion record (an awaited condition with a
+/// deadline); returns everything read then.
+async fn wait_for_completion_of(kafka: &KafkaConfig, conv: &str) -> Vec<ReadRecord> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let records = read_ordered(kafka).await;
+        if kinds_of(&records, conv)
+            .iter()
+            .any(|k| k.starts_with("completion:"))
+        {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no completion record for {conv}; its records: {:?}",
+            kinds_of(&records, conv)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ending_without_its_completion_is_completed_once_by_the_next_owner() {
+    let broker = Tansu::start();
+    let kafka = kafka(&broker);
+    callbridge::kafka::topics::ensure_topics(&kafka)
+        .await
+        .expect("topics");
+    let mut sim_config = SimulatorConfig::default();
+    sim_config.scheduler.autostart = false;
+    let sim = simulator::start(sim_config).await.unwrap();
+
+    // The previous owner's ENDING landed; its completion record did not. Nothing will ever send
+    // this call's states again, so only the takeover can close it.
+    let first = "3f0d5a8e-6c1b-4d7e-9a2f-000000000001";
+    write_states_without_completion(&kafka, 0, first, 3).await;
+    let bridge = start_bridge(&sim, kafka.clone()).await;
+    let records = wait_for_completion_of(&kafka, first).await;
+    assert_eq!(
+        kinds_of(&records, first),
+        ["state:1", "state:2", "state:3", "completion:3"]
+    );
+    let completion = records
+        .iter()
+        .find(|r| r.key.as_deref() == Some(first) && r.header(headers::KIND) == Some("completion"))
+        .expect("just seen");
+    let value: serde_json::Value = serde_json::from_slice(&completion.value).unwrap();
+    assert_eq!(value["lastSequence"], 3);
+    assert_eq!(value["gapCount"], 0);
+    assert_eq!(value["complete"], true);
+    bridge.shutdown().await;
+
+    // The owner after that finds the call closed and must not complete it again. A second
+    // unfinished call in the same partition shows when its takeover has run.
+    let second = "3f0d5a8e-6c1b-4d7e-9a2f-000000000002";
+    write_states_without_completion(&kafka, 0, second, 2).await;
+    let bridge = start_bridge(&sim, kafka.clone()).await;
+    let records = wait_for_completion_of(&kafka, second).await;
+    assert_eq!(
+        kinds_of(&records, second),
+        ["state:1", "state:2", "completion:2"]
+    );
+    assert_eq!(
+        kinds_of(&records, first),
+        ["state:1", "state:2", "state:3", "completion:3"],
+        "completed twice"
+    );
+    bridge.shutdown().await;
+    sim.shutdown().await;
+}
