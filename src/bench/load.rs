@@ -466,7 +466,7 @@ async fn kafka_ceiling(
         bootstrap_servers: bootstrap,
         ..crate::kafka::KafkaConfig::default()
     };
-    let producer = crate::kafka::producer::idempotent_producer(&config)
+    let producer = crate::kafka::producer::raw_producer(&config)
         .map_err(|e| format!("ceiling producer: {e}"))?;
     // The same bodies the webhook phases POST, keyed the same way.
     let mut bodies = Vec::new();

@@ -5,7 +5,7 @@
 //! `acks=all`. When librdkafka's queue is full or the ack does not come within the bound, the
 //! caller gets an error at once (and answers 503) instead of buffering without limit.
 
-use crate::kafka::{idempotent_producer, KafkaConfig};
+use crate::kafka::{raw_producer, KafkaConfig};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -77,10 +77,10 @@ pub struct RawWriter {
 }
 
 impl RawWriter {
-    /// Builds the idempotent producer from `[kafka]`.
+    /// Builds the producer from `[kafka]` (see [`raw_producer`] for its settings).
     pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
         Ok(Self {
-            producer: idempotent_producer(config)?,
+            producer: raw_producer(config)?,
             raw_topic: config.topics.raw.clone(),
             dead_letter_topic: config.topics.dead_letter.clone(),
             other_topic: config.topics.other_sources.clone(),

@@ -7,5 +7,5 @@ pub mod reader;
 pub mod topics;
 
 pub use config::KafkaConfig;
-pub use producer::{idempotent_producer, ordered_producer};
+pub use producer::{ordered_producer, raw_producer};
 pub use topics::{ensure_topics, TopicError, TopicLayout};

@@ -1,28 +1,53 @@
-//! The producer settings every callbridge writer shares.
+//! The producer settings of callbridge's writers.
 //!
-//! Idempotence keeps per-partition order across librdkafka's internal retries; an infinite
-//! `message.timeout.ms` removes the timeout-induced gaps of librdkafka #2163/#704 (a record that
-//! cannot be written is never silently skipped; callers bound the wait themselves); the Java
-//! client's partitioner keeps callbridge's key → partition mapping identical to other producers.
+//! Every writer uses `acks=all`; an infinite `message.timeout.ms`, which removes the
+//! timeout-induced gaps of librdkafka #2163/#704 (a record that cannot be written is never
+//! silently skipped; callers bound the wait themselves); and the Java client's partitioner, which
+//! keeps callbridge's key → partition mapping identical to other producers. Only the ordered
+//! topic's writer is idempotent: see [`raw_producer`] for why the raw topic's is not.
 
 use super::config::KafkaConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 
-/// A producer with idempotence, `acks=all` and the Java partitioner.
-pub fn idempotent_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
-    idempotent_settings(config)?.create()
+/// The producer of the raw (and dead-letter) topics: `acks=all`, no timeout, the Java
+/// partitioner, **not** idempotent.
+///
+/// Idempotence would keep raw in order and free of duplicates across librdkafka's retries, and
+/// the raw topic needs neither: its only reader is the sequencer, whose job is to drop
+/// duplicates and reorder. It would cost a lot: librdkafka's idempotent producer caps what is in
+/// flight per partition at five *messages* (`RD_KAFKA_IDEMP_MAX_INFLIGHT`, counted in messages,
+/// not requests: see librdkafka PR #4989), so with batches of five or more a partition has one
+/// produce request out at a time, and while it waits the broker thread spins (the linger has
+/// expired, so its wake-up is "now", but it may not send). Measured on the bench at 5,000
+/// states/s: that spin was a third of the bridge's CPU (docs/performance.md). What the raw
+/// topic may now hold, a record twice or two records swapped after a retried request, the
+/// sequencer handles like GoTo's own duplicates and reordering.
+pub fn raw_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    let mut c = base_settings(config)?;
+    if !config.librdkafka.contains_key(MAX_IN_FLIGHT) {
+        c.set(MAX_IN_FLIGHT, DEFAULT_RAW_MAX_IN_FLIGHT);
+    }
+    c.create()
 }
 
-/// The sequencer's output producer: [`idempotent_producer`] with one request in flight per
-/// broker. With several in flight, a batch that fails and is retried can be overtaken by the
+const MAX_IN_FLIGHT: &str = "max.in.flight.requests.per.connection";
+
+/// `max.in.flight.requests.per.connection` of [`raw_producer`] unless `kafka.librdkafka` sets it.
+/// One request at a time lets records pile up into the next batch while the broker answers; with
+/// librdkafka's default (a million) every linger sent a request of its own, and on tansu the
+/// webhook p99 at 5,000 states/s went from 26–49 ms to 155–458 ms (docs/performance.md).
+pub const DEFAULT_RAW_MAX_IN_FLIGHT: &str = "1";
+
+/// The sequencer's output producer: idempotent, with one request in flight per broker. With several in flight, a batch that fails and is retried can be overtaken by the
 /// next one; a strict broker refuses the overtaking batch (out of order sequence), but
 /// librdkafka's mock cluster was seen here acknowledging both and keeping only the later one: a
 /// state reported written that is not in the topic, after its successor. The ordered topic cannot
 /// afford to depend on the broker's strictness; raw can (a lost raw record is back-filled).
 pub fn ordered_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
-    idempotent_settings(config)?
-        .set("max.in.flight.requests.per.connection", "1")
+    base_settings(config)?
+        .set("enable.idempotence", "true")
+        .set(MAX_IN_FLIGHT, "1")
         .create()
 }
 
@@ -35,12 +60,11 @@ pub fn ordered_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaErr
 /// closed-loop throughput +10 %, CPU per state −12 %.
 pub const DEFAULT_LINGER_MS: &str = "5";
 
-fn idempotent_settings(config: &KafkaConfig) -> Result<rdkafka::ClientConfig, KafkaError> {
+fn base_settings(config: &KafkaConfig) -> Result<rdkafka::ClientConfig, KafkaError> {
     let mut c = config
         .client_config()
         .map_err(|e| KafkaError::ClientCreation(format!("kafka.sasl.password_file: {e}")))?;
-    c.set("enable.idempotence", "true")
-        .set("acks", "all")
+    c.set("acks", "all")
         .set("message.timeout.ms", "0")
         .set("partitioner", "murmur2_random");
     if !config.librdkafka.contains_key("linger.ms") {
