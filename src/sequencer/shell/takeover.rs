@@ -8,6 +8,8 @@
 //! 3. Scan `ordered[p]` from just after the progress record's offset to the high watermark and
 //!    move every conversation past the states, gaps and completions found there: the output may
 //!    be ahead of the index (the previous owner died between the two writes), never behind.
+//!    An ENDING found without its completion record after it is reported, so the new owner
+//!    writes the completion the previous one did not live to write.
 //!
 //! The result is a plain map the core is restored from; nothing here decides about ordering.
 
