@@ -9,13 +9,7 @@ use std::time::Duration;
 use support::tansu::Tansu;
 
 fn kafka(broker: &Tansu) -> KafkaConfig {
-    let mut k = KafkaConfig {
-        bootstrap_servers: broker.bootstrap(),
-        ..KafkaConfig::default()
-    };
-    k.topics.partitions = 4;
-    k.topics.replication_factor = 1;
-    k
+    broker.kafka(4)
 }
 
 async fn run(transport: ChannelKind, seed: u64) {

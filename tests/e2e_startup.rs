@@ -10,13 +10,7 @@ use std::time::{Duration, Instant};
 use support::tansu::Tansu;
 
 fn kafka(broker: &Tansu) -> KafkaConfig {
-    let mut k = KafkaConfig {
-        bootstrap_servers: broker.bootstrap(),
-        ..KafkaConfig::default()
-    };
-    k.topics.partitions = 2;
-    k.topics.replication_factor = 1;
-    k
+    broker.kafka(2)
 }
 
 async fn listeners() -> (Listeners, std::net::SocketAddr) {

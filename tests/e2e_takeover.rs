@@ -19,13 +19,7 @@ use std::time::{Duration, Instant};
 use support::tansu::Tansu;
 
 fn kafka(broker: &Tansu) -> KafkaConfig {
-    let mut k = KafkaConfig {
-        bootstrap_servers: broker.bootstrap(),
-        ..KafkaConfig::default()
-    };
-    k.topics.partitions = 2;
-    k.topics.replication_factor = 1;
-    k
+    broker.kafka(2)
 }
 
 /// What a previous owner wrote to `ordered[partition]`: states `1..=last` of `conv`, the last one

@@ -104,6 +104,18 @@ impl Tansu {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// callbridge's Kafka settings for this broker: default topics with `partitions` partitions,
+    /// replication factor 1 (a single broker).
+    pub fn kafka(&self, partitions: i32) -> callbridge::kafka::KafkaConfig {
+        let mut k = callbridge::kafka::KafkaConfig {
+            bootstrap_servers: self.bootstrap(),
+            ..callbridge::kafka::KafkaConfig::default()
+        };
+        k.topics.partitions = partitions;
+        k.topics.replication_factor = 1;
+        k
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let consumer: BaseConsumer = ClientConfig::new()
