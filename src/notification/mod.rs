@@ -111,6 +111,7 @@ pub enum ControlMessage {
     Other(String),
 }
 
-fn is_ending_type(t: Option<&str>) -> bool {
+/// The rule for a conversation's last state: `type` ENDING, any letter case.
+pub(crate) fn is_ending_type(t: Option<&str>) -> bool {
     t.is_some_and(|t| t.eq_ignore_ascii_case("ENDING"))
 }

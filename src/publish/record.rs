@@ -148,15 +148,20 @@ pub fn state_record(
 /// ENDING state, by the same rule ingest uses. A takeover needs it to finish a call whose ENDING
 /// was written and whose completion record was not. Anything unreadable is "not ENDING".
 pub fn state_record_is_ending(value: &[u8]) -> bool {
+    // Only `state.type` is read: the takeover has no use for the fingerprint and sequence
+    // number a full `inspect_state` would also compute.
     #[derive(serde::Deserialize)]
     struct StateRecord<'a> {
         #[serde(borrow)]
-        state: &'a RawValue,
+        state: State<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct State<'a> {
+        #[serde(borrow, default, rename = "type")]
+        kind: Option<std::borrow::Cow<'a, str>>,
     }
     serde_json::from_slice::<StateRecord<'_>>(value)
-        .ok()
-        .and_then(|r| crate::notification::inspect_state(r.state).ok())
-        .is_some_and(|s| s.is_ending())
+        .is_ok_and(|r| crate::notification::is_ending_type(r.state.kind.as_deref()))
 }
 
 /// An explicit gap: states `from..=to` will never be published.
