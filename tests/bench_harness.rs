@@ -39,6 +39,22 @@ fn a_small_bench_run_measures_every_phase_and_the_bridge_keeps_its_promises() {
     assert!(c["http_states_per_sec"].as_f64().unwrap() > 0.0, "{c}");
     assert!(c["kafka_records_per_sec"].as_f64().unwrap() > 0.0, "{c}");
     assert_eq!(c["kafka_failed"], 0, "{c}");
+    // The pipeline ceiling charges each state one POST and two records at their measured
+    // machine CPU, so it sits below the HTTP ceiling and half the Kafka one.
+    let pipeline = c["pipeline_states_per_sec"].as_f64().unwrap();
+    assert!(pipeline > 0.0, "{c}");
+    assert!(
+        pipeline < c["http_states_per_sec"].as_f64().unwrap() * 2.0,
+        "{c}"
+    );
+    assert!(
+        c["http_machine_cpu_us_per_post"].as_f64().unwrap() > 0.0,
+        "{c}"
+    );
+    assert!(
+        c["kafka_machine_cpu_us_per_record"].as_f64().unwrap() > 0.0,
+        "{c}"
+    );
 
     let phases = std::iter::once(&report["closed_loop"])
         .chain(std::iter::once(&report["drops"]["figures"]))
@@ -61,6 +77,17 @@ fn a_small_bench_run_measures_every_phase_and_the_bridge_keeps_its_promises() {
             "{p}"
         );
         assert!(p["bridge_cpu_secs"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(p["machine_cpu_us_per_state"].as_f64().unwrap() > 0.0, "{p}");
+        // The part up to the sequencer's output is measured for live states and cannot
+        // exceed the whole (the timestamp has millisecond resolution: allow one).
+        let (to_output, whole) = (&p["to_output_latency"], &p["end_to_end_latency"]);
+        if p["backfilled"].as_u64().unwrap() < p["states_published"].as_u64().unwrap() {
+            assert!(to_output["count"].as_u64().unwrap() > 0, "{p}");
+            assert!(
+                to_output["p50_ms"].as_f64().unwrap() <= whole["p50_ms"].as_f64().unwrap() + 1.0,
+                "{p}"
+            );
+        }
     }
 
     let d = &report["drops"];

@@ -9,7 +9,8 @@
 //!
 //! The phases, in order: HTTP ceiling; Kafka ceiling; closed loop at 0 % drops; 5 % drops
 //! (withheld states healed by back-fill under GoTo's 10 requests/s); open loop at fixed rates;
-//! then a fresh bridge holding many open conversations, for memory per conversation.
+//! then a bridge holding many open conversations, for memory per conversation. Every phase
+//! through the bridge runs on a fresh broker and a fresh bridge ([`Stage`]).
 
 pub mod dist;
 pub mod http1;
@@ -68,6 +69,11 @@ pub struct BenchArgs {
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/latest.json")]
     pub out: PathBuf,
+    /// `fetch.wait.max.ms` of the benchmark's reader of the ordered topic. tansu answers a fetch
+    /// only when this wait is over, so it adds 1.5× itself to every end-to-end figure on
+    /// average; lower waits cost tansu more fetches (docs/performance.md).
+    #[arg(long, default_value_t = 5)]
+    pub reader_fetch_wait_ms: u32,
     /// The tansu binary (default: `$TANSU_BIN`, `~/.cargo/bin/tansu`, then PATH).
     #[arg(long)]
     pub tansu: Option<PathBuf>,
@@ -225,6 +231,14 @@ fn usage(pid: u32) -> procstat::Usage {
     procstat::read(pid).unwrap_or_default()
 }
 
+/// Busy CPU-seconds of the whole machine since `before` (0 where `/proc/stat` is missing).
+fn machine_cpu_since(before: Option<f64>) -> f64 {
+    match (before, procstat::machine_busy_secs()) {
+        (Some(b), Some(a)) => (a - b).max(0.0),
+        _ => 0.0,
+    }
+}
+
 /// Runs one load phase against the bridge and waits for the ordered topic to show all of it.
 async fn bridge_phase(
     load: &mut LineChild,
@@ -235,11 +249,13 @@ async fn bridge_phase(
 ) -> Result<(RunReport, ThroughputPhase), String> {
     let phase = spec.phase;
     let before = usage(bridge.proc.pid());
+    let machine_before = procstat::machine_busy_secs();
     let start = Instant::now();
     let report: RunReport = call(load, &LoadCommand::Run(spec))?;
     let expected = report.delivered + report.withheld + report.failed;
     let complete = observer.wait_for(phase, expected, settle).await;
     let after = usage(bridge.proc.pid());
+    let machine_secs = machine_cpu_since(machine_before);
     let phase_figures = observer.with(phase, |p| {
         let end = p.last_state_at.unwrap_or_else(Instant::now);
         let secs = end.saturating_duration_since(start).as_secs_f64().max(1e-9);
@@ -256,15 +272,106 @@ async fn bridge_phase(
             states_per_sec: p.states as f64 / secs,
             webhook_latency: report.latency.clone(),
             end_to_end_latency: dist::summarize(&mut p.live_latency_us),
+            to_output_latency: dist::summarize(&mut p.live_to_output_us),
             healed_latency: dist::summarize(&mut p.healed_latency_us),
             bridge_cpu_secs: after.cpu_secs - before.cpu_secs,
             cpu_secs_per_1000_states: (after.cpu_secs - before.cpu_secs) * 1000.0
                 / (p.states.max(1) as f64),
+            machine_cpu_us_per_state: machine_secs * 1e6 / (p.states.max(1) as f64),
             failed_posts: report.failed,
             failed_attempts: report.failed_attempts,
         }
     });
     Ok((report, phase_figures))
+}
+
+/// One broker and one bridge, started fresh for a phase, with a reader of its ordered topic.
+///
+/// Fresh because tansu's in-memory engine lists every batch a partition holds on every fetch
+/// (`dynostore` `fetch`), so a broker still carrying earlier phases' records charges each later
+/// phase more CPU per fetch, for every consumer, and the latencies with it (a 40 s closed loop
+/// left it at 1.2 cores during a 1,000 states/s phase). Kafka finds an offset through its index
+/// whatever the log holds; starting each phase on an empty broker keeps that artefact from
+/// growing across the run.
+struct Stage {
+    tansu: Proc,
+    bridge: Bridge,
+    observer: Observer,
+}
+
+/// What the stages used, summed over the run.
+#[derive(Default)]
+struct StageTotals {
+    tansu_cpu_secs: f64,
+    bridge_peak_rss_bytes: u64,
+}
+
+impl Stage {
+    /// Starts both and warms them up: a second of calls at a low rate (phase `warm_phase`), read
+    /// back from the ordered topic before the measured phase begins, so the measured phase
+    /// does not also time the sequencer's and the reader's consumer-group joins.
+    async fn start(
+        name: &str,
+        dirs: (&Path, &Path),
+        simulator: &str,
+        args: &BenchArgs,
+        load: &mut LineChild,
+        warm_phase: u32,
+    ) -> Result<Stage, String> {
+        let (dir, logs) = dirs;
+        let workdir = dir.join(name);
+        std::fs::create_dir_all(&workdir).map_err(|e| format!("{}: {e}", workdir.display()))?;
+        let (tansu, bootstrap) = procs::start_tansu(
+            &procs::tansu_bin(args.tansu.as_deref()),
+            &workdir,
+            &logs.join(format!("tansu-{name}.log")),
+        )?;
+        let bridge = start_bridge(logs, &format!("-{name}"), simulator, &bootstrap, args).await?;
+        let observer = Observer::start(
+            &bridge.kafka,
+            &bridge.kafka.topics.ordered,
+            args.reader_fetch_wait_ms,
+        )?;
+        let warm: RunReport = call(
+            load,
+            &LoadCommand::Run(RunSpec {
+                phase: warm_phase,
+                target: bridge.webhook.clone(),
+                connections: 4,
+                rate: Some(200.0),
+                duration_ms: 1000,
+                max_calls: 0,
+                drop_rate: 0.0,
+                only_starting: false,
+            }),
+        )?;
+        if !observer
+            .wait_for(warm_phase, warm.delivered, Duration::from_secs(60))
+            .await
+        {
+            return Err(format!(
+                "{name}: the warm-up's {} states did not reach the ordered topic within 60 s",
+                warm.delivered
+            ));
+        }
+        Ok(Stage {
+            tansu,
+            bridge,
+            observer,
+        })
+    }
+
+    /// Stops the bridge and the broker; `count_rss` adds the bridge's peak RSS to the figure
+    /// of the throughput phases (the memory phase has its own).
+    fn finish(self, totals: &mut StageTotals, count_rss: bool) {
+        let peak = usage(self.bridge.proc.pid()).peak_rss_bytes;
+        if count_rss {
+            totals.bridge_peak_rss_bytes = totals.bridge_peak_rss_bytes.max(peak);
+        }
+        drop(self.observer);
+        self.bridge.proc.terminate(Duration::from_secs(30));
+        totals.tansu_cpu_secs += usage(self.tansu.pid()).cpu_secs;
+    }
 }
 
 async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
@@ -274,12 +381,8 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
     std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
     let secs = Duration::from_secs(args.phase_secs);
     let ms = args.phase_secs * 1000;
-    eprintln!("bench: starting tansu, the load generator, the HTTP sink and the bridge");
-    let (tansu, bootstrap) = procs::start_tansu(
-        &procs::tansu_bin(args.tansu.as_deref()),
-        &dir,
-        &logs.join("tansu.log"),
-    )?;
+    let dirs = (dir.as_path(), logs.as_path());
+    eprintln!("bench: starting the load generator and the HTTP sink");
     let mut load = LineChild::spawn("bench-load", "load generator", &logs.join("load.log"))?;
     let hello = tokio::task::block_in_place(|| load.read())?;
     let simulator = hello["simulator"]
@@ -293,8 +396,6 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
             .as_str()
             .ok_or("HTTP sink: no address")?
     );
-    let bridge = start_bridge(&logs, "", &simulator, &bootstrap, args).await?;
-    let observer = Observer::start(&bridge.kafka, &bridge.kafka.topics.ordered)?;
     let spec = |phase: u32, target: &str| RunSpec {
         phase,
         target: target.to_string(),
@@ -305,36 +406,52 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
         drop_rate: 0.0,
         only_starting: false,
     };
+    let mut totals = StageTotals::default();
 
-    // 1. HTTP ceiling.
+    // 1. HTTP ceiling: nothing else runs.
     eprintln!("bench: HTTP ceiling ({} s closed loop)", args.phase_secs);
+    let machine_before = procstat::machine_busy_secs();
     let http: RunReport = call(&mut load, &LoadCommand::Run(spec(1, &sink_url)))?;
+    let http_machine_secs = machine_cpu_since(machine_before);
     drop(sink);
 
-    // 2. Kafka ceiling.
+    // 2. Kafka ceiling, on a broker of its own.
     eprintln!("bench: Kafka ceiling");
+    let ceiling_dir = dir.join("ceiling");
+    std::fs::create_dir_all(&ceiling_dir).map_err(|e| format!("{}: {e}", ceiling_dir.display()))?;
+    let (ceiling_tansu, ceiling_bootstrap) = procs::start_tansu(
+        &procs::tansu_bin(args.tansu.as_deref()),
+        &ceiling_dir,
+        &logs.join("tansu-ceiling.log"),
+    )?;
     let ceiling_topic = "callbridge.bench-ceiling".to_string();
-    create_topic(&bootstrap, &ceiling_topic, args.partitions).await?;
+    create_topic(&ceiling_bootstrap, &ceiling_topic, args.partitions).await?;
     let records = if args.quick { 50_000 } else { 500_000 };
+    let machine_before = procstat::machine_busy_secs();
     let kafka: load::CeilingReport = call(
         &mut load,
         &LoadCommand::KafkaCeiling {
-            bootstrap: bootstrap.clone(),
+            bootstrap: ceiling_bootstrap,
             topic: ceiling_topic,
             records,
         },
     )?;
+    let kafka_machine_secs = machine_cpu_since(machine_before);
+    totals.tansu_cpu_secs += usage(ceiling_tansu.pid()).cpu_secs;
+    drop(ceiling_tansu);
 
     // 3. The bridge, closed loop, no drops.
     eprintln!("bench: bridge, closed loop, 0 % drops");
+    let stage = Stage::start("closed", dirs, &simulator, args, &mut load, 103).await?;
     let (_, closed) = bridge_phase(
         &mut load,
-        &observer,
-        &bridge,
-        spec(3, &bridge.webhook),
+        &stage.observer,
+        &stage.bridge,
+        spec(3, &stage.bridge.webhook),
         Duration::from_secs(60),
     )
     .await?;
+    stage.finish(&mut totals, true);
 
     // 4. 5 % drops: the back-fill path, bounded by GoTo's 10 requests/s.
     let drop_phase = if args.drop_calls == 0 {
@@ -344,22 +461,24 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
             "bench: bridge, 5 % drops, {} calls (back-fill at GoTo's 10 requests/s)",
             args.drop_calls
         );
+        let stage = Stage::start("drops", dirs, &simulator, args, &mut load, 104).await?;
         let rest_before: crate::simulator::Stats = call(&mut load, &LoadCommand::RestStats)?;
         let (drop_report, dropped) = bridge_phase(
             &mut load,
-            &observer,
-            &bridge,
+            &stage.observer,
+            &stage.bridge,
             RunSpec {
                 duration_ms: 3_600_000,
                 max_calls: args.drop_calls,
                 drop_rate: 0.05,
-                ..spec(4, &bridge.webhook)
+                ..spec(4, &stage.bridge.webhook)
             },
             // Every withheld state is one request at most; the bridge gives up after 5 minutes.
             Duration::from_secs(330),
         )
         .await?;
         let rest_after: crate::simulator::Stats = call(&mut load, &LoadCommand::RestStats)?;
+        stage.finish(&mut totals, true);
         let api =
             |s: &crate::simulator::Stats| s.apis.get("call-events").cloned().unwrap_or_default();
         Some(DropPhase {
@@ -375,27 +494,34 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
     let mut rates = Vec::new();
     for (i, rate) in args.rates.iter().enumerate() {
         eprintln!("bench: bridge, open loop at {rate} states/s");
+        let stage = Stage::start(
+            &format!("rate{i}"),
+            dirs,
+            &simulator,
+            args,
+            &mut load,
+            110 + i as u32,
+        )
+        .await?;
         let (_, figures) = bridge_phase(
             &mut load,
-            &observer,
-            &bridge,
+            &stage.observer,
+            &stage.bridge,
             RunSpec {
                 rate: Some(*rate),
-                ..spec(10 + i as u32, &bridge.webhook)
+                ..spec(10 + i as u32, &stage.bridge.webhook)
             },
             Duration::from_secs(60),
         )
         .await?;
+        stage.finish(&mut totals, true);
         rates.push(RatePhase {
             rate: *rate,
             figures,
         });
     }
-    let main_usage = usage(bridge.proc.pid());
-    drop(observer);
-    bridge.proc.terminate(Duration::from_secs(30));
 
-    // 6. Memory per open conversation, on a fresh bridge.
+    // 6. Memory per open conversation.
     let memory = if args.open_conversations == 0 {
         None
     } else {
@@ -403,25 +529,24 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
             "bench: a fresh bridge holding {} open conversations",
             args.open_conversations
         );
-        let fresh = start_bridge(&logs, "-mem", &simulator, &bootstrap, args).await?;
-        let observer = Observer::start(&fresh.kafka, &fresh.kafka.topics.ordered)?;
-        let memory = memory_phase(&mut load, &observer, &fresh, args, secs).await?;
-        drop(observer);
-        fresh.proc.terminate(Duration::from_secs(30));
+        let stage = Stage::start("mem", dirs, &simulator, args, &mut load, 120).await?;
+        let memory = memory_phase(&mut load, &stage.observer, &stage.bridge, args, secs).await?;
+        stage.finish(&mut totals, false);
         Some(memory)
     };
     let _ = tokio::task::block_in_place(|| load.call(&LoadCommand::Quit));
-    let tansu_usage = usage(tansu.pid());
-    drop(tansu);
     let _ = std::fs::remove_dir_all(&dir);
 
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let http_machine_cpu_us_per_post = http_machine_secs * 1e6 / (http.delivered.max(1) as f64);
+    let kafka_machine_cpu_us_per_record = kafka_machine_secs * 1e6 / (kafka.acked.max(1) as f64);
     Ok(BenchReport {
         version: env!("CARGO_PKG_VERSION").into(),
         commit: option_env!("CALLBRIDGE_COMMIT").unwrap_or("").into(),
         date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        cores: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
+        cores,
         connections: args.connections,
         phase_secs: args.phase_secs,
         ceilings: Ceilings {
@@ -429,13 +554,20 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
             http_latency: http.latency,
             kafka_records_per_sec: kafka.acked as f64 / (kafka.elapsed_ms.max(1) as f64 / 1000.0),
             kafka_failed: kafka.failed,
+            http_machine_cpu_us_per_post,
+            kafka_machine_cpu_us_per_record,
+            pipeline_states_per_sec: Ceilings::pipeline(
+                cores,
+                http_machine_cpu_us_per_post,
+                kafka_machine_cpu_us_per_record,
+            ),
         },
         closed_loop: closed,
         drops: drop_phase,
         rates,
         memory,
-        bridge_peak_rss_bytes: main_usage.peak_rss_bytes,
-        tansu_cpu_secs: tansu_usage.cpu_secs,
+        bridge_peak_rss_bytes: totals.bridge_peak_rss_bytes,
+        tansu_cpu_secs: totals.tansu_cpu_secs,
     })
 }
 

@@ -29,6 +29,10 @@ pub struct PhaseSeen {
     pub order_violations: u64,
     /// End-to-end latency of live states, microseconds.
     pub live_latency_us: Vec<u32>,
+    /// Of the end-to-end latency of live states, the part up to the ordered record's timestamp
+    /// (the sequencer's producer stamps it when it hands the record over): the webhook, the raw
+    /// hop and the sequencer, microseconds at millisecond resolution. The rest is the ordered hop.
+    pub live_to_output_us: Vec<u32>,
     /// End-to-end latency of back-filled states (the time a gap took to heal), microseconds.
     pub healed_latency_us: Vec<u32>,
     /// When the last state record was read.
@@ -62,8 +66,13 @@ fn sent_at(value: &[u8]) -> Option<u64> {
 }
 
 impl Observer {
-    /// Starts reading `topic` from the beginning.
-    pub fn start(kafka: &crate::kafka::KafkaConfig, topic: &str) -> Result<Observer, String> {
+    /// Starts reading `topic` from the beginning, with `fetch_wait_ms` as its
+    /// `fetch.wait.max.ms`.
+    pub fn start(
+        kafka: &crate::kafka::KafkaConfig,
+        topic: &str,
+        fetch_wait_ms: u32,
+    ) -> Result<Observer, String> {
         let mut c = kafka.client_config().map_err(|e| e.to_string())?;
         c.set(
             "group.id",
@@ -73,7 +82,7 @@ impl Observer {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         // Measured latency must be the bridge's, not this reader's long poll.
-        .set("fetch.wait.max.ms", "5");
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string());
         let consumer: BaseConsumer = c.create().map_err(|e| format!("bench reader: {e}"))?;
         consumer
             .subscribe(&[topic])
@@ -117,11 +126,17 @@ impl Observer {
                         if backfilled {
                             p.backfilled += 1;
                         }
+                        let sent = m.payload().and_then(sent_at);
                         if let Some(l) = latency {
                             if backfilled {
                                 p.healed_latency_us.push(l);
                             } else {
                                 p.live_latency_us.push(l);
+                                if let (Some(t), Some(created)) = (sent, m.timestamp().to_millis())
+                                {
+                                    let us = (created.max(0) as u64 * 1000).saturating_sub(t);
+                                    p.live_to_output_us.push(us.min(u64::from(u32::MAX)) as u32);
+                                }
                             }
                         }
                     }

@@ -1,5 +1,5 @@
-//! CPU time and memory of a process, read from `/proc` (Linux only; elsewhere every figure is
-//! absent rather than wrong).
+//! CPU time and memory of a process, and the CPU time the whole machine spent busy, read from
+//! `/proc` (Linux only; elsewhere every figure is absent rather than wrong).
 
 /// One reading.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -21,6 +21,29 @@ pub fn read(pid: u32) -> Option<Usage> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     parse(&stat, &status)
+}
+
+/// CPU seconds all cores have spent busy since boot (every process, the kernel's interrupt work
+/// included): the difference of two readings is what a phase cost the machine, whichever
+/// process spent it. None when `/proc/stat` cannot be read.
+pub fn machine_busy_secs() -> Option<f64> {
+    parse_machine(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_machine(stat: &str) -> Option<f64> {
+    // "cpu  user nice system idle iowait irq softirq steal guest guest_nice": guest time is
+    // already inside user and nice, idle and iowait are not busy.
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let at = |i: usize| f.get(i).copied().unwrap_or(0.0);
+    if f.len() < 4 {
+        return None;
+    }
+    Some((at(0) + at(1) + at(2) + at(5) + at(6) + at(7)) / USER_HZ)
 }
 
 fn parse(stat: &str, status: &str) -> Option<Usage> {
@@ -62,10 +85,20 @@ mod tests {
     }
 
     #[test]
+    fn machine_busy_time_leaves_out_idle_and_iowait() {
+        let stat = "cpu  100 20 30 5000 400 6 7 8 50 0\ncpu0 50 10 15 2500 200 3 3 4 25 0\n";
+        // user + nice + system + irq + softirq + steal = 171 ticks.
+        assert_eq!(parse_machine(stat), Some(1.71));
+        assert_eq!(parse_machine("cpu0 1 2 3 4\n"), None);
+        assert_eq!(parse_machine("cpu  1 x 3 4\n"), None);
+    }
+
+    #[test]
     fn reads_this_process_on_linux() {
         if cfg!(target_os = "linux") {
             let u = read(std::process::id()).expect("own /proc entry");
             assert!(u.rss_bytes > 0 && u.peak_rss_bytes >= u.rss_bytes, "{u:?}");
+            assert!(machine_busy_secs().is_some_and(|s| s > 0.0));
         }
     }
 }
