@@ -50,6 +50,25 @@ pub enum LoadCommand {
         topic: String,
         /// Records to write.
         records: u64,
+        /// librdkafka properties the bridge was given (`--librdkafka`), so the ceiling
+        /// producer is configured as the bridge's raw producer is.
+        #[serde(default)]
+        librdkafka: std::collections::BTreeMap<String, String>,
+    },
+    /// Write the same bodies at a fixed rate with the same producer and time each record's
+    /// acknowledgement: the floor of any webhook that answers after Kafka has the state.
+    KafkaAckLatency {
+        /// Broker.
+        bootstrap: String,
+        /// Topic (created by the orchestrator).
+        topic: String,
+        /// Records per second.
+        rate: f64,
+        /// How long to send.
+        duration_ms: u64,
+        /// As for `KafkaCeiling`.
+        #[serde(default)]
+        librdkafka: std::collections::BTreeMap<String, String>,
     },
     /// The simulator's REST counters.
     RestStats,
@@ -101,6 +120,18 @@ pub struct RunReport {
     pub latency: Summary,
     /// Connections opened (more than `connections` means some broke).
     pub connections_opened: u64,
+}
+
+/// Answer to `KafkaAckLatency`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct AckLatencyReport {
+    /// Records acknowledged.
+    pub acked: u64,
+    /// Records that failed.
+    pub failed: u64,
+    /// Scheduled send → acknowledgement (from the schedule, so a stalled producer cannot hide
+    /// its queue).
+    pub latency: Summary,
 }
 
 /// Answer to `KafkaCeiling`.
@@ -454,24 +485,24 @@ async fn run_phase(
     Ok(report)
 }
 
-async fn kafka_ceiling(
+/// The bridge's raw producer, as `--librdkafka` configured it.
+fn ceiling_producer(
     bootstrap: String,
-    topic: String,
-    records: u64,
-    templates: &[CallTemplate],
-) -> Result<CeilingReport, String> {
-    use futures_util::stream::{FuturesUnordered, StreamExt};
-    use rdkafka::producer::FutureRecord;
+    librdkafka: std::collections::BTreeMap<String, String>,
+) -> Result<rdkafka::producer::FutureProducer, String> {
     let config = crate::kafka::KafkaConfig {
         bootstrap_servers: bootstrap,
+        librdkafka,
         ..crate::kafka::KafkaConfig::default()
     };
-    let producer = crate::kafka::producer::raw_producer(&config)
-        .map_err(|e| format!("ceiling producer: {e}"))?;
-    // The same bodies the webhook phases POST, keyed the same way.
+    crate::kafka::producer::raw_producer(&config).map_err(|e| format!("ceiling producer: {e}"))
+}
+
+/// The same bodies the webhook phases POST, keyed the same way.
+fn ceiling_bodies(templates: &[CallTemplate], count: u64) -> Vec<(String, String)> {
     let mut bodies = Vec::new();
     let mut n = 0u64;
-    while (bodies.len() as u64) < records.min(200_000) {
+    while (bodies.len() as u64) < count {
         let t = &templates[(n % templates.len() as u64) as usize];
         let csid = conversation_id(0xffff_fff0, n);
         for (k, s) in t.states.iter().enumerate() {
@@ -481,6 +512,73 @@ async fn kafka_ceiling(
         }
         n += 1;
     }
+    bodies
+}
+
+async fn kafka_ack_latency(
+    bootstrap: String,
+    topic: String,
+    rate: f64,
+    duration_ms: u64,
+    librdkafka: std::collections::BTreeMap<String, String>,
+    templates: &[CallTemplate],
+) -> Result<AckLatencyReport, String> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    use rdkafka::producer::FutureRecord;
+    if rate.is_nan() || rate <= 0.0 {
+        return Err(format!("rate must be positive, got {rate}"));
+    }
+    let producer = ceiling_producer(bootstrap, librdkafka)?;
+    let total = (rate * duration_ms as f64 / 1000.0).ceil() as u64;
+    let bodies = ceiling_bodies(templates, total.min(200_000));
+    let start = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    let mut latencies_us = Vec::with_capacity(total as usize);
+    let mut report = AckLatencyReport::default();
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut settle = |r: (Instant, Result<_, _>), report: &mut AckLatencyReport| {
+        let (scheduled, outcome): (Instant, Result<_, _>) = r;
+        if outcome.is_ok() {
+            report.acked += 1;
+            latencies_us.push(scheduled.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        } else {
+            report.failed += 1;
+        }
+    };
+    while sent < total || !in_flight.is_empty() {
+        tokio::select! {
+            _ = tick.tick(), if sent < total => {
+                // Every record due by now, each timed from its own scheduled instant.
+                let due = ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
+                while sent < due {
+                    let scheduled = start + Duration::from_secs_f64(sent as f64 / rate);
+                    let (key, body) = &bodies[(sent % bodies.len() as u64) as usize];
+                    let record = FutureRecord::to(&topic).key(key.as_str()).payload(body.as_str());
+                    let delivery = producer.send(record, Duration::from_secs(30));
+                    in_flight.push(async move { (scheduled, delivery.await) });
+                    sent += 1;
+                }
+            }
+            Some(r) = in_flight.next(), if !in_flight.is_empty() => settle(r, &mut report),
+        }
+    }
+    report.latency = super::dist::summarize(&mut latencies_us);
+    Ok(report)
+}
+
+async fn kafka_ceiling(
+    bootstrap: String,
+    topic: String,
+    records: u64,
+    librdkafka: std::collections::BTreeMap<String, String>,
+    templates: &[CallTemplate],
+) -> Result<CeilingReport, String> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    use rdkafka::producer::FutureRecord;
+    let producer = ceiling_producer(bootstrap, librdkafka)?;
+    let bodies = ceiling_bodies(templates, records.min(200_000));
     let start = Instant::now();
     let mut in_flight = FuturesUnordered::new();
     let mut report = CeilingReport::default();
@@ -557,10 +655,25 @@ pub async fn run() -> ExitCode {
                 bootstrap,
                 topic,
                 records,
-            } => match kafka_ceiling(bootstrap, topic, records, &templates).await {
+                librdkafka,
+            } => match kafka_ceiling(bootstrap, topic, records, librdkafka, &templates).await {
                 Ok(r) => reply(r),
                 Err(e) => reply(json!({ "error": e })),
             },
+            LoadCommand::KafkaAckLatency {
+                bootstrap,
+                topic,
+                rate,
+                duration_ms,
+                librdkafka,
+            } => {
+                match kafka_ack_latency(bootstrap, topic, rate, duration_ms, librdkafka, &templates)
+                    .await
+                {
+                    Ok(r) => reply(r),
+                    Err(e) => reply(json!({ "error": e })),
+                }
+            }
             LoadCommand::RestStats => reply(control.stats()),
             LoadCommand::Quit => break,
         }

@@ -24,7 +24,9 @@ pub mod sink;
 use load::{LoadCommand, RunReport, RunSpec};
 use observe::Observer;
 use procs::{LineChild, Proc};
-use report::{BenchReport, Ceilings, DropPhase, MemoryPhase, RatePhase, ThroughputPhase};
+use report::{
+    BenchReport, Ceilings, DropPhase, MemoryPhase, RateCeiling, RatePhase, ThroughputPhase,
+};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -122,6 +124,19 @@ struct Bridge {
 
 const WEBHOOK_SECRET: &str = "bench-webhook-secret-0123456789abcdef";
 
+/// `--librdkafka KEY=VALUE` options as a map.
+fn librdkafka_properties(
+    args: &BenchArgs,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    args.librdkafka
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => Ok((k.trim().to_string(), v.trim().to_string())),
+            None => Err(format!("--librdkafka {kv:?}: expected KEY=VALUE")),
+        })
+        .collect()
+}
+
 async fn start_bridge(
     dir: &Path,
     suffix: &str,
@@ -131,11 +146,8 @@ async fn start_bridge(
 ) -> Result<Bridge, String> {
     let partitions = args.partitions;
     let mut librdkafka = String::new();
-    for kv in &args.librdkafka {
-        let Some((k, v)) = kv.split_once('=') else {
-            return Err(format!("--librdkafka {kv:?}: expected KEY=VALUE"));
-        };
-        librdkafka.push_str(&format!("{:?} = {:?}\n", k.trim(), v.trim()));
+    for (k, v) in librdkafka_properties(args)? {
+        librdkafka.push_str(&format!("{k:?} = {v:?}\n"));
     }
     let (port, admin) = (procs::free_port()?, procs::free_port()?);
     let accounts =
@@ -382,6 +394,7 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
     let secs = Duration::from_secs(args.phase_secs);
     let ms = args.phase_secs * 1000;
     let dirs = (dir.as_path(), logs.as_path());
+    let librdkafka = librdkafka_properties(args)?;
     eprintln!("bench: starting the load generator and the HTTP sink");
     let mut load = LineChild::spawn("bench-load", "load generator", &logs.join("load.log"))?;
     let hello = tokio::task::block_in_place(|| load.read())?;
@@ -413,6 +426,22 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
     let machine_before = procstat::machine_busy_secs();
     let http: RunReport = call(&mut load, &LoadCommand::Run(spec(1, &sink_url)))?;
     let http_machine_secs = machine_cpu_since(machine_before);
+    let mut at_rates = Vec::new();
+    for (i, rate) in args.rates.iter().enumerate() {
+        eprintln!("bench: HTTP alone at {rate} POSTs/s");
+        let r: RunReport = call(
+            &mut load,
+            &LoadCommand::Run(RunSpec {
+                rate: Some(*rate),
+                ..spec(30 + i as u32, &sink_url)
+            }),
+        )?;
+        at_rates.push(RateCeiling {
+            rate: *rate,
+            http_latency: r.latency,
+            kafka_ack_latency: Default::default(),
+        });
+    }
     drop(sink);
 
     // 2. Kafka ceiling, on a broker of its own.
@@ -431,12 +460,32 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
     let kafka: load::CeilingReport = call(
         &mut load,
         &LoadCommand::KafkaCeiling {
-            bootstrap: ceiling_bootstrap,
+            bootstrap: ceiling_bootstrap.clone(),
             topic: ceiling_topic,
             records,
+            librdkafka: librdkafka.clone(),
         },
     )?;
     let kafka_machine_secs = machine_cpu_since(machine_before);
+    for (i, floor) in at_rates.iter_mut().enumerate() {
+        eprintln!(
+            "bench: Kafka acknowledgements alone at {} records/s",
+            floor.rate
+        );
+        let topic = format!("callbridge.bench-ack-{i}");
+        create_topic(&ceiling_bootstrap, &topic, args.partitions).await?;
+        let r: load::AckLatencyReport = call(
+            &mut load,
+            &LoadCommand::KafkaAckLatency {
+                bootstrap: ceiling_bootstrap.clone(),
+                topic,
+                rate: floor.rate,
+                duration_ms: ms,
+                librdkafka: librdkafka.clone(),
+            },
+        )?;
+        floor.kafka_ack_latency = r.latency;
+    }
     totals.tansu_cpu_secs += usage(ceiling_tansu.pid()).cpu_secs;
     drop(ceiling_tansu);
 
@@ -561,6 +610,7 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
                 http_machine_cpu_us_per_post,
                 kafka_machine_cpu_us_per_record,
             ),
+            at_rates,
         },
         closed_loop: closed,
         drops: drop_phase,
