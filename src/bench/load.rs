@@ -55,6 +55,19 @@ pub enum LoadCommand {
         #[serde(default)]
         librdkafka: std::collections::BTreeMap<String, String>,
     },
+    /// Read `records` records of `topic` from the beginning with a plain consumer (the Kafka
+    /// read ceiling: what the bridge's sequencer and any reader of the ordered topic pay).
+    KafkaReadCeiling {
+        /// Broker.
+        bootstrap: String,
+        /// Topic, already written.
+        topic: String,
+        /// Records to read.
+        records: u64,
+        /// As for `KafkaCeiling`.
+        #[serde(default)]
+        librdkafka: std::collections::BTreeMap<String, String>,
+    },
     /// Write the same bodies at a fixed rate with the same producer and time each record's
     /// acknowledgement: the floor of any webhook that answers after Kafka has the state.
     KafkaAckLatency {
@@ -120,6 +133,15 @@ pub struct RunReport {
     pub latency: Summary,
     /// Connections opened (more than `connections` means some broke).
     pub connections_opened: u64,
+}
+
+/// Answer to `KafkaReadCeiling`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct ReadCeilingReport {
+    /// Records read.
+    pub read: u64,
+    /// From subscribing to the last record read.
+    pub elapsed_ms: u64,
 }
 
 /// Answer to `KafkaAckLatency`.
@@ -515,6 +537,47 @@ fn ceiling_bodies(templates: &[CallTemplate], count: u64) -> Vec<(String, String
     bodies
 }
 
+/// Reads a topic from the beginning until `records` records came, or a minute without one.
+fn kafka_read_ceiling(
+    bootstrap: String,
+    topic: String,
+    records: u64,
+    librdkafka: std::collections::BTreeMap<String, String>,
+) -> Result<ReadCeilingReport, String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let config = crate::kafka::KafkaConfig {
+        bootstrap_servers: bootstrap,
+        librdkafka,
+        ..crate::kafka::KafkaConfig::default()
+    };
+    let mut c = config.client_config().map_err(|e| e.to_string())?;
+    c.set(
+        "group.id",
+        format!("callbridge-bench-read-{}", std::process::id()),
+    )
+    .set("enable.auto.commit", "false")
+    .set("auto.offset.reset", "earliest");
+    if !config.librdkafka.contains_key("fetch.wait.max.ms") {
+        // The wait the bridge's raw consumer uses by default.
+        c.set("fetch.wait.max.ms", "20");
+    }
+    let consumer: BaseConsumer = c.create().map_err(|e| format!("read ceiling: {e}"))?;
+    consumer
+        .subscribe(&[topic.as_str()])
+        .map_err(|e| format!("read ceiling: {e}"))?;
+    let start = Instant::now();
+    let mut report = ReadCeilingReport::default();
+    let mut last = Instant::now();
+    while report.read < records && last.elapsed() < Duration::from_secs(60) {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            report.read += 1;
+            last = Instant::now();
+        }
+    }
+    report.elapsed_ms = start.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
 async fn kafka_ack_latency(
     bootstrap: String,
     topic: String,
@@ -659,6 +722,20 @@ pub async fn run() -> ExitCode {
             } => match kafka_ceiling(bootstrap, topic, records, librdkafka, &templates).await {
                 Ok(r) => reply(r),
                 Err(e) => reply(json!({ "error": e })),
+            },
+            LoadCommand::KafkaReadCeiling {
+                bootstrap,
+                topic,
+                records,
+                librdkafka,
+            } => match tokio::task::spawn_blocking(move || {
+                kafka_read_ceiling(bootstrap, topic, records, librdkafka)
+            })
+            .await
+            {
+                Ok(Ok(r)) => reply(r),
+                Ok(Err(e)) => reply(json!({ "error": e })),
+                Err(e) => reply(json!({ "error": e.to_string() })),
             },
             LoadCommand::KafkaAckLatency {
                 bootstrap,

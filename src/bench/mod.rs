@@ -61,7 +61,8 @@ pub struct BenchArgs {
     /// Partitions of the bridge's topics.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
-    /// A librdkafka property for the bridge (`KEY=VALUE`, repeatable), to compare settings.
+    /// A librdkafka property (`KEY=VALUE`, repeatable) for the bridge and for the Kafka ceiling
+    /// and floors, so they compare like with like: to compare settings.
     #[arg(long)]
     pub librdkafka: Vec<String>,
     /// The callbridge binary run as the bridge (default: this one), to compare builds: the load
@@ -461,12 +462,24 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
         &mut load,
         &LoadCommand::KafkaCeiling {
             bootstrap: ceiling_bootstrap.clone(),
-            topic: ceiling_topic,
+            topic: ceiling_topic.clone(),
             records,
             librdkafka: librdkafka.clone(),
         },
     )?;
     let kafka_machine_secs = machine_cpu_since(machine_before);
+    eprintln!("bench: Kafka read ceiling");
+    let machine_before = procstat::machine_busy_secs();
+    let read: load::ReadCeilingReport = call(
+        &mut load,
+        &LoadCommand::KafkaReadCeiling {
+            bootstrap: ceiling_bootstrap.clone(),
+            topic: ceiling_topic,
+            records: kafka.acked,
+            librdkafka: librdkafka.clone(),
+        },
+    )?;
+    let read_machine_secs = machine_cpu_since(machine_before);
     for (i, floor) in at_rates.iter_mut().enumerate() {
         eprintln!(
             "bench: Kafka acknowledgements alone at {} records/s",
@@ -591,6 +604,7 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
         .unwrap_or(0);
     let http_machine_cpu_us_per_post = http_machine_secs * 1e6 / (http.delivered.max(1) as f64);
     let kafka_machine_cpu_us_per_record = kafka_machine_secs * 1e6 / (kafka.acked.max(1) as f64);
+    let kafka_read_machine_cpu_us_per_record = read_machine_secs * 1e6 / (read.read.max(1) as f64);
     Ok(BenchReport {
         version: env!("CARGO_PKG_VERSION").into(),
         commit: option_env!("CALLBRIDGE_COMMIT").unwrap_or("").into(),
@@ -605,10 +619,13 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
             kafka_failed: kafka.failed,
             http_machine_cpu_us_per_post,
             kafka_machine_cpu_us_per_record,
+            kafka_read_records_per_sec: read.read as f64 / (read.elapsed_ms.max(1) as f64 / 1000.0),
+            kafka_read_machine_cpu_us_per_record,
             pipeline_states_per_sec: Ceilings::pipeline(
                 cores,
                 http_machine_cpu_us_per_post,
                 kafka_machine_cpu_us_per_record,
+                kafka_read_machine_cpu_us_per_record,
             ),
             at_rates,
         },

@@ -67,10 +67,17 @@ pub struct Ceilings {
     /// broker together.
     #[serde(default)]
     pub kafka_machine_cpu_us_per_record: f64,
+    /// Records per second a plain consumer reads back (the same topic, from the beginning).
+    #[serde(default)]
+    pub kafka_read_records_per_sec: f64,
+    /// Machine CPU per record read, µs: the consumer and the broker together.
+    #[serde(default)]
+    pub kafka_read_machine_cpu_us_per_record: f64,
     /// The most states per second any bridge could carry on this machine: every state costs at
-    /// least one answered POST and two acknowledged records (raw and ordered) at the prices
-    /// above, and the machine has `cores` of CPU. Optimistic (it leaves out both topics' reads,
-    /// the changelog and all of the bridge's own logic), so the true ceiling is lower.
+    /// least one answered POST and two records written and read (raw by the sequencer, ordered
+    /// by its consumers) at the prices above, and the machine has `cores` of CPU. Optimistic
+    /// (it leaves out the changelog and all of the bridge's own logic, and the ceilings write
+    /// and read larger batches than a live bridge can), so the true ceiling is lower.
     #[serde(default)]
     pub pipeline_states_per_sec: f64,
     /// At each fixed rate of the open-loop phases: the bare HTTP server's answer latency and a
@@ -93,9 +100,15 @@ pub struct RateCeiling {
 }
 
 impl Ceilings {
-    /// `cores` CPU-seconds per second shared by one POST and two records per state.
-    pub fn pipeline(cores: usize, http_us_per_post: f64, kafka_us_per_record: f64) -> f64 {
-        let per_state_us = http_us_per_post + 2.0 * kafka_us_per_record;
+    /// `cores` CPU-seconds per second shared by one POST and two records written and read per
+    /// state.
+    pub fn pipeline(
+        cores: usize,
+        http_us_per_post: f64,
+        write_us_per_record: f64,
+        read_us_per_record: f64,
+    ) -> f64 {
+        let per_state_us = http_us_per_post + 2.0 * (write_us_per_record + read_us_per_record);
         if per_state_us > 0.0 {
             cores as f64 * 1e6 / per_state_us
         } else {
@@ -235,7 +248,12 @@ impl BenchReport {
         );
         let _ = writeln!(
             t,
-            "  pipeline (1 POST + 2 records){:>9.0} states/s   at most, on {} cores ({:.1} µs per POST)",
+            "  plain librdkafka consumer   {:>10.0} records/s  {:>6.1} µs machine CPU each",
+            c.kafka_read_records_per_sec, c.kafka_read_machine_cpu_us_per_record
+        );
+        let _ = writeln!(
+            t,
+            "  pipeline                    {:>10.0} states/s   at most, on {} cores: 1 POST ({:.1} µs) + 2 records written and read",
             c.pipeline_states_per_sec, self.cores, c.http_machine_cpu_us_per_post
         );
         for r in &c.at_rates {
@@ -425,11 +443,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_pipeline_ceiling_charges_one_post_and_two_records_per_state() {
-        // 2 cores = 2,000,000 µs of CPU per second; 30 + 2 × 10 µs per state.
-        assert_eq!(Ceilings::pipeline(2, 30.0, 10.0), 40_000.0);
+    fn the_pipeline_ceiling_charges_one_post_and_two_records_written_and_read_per_state() {
+        // 2 cores = 2,000,000 µs of CPU per second; 30 + 2 × (7 + 3) µs per state.
+        assert_eq!(Ceilings::pipeline(2, 30.0, 7.0, 3.0), 40_000.0);
         assert_eq!(
-            Ceilings::pipeline(2, 0.0, 0.0),
+            Ceilings::pipeline(2, 0.0, 0.0, 0.0),
             0.0,
             "no reading, no ceiling"
         );
