@@ -55,6 +55,21 @@ fn a_small_bench_run_measures_every_phase_and_the_bridge_keeps_its_promises() {
         c["kafka_machine_cpu_us_per_record"].as_f64().unwrap() > 0.0,
         "{c}"
     );
+    assert!(
+        c["kafka_read_records_per_sec"].as_f64().unwrap() > 0.0,
+        "the read ceiling read: {c}"
+    );
+    // The floors at each fixed rate measured both sides.
+    let floors = c["at_rates"].as_array().unwrap();
+    assert_eq!(floors.len(), 1, "{c}");
+    assert!(
+        floors[0]["http_latency"]["count"].as_u64().unwrap() > 0,
+        "{c}"
+    );
+    assert!(
+        floors[0]["kafka_ack_latency"]["count"].as_u64().unwrap() > 0,
+        "{c}"
+    );
 
     let phases = std::iter::once(&report["closed_loop"])
         .chain(std::iter::once(&report["drops"]["figures"]))

@@ -7,10 +7,12 @@
 //! librdkafka producer writing the same bodies to the same broker. Every figure is printed as a
 //! table and written as JSON so runs can be compared between commits (`docs/performance.md`).
 //!
-//! The phases, in order: HTTP ceiling; Kafka ceiling; closed loop at 0 % drops; 5 % drops
-//! (withheld states healed by back-fill under GoTo's 10 requests/s); open loop at fixed rates;
-//! then a bridge holding many open conversations, for memory per conversation. Every phase
-//! through the bridge runs on a fresh broker and a fresh bridge ([`Stage`]).
+//! The phases, in order: the HTTP ceiling, then the bare server alone at each fixed rate; the
+//! Kafka write and read ceilings, then a plain producer's acknowledgement latency alone at each
+//! fixed rate; closed loop at 0 % drops; 5 % drops (withheld states healed by back-fill under
+//! GoTo's 10 requests/s); open loop at fixed rates; then a bridge holding many open
+//! conversations, for memory per conversation. Every phase through the bridge runs on a fresh
+//! broker and a fresh bridge ([`Stage`]).
 
 pub mod dist;
 pub mod http1;
