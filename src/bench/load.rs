@@ -507,17 +507,25 @@ async fn run_phase(
     Ok(report)
 }
 
+/// Default Kafka settings for `bootstrap` with the `--librdkafka` properties.
+fn ceiling_config(
+    bootstrap: String,
+    librdkafka: std::collections::BTreeMap<String, String>,
+) -> crate::kafka::KafkaConfig {
+    crate::kafka::KafkaConfig {
+        bootstrap_servers: bootstrap,
+        librdkafka,
+        ..crate::kafka::KafkaConfig::default()
+    }
+}
+
 /// The bridge's raw producer, as `--librdkafka` configured it.
 fn ceiling_producer(
     bootstrap: String,
     librdkafka: std::collections::BTreeMap<String, String>,
 ) -> Result<rdkafka::producer::FutureProducer, String> {
-    let config = crate::kafka::KafkaConfig {
-        bootstrap_servers: bootstrap,
-        librdkafka,
-        ..crate::kafka::KafkaConfig::default()
-    };
-    crate::kafka::producer::raw_producer(&config).map_err(|e| format!("ceiling producer: {e}"))
+    crate::kafka::producer::raw_producer(&ceiling_config(bootstrap, librdkafka))
+        .map_err(|e| format!("ceiling producer: {e}"))
 }
 
 /// The same bodies the webhook phases POST, keyed the same way.
@@ -545,11 +553,7 @@ fn kafka_read_ceiling(
     librdkafka: std::collections::BTreeMap<String, String>,
 ) -> Result<ReadCeilingReport, String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let config = crate::kafka::KafkaConfig {
-        bootstrap_servers: bootstrap,
-        librdkafka,
-        ..crate::kafka::KafkaConfig::default()
-    };
+    let config = ceiling_config(bootstrap, librdkafka);
     let mut c = config.client_config().map_err(|e| e.to_string())?;
     c.set(
         "group.id",

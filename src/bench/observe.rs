@@ -118,24 +118,21 @@ impl Observer {
                             }
                             *last = seq;
                         }
-                        let latency = m
-                            .payload()
-                            .and_then(sent_at)
-                            .map(|t| now_us().saturating_sub(t).min(u64::from(u32::MAX)) as u32);
                         let backfilled = header(&m, headers::ORIGIN) == Some("backfill");
                         if backfilled {
                             p.backfilled += 1;
                         }
-                        let sent = m.payload().and_then(sent_at);
-                        if let Some(l) = latency {
+                        let as_us = |us: u64| us.min(u64::from(u32::MAX)) as u32;
+                        if let Some(sent) = m.payload().and_then(sent_at) {
+                            let latency = as_us(now_us().saturating_sub(sent));
                             if backfilled {
-                                p.healed_latency_us.push(l);
+                                p.healed_latency_us.push(latency);
                             } else {
-                                p.live_latency_us.push(l);
-                                if let (Some(t), Some(created)) = (sent, m.timestamp().to_millis())
-                                {
-                                    let us = (created.max(0) as u64 * 1000).saturating_sub(t);
-                                    p.live_to_output_us.push(us.min(u64::from(u32::MAX)) as u32);
+                                p.live_latency_us.push(latency);
+                                if let Some(created) = m.timestamp().to_millis() {
+                                    let created_us = created.max(0) as u64 * 1000;
+                                    p.live_to_output_us
+                                        .push(as_us(created_us.saturating_sub(sent)));
                                 }
                             }
                         }
