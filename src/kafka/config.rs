@@ -166,23 +166,36 @@ impl Default for TopicsConfig {
     }
 }
 
-/// librdkafka properties callbridge sets itself; passing them through `librdkafka` is refused.
-const OWNED_PROPERTIES: &[&str] = &[
-    "bootstrap.servers",
-    "security.protocol",
-    "sasl.mechanism",
-    "sasl.mechanisms",
-    "sasl.username",
-    "sasl.password",
-    "ssl.ca.location",
-    "ssl.certificate.location",
-    "ssl.key.location",
-    "ssl.key.password",
-    "enable.idempotence",
-    "acks",
-    "group.id",
-    "enable.auto.commit",
+/// librdkafka properties callbridge sets itself, each with what to do instead; passing them
+/// through `librdkafka` is refused.
+const OWNED_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", TYPED),
+    ("security.protocol", TYPED),
+    ("sasl.mechanism", TYPED),
+    ("sasl.mechanisms", TYPED),
+    ("sasl.username", TYPED),
+    ("sasl.password", TYPED),
+    ("ssl.ca.location", TYPED),
+    ("ssl.certificate.location", TYPED),
+    ("ssl.key.location", TYPED),
+    ("ssl.key.password", TYPED),
+    ("enable.idempotence", TYPED),
+    ("acks", TYPED),
+    ("group.id", TYPED),
+    ("enable.auto.commit", TYPED),
+    (
+        "message.timeout.ms",
+        "remove it and set kafka.ack_timeout: the raw topic's producer gives a record up after \
+         kafka.ack_timeout (when its webhook is answered 503), the ordered topic's never does",
+    ),
+    (
+        "partitioner",
+        "remove it: every producer uses the Java client's partitioner (murmur2_random), so a \
+         conversation lands on the same partition of every co-partitioned topic",
+    ),
 ];
+
+const TYPED: &str = "remove it: callbridge sets this property from its typed kafka.* settings";
 
 impl KafkaConfig {
     /// Checks the settings, naming each bad key, its value and what would be valid.
@@ -228,14 +241,15 @@ impl KafkaConfig {
             }
         }
         for key in self.librdkafka.keys() {
-            if OWNED_PROPERTIES.contains(&key.as_str()) {
+            if let Some((_, fix)) = OWNED_PROPERTIES.iter().find(|(owned, _)| owned == key) {
                 report.push(Invalid::new(
                     &format!("kafka.librdkafka.\"{key}\""),
                     key,
-                    "remove it: callbridge sets this property from its typed kafka.* settings",
+                    fix,
                 ));
             }
         }
+        self.validate_ack_timeout(report);
         let topics = &self.topics;
         for (key, name) in [
             ("kafka.topics.raw", &topics.raw),
@@ -281,6 +295,43 @@ impl KafkaConfig {
                 &topics.replication_factor.to_string(),
                 "an integer >= 1, or -1 for the broker's default",
             ));
+        }
+    }
+
+    /// `ack_timeout` becomes the raw producer's `message.timeout.ms`, which librdkafka wants above
+    /// zero (zero means "never"), within an `i32` of milliseconds, and above `linger.ms`.
+    fn validate_ack_timeout(&self, report: &mut InvalidReport) {
+        let value = humantime::format_duration(self.ack_timeout).to_string();
+        let ms = self.ack_timeout.as_millis();
+        if ms == 0 {
+            report.push(Invalid::new(
+                "kafka.ack_timeout",
+                &value,
+                "a duration of at least 1ms, e.g. \"5s\"",
+            ));
+        } else if ms > i32::MAX as u128 {
+            report.push(Invalid::new(
+                "kafka.ack_timeout",
+                &value,
+                "at most 24 days (librdkafka's message.timeout.ms is an i32 of milliseconds); a \
+                 webhook is better answered within seconds",
+            ));
+        }
+        let linger = self
+            .librdkafka
+            .get("linger.ms")
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if let Some(linger) = linger {
+            if ms > 0 && linger >= ms as f64 {
+                report.push(Invalid::new(
+                    "kafka.ack_timeout",
+                    &value,
+                    &format!(
+                        "longer than kafka.librdkafka.\"linger.ms\" ({linger} ms): a record given up \
+                         before its batch may leave could never be written"
+                    ),
+                ));
+            }
         }
     }
 
@@ -377,6 +428,47 @@ mod tests {
         let p = problems(&c);
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].contains("enable.idempotence"));
+    }
+
+    #[test]
+    fn message_timeout_and_partitioner_are_owned_with_their_own_fix() {
+        let mut c = KafkaConfig::default();
+        c.librdkafka.insert("message.timeout.ms".into(), "0".into());
+        c.librdkafka
+            .insert("partitioner".into(), "consistent".into());
+        let p = problems(&c);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p
+            .iter()
+            .any(|p| p.contains("message.timeout.ms") && p.contains("kafka.ack_timeout")));
+        assert!(p
+            .iter()
+            .any(|p| p.contains("partitioner") && p.contains("murmur2_random")));
+    }
+
+    #[test]
+    fn ack_timeout_must_be_finite_and_above_the_linger() {
+        let mut c = KafkaConfig {
+            ack_timeout: Duration::ZERO,
+            ..KafkaConfig::default()
+        };
+        let p = problems(&c);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("kafka.ack_timeout") && p[0].contains("at least 1ms"));
+
+        c.ack_timeout = Duration::from_millis(50);
+        c.librdkafka.insert("linger.ms".into(), "50".into());
+        let p = problems(&c);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("kafka.ack_timeout") && p[0].contains("linger.ms"));
+
+        c.librdkafka.insert("linger.ms".into(), "49.5".into());
+        assert!(problems(&c).is_empty());
+
+        c.ack_timeout = Duration::from_secs(30 * 24 * 3600);
+        let p = problems(&c);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("at most 24 days"));
     }
 
     #[test]

@@ -1,17 +1,26 @@
 //! The producer settings of callbridge's writers.
 //!
-//! Every writer uses `acks=all`; an infinite `message.timeout.ms`, which removes the
-//! timeout-induced gaps of librdkafka #2163/#704 (a record that cannot be written is never
-//! silently skipped; callers bound the wait themselves); and the Java client's partitioner, which
-//! keeps callbridge's key → partition mapping identical to other producers. Only the ordered
-//! topic's writer is idempotent: see [`raw_producer`] for why the raw topic's is not.
+//! Every writer uses `acks=all` and the Java client's partitioner, which keeps callbridge's key →
+//! partition mapping identical to other producers. The ordered topic's writer never times a
+//! record out (an infinite `message.timeout.ms` removes the timeout-induced gaps of librdkafka
+//! #2163/#704: a record that cannot be written is never silently skipped); the raw topic's gives
+//! a record up after `kafka.ack_timeout`, when its webhook has been answered 503. Only the
+//! ordered topic's writer is idempotent: see [`raw_producer`] for why the raw topic's is not.
 
 use super::config::KafkaConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 
-/// The producer of the raw (and dead-letter) topics: `acks=all`, no timeout, the Java
-/// partitioner, **not** idempotent.
+/// The producer of the raw (and dead-letter) topics: `acks=all`, the Java partitioner, a record
+/// given up after `kafka.ack_timeout`, **not** idempotent.
+///
+/// The timeout makes a 503 mean what it says. Once ingest has answered 503 (or given a WebSocket
+/// frame up), GoTo retries and back-fill recovers the state; a record librdkafka kept queued
+/// would instead be written whenever Kafka came back. With no timeout, a 60 s outage queued every
+/// attempt of every notification (three per state after GoTo's two retries) in the bridge's
+/// memory, bounded only by librdkafka's 1 GB default, and wrote them all as duplicates
+/// afterwards (tests/raw_writer.rs). A record that times out while in flight may still be
+/// written by the broker: that is one more duplicate for the sequencer to drop, never a loss.
 ///
 /// Idempotence would keep raw in order and free of duplicates across librdkafka's retries, and
 /// the raw topic needs neither: its only reader is the sequencer, whose job is to drop
@@ -25,6 +34,7 @@ use rdkafka::producer::FutureProducer;
 /// sequencer handles like GoTo's own duplicates and reordering.
 pub fn raw_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
     let mut c = base_settings(config)?;
+    c.set(MESSAGE_TIMEOUT, message_timeout_ms(config.ack_timeout));
     if !config.librdkafka.contains_key(MAX_IN_FLIGHT) {
         c.set(MAX_IN_FLIGHT, DEFAULT_RAW_MAX_IN_FLIGHT);
     }
@@ -32,6 +42,16 @@ pub fn raw_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> 
 }
 
 const MAX_IN_FLIGHT: &str = "max.in.flight.requests.per.connection";
+const MESSAGE_TIMEOUT: &str = "message.timeout.ms";
+
+/// `kafka.ack_timeout` as librdkafka's `message.timeout.ms`, where 0 would mean "never": a zero
+/// timeout is refused by validation, and this floor keeps an unvalidated one finite too.
+fn message_timeout_ms(ack_timeout: std::time::Duration) -> String {
+    ack_timeout
+        .as_millis()
+        .clamp(1, i32::MAX as u128)
+        .to_string()
+}
 
 /// `max.in.flight.requests.per.connection` of [`raw_producer`] unless `kafka.librdkafka` sets it.
 /// One request at a time lets records pile up into the next batch while the broker answers; with
@@ -65,7 +85,7 @@ fn base_settings(config: &KafkaConfig) -> Result<rdkafka::ClientConfig, KafkaErr
         .client_config()
         .map_err(|e| KafkaError::ClientCreation(format!("kafka.sasl.password_file: {e}")))?;
     c.set("acks", "all")
-        .set("message.timeout.ms", "0")
+        .set(MESSAGE_TIMEOUT, "0")
         .set("partitioner", "murmur2_random");
     if !config.librdkafka.contains_key("linger.ms") {
         c.set("linger.ms", DEFAULT_LINGER_MS);
