@@ -1,8 +1,10 @@
 //! Kafka unreachable for 60 seconds under load (webhook mode, a real `callbridge run` process,
 //! tansu with `sqlite://` storage killed and started again): while it is gone every webhook is
-//! answered 503, GoTo's two retries fail too and the states are lost to the channel; once Kafka is
-//! back the sequencer finds the holes and back-fills them. Nothing may be missing, doubled or
-//! out of order, and no call may be lost.
+//! answered 503. The raw producer keeps the first records queued (written once Kafka is back);
+//! its queue is cut to 200 records here so that it fills, after which writes are refused at once,
+//! GoTo's two retries fail too and those states are lost to the channel. Once Kafka is back the
+//! sequencer finds the holes and back-fills them. Nothing may be missing, doubled or out of
+//! order, and no call may be lost.
 mod support;
 
 use callbridge::demo::metric_value;
@@ -39,7 +41,8 @@ async fn sixty_seconds_without_kafka_loses_nothing() {
         transport: "webhook",
         partitions: 3,
         webhook_secret: webhook_secret(),
-        extra_toml: String::new(),
+        // Small enough for the outage to fill (it sees 600+ attempts), large for the traffic.
+        extra_toml: "[kafka.librdkafka]\n\"queue.buffering.max.messages\" = \"200\"\n".into(),
     };
     let mut replica = Replica::new(&dir.0, "outage-replica", &d);
     replica.start();
@@ -75,6 +78,11 @@ async fn sixty_seconds_without_kafka_loses_nothing() {
         .text()
         .await
         .unwrap();
+    let queue_full = replica
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("webhook answered 503") && l.contains("queue is full"))
+        .count();
     let truth = control.ground_truth();
     let v = verify(&truth, &d.read_ordered().await);
     let answered_503 = metric_value(
@@ -82,7 +90,7 @@ async fn sixty_seconds_without_kafka_loses_nothing() {
         "callbridge_webhook_responses_total{status=\"503\"}",
     );
     println!(
-        "during the outage GoTo gave up on {} notifications ({} attempts failed); the bridge answered 503 {answered_503} times\n{v}",
+        "during the outage GoTo gave up on {} notifications ({} attempts failed); the bridge answered 503 {answered_503} times, {queue_full} of them with its queue full\n{v}",
         during.dropped - before.dropped,
         during.failed - before.failed,
     );
@@ -92,6 +100,10 @@ async fn sixty_seconds_without_kafka_loses_nothing() {
     assert!(
         answered_503 > 0.0,
         "no webhook was answered 503 while Kafka was down"
+    );
+    assert!(
+        queue_full > 0,
+        "the raw producer's queue never filled: every state may have been bridged from memory"
     );
     assert!(
         during.dropped > before.dropped,

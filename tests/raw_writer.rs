@@ -1,8 +1,8 @@
 //! The raw topic's acknowledgement boundary against a real broker (tansu with `sqlite://`
-//! storage, stopped and started again): a write that was refused because Kafka was gone is given
-//! up by librdkafka too, so it never turns up in raw once Kafka is back. A 503 then means what it
-//! says, and an outage does not pile every attempt of every notification up in the bridge's
-//! memory to be written as duplicates afterwards.
+//! storage, stopped and started again). A write that timed out while Kafka was gone (its webhook
+//! answered 503) stays queued and is written, in order, once Kafka is back: an outage shorter
+//! than the queue costs no back-fill. A full queue refuses at once, so the webhook is answered
+//! 503 without waiting and what GoTo then gives up on is left to back-fill.
 mod support;
 
 use callbridge::ingest::{RawWriter, Transport, WriteError};
@@ -13,14 +13,14 @@ use support::tansu::{Tansu, TempDir};
 fn state(n: u64) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "source": "call-events", "type": "call-state",
-        "content": {"metadata": {"conversationSpaceId": "c-refused"},
+        "content": {"metadata": {"conversationSpaceId": "c-outage"},
                     "state": {"id": format!("s-{n}"), "sequenceNumber": n, "type": "ACTIVE"}}
     }))
     .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_write_is_not_written_once_kafka_is_back() {
+async fn a_write_refused_while_kafka_is_down_is_written_once_it_is_back() {
     let data = TempDir::new("raw-writer-outage");
     let mut broker = Tansu::start_with_storage(Some(&data.0));
     let mut kafka = broker.kafka(2);
@@ -29,37 +29,26 @@ async fn a_refused_write_is_not_written_once_kafka_is_back() {
     let writer = RawWriter::new(&kafka).expect("producer");
 
     writer
-        .write("c-refused", &state(1), Transport::Webhook)
+        .write("c-outage", &state(1), Transport::Webhook)
         .await
         .expect("written while Kafka is up");
 
     broker.stop();
     let refused = writer
-        .write("c-refused", &state(2), Transport::Webhook)
+        .write("c-outage", &state(2), Transport::Webhook)
         .await;
     assert!(
         matches!(refused, Err(WriteError::AckTimeout(_))),
         "{refused:?}"
     );
-    // librdkafka gives the record up by itself (its timeout scan runs about once a second).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while writer.in_flight() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "librdkafka still holds {} record(s) after the ack timeout: they would be written \
-             once Kafka is back",
-            writer.in_flight()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eq!(writer.in_flight(), 1, "the refused record is still queued");
 
     broker.restart();
-    // The next state of the same conversation: same partition, so had state 2 still been
-    // queued it would be written before this one is acknowledged.
+    // The next state of the same conversation: same partition, so state 2 is written first.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match writer
-            .write("c-refused", &state(3), Transport::Webhook)
+            .write("c-outage", &state(3), Transport::Webhook)
             .await
         {
             Ok(()) => break,
@@ -81,9 +70,31 @@ async fn a_refused_write_is_not_written_once_kafka_is_back() {
             v["content"]["state"]["sequenceNumber"].as_u64().unwrap()
         })
         .collect();
-    assert!(seqs.contains(&1) && seqs.contains(&3), "{seqs:?}");
+    let first = |n: u64| seqs.iter().position(|&s| s == n);
+    assert_eq!(first(1), Some(0), "{seqs:?}");
     assert!(
-        !seqs.contains(&2),
-        "the refused state was written after all: {seqs:?}"
+        matches!((first(2), first(3)), (Some(two), Some(three)) if two < three),
+        "the refused state is not in raw before its successor: {seqs:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_at_once() {
+    let mut broker = Tansu::start();
+    let mut kafka = broker.kafka(2);
+    kafka.ack_timeout = Duration::from_millis(300);
+    kafka
+        .librdkafka
+        .insert("queue.buffering.max.messages".into(), "2".into());
+    ensure_topics(&kafka).await.expect("topics");
+    let writer = RawWriter::new(&kafka).expect("producer");
+    broker.stop();
+    for n in 1..=2 {
+        let r = writer.write("c-full", &state(n), Transport::Webhook).await;
+        assert!(matches!(r, Err(WriteError::AckTimeout(_))), "{r:?}");
+    }
+    assert_eq!(writer.in_flight(), 2);
+    let r = writer.write("c-full", &state(3), Transport::Webhook).await;
+    assert!(matches!(r, Err(WriteError::QueueFull)), "{r:?}");
+    assert_eq!(writer.in_flight(), 2, "the refused record was not queued");
 }

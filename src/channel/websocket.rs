@@ -11,7 +11,7 @@ use super::keeper::{ChannelError, ChannelKeeper};
 use super::ChannelState;
 use crate::config::bridge::ChannelSettings;
 use crate::goto::Channel;
-use crate::ingest::{Accepted, Ingest, Transport};
+use crate::ingest::{Accepted, Ingest, Transport, WriteError};
 use crate::notification::ControlMessage;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
@@ -237,6 +237,7 @@ async fn session(
                         match ingest.accept(&body, Transport::WebSocket).await {
                             Ok(Accepted::Control(c)) => { let _ = control_tx.send(c); }
                             Ok(_) => {}
+                            Err(e @ WriteError::AckTimeout(_)) => tracing::warn!(error = %e, "a WebSocket notification is not acknowledged yet; it stays queued and is written once Kafka is back"),
                             Err(e) => tracing::warn!(error = %e, "a WebSocket notification could not be written to Kafka; back-fill will recover it"),
                         }
                     });

@@ -3,9 +3,7 @@
 //! This is the acknowledgement boundary of the whole product: a webhook is answered 2xx only after
 //! [`RawWriter::write`] returned `Ok`, i.e. after the broker acknowledged the record with
 //! `acks=all`. When librdkafka's queue is full or the ack does not come within the bound, the
-//! caller gets an error at once (and answers 503) instead of buffering without limit, and
-//! librdkafka gives the record up at the same bound (see [`raw_producer`]): a 503 is never
-//! followed by the record turning up in raw once Kafka is back.
+//! caller gets an error at once (and answers 503) instead of buffering without limit.
 
 use crate::kafka::{raw_producer, KafkaConfig};
 use rdkafka::error::KafkaError;
@@ -43,8 +41,7 @@ pub enum WriteError {
     /// librdkafka's queue is full: Kafka is slower than ingest right now.
     #[error("kafka producer queue is full")]
     QueueFull,
-    /// No acknowledgement within `kafka.ack_timeout` (ours or librdkafka's timer, whichever
-    /// fired first: both are set to it).
+    /// No acknowledgement within `kafka.ack_timeout`.
     #[error("kafka did not acknowledge within {0:?}")]
     AckTimeout(Duration),
     /// The broker refused the record or the producer failed.
@@ -172,12 +169,7 @@ impl RawWriter {
             Ok(Err(_canceled)) => Err(WriteError::Kafka(KafkaError::Canceled)),
             Ok(Ok(Err((e, _)))) => {
                 crate::kafka::producer::count_delivery_error(&e);
-                match e {
-                    KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut) => {
-                        Err(WriteError::AckTimeout(self.ack_timeout))
-                    }
-                    e => Err(WriteError::Kafka(e)),
-                }
+                Err(WriteError::Kafka(e))
             }
             Ok(Ok(Ok(_))) => Ok(()),
         }

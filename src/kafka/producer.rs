@@ -1,26 +1,25 @@
 //! The producer settings of callbridge's writers.
 //!
-//! Every writer uses `acks=all` and the Java client's partitioner, which keeps callbridge's key →
-//! partition mapping identical to other producers. The ordered topic's writer never times a
-//! record out (an infinite `message.timeout.ms` removes the timeout-induced gaps of librdkafka
-//! #2163/#704: a record that cannot be written is never silently skipped); the raw topic's gives
-//! a record up after `kafka.ack_timeout`, when its webhook has been answered 503. Only the
-//! ordered topic's writer is idempotent: see [`raw_producer`] for why the raw topic's is not.
+//! Every writer uses `acks=all`; an infinite `message.timeout.ms`, which removes the
+//! timeout-induced gaps of librdkafka #2163/#704 (a record that cannot be written is never
+//! silently skipped; callers bound the wait themselves); and the Java client's partitioner, which
+//! keeps callbridge's key → partition mapping identical to other producers. Only the ordered
+//! topic's writer is idempotent: see [`raw_producer`] for why the raw topic's is not.
 
 use super::config::KafkaConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 
-/// The producer of the raw (and dead-letter) topics: `acks=all`, the Java partitioner, a record
-/// given up after `kafka.ack_timeout`, **not** idempotent.
+/// The producer of the raw (and dead-letter) topics: `acks=all`, no timeout, the Java
+/// partitioner, a bounded queue, **not** idempotent.
 ///
-/// The timeout makes a 503 mean what it says. Once ingest has answered 503 (or given a WebSocket
-/// frame up), GoTo retries and back-fill recovers the state; a record librdkafka kept queued
-/// would instead be written whenever Kafka came back. With no timeout, a 60 s outage queued every
-/// attempt of every notification (three per state after GoTo's two retries) in the bridge's
-/// memory, bounded only by librdkafka's 1 GB default, and wrote them all as duplicates
-/// afterwards (tests/raw_writer.rs). A record that times out while in flight may still be
-/// written by the broker: that is one more duplicate for the sequencer to drop, never a loss.
+/// No timeout also means a record whose webhook was answered 503 (its acknowledgement took longer
+/// than `kafka.ack_timeout`) stays queued and is written once Kafka is back: a Kafka outage
+/// shorter than the queue is bridged from memory instead of by back-fill, whose REST requests GoTo
+/// limits to 10 a second. GoTo's retries of that webhook add copies the sequencer drops as
+/// duplicates. The queue is bounded in bytes ([`DEFAULT_RAW_QUEUE_KBYTES`]) and in records
+/// (librdkafka's 100,000); once full, a write fails at once (`QueueFull`, 503) and what GoTo
+/// then gives up on is back-filled (tests/raw_writer.rs, tests/e2e_kafka_outage.rs).
 ///
 /// Idempotence would keep raw in order and free of duplicates across librdkafka's retries, and
 /// the raw topic needs neither: its only reader is the sequencer, whose job is to drop
@@ -33,25 +32,29 @@ use rdkafka::producer::FutureProducer;
 /// topic may now hold, a record twice or two records swapped after a retried request, the
 /// sequencer handles like GoTo's own duplicates and reordering.
 pub fn raw_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    raw_settings(config)?.create()
+}
+
+fn raw_settings(config: &KafkaConfig) -> Result<rdkafka::ClientConfig, KafkaError> {
     let mut c = base_settings(config)?;
-    c.set(MESSAGE_TIMEOUT, message_timeout_ms(config.ack_timeout));
     if !config.librdkafka.contains_key(MAX_IN_FLIGHT) {
         c.set(MAX_IN_FLIGHT, DEFAULT_RAW_MAX_IN_FLIGHT);
     }
-    c.create()
+    if !config.librdkafka.contains_key(QUEUE_KBYTES) {
+        c.set(QUEUE_KBYTES, DEFAULT_RAW_QUEUE_KBYTES);
+    }
+    Ok(c)
 }
+
+const QUEUE_KBYTES: &str = "queue.buffering.max.kbytes";
+
+/// `queue.buffering.max.kbytes` of [`raw_producer`] unless `kafka.librdkafka` sets it: 128 MiB.
+/// librdkafka's default (1 GiB) is twice the Helm chart's memory limit, so an outage long enough
+/// to fill it would have the pod killed and the queue lost, instead of refusing writes (503)
+/// while the memory is still there. When running, the queue holds milliseconds of traffic.
+pub const DEFAULT_RAW_QUEUE_KBYTES: &str = "131072";
 
 const MAX_IN_FLIGHT: &str = "max.in.flight.requests.per.connection";
-const MESSAGE_TIMEOUT: &str = "message.timeout.ms";
-
-/// `kafka.ack_timeout` as librdkafka's `message.timeout.ms`, where 0 would mean "never": a zero
-/// timeout is refused by validation, and this floor keeps an unvalidated one finite too.
-fn message_timeout_ms(ack_timeout: std::time::Duration) -> String {
-    ack_timeout
-        .as_millis()
-        .clamp(1, i32::MAX as u128)
-        .to_string()
-}
 
 /// `max.in.flight.requests.per.connection` of [`raw_producer`] unless `kafka.librdkafka` sets it.
 /// One request at a time lets records pile up into the next batch while the broker answers; with
@@ -85,7 +88,7 @@ fn base_settings(config: &KafkaConfig) -> Result<rdkafka::ClientConfig, KafkaErr
         .client_config()
         .map_err(|e| KafkaError::ClientCreation(format!("kafka.sasl.password_file: {e}")))?;
     c.set("acks", "all")
-        .set(MESSAGE_TIMEOUT, "0")
+        .set("message.timeout.ms", "0")
         .set("partitioner", "murmur2_random");
     if !config.librdkafka.contains_key("linger.ms") {
         c.set("linger.ms", DEFAULT_LINGER_MS);
@@ -99,4 +102,23 @@ pub fn count_delivery_error(e: &KafkaError) {
         .rdkafka_error_code()
         .map_or_else(|| "unknown".to_string(), |c| format!("{c:?}"));
     metrics::counter!("callbridge_kafka_delivery_errors_total", "code" => code).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_queue_is_bounded_below_the_pod_limit_unless_overridden() {
+        let config = KafkaConfig::default();
+        let c = raw_settings(&config).unwrap();
+        assert_eq!(c.get(QUEUE_KBYTES), Some(DEFAULT_RAW_QUEUE_KBYTES));
+        assert_eq!(c.get("message.timeout.ms"), Some("0"));
+        let mut config = KafkaConfig::default();
+        config.librdkafka.insert(QUEUE_KBYTES.into(), "4096".into());
+        assert_eq!(
+            raw_settings(&config).unwrap().get(QUEUE_KBYTES),
+            Some("4096")
+        );
+    }
 }
