@@ -9,6 +9,7 @@ use std::hint::black_box;
 use callbridge::notification::{
     canonical_json, inspect_state, parse, state_fingerprint, Notification,
 };
+use callbridge::publish::record::{state_record, RecordOrigin};
 use callbridge::simulator::traffic::{generate_call, GeneratedCall, TrafficConfig};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::value::{to_raw_value, RawValue};
@@ -178,6 +179,38 @@ fn bench_parse(c: &mut Criterion) {
             BenchmarkId::from_parameter(s.label),
             &*s.state,
             |b, state| b.iter(|| inspect_state(black_box(state)).expect("state").fingerprint),
+        );
+    }
+    group.finish();
+
+    // The ordered record the sequencer builds around each state (value and CloudEvents headers;
+    // the producer's copy is not included).
+    let mut group = c.benchmark_group("state_record");
+    let metadata = to_raw_value(
+        &json!({"conversationSpaceId": "0b4dc2a1-5e6f-4a3b-9c8d-7e6f5a4b3c2d",
+        "callCreated": "2026-01-01T00:00:00.000Z", "accountKey": "1234567890"}),
+    )
+    .expect("serialisable");
+    for s in &picked {
+        group.throughput(Throughput::Bytes(s.state.get().len() as u64));
+        group.bench_with_input(
+            BenchmarkId::from_parameter(s.label),
+            &*s.state,
+            |b, state| {
+                b.iter(|| {
+                    state_record(
+                        black_box("0b4dc2a1-5e6f-4a3b-9c8d-7e6f5a4b3c2d"),
+                        black_box(7),
+                        RecordOrigin::Webhook,
+                        &metadata,
+                        state,
+                        Some("2026-01-01T00:00:07.000Z"),
+                        3,
+                    )
+                    .value
+                    .len()
+                })
+            },
         );
     }
     group.finish();
