@@ -99,8 +99,10 @@ groups:
         annotations:
           summary: callbridge answers GoTo's webhooks with 503
           description: >-
-            Kafka did not acknowledge notifications within kafka.ack_timeout. GoTo retries a 5xx only
-            twice, so lasting 503s lose notifications that back-fill must repair.
+            Kafka did not acknowledge notifications within kafka.ack_timeout. The bridge keeps them
+            queued (callbridge_kafka_producer_queue_depth) until its queue is full (128 MiB); after
+            that GoTo's two retries fail at once and the notifications are lost to the channel, for
+            back-fill to repair.
       - alert: CallbridgeRawConsumerLagGrowing
         expr: sum by (namespace) (callbridge_raw_consumer_lag) > {{ $r.rawConsumerLag }} and sum by (namespace) (delta(callbridge_raw_consumer_lag[10m])) > 0
         for: 10m
