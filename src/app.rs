@@ -10,7 +10,7 @@
 use crate::channel::duty::ChannelDuty;
 use crate::channel::election::{ChannelElection, Role};
 use crate::channel::{self, ChannelState};
-use crate::config::bridge::ChannelKind;
+use crate::config::bridge::{ChannelKind, WebhookAnswer};
 use crate::config::BridgeConfig;
 use crate::goto::{Credential, GotoClient, GotoClientConfig, GotoError, WebSocketTypeSpelling};
 use crate::ingest::{webhook, Ingest, RawWriter};
@@ -112,7 +112,10 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
     let layout = ensure_topics(&config.kafka).await?;
     tracing::info!(partitions = layout.partitions, "kafka topics ready");
     let client = goto_client(&config)?;
-    let ingest = Ingest::new(RawWriter::new(&config.kafka)?);
+    let mut ingest = Ingest::new(RawWriter::new(&config.kafka)?);
+    if config.webhook.answer == WebhookAnswer::OnReceipt {
+        ingest = ingest.answering_on_receipt(config.webhook.on_receipt_limit);
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let (channel_tx, channel_rx) = watch::channel(ChannelState::Starting);
     let mut tasks = Vec::new();
@@ -287,6 +290,8 @@ async fn watch_kafka(ingest: Ingest, readiness: Readiness, mut stop: watch::Rece
         }
         let writer = ingest.writer().clone();
         metrics::gauge!("callbridge_kafka_producer_queue_depth").set(f64::from(writer.in_flight()));
+        metrics::gauge!("callbridge_webhook_answered_unacknowledged")
+            .set(ingest.answered_unacknowledged() as f64);
         let ok =
             tokio::task::spawn_blocking(move || writer.kafka_reachable(Duration::from_secs(2)))
                 .await

@@ -66,6 +66,10 @@ fn wrong_types_and_unknown_keys_name_key_value_and_fix() {
             &["channel.kind", "carrier-pigeon", "webhook, websocket"][..],
         ),
         (
+            "[webhook]\nanswer = \"eventually\"",
+            &["webhook.answer", "eventually", "after_kafka, on_receipt"][..],
+        ),
+        (
             "[sequencer]\ngap_timout = \"2s\"",
             &["sequencer.gap_timout", "unknown key", "gap_timeout"][..],
         ),
@@ -97,6 +101,8 @@ fn bad_values_are_all_reported_at_once() {
         [webhook]
         public_url = "not a url"
         secret = "short"
+        answer = "on_receipt"
+        on_receipt_limit = 0
         [kafka]
         bootstrap_servers = "broker-without-port"
         [kafka.topics]
@@ -111,6 +117,7 @@ fn bad_values_are_all_reported_at_once() {
         "goto.api_base_url: \"ftp://example.com\"",
         "webhook.public_url: \"not a url\"",
         "webhook.secret: \"<set, too short>\"",
+        "webhook.on_receipt_limit: \"0\"",
         "kafka.bootstrap_servers: \"broker-without-port\"",
         "kafka.topics.partitions: \"0\"",
     ] {

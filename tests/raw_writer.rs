@@ -98,3 +98,83 @@ async fn a_full_queue_refuses_at_once() {
     assert!(matches!(r, Err(WriteError::QueueFull)), "{r:?}");
     assert_eq!(writer.in_flight(), 2, "the refused record was not queued");
 }
+
+/// `webhook.answer = "on_receipt"`: with Kafka gone, webhook states are answered at once up to
+/// the limit (nothing is acknowledged, so nothing but the limit can be holding them back), the
+/// next one waits for Kafka like `after_kafka` and times out, and a WebSocket frame never skips
+/// the wait. Once Kafka is back every queued state is written and the places are released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answering_on_receipt_queues_up_to_its_limit_and_then_waits_for_kafka() {
+    use callbridge::ingest::{Accepted, Ingest};
+    let data = TempDir::new("raw-writer-on-receipt");
+    let mut broker = Tansu::start_with_storage(Some(&data.0));
+    let mut kafka = broker.kafka(2);
+    kafka.ack_timeout = Duration::from_millis(500);
+    ensure_topics(&kafka).await.expect("topics");
+    let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer")).answering_on_receipt(2);
+    let conversation = |n: u64| {
+        serde_json::to_vec(&serde_json::json!({
+            "source": "call-events", "type": "call-state",
+            "content": {"metadata": {"conversationSpaceId": format!("c-receipt-{n}")},
+                        "state": {"id": format!("s-{n}"), "sequenceNumber": 1, "type": "STARTING"}}
+        }))
+        .unwrap()
+    };
+
+    broker.stop();
+    for n in 1..=2 {
+        let r = ingest.accept(&conversation(n), Transport::Webhook).await;
+        assert!(matches!(r, Ok(Accepted::Queued)), "state {n}: {r:?}");
+    }
+    assert_eq!(ingest.answered_unacknowledged(), 2);
+    let r = ingest.accept(&conversation(3), Transport::Webhook).await;
+    assert!(
+        matches!(r, Err(WriteError::AckTimeout(_))),
+        "beyond the limit the answer waits for Kafka: {r:?}"
+    );
+    let r = ingest.accept(&conversation(4), Transport::WebSocket).await;
+    assert!(
+        matches!(r, Err(WriteError::AckTimeout(_))),
+        "a WebSocket frame is never answered on receipt: {r:?}"
+    );
+
+    broker.restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ingest.answered_unacknowledged() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the queued states were never acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = ingest.accept(&conversation(5), Transport::Webhook).await;
+    assert!(
+        matches!(r, Ok(Accepted::Queued)),
+        "places are released: {r:?}"
+    );
+    while ingest.answered_unacknowledged() > 0 {
+        assert!(Instant::now() < deadline, "state 5 never acknowledged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let raw_topic = kafka.topics.raw.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        read_topic(&kafka, &raw_topic, Duration::from_secs(60))
+    })
+    .await
+    .unwrap()
+    .expect("reading raw");
+    let mut ids: Vec<String> = records
+        .iter()
+        .map(|r| r.key.clone().unwrap_or_default())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids,
+        (1..=5)
+            .map(|n| format!("c-receipt-{n}"))
+            .collect::<Vec<_>>(),
+        "every state, answered on receipt or refused, reached raw"
+    );
+}

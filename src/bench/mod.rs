@@ -71,6 +71,11 @@ pub struct BenchArgs {
     /// generator, the ceilings and the measurements stay the same.
     #[arg(long)]
     pub bridge_bin: Option<PathBuf>,
+    /// The bridge's `webhook.answer`: `after_kafka` (its default: a POST is answered once Kafka
+    /// has the state) or `on_receipt` (answered once queued; a crash leaves to back-fill what
+    /// was answered and not yet written).
+    #[arg(long, default_value = "after_kafka", value_parser = ["after_kafka", "on_receipt"])]
+    pub webhook_answer: String,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/latest.json")]
     pub out: PathBuf,
@@ -148,6 +153,7 @@ async fn start_bridge(
     args: &BenchArgs,
 ) -> Result<Bridge, String> {
     let partitions = args.partitions;
+    let answer = &args.webhook_answer;
     let mut librdkafka = String::new();
     for (k, v) in librdkafka_properties(args)? {
         librdkafka.push_str(&format!("{k:?} = {v:?}\n"));
@@ -169,6 +175,7 @@ nickname = "callbridge-bench{suffix}"
 [webhook]
 listen = "127.0.0.1:{port}"
 public_url = "http://127.0.0.1:{port}/goto/webhook"
+answer = "{answer}"
 [admin]
 listen = "127.0.0.1:{admin}"
 [kafka]
@@ -614,6 +621,7 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
         cores,
         connections: args.connections,
         phase_secs: args.phase_secs,
+        webhook_answer: args.webhook_answer.clone(),
         ceilings: Ceilings {
             http_states_per_sec: http.delivered as f64 / (http.elapsed_ms.max(1) as f64 / 1000.0),
             http_latency: http.latency,

@@ -193,6 +193,28 @@ pub struct WebhookSettings {
     pub secret: Secret,
     /// File holding the path secret.
     pub secret_file: Option<PathBuf>,
+    /// When a POST of a call state is answered 200: once Kafka acknowledged it (`after_kafka`) or
+    /// once it is queued for Kafka (`on_receipt`, see [`WebhookAnswer`]).
+    pub answer: WebhookAnswer,
+    /// With `answer = "on_receipt"`: how many states answered on receipt may wait for Kafka at
+    /// once. Beyond it, answers wait for Kafka again. It bounds what a crash can lose to back-fill
+    /// (one GoTo request per lost state at most, 10 a second).
+    pub on_receipt_limit: usize,
+}
+
+/// When the webhook answers a POST of a call state.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookAnswer {
+    /// 200 only once Kafka has the state (`acks=all`): a crash loses nothing GoTo was told was
+    /// received.
+    AfterKafka,
+    /// 200 once the state is queued for Kafka, while fewer than `webhook.on_receipt_limit`
+    /// states answered this way wait for Kafka. GoTo's answer no longer waits for the broker;
+    /// a crash loses the states answered but not yet written, which the sequencer back-fills
+    /// from GoTo's API like any other missed state. Dead-lettered and other-source bodies are
+    /// still answered after Kafka (back-fill cannot bring them back).
+    OnReceipt,
 }
 
 impl Default for WebhookSettings {
@@ -203,6 +225,8 @@ impl Default for WebhookSettings {
             path_prefix: "/goto/webhook".into(),
             secret: Secret::default(),
             secret_file: None,
+            answer: WebhookAnswer::AfterKafka,
+            on_receipt_limit: 500,
         }
     }
 }
@@ -525,6 +549,13 @@ impl BridgeConfig {
                     "webhook.path_prefix",
                     &w.path_prefix,
                     "a path starting with '/', e.g. /goto/webhook",
+                ));
+            }
+            if w.answer == WebhookAnswer::OnReceipt && w.on_receipt_limit == 0 {
+                report.push(Invalid::new(
+                    "webhook.on_receipt_limit",
+                    "0",
+                    "a count above zero, e.g. 500 (or webhook.answer = \"after_kafka\")",
                 ));
             }
             if w.listen == self.admin.listen {

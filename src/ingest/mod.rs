@@ -9,7 +9,7 @@ pub mod raw_writer;
 pub mod route;
 pub mod webhook;
 
-pub use raw_writer::{RawWriter, Transport, WriteError};
+pub use raw_writer::{Delivery, RawWriter, Transport, WriteError};
 pub use route::{route, Disposition};
 
 use crate::notification::ControlMessage;
@@ -19,6 +19,9 @@ use crate::notification::ControlMessage;
 pub enum Accepted {
     /// In the raw topic, acknowledged.
     Raw,
+    /// Queued for the raw topic, not yet acknowledged: answered on receipt
+    /// (`webhook.answer = "on_receipt"`).
+    Queued,
     /// In the dead-letter topic, acknowledged, with this reason.
     DeadLettered(&'static str),
     /// Another source: written to the other-sources topic (`true`) or counted and dropped.
@@ -32,6 +35,37 @@ pub enum Accepted {
 pub struct Ingest {
     writer: RawWriter,
     outage: std::sync::Arc<std::sync::Mutex<UnwrittenWindow>>,
+    on_receipt: Option<std::sync::Arc<OnReceipt>>,
+}
+
+/// The states answered on receipt that Kafka has not acknowledged yet, and their bound.
+struct OnReceipt {
+    limit: usize,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl OnReceipt {
+    /// Takes one of the `limit` places, or `None` when all are taken.
+    fn reserve(self: &std::sync::Arc<Self>) -> Option<Reservation> {
+        use std::sync::atomic::Ordering;
+        self.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Reservation(self.clone()))
+    }
+}
+
+/// One place among the states answered on receipt; released when dropped.
+struct Reservation(std::sync::Arc<OnReceipt>);
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// When notifications could not be written (Kafka down): a call that started and ended in that
@@ -51,7 +85,27 @@ impl Ingest {
         Self {
             writer,
             outage: Default::default(),
+            on_receipt: None,
         }
+    }
+
+    /// Answers webhook POSTs of call states once they are queued, while fewer than `limit` of
+    /// them wait for Kafka (`webhook.answer = "on_receipt"`); beyond that, and for every other
+    /// body and transport, answers still wait for Kafka.
+    pub fn answering_on_receipt(mut self, limit: usize) -> Self {
+        self.on_receipt = Some(std::sync::Arc::new(OnReceipt {
+            limit,
+            waiting: Default::default(),
+        }));
+        self
+    }
+
+    /// States answered on receipt that Kafka has not acknowledged yet: what a crash now would
+    /// leave to back-fill.
+    pub fn answered_unacknowledged(&self) -> usize {
+        self.on_receipt
+            .as_ref()
+            .map_or(0, |o| o.waiting.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// Takes the windows in which notifications could not be written and that have ended since.
@@ -63,18 +117,7 @@ impl Ingest {
     }
 
     fn note_write(&self, ok: bool) {
-        let Ok(mut o) = self.outage.lock() else {
-            return;
-        };
-        let now = std::time::SystemTime::now();
-        match (ok, o.since) {
-            (false, None) => o.since = Some(now),
-            (true, Some(since)) => {
-                o.since = None;
-                o.ended.push((since, now));
-            }
-            _ => {}
-        }
+        note_write(&self.outage, ok);
     }
 
     /// The underlying writer (queue depth, flush on shutdown).
@@ -82,10 +125,14 @@ impl Ingest {
         &self.writer
     }
 
-    /// Routes `body` and writes it where it belongs; `Ok` only once Kafka acknowledged it.
+    /// Routes `body` and writes it where it belongs; `Ok` once Kafka acknowledged it, or
+    /// [`Accepted::Queued`] once queued when answering on receipt.
     pub async fn accept(&self, body: &[u8], transport: Transport) -> Result<Accepted, WriteError> {
         let result = self.accept_inner(body, transport).await;
-        self.note_write(result.is_ok());
+        // A queued state is not written yet: its waiter notes the outcome.
+        if !matches!(result, Ok(Accepted::Queued)) {
+            self.note_write(result.is_ok());
+        }
         result
     }
 
@@ -100,10 +147,35 @@ impl Ingest {
             Disposition::Raw {
                 conversation_space_id,
             } => {
-                self.writer
-                    .write(&conversation_space_id, body, transport)
-                    .await?;
-                Ok(Accepted::Raw)
+                let reservation = match (&self.on_receipt, transport) {
+                    (Some(on_receipt), Transport::Webhook) => on_receipt.reserve(),
+                    _ => None,
+                };
+                let Some(reservation) = reservation else {
+                    self.writer
+                        .write(&conversation_space_id, body, transport)
+                        .await?;
+                    return Ok(Accepted::Raw);
+                };
+                let delivery = self
+                    .writer
+                    .enqueue_raw(&conversation_space_id, body, transport)?;
+                let outage = self.outage.clone();
+                tokio::spawn(async move {
+                    let result = delivery.wait().await;
+                    drop(reservation);
+                    note_write(&outage, result.is_ok());
+                    if let Err(e) = result {
+                        // Only a permanent refusal ends here (the producer never times out):
+                        // the state was answered 200, so only back-fill can bring it back.
+                        metrics::counter!("callbridge_answered_unwritten_total").increment(1);
+                        tracing::error!(
+                            conversation = %conversation_space_id, error = %e,
+                            "kafka refused a state already answered on receipt; back-fill will recover it"
+                        );
+                    }
+                });
+                Ok(Accepted::Queued)
             }
             Disposition::DeadLetter {
                 key,
@@ -130,6 +202,21 @@ impl Ingest {
             }
             Disposition::Control(control) => Ok(Accepted::Control(control)),
         }
+    }
+}
+
+fn note_write(outage: &std::sync::Mutex<UnwrittenWindow>, ok: bool) {
+    let Ok(mut o) = outage.lock() else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    match (ok, o.since) {
+        (false, None) => o.since = Some(now),
+        (true, Some(since)) => {
+            o.since = None;
+            o.ended.push((since, now));
+        }
+        _ => {}
     }
 }
 

@@ -1,14 +1,16 @@
 //! Writes received notifications to the raw topic and says when Kafka has them.
 //!
-//! This is the acknowledgement boundary of the whole product: a webhook is answered 2xx only after
-//! [`RawWriter::write`] returned `Ok`, i.e. after the broker acknowledged the record with
-//! `acks=all`. When librdkafka's queue is full or the ack does not come within the bound, the
+//! This is the acknowledgement boundary of the whole product: by default a webhook is answered 2xx
+//! only after [`RawWriter::write`] returned `Ok`, i.e. after the broker acknowledged the record
+//! with `acks=all`. When librdkafka's queue is full or the ack does not come within the bound, the
 //! caller gets an error at once (and answers 503) instead of buffering without limit.
+//! [`RawWriter::enqueue_raw`] and [`Delivery`] split the write in two for ingest's
+//! answer-on-receipt mode, which answers between the halves (see `Ingest::answering_on_receipt`).
 
 use crate::kafka::{raw_producer, KafkaConfig};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -95,11 +97,34 @@ impl RawWriter {
         body: &[u8],
         transport: Transport,
     ) -> Result<(), WriteError> {
-        let headers = base_headers(transport);
-        self.send(&self.raw_topic, Some(conversation_space_id), body, headers)
-            .await?;
+        let delivery = self.enqueue_raw(conversation_space_id, body, transport)?;
+        self.confirm(delivery).await?;
         crate::failpoint::hit(crate::failpoint::INGEST_AFTER_RAW_ACK);
         Ok(())
+    }
+
+    /// Hands a routable notification to the producer without waiting for Kafka; the caller
+    /// awaits the returned [`Delivery`] ([`RawWriter::confirm`] bounds the wait).
+    pub fn enqueue_raw(
+        &self,
+        conversation_space_id: &str,
+        body: &[u8],
+        transport: Transport,
+    ) -> Result<Delivery, WriteError> {
+        self.enqueue(
+            &self.raw_topic,
+            Some(conversation_space_id),
+            body,
+            base_headers(transport),
+        )
+    }
+
+    /// Waits up to `kafka.ack_timeout` for Kafka to acknowledge an enqueued record.
+    pub async fn confirm(&self, delivery: Delivery) -> Result<(), WriteError> {
+        match tokio::time::timeout(self.ack_timeout, delivery.wait()).await {
+            Err(_) => Err(WriteError::AckTimeout(self.ack_timeout)),
+            Ok(result) => result,
+        }
     }
 
     /// Writes a notification of another source to `kafka.topics.other_sources`.
@@ -153,25 +178,27 @@ impl RawWriter {
         body: &[u8],
         headers: OwnedHeaders,
     ) -> Result<(), WriteError> {
+        let delivery = self.enqueue(topic, key, body, headers)?;
+        self.confirm(delivery).await
+    }
+
+    fn enqueue(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        body: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<Delivery, WriteError> {
         let mut record = FutureRecord::to(topic).payload(body).headers(headers);
         if let Some(k) = key {
             record = record.key(k);
         }
-        let delivery = match self.producer.send_result(record) {
-            Ok(d) => d,
+        match self.producer.send_result(record) {
+            Ok(d) => Ok(Delivery(d)),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                return Err(WriteError::QueueFull)
+                Err(WriteError::QueueFull)
             }
-            Err((e, _)) => return Err(WriteError::Kafka(e)),
-        };
-        match tokio::time::timeout(self.ack_timeout, delivery).await {
-            Err(_) => Err(WriteError::AckTimeout(self.ack_timeout)),
-            Ok(Err(_canceled)) => Err(WriteError::Kafka(KafkaError::Canceled)),
-            Ok(Ok(Err((e, _)))) => {
-                crate::kafka::producer::count_delivery_error(&e);
-                Err(WriteError::Kafka(e))
-            }
-            Ok(Ok(Ok(_))) => Ok(()),
+            Err((e, _)) => Err(WriteError::Kafka(e)),
         }
     }
 
@@ -195,6 +222,25 @@ impl RawWriter {
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         use rdkafka::producer::Producer;
         self.producer.flush(timeout)
+    }
+}
+
+/// A record in librdkafka's hands: resolves once Kafka acknowledged (or refused) it. Dropping it
+/// does not withdraw the record; it is still written, unobserved.
+pub struct Delivery(DeliveryFuture);
+
+impl Delivery {
+    /// Waits without bound (the raw producer never gives a record up, so this lasts as long as
+    /// Kafka is away).
+    pub async fn wait(self) -> Result<(), WriteError> {
+        match self.0.await {
+            Err(_canceled) => Err(WriteError::Kafka(KafkaError::Canceled)),
+            Ok(Err((e, _))) => {
+                crate::kafka::producer::count_delivery_error(&e);
+                Err(WriteError::Kafka(e))
+            }
+            Ok(Ok(_)) => Ok(()),
+        }
     }
 }
 

@@ -6,7 +6,9 @@
 //! which must get a 2xx before the channel exists. A POST is answered only after Kafka has the
 //! body: 200 when it is in the raw topic, 202 when it was dead-lettered (GoTo retrying a bad body
 //! cannot help), 413 above 1 MB, 503 when Kafka cannot take it in time (GoTo then retries twice
-//! and the sequencer back-fills whatever is still missing).
+//! and the sequencer back-fills whatever is still missing). With `webhook.answer = "on_receipt"`
+//! a call state is answered 200 `queued` once it is in the producer's queue, within a bound (see
+//! `Ingest::answering_on_receipt`).
 
 use super::{Accepted, Ingest, Transport, WriteError};
 use crate::secret::Secret;
@@ -80,6 +82,7 @@ async fn handle(
 async fn post(ingest: &Ingest, body: &[u8]) -> Response {
     match ingest.accept(body, Transport::Webhook).await {
         Ok(Accepted::Raw) => (StatusCode::OK, Json(json!({"status": "accepted"}))).into_response(),
+        Ok(Accepted::Queued) => (StatusCode::OK, Json(json!({"status": "queued"}))).into_response(),
         Ok(Accepted::DeadLettered("oversize")) => (
             StatusCode::PAYLOAD_TOO_LARGE,
             Json(json!({"status": "dead_lettered", "reason": "oversize"})),

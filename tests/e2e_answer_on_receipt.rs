@@ -1,0 +1,122 @@
+//! `webhook.answer = "on_receipt"` and a crash: the states the bridge answered 200 but Kafka never
+//! had die with the process, and GoTo, told they were received, never sends them again. The
+//! sequencer must find them missing and back-fill them. Kafka is stopped so that answered states
+//! pile up unacknowledged (up to `webhook.on_receipt_limit`), the bridge is killed with SIGKILL,
+//! then both come back: the ordered topic must still be perfect.
+mod support;
+
+use callbridge::demo::metric_value;
+use callbridge::simulator::{self, FaultsConfig, SimulatorConfig};
+use callbridge::verify::verify;
+use std::time::{Duration, Instant};
+use support::cluster::{
+    join_after_sessions_expired, wait_for_completion, webhook_secret, Deployment, Replica,
+};
+use support::tansu::{Tansu, TempDir};
+
+const LIMIT: u64 = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn states_answered_on_receipt_and_lost_in_a_crash_are_back_filled() {
+    let data = TempDir::new("on-receipt-kafka");
+    let mut broker = Tansu::start_with_storage(Some(&data.0));
+    // Calls start before Kafka goes and live on after the crash, so the lost states sit between
+    // states the bridge does get: gaps the sequencer finds and back-fills.
+    let mut sim_config = SimulatorConfig::default();
+    sim_config.scheduler.autostart = false;
+    sim_config.scheduler.calls = 30;
+    sim_config.scheduler.calls_per_second = 30.0;
+    sim_config.scheduler.max_concurrent_calls = 100;
+    sim_config.traffic.seed = 41;
+    sim_config.traffic.min_states = 12;
+    sim_config.traffic.max_states = 16;
+    sim_config.traffic.mean_state_interval = Duration::from_secs(2);
+    sim_config.faults = FaultsConfig::default();
+    let sim = simulator::start(sim_config).await.unwrap();
+    let control = sim.control();
+    let dir = TempDir::new("on-receipt");
+    let d = Deployment {
+        simulator_url: sim.base_url(),
+        bootstrap: broker.bootstrap(),
+        transport: "webhook",
+        partitions: 3,
+        webhook_secret: webhook_secret(),
+        extra_toml: String::new(),
+    };
+    let mut replica = Replica::new(&dir.0, "on-receipt-replica", &d);
+    replica.set_env("CALLBRIDGE_WEBHOOK__ANSWER", "on_receipt");
+    replica.set_env("CALLBRIDGE_WEBHOOK__ON_RECEIPT_LIMIT", &LIMIT.to_string());
+    replica.start();
+    assert!(replica.wait_ready(Duration::from_secs(60)).await);
+    control.start_traffic();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while control.traffic_status().calls_started < 30 {
+        assert!(Instant::now() < deadline, "traffic never got going");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    broker.stop();
+    let before = control.stats().deliveries.clone();
+    // Wait for the bridge to report every place taken: LIMIT states answered 200 that only its
+    // memory holds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", replica.admin_port);
+    loop {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric_value(&text, "callbridge_webhook_answered_unacknowledged") >= LIMIT as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bridge never held {LIMIT} states answered on receipt"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let answered = control.stats().deliveries.succeeded - before.succeeded;
+    replica.kill();
+    let killed_at = Instant::now();
+    println!(
+        "killed with Kafka down, after {answered} notifications were answered 200 without Kafka"
+    );
+    broker.restart();
+    replica.start();
+    assert!(replica.wait_ready(Duration::from_secs(60)).await);
+    // tansu keeps the killed member in the group until a join after its session expired.
+    join_after_sessions_expired(std::slice::from_mut(&mut replica), killed_at, 3).await;
+
+    assert!(control.wait_until_done(Duration::from_secs(180)).await.done);
+    let complete = wait_for_completion(
+        &d,
+        &control,
+        std::slice::from_ref(&replica),
+        Duration::from_secs(180),
+    )
+    .await;
+    let truth = control.ground_truth();
+    let v = verify(&truth, &d.read_ordered().await);
+    println!("{v}");
+    replica.terminate();
+    sim.shutdown().await;
+
+    assert!(
+        answered >= LIMIT,
+        "GoTo saw only {answered} notifications answered while Kafka was down"
+    );
+    assert!(complete, "not every call completed after the crash");
+    assert_eq!(v.never_announced_calls, 0, "a call was lost as a whole");
+    assert!(
+        v.states_backfilled >= LIMIT,
+        "{} states back-filled, fewer than the {LIMIT} lost in the crash",
+        v.states_backfilled
+    );
+    assert!(v.is_perfect(), "the ordered topic is not perfect:\n{v}");
+    assert_eq!(
+        v.gap_records, 0,
+        "a gap record where GoTo still had the states"
+    );
+}
