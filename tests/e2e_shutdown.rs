@@ -1,6 +1,7 @@
 //! SIGTERM while webhooks are coming in: every notification answered 200 is in Kafka, the
 //! process leaves cleanly, and not one line of its debug-level log holds a secret. The bridge
-//! runs as the real binary (`callbridge run`).
+//! runs as the real binary (`callbridge run`), answering after Kafka (the default) and on receipt
+//! (`webhook.answer = "on_receipt"`, where a graceful stop must still write every answered state).
 mod support;
 
 use callbridge::kafka::reader::read_topic;
@@ -23,6 +24,25 @@ fn free_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_under_load_loses_no_accepted_notification() {
+    let queued = sigterm_under_load("after_kafka", "").await;
+    assert_eq!(queued, 0, "answered on receipt without being asked to");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_answering_on_receipt_loses_no_accepted_notification() {
+    // A long linger keeps the answered states in the producer's queue when SIGTERM comes: only
+    // the graceful stop's flush can still write them.
+    let queued = sigterm_under_load(
+        "on_receipt",
+        "[kafka.librdkafka]\n\"linger.ms\" = \"3000\"\n",
+    )
+    .await;
+    assert!(queued > 0, "no state was answered on receipt");
+}
+
+/// Runs the scenario with `webhook.answer = answer` and `extra` TOML; returns how many answers
+/// said `queued`.
+async fn sigterm_under_load(answer: &str, extra: &str) -> usize {
     let broker = Tansu::start();
     let mut sim_config = SimulatorConfig::default();
     sim_config.scheduler.autostart = false;
@@ -43,6 +63,7 @@ account_keys = ["1000000000000000001"]
 [webhook]
 listen = "127.0.0.1:{webhook_port}"
 public_url = "http://127.0.0.1:{webhook_port}/goto/webhook"
+answer = "{answer}"
 [admin]
 listen = "127.0.0.1:{admin_port}"
 [kafka]
@@ -53,6 +74,7 @@ replication_factor = 1
 [log]
 format = "json"
 level = "debug"
+{extra}
 "#,
             sim = sim.base_url(),
             bootstrap = broker.bootstrap(),
@@ -94,9 +116,11 @@ level = "debug"
     // Load: 8 senders, each its own call, sequence numbers counting up, until refused.
     let url = format!("http://127.0.0.1:{webhook_port}/goto/webhook/{secret}");
     let accepted = Arc::new(Mutex::new(BTreeSet::new()));
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut senders = Vec::new();
     for sender in 0..8 {
         let (http, url, accepted) = (http.clone(), url.clone(), accepted.clone());
+        let queued = queued.clone();
         senders.push(tokio::spawn(async move {
             let conv = format!("shutdown-{sender}");
             for seq in 1u64.. {
@@ -109,6 +133,9 @@ level = "debug"
                 match http.post(&url).json(&body).send().await {
                     Ok(r) if r.status() == 200 => {
                         accepted.lock().unwrap().insert((conv.clone(), seq));
+                        if r.text().await.is_ok_and(|t| t.contains("\"queued\"")) {
+                            queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
                     Ok(_) => {}
                     Err(_) => return, // the server is gone
@@ -186,4 +213,5 @@ level = "debug"
         &lost[..lost.len().min(5)]
     );
     sim.shutdown().await;
+    queued.load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -3,8 +3,11 @@
 //!
 //! - [`mod@route`]: pure decision of where a body goes.
 //! - [`raw_writer`]: the acknowledged write to Kafka.
+//! - `on_receipt`: the bound on states answered before Kafka acknowledged them
+//!   (`webhook.answer = "on_receipt"`).
 //! - [`Ingest`]: both together, shared by the webhook server and the WebSocket client.
 
+mod on_receipt;
 pub mod raw_writer;
 pub mod route;
 pub mod webhook;
@@ -13,6 +16,7 @@ pub use raw_writer::{Delivery, RawWriter, Transport, WriteError};
 pub use route::{route, Disposition};
 
 use crate::notification::ControlMessage;
+use on_receipt::OnReceipt;
 
 /// What happened to one body.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,36 +40,6 @@ pub struct Ingest {
     writer: RawWriter,
     outage: std::sync::Arc<std::sync::Mutex<UnwrittenWindow>>,
     on_receipt: Option<std::sync::Arc<OnReceipt>>,
-}
-
-/// The states answered on receipt that Kafka has not acknowledged yet, and their bound.
-struct OnReceipt {
-    limit: usize,
-    waiting: std::sync::atomic::AtomicUsize,
-}
-
-impl OnReceipt {
-    /// Takes one of the `limit` places, or `None` when all are taken.
-    fn reserve(self: &std::sync::Arc<Self>) -> Option<Reservation> {
-        use std::sync::atomic::Ordering;
-        self.waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.limit).then_some(n + 1)
-            })
-            .ok()?;
-        Some(Reservation(self.clone()))
-    }
-}
-
-/// One place among the states answered on receipt; released when dropped.
-struct Reservation(std::sync::Arc<OnReceipt>);
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.0
-            .waiting
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
 }
 
 /// When notifications could not be written (Kafka down): a call that started and ended in that
@@ -93,19 +67,14 @@ impl Ingest {
     /// them wait for Kafka (`webhook.answer = "on_receipt"`); beyond that, and for every other
     /// body and transport, answers still wait for Kafka.
     pub fn answering_on_receipt(mut self, limit: usize) -> Self {
-        self.on_receipt = Some(std::sync::Arc::new(OnReceipt {
-            limit,
-            waiting: Default::default(),
-        }));
+        self.on_receipt = Some(std::sync::Arc::new(OnReceipt::new(limit)));
         self
     }
 
     /// States answered on receipt that Kafka has not acknowledged yet: what a crash now would
     /// leave to back-fill.
     pub fn answered_unacknowledged(&self) -> usize {
-        self.on_receipt
-            .as_ref()
-            .map_or(0, |o| o.waiting.load(std::sync::atomic::Ordering::Acquire))
+        self.on_receipt.as_ref().map_or(0, |o| o.waiting())
     }
 
     /// Takes the windows in which notifications could not be written and that have ended since.
