@@ -174,7 +174,12 @@ pub fn spawn_sweep(
             _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return,
         }
-        sweep_reports(&client, &ingest, &account_keys, window.0, window.1).await;
+        // A sweep cut short by shutdown ends with the process anyway; stopping here also lets
+        // the producer it holds go when the bridge stops inside a longer-lived process (demo).
+        tokio::select! {
+            _ = sweep_reports(&client, &ingest, &account_keys, window.0, window.1) => {}
+            _ = stop.changed() => {}
+        }
     });
 }
 

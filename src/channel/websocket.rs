@@ -206,8 +206,13 @@ async fn session(
                 shutdown.clone(),
             );
         }
+        // Abandoned at shutdown like everything else: the next owner catches up on connecting.
+        let mut stop = shutdown.clone();
         tokio::spawn(async move {
-            super::catchup::catch_up(&client, &ingest, &keys).await;
+            tokio::select! {
+                _ = super::catchup::catch_up(&client, &ingest, &keys) => {}
+                _ = stop.changed() => {}
+            }
         });
     }
     let (mut sink, mut stream) = ws.split();
