@@ -10,13 +10,18 @@ use callbridge::kafka::{ensure_topics, reader::read_topic};
 use std::time::{Duration, Instant};
 use support::tansu::{Tansu, TempDir};
 
-fn state(n: u64) -> Vec<u8> {
+/// A call-state notification of `conversation`, sequence `n`.
+fn notification(conversation: &str, n: u64) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "source": "call-events", "type": "call-state",
-        "content": {"metadata": {"conversationSpaceId": "c-outage"},
-                    "state": {"id": format!("s-{n}"), "sequenceNumber": n, "type": "ACTIVE"}}
+        "content": {"metadata": {"conversationSpaceId": conversation},
+                    "state": {"id": format!("{conversation}-{n}"), "sequenceNumber": n, "type": "ACTIVE"}}
     }))
     .unwrap()
+}
+
+fn state(n: u64) -> Vec<u8> {
+    notification("c-outage", n)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,14 +117,7 @@ async fn answering_on_receipt_queues_up_to_its_limit_and_then_waits_for_kafka() 
     kafka.ack_timeout = Duration::from_millis(500);
     ensure_topics(&kafka).await.expect("topics");
     let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer")).answering_on_receipt(2);
-    let conversation = |n: u64| {
-        serde_json::to_vec(&serde_json::json!({
-            "source": "call-events", "type": "call-state",
-            "content": {"metadata": {"conversationSpaceId": format!("c-receipt-{n}")},
-                        "state": {"id": format!("s-{n}"), "sequenceNumber": 1, "type": "STARTING"}}
-        }))
-        .unwrap()
-    };
+    let conversation = |n: u64| notification(&format!("c-receipt-{n}"), 1);
 
     broker.stop();
     for n in 1..=2 {

@@ -23,6 +23,7 @@ pub mod procstat;
 pub mod report;
 pub mod sink;
 
+use crate::config::bridge::WebhookAnswer;
 use load::{LoadCommand, RunReport, RunSpec};
 use observe::Observer;
 use procs::{LineChild, Proc};
@@ -74,8 +75,8 @@ pub struct BenchArgs {
     /// The bridge's `webhook.answer`: `after_kafka` (its default: a POST is answered once Kafka
     /// has the state) or `on_receipt` (answered once queued; a crash leaves to back-fill what
     /// was answered and not yet written).
-    #[arg(long, default_value = "after_kafka", value_parser = ["after_kafka", "on_receipt"])]
-    pub webhook_answer: String,
+    #[arg(long, value_enum, default_value_t = WebhookAnswer::AfterKafka)]
+    pub webhook_answer: WebhookAnswer,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/latest.json")]
     pub out: PathBuf,
@@ -153,7 +154,7 @@ async fn start_bridge(
     args: &BenchArgs,
 ) -> Result<Bridge, String> {
     let partitions = args.partitions;
-    let answer = &args.webhook_answer;
+    let answer = args.webhook_answer.as_str();
     let mut librdkafka = String::new();
     for (k, v) in librdkafka_properties(args)? {
         librdkafka.push_str(&format!("{k:?} = {v:?}\n"));
@@ -621,7 +622,7 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
         cores,
         connections: args.connections,
         phase_secs: args.phase_secs,
-        webhook_answer: args.webhook_answer.clone(),
+        webhook_answer: args.webhook_answer,
         ceilings: Ceilings {
             http_states_per_sec: http.delivered as f64 / (http.elapsed_ms.max(1) as f64 / 1000.0),
             http_latency: http.latency,

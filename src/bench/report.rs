@@ -2,6 +2,7 @@
 //! its terminal table, where every bridge figure also appears as a share of its ceiling.
 
 use super::dist::Summary;
+use crate::config::bridge::WebhookAnswer;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
@@ -15,10 +16,6 @@ pub mod targets {
     pub const END_TO_END_P99_MS: f64 = 100.0;
     /// Bridge memory per open conversation, bytes.
     pub const BYTES_PER_CONVERSATION: f64 = 300.0;
-}
-
-fn after_kafka() -> String {
-    "after_kafka".into()
 }
 
 /// The whole run.
@@ -37,8 +34,8 @@ pub struct BenchReport {
     /// Seconds per timed phase.
     pub phase_secs: u64,
     /// The bridge's `webhook.answer` (`after_kafka` in runs before the option existed).
-    #[serde(default = "after_kafka")]
-    pub webhook_answer: String,
+    #[serde(default)]
+    pub webhook_answer: WebhookAnswer,
     /// The two ceilings.
     pub ceilings: Ceilings,
     /// Closed loop at maximum, no drops.
@@ -243,7 +240,7 @@ impl BenchReport {
             self.cores,
             self.connections,
             self.phase_secs,
-            self.webhook_answer.replace('_', " "),
+            self.webhook_answer.as_str().replace('_', " "),
             self.date
         );
         let _ = writeln!(t, "\nceilings");
@@ -410,7 +407,7 @@ impl BenchReport {
         );
         if let Some(r) = at5k {
             // An answer that waits for Kafka cannot beat Kafka's acknowledgement alone.
-            let floor = if self.webhook_answer == "after_kafka" {
+            let floor = if self.webhook_answer == WebhookAnswer::AfterKafka {
                 c.at_rates
                     .iter()
                     .find(|f| (f.rate - 5000.0).abs() < 1.0 && f.kafka_ack_latency.count > 0)
@@ -422,7 +419,10 @@ impl BenchReport {
                     })
                     .unwrap_or_default()
             } else {
-                format!(" (answered {})", self.webhook_answer.replace('_', " "))
+                format!(
+                    " (answered {})",
+                    self.webhook_answer.as_str().replace('_', " ")
+                )
             };
             let _ = writeln!(
                 t,
@@ -498,7 +498,7 @@ mod tests {
             cores: 2,
             connections: 1,
             phase_secs: 1,
-            webhook_answer: after_kafka(),
+            webhook_answer: WebhookAnswer::AfterKafka,
             ceilings: Ceilings {
                 http_states_per_sec: 60_000.0,
                 kafka_records_per_sec: 200_000.0,

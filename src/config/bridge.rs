@@ -202,12 +202,14 @@ pub struct WebhookSettings {
     pub on_receipt_limit: usize,
 }
 
-/// When the webhook answers a POST of a call state.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+/// When the webhook answers a POST of a call state (also `callbridge bench --webhook-answer`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum WebhookAnswer {
     /// 200 only once Kafka has the state (`acks=all`): a crash loses nothing GoTo was told was
     /// received.
+    #[default]
     AfterKafka,
     /// 200 once the state is queued for Kafka, while fewer than `webhook.on_receipt_limit`
     /// states answered this way wait for Kafka. GoTo's answer no longer waits for the broker;
@@ -215,6 +217,16 @@ pub enum WebhookAnswer {
     /// from GoTo's API like any other missed state. Dead-lettered and other-source bodies are
     /// still answered after Kafka (back-fill cannot bring them back).
     OnReceipt,
+}
+
+impl WebhookAnswer {
+    /// The configuration value (`after_kafka`, `on_receipt`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookAnswer::AfterKafka => "after_kafka",
+            WebhookAnswer::OnReceipt => "on_receipt",
+        }
+    }
 }
 
 impl Default for WebhookSettings {
@@ -225,7 +237,7 @@ impl Default for WebhookSettings {
             path_prefix: "/goto/webhook".into(),
             secret: Secret::default(),
             secret_file: None,
-            answer: WebhookAnswer::AfterKafka,
+            answer: WebhookAnswer::default(),
             on_receipt_limit: 500,
         }
     }
