@@ -134,6 +134,28 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The sum of every series of `name` in Prometheus text whose labels include each of `labels`
+/// (whatever its other labels and their order), 0 if none.
+pub fn metric_total(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (series_name, rendered) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            let matches = series_name == name
+                && labels.iter().all(|(k, v)| {
+                    rendered
+                        .split(',')
+                        .any(|pair| pair == format!("{k}=\"{v}\""))
+                });
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
 async fn scrape(addr: std::net::SocketAddr) -> String {
     let url = format!("http://{addr}/metrics");
     match reqwest::get(&url).await {
@@ -589,5 +611,28 @@ impl Drop for MockKafka {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_total;
+
+    #[test]
+    fn metric_total_sums_the_series_that_carry_the_labels() {
+        let text = "# TYPE x counter\n\
+                    x{status=\"503\",outcome=\"a\"} 2\n\
+                    x{outcome=\"b\",status=\"503\"} 3\n\
+                    x{status=\"200\",outcome=\"a\"} 7\n\
+                    xy{status=\"503\"} 11\n\
+                    x 5\n";
+        assert_eq!(metric_total(text, "x", &[("status", "503")]), 5.0);
+        assert_eq!(metric_total(text, "x", &[]), 17.0);
+        assert_eq!(
+            metric_total(text, "x", &[("status", "200"), ("outcome", "a")]),
+            7.0
+        );
+        assert_eq!(metric_total(text, "x", &[("status", "404")]), 0.0);
+        assert_eq!(metric_total(text, "y", &[]), 0.0);
     }
 }

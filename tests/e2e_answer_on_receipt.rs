@@ -6,11 +6,12 @@
 mod support;
 
 use callbridge::demo::metric_value;
-use callbridge::simulator::{self, FaultsConfig, SimulatorConfig};
+use callbridge::simulator;
 use callbridge::verify::verify;
 use std::time::{Duration, Instant};
 use support::cluster::{
-    join_after_sessions_expired, wait_for_completion, webhook_secret, Deployment, Replica,
+    join_after_sessions_expired, long_calls, start_traffic_and_wait, wait_for_completion,
+    webhook_secret, Deployment, Replica,
 };
 use support::tansu::{Tansu, TempDir};
 
@@ -22,17 +23,9 @@ async fn states_answered_on_receipt_and_lost_in_a_crash_are_back_filled() {
     let mut broker = Tansu::start_with_storage(Some(&data.0));
     // Calls start before Kafka goes and live on after the crash, so the lost states sit between
     // states the bridge does get: gaps the sequencer finds and back-fills.
-    let mut sim_config = SimulatorConfig::default();
-    sim_config.scheduler.autostart = false;
-    sim_config.scheduler.calls = 30;
-    sim_config.scheduler.calls_per_second = 30.0;
-    sim_config.scheduler.max_concurrent_calls = 100;
-    sim_config.traffic.seed = 41;
-    sim_config.traffic.min_states = 12;
-    sim_config.traffic.max_states = 16;
-    sim_config.traffic.mean_state_interval = Duration::from_secs(2);
-    sim_config.faults = FaultsConfig::default();
-    let sim = simulator::start(sim_config).await.unwrap();
+    let sim = simulator::start(long_calls(30, 41, 12..=16, Duration::from_secs(2)))
+        .await
+        .unwrap();
     let control = sim.control();
     let dir = TempDir::new("on-receipt");
     let d = Deployment {
@@ -48,26 +41,15 @@ async fn states_answered_on_receipt_and_lost_in_a_crash_are_back_filled() {
     replica.set_env("CALLBRIDGE_WEBHOOK__ON_RECEIPT_LIMIT", &LIMIT.to_string());
     replica.start();
     assert!(replica.wait_ready(Duration::from_secs(60)).await);
-    control.start_traffic();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while control.traffic_status().calls_started < 30 {
-        assert!(Instant::now() < deadline, "traffic never got going");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    start_traffic_and_wait(&control, 30).await;
 
     broker.stop();
     let before = control.stats().deliveries.clone();
     // Wait for the bridge to report every place taken: LIMIT states answered 200 that only its
     // memory holds.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let metrics_url = format!("http://127.0.0.1:{}/metrics", replica.admin_port);
     loop {
-        let text = reqwest::get(&metrics_url)
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = replica.metrics().await;
         if metric_value(&text, "callbridge_webhook_answered_unacknowledged") >= LIMIT as f64 {
             break;
         }

@@ -180,8 +180,10 @@ async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
     let wanted = [
         "callbridge_dead_letter_records_total{reason=\"invalid_json\"} 1",
         "callbridge_dead_letter_records_total{reason=\"oversize\"} 1",
-        "callbridge_webhook_responses_total{status=\"413\"} 1",
-        "callbridge_webhook_responses_total{status=\"202\"} 3",
+        "callbridge_webhook_responses_total{status=\"413\",outcome=\"dead_lettered\"} 1",
+        "callbridge_webhook_responses_total{status=\"202\",outcome=\"dead_lettered\"} 3",
+        "callbridge_webhook_responses_total{status=\"200\",outcome=\"other_source\"} 1",
+        "callbridge_webhook_responses_total{status=\"200\",outcome=\"accepted\"} 4",
         "callbridge_conflicting_duplicates_total 1",
         "callbridge_duplicates_dropped_total 1",
         "callbridge_states_published_total{origin=\"webhook\"} 1",

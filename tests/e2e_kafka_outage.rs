@@ -7,11 +7,13 @@
 //! order, and no call may be lost.
 mod support;
 
-use callbridge::demo::metric_value;
-use callbridge::simulator::{self, FaultsConfig, SimulatorConfig};
+use callbridge::demo::metric_total;
+use callbridge::simulator;
 use callbridge::verify::verify;
 use std::time::{Duration, Instant};
-use support::cluster::{wait_for_completion, webhook_secret, Deployment, Replica};
+use support::cluster::{
+    long_calls, start_traffic_and_wait, wait_for_completion, webhook_secret, Deployment, Replica,
+};
 use support::tansu::{Tansu, TempDir};
 
 const OUTAGE: Duration = Duration::from_secs(60);
@@ -22,17 +24,9 @@ async fn sixty_seconds_without_kafka_loses_nothing() {
     let mut broker = Tansu::start_with_storage(Some(&data.0));
     // Every call starts (and is announced) before the outage and lives through it: its states
     // during the outage can only come back by back-fill.
-    let mut sim_config = SimulatorConfig::default();
-    sim_config.scheduler.autostart = false;
-    sim_config.scheduler.calls = 60;
-    sim_config.scheduler.calls_per_second = 30.0;
-    sim_config.scheduler.max_concurrent_calls = 100;
-    sim_config.traffic.seed = 60;
-    sim_config.traffic.min_states = 14;
-    sim_config.traffic.max_states = 18;
-    sim_config.traffic.mean_state_interval = Duration::from_secs(5);
-    sim_config.faults = FaultsConfig::default();
-    let sim = simulator::start(sim_config).await.unwrap();
+    let sim = simulator::start(long_calls(60, 60, 14..=18, Duration::from_secs(5)))
+        .await
+        .unwrap();
     let control = sim.control();
     let dir = TempDir::new("outage");
     let d = Deployment {
@@ -47,13 +41,8 @@ async fn sixty_seconds_without_kafka_loses_nothing() {
     let mut replica = Replica::new(&dir.0, "outage-replica", &d);
     replica.start();
     assert!(replica.wait_ready(Duration::from_secs(60)).await);
-    control.start_traffic();
     // Load first: every call has started.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while control.traffic_status().calls_started < 60 {
-        assert!(Instant::now() < deadline, "traffic never got going");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    start_traffic_and_wait(&control, 60).await;
     let before = control.stats().deliveries.clone();
 
     broker.stop();
@@ -72,12 +61,7 @@ async fn sixty_seconds_without_kafka_loses_nothing() {
         Duration::from_secs(180),
     )
     .await;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", replica.admin_port))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = replica.metrics().await;
     let queue_full = replica
         .log_lines()
         .iter()
@@ -85,9 +69,15 @@ async fn sixty_seconds_without_kafka_loses_nothing() {
         .count();
     let truth = control.ground_truth();
     let v = verify(&truth, &d.read_ordered().await);
-    let answered_503 = metric_value(
+    let answered_503 = metric_total(
         &metrics,
-        "callbridge_webhook_responses_total{status=\"503\"}",
+        "callbridge_webhook_responses_total",
+        &[("status", "503")],
+    );
+    let refused_full = metric_total(
+        &metrics,
+        "callbridge_webhook_responses_total",
+        &[("outcome", "kafka_queue_full")],
     );
     println!(
         "during the outage GoTo gave up on {} notifications ({} attempts failed); the bridge answered 503 {answered_503} times, {queue_full} of them with its queue full\n{v}",
@@ -104,6 +94,10 @@ async fn sixty_seconds_without_kafka_loses_nothing() {
     assert!(
         queue_full > 0,
         "the raw producer's queue never filled: every state may have been bridged from memory"
+    );
+    assert_eq!(
+        refused_full, queue_full as f64,
+        "the metric's outcome does not count the 503s logged with a full queue"
     );
     assert!(
         during.dropped > before.dropped,

@@ -1,8 +1,9 @@
 //! The raw topic's acknowledgement boundary against a real broker (tansu with `sqlite://`
 //! storage, stopped and started again). A write that timed out while Kafka was gone (its webhook
 //! answered 503) stays queued and is written, in order, once Kafka is back: an outage shorter
-//! than the queue costs no back-fill. A full queue refuses at once, so the webhook is answered
-//! 503 without waiting and what GoTo then gives up on is left to back-fill.
+//! than the queue costs no back-fill. A write that finds the queue full waits for room until
+//! `kafka.ack_timeout` (then the webhook is answered 503 and what GoTo gives up on is left to
+//! back-fill), and gets in if Kafka drains the queue in time.
 mod support;
 
 use callbridge::ingest::{RawWriter, Transport, WriteError};
@@ -84,7 +85,7 @@ async fn a_write_refused_while_kafka_is_down_is_written_once_it_is_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_refuses_at_once() {
+async fn a_full_queue_holds_a_write_until_its_bound_then_refuses_it() {
     let mut broker = Tansu::start();
     let mut kafka = broker.kafka(2);
     kafka.ack_timeout = Duration::from_millis(300);
@@ -99,9 +100,84 @@ async fn a_full_queue_refuses_at_once() {
         assert!(matches!(r, Err(WriteError::AckTimeout(_))), "{r:?}");
     }
     assert_eq!(writer.in_flight(), 2);
+    let asked = Instant::now();
     let r = writer.write("c-full", &state(3), Transport::Webhook).await;
     assert!(matches!(r, Err(WriteError::QueueFull)), "{r:?}");
+    assert!(
+        asked.elapsed() >= kafka.ack_timeout,
+        "refused after {:?}, before waiting kafka.ack_timeout for room",
+        asked.elapsed()
+    );
     assert_eq!(writer.in_flight(), 2, "the refused record was not queued");
+}
+
+/// Backpressure instead of refusal: writes that find the queue full wait in line and get in once
+/// Kafka is back and drains it, within their bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_find_the_queue_full_get_in_once_kafka_drains_it() {
+    let data = TempDir::new("raw-writer-full");
+    let mut broker = Tansu::start_with_storage(Some(&data.0));
+    let mut kafka = broker.kafka(2);
+    kafka.ack_timeout = Duration::from_secs(60);
+    kafka
+        .librdkafka
+        .insert("queue.buffering.max.messages".into(), "2".into());
+    ensure_topics(&kafka).await.expect("topics");
+    let writer = RawWriter::new(&kafka).expect("producer");
+    broker.stop();
+    // Two writes fill the queue and wait for their acknowledgement.
+    let filling: Vec<_> = (1..=2)
+        .map(|n| {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                writer
+                    .write("c-full", &notification("c-full", n), Transport::Webhook)
+                    .await
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while writer.in_flight() < 2 {
+        assert!(Instant::now() < deadline, "the queue never filled");
+        tokio::task::yield_now().await;
+    }
+    // `join!` polls the waiting writes first: both meet the full queue before Kafka comes back.
+    let (three, four) = (notification("c-full", 3), notification("c-full", 4));
+    let waiting = async {
+        tokio::join!(
+            writer.write("c-full", &three, Transport::Webhook),
+            writer.write("c-full", &four, Transport::Webhook),
+        )
+    };
+    let (waited, ()) = tokio::join!(waiting, async {
+        assert_eq!(writer.in_flight(), 2, "a write got past the full queue");
+        tokio::task::block_in_place(|| broker.restart());
+    });
+    assert!(
+        matches!(waited, (Ok(()), Ok(()))),
+        "writes waiting for room were refused: {waited:?}"
+    );
+    for f in filling {
+        f.await.unwrap().expect("the writes that filled the queue");
+    }
+
+    let raw_topic = kafka.topics.raw.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        read_topic(&kafka, &raw_topic, Duration::from_secs(60))
+    })
+    .await
+    .unwrap()
+    .expect("reading raw");
+    let mut seqs: Vec<u64> = records
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            v["content"]["state"]["sequenceNumber"].as_u64().unwrap()
+        })
+        .collect();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs, vec![1, 2, 3, 4], "every write reached raw");
 }
 
 /// `webhook.answer = "on_receipt"`: with Kafka gone, webhook states are answered at once up to

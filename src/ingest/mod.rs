@@ -128,7 +128,8 @@ impl Ingest {
                 };
                 let delivery = self
                     .writer
-                    .enqueue_raw(&conversation_space_id, body, transport)?;
+                    .enqueue_raw(&conversation_space_id, body, transport)
+                    .await?;
                 let outage = self.outage.clone();
                 tokio::spawn(async move {
                     let result = delivery.wait().await;

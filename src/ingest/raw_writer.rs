@@ -2,8 +2,12 @@
 //!
 //! This is the acknowledgement boundary of the whole product: by default a webhook is answered 2xx
 //! only after [`RawWriter::write`] returned `Ok`, i.e. after the broker acknowledged the record
-//! with `acks=all`. When librdkafka's queue is full or the ack does not come within the bound, the
-//! caller gets an error at once (and answers 503) instead of buffering without limit.
+//! with `acks=all`. Every write is bounded by `kafka.ack_timeout`, the wait for room in
+//! librdkafka's queue included: a write that finds the queue full waits in line for room (one
+//! writer at a time tries again, in arrival order) instead of being refused at once, so a Kafka
+//! that is slower than GoTo slows GoTo's requests down (backpressure) rather than turning them
+//! into 503s whose two quick retries fail the same way. At the bound the caller gets an error
+//! (and answers 503) instead of buffering without limit.
 //! [`RawWriter::enqueue_raw`] and [`Delivery`] split the write in two for ingest's
 //! answer-on-receipt mode, which answers between the halves (see `Ingest::answering_on_receipt`).
 
@@ -12,7 +16,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+/// How often the writer first in line for room in a full queue tries again.
+const QUEUE_FULL_RETRY: Duration = Duration::from_millis(10);
 
 /// How a notification reached callbridge (the `callbridge-transport` header).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +49,8 @@ impl Transport {
 /// Why a record is not (known to be) in Kafka.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    /// librdkafka's queue is full: Kafka is slower than ingest right now.
+    /// librdkafka's queue stayed full for all of `kafka.ack_timeout`: Kafka is away, or slower
+    /// than ingest right now.
     #[error("kafka producer queue is full")]
     QueueFull,
     /// No acknowledgement within `kafka.ack_timeout`.
@@ -76,6 +86,10 @@ pub struct RawWriter {
     dead_letter_topic: String,
     other_topic: Option<String>,
     ack_timeout: Duration,
+    /// The line of writes waiting for room in a full queue (tokio's mutex is fair: first come,
+    /// first served). Only its holder tries again, so a long outage costs one attempt per
+    /// [`QUEUE_FULL_RETRY`], not one per waiting write.
+    room: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl RawWriter {
@@ -87,6 +101,7 @@ impl RawWriter {
             dead_letter_topic: config.topics.dead_letter.clone(),
             other_topic: config.topics.other_sources.clone(),
             ack_timeout: config.ack_timeout,
+            room: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -97,15 +112,25 @@ impl RawWriter {
         body: &[u8],
         transport: Transport,
     ) -> Result<(), WriteError> {
-        let delivery = self.enqueue_raw(conversation_space_id, body, transport)?;
-        self.confirm(delivery).await?;
+        let deadline = Instant::now() + self.ack_timeout;
+        let delivery = self
+            .enqueue(
+                &self.raw_topic,
+                Some(conversation_space_id),
+                body,
+                base_headers(transport),
+                deadline,
+            )
+            .await?;
+        self.confirm_by(delivery, deadline).await?;
         crate::failpoint::hit(crate::failpoint::INGEST_AFTER_RAW_ACK);
         Ok(())
     }
 
-    /// Hands a routable notification to the producer without waiting for Kafka; the caller
-    /// awaits the returned [`Delivery`] ([`RawWriter::confirm`] bounds the wait).
-    pub fn enqueue_raw(
+    /// Hands a routable notification to the producer without waiting for Kafka's
+    /// acknowledgement (only, for up to `kafka.ack_timeout`, for room in a full queue); the
+    /// caller awaits the returned [`Delivery`].
+    pub async fn enqueue_raw(
         &self,
         conversation_space_id: &str,
         body: &[u8],
@@ -116,12 +141,14 @@ impl RawWriter {
             Some(conversation_space_id),
             body,
             base_headers(transport),
+            Instant::now() + self.ack_timeout,
         )
+        .await
     }
 
-    /// Waits up to `kafka.ack_timeout` for Kafka to acknowledge an enqueued record.
-    pub async fn confirm(&self, delivery: Delivery) -> Result<(), WriteError> {
-        match tokio::time::timeout(self.ack_timeout, delivery.wait()).await {
+    /// Waits until `deadline` for Kafka to acknowledge an enqueued record.
+    async fn confirm_by(&self, delivery: Delivery, deadline: Instant) -> Result<(), WriteError> {
+        match tokio::time::timeout_at(deadline, delivery.wait()).await {
             Err(_) => Err(WriteError::AckTimeout(self.ack_timeout)),
             Ok(result) => result,
         }
@@ -178,25 +205,69 @@ impl RawWriter {
         body: &[u8],
         headers: OwnedHeaders,
     ) -> Result<(), WriteError> {
-        let delivery = self.enqueue(topic, key, body, headers)?;
-        self.confirm(delivery).await
+        let deadline = Instant::now() + self.ack_timeout;
+        let delivery = self.enqueue(topic, key, body, headers, deadline).await?;
+        self.confirm_by(delivery, deadline).await
     }
 
-    fn enqueue(
+    /// Hands a record to librdkafka; while its queue is full, waits in line for room until
+    /// `deadline`.
+    async fn enqueue(
         &self,
         topic: &str,
         key: Option<&str>,
         body: &[u8],
         headers: OwnedHeaders,
+        deadline: Instant,
     ) -> Result<Delivery, WriteError> {
         let mut record = FutureRecord::to(topic).payload(body).headers(headers);
         if let Some(k) = key {
             record = record.key(k);
         }
+        // Straight in while there is room and nobody waits for it; otherwise join the line, so
+        // a newcomer does not take the room freed for the first in it.
+        let mut found_full = false;
+        if self.room.try_lock().is_ok() {
+            match self.try_send(record)? {
+                Ok(delivery) => return Ok(delivery),
+                Err(full) => (record, found_full) = (full, true),
+            }
+        }
+        let Ok(_first_in_line) = tokio::time::timeout_at(deadline, self.room.lock()).await else {
+            metrics::counter!("callbridge_kafka_queue_full_total", "outcome" => "refused")
+                .increment(1);
+            return Err(WriteError::QueueFull);
+        };
+        loop {
+            match self.try_send(record)? {
+                Ok(delivery) => {
+                    if found_full {
+                        metrics::counter!("callbridge_kafka_queue_full_total", "outcome" => "waited")
+                            .increment(1);
+                    }
+                    return Ok(delivery);
+                }
+                Err(full) => (record, found_full) = (full, true),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                metrics::counter!("callbridge_kafka_queue_full_total", "outcome" => "refused")
+                    .increment(1);
+                return Err(WriteError::QueueFull);
+            }
+            tokio::time::sleep_until((now + QUEUE_FULL_RETRY).min(deadline)).await;
+        }
+    }
+
+    /// One attempt: the delivery, the record back when the queue is full, or the error.
+    fn try_send<'a>(
+        &self,
+        record: FutureRecord<'a, str, [u8]>,
+    ) -> Result<Result<Delivery, FutureRecord<'a, str, [u8]>>, WriteError> {
         match self.producer.send_result(record) {
-            Ok(d) => Ok(Delivery(d)),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                Err(WriteError::QueueFull)
+            Ok(d) => Ok(Ok(Delivery(d))),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), full)) => {
+                Ok(Err(full))
             }
             Err((e, _)) => Err(WriteError::Kafka(e)),
         }

@@ -17,8 +17,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use axum::{Json, Router};
-use serde_json::json;
+use axum::Router;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -67,52 +66,110 @@ async fn handle(
             .into_response(),
         axum::http::Method::GET | axum::http::Method::HEAD => StatusCode::OK.into_response(),
         axum::http::Method::POST => {
-            let response = post(&state.ingest, &body).await;
+            let answer = post(&state.ingest, &body).await;
             metrics::counter!(
                 "callbridge_webhook_responses_total",
-                "status" => response.status().as_str().to_string()
+                "status" => status_label(answer.status),
+                "outcome" => answer.outcome
             )
             .increment(1);
-            response
+            answer.into_response()
         }
         _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
     }
 }
 
-async fn post(ingest: &Ingest, body: &[u8]) -> Response {
-    match ingest.accept(body, Transport::Webhook).await {
-        Ok(Accepted::Raw) => (StatusCode::OK, Json(json!({"status": "accepted"}))).into_response(),
-        Ok(Accepted::Queued) => (StatusCode::OK, Json(json!({"status": "queued"}))).into_response(),
-        Ok(Accepted::DeadLettered("oversize")) => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Json(json!({"status": "dead_lettered", "reason": "oversize"})),
-        )
-            .into_response(),
-        Ok(Accepted::DeadLettered(reason)) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"status": "dead_lettered", "reason": reason})),
-        )
-            .into_response(),
-        Ok(Accepted::OtherSource(_)) => {
-            (StatusCode::OK, Json(json!({"status": "other_source"}))).into_response()
+/// The answer to a POST: the HTTP status, what became of the body (the metric's `outcome`), and
+/// the JSON body GoTo gets. Built from static strings: this runs once per notification.
+struct Answer {
+    status: StatusCode,
+    outcome: &'static str,
+    body: std::borrow::Cow<'static, str>,
+}
+
+impl Answer {
+    const fn fixed(status: StatusCode, outcome: &'static str, body: &'static str) -> Self {
+        Answer {
+            status,
+            outcome,
+            body: std::borrow::Cow::Borrowed(body),
         }
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        let json = [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )];
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            let retry = [(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            )];
+            (status, json, retry, self.body).into_response()
+        } else {
+            (status, json, self.body).into_response()
+        }
+    }
+}
+
+/// The metric label of each status a POST can get.
+fn status_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "200",
+        202 => "202",
+        413 => "413",
+        503 => "503",
+        _ => "other",
+    }
+}
+
+async fn post(ingest: &Ingest, body: &[u8]) -> Answer {
+    match ingest.accept(body, Transport::Webhook).await {
+        Ok(Accepted::Raw) => Answer::fixed(StatusCode::OK, "accepted", r#"{"status":"accepted"}"#),
+        Ok(Accepted::Queued) => Answer::fixed(StatusCode::OK, "queued", r#"{"status":"queued"}"#),
+        Ok(Accepted::DeadLettered("oversize")) => Answer::fixed(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "dead_lettered",
+            r#"{"status":"dead_lettered","reason":"oversize"}"#,
+        ),
+        // Reasons are fixed codes (no quote or backslash to escape).
+        Ok(Accepted::DeadLettered(reason)) => Answer {
+            status: StatusCode::ACCEPTED,
+            outcome: "dead_lettered",
+            body: format!(r#"{{"status":"dead_lettered","reason":"{reason}"}}"#).into(),
+        },
+        Ok(Accepted::OtherSource(_)) => Answer::fixed(
+            StatusCode::OK,
+            "other_source",
+            r#"{"status":"other_source"}"#,
+        ),
         // Control messages belong to the WebSocket; over a webhook they are just acknowledged.
         Ok(Accepted::Control(_)) => {
-            (StatusCode::OK, Json(json!({"status": "ignored"}))).into_response()
+            Answer::fixed(StatusCode::OK, "ignored", r#"{"status":"ignored"}"#)
         }
         Err(e) => {
             tracing::warn!(error = %e, "webhook answered 503: kafka did not take the notification");
-            let reason = match e {
-                WriteError::QueueFull => "kafka_queue_full",
-                WriteError::AckTimeout(_) => "kafka_ack_timeout",
-                WriteError::Kafka(_) => "kafka_error",
-            };
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(axum::http::header::RETRY_AFTER, "1")],
-                Json(json!({"status": "unavailable", "reason": reason})),
-            )
-                .into_response()
+            match e {
+                WriteError::QueueFull => Answer::fixed(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "kafka_queue_full",
+                    r#"{"status":"unavailable","reason":"kafka_queue_full"}"#,
+                ),
+                WriteError::AckTimeout(_) => Answer::fixed(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "kafka_ack_timeout",
+                    r#"{"status":"unavailable","reason":"kafka_ack_timeout"}"#,
+                ),
+                WriteError::Kafka(_) => Answer::fixed(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "kafka_error",
+                    r#"{"status":"unavailable","reason":"kafka_error"}"#,
+                ),
+            }
         }
     }
 }

@@ -18,8 +18,9 @@ use rdkafka::producer::FutureProducer;
 /// shorter than the queue is bridged from memory instead of by back-fill, whose REST requests GoTo
 /// limits to 10 a second. GoTo's retries of that webhook add copies the sequencer drops as
 /// duplicates. The queue is bounded in bytes ([`DEFAULT_RAW_QUEUE_KBYTES`]) and in records
-/// (librdkafka's 100,000); once full, a write fails at once (`QueueFull`, 503) and what GoTo
-/// then gives up on is back-filled (tests/raw_writer.rs, tests/e2e_kafka_outage.rs).
+/// (librdkafka's 100,000); once full, a write waits for room until `kafka.ack_timeout`, then
+/// fails (`QueueFull`, 503) and what GoTo then gives up on is back-filled (tests/raw_writer.rs,
+/// tests/e2e_kafka_outage.rs).
 ///
 /// Idempotence would keep raw in order and free of duplicates across librdkafka's retries, and
 /// the raw topic needs neither: its only reader is the sequencer, whose job is to drop

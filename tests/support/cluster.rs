@@ -442,3 +442,52 @@ pub async fn owned_partitions(replicas: &[Replica]) -> u64 {
     }
     n
 }
+
+/// A simulator of `calls` long calls that start at 30 a second, each with `states` states on
+/// average `interval` apart, no faults, traffic not started: for the tests that inject a fault
+/// once every call is under way, so the calls' later states can only come back by back-fill.
+pub fn long_calls(
+    calls: u64,
+    seed: u64,
+    states: std::ops::RangeInclusive<u32>,
+    interval: Duration,
+) -> callbridge::simulator::SimulatorConfig {
+    let mut config = callbridge::simulator::SimulatorConfig::default();
+    config.scheduler.autostart = false;
+    config.scheduler.calls = calls;
+    config.scheduler.calls_per_second = 30.0;
+    config.scheduler.max_concurrent_calls = 100.max(calls as usize);
+    config.traffic.seed = seed;
+    config.traffic.min_states = *states.start();
+    config.traffic.max_states = *states.end();
+    config.traffic.mean_state_interval = interval;
+    config.faults = callbridge::simulator::FaultsConfig::default();
+    config
+}
+
+/// Starts the simulator's traffic and waits until `calls` calls have started (30 s at most).
+pub async fn start_traffic_and_wait(control: &callbridge::simulator::SimulatorControl, calls: u64) {
+    control.start_traffic();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while control.traffic_status().calls_started < calls {
+        assert!(
+            Instant::now() < deadline,
+            "traffic never got going: {} of {calls} calls started",
+            control.traffic_status().calls_started
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Replica {
+    /// The replica's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.admin_port);
+        reqwest::get(url)
+            .await
+            .expect("scraping /metrics")
+            .text()
+            .await
+            .expect("reading /metrics")
+    }
+}

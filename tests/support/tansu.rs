@@ -161,9 +161,10 @@ fn free_port() -> u16 {
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
-    /// Creates a fresh directory under the system temp dir.
+    /// Creates a fresh directory under cargo's temporary directory for tests (`target/tmp`), so a
+    /// test killed before its drop leaves nothing behind that `cargo clean` does not remove.
     pub fn new(prefix: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "callbridge-{prefix}-{}-{}",
             std::process::id(),
             uuid::Uuid::new_v4()

@@ -101,8 +101,9 @@ groups:
           description: >-
             Kafka did not acknowledge notifications within kafka.ack_timeout. The bridge keeps them
             queued (callbridge_kafka_producer_queue_depth) until its queue is full (128 MiB); after
-            that GoTo's two retries fail at once and the notifications are lost to the channel, for
-            back-fill to repair.
+            that writes wait for room until kafka.ack_timeout, GoTo's two retries fail too and the
+            notifications are lost to the channel, for back-fill to repair
+            (callbridge_webhook_responses_total's outcome label says which).
       - alert: CallbridgeRawConsumerLagGrowing
         expr: sum by (namespace) (callbridge_raw_consumer_lag) > {{ $r.rawConsumerLag }} and sum by (namespace) (delta(callbridge_raw_consumer_lag[10m])) > 0
         for: 10m
