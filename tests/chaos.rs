@@ -18,8 +18,7 @@ use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::cluster::{
-    join_after_sessions_expired, leaked_secrets, wait_for_completion, webhook_secret, Deployment,
-    Replica,
+    join_after_sessions_expired, leaked_secrets, wait_for_completion, Deployment, Replica,
 };
 use support::tansu::{Tansu, TempDir};
 
@@ -102,14 +101,7 @@ async fn chaos_replicas_broker_and_goto_faults_lose_nothing() {
     let control = sim.control();
 
     let dir = TempDir::new("chaos");
-    let d = Deployment {
-        simulator_url: sim.base_url(),
-        bootstrap: broker.bootstrap(),
-        transport: "websocket",
-        partitions: 6,
-        webhook_secret: webhook_secret(),
-        extra_toml: String::new(),
-    };
+    let d = Deployment::new(sim.base_url(), broker.bootstrap(), "websocket", 6);
     let mut replicas: Vec<Replica> = (0..3)
         .map(|i| Replica::new(&dir.0, &format!("replica-{i}"), &d))
         .collect();

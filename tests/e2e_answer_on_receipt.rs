@@ -11,7 +11,7 @@ use callbridge::verify::verify;
 use std::time::{Duration, Instant};
 use support::cluster::{
     join_after_sessions_expired, long_calls, start_traffic_and_wait, wait_for_completion,
-    webhook_secret, Deployment, Replica,
+    Deployment, Replica,
 };
 use support::tansu::{Tansu, TempDir};
 
@@ -28,14 +28,7 @@ async fn states_answered_on_receipt_and_lost_in_a_crash_are_back_filled() {
         .unwrap();
     let control = sim.control();
     let dir = TempDir::new("on-receipt");
-    let d = Deployment {
-        simulator_url: sim.base_url(),
-        bootstrap: broker.bootstrap(),
-        transport: "webhook",
-        partitions: 3,
-        webhook_secret: webhook_secret(),
-        extra_toml: String::new(),
-    };
+    let d = Deployment::new(sim.base_url(), broker.bootstrap(), "webhook", 3);
     let mut replica = Replica::new(&dir.0, "on-receipt-replica", &d);
     replica.set_env("CALLBRIDGE_WEBHOOK__ANSWER", "on_receipt");
     replica.set_env("CALLBRIDGE_WEBHOOK__ON_RECEIPT_LIMIT", &LIMIT.to_string());

@@ -13,8 +13,8 @@ use callbridge::verify::verify;
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 use support::cluster::{
-    join_after_sessions_expired, owned_partitions, wait_for_completion, webhook_secret, Deployment,
-    Replica, SESSION_TIMEOUT,
+    join_after_sessions_expired, owned_partitions, wait_for_completion, Deployment, Replica,
+    SESSION_TIMEOUT,
 };
 use support::tansu::{Tansu, TempDir};
 
@@ -76,14 +76,12 @@ async fn crash_at(point: &'static str, seed: u64) {
     let sim = simulator::start(sim_config).await.unwrap();
     let control = sim.control();
     let dir = TempDir::new("crash-points");
-    let d = Deployment {
-        simulator_url: sim.base_url(),
-        bootstrap: broker.bootstrap(),
-        transport: "websocket",
-        partitions: partitions as i32,
-        webhook_secret: webhook_secret(),
-        extra_toml: String::new(),
-    };
+    let d = Deployment::new(
+        sim.base_url(),
+        broker.bootstrap(),
+        "websocket",
+        partitions as i32,
+    );
     let mut replicas: Vec<Replica> = (0..2)
         .map(|i| Replica::new(&dir.0, &format!("{point}-replica-{i}"), &d))
         .collect();

@@ -6,7 +6,7 @@ mod support;
 
 use callbridge::simulator::{self, SimulatorConfig};
 use std::time::{Duration, Instant};
-use support::cluster::{webhook_secret, Deployment, Replica};
+use support::cluster::{Deployment, Replica};
 use support::tansu::{Tansu, TempDir};
 
 async fn simulator_without_traffic() -> simulator::RunningSimulator {
@@ -47,14 +47,7 @@ fn deployment(
     bootstrap: String,
     transport: &'static str,
 ) -> Deployment {
-    Deployment {
-        simulator_url: sim.base_url(),
-        bootstrap,
-        transport,
-        partitions: 2,
-        webhook_secret: webhook_secret(),
-        extra_toml: String::new(),
-    }
+    Deployment::new(sim.base_url(), bootstrap, transport, 2)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

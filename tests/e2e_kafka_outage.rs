@@ -12,7 +12,7 @@ use callbridge::simulator;
 use callbridge::verify::verify;
 use std::time::{Duration, Instant};
 use support::cluster::{
-    long_calls, start_traffic_and_wait, wait_for_completion, webhook_secret, Deployment, Replica,
+    long_calls, start_traffic_and_wait, wait_for_completion, Deployment, Replica,
 };
 use support::tansu::{Tansu, TempDir};
 
@@ -29,15 +29,9 @@ async fn sixty_seconds_without_kafka_loses_nothing() {
         .unwrap();
     let control = sim.control();
     let dir = TempDir::new("outage");
-    let d = Deployment {
-        simulator_url: sim.base_url(),
-        bootstrap: broker.bootstrap(),
-        transport: "webhook",
-        partitions: 3,
-        webhook_secret: webhook_secret(),
-        // Small enough for the outage to fill (it sees 600+ attempts), large for the traffic.
-        extra_toml: "[kafka.librdkafka]\n\"queue.buffering.max.messages\" = \"200\"\n".into(),
-    };
+    // A queue small enough for the outage to fill (it sees 600+ attempts), large for the traffic.
+    let d = Deployment::new(sim.base_url(), broker.bootstrap(), "webhook", 3)
+        .with_toml("[kafka.librdkafka]\n\"queue.buffering.max.messages\" = \"200\"\n");
     let mut replica = Replica::new(&dir.0, "outage-replica", &d);
     replica.start();
     assert!(replica.wait_ready(Duration::from_secs(60)).await);

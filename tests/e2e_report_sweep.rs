@@ -7,7 +7,7 @@ mod support;
 use callbridge::simulator::{self, FaultsConfig, SimulatorConfig};
 use callbridge::verify::verify;
 use std::time::{Duration, Instant};
-use support::cluster::{wait_for_completion, webhook_secret, Deployment, Replica, SESSION_TIMEOUT};
+use support::cluster::{wait_for_completion, Deployment, Replica, SESSION_TIMEOUT};
 use support::tansu::{Tansu, TempDir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -25,14 +25,7 @@ async fn calls_entirely_inside_an_outage_are_found_by_the_report_sweep() {
     let sim = simulator::start(sim_config).await.unwrap();
     let control = sim.control();
     let dir = TempDir::new("report-sweep");
-    let d = Deployment {
-        simulator_url: sim.base_url(),
-        bootstrap: broker.bootstrap(),
-        transport: "websocket",
-        partitions: 2,
-        webhook_secret: webhook_secret(),
-        extra_toml: String::new(),
-    };
+    let d = Deployment::new(sim.base_url(), broker.bootstrap(), "websocket", 2);
     let mut replica = Replica::new(&dir.0, "sweep-replica", &d);
     replica.start();
     assert!(replica.wait_ready(Duration::from_secs(60)).await);

@@ -7,7 +7,8 @@
 mod support;
 
 use callbridge::ingest::{RawWriter, Transport, WriteError};
-use callbridge::kafka::{ensure_topics, reader::read_topic};
+use callbridge::kafka::reader::{read_topic, ReadRecord};
+use callbridge::kafka::{ensure_topics, KafkaConfig};
 use std::time::{Duration, Instant};
 use support::tansu::{Tansu, TempDir};
 
@@ -19,6 +20,27 @@ fn notification(conversation: &str, n: u64) -> Vec<u8> {
                     "state": {"id": format!("{conversation}-{n}"), "sequenceNumber": n, "type": "ACTIVE"}}
     }))
     .unwrap()
+}
+
+/// Every record of the raw topic.
+async fn raw_records(kafka: &KafkaConfig) -> Vec<ReadRecord> {
+    let (kafka, topic) = (kafka.clone(), kafka.topics.raw.clone());
+    tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("reading raw")
+}
+
+/// The `sequenceNumber` of every raw record, in the topic's order.
+async fn raw_sequence_numbers(kafka: &KafkaConfig) -> Vec<u64> {
+    raw_records(kafka)
+        .await
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            v["content"]["state"]["sequenceNumber"].as_u64().unwrap()
+        })
+        .collect()
 }
 
 fn state(n: u64) -> Vec<u8> {
@@ -62,20 +84,7 @@ async fn a_write_refused_while_kafka_is_down_is_written_once_it_is_back() {
         }
     }
 
-    let raw_topic = kafka.topics.raw.clone();
-    let records = tokio::task::spawn_blocking(move || {
-        read_topic(&kafka, &raw_topic, Duration::from_secs(60))
-    })
-    .await
-    .unwrap()
-    .expect("reading raw");
-    let seqs: Vec<u64> = records
-        .iter()
-        .map(|r| {
-            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
-            v["content"]["state"]["sequenceNumber"].as_u64().unwrap()
-        })
-        .collect();
+    let seqs = raw_sequence_numbers(&kafka).await;
     let first = |n: u64| seqs.iter().position(|&s| s == n);
     assert_eq!(first(1), Some(0), "{seqs:?}");
     assert!(
@@ -125,56 +134,24 @@ async fn writes_that_find_the_queue_full_get_in_once_kafka_drains_it() {
     ensure_topics(&kafka).await.expect("topics");
     let writer = RawWriter::new(&kafka).expect("producer");
     broker.stop();
-    // Two writes fill the queue and wait for their acknowledgement.
-    let filling: Vec<_> = (1..=2)
-        .map(|n| {
-            let writer = writer.clone();
-            tokio::spawn(async move {
-                writer
-                    .write("c-full", &notification("c-full", n), Transport::Webhook)
-                    .await
-            })
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while writer.in_flight() < 2 {
-        assert!(Instant::now() < deadline, "the queue never filled");
-        tokio::task::yield_now().await;
-    }
-    // `join!` polls the waiting writes first: both meet the full queue before Kafka comes back.
-    let (three, four) = (notification("c-full", 3), notification("c-full", 4));
-    let waiting = async {
-        tokio::join!(
-            writer.write("c-full", &three, Transport::Webhook),
-            writer.write("c-full", &four, Transport::Webhook),
-        )
-    };
-    let (waited, ()) = tokio::join!(waiting, async {
-        assert_eq!(writer.in_flight(), 2, "a write got past the full queue");
+    let bodies: Vec<Vec<u8>> = (1..=4).map(|n| notification("c-full", n)).collect();
+    let write = |n: usize| writer.write("c-full", &bodies[n - 1], Transport::Webhook);
+    // `join!` first polls its branches in order, each up to its first wait: writes 1 and 2 fill
+    // the queue (two records, no broker to take them) and wait for their acknowledgement, 3 and
+    // 4 meet the full queue, and only then does Kafka come back.
+    let (one, two, three, four, ()) = tokio::join!(write(1), write(2), write(3), write(4), async {
         tokio::task::block_in_place(|| broker.restart());
     });
     assert!(
-        matches!(waited, (Ok(()), Ok(()))),
-        "writes waiting for room were refused: {waited:?}"
+        one.is_ok() && two.is_ok(),
+        "the writes that filled the queue: {one:?} {two:?}"
     );
-    for f in filling {
-        f.await.unwrap().expect("the writes that filled the queue");
-    }
+    assert!(
+        three.is_ok() && four.is_ok(),
+        "writes waiting for room were refused: {three:?} {four:?}"
+    );
 
-    let raw_topic = kafka.topics.raw.clone();
-    let records = tokio::task::spawn_blocking(move || {
-        read_topic(&kafka, &raw_topic, Duration::from_secs(60))
-    })
-    .await
-    .unwrap()
-    .expect("reading raw");
-    let mut seqs: Vec<u64> = records
-        .iter()
-        .map(|r| {
-            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
-            v["content"]["state"]["sequenceNumber"].as_u64().unwrap()
-        })
-        .collect();
+    let mut seqs = raw_sequence_numbers(&kafka).await;
     seqs.sort();
     seqs.dedup();
     assert_eq!(seqs, vec![1, 2, 3, 4], "every write reached raw");
@@ -231,14 +208,8 @@ async fn answering_on_receipt_queues_up_to_its_limit_and_then_waits_for_kafka() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let raw_topic = kafka.topics.raw.clone();
-    let records = tokio::task::spawn_blocking(move || {
-        read_topic(&kafka, &raw_topic, Duration::from_secs(60))
-    })
-    .await
-    .unwrap()
-    .expect("reading raw");
-    let mut ids: Vec<String> = records
+    let mut ids: Vec<String> = raw_records(&kafka)
+        .await
         .iter()
         .map(|r| r.key.clone().unwrap_or_default())
         .collect();

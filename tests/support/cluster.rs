@@ -65,6 +65,30 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// A deployment of `transport` (`webhook` or `websocket`) over `partitions`, with a fresh
+    /// webhook secret and no extra TOML.
+    pub fn new(
+        simulator_url: String,
+        bootstrap: String,
+        transport: &'static str,
+        partitions: i32,
+    ) -> Deployment {
+        Deployment {
+            simulator_url,
+            bootstrap,
+            transport,
+            partitions,
+            webhook_secret: webhook_secret(),
+            extra_toml: String::new(),
+        }
+    }
+
+    /// The same with `toml` appended to each replica's config.
+    pub fn with_toml(mut self, toml: &str) -> Deployment {
+        self.extra_toml = toml.to_string();
+        self
+    }
+
     /// The deployment's Kafka settings, for reading its topics.
     pub fn kafka(&self) -> KafkaConfig {
         let mut kafka = KafkaConfig {
