@@ -168,3 +168,84 @@ async fn an_ending_without_its_completion_is_completed_once_by_the_next_owner() 
     bridge.shutdown().await;
     sim.shutdown().await;
 }
+
+/// A takeover given up before it finished (its partition revoked, its run over) while it has an
+/// unclean previous owner to wait out (120 s here) returns without that wait, and writes no
+/// fence: an epoch nobody would own, which would make the next clean hand-over look unclean.
+/// (It is given up as soon as it starts, so it may stop before the wait or in it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_given_up_while_waiting_writes_no_fence() {
+    use callbridge::sequencer::shell::changelog::{self, Fence};
+    use callbridge::sequencer::shell::takeover::{take_over, TakeoverContext, TakeoverError};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let broker = Tansu::start();
+    let kafka = kafka(&broker);
+    callbridge::kafka::ensure_topics(&kafka).await.unwrap();
+    // A previous owner took partition 0 and never handed it over: no released progress record.
+    let producer: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+    let previous = Fence {
+        epoch: 1,
+        member: "crashed-replica".into(),
+        token: "t-1".into(),
+    };
+    producer
+        .send(
+            FutureRecord::to(&kafka.topics.changelog)
+                .partition(0)
+                .key(&changelog::fence_key(1))
+                .payload(&changelog::encode(&previous)),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("writing the previous owner's fence");
+
+    const UNCLEAN_WAIT: Duration = Duration::from_secs(120);
+    let cancelled = std::sync::Arc::new(AtomicBool::new(false));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let thread = {
+        let (kafka, cancelled) = (kafka.clone(), cancelled.clone());
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::spawn(move || {
+            let producer: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+            let ctx = TakeoverContext {
+                client_config: kafka.client_config().unwrap(),
+                producer: &producer,
+                runtime: &runtime,
+                changelog_topic: &kafka.topics.changelog,
+                ordered_topic: &kafka.topics.ordered,
+                member: "replica-under-test",
+                timeout: Duration::from_secs(20),
+                unclean_wait: UNCLEAN_WAIT,
+                cancelled: &cancelled,
+            };
+            let _ = done_tx.send(take_over(&ctx, 0));
+        })
+    };
+    cancelled.store(true, Ordering::SeqCst);
+    let result = tokio::task::spawn_blocking(move || done_rx.recv_timeout(UNCLEAN_WAIT / 2))
+        .await
+        .unwrap()
+        .expect("the takeover went on waiting after it was given up");
+    thread.join().unwrap();
+    assert!(
+        matches!(result, Err(TakeoverError::Cancelled { partition: 0 })),
+        "{result:?}"
+    );
+
+    let (k, topic) = (kafka.clone(), kafka.topics.changelog.clone());
+    let fences: Vec<String> =
+        tokio::task::spawn_blocking(move || read_topic(&k, &topic, Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .expect("reading the changelog")
+            .iter()
+            .filter_map(|r| r.key.clone())
+            .filter(|k| k.starts_with(changelog::FENCE_PREFIX))
+            .collect();
+    assert_eq!(
+        fences,
+        vec![changelog::fence_key(1)],
+        "a given-up takeover wrote a fence"
+    );
+}

@@ -12,6 +12,11 @@
 //!    writes the completion the previous one did not live to write.
 //!
 //! The result is a plain map the core is restored from; nothing here decides about ordering.
+//!
+//! A takeover whose partition is revoked before it finishes (an eager rebalance revokes every
+//! partition, a run ends) is told so through [`TakeoverContext::cancelled`]: it gives up between
+//! steps and during the wait for an unclean owner's stragglers, and never writes its fence then,
+//! so a discarded takeover neither outlives its run by that wait nor leaves an epoch nobody owns.
 
 use super::changelog::{self, ChangelogRecord, ConversationEntry, Fence, Progress};
 use crate::kafka::reader::SETTLE;
@@ -21,7 +26,11 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// How often a waiting takeover looks whether it was given up.
+const CANCEL_CHECK: Duration = Duration::from_millis(100);
 
 /// Why a takeover failed (the partition is then not processed; the shell retries).
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +55,13 @@ pub enum TakeoverError {
         epoch: u64,
         /// How long we waited.
         waited: Duration,
+    },
+    /// The partition was revoked (or the run ended) before the takeover finished; no fence was
+    /// written.
+    #[error("takeover of partition {partition} given up: the partition is no longer ours")]
+    Cancelled {
+        /// Partition.
+        partition: i32,
     },
     /// A changelog record could not be decoded.
     #[error("takeover of partition {partition}: {source}")]
@@ -103,10 +119,35 @@ pub struct TakeoverContext<'a> {
     /// session timeout (how long it may go on believing it owns the partition) plus its output
     /// timeout (how long what it queued may take to land or fail).
     pub unclean_wait: Duration,
+    /// Set when the takeover's result is no longer wanted (its partition revoked, the run over).
+    pub cancelled: &'a AtomicBool,
+}
+
+impl TakeoverContext<'_> {
+    fn check_cancelled(&self, p: i32) -> Result<(), TakeoverError> {
+        if self.cancelled.load(Ordering::SeqCst) {
+            return Err(TakeoverError::Cancelled { partition: p });
+        }
+        Ok(())
+    }
+
+    /// Sleeps `wait`, in slices, unless cancelled first.
+    fn wait_unless_cancelled(&self, p: i32, wait: Duration) -> Result<(), TakeoverError> {
+        let until = Instant::now() + wait;
+        loop {
+            self.check_cancelled(p)?;
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(CANCEL_CHECK));
+        }
+    }
 }
 
 /// Runs steps 1–3 for partition `p`.
 pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, TakeoverError> {
+    ctx.check_cancelled(p)?;
     let kafka = |action: &'static str| {
         move |source| TakeoverError::Kafka {
             partition: p,
@@ -165,9 +206,10 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
             "previous owner did not hand over cleanly; waiting for its in-flight outputs"
         );
         metrics::counter!("callbridge_takeover_unclean_total").increment(1);
-        std::thread::sleep(ctx.unclean_wait);
+        ctx.wait_unless_cancelled(p, ctx.unclean_wait)?;
         rec.waited_for_previous_owner = true;
     }
+    ctx.check_cancelled(p)?;
     let epoch = max_epoch + 1;
     let token = uuid::Uuid::new_v4().to_string();
     let fence = Fence {

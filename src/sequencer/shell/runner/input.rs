@@ -68,7 +68,15 @@ impl RunState {
         let base = client_config(&self.config.kafka)?;
         self.next_takeover_token += 1;
         let token = self.next_takeover_token;
-        self.pending_takeovers.insert(p, token);
+        let cancel = Arc::new(AtomicBool::new(false));
+        // Replacing an older takeover of `p` drops it, which cancels it.
+        self.pending_takeovers.insert(
+            p,
+            PendingTakeover {
+                token,
+                cancel: cancel.clone(),
+            },
+        );
         let runtime = self.runtime.clone();
         let config = self.config.clone();
         let tx = self.takeover_tx.clone();
@@ -111,8 +119,12 @@ impl RunState {
                     member: &config.member,
                     timeout: config.takeover_timeout,
                     unclean_wait: config.session_timeout + STRAGGLER_MARGIN,
+                    cancelled: &cancel,
                 };
                 let result = take_over(&ctx, p);
+                if let Err(e @ TakeoverError::Cancelled { .. }) = &result {
+                    tracing::info!(partition = p, "{e}");
+                }
                 // The run may be over (its receiver gone); the result is moot then.
                 let _ = tx.send(TakeoverDone {
                     partition: p,

@@ -180,9 +180,9 @@ struct RunState {
     actions: Vec<Action<Payload>>,
     /// Partitions assigned but whose takeover has not started yet.
     assigned: Vec<i32>,
-    /// Takeovers running on their own threads, by partition, with the token of the latest one
-    /// (a result whose token no longer matches was revoked meanwhile and is dropped).
-    pending_takeovers: BTreeMap<i32, u64>,
+    /// Takeovers running on their own threads, by partition: the latest one of each (a result
+    /// whose token no longer matches was revoked meanwhile and is dropped).
+    pending_takeovers: BTreeMap<i32, PendingTakeover>,
     next_takeover_token: u64,
     takeover_tx: std::sync::mpsc::Sender<TakeoverDone>,
     /// Set when a callback hit an error the loop must end the run for.
@@ -193,6 +193,19 @@ struct RunState {
 }
 
 /// A finished takeover, sent back to the consumer thread.
+/// A takeover running on its own thread. Dropping it (its partition revoked, the run over, the
+/// takeover done) tells the thread to give up if it has not finished.
+struct PendingTakeover {
+    token: u64,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Drop for PendingTakeover {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+}
+
 struct TakeoverDone {
     partition: i32,
     token: u64,
@@ -406,7 +419,7 @@ fn run(
                 st.start_takeover(p)?;
             }
             while let Ok(done) = takeover_rx.try_recv() {
-                if st.pending_takeovers.get(&done.partition) != Some(&done.token) {
+                if st.pending_takeovers.get(&done.partition).map(|t| t.token) != Some(done.token) {
                     continue;
                 }
                 st.pending_takeovers.remove(&done.partition);
