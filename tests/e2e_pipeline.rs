@@ -96,6 +96,17 @@ fn assert_metrics_tell_the_same_story(outcome: &callbridge::demo::ScenarioOutcom
         "{text}"
     );
     assert_eq!(metric_value(text, "callbridge_gaps_open"), 0.0, "{text}");
+    // Exported once back-fill ran, and empty once every call is complete.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("callbridge_backfill_queued ")),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(text, "callbridge_backfill_queued"),
+        0.0,
+        "{text}"
+    );
 }
 
 /// Every record validates against `schemas/ordered-record.schema.json` and carries the

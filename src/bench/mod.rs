@@ -69,7 +69,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub librdkafka: Vec<String>,
     /// The callbridge binary run as the bridge (default: this one), to compare builds: the load
-    /// generator, the ceilings and the measurements stay the same.
+    /// generator, the ceilings and the measurements stay the same. A wrapper script must `exec`
+    /// the bridge (or pass SIGTERM on): each bridge is stopped with SIGTERM to the process
+    /// started, and its CPU and memory are read from that process.
     #[arg(long)]
     pub bridge_bin: Option<PathBuf>,
     /// The bridge's `webhook.answer`: `after_kafka` (its default: a POST is answered once Kafka

@@ -4,6 +4,11 @@
 //! normally the API client with its rate limiter) with bounded concurrency, and hands the answers
 //! back over a channel the consumer thread drains. Running them here keeps the consumer polling
 //! (heartbeats, rebalance callbacks) while GoTo is slow.
+//!
+//! The job queue has no fixed bound, on purpose: it is the backlog of REST requests the open gaps
+//! need (GoTo allows 10 a second), at most one job per conversation with a gap plus the rationed
+//! idle probes, so it is bounded by the conversations held. A fixed bound would only move that
+//! backlog into the core. `callbridge_backfill_queued` shows it.
 
 use serde_json::value::RawValue;
 use std::future::Future;
@@ -83,10 +88,14 @@ pub fn spawn_worker(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<BackfillJob>();
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     runtime.spawn(async move {
+        let queued = metrics::gauge!("callbridge_backfill_queued");
         while let Some(job) = rx.recv().await {
+            queued.set(rx.len() as f64);
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
+            // The wait for a permit is where the time goes: what arrived meanwhile counts too.
+            queued.set(rx.len() as f64);
             let source = source.clone();
             let done = done.clone();
             tokio::spawn(async move {
