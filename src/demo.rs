@@ -475,6 +475,8 @@ pub enum MockFault {
     ProduceErrors(usize),
     /// The next `n` Fetch requests fail with retriable errors.
     FetchErrors(usize),
+    /// The next `n` Produce requests are refused for good (message too large: not retried).
+    ProduceRefused(usize),
     /// The leader of every partition of every topic moves to the next broker.
     MoveLeaders,
 }
@@ -570,6 +572,13 @@ fn apply_mock_fault(
         }
         MockFault::FetchErrors(n) => {
             cluster.request_errors(RDKafkaApiKey::Fetch, &retriable(n));
+            Ok(())
+        }
+        MockFault::ProduceRefused(n) => {
+            cluster.request_errors(
+                RDKafkaApiKey::Produce,
+                &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; n],
+            );
             Ok(())
         }
         MockFault::MoveLeaders => {

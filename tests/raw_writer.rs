@@ -3,7 +3,9 @@
 //! answered 503) stays queued and is written, in order, once Kafka is back: an outage shorter
 //! than the queue costs no back-fill. A write that finds the queue full waits for room until
 //! `kafka.ack_timeout` (then the webhook is answered 503 and what GoTo gives up on is left to
-//! back-fill), and gets in if Kafka drains the queue in time.
+//! back-fill), and gets in if Kafka drains the queue in time. Only notifications that were lost
+//! (not queued, or refused by Kafka after their answer timed out) open an unwritten window for
+//! the report sweep; the late refusal is made by librdkafka's mock cluster.
 mod support;
 
 use callbridge::ingest::{RawWriter, Transport, WriteError};
@@ -221,5 +223,138 @@ async fn answering_on_receipt_queues_up_to_its_limit_and_then_waits_for_kafka() 
             .map(|n| format!("c-receipt-{n}"))
             .collect::<Vec<_>>(),
         "every state, answered on receipt or refused, reached raw"
+    );
+}
+
+/// The windows swept from GoTo's reports after an outage cover only notifications that were not
+/// even queued: one whose answer timed out is still queued and written once Kafka is back, so
+/// sweeping for it would spend GoTo requests on nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_notifications_left_unqueued_open_an_unwritten_window() {
+    use callbridge::ingest::Ingest;
+    let data = TempDir::new("raw-writer-windows");
+    let mut broker = Tansu::start_with_storage(Some(&data.0));
+    let mut kafka = broker.kafka(2);
+    kafka.ack_timeout = Duration::from_millis(300);
+    ensure_topics(&kafka).await.expect("topics");
+    let roomy = Ingest::new(RawWriter::new(&kafka).expect("producer"));
+    let mut one_record = kafka.clone();
+    one_record
+        .librdkafka
+        .insert("queue.buffering.max.messages".into(), "1".into());
+    let cramped = Ingest::new(RawWriter::new(&one_record).expect("producer"));
+    // Writes further states of `conversation` until Kafka acknowledges one.
+    let write_until_acknowledged = |ingest: &Ingest, conversation: &'static str| {
+        let ingest = ingest.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            for n in 100.. {
+                let body = notification(conversation, n);
+                match ingest.accept(&body, Transport::Webhook).await {
+                    Ok(_) => return,
+                    Err(e) => assert!(Instant::now() < deadline, "Kafka never came back: {e}"),
+                }
+            }
+        }
+    };
+
+    broker.stop();
+    let r = roomy
+        .accept(&notification("c-roomy", 1), Transport::Webhook)
+        .await;
+    assert!(matches!(r, Err(WriteError::AckTimeout(_))), "{r:?}");
+    broker.restart();
+    write_until_acknowledged(&roomy, "c-roomy").await;
+    assert!(
+        roomy.take_unwritten_windows().is_empty(),
+        "a window for a notification that stayed queued"
+    );
+
+    broker.stop();
+    let r = cramped
+        .accept(&notification("c-cramped", 1), Transport::Webhook)
+        .await;
+    assert!(matches!(r, Err(WriteError::AckTimeout(_))), "{r:?}");
+    let r = cramped
+        .accept(&notification("c-cramped", 2), Transport::Webhook)
+        .await;
+    assert!(matches!(r, Err(WriteError::QueueFull)), "{r:?}");
+    broker.restart();
+    write_until_acknowledged(&cramped, "c-cramped").await;
+    assert_eq!(
+        cramped.take_unwritten_windows().len(),
+        1,
+        "no window for the notification the full queue refused"
+    );
+}
+
+/// A record whose answer timed out is followed to its end: if Kafka then refuses it for good, it
+/// was lost after all and opens an unwritten window from its receipt. (librdkafka's mock cluster:
+/// tansu cannot refuse a record late.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_refused_after_its_answer_timed_out_opens_an_unwritten_window() {
+    use callbridge::demo::{MockFault, MockKafka};
+    use callbridge::ingest::Ingest;
+    let mut kafka = KafkaConfig::default();
+    kafka.topics.partitions = 1;
+    kafka.topics.replication_factor = 1;
+    kafka.ack_timeout = Duration::from_millis(300);
+    let topics = [kafka.topics.raw.clone(), kafka.topics.dead_letter.clone()];
+    // Once the producer is connected: slow enough for a write's answer to time out before Kafka
+    // refuses it, then healthy again.
+    let schedule = vec![
+        (
+            Duration::from_secs(3),
+            MockFault::RoundTrip(Duration::from_millis(1500)),
+        ),
+        (Duration::from_secs(3), MockFault::ProduceRefused(1)),
+        (Duration::from_secs(7), MockFault::RoundTrip(Duration::ZERO)),
+    ];
+    let cluster = MockKafka::start_with_faults(&topics, 1, schedule).expect("mock cluster");
+    kafka.bootstrap_servers = cluster.bootstrap.clone();
+    let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
+    let write_until_acknowledged = |from: u64| {
+        let ingest = ingest.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            for n in from.. {
+                let body = notification("c-refused", n);
+                match ingest.accept(&body, Transport::Webhook).await {
+                    Ok(_) => return,
+                    Err(e) => assert!(Instant::now() < deadline, "never acknowledged: {e}"),
+                }
+            }
+        }
+    };
+
+    write_until_acknowledged(100).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.faults_applied() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the mock faults were never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        ingest.take_unwritten_windows().is_empty(),
+        "a window before any refusal"
+    );
+    let before = std::time::SystemTime::now();
+    let r = ingest
+        .accept(&notification("c-refused", 1), Transport::Webhook)
+        .await;
+    assert!(matches!(r, Err(WriteError::AckTimeout(_))), "{r:?}");
+    write_until_acknowledged(2).await;
+    let windows = ingest.take_unwritten_windows();
+    drop(cluster);
+    assert_eq!(
+        windows.len(),
+        1,
+        "the record Kafka refused after its answer timed out opened no window"
+    );
+    assert!(
+        windows[0].0 >= before && windows[0].0 < windows[0].1,
+        "the window starts when the refused record was received: {windows:?}"
     );
 }

@@ -44,7 +44,10 @@ pub struct Ingest {
 
 /// When notifications could not be written (Kafka down): a call that started and ended in that
 /// window left nothing in raw, so nothing will ever ask for it; the window is swept from GoTo's
-/// report summaries once writes succeed again (see `channel::catchup`).
+/// report summaries once writes succeed again (see `channel::catchup`). Only notifications that
+/// were not even queued open a window: one whose answer timed out is still in the producer's
+/// queue (it never gives a record up) and is written once Kafka is back, so a Kafka outage
+/// shorter than the queue costs no sweep and none of the GoTo requests a sweep spends.
 #[derive(Default)]
 struct UnwrittenWindow {
     /// First failed write of the current outage.
@@ -85,8 +88,8 @@ impl Ingest {
             .unwrap_or_default()
     }
 
-    fn note_write(&self, ok: bool) {
-        note_write(&self.outage, ok);
+    fn note_write(&self, outcome: WriteOutcome) {
+        note_write_at(&self.outage, outcome, std::time::SystemTime::now());
     }
 
     /// The underlying writer (queue depth, flush on shutdown).
@@ -98,9 +101,13 @@ impl Ingest {
     /// [`Accepted::Queued`] once queued when answering on receipt.
     pub async fn accept(&self, body: &[u8], transport: Transport) -> Result<Accepted, WriteError> {
         let result = self.accept_inner(body, transport).await;
-        // A queued state is not written yet: its waiter notes the outcome.
+        // A state answered on receipt is not written yet: its waiter notes the outcome.
         if !matches!(result, Ok(Accepted::Queued)) {
-            self.note_write(result.is_ok());
+            self.note_write(match &result {
+                Ok(_) => WriteOutcome::Written,
+                Err(WriteError::AckTimeout(_)) => WriteOutcome::StillQueued,
+                Err(_) => WriteOutcome::NotQueued,
+            });
         }
         result
     }
@@ -120,9 +127,15 @@ impl Ingest {
                     (Some(on_receipt), Transport::Webhook) => on_receipt.reserve(),
                     _ => None,
                 };
+                let received = std::time::SystemTime::now();
                 let Some(reservation) = reservation else {
+                    // A write whose answer timed out stays queued: follow it to its end, so a
+                    // record Kafka then refuses for good still opens an unwritten window.
+                    let outage = self.outage.clone();
                     self.writer
-                        .write(&conversation_space_id, body, transport)
+                        .write_then(&conversation_space_id, body, transport, move |late| {
+                            note_write_at(&outage, WriteOutcome::of(&late), received);
+                        })
                         .await?;
                     return Ok(Accepted::Raw);
                 };
@@ -134,7 +147,7 @@ impl Ingest {
                 tokio::spawn(async move {
                     let result = delivery.wait().await;
                     drop(reservation);
-                    note_write(&outage, result.is_ok());
+                    note_write_at(&outage, WriteOutcome::of(&result), received);
                     if let Err(e) = result {
                         // Only a permanent refusal ends here (the producer never times out):
                         // the state was answered 200, so only back-fill can bring it back.
@@ -175,14 +188,44 @@ impl Ingest {
     }
 }
 
-fn note_write(outage: &std::sync::Mutex<UnwrittenWindow>, ok: bool) {
+/// What became of a write, for the unwritten windows.
+#[derive(Clone, Copy, Debug)]
+enum WriteOutcome {
+    /// Kafka acknowledged it: closes a window.
+    Written,
+    /// Not acknowledged in time but queued, written once Kafka is back: neither opens nor closes
+    /// a window.
+    StillQueued,
+    /// Not queued (queue full, refused), or refused by Kafka for good after its answer: GoTo
+    /// may never send it again; opens a window.
+    NotQueued,
+}
+
+impl WriteOutcome {
+    /// The final outcome of a record that was queued.
+    fn of(delivered: &Result<(), WriteError>) -> Self {
+        match delivered {
+            Ok(()) => WriteOutcome::Written,
+            Err(_) => WriteOutcome::NotQueued,
+        }
+    }
+}
+
+/// Notes a write of a notification received at `received` (a late refusal opens the window
+/// from there: calls that began after it may have left nothing in raw).
+fn note_write_at(
+    outage: &std::sync::Mutex<UnwrittenWindow>,
+    outcome: WriteOutcome,
+    received: std::time::SystemTime,
+) {
     let Ok(mut o) = outage.lock() else {
         return;
     };
     let now = std::time::SystemTime::now();
-    match (ok, o.since) {
-        (false, None) => o.since = Some(now),
-        (true, Some(since)) => {
+    match (outcome, o.since) {
+        (WriteOutcome::NotQueued, None) => o.since = Some(received),
+        (WriteOutcome::NotQueued, Some(since)) if received < since => o.since = Some(received),
+        (WriteOutcome::Written, Some(since)) => {
             o.since = None;
             o.ended.push((since, now));
         }
@@ -200,21 +243,43 @@ mod tests {
             RawWriter::new(&crate::kafka::KafkaConfig::default())
                 .expect("producer without a broker"),
         );
-        ingest.note_write(true);
+        ingest.note_write(WriteOutcome::Written);
         assert!(
             ingest.take_unwritten_windows().is_empty(),
             "no failure, no window"
         );
-        ingest.note_write(false);
-        ingest.note_write(false);
+        ingest.note_write(WriteOutcome::NotQueued);
+        ingest.note_write(WriteOutcome::NotQueued);
         assert!(
             ingest.take_unwritten_windows().is_empty(),
             "still failing: not over yet"
         );
-        ingest.note_write(true);
+        ingest.note_write(WriteOutcome::Written);
         let windows = ingest.take_unwritten_windows();
         assert_eq!(windows.len(), 1);
         assert!(windows[0].0 <= windows[0].1);
         assert!(ingest.take_unwritten_windows().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn a_write_still_queued_neither_opens_nor_closes_a_window() {
+        let ingest = Ingest::new(
+            RawWriter::new(&crate::kafka::KafkaConfig::default())
+                .expect("producer without a broker"),
+        );
+        ingest.note_write(WriteOutcome::StillQueued);
+        ingest.note_write(WriteOutcome::Written);
+        assert!(
+            ingest.take_unwritten_windows().is_empty(),
+            "a timed-out write still queued lost nothing"
+        );
+        ingest.note_write(WriteOutcome::NotQueued);
+        ingest.note_write(WriteOutcome::StillQueued);
+        assert!(
+            ingest.take_unwritten_windows().is_empty(),
+            "a write still queued does not end the window"
+        );
+        ingest.note_write(WriteOutcome::Written);
+        assert_eq!(ingest.take_unwritten_windows().len(), 1);
     }
 }

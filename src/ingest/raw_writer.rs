@@ -112,6 +112,19 @@ impl RawWriter {
         body: &[u8],
         transport: Transport,
     ) -> Result<(), WriteError> {
+        self.write_then(conversation_space_id, body, transport, |_| {})
+            .await
+    }
+
+    /// [`RawWriter::write`], and when it returns [`WriteError::AckTimeout`] (the record stays
+    /// queued), `late` gets the record's final outcome once Kafka gives it.
+    pub async fn write_then(
+        &self,
+        conversation_space_id: &str,
+        body: &[u8],
+        transport: Transport,
+        late: impl FnOnce(Result<(), WriteError>) + Send + 'static,
+    ) -> Result<(), WriteError> {
         let deadline = Instant::now() + self.ack_timeout;
         let delivery = self
             .enqueue(
@@ -122,9 +135,18 @@ impl RawWriter {
                 deadline,
             )
             .await?;
-        self.confirm_by(delivery, deadline).await?;
-        crate::failpoint::hit(crate::failpoint::INGEST_AFTER_RAW_ACK);
-        Ok(())
+        let mut acknowledged = Box::pin(delivery.wait());
+        match tokio::time::timeout_at(deadline, &mut acknowledged).await {
+            Ok(result) => {
+                result?;
+                crate::failpoint::hit(crate::failpoint::INGEST_AFTER_RAW_ACK);
+                Ok(())
+            }
+            Err(_) => {
+                tokio::spawn(async move { late(acknowledged.await) });
+                Err(WriteError::AckTimeout(self.ack_timeout))
+            }
+        }
     }
 
     /// Hands a routable notification to the producer without waiting for Kafka's
