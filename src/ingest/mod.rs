@@ -45,9 +45,11 @@ pub struct Ingest {
 /// When notifications could not be written (Kafka down): a call that started and ended in that
 /// window left nothing in raw, so nothing will ever ask for it; the window is swept from GoTo's
 /// report summaries once writes succeed again (see `channel::catchup`). Only notifications that
-/// were not even queued open a window: one whose answer timed out is still in the producer's
-/// queue (it never gives a record up) and is written once Kafka is back, so a Kafka outage
-/// shorter than the queue costs no sweep and none of the GoTo requests a sweep spends.
+/// were lost open a window: not queued at all, or refused by Kafka for good after their answer
+/// timed out (such a record is followed to its end). One whose answer timed out is otherwise
+/// still in the producer's queue (it never gives a record up) and is written once Kafka is back,
+/// so a Kafka outage shorter than the queue costs no sweep and none of the GoTo requests a sweep
+/// spends.
 #[derive(Default)]
 struct UnwrittenWindow {
     /// First failed write of the current outage.
