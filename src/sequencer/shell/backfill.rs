@@ -6,9 +6,9 @@
 //! (heartbeats, rebalance callbacks) while GoTo is slow.
 //!
 //! The job queue has no fixed bound, on purpose: it is the backlog of REST requests the open gaps
-//! need (GoTo allows 10 a second), at most one job per conversation with a gap plus the rationed
-//! idle probes, so it is bounded by the conversations held. A fixed bound would only move that
-//! backlog into the core. `callbridge_backfill_queued` shows it.
+//! need (GoTo allows 10 a second) plus the rationed idle probes, so it is bounded by the gaps the
+//! core holds open. A fixed bound would only move that backlog into the core.
+//! `callbridge_backfill_queued` shows it.
 
 use serde_json::value::RawValue;
 use std::future::Future;
