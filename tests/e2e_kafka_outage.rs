@@ -35,8 +35,8 @@ async fn sixty_seconds_without_kafka_loses_nothing() {
     let mut replica = Replica::new(&dir.0, "outage-replica", &d);
     // A short bound on each answer. With the suites' 3 s, every refused attempt holds one of the
     // simulator's 32 webhook slots for 3 s: GoTo's deliveries slow down until Kafka is back and
-    // nothing is lost (backpressure; seen in a run: 83 notifications given up, all of them queued
-    // by an earlier attempt, nothing to back-fill). This test wants losses, to exercise back-fill.
+    // nothing is lost (backpressure; seen in a run: GoTo gave up on 83 notifications, yet nothing
+    // needed back-fill, as an earlier attempt had queued each). This test wants losses.
     replica.set_env("CALLBRIDGE_KAFKA__ACK_TIMEOUT", "200ms");
     replica.start();
     assert!(replica.wait_ready(Duration::from_secs(60)).await);
