@@ -24,6 +24,30 @@ fn notification(conversation: &str, n: u64) -> Vec<u8> {
     .unwrap()
 }
 
+/// `kafka` with a producer queue of at most `records` records.
+fn with_queue_of(mut kafka: KafkaConfig, records: u32) -> KafkaConfig {
+    kafka
+        .librdkafka
+        .insert("queue.buffering.max.messages".into(), records.to_string());
+    kafka
+}
+
+/// Ingests states `from..` of `conversation` until Kafka acknowledges one (60 s at most).
+async fn accept_until_acknowledged(
+    ingest: &callbridge::ingest::Ingest,
+    conversation: &str,
+    from: u64,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in from.. {
+        let body = notification(conversation, n);
+        match ingest.accept(&body, Transport::Webhook).await {
+            Ok(_) => return,
+            Err(e) => assert!(Instant::now() < deadline, "never acknowledged: {e}"),
+        }
+    }
+}
+
 /// Every record of the raw topic.
 async fn raw_records(kafka: &KafkaConfig) -> Vec<ReadRecord> {
     let (kafka, topic) = (kafka.clone(), kafka.topics.raw.clone());
@@ -98,11 +122,8 @@ async fn a_write_refused_while_kafka_is_down_is_written_once_it_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_holds_a_write_until_its_bound_then_refuses_it() {
     let mut broker = Tansu::start();
-    let mut kafka = broker.kafka(2);
+    let mut kafka = with_queue_of(broker.kafka(2), 2);
     kafka.ack_timeout = Duration::from_millis(300);
-    kafka
-        .librdkafka
-        .insert("queue.buffering.max.messages".into(), "2".into());
     ensure_topics(&kafka).await.expect("topics");
     let writer = RawWriter::new(&kafka).expect("producer");
     broker.stop();
@@ -128,11 +149,8 @@ async fn a_full_queue_holds_a_write_until_its_bound_then_refuses_it() {
 async fn writes_that_find_the_queue_full_get_in_once_kafka_drains_it() {
     let data = TempDir::new("raw-writer-full");
     let mut broker = Tansu::start_with_storage(Some(&data.0));
-    let mut kafka = broker.kafka(2);
+    let mut kafka = with_queue_of(broker.kafka(2), 2);
     kafka.ack_timeout = Duration::from_secs(60);
-    kafka
-        .librdkafka
-        .insert("queue.buffering.max.messages".into(), "2".into());
     ensure_topics(&kafka).await.expect("topics");
     let writer = RawWriter::new(&kafka).expect("producer");
     broker.stop();
@@ -238,33 +256,15 @@ async fn only_notifications_left_unqueued_open_an_unwritten_window() {
     kafka.ack_timeout = Duration::from_millis(300);
     ensure_topics(&kafka).await.expect("topics");
     let roomy = Ingest::new(RawWriter::new(&kafka).expect("producer"));
-    let mut one_record = kafka.clone();
-    one_record
-        .librdkafka
-        .insert("queue.buffering.max.messages".into(), "1".into());
-    let cramped = Ingest::new(RawWriter::new(&one_record).expect("producer"));
+    let cramped = Ingest::new(RawWriter::new(&with_queue_of(kafka.clone(), 1)).expect("producer"));
     // Writes further states of `conversation` until Kafka acknowledges one.
-    let write_until_acknowledged = |ingest: &Ingest, conversation: &'static str| {
-        let ingest = ingest.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            for n in 100.. {
-                let body = notification(conversation, n);
-                match ingest.accept(&body, Transport::Webhook).await {
-                    Ok(_) => return,
-                    Err(e) => assert!(Instant::now() < deadline, "Kafka never came back: {e}"),
-                }
-            }
-        }
-    };
-
     broker.stop();
     let r = roomy
         .accept(&notification("c-roomy", 1), Transport::Webhook)
         .await;
     assert!(matches!(r, Err(WriteError::AckTimeout(_))), "{r:?}");
     broker.restart();
-    write_until_acknowledged(&roomy, "c-roomy").await;
+    accept_until_acknowledged(&roomy, "c-roomy", 100).await;
     assert!(
         roomy.take_unwritten_windows().is_empty(),
         "a window for a notification that stayed queued"
@@ -280,7 +280,7 @@ async fn only_notifications_left_unqueued_open_an_unwritten_window() {
         .await;
     assert!(matches!(r, Err(WriteError::QueueFull)), "{r:?}");
     broker.restart();
-    write_until_acknowledged(&cramped, "c-cramped").await;
+    accept_until_acknowledged(&cramped, "c-cramped", 100).await;
     assert_eq!(
         cramped.take_unwritten_windows().len(),
         1,
@@ -313,21 +313,7 @@ async fn a_record_refused_after_its_answer_timed_out_opens_an_unwritten_window()
     let cluster = MockKafka::start_with_faults(&topics, 1, schedule).expect("mock cluster");
     kafka.bootstrap_servers = cluster.bootstrap.clone();
     let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
-    let write_until_acknowledged = |from: u64| {
-        let ingest = ingest.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            for n in from.. {
-                let body = notification("c-refused", n);
-                match ingest.accept(&body, Transport::Webhook).await {
-                    Ok(_) => return,
-                    Err(e) => assert!(Instant::now() < deadline, "never acknowledged: {e}"),
-                }
-            }
-        }
-    };
-
-    write_until_acknowledged(100).await;
+    accept_until_acknowledged(&ingest, "c-refused", 100).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while cluster.faults_applied() < 2 {
         assert!(
@@ -345,7 +331,7 @@ async fn a_record_refused_after_its_answer_timed_out_opens_an_unwritten_window()
         .accept(&notification("c-refused", 1), Transport::Webhook)
         .await;
     assert!(matches!(r, Err(WriteError::AckTimeout(_))), "{r:?}");
-    write_until_acknowledged(2).await;
+    accept_until_acknowledged(&ingest, "c-refused", 2).await;
     let windows = ingest.take_unwritten_windows();
     drop(cluster);
     assert_eq!(

@@ -239,12 +239,17 @@ fn note_write_at(
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_outage_of_writes_becomes_one_window_once_writes_succeed_again() {
-        let ingest = Ingest::new(
+    /// Ingest whose producer never connects: for the window bookkeeping alone.
+    fn ingest_without_broker() -> Ingest {
+        Ingest::new(
             RawWriter::new(&crate::kafka::KafkaConfig::default())
                 .expect("producer without a broker"),
-        );
+        )
+    }
+
+    #[test]
+    fn an_outage_of_writes_becomes_one_window_once_writes_succeed_again() {
+        let ingest = ingest_without_broker();
         ingest.note_write(WriteOutcome::Written);
         assert!(
             ingest.take_unwritten_windows().is_empty(),
@@ -265,10 +270,7 @@ mod tests {
 
     #[test]
     fn a_write_still_queued_neither_opens_nor_closes_a_window() {
-        let ingest = Ingest::new(
-            RawWriter::new(&crate::kafka::KafkaConfig::default())
-                .expect("producer without a broker"),
-        );
+        let ingest = ingest_without_broker();
         ingest.note_write(WriteOutcome::StillQueued);
         ingest.note_write(WriteOutcome::Written);
         assert!(
