@@ -103,6 +103,8 @@ fn bad_values_are_all_reported_at_once() {
         secret = "short"
         answer = "on_receipt"
         on_receipt_limit = 0
+        [channel]
+        websocket_frames_in_flight = 0
         [kafka]
         bootstrap_servers = "broker-without-port"
         [kafka.topics]
@@ -118,6 +120,7 @@ fn bad_values_are_all_reported_at_once() {
         "webhook.public_url: \"not a url\"",
         "webhook.secret: \"<set, too short>\"",
         "webhook.on_receipt_limit: \"0\"",
+        "channel.websocket_frames_in_flight: \"0\"",
         "kafka.bootstrap_servers: \"broker-without-port\"",
         "kafka.topics.partitions: \"0\"",
     ] {

@@ -4,8 +4,14 @@
 //! the channel on `WEBSOCKET_REFRESH_REQUIRED` and tear everything down and recreate it on
 //! `WEBSOCKET_TO_BE_CLOSED`. callbridge does the same, also refreshes ahead of `channelLifetime`
 //! on its own (the warning frame may be lost), and recreates the channel when a refresh fails.
-//! Frames are written to Kafka concurrently (bounded); a frame Kafka cannot take is lost from the
-//! socket's point of view and comes back through back-fill, which is why it is only logged.
+//! Frames are written to Kafka concurrently, up to `channel.websocket_frames_in_flight`; a frame
+//! Kafka cannot take is lost from the socket's point of view and comes back through back-fill,
+//! which is why it is only logged.
+//!
+//! When every write is waiting for Kafka, the session stops reading the socket (GoTo's sends then
+//! back up in TCP) but keeps its loop live: shutdown, pings, refreshes and repairs go on. Pongs
+//! cannot be read while reading is paused, so pings sent meanwhile are not counted as missed;
+//! and any frame read counts as a sign of life, since a pong can be queued behind data frames.
 
 use super::keeper::{ChannelError, ChannelKeeper};
 use super::ChannelState;
@@ -16,15 +22,15 @@ use crate::notification::ControlMessage;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::time::{sleep_until, Instant};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
 /// A session that lasted this long was healthy: the next reconnect is immediate.
 const HEALTHY_SESSION: Duration = Duration::from_millis(500);
 
-/// Frames being written to Kafka at once.
-const MAX_FRAMES_IN_FLIGHT: usize = 1024;
+/// A pause of reading this long is logged as a warning, not only counted.
+const LONG_READ_PAUSE: Duration = Duration::from_secs(1);
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -217,59 +223,67 @@ async fn session(
     }
     let (mut sink, mut stream) = ws.split();
     let (control_tx, mut control_rx) = mpsc::unbounded_channel::<ControlMessage>();
-    let permits = Arc::new(Semaphore::new(MAX_FRAMES_IN_FLIGHT));
+    let permits = Arc::new(Semaphore::new(settings.websocket_frames_in_flight));
+    // A frame read while every permit was taken, and since when: reading waits for a write to end.
+    let mut held: Option<(bytes::Bytes, Instant)> = None;
     let mut ping = tokio::time::interval(settings.ping_interval);
+    // After a long refresh or repair, one ping, not a burst that counts as several missed pongs.
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ping.tick().await;
     let mut missed = 0u32;
     let mut refresh_at = refresh_deadline(&current, settings.refresh_margin);
     // The subscriptions can vanish while the socket stays up: check them like webhook mode does.
     let mut repair = tokio::time::interval(settings.repair_interval);
     repair.tick().await;
-    loop {
+    let end = loop {
         tokio::select! {
             _ = shutdown.changed() => {
                 let _ = sink.send(Message::Close(None)).await;
-                return SessionEnd::Shutdown;
+                break SessionEnd::Shutdown;
             }
-            frame = stream.next() => match frame {
+            permit = permits.clone().acquire_owned(), if held.is_some() => {
+                let Ok(permit) = permit else { break SessionEnd::Shutdown };
+                if let Some((body, since)) = held.take() {
+                    read_resumed(since.elapsed(), settings.websocket_frames_in_flight);
+                    spawn_write(ingest, &control_tx, Some(permit), body);
+                }
+            }
+            frame = stream.next(), if held.is_none() => match frame {
                 Some(Ok(Message::Text(text))) => {
-                    let Ok(permit) = permits.clone().acquire_owned().await else { return SessionEnd::Shutdown };
-                    let ingest = ingest.clone();
-                    let control_tx = control_tx.clone();
+                    missed = 0;
                     let body = bytes::Bytes::from(text);
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        match ingest.accept(&body, Transport::WebSocket).await {
-                            Ok(Accepted::Control(c)) => { let _ = control_tx.send(c); }
-                            Ok(_) => {}
-                            Err(e @ WriteError::AckTimeout(_)) => tracing::warn!(error = %e, "a WebSocket notification is not acknowledged yet; it stays queued and is written once Kafka is back"),
-                            Err(e) => tracing::warn!(error = %e, "a WebSocket notification could not be written to Kafka; back-fill will recover it"),
-                        }
-                    });
+                    match permits.clone().try_acquire_owned() {
+                        Ok(permit) => spawn_write(ingest, &control_tx, Some(permit), body),
+                        Err(_) => held = Some((body, Instant::now())),
+                    }
                 }
                 Some(Ok(Message::Binary(bin))) => {
+                    missed = 0;
                     tracing::warn!(bytes = bin.len(), "unexpected binary WebSocket frame ignored");
                 }
-                Some(Ok(Message::Pong(_))) => missed = 0,
-                Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Pong(_) | Message::Ping(_) | Message::Frame(_))) => missed = 0,
                 Some(Ok(Message::Close(_))) | None => {
                     // The server closes the socket when the channel expires or is deleted:
                     // re-check the channel before reconnecting instead of dialling a dead URL.
                     *channel_slot = None;
-                    return SessionEnd::Reconnect("closed_by_server");
+                    break SessionEnd::Reconnect("closed_by_server");
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "WebSocket error");
-                    return SessionEnd::Reconnect("socket_error");
+                    break SessionEnd::Reconnect("socket_error");
                 }
             },
             _ = ping.tick() => {
-                if missed >= settings.max_missed_pongs {
-                    return SessionEnd::Reconnect("pong_timeout");
+                // While reading is paused a pong cannot be seen: ping anyway (proxies keep the
+                // connection), but judge the socket only while it is read.
+                if held.is_none() {
+                    if missed >= settings.max_missed_pongs {
+                        break SessionEnd::Reconnect("pong_timeout");
+                    }
+                    missed += 1;
                 }
-                missed += 1;
                 if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
-                    return SessionEnd::Reconnect("socket_error");
+                    break SessionEnd::Reconnect("socket_error");
                 }
             }
             Some(control) = control_rx.recv() => match control {
@@ -283,11 +297,11 @@ async fn session(
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "channel refresh failed");
-                            return SessionEnd::Recreate("refresh_failed");
+                            break SessionEnd::Recreate("refresh_failed");
                         }
                     }
                 }
-                ControlMessage::ToBeClosed => return SessionEnd::Recreate("to_be_closed"),
+                ControlMessage::ToBeClosed => break SessionEnd::Recreate("to_be_closed"),
                 ControlMessage::Other(kind) => tracing::info!(%kind, "unknown channel control message ignored"),
             },
             _ = repair.tick() => match keeper.repair(&mut current).await {
@@ -300,7 +314,7 @@ async fn session(
                     // A new channel has a new URL: connect to it.
                     metrics::counter!("callbridge_channel_repairs_total").increment(1);
                     *channel_slot = Some(current.clone());
-                    return SessionEnd::Reconnect("channel_recreated");
+                    break SessionEnd::Reconnect("channel_recreated");
                 }
                 Err(e) => tracing::warn!(error = %e, "channel repair check failed; will retry"),
             },
@@ -313,10 +327,54 @@ async fn session(
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "proactive channel refresh failed");
-                        return SessionEnd::Recreate("refresh_failed");
+                        break SessionEnd::Recreate("refresh_failed");
                     }
                 }
             }
         }
+    };
+    // The held frame was read off the socket: GoTo counts it delivered, so it is written (one
+    // frame over the bound) rather than dropped with the session.
+    if let Some((body, since)) = held {
+        read_resumed(since.elapsed(), settings.websocket_frames_in_flight);
+        spawn_write(ingest, &control_tx, None, body);
+    }
+    end
+}
+
+/// Writes one frame to Kafka in its own task, holding `permit` (if any) until the write ends.
+fn spawn_write(
+    ingest: &Ingest,
+    control_tx: &mpsc::UnboundedSender<ControlMessage>,
+    permit: Option<OwnedSemaphorePermit>,
+    body: bytes::Bytes,
+) {
+    let (ingest, control_tx) = (ingest.clone(), control_tx.clone());
+    tokio::spawn(async move {
+        let _permit = permit;
+        match ingest.accept(&body, Transport::WebSocket).await {
+            Ok(Accepted::Control(c)) => {
+                let _ = control_tx.send(c);
+            }
+            Ok(_) => {}
+            Err(e @ WriteError::AckTimeout(_)) => {
+                tracing::warn!(error = %e, "a WebSocket notification is not acknowledged yet; it stays queued and is written once Kafka is back")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a WebSocket notification could not be written to Kafka; back-fill will recover it")
+            }
+        }
+    });
+}
+
+/// Records a pause of reading that just ended, and says so when it was long.
+fn read_resumed(paused: Duration, in_flight: usize) {
+    metrics::histogram!("callbridge_websocket_read_pause_seconds").record(paused.as_secs_f64());
+    if paused >= LONG_READ_PAUSE {
+        tracing::warn!(
+            ?paused,
+            frames_in_flight = in_flight,
+            "WebSocket reading was paused: every frame in flight was waiting for Kafka"
+        );
     }
 }

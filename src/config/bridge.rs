@@ -139,6 +139,9 @@ pub struct ChannelSettings {
     pub ping_interval: Duration,
     /// Unanswered pings before the socket is considered dead.
     pub max_missed_pongs: u32,
+    /// WebSocket frames being written to Kafka at once. When that many wait for Kafka, the
+    /// bridge stops reading the socket until one is written (GoTo's sends then back up in TCP).
+    pub websocket_frames_in_flight: usize,
     /// First reconnect delay (doubles up to `reconnect_max`).
     #[serde(with = "humantime_serde")]
     pub reconnect_base: Duration,
@@ -170,6 +173,7 @@ impl Default for ChannelSettings {
             repair_interval: Duration::from_secs(300),
             ping_interval: Duration::from_secs(8),
             max_missed_pongs: 3,
+            websocket_frames_in_flight: 1024,
             reconnect_base: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
             owner_session_timeout: Duration::from_secs(10),
@@ -529,6 +533,13 @@ impl BridgeConfig {
                 "channel.ping_interval",
                 "0s",
                 "a duration > 0, e.g. \"8s\"",
+            ));
+        }
+        if c.websocket_frames_in_flight == 0 {
+            report.push(Invalid::new(
+                "channel.websocket_frames_in_flight",
+                "0",
+                "at least 1 (the socket would never be read), e.g. 1024",
             ));
         }
         if c.owner_session_timeout < Duration::from_secs(1)

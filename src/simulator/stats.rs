@@ -50,6 +50,9 @@ pub struct Stats {
     pub apis: BTreeMap<String, ApiStats>,
     /// Deliveries.
     pub deliveries: DeliveryStats,
+    /// WebSocket pings received from clients (a client that stops reading its socket must still
+    /// ping, or proxies drop an idle connection).
+    pub websocket_pings: u64,
 }
 
 impl Stats {

@@ -113,6 +113,7 @@ async fn pump(sim: Arc<Sim>, channel_id: String, mut socket: WebSocket) {
             incoming = socket.recv() => match incoming {
                 // tungstenite queues the pong itself; flushing sends it now.
                 Some(Ok(Message::Ping(_))) => {
+                    sim.world().stats.websocket_pings += 1;
                     let _ = socket.flush().await;
                 }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,

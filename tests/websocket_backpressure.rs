@@ -1,0 +1,244 @@
+//! The WebSocket session when Kafka stops acknowledging: with every frame in flight waiting for
+//! Kafka, the session stops reading the socket, but its loop stays live. It keeps pinging without
+//! counting the pongs it cannot read as missed (no reconnect), sees shutdown at once, and writes
+//! the frame it had read when reading paused. The simulator speaks real WebSocket and counts the
+//! pings it receives; Kafka is tansu, stopped and started again.
+mod contract_support;
+mod support;
+
+use callbridge::channel::websocket;
+use callbridge::channel::{ChannelKeeper, ChannelState, DesiredChannel};
+use callbridge::config::bridge::{ChannelKind, ChannelSettings};
+use callbridge::ingest::{Ingest, RawWriter};
+use callbridge::kafka::reader::read_topic;
+use callbridge::kafka::{ensure_topics, KafkaConfig};
+use callbridge::simulator::RunningSimulator;
+use contract_support::*;
+use std::time::Duration;
+use support::tansu::{Tansu, TempDir};
+use tokio::sync::watch;
+
+/// Frames written to Kafka at once in these tests: the third frame of a call has to wait.
+const IN_FLIGHT: usize = 2;
+/// States of the one call the simulator plays.
+const STATES: u64 = 4;
+
+/// A simulator that plays one call of `STATES` states when told to.
+async fn simulator() -> RunningSimulator {
+    let mut c = sim_config();
+    c.scheduler.autostart = false;
+    c.scheduler.calls = 1;
+    c.scheduler.calls_per_second = 0.0;
+    c.traffic.min_states = STATES as u32;
+    c.traffic.max_states = STATES as u32;
+    c.traffic.mean_state_interval = Duration::from_millis(2);
+    start(c).await
+}
+
+fn settings() -> ChannelSettings {
+    ChannelSettings {
+        kind: ChannelKind::Websocket,
+        ping_interval: Duration::from_millis(100),
+        max_missed_pongs: 2,
+        websocket_frames_in_flight: IN_FLIGHT,
+        report_sweep_lookback: Duration::ZERO,
+        ..ChannelSettings::default()
+    }
+}
+
+/// A running WebSocket session and what the test watches of it.
+struct Session {
+    state: watch::Receiver<ChannelState>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), callbridge::channel::ChannelError>>,
+}
+
+/// Starts the session on `ingest` and waits until its socket is connected.
+async fn connected(sim: &RunningSimulator, ingest: &Ingest) -> Session {
+    let keeper = ChannelKeeper::new(
+        client(sim),
+        "bridge",
+        DesiredChannel::WebSocket,
+        vec![A1.to_owned()],
+        vec!["STARTING".into(), "ACTIVE".into(), "ENDING".into()],
+    );
+    let (state_tx, mut state) = watch::channel(ChannelState::Starting);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let task = tokio::spawn(websocket::run(
+        keeper,
+        ingest.clone(),
+        settings(),
+        state_tx,
+        shutdown_rx,
+    ));
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        state.wait_for(|s| matches!(s, ChannelState::Ready(_))),
+    )
+    .await
+    .expect("connected in time")
+    .expect("session running");
+    state.mark_unchanged();
+    Session {
+        state,
+        shutdown,
+        task,
+    }
+}
+
+/// Kafka on tansu (kept on disk across a restart) with a long acknowledgement bound, so writes
+/// made while it is stopped stay pending for the whole test.
+async fn kafka(data: &TempDir) -> (Tansu, KafkaConfig, Ingest) {
+    let broker = Tansu::start_with_storage(Some(&data.0));
+    let mut kafka = broker.kafka(1);
+    kafka.ack_timeout = Duration::from_secs(120);
+    ensure_topics(&kafka).await.expect("topics");
+    let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
+    (broker, kafka, ingest)
+}
+
+/// Plays the call and waits until the simulator has written all its frames to the socket.
+async fn play_call(sim: &RunningSimulator) {
+    let control = sim.control();
+    control.start_traffic();
+    eventually(Duration::from_secs(20), async || {
+        (control.stats().deliveries.succeeded >= STATES).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the simulator has received `n` more pings than `since`.
+async fn pings_after(sim: &RunningSimulator, since: u64, n: u64) {
+    let control = sim.control();
+    eventually(Duration::from_secs(20), async || {
+        (control.stats().websocket_pings >= since + n).then_some(())
+    })
+    .await;
+}
+
+/// The `sequenceNumber`s in raw, sorted.
+async fn raw_sequence_numbers(kafka: &KafkaConfig, at_least: usize) -> Vec<u64> {
+    let (kafka, topic) = (kafka.clone(), kafka.topics.raw.clone());
+    let records = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let records = read_topic(&kafka, &topic, Duration::from_secs(10)).expect("raw");
+            if records.len() >= at_least || std::time::Instant::now() > deadline {
+                return records;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let mut seqs: Vec<u64> = records
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            v["data"]["content"]["state"]["sequenceNumber"]
+                .as_u64()
+                .or_else(|| v["content"]["state"]["sequenceNumber"].as_u64())
+                .unwrap_or_else(|| panic!("no sequenceNumber in {v}"))
+        })
+        .collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+/// `_sum` and `_count` of the read-pause summary in this process's metrics.
+fn read_pauses() -> (f64, u64) {
+    let text = callbridge::ops::prometheus().render();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("callbridge_websocket_read_pause_seconds_sum"),
+        value("callbridge_websocket_read_pause_seconds_count") as u64,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_paused_by_kafka_keeps_pinging_without_reconnecting_then_writes_everything() {
+    // Before anything records a metric, so the session's metrics land in this handle.
+    let _ = callbridge::ops::prometheus();
+    let sim = simulator().await;
+    let data = TempDir::new("ws-backpressure");
+    let (mut broker, kafka, ingest) = kafka(&data).await;
+    let session = connected(&sim, &ingest).await;
+
+    broker.stop();
+    play_call(&sim).await;
+    // Two frames wait for Kafka, the third is held: reading is paused. A paused session that
+    // counted its unread pongs would reconnect after `max_missed_pongs` (2) pings; one that
+    // blocked on Kafka would send none.
+    let pings = sim.control().stats().websocket_pings;
+    pings_after(&sim, pings, 5).await;
+    assert!(
+        !session.state.has_changed().unwrap(),
+        "the session changed state while paused: {:?}",
+        *session.state.borrow()
+    );
+    assert!(
+        ingest.writer().in_flight() <= IN_FLIGHT as i32,
+        "more frames than the bound were given to Kafka: {}",
+        ingest.writer().in_flight()
+    );
+
+    broker.restart();
+    let seqs = raw_sequence_numbers(&kafka, STATES as usize).await;
+    assert_eq!(
+        seqs,
+        (1..=STATES).collect::<Vec<_>>(),
+        "raw after the pause"
+    );
+    let (paused_for, pauses) = read_pauses();
+    assert!(pauses >= 1, "no read pause was recorded");
+    // Five pings 100 ms apart span at least 0.4 s, all of it paused.
+    assert!(
+        paused_for >= 0.35,
+        "the recorded pause ({paused_for} s) is shorter than the pings sent during it"
+    );
+    assert!(
+        !session.state.has_changed().unwrap(),
+        "the session changed state after the pause: {:?}",
+        *session.state.borrow()
+    );
+    session.shutdown.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), session.task)
+        .await
+        .expect("the session ends on shutdown")
+        .unwrap()
+        .expect("no error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_session_ends_at_once_on_shutdown_and_still_writes_the_frame_it_held() {
+    let sim = simulator().await;
+    let data = TempDir::new("ws-backpressure-shutdown");
+    let (mut broker, kafka, ingest) = kafka(&data).await;
+    let session = connected(&sim, &ingest).await;
+
+    broker.stop();
+    play_call(&sim).await;
+    // Pings flowing show the loop is live and past the frames it read.
+    let pings = sim.control().stats().websocket_pings;
+    pings_after(&sim, pings, 3).await;
+
+    // Kafka would answer the pending writes only after 120 s: the session must not wait for them.
+    session.shutdown.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), session.task)
+        .await
+        .expect("the session ends on shutdown while Kafka is away")
+        .unwrap()
+        .expect("no error");
+
+    broker.restart();
+    // The two frames in flight and the held third one; the fourth was never read off the socket.
+    let seqs = raw_sequence_numbers(&kafka, IN_FLIGHT + 1).await;
+    assert_eq!(
+        seqs,
+        (1..=IN_FLIGHT as u64 + 1).collect::<Vec<_>>(),
+        "raw after a shutdown while paused"
+    );
+}
