@@ -297,6 +297,7 @@ async fn watch_kafka(ingest: Ingest, readiness: Readiness, mut stop: watch::Rece
                 .await
                 .unwrap_or(false);
         readiness.set_kafka_reachable(ok);
+        ingest.end_quiet_window(ok);
     }
 }
 

@@ -50,10 +50,16 @@ pub struct Ingest {
 /// still in the producer's queue (it never gives a record up) and is written once Kafka is back,
 /// so a Kafka outage shorter than the queue costs no sweep and none of the GoTo requests a sweep
 /// spends.
+///
+/// A window also ends without a written notification once losses stop, the producer's queue is
+/// empty and Kafka answers ([`Ingest::end_quiet_window`]): a late refusal after traffic stopped
+/// would otherwise leave its window open, and unswept, until the next call.
 #[derive(Default)]
 struct UnwrittenWindow {
     /// First failed write of the current outage.
     since: Option<std::time::SystemTime>,
+    /// When the current outage last lost a notification.
+    last_loss: Option<std::time::SystemTime>,
     /// Outages that ended and are waiting to be swept: (first failure, first success after).
     ended: Vec<(std::time::SystemTime, std::time::SystemTime)>,
 }
@@ -88,6 +94,18 @@ impl Ingest {
             .lock()
             .map(|mut o| std::mem::take(&mut o.ended))
             .unwrap_or_default()
+    }
+
+    /// Ends the open window if it lost nothing for [`QUIET_AFTER_LOSS`], nothing is left in the
+    /// producer's queue and `kafka_reachable` (checked by the caller): notifications received
+    /// now would be written. Called periodically.
+    pub fn end_quiet_window(&self, kafka_reachable: bool) {
+        if !kafka_reachable || self.writer.in_flight() > 0 {
+            return;
+        }
+        if let Ok(mut o) = self.outage.lock() {
+            o.end_if_quiet(std::time::SystemTime::now());
+        }
     }
 
     fn note_write(&self, outcome: WriteOutcome) {
@@ -213,6 +231,25 @@ impl WriteOutcome {
     }
 }
 
+/// How long after its last loss a window may end without a written notification. Longer than a
+/// Kafka refusal takes to follow the one before it, so a producer that refuses every write keeps
+/// one window open instead of opening (and sweeping) a new one every check.
+const QUIET_AFTER_LOSS: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl UnwrittenWindow {
+    /// Ends the open window at `now` if its last loss is [`QUIET_AFTER_LOSS`] old.
+    fn end_if_quiet(&mut self, now: std::time::SystemTime) {
+        let (Some(since), Some(last)) = (self.since, self.last_loss) else {
+            return;
+        };
+        if now.duration_since(last).unwrap_or_default() >= QUIET_AFTER_LOSS {
+            self.since = None;
+            self.last_loss = None;
+            self.ended.push((since, now));
+        }
+    }
+}
+
 /// Notes a write of a notification received at `received` (a late refusal opens the window
 /// from there: calls that began after it may have left nothing in raw).
 fn note_write_at(
@@ -224,11 +261,15 @@ fn note_write_at(
         return;
     };
     let now = std::time::SystemTime::now();
+    if matches!(outcome, WriteOutcome::NotQueued) {
+        o.last_loss = Some(now);
+    }
     match (outcome, o.since) {
         (WriteOutcome::NotQueued, None) => o.since = Some(received),
         (WriteOutcome::NotQueued, Some(since)) if received < since => o.since = Some(received),
         (WriteOutcome::Written, Some(since)) => {
             o.since = None;
+            o.last_loss = None;
             o.ended.push((since, now));
         }
         _ => {}
@@ -285,5 +326,45 @@ mod tests {
         );
         ingest.note_write(WriteOutcome::Written);
         assert_eq!(ingest.take_unwritten_windows().len(), 1);
+    }
+
+    #[test]
+    fn a_window_ends_once_losses_stay_away_long_enough() {
+        let t0 = std::time::SystemTime::now();
+        let mut w = UnwrittenWindow::default();
+        w.end_if_quiet(t0 + QUIET_AFTER_LOSS);
+        assert!(w.ended.is_empty(), "no loss, no window");
+        let outage = std::sync::Mutex::new(w);
+        note_write_at(&outage, WriteOutcome::NotQueued, t0);
+        let mut w = outage.into_inner().unwrap();
+        let lost_at = w.last_loss.expect("the loss is noted");
+        w.end_if_quiet(lost_at + QUIET_AFTER_LOSS / 2);
+        assert!(w.ended.is_empty(), "ended while losses may still come");
+        let end = lost_at + QUIET_AFTER_LOSS;
+        w.end_if_quiet(end);
+        assert_eq!(w.ended, vec![(t0, end)]);
+        assert_eq!((w.since, w.last_loss), (None, None), "closed");
+        w.end_if_quiet(end + QUIET_AFTER_LOSS);
+        assert_eq!(w.ended.len(), 1, "a closed window ends once");
+    }
+
+    #[test]
+    fn a_window_stays_open_while_kafka_is_away() {
+        let ingest = ingest_without_broker();
+        if let Ok(mut o) = ingest.outage.lock() {
+            let long_ago = std::time::SystemTime::now() - 2 * QUIET_AFTER_LOSS;
+            (o.since, o.last_loss) = (Some(long_ago), Some(long_ago));
+        }
+        ingest.end_quiet_window(false);
+        assert!(
+            ingest.take_unwritten_windows().is_empty(),
+            "Kafka unreachable"
+        );
+        ingest.end_quiet_window(true);
+        assert_eq!(
+            ingest.take_unwritten_windows().len(),
+            1,
+            "quiet, queue empty, Kafka answering"
+        );
     }
 }
