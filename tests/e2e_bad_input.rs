@@ -98,6 +98,8 @@ async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
         (serde_json::to_vec(&json!({"source":"call-events","type":"call-state","content":{"metadata":{},"state":{"sequenceNumber":1}}})).unwrap(), 202, "missing_conversation_space_id"),
         (serde_json::to_vec(&json!({"source":"call-events","type":"call-state","content":{"metadata":{"conversationSpaceId":"c-x"},"state":{"type":"ACTIVE"}}})).unwrap(), 202, "missing_sequence_number"),
         (vec![b' '; 1024 * 1024 + 10], 413, "oversize"),
+        // Too large to read at all: still answered and dead-lettered, without its content.
+        (vec![b' '; 4 * 1024 * 1024 + 10], 413, "oversize"),
     ];
     for (body, status, reason) in &cases {
         let r = post(body.clone()).await.unwrap();
@@ -149,11 +151,24 @@ async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
     assert_eq!(reasons, expected);
     let oversize = dlq
         .iter()
-        .find(|r| r.header("callbridge-dead-letter-reason") == Some("oversize"))
-        .unwrap();
+        .find(|r| {
+            r.header("callbridge-dead-letter-reason") == Some("oversize") && !r.value.is_empty()
+        })
+        .expect("the head of the body over 1 MiB is dead-lettered");
     assert_eq!(
         oversize.header("callbridge-original-length"),
         Some("1048586")
+    );
+    let unread = dlq
+        .iter()
+        .find(|r| {
+            r.header("callbridge-dead-letter-reason") == Some("oversize") && r.value.is_empty()
+        })
+        .expect("the body over 4 MiB is dead-lettered without its content");
+    let detail = unread.header("callbridge-dead-letter-detail").unwrap_or("");
+    assert!(
+        detail.contains("4194314 bytes") && detail.contains("not read"),
+        "{detail}"
     );
     assert!(dlq
         .iter()
@@ -179,8 +194,8 @@ async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let wanted = [
         "callbridge_dead_letter_records_total{reason=\"invalid_json\"} 1",
-        "callbridge_dead_letter_records_total{reason=\"oversize\"} 1",
-        "callbridge_webhook_responses_total{status=\"413\",outcome=\"dead_lettered\"} 1",
+        "callbridge_dead_letter_records_total{reason=\"oversize\"} 2",
+        "callbridge_webhook_responses_total{status=\"413\",outcome=\"dead_lettered\"} 2",
         "callbridge_webhook_responses_total{status=\"202\",outcome=\"dead_lettered\"} 3",
         "callbridge_webhook_responses_total{status=\"200\",outcome=\"other_source\"} 1",
         "callbridge_webhook_responses_total{status=\"200\",outcome=\"accepted\"} 4",

@@ -132,6 +132,23 @@ impl Ingest {
         result
     }
 
+    /// Dead-letters, as `oversize` and without its content, a body too large to be read at all
+    /// (`detail` says how large): the dead-letter topic still shows that it came.
+    pub async fn dead_letter_unread(
+        &self,
+        transport: Transport,
+        detail: &str,
+    ) -> Result<(), WriteError> {
+        metrics::counter!("callbridge_notifications_received_total", "transport" => transport.as_str())
+            .increment(1);
+        metrics::counter!("callbridge_dead_letter_records_total", "reason" => "oversize")
+            .increment(1);
+        tracing::warn!(reason = "oversize", %detail, transport = transport.as_str(), "notification dead-lettered");
+        self.writer
+            .dead_letter(None, &[], transport, "oversize", detail)
+            .await
+    }
+
     async fn accept_inner(
         &self,
         body: &[u8],

@@ -13,6 +13,7 @@
 use super::{Accepted, Ingest, Transport, WriteError};
 use crate::secret::Secret;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -21,8 +22,8 @@ use axum::Router;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-/// Bodies above this are refused by the HTTP layer before being read at all (413, not
-/// dead-lettered). Between 1 MB and this, the body is read so its head can be dead-lettered.
+/// Bodies above this are not read at all: answered 413 and dead-lettered as `oversize` without
+/// their content. Between 1 MB and this, the body is read so its head can be dead-lettered.
 pub const HARD_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 #[derive(Clone)]
@@ -53,7 +54,8 @@ async fn handle(
     State(state): State<WebhookState>,
     Path(presented): Path<String>,
     method: axum::http::Method,
-    body: Bytes,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if !secret_matches(&presented, &state.secret) {
         return StatusCode::NOT_FOUND.into_response();
@@ -66,7 +68,10 @@ async fn handle(
             .into_response(),
         axum::http::Method::GET | axum::http::Method::HEAD => StatusCode::OK.into_response(),
         axum::http::Method::POST => {
-            let answer = post(&state.ingest, &body).await;
+            let answer = match body {
+                Ok(body) => post(&state.ingest, &body).await,
+                Err(rejection) => unread(&state.ingest, &rejection, &headers).await,
+            };
             metrics::counter!(
                 "callbridge_webhook_responses_total",
                 "status" => status_label(answer.status),
@@ -121,6 +126,7 @@ fn status_label(status: StatusCode) -> &'static str {
     match status.as_u16() {
         200 => "200",
         202 => "202",
+        400 => "400",
         413 => "413",
         503 => "503",
         _ => "other",
@@ -151,26 +157,61 @@ async fn post(ingest: &Ingest, body: &[u8]) -> Answer {
         Ok(Accepted::Control(_)) => {
             Answer::fixed(StatusCode::OK, "ignored", r#"{"status":"ignored"}"#)
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "webhook answered 503: kafka did not take the notification");
-            match e {
-                WriteError::QueueFull => Answer::fixed(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "kafka_queue_full",
-                    r#"{"status":"unavailable","reason":"kafka_queue_full"}"#,
-                ),
-                WriteError::AckTimeout(_) => Answer::fixed(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "kafka_ack_timeout",
-                    r#"{"status":"unavailable","reason":"kafka_ack_timeout"}"#,
-                ),
-                WriteError::Kafka(_) => Answer::fixed(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "kafka_error",
-                    r#"{"status":"unavailable","reason":"kafka_error"}"#,
-                ),
-            }
-        }
+        Err(e) => unavailable(e),
+    }
+}
+
+/// A POST whose body was not read: above [`HARD_BODY_LIMIT`] (dead-lettered without its content,
+/// so the dead-letter topic still shows that it came), or cut off by the client.
+async fn unread(
+    ingest: &Ingest,
+    rejection: &BytesRejection,
+    headers: &axum::http::HeaderMap,
+) -> Answer {
+    if rejection.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        tracing::debug!(error = %rejection.body_text(), "webhook body could not be read");
+        return Answer::fixed(
+            StatusCode::BAD_REQUEST,
+            "unreadable",
+            r#"{"status":"unreadable"}"#,
+        );
+    }
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .map_or("more than", |v| v.trim());
+    let detail = format!(
+        "body of {declared} bytes exceeds the {HARD_BODY_LIMIT} byte limit of the HTTP layer; not read"
+    );
+    match ingest.dead_letter_unread(Transport::Webhook, &detail).await {
+        Ok(()) => Answer::fixed(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "dead_lettered",
+            r#"{"status":"dead_lettered","reason":"oversize"}"#,
+        ),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// 503: Kafka did not take what GoTo sent in time (GoTo retries twice).
+fn unavailable(e: WriteError) -> Answer {
+    tracing::warn!(error = %e, "webhook answered 503: kafka did not take the notification");
+    match e {
+        WriteError::QueueFull => Answer::fixed(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kafka_queue_full",
+            r#"{"status":"unavailable","reason":"kafka_queue_full"}"#,
+        ),
+        WriteError::AckTimeout(_) => Answer::fixed(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kafka_ack_timeout",
+            r#"{"status":"unavailable","reason":"kafka_ack_timeout"}"#,
+        ),
+        WriteError::Kafka(_) => Answer::fixed(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kafka_error",
+            r#"{"status":"unavailable","reason":"kafka_error"}"#,
+        ),
     }
 }
 
