@@ -119,6 +119,14 @@ async fn wait_for_completion_of(kafka: &KafkaConfig, conv: &str) -> Vec<ReadReco
     }
 }
 
+/// `callbridge_takeover_completions_total` of this process (both bridges of a test share it).
+fn takeover_completions() -> u64 {
+    let text = callbridge::ops::prometheus().render();
+    text.lines()
+        .find_map(|l| l.strip_prefix("callbridge_takeover_completions_total "))
+        .map_or(0, |v| v.trim().parse().expect("a count"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_ending_without_its_completion_is_completed_once_by_the_next_owner() {
     let broker = Tansu::start();
@@ -148,6 +156,7 @@ async fn an_ending_without_its_completion_is_completed_once_by_the_next_owner() 
     assert_eq!(value["lastSequence"], 3);
     assert_eq!(value["gapCount"], 0);
     assert_eq!(value["complete"], true);
+    assert_eq!(takeover_completions(), 1);
     bridge.shutdown().await;
 
     // The owner after that finds the call closed and must not complete it again. A second
@@ -164,6 +173,11 @@ async fn an_ending_without_its_completion_is_completed_once_by_the_next_owner() 
         kinds_of(&records, first),
         ["state:1", "state:2", "state:3", "completion:3"],
         "completed twice"
+    );
+    assert_eq!(
+        takeover_completions(),
+        2,
+        "one completion per unfinished call"
     );
     bridge.shutdown().await;
     sim.shutdown().await;

@@ -198,6 +198,7 @@ impl RunState {
                     .unwrap_or(0)
             }
         };
+        metrics::counter!("callbridge_takeover_completions_total").increment(completions as u64);
         tracing::info!(
             partition = p,
             epoch = recovered.epoch,
