@@ -16,7 +16,10 @@
 //! - `11` `take_dirty` (write the changelog).
 //! - `12` `restore` `[conv, mode, next, flags]` and `13` `observe_*` `[conv, kind, seq]`;
 //!   skipped while the conversation holds states (see [`merge_with_held`]).
-//! - `14` takeover: a new sequencer restored from the changelog plus the ordered topic beyond it.
+//! - `14` takeover `[lost]`: the owner dies and the last `lost % (n + 1)` of the `n` records
+//!   beyond the changelog's index are lost with it (sent, never acknowledged); a new sequencer
+//!   is restored from the changelog plus the ordered topic that is left, and completes an
+//!   ENDING found there without its completion record, as the shell's takeover does.
 //!
 //! # Invariants checked
 //! Per conversation (an "incarnation" ends when it is evicted):
@@ -36,7 +39,9 @@
 //!   gauges match; `raw_low_watermark()` is exactly the smallest raw offset of a held live state;
 //! - eviction only as documented (abandon after `abandon_after` of inactivity, closed after
 //!   `closed_retention`), and `take_dirty` reports every changed conversation and every tombstone;
-//! - a takeover never republishes: the new owner's `next` is above everything published;
+//! - a takeover never republishes: the new owner's `next` is above everything left in the
+//!   topic of the conversation's incarnation, and an ENDING left without its completion record
+//!   is completed at once (one completion, right last sequence and gap count);
 //! - liveness: answering every request and ticking to each deadline empties the sequencer
 //!   (nothing held, no watermark, no deadline).
 
@@ -134,7 +139,7 @@ fn run(data: &[u8]) {
                 let (c, kind, sb) = (input.byte(), input.byte(), input.byte());
                 h.observe(usize::from(c) % 4, kind, seq_from(sb));
             }
-            14 => h.takeover(),
+            14 => h.takeover(input.byte()),
             _ => unreachable!(),
         }
     }
@@ -309,7 +314,8 @@ impl Conv {
 /// One record of the ordered topic.
 #[derive(Debug, Clone, Copy)]
 enum Record {
-    Published(u64),
+    /// A state, and whether it is an ENDING.
+    Published(u64, bool),
     Gap(u64, u64),
     Completion,
 }
@@ -337,10 +343,17 @@ struct Harness {
     next_offset: i64,
     /// Evicted since the last `take_dirty`: a tombstone is owed.
     tombstones: HashSet<usize>,
-    changelog: BTreeMap<usize, ConversationCheckpoint>,
-    topic: Vec<(usize, Record)>,
+    /// The changelog: each conversation's checkpoint and the incarnation it was written for.
+    changelog: BTreeMap<usize, (ConversationCheckpoint, u32)>,
+    /// The ordered topic: (conversation, its incarnation, record).
+    topic: Vec<(usize, u32, Record)>,
+    /// Incarnations of each conversation so far (a new one starts when the oracle creates it).
+    incarnations: [u32; 4],
     /// Topic length the changelog covers (as of the last `take_dirty`).
     indexed_upto: usize,
+    /// Topic length the last takeover read: what a new owner has read is acknowledged, so a
+    /// later takeover can only lose records written after it.
+    read_upto: usize,
 }
 
 impl Harness {
@@ -360,7 +373,9 @@ impl Harness {
             tombstones: HashSet::new(),
             changelog: BTreeMap::new(),
             topic: Vec::new(),
+            incarnations: [0; 4],
             indexed_upto: 0,
+            read_upto: 0,
         }
     }
 
@@ -402,6 +417,7 @@ impl Harness {
         }
         if self.convs[c].is_none() {
             self.convs[c] = Some(Conv::new(self.seq_now));
+            self.incarnations[c] += 1;
         }
     }
 
@@ -569,7 +585,7 @@ impl Harness {
             let c = conv_index(&id);
             match cp {
                 Some(cp) => {
-                    self.changelog.insert(c, cp);
+                    self.changelog.insert(c, (cp, self.incarnations[c]));
                 }
                 None => {
                     self.changelog.remove(&c);
@@ -594,7 +610,7 @@ impl Harness {
             return;
         }
         let cp = match self.changelog.get(&c) {
-            Some(cp) if mode & 1 == 0 => *cp,
+            Some((cp, _)) if mode & 1 == 0 => *cp,
             _ => ConversationCheckpoint {
                 next_sequence: u64::from(next % 23),
                 ended: flags & 1 != 0,
@@ -654,20 +670,41 @@ impl Harness {
         self.check();
     }
 
-    /// The owner dies (held states and requests in flight are lost); a new one restores the
-    /// changelog, then replays the ordered topic beyond what the changelog covers.
-    fn takeover(&mut self) {
+    /// The owner dies (held states and requests in flight are lost, and the last `lost % (n+1)`
+    /// of the `n` records it sent beyond the index and the last takeover's read); a new one
+    /// restores the changelog, then replays the ordered topic beyond what the changelog covers.
+    fn takeover(&mut self, lost: u8) {
         let now = self.now;
+        let durable = self.indexed_upto.max(self.read_upto);
+        let lose = usize::from(lost) % (self.topic.len() - durable + 1);
+        self.topic.truncate(self.topic.len() - lose);
+        self.read_upto = self.topic.len();
+        trace!("takeover: {lose} records lost, {} kept", self.topic.len());
         self.seq = PartitionSequencer::new(self.config.clone());
         self.seq_now = Timestamp(0);
-        for (c, cp) in &self.changelog {
+        // The oldest incarnation of each conversation the new owner learns of.
+        let mut oldest_known: [Option<u32>; 4] = [None; 4];
+        for (c, (cp, inc)) in &self.changelog {
             self.seq.restore(CONVS[*c], *cp, now);
+            oldest_known[*c] = Some(*inc);
         }
-        for (c, r) in &self.topic[self.indexed_upto..] {
-            match *r {
-                Record::Published(s) => self.seq.observe_published(CONVS[*c], s),
-                Record::Gap(from, to) => self.seq.observe_gap(CONVS[*c], from, to),
-                Record::Completion => self.seq.observe_completion(CONVS[*c]),
+        // ENDINGs found without their completion record (lost with the owner), and their
+        // incarnation.
+        let mut endings: BTreeMap<usize, (u64, u32)> = BTreeMap::new();
+        for &(c, inc, r) in &self.topic[self.indexed_upto..] {
+            oldest_known[c] = Some(oldest_known[c].map_or(inc, |k| k.min(inc)));
+            match r {
+                Record::Published(s, ending) => {
+                    self.seq.observe_published(CONVS[c], s);
+                    if ending {
+                        endings.insert(c, (s, inc));
+                    }
+                }
+                Record::Gap(from, to) => self.seq.observe_gap(CONVS[c], from, to),
+                Record::Completion => {
+                    endings.remove(&c);
+                    self.seq.observe_completion(CONVS[c]);
+                }
             }
         }
         // The new sequencer's clock: `now` once anything was restored, else still 0 (observe
@@ -680,17 +717,33 @@ impl Harness {
         self.tombstones.clear();
         for c in 0..4 {
             let cp = self.seq.checkpoint(CONVS[c]);
-            if let (Some(o), Some(cp)) = (&self.convs[c], cp) {
+            // Highest sequence of this incarnation left in the topic.
+            let in_topic = self
+                .topic
+                .iter()
+                .filter(|&&(rc, inc, _)| rc == c && inc == self.incarnations[c])
+                .map(|&(_, _, r)| match r {
+                    Record::Published(s, _) => s,
+                    Record::Gap(_, to) => to,
+                    Record::Completion => 0,
+                })
+                .max()
+                .unwrap_or(0);
+            let resolved = match &self.convs[c] {
+                Some(o) if lose == 0 => o.max_resolved.max(in_topic),
+                Some(_) => in_topic,
+                None => 0,
+            };
+            if let Some(cp) = cp {
                 assert!(
-                    cp.next_sequence > o.max_resolved,
-                    "takeover would republish {}: next {} but {} already in the topic",
+                    cp.next_sequence > resolved,
+                    "takeover would republish {}: next {} but {resolved} already in the topic",
                     CONVS[c],
                     cp.next_sequence,
-                    o.max_resolved
                 );
             }
             assert!(
-                cp.is_some() || self.convs[c].as_ref().is_none_or(|o| o.max_resolved == 0),
+                cp.is_some() || resolved == 0,
                 "takeover forgot {} although the topic has its states",
                 CONVS[c]
             );
@@ -704,6 +757,58 @@ impl Harness {
                 o.max_resolved = cp.next_sequence - 1;
                 o
             });
+        }
+        // An ENDING left without its completion: nothing would ever close the call, so the new
+        // owner completes it, once, with the restored gap count.
+        for (c, (last, inc)) in endings {
+            if oldest_known[c] != Some(inc) {
+                // The new owner also learnt of an earlier incarnation of this id (evicted after
+                // `closed_retention` or abandoned, then seen again before the changelog was
+                // rewritten) and holds the merged view, which is not this ENDING's call: it
+                // cannot tell, so nothing is owed here (the later incarnation is a replay of an
+                // evicted call, the documented limit of `closed_retention`).
+                continue;
+            }
+            self.seq_now = now;
+            let mut out = Vec::new();
+            let completed = self
+                .seq
+                .complete_found_ending(CONVS[c], last, now, &mut out);
+            trace!(
+                "    complete_found_ending {}/{last}: {completed} {out:?}",
+                CONVS[c]
+            );
+            assert!(
+                completed,
+                "{}: ENDING {last} found without its completion was not completed",
+                CONVS[c]
+            );
+            let o = self.convs[c]
+                .as_mut()
+                .expect("a conversation with an ENDING in the topic is restored");
+            assert!(
+                !o.ended && o.next == last + 1,
+                "{}: restored as {:?} over an ENDING {last} without completion",
+                CONVS[c],
+                o.checkpoint()
+            );
+            match out.as_slice() {
+                [Action::PublishCompletion {
+                    conversation,
+                    last_sequence,
+                    gap_count,
+                }] => {
+                    assert_eq!(conv_index(conversation), c);
+                    assert_eq!(*last_sequence, last, "{}: completion's last", CONVS[c]);
+                    assert_eq!(*gap_count, o.gap_count, "{}: completion's gaps", CONVS[c]);
+                }
+                other => panic!("{}: completing a found ENDING did {other:?}", CONVS[c]),
+            }
+            o.ended = true;
+            o.closed_at = Some(now);
+            o.dirty = true;
+            self.topic
+                .push((c, self.incarnations[c], Record::Completion));
         }
         // Whatever the new owner marked dirty is fine to report; start the owed set afresh.
         self.check();
@@ -818,7 +923,8 @@ impl Harness {
                         o.active_since = now; // arrived now (a drained held state did not)
                     }
                     o.dirty = true;
-                    self.topic.push((c, Record::Published(seq)));
+                    self.topic
+                        .push((c, self.incarnations[c], Record::Published(seq, d.is_ending)));
                     if d.is_ending {
                         expect_completion = Some((c, seq));
                     }
@@ -856,7 +962,8 @@ impl Harness {
                     o.max_resolved = to;
                     o.gap_count = o.gap_count.saturating_add(1);
                     o.dirty = true;
-                    self.topic.push((c, Record::Gap(from, to)));
+                    self.topic
+                        .push((c, self.incarnations[c], Record::Gap(from, to)));
                 }
                 Action::PublishCompletion {
                     conversation,
@@ -882,7 +989,8 @@ impl Harness {
                     o.ended = true;
                     o.closed_at = Some(now);
                     o.dirty = true;
-                    self.topic.push((c, Record::Completion));
+                    self.topic
+                        .push((c, self.incarnations[c], Record::Completion));
                 }
                 Action::RequestBackfill {
                     conversation,
