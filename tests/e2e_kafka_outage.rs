@@ -5,6 +5,9 @@
 //! GoTo's two retries fail too and those states are lost to the channel. Once Kafka is back the
 //! sequencer finds the holes and back-fills them. Nothing may be missing, doubled or out of
 //! order, and no call may be lost.
+//!
+//! The WebSocket has nobody to answer: with every frame in flight waiting for Kafka, the bridge
+//! stops reading the socket until Kafka is back, without dropping the socket as dead meanwhile.
 mod support;
 
 use callbridge::demo::metric_total;
@@ -110,4 +113,73 @@ async fn sixty_seconds_without_kafka_loses_nothing() {
         v.gap_records, 0,
         "a gap record where GoTo still had the states"
     );
+}
+
+/// WebSocket mode, Kafka gone for 30 s under load, few frames in flight: reading pauses for most
+/// of the outage, the socket is not taken for dead (pings not answered while paused are not
+/// counted), and once Kafka is back every frame is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_websocket_session_waits_out_kafka_without_reconnecting() {
+    const WS_OUTAGE: Duration = Duration::from_secs(30);
+    let data = TempDir::new("outage-kafka-ws");
+    let mut broker = Tansu::start_with_storage(Some(&data.0));
+    let sim = simulator::start(long_calls(60, 61, 14..=18, Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let control = sim.control();
+    let dir = TempDir::new("outage-ws");
+    let d = Deployment::new(sim.base_url(), broker.bootstrap(), "websocket", 3);
+    let mut replica = Replica::new(&dir.0, "outage-ws-replica", &d);
+    replica.set_env("CALLBRIDGE_KAFKA__ACK_TIMEOUT", "1s");
+    replica.set_env("CALLBRIDGE_CHANNEL__WEBSOCKET_FRAMES_IN_FLIGHT", "4");
+    // Pong judgement well inside the outage: 2 missed pings 1 s apart would end the socket.
+    replica.set_env("CALLBRIDGE_CHANNEL__PING_INTERVAL", "1s");
+    replica.set_env("CALLBRIDGE_CHANNEL__MAX_MISSED_PONGS", "2");
+    // The channel owner must keep its election across the outage: one that cannot reach Kafka
+    // for `owner_session_timeout` gives the channel up (it cannot tell whether another replica
+    // took it) and its socket with it.
+    replica.set_env("CALLBRIDGE_CHANNEL__OWNER_SESSION_TIMEOUT", "60s");
+    replica.start();
+    assert!(replica.wait_ready(Duration::from_secs(60)).await);
+    start_traffic_and_wait(&control, 60).await;
+    let pings_before = control.stats().websocket_pings;
+
+    broker.stop();
+    let down_at = Instant::now();
+    tokio::time::sleep_until((down_at + WS_OUTAGE).into()).await;
+    let pings_during = control.stats().websocket_pings - pings_before;
+    broker.restart();
+    println!("kafka back after {:?}", down_at.elapsed());
+
+    assert!(control.wait_until_done(Duration::from_secs(180)).await.done);
+    let complete = wait_for_completion(
+        &d,
+        &control,
+        std::slice::from_ref(&replica),
+        Duration::from_secs(180),
+    )
+    .await;
+    let metrics = replica.metrics().await;
+    let truth = control.ground_truth();
+    let v = verify(&truth, &d.read_ordered().await);
+    let paused_for = metric_total(&metrics, "callbridge_websocket_read_pause_seconds_sum", &[]);
+    let reconnects = metric_total(&metrics, "callbridge_channel_reconnects_total", &[]);
+    println!(
+        "reading paused for {paused_for:.1} s in all; {pings_during} pings during the outage; {reconnects} reconnects\n{v}"
+    );
+    replica.terminate();
+    sim.shutdown().await;
+
+    assert!(
+        paused_for >= WS_OUTAGE.as_secs_f64() / 2.0,
+        "reading paused for only {paused_for} s of a {WS_OUTAGE:?} outage: Kafka never held the socket back"
+    );
+    assert!(
+        pings_during >= WS_OUTAGE.as_secs() / 2,
+        "only {pings_during} pings during the outage: the session loop stalled"
+    );
+    assert_eq!(reconnects, 0.0, "the socket was dropped during the outage");
+    assert!(complete, "not every call completed after the outage");
+    assert_eq!(v.never_announced_calls, 0, "a call was lost as a whole");
+    assert!(v.is_perfect(), "the ordered topic is not perfect:\n{v}");
 }
