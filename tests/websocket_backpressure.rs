@@ -3,6 +3,10 @@
 //! counting the pongs it cannot read as missed (no reconnect), sees shutdown at once, and writes
 //! the frame it had read when reading paused. The simulator speaks real WebSocket and counts the
 //! pings it receives; Kafka is tansu, stopped and started again.
+//!
+//! The same session while the channel election is unanswered (the owner's group session ran out,
+//! as in a Kafka outage): it goes on, but once it ends nothing new starts until the election
+//! answers, since another replica may own the channel by then.
 mod contract_support;
 mod support;
 
@@ -50,6 +54,7 @@ fn settings() -> ChannelSettings {
 struct Session {
     state: watch::Receiver<ChannelState>,
     shutdown: watch::Sender<bool>,
+    doubt: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), callbridge::channel::ChannelError>>,
 }
 
@@ -64,12 +69,14 @@ async fn connected(sim: &RunningSimulator, ingest: &Ingest) -> Session {
     );
     let (state_tx, mut state) = watch::channel(ChannelState::Starting);
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (doubt, doubt_rx) = watch::channel(false);
     let task = tokio::spawn(websocket::run(
         keeper,
         ingest.clone(),
         settings(),
         state_tx,
         shutdown_rx,
+        doubt_rx,
     ));
     tokio::time::timeout(
         Duration::from_secs(20),
@@ -82,6 +89,7 @@ async fn connected(sim: &RunningSimulator, ingest: &Ingest) -> Session {
     Session {
         state,
         shutdown,
+        doubt,
         task,
     }
 }
@@ -241,4 +249,60 @@ async fn a_paused_session_ends_at_once_on_shutdown_and_still_writes_the_frame_it
         (1..=IN_FLIGHT as u64 + 1).collect::<Vec<_>>(),
         "raw after a shutdown while paused"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_in_doubt_goes_on_but_nothing_new_starts_until_the_election_answers() {
+    let sim = simulator().await;
+    let data = TempDir::new("ws-doubt");
+    let (_broker, kafka, ingest) = kafka(&data).await;
+    let mut session = connected(&sim, &ingest).await;
+    let ChannelState::Ready(channel_id) = session.state.borrow().clone() else {
+        unreachable!("connected")
+    };
+
+    session.doubt.send(true).unwrap();
+    play_call(&sim).await;
+    let seqs = raw_sequence_numbers(&kafka, STATES as usize).await;
+    assert_eq!(
+        seqs,
+        (1..=STATES).collect::<Vec<_>>(),
+        "the session in doubt stopped writing"
+    );
+
+    // GoTo drops the socket (as it may when another replica connects to the channel).
+    let connections = sim.control().stats().websocket_connections;
+    assert!(sim.control().disconnect_socket(&channel_id));
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        session.state.wait_for(
+            |s| matches!(s, ChannelState::Down(why) if why == "channel election unanswered"),
+        ),
+    )
+    .await
+    .expect("the session waits for the election")
+    .expect("session running");
+    assert_eq!(
+        sim.control().stats().websocket_connections,
+        connections,
+        "a socket was opened while the election was unanswered"
+    );
+
+    session.doubt.send(false).unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        session
+            .state
+            .wait_for(|s| matches!(s, ChannelState::Ready(_))),
+    )
+    .await
+    .expect("reconnected once the election answered")
+    .expect("session running");
+    assert_eq!(sim.control().stats().websocket_connections, connections + 1);
+    session.shutdown.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), session.task)
+        .await
+        .expect("the session ends on shutdown")
+        .unwrap()
+        .expect("no error");
 }

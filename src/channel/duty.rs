@@ -5,6 +5,14 @@
 //! A new owner's catch-up lists the calls in progress and writes their latest state to raw, so
 //! states GoTo sent while nobody held the socket are found by the sequencer as gaps and
 //! back-filled: a handover loses nothing the REST API still has.
+//!
+//! An owner whose group session ran out (`Role::OwnerInDoubt`: Kafka unreachable, or the process
+//! paused) keeps a WebSocket session it holds, so a Kafka outage does not also cost GoTo's
+//! deliveries, but it starts nothing new (no reconnect, no channel created or recreated) until
+//! the group answers: another replica may own the channel by then. Two sockets on one channel
+//! for that while are harmless to the output (both only write raw; the sequencer drops what is
+//! doubled). In webhook mode nothing is held that GoTo needs (it posts to every replica), so
+//! doubt ends the duty like losing the election does.
 
 use super::election::Role;
 use super::DesiredChannel;
@@ -66,7 +74,7 @@ pub async fn follow_election(
             let now = *role.borrow_and_update();
             match now {
                 Role::Owner => break,
-                Role::Standby => {
+                Role::Standby | Role::OwnerInDoubt => {
                     let _ = state.send(ChannelState::Standby);
                 }
                 Role::Joining => {}
@@ -80,13 +88,25 @@ pub async fn follow_election(
         let _ = state.send(ChannelState::Starting);
         // 2. Hold it until ownership or the process ends.
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut task = tokio::spawn(hold(duty.clone(), state.clone(), stop_rx));
+        let (doubt_tx, doubt_rx) = watch::channel(false);
+        let mut task = tokio::spawn(hold(duty.clone(), state.clone(), stop_rx, doubt_rx));
         let mut task_done = false;
         let mut shutting_down = false;
+        let keeps_in_doubt = duty.channel.kind == ChannelKind::Websocket;
         loop {
             tokio::select! {
                 changed = role.changed() => {
-                    if changed.is_err() || *role.borrow() != Role::Owner { break }
+                    if changed.is_err() { break }
+                    match *role.borrow() {
+                        Role::Owner => {
+                            let _ = doubt_tx.send(false);
+                        }
+                        Role::OwnerInDoubt if keeps_in_doubt => {
+                            tracing::warn!("the channel election is unanswered (Kafka unreachable?): keeping the WebSocket, starting nothing new until it answers");
+                            let _ = doubt_tx.send(true);
+                        }
+                        _ => break,
+                    }
                 }
                 _ = shutdown.changed() => { shutting_down = true; break }
                 _ = &mut task, if !task_done => {
@@ -106,7 +126,12 @@ pub async fn follow_election(
     }
 }
 
-async fn hold(duty: ChannelDuty, state: watch::Sender<ChannelState>, stop: watch::Receiver<bool>) {
+async fn hold(
+    duty: ChannelDuty,
+    state: watch::Sender<ChannelState>,
+    stop: watch::Receiver<bool>,
+    doubt: watch::Receiver<bool>,
+) {
     let keeper = duty.keeper();
     match duty.channel.kind {
         ChannelKind::Webhook => {
@@ -150,6 +175,7 @@ async fn hold(duty: ChannelDuty, state: watch::Sender<ChannelState>, stop: watch
                 duty.channel.clone(),
                 state,
                 stop,
+                doubt,
             )
             .await
             {

@@ -16,7 +16,8 @@
 //! `channel.owner_session_timeout`. Overlap is possible but harmless for the output: an owner
 //! that lost the group without noticing (paused process) writes notifications to the raw topic
 //! like any ingest, and the sequencer drops what is doubled. It stops as soon as librdkafka
-//! reports the revocation or the lost assignment.
+//! reports the revocation; a lost assignment makes it [`Role::OwnerInDoubt`] instead, which in
+//! WebSocket mode keeps the socket it holds until the group answers (see `duty`).
 
 use crate::kafka::KafkaConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
@@ -36,6 +37,11 @@ pub enum Role {
     Owner,
     /// Another replica owns the channel; this one ingests and sequences only.
     Standby,
+    /// This replica owned the channel and lost its group session without handing it over
+    /// (Kafka unreachable for `owner_session_timeout`, or the process was paused): another
+    /// replica may own the channel by now, or nobody. It keeps the WebSocket it holds and starts
+    /// nothing new until the group answers again (then it is `Owner` or `Standby`).
+    OwnerInDoubt,
 }
 
 /// The partition whose holder owns the channel.
@@ -74,12 +80,17 @@ impl ElectionContext {
 impl ClientContext for ElectionContext {}
 
 impl ConsumerContext for ElectionContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            // Give the channel up before the partition goes to someone else.
+            // Give the channel up before the partition goes to someone else; a partition lost
+            // with the session may have gone nowhere yet (see `Role::OwnerInDoubt`).
             Rebalance::Revoke(tpl) if self.holds_owner_partition(tpl) => {
                 self.owned.store(false, Ordering::SeqCst);
-                self.set(Role::Standby);
+                self.set(if consumer.assignment_lost() {
+                    Role::OwnerInDoubt
+                } else {
+                    Role::Standby
+                });
             }
             Rebalance::Error(e) => {
                 tracing::warn!(error = %e, "channel election rebalance error");

@@ -47,12 +47,16 @@ enum SessionEnd {
 /// problem (bad credentials, refused subscriptions) before the first session: once the channel
 /// has worked, every failure is retried with backoff like webhook mode's repair loop does, since
 /// an owner that stops holding the channel keeps its election and silences every replica.
+///
+/// While `doubt` is true (the channel election is unanswered, see `duty`) a running session goes
+/// on, but nothing new starts: no set-up, no reconnect, no repair, until it turns false.
 pub async fn run(
     keeper: ChannelKeeper,
     ingest: Ingest,
     settings: ChannelSettings,
     state: watch::Sender<ChannelState>,
     mut shutdown: watch::Receiver<bool>,
+    mut doubt: watch::Receiver<bool>,
 ) -> Result<(), ChannelError> {
     let mut backoff = settings.reconnect_base;
     // Reconnects in a row without a healthy session in between.
@@ -67,6 +71,18 @@ pub async fn run(
     loop {
         if *shutdown.borrow() {
             return Ok(());
+        }
+        if *doubt.borrow() {
+            tracing::warn!("not reconnecting while the channel election is unanswered");
+            let _ = state.send(ChannelState::Down("channel election unanswered".into()));
+            let answered = tokio::select! {
+                r = doubt.wait_for(|d| !*d) => r.is_ok(),
+                _ = shutdown.changed() => true,
+            };
+            if !answered {
+                return Ok(());
+            }
+            continue;
         }
         // 1. A channel with subscriptions.
         let ready = match (&channel, recreate) {
@@ -110,6 +126,7 @@ pub async fn run(
             &mut shutdown,
             &mut channel,
             &mut down_since,
+            &doubt,
         )
         .await;
         if !matches!(end, SessionEnd::Shutdown) {
@@ -180,6 +197,7 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
     channel_slot: &mut Option<Channel>,
     down_since: &mut Option<std::time::SystemTime>,
+    doubt: &watch::Receiver<bool>,
 ) -> SessionEnd {
     let Some(url) = current.kind.url().map(str::to_string) else {
         return SessionEnd::Recreate("no_channel_url");
@@ -304,7 +322,8 @@ async fn session(
                 ControlMessage::ToBeClosed => break SessionEnd::Recreate("to_be_closed"),
                 ControlMessage::Other(kind) => tracing::info!(%kind, "unknown channel control message ignored"),
             },
-            _ = repair.tick() => match keeper.repair(&mut current).await {
+            // A repair may create a channel: not while another replica may own it.
+            _ = repair.tick(), if !*doubt.borrow() => match keeper.repair(&mut current).await {
                 Ok(super::Repair::Healthy) => {}
                 Ok(super::Repair::Resubscribed(n)) => {
                     metrics::counter!("callbridge_channel_repairs_total").increment(1);

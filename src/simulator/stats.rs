@@ -53,6 +53,8 @@ pub struct Stats {
     /// WebSocket pings received from clients (a client that stops reading its socket must still
     /// ping, or proxies drop an idle connection).
     pub websocket_pings: u64,
+    /// WebSocket connections accepted.
+    pub websocket_connections: u64,
 }
 
 impl Stats {

@@ -79,6 +79,7 @@ async fn pump(sim: Arc<Sim>, channel_id: String, mut socket: WebSocket) {
     let conn_id = {
         let mut world = sim.world();
         world.conn_seq += 1;
+        world.stats.websocket_connections += 1;
         let conn_id = world.conn_seq;
         let Some(ch) = world.channels.get_mut(&channel_id) else {
             return;
