@@ -14,7 +14,7 @@ use super::{Accepted, Ingest, Transport, WriteError};
 use crate::secret::Secret;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -50,17 +50,17 @@ fn secret_matches(presented: &str, expected: &Secret) -> bool {
     !expected.is_empty() && bool::from(presented.as_bytes().ct_eq(expected))
 }
 
+/// Takes the request whole so that the body is read only after the secret matched, and the
+/// `Content-Length` is looked at (not copied) only when the body is refused.
 async fn handle(
     State(state): State<WebhookState>,
     Path(presented): Path<String>,
-    method: axum::http::Method,
-    headers: axum::http::HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: axum::extract::Request,
 ) -> Response {
     if !secret_matches(&presented, &state.secret) {
         return StatusCode::NOT_FOUND.into_response();
     }
-    match method {
+    match request.method().clone() {
         axum::http::Method::OPTIONS => (
             StatusCode::OK,
             [(axum::http::header::ALLOW, "POST, OPTIONS, GET")],
@@ -68,9 +68,10 @@ async fn handle(
             .into_response(),
         axum::http::Method::GET | axum::http::Method::HEAD => StatusCode::OK.into_response(),
         axum::http::Method::POST => {
-            let answer = match body {
+            let declared = declared_length(&request);
+            let answer = match Bytes::from_request(request, &state).await {
                 Ok(body) => post(&state.ingest, &body).await,
-                Err(rejection) => unread(&state.ingest, &rejection, &headers).await,
+                Err(rejection) => unread(&state.ingest, &rejection, declared).await,
             };
             metrics::counter!(
                 "callbridge_webhook_responses_total",
@@ -163,11 +164,19 @@ async fn post(ingest: &Ingest, body: &[u8]) -> Answer {
 
 /// A POST whose body was not read: above [`HARD_BODY_LIMIT`] (dead-lettered without its content,
 /// so the dead-letter topic still shows that it came), or cut off by the client.
-async fn unread(
-    ingest: &Ingest,
-    rejection: &BytesRejection,
-    headers: &axum::http::HeaderMap,
-) -> Answer {
+/// The body length the client declared, if it did.
+fn declared_length(request: &axum::extract::Request) -> Option<u64> {
+    request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+async fn unread(ingest: &Ingest, rejection: &BytesRejection, declared: Option<u64>) -> Answer {
     if rejection.status() != StatusCode::PAYLOAD_TOO_LARGE {
         tracing::debug!(error = %rejection.body_text(), "webhook body could not be read");
         return Answer::fixed(
@@ -176,13 +185,14 @@ async fn unread(
             r#"{"status":"unreadable"}"#,
         );
     }
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .map_or("more than", |v| v.trim());
-    let detail = format!(
-        "body of {declared} bytes exceeds the {HARD_BODY_LIMIT} byte limit of the HTTP layer; not read"
-    );
+    let detail = match declared {
+        Some(n) => format!(
+            "body of {n} bytes exceeds the {HARD_BODY_LIMIT} byte limit of the HTTP layer; not read"
+        ),
+        None => {
+            format!("body exceeds the {HARD_BODY_LIMIT} byte limit of the HTTP layer; not read")
+        }
+    };
     match ingest.dead_letter_unread(Transport::Webhook, &detail).await {
         Ok(()) => Answer::fixed(
             StatusCode::PAYLOAD_TOO_LARGE,
