@@ -10,7 +10,7 @@ use callbridge::simulator;
 use callbridge::verify::verify;
 use std::time::{Duration, Instant};
 use support::cluster::{
-    join_after_sessions_expired, long_calls, start_traffic_and_wait, wait_for_completion,
+    join_after_sessions_expired, long_calls, start_traffic_and_wait, traffic_done_and_complete,
     Deployment, Replica,
 };
 use support::tansu::{Tansu, TempDir};
@@ -64,14 +64,7 @@ async fn states_answered_on_receipt_and_lost_in_a_crash_are_back_filled() {
     // tansu keeps the killed member in the group until a join after its session expired.
     join_after_sessions_expired(std::slice::from_mut(&mut replica), killed_at, 3).await;
 
-    assert!(control.wait_until_done(Duration::from_secs(180)).await.done);
-    let complete = wait_for_completion(
-        &d,
-        &control,
-        std::slice::from_ref(&replica),
-        Duration::from_secs(180),
-    )
-    .await;
+    let complete = traffic_done_and_complete(&d, &control, &replica).await;
     let truth = control.ground_truth();
     let v = verify(&truth, &d.read_ordered().await);
     println!("{v}");

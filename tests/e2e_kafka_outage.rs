@@ -15,7 +15,7 @@ use callbridge::simulator;
 use callbridge::verify::verify;
 use std::time::{Duration, Instant};
 use support::cluster::{
-    long_calls, start_traffic_and_wait, wait_for_completion, Deployment, Replica,
+    long_calls, start_traffic_and_wait, traffic_done_and_complete, Deployment, Replica,
 };
 use support::tansu::{Tansu, TempDir};
 
@@ -55,14 +55,7 @@ async fn sixty_seconds_without_kafka_loses_nothing() {
     broker.restart();
     println!("kafka back after {:?}", down_at.elapsed());
 
-    assert!(control.wait_until_done(Duration::from_secs(180)).await.done);
-    let complete = wait_for_completion(
-        &d,
-        &control,
-        std::slice::from_ref(&replica),
-        Duration::from_secs(180),
-    )
-    .await;
+    let complete = traffic_done_and_complete(&d, &control, &replica).await;
     let metrics = replica.metrics().await;
     let queue_full = replica
         .log_lines()
@@ -149,14 +142,7 @@ async fn a_websocket_session_waits_out_kafka_without_reconnecting() {
     broker.restart();
     println!("kafka back after {:?}", down_at.elapsed());
 
-    assert!(control.wait_until_done(Duration::from_secs(180)).await.done);
-    let complete = wait_for_completion(
-        &d,
-        &control,
-        std::slice::from_ref(&replica),
-        Duration::from_secs(180),
-    )
-    .await;
+    let complete = traffic_done_and_complete(&d, &control, &replica).await;
     let metrics = replica.metrics().await;
     let connections_after = control.stats().websocket_connections;
     let in_doubt = replica

@@ -58,6 +58,30 @@ struct Session {
     task: tokio::task::JoinHandle<Result<(), callbridge::channel::ChannelError>>,
 }
 
+impl Session {
+    /// Shuts the session down; it must end within 5 s, without error.
+    async fn end(self) {
+        self.shutdown.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("the session ends on shutdown")
+            .unwrap()
+            .expect("no error");
+    }
+}
+
+/// Waits (20 s at most) until the session's state is `what`.
+async fn until(
+    state: &mut watch::Receiver<ChannelState>,
+    what: &str,
+    is: impl FnMut(&ChannelState) -> bool,
+) {
+    tokio::time::timeout(Duration::from_secs(20), state.wait_for(is))
+        .await
+        .unwrap_or_else(|_| panic!("not {what} within 20 s"))
+        .expect("session running");
+}
+
 /// Starts the session on `ingest` and waits until its socket is connected.
 async fn connected(sim: &RunningSimulator, ingest: &Ingest) -> Session {
     let keeper = ChannelKeeper::new(
@@ -78,13 +102,10 @@ async fn connected(sim: &RunningSimulator, ingest: &Ingest) -> Session {
         shutdown_rx,
         doubt_rx,
     ));
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        state.wait_for(|s| matches!(s, ChannelState::Ready(_))),
-    )
-    .await
-    .expect("connected in time")
-    .expect("session running");
+    until(&mut state, "connected", |s| {
+        matches!(s, ChannelState::Ready(_))
+    })
+    .await;
     state.mark_unchanged();
     Session {
         state,
@@ -212,12 +233,7 @@ async fn a_session_paused_by_kafka_keeps_pinging_without_reconnecting_then_write
         "the session changed state after the pause: {:?}",
         *session.state.borrow()
     );
-    session.shutdown.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), session.task)
-        .await
-        .expect("the session ends on shutdown")
-        .unwrap()
-        .expect("no error");
+    session.end().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,12 +250,7 @@ async fn a_paused_session_ends_at_once_on_shutdown_and_still_writes_the_frame_it
     pings_after(&sim, pings, 3).await;
 
     // Kafka would answer the pending writes only after 120 s: the session must not wait for them.
-    session.shutdown.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), session.task)
-        .await
-        .expect("the session ends on shutdown while Kafka is away")
-        .unwrap()
-        .expect("no error");
+    session.end().await;
 
     broker.restart();
     // The two frames in flight and the held third one; the fourth was never read off the socket.
@@ -273,15 +284,12 @@ async fn a_session_in_doubt_goes_on_but_nothing_new_starts_until_the_election_an
     // GoTo drops the socket (as it may when another replica connects to the channel).
     let connections = sim.control().stats().websocket_connections;
     assert!(sim.control().disconnect_socket(&channel_id));
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        session.state.wait_for(
-            |s| matches!(s, ChannelState::Down(why) if why == "channel election unanswered"),
-        ),
+    until(
+        &mut session.state,
+        "waiting for the election",
+        |s| matches!(s, ChannelState::Down(why) if why == "channel election unanswered"),
     )
-    .await
-    .expect("the session waits for the election")
-    .expect("session running");
+    .await;
     assert_eq!(
         sim.control().stats().websocket_connections,
         connections,
@@ -289,20 +297,12 @@ async fn a_session_in_doubt_goes_on_but_nothing_new_starts_until_the_election_an
     );
 
     session.doubt.send(false).unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        session
-            .state
-            .wait_for(|s| matches!(s, ChannelState::Ready(_))),
+    until(
+        &mut session.state,
+        "reconnected once the election answered",
+        |s| matches!(s, ChannelState::Ready(_)),
     )
-    .await
-    .expect("reconnected once the election answered")
-    .expect("session running");
+    .await;
     assert_eq!(sim.control().stats().websocket_connections, connections + 1);
-    session.shutdown.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), session.task)
-        .await
-        .expect("the session ends on shutdown")
-        .unwrap()
-        .expect("no error");
+    session.end().await;
 }

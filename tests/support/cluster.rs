@@ -373,6 +373,21 @@ pub fn announced(truth: &callbridge::simulator::GroundTruth) -> std::collections
         .collect()
 }
 
+/// Waits (180 s at most each) until the simulator's traffic is done and then until one replica
+/// has completed every announced call in the ordered topic; false if the calls did not complete.
+pub async fn traffic_done_and_complete(
+    d: &Deployment,
+    control: &callbridge::simulator::SimulatorControl,
+    replica: &Replica,
+) -> bool {
+    let timeout = Duration::from_secs(180);
+    assert!(
+        control.wait_until_done(timeout).await.done,
+        "traffic not done in {timeout:?}"
+    );
+    wait_for_completion(d, control, std::slice::from_ref(replica), timeout).await
+}
+
 /// Waits until every announced call is complete in the ordered topic, printing progress
 /// (incomplete calls, partitions owned per replica) every 2 s; false at the deadline.
 pub async fn wait_for_completion(
