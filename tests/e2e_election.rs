@@ -1,7 +1,8 @@
 //! Several replicas, one channel owner: exactly one replica holds the GoTo channel, ownership
 //! does not move when a replica joins, and when the owner goes away (SIGTERM, or SIGKILL) another
-//! replica takes the channel over within a bounded time, printed here. In webhook mode every
-//! replica accepts POSTs, owner or not. The replicas are real `callbridge run` processes.
+//! replica takes the channel over within a bounded time, printed here. An owner paused past its
+//! session comes back in doubt, and the deployment settles on one owner again. In webhook mode every replica accepts POSTs, owner or not. The replicas are real
+//! `callbridge run` processes.
 mod support;
 
 use callbridge::simulator::{self, SimulatorConfig};
@@ -116,21 +117,25 @@ async fn one_owner_and_handover_on_tansu() {
     sim.shutdown().await;
 }
 
+/// librdkafka's mock cluster with every topic of the default configuration: it enforces
+/// `session.timeout.ms`, which tansu does not.
+fn mock_cluster() -> callbridge::demo::MockKafka {
+    let k = callbridge::kafka::KafkaConfig::default();
+    let topics = [
+        k.topics.raw.clone(),
+        k.topics.ordered.clone(),
+        k.topics.changelog.clone(),
+        k.topics.dead_letter.clone(),
+        k.topics.channel_owner.clone(),
+    ];
+    callbridge::demo::MockKafka::start(&topics, 2).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_owner_is_replaced_within_the_session_timeout() {
     // librdkafka's mock cluster enforces session.timeout.ms, so a SIGKILLed owner that never
     // comes back is evicted: the measured handover is bounded by channel.owner_session_timeout.
-    let d_topics = {
-        let k = callbridge::kafka::KafkaConfig::default();
-        vec![
-            k.topics.raw.clone(),
-            k.topics.ordered.clone(),
-            k.topics.changelog.clone(),
-            k.topics.dead_letter.clone(),
-            k.topics.channel_owner.clone(),
-        ]
-    };
-    let cluster = callbridge::demo::MockKafka::start(&d_topics, 2).unwrap();
+    let cluster = mock_cluster();
     let sim = simulator_without_traffic().await;
     let dir = TempDir::new("election-mock");
     let d = deployment(&sim, cluster.bootstrap.clone(), "websocket");
@@ -162,6 +167,73 @@ async fn a_dead_owner_is_replaced_within_the_session_timeout() {
     assert!(
         handover < Duration::from_secs(20),
         "handover took {handover:?}"
+    );
+    for r in &mut replicas {
+        r.terminate();
+    }
+    sim.shutdown().await;
+    drop(cluster);
+}
+
+/// An owner paused (SIGSTOP) past its 3 s session is replaced; resumed, it finds its session
+/// gone without a hand-over and is in doubt (another replica may own the channel: here one
+/// does). The deployment must settle on one owner holding the one channel. (A resumed owner can
+/// still reconnect once, if it reads GoTo's close of its replaced socket before librdkafka tells
+/// it the session is gone: seen in a run, and settled by the next rebalance.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_owner_comes_back_in_doubt_and_one_owner_remains() {
+    let cluster = mock_cluster();
+    let sim = simulator_without_traffic().await;
+    let dir = TempDir::new("election-pause");
+    let d = deployment(&sim, cluster.bootstrap.clone(), "websocket");
+    let mut replicas: Vec<Replica> = (0..2)
+        .map(|i| Replica::new(&dir.0, &format!("replica-{i}"), &d))
+        .collect();
+    for r in &mut replicas {
+        r.start();
+    }
+    for r in &replicas {
+        assert!(r.wait_ready(Duration::from_secs(60)).await);
+    }
+    let owner = sole_owner(&mut replicas, Duration::from_secs(30))
+        .await
+        .expect("exactly one owner");
+    let other = 1 - owner;
+    replicas[owner].pause(true);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !replicas[other].owns_channel().await {
+        assert!(
+            Instant::now() < deadline,
+            "the standby never took over from the paused owner"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    replicas[owner].pause(false);
+    let in_doubt = |r: &Replica| {
+        r.log_lines()
+            .iter()
+            .any(|l| l.contains("the channel election is unanswered"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !in_doubt(&replicas[owner]) {
+        assert!(
+            Instant::now() < deadline,
+            "the resumed owner never found its session gone"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then one owner again. Which one is the group's choice: on the mock cluster the resumed
+    // replica has been seen to win the partition back at the next rebalance.
+    let settled = sole_owner(&mut replicas, Duration::from_secs(30)).await;
+    println!("owner before the pause: replica-{owner}; after it: {settled:?}");
+    assert!(
+        settled.is_some(),
+        "no single owner holding the channel after the paused one came back"
+    );
+    assert!(
+        sim.control().channel_ids().len() == 1,
+        "a second channel was created: {:?}",
+        sim.control().channel_ids()
     );
     for r in &mut replicas {
         r.terminate();

@@ -260,6 +260,16 @@ level = "debug"
         }
     }
 
+    /// SIGSTOP (a paused process: it keeps its sockets but answers nothing) or SIGCONT.
+    pub fn pause(&mut self, paused: bool) {
+        if let Some(c) = &self.child {
+            let signal = if paused { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill")
+                .args([signal, &c.id().to_string()])
+                .status();
+        }
+    }
+
     /// SIGTERM and wait for the exit; returns whether it exited 0.
     pub fn terminate(&mut self) -> bool {
         let Some(mut c) = self.child.take() else {
