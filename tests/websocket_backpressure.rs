@@ -208,11 +208,8 @@ async fn a_session_paused_by_kafka_keeps_pinging_without_reconnecting_then_write
         "the session changed state while paused: {:?}",
         *session.state.borrow()
     );
-    assert!(
-        ingest.writer().in_flight() <= IN_FLIGHT as i32,
-        "more frames than the bound were given to Kafka: {}",
-        ingest.writer().in_flight()
-    );
+    // (That the bound holds, and the fourth frame stays unread, is the next test's: librdkafka's
+    // in-flight count also counts its own events, so it cannot tell here.)
 
     broker.restart();
     let seqs = raw_sequence_numbers(&kafka, STATES as usize).await;
