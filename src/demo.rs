@@ -203,14 +203,7 @@ pub async fn run_demo(args: &DemoArgs) -> Result<Verification, String> {
     let mut kafka = crate::kafka::KafkaConfig::default();
     kafka.topics.partitions = partitions;
     kafka.topics.replication_factor = 1;
-    let topic_names = [
-        kafka.topics.raw.clone(),
-        kafka.topics.ordered.clone(),
-        kafka.topics.changelog.clone(),
-        kafka.topics.dead_letter.clone(),
-        kafka.topics.channel_owner.clone(),
-    ];
-    let cluster = MockKafka::start(&topic_names, partitions)?;
+    let cluster = MockKafka::start(&kafka.topics.required(), partitions)?;
     kafka.bootstrap_servers = cluster.bootstrap.clone();
     let outcome = run_scenario(Scenario {
         kafka,

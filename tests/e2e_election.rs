@@ -56,20 +56,7 @@ async fn one_owner_and_handover_on_tansu() {
     let broker = Tansu::start();
     let sim = simulator_without_traffic().await;
     let dir = TempDir::new("election");
-    let d = deployment(&sim, broker.bootstrap(), "websocket");
-    let mut replicas: Vec<Replica> = (0..2)
-        .map(|i| Replica::new(&dir.0, &format!("replica-{i}"), &d))
-        .collect();
-    for r in &mut replicas {
-        r.start();
-    }
-    for r in &replicas {
-        assert!(
-            r.wait_ready(Duration::from_secs(60)).await,
-            "{} never became ready",
-            r.name
-        );
-    }
+    let mut replicas = two_ready_replicas(&sim, broker.bootstrap(), &dir).await;
     let owner = sole_owner(&mut replicas, Duration::from_secs(30))
         .await
         .expect("exactly one owner");
@@ -117,28 +104,13 @@ async fn one_owner_and_handover_on_tansu() {
     sim.shutdown().await;
 }
 
-/// librdkafka's mock cluster with every topic of the default configuration: it enforces
-/// `session.timeout.ms`, which tansu does not.
-fn mock_cluster() -> callbridge::demo::MockKafka {
-    let k = callbridge::kafka::KafkaConfig::default();
-    let topics = [
-        k.topics.raw.clone(),
-        k.topics.ordered.clone(),
-        k.topics.changelog.clone(),
-        k.topics.dead_letter.clone(),
-        k.topics.channel_owner.clone(),
-    ];
-    callbridge::demo::MockKafka::start(&topics, 2).unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_dead_owner_is_replaced_within_the_session_timeout() {
-    // librdkafka's mock cluster enforces session.timeout.ms, so a SIGKILLed owner that never
-    // comes back is evicted: the measured handover is bounded by channel.owner_session_timeout.
-    let cluster = mock_cluster();
-    let sim = simulator_without_traffic().await;
-    let dir = TempDir::new("election-mock");
-    let d = deployment(&sim, cluster.bootstrap.clone(), "websocket");
+/// Two WebSocket replicas on `bootstrap`, in `dir`, started and ready (60 s at most each).
+async fn two_ready_replicas(
+    sim: &simulator::RunningSimulator,
+    bootstrap: String,
+    dir: &TempDir,
+) -> Vec<Replica> {
+    let d = deployment(sim, bootstrap, "websocket");
     let mut replicas: Vec<Replica> = (0..2)
         .map(|i| Replica::new(&dir.0, &format!("replica-{i}"), &d))
         .collect();
@@ -152,6 +124,24 @@ async fn a_dead_owner_is_replaced_within_the_session_timeout() {
             r.name
         );
     }
+    replicas
+}
+
+/// librdkafka's mock cluster with every topic of the default configuration: it enforces
+/// `session.timeout.ms`, which tansu does not.
+fn mock_cluster() -> callbridge::demo::MockKafka {
+    let topics = callbridge::kafka::KafkaConfig::default().topics.required();
+    callbridge::demo::MockKafka::start(&topics, 2).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_owner_is_replaced_within_the_session_timeout() {
+    // librdkafka's mock cluster enforces session.timeout.ms, so a SIGKILLed owner that never
+    // comes back is evicted: the measured handover is bounded by channel.owner_session_timeout.
+    let cluster = mock_cluster();
+    let sim = simulator_without_traffic().await;
+    let dir = TempDir::new("election-mock");
+    let mut replicas = two_ready_replicas(&sim, cluster.bootstrap.clone(), &dir).await;
     let owner = sole_owner(&mut replicas, Duration::from_secs(30))
         .await
         .expect("exactly one owner");
@@ -185,16 +175,7 @@ async fn a_paused_owner_comes_back_in_doubt_and_one_owner_remains() {
     let cluster = mock_cluster();
     let sim = simulator_without_traffic().await;
     let dir = TempDir::new("election-pause");
-    let d = deployment(&sim, cluster.bootstrap.clone(), "websocket");
-    let mut replicas: Vec<Replica> = (0..2)
-        .map(|i| Replica::new(&dir.0, &format!("replica-{i}"), &d))
-        .collect();
-    for r in &mut replicas {
-        r.start();
-    }
-    for r in &replicas {
-        assert!(r.wait_ready(Duration::from_secs(60)).await);
-    }
+    let mut replicas = two_ready_replicas(&sim, cluster.bootstrap.clone(), &dir).await;
     let owner = sole_owner(&mut replicas, Duration::from_secs(30))
         .await
         .expect("exactly one owner");

@@ -12,13 +12,7 @@ async fn latency_request_errors_and_leader_moves_lose_nothing() {
     let partitions = 4;
     kafka.topics.partitions = partitions;
     kafka.topics.replication_factor = 1;
-    let topics = [
-        kafka.topics.raw.clone(),
-        kafka.topics.ordered.clone(),
-        kafka.topics.changelog.clone(),
-        kafka.topics.dead_letter.clone(),
-        kafka.topics.channel_owner.clone(),
-    ];
+    let topics = kafka.topics.required();
     let s = Duration::from_secs;
     let ms = Duration::from_millis;
     // Offsets from the cluster's start; the bridge is up after a few seconds and the traffic

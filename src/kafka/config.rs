@@ -150,6 +150,20 @@ pub struct TopicsConfig {
     pub create: bool,
 }
 
+impl TopicsConfig {
+    /// The topics every deployment uses (`other_sources` is optional): what a broker set up by
+    /// hand, such as the demo's mock cluster, must hold.
+    pub fn required(&self) -> [String; 5] {
+        [
+            self.raw.clone(),
+            self.ordered.clone(),
+            self.changelog.clone(),
+            self.dead_letter.clone(),
+            self.channel_owner.clone(),
+        ]
+    }
+}
+
 impl Default for TopicsConfig {
     fn default() -> Self {
         Self {
