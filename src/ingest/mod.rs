@@ -141,11 +141,23 @@ impl Ingest {
     ) -> Result<(), WriteError> {
         metrics::counter!("callbridge_notifications_received_total", "transport" => transport.as_str())
             .increment(1);
-        metrics::counter!("callbridge_dead_letter_records_total", "reason" => "oversize")
-            .increment(1);
-        tracing::warn!(reason = "oversize", %detail, transport = transport.as_str(), "notification dead-lettered");
+        self.dead_letter(None, &[], transport, "oversize", detail)
+            .await
+    }
+
+    /// Counts, logs and writes one body to the dead-letter topic.
+    async fn dead_letter(
+        &self,
+        key: Option<&str>,
+        body: &[u8],
+        transport: Transport,
+        reason: &'static str,
+        detail: &str,
+    ) -> Result<(), WriteError> {
+        metrics::counter!("callbridge_dead_letter_records_total", "reason" => reason).increment(1);
+        tracing::warn!(reason, %detail, transport = transport.as_str(), "notification dead-lettered");
         self.writer
-            .dead_letter(None, &[], transport, "oversize", detail)
+            .dead_letter(key, body, transport, reason, detail)
             .await
     }
 
@@ -202,11 +214,7 @@ impl Ingest {
                 reason,
                 detail,
             } => {
-                metrics::counter!("callbridge_dead_letter_records_total", "reason" => reason)
-                    .increment(1);
-                tracing::warn!(reason, %detail, transport = transport.as_str(), "notification dead-lettered");
-                self.writer
-                    .dead_letter(key.as_deref(), body, transport, reason, &detail)
+                self.dead_letter(key.as_deref(), body, transport, reason, &detail)
                     .await?;
                 Ok(Accepted::DeadLettered(reason))
             }
