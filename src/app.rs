@@ -109,6 +109,9 @@ async fn bind(pre: Option<TcpListener>, addr: SocketAddr) -> Result<TcpListener,
 
 /// Starts everything; returns once the bridge is up (channel set up, sequencer started).
 pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<RunningBridge, AppError> {
+    // The recorder first: a task that takes a metric handle before it exists (the back-fill
+    // worker's queue gauge) would keep a no-op handle for good.
+    crate::ops::prometheus();
     let layout = ensure_topics(&config.kafka).await?;
     tracing::info!(partitions = layout.partitions, "kafka topics ready");
     let client = goto_client(&config)?;
