@@ -30,6 +30,8 @@ pub struct Verification {
     pub gap_records: u64,
     /// Completion records read.
     pub completions: u64,
+    /// Takeover markers read (one per partition takeover; not part of any call's stream).
+    pub takeover_markers: u64,
     /// State records whose sequence was already published (extra copies).
     pub duplicates: u64,
     /// Records whose sequence is below an earlier record's in the same stream.
@@ -105,9 +107,9 @@ impl fmt::Display for Verification {
             ("content mismatches", self.content_mismatches, true),
             ("completion errors", self.completion_errors, true),
             ("malformed records", self.malformed_records, true),
-            ("", 0, false),
+            ("takeover markers", self.takeover_markers, false),
         ];
-        for (name, value, must_be_zero) in rows.iter().filter(|r| !r.0.is_empty()) {
+        for (name, value, must_be_zero) in &rows {
             let mark = match (must_be_zero, *value == 0) {
                 (true, true) => "  ok (must be 0)",
                 (true, false) => "  FAIL (must be 0)",
@@ -136,6 +138,11 @@ pub fn verify(truth: &GroundTruth, records: &[ReadRecord]) -> Verification {
     };
     let mut streams: HashMap<String, Stream> = HashMap::new();
     for r in records {
+        if r.header(crate::publish::record::headers::KIND) == Some("takeover") {
+            // A new owner's marker: no call's record (docs/output-format.md).
+            v.takeover_markers += 1;
+            continue;
+        }
         let parsed: Option<Value> = serde_json::from_slice(&r.value).ok();
         match (&r.key, parsed) {
             (Some(k), Some(value)) => streams.entry(k.clone()).or_default().records.push((
@@ -422,6 +429,29 @@ mod tests {
             ("a", done("a", 3)),
         ]);
         assert_eq!(verify(&t, &r).content_mismatches, 1);
+    }
+
+    #[test]
+    fn takeover_markers_are_counted_apart_and_a_keyless_record_is_malformed() {
+        let t = truth(&[("a", 1, &[], true)]);
+        let mut r = records(&[("a", state("a", 1)), ("a", done("a", 1))]);
+        let (value, headers) = crate::publish::record::takeover_record(0, 2);
+        let marker = |key: Option<String>, headers: &[(&'static str, String)]| ReadRecord {
+            partition: 0,
+            offset: 1,
+            key,
+            value: value.clone(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        };
+        r.insert(1, marker(None, &headers));
+        let v = verify(&t, &r);
+        assert!(v.is_perfect(), "{v}");
+        assert_eq!(v.takeover_markers, 1);
+        r.insert(1, marker(None, &[]));
+        assert_eq!(verify(&t, &r).malformed_records, 1);
     }
 
     #[test]

@@ -171,12 +171,36 @@ async fn crash_at(point: &'static str, seed: u64) {
         r.terminate();
     }
     sim.shutdown().await;
+    if !v.is_perfect() {
+        // CI keeps only what the test prints: the ownership history is what a diagnosis needs.
+        for r in &replicas {
+            for line in r.log_lines().iter().filter(|l| is_ownership_line(l)) {
+                println!("{}: {line}", r.name);
+            }
+        }
+    }
     assert!(fired > 0, "{point} never fired (crashes seen: {crashes})");
     assert!(complete, "{point}: not every announced call completed");
     assert!(
         v.is_perfect(),
         "{point}: the ordered topic is not perfect:\n{v}"
     );
+}
+
+/// Log lines that say who owned which partition when, and how each takeover resumed.
+fn is_ownership_line(line: &str) -> bool {
+    [
+        "failpoint",
+        "taken over",
+        "released",
+        "given up",
+        "did not hand over cleanly",
+        "without a hand-over",
+        "sequencer run failed",
+        "without its completion",
+    ]
+    .iter()
+    .any(|needle| line.contains(needle))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

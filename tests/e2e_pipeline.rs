@@ -110,7 +110,8 @@ fn assert_metrics_tell_the_same_story(outcome: &callbridge::demo::ScenarioOutcom
 }
 
 /// Every record validates against `schemas/ordered-record.schema.json` and carries the
-/// CloudEvents binary-mode headers that docs/output-format.md promises.
+/// CloudEvents binary-mode headers that docs/output-format.md promises (the start-up takeovers
+/// leave a marker in every partition).
 fn assert_records_follow_the_published_format(records: &[callbridge::verify::ReadRecord]) {
     let schema: serde_json::Value = serde_json::from_str(include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -144,16 +145,30 @@ fn assert_records_follow_the_published_format(records: &[callbridge::verify::Rea
                 "state" => Some("call-state"),
                 "gap" => Some("gap"),
                 "completion" => Some("completion"),
+                "takeover" => Some("takeover"),
                 _ => None,
             }
         );
-        assert_eq!(r.header("ce_subject"), r.key.as_deref());
+        if kind == "takeover" {
+            // No call's record: no key, the partition as subject, the epoch in the header too.
+            assert_eq!(r.key, None, "{value}");
+            assert_eq!(
+                r.header("ce_subject"),
+                Some(format!("partition/{}", r.partition).as_str())
+            );
+            assert_eq!(
+                r.header("callbridge-epoch"),
+                Some(value["epoch"].to_string().as_str())
+            );
+        } else {
+            assert_eq!(r.header("ce_subject"), r.key.as_deref());
+        }
         kinds.insert(kind);
     }
     assert_eq!(
         kinds.len(),
-        3,
-        "all three record types were checked: {kinds:?}"
+        4,
+        "all four record types were checked: {kinds:?}"
     );
 }
 

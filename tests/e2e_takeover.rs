@@ -263,3 +263,127 @@ async fn a_takeover_given_up_while_waiting_writes_no_fence() {
         "a given-up takeover wrote a fence"
     );
 }
+
+/// The scan reads the previous owner's whole output, however the broker reports the partition's
+/// end: it reads until its own takeover marker comes back. Here the previous owner wrote two
+/// calls in one burst (one batch, whose end tansu's high watermark does not show) and indexed
+/// none of it; the new owner must resume both past every state, owe the unfinished ENDING its
+/// completion, and leave its marker, keyless and with its epoch, exactly where its scan ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scan_reads_to_its_own_marker() {
+    use callbridge::sequencer::shell::takeover::{take_over, TakeoverContext};
+    use std::sync::atomic::AtomicBool;
+
+    let broker = Tansu::start();
+    let kafka = kafka(&broker);
+    callbridge::kafka::ensure_topics(&kafka).await.unwrap();
+    let (a, b) = ("call-a", "call-b");
+    // One producer, lingering, so the burst goes as one batch.
+    let producer: FutureProducer = kafka
+        .client_config()
+        .unwrap()
+        .set("linger.ms", "200")
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    let metadata = |conv: &str| {
+        RawValue::from_string(format!(r#"{{"conversationSpaceId":"{conv}"}}"#)).unwrap()
+    };
+    let mut sends = Vec::new();
+    for (conv, last, ending) in [(a, 5u64, false), (b, 3, true)] {
+        for seq in 1..=last {
+            let kind = if ending && seq == last {
+                "ENDING"
+            } else {
+                "ACTIVE"
+            };
+            let state =
+                RawValue::from_string(format!(r#"{{"sequenceNumber":{seq},"type":"{kind}"}}"#))
+                    .unwrap();
+            let r = record::state_record(
+                conv,
+                seq,
+                RecordOrigin::Webhook,
+                &metadata(conv),
+                &state,
+                None,
+                1,
+            );
+            let mut h = OwnedHeaders::new();
+            for (k, v) in &r.headers {
+                h = h.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
+            }
+            let send = producer.send_result(
+                FutureRecord::to(&kafka.topics.ordered)
+                    .partition(0)
+                    .key(&r.key)
+                    .payload(&r.value)
+                    .headers(h),
+            );
+            sends.push(send.map_err(|(e, _)| e).expect("queued"));
+        }
+    }
+    let mut last_offset = -1;
+    for s in sends {
+        last_offset = s.await.unwrap().expect("written").offset;
+    }
+    assert_eq!(last_offset, 7, "eight records from offset 0");
+
+    let cancelled = AtomicBool::new(false);
+    let runtime = tokio::runtime::Handle::current();
+    let k = kafka.clone();
+    let recovered = tokio::task::spawn_blocking(move || {
+        let producer: FutureProducer = k.client_config().unwrap().create().unwrap();
+        take_over(
+            &TakeoverContext {
+                client_config: k.client_config().unwrap(),
+                producer: &producer,
+                runtime: &runtime,
+                changelog_topic: &k.topics.changelog,
+                ordered_topic: &k.topics.ordered,
+                member: "replica-under-test",
+                timeout: Duration::from_secs(20),
+                unclean_wait: Duration::ZERO,
+                cancelled: &cancelled,
+            },
+            0,
+        )
+    })
+    .await
+    .unwrap()
+    .expect("takeover");
+
+    let summary = format!(
+        "scan from {} (broker's high watermark {}), {} records, ended at {}",
+        recovered.scan_from,
+        recovered.scan_high_watermark,
+        recovered.scanned,
+        recovered.ordered_end
+    );
+    println!("{summary}");
+    assert_eq!(recovered.epoch, 1, "{summary}");
+    assert_eq!(recovered.scanned, 8, "{summary}");
+    assert_eq!(recovered.conversations[a].next, 6, "{summary}");
+    assert_eq!(recovered.conversations[b].next, 4, "{summary}");
+    assert_eq!(
+        recovered.ending_without_completion.get(b),
+        Some(&3),
+        "{summary}"
+    );
+    assert_eq!(
+        recovered.ordered_end, 8,
+        "the marker follows the output: {summary}"
+    );
+
+    let records = read_ordered(&kafka).await;
+    let marker = records
+        .iter()
+        .find(|r| r.offset == recovered.ordered_end)
+        .expect("a record where the scan ended");
+    assert_eq!(marker.header(headers::KIND), Some("takeover"));
+    assert_eq!(marker.header(headers::EPOCH), Some("1"));
+    assert_eq!(marker.key, None);
+}

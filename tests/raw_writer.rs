@@ -95,7 +95,8 @@ async fn a_write_refused_while_kafka_is_down_is_written_once_it_is_back() {
         matches!(refused, Err(WriteError::AckTimeout(_))),
         "{refused:?}"
     );
-    assert_eq!(writer.in_flight(), 1, "the refused record is still queued");
+    // Still queued: shown below by state 2 reaching raw (nobody writes it again). Not by
+    // `in_flight()`: librdkafka's count also holds its own events, so it is no exact record count.
 
     broker.restart();
     // The next state of the same conversation: same partition, so state 2 is written first.
@@ -121,7 +122,8 @@ async fn a_write_refused_while_kafka_is_down_is_written_once_it_is_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_holds_a_write_until_its_bound_then_refuses_it() {
-    let mut broker = Tansu::start();
+    let data = TempDir::new("raw-writer-refused");
+    let mut broker = Tansu::start_with_storage(Some(&data.0));
     let mut kafka = with_queue_of(broker.kafka(2), 2);
     kafka.ack_timeout = Duration::from_millis(300);
     ensure_topics(&kafka).await.expect("topics");
@@ -131,7 +133,6 @@ async fn a_full_queue_holds_a_write_until_its_bound_then_refuses_it() {
         let r = writer.write("c-full", &state(n), Transport::Webhook).await;
         assert!(matches!(r, Err(WriteError::AckTimeout(_))), "{r:?}");
     }
-    assert_eq!(writer.in_flight(), 2);
     let asked = Instant::now();
     let r = writer.write("c-full", &state(3), Transport::Webhook).await;
     assert!(matches!(r, Err(WriteError::QueueFull)), "{r:?}");
@@ -140,7 +141,22 @@ async fn a_full_queue_holds_a_write_until_its_bound_then_refuses_it() {
         "refused after {:?}, before waiting kafka.ack_timeout for room",
         asked.elapsed()
     );
-    assert_eq!(writer.in_flight(), 2, "the refused record was not queued");
+
+    // Refused means not queued: once Kafka is back, raw holds the two queued states and the next
+    // one, never state 3.
+    broker.restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(e) = writer.write("c-full", &state(4), Transport::Webhook).await {
+        assert!(Instant::now() < deadline, "Kafka never came back: {e}");
+    }
+    let mut seqs = raw_sequence_numbers(&kafka).await;
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(
+        seqs,
+        vec![1, 2, 4],
+        "the refused state 3 was queued after all"
+    );
 }
 
 /// Backpressure instead of refusal: writes that find the queue full wait in line and get in once

@@ -15,6 +15,8 @@ pub const TYPE_CALL_STATE: &str = "com.goto.connect.call-state.v1";
 pub const TYPE_GAP: &str = "dev.callbridge.gap.v1";
 /// CloudEvents `type` of a completion record.
 pub const TYPE_COMPLETION: &str = "dev.callbridge.completion.v1";
+/// CloudEvents `type` of a takeover marker.
+pub const TYPE_TAKEOVER: &str = "dev.callbridge.takeover.v1";
 /// CloudEvents `source` of every record.
 pub const SOURCE: &str = "urn:callbridge:goto-connect:call-events";
 
@@ -80,7 +82,7 @@ pub mod headers {
     pub const ORIGIN: &str = "callbridge-origin";
     /// Takeover epoch of the writer, for auditing zombie writes.
     pub const EPOCH: &str = "callbridge-epoch";
-    /// Record kind: `state`, `gap`, `completion`.
+    /// Record kind: `state`, `gap`, `completion`, `takeover`.
     pub const KIND: &str = "callbridge-kind";
 }
 
@@ -226,6 +228,30 @@ pub fn completion_record(
     }
 }
 
+/// A takeover marker: value and headers (it has no key, since it belongs to no call).
+///
+/// A new owner of `ordered[partition]` appends one before it scans the partition for outputs
+/// the changelog does not index yet, and reads until it comes back: the offset Kafka gives the
+/// marker is the only end of the partition no broker can report stale (tansu 0.6's high
+/// watermark can lag acknowledged writes by several batches). It also leaves an audit trail:
+/// a record after it with a lower `callbridge-epoch` is a zombie write.
+pub fn takeover_record(partition: i32, epoch: u64) -> (Vec<u8>, Vec<(&'static str, String)>) {
+    let value = serde_json::json!({
+        "type": "takeover",
+        "partition": partition,
+        "epoch": epoch,
+    });
+    let mut headers = ce_headers(
+        format!("takeover:{partition}:{epoch}"),
+        TYPE_TAKEOVER,
+        &format!("partition/{partition}"),
+        None,
+    );
+    headers.push((headers::KIND, "takeover".into()));
+    headers.push((headers::EPOCH, epoch.to_string()));
+    (value.to_string().into_bytes(), headers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,5 +343,24 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&c.value).unwrap();
         assert_eq!(v["complete"], false);
         assert!(c.headers.contains(&("ce_id", "c:completion".to_string())));
+    }
+
+    #[test]
+    fn takeover_marker() {
+        let (value, h) = takeover_record(3, 12);
+        let v: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        assert_eq!(
+            (
+                v["type"].as_str(),
+                v["partition"].as_i64(),
+                v["epoch"].as_u64()
+            ),
+            (Some("takeover"), Some(3), Some(12))
+        );
+        let h: std::collections::HashMap<_, _> = h.into_iter().collect();
+        assert_eq!(h[headers::KIND], "takeover");
+        assert_eq!(h[headers::EPOCH], "12");
+        assert_eq!(h["ce_id"], "takeover:3:12");
+        assert_eq!(h["ce_type"], TYPE_TAKEOVER);
     }
 }

@@ -19,10 +19,9 @@
 //! so a discarded takeover neither outlives its run by that wait nor leaves an epoch nobody owns.
 
 use super::changelog::{self, ChangelogRecord, ConversationEntry, Fence, Progress};
-use crate::kafka::reader::SETTLE;
 use crate::publish::record::{self, headers as out_headers};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::HashMap;
@@ -87,6 +86,10 @@ pub struct Recovered {
     pub ordered_end: i64,
     /// Records of the ordered topic found beyond the index (how far the output led).
     pub scanned: u64,
+    /// First offset of `ordered[p]` the scan read from.
+    pub scan_from: i64,
+    /// High watermark of `ordered[p]` as the broker reported it before the scan.
+    pub scan_high_watermark: i64,
     /// The previous owner did not hand over cleanly (crash, lost session), so the takeover
     /// waited `unclean_wait` for its stragglers.
     pub waited_for_previous_owner: bool,
@@ -185,7 +188,6 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
         Offset::Beginning,
         high,
         ctx.timeout,
-        false,
         |m| apply_changelog(&mut rec, &mut max_epoch, m, p).map(|_| ()),
     )
     .map_err(|e| e.into_takeover(p, "reading the changelog"))?;
@@ -253,7 +255,6 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
             Offset::Offset(next_offset),
             fence_offset + 1,
             ctx.timeout,
-            false,
             |m| {
                 if let ChangelogRecord::Fence(f) = apply_changelog(&mut rec, &mut max_epoch, m, p)?
                 {
@@ -268,26 +269,58 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     }
     rec.epoch = epoch;
 
-    // 3. The output may be ahead of the index.
+    // 3. The output may be ahead of the index. Its end is where our marker lands: the broker's
+    //    high watermark cannot be trusted for it (tansu 0.6 reports one that lags acknowledged
+    //    writes by whole batches, and its fetches can stall; a scan that stopped at the watermark,
+    //    or after a quiet spell, missed outputs and published them twice). Nothing but us writes
+    //    `ordered[p]` now (the previous owner handed over or was waited out), so every output
+    //    lies before the marker, and reading until the marker comes back reads them all.
     crate::failpoint::hit(crate::failpoint::SEQUENCER_DURING_TAKEOVER_SCAN);
     let start = rec.progress.map(|pr| pr.ordered_offset + 1).unwrap_or(0);
     let (low, high) = reader
         .fetch_watermarks(ctx.ordered_topic, p, ctx.timeout)
         .map_err(kafka("reading ordered watermarks"))?;
+    let (value, marker_headers) = record::takeover_record(p, epoch);
+    let mut headers = OwnedHeaders::new_with_capacity(marker_headers.len());
+    for (k, v) in &marker_headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_str()),
+        });
+    }
+    let marker = ctx
+        .runtime
+        .block_on(
+            ctx.producer.send(
+                FutureRecord::<(), _>::to(ctx.ordered_topic)
+                    .partition(p)
+                    .payload(&value)
+                    .headers(headers),
+                ctx.timeout,
+            ),
+        )
+        .map_err(|(e, _)| TakeoverError::Kafka {
+            partition: p,
+            action: "writing the takeover marker",
+            source: e,
+        })?
+        .offset;
     let from = start.max(low);
     let convs = &mut rec.conversations;
     let raised = &mut rec.raised_by_scan;
     let endings = &mut rec.ending_without_completion;
     let mut scanned = 0u64;
-    let end = read_range(
+    read_range(
         &reader,
         ctx.ordered_topic,
         p,
         Offset::Offset(from),
-        high,
+        marker + 1,
         ctx.timeout,
-        true,
         |m| {
+            if m.offset() >= marker {
+                return Ok(());
+            }
             scanned += 1;
             if let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
                 raised.insert(key.to_string());
@@ -298,7 +331,9 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     )
     .map_err(|e| e.into_takeover(p, "scanning the ordered topic"))?;
     rec.scanned = scanned;
-    rec.ordered_end = end.max(start) - 1;
+    rec.scan_from = from;
+    rec.scan_high_watermark = high;
+    rec.ordered_end = marker;
     Ok(rec)
 }
 
@@ -331,9 +366,11 @@ impl ReadError {
     }
 }
 
-/// Reads `[from, until)` of one partition and, with `settle`, whatever follows until the
-/// partition has been quiet for [`SETTLE`]; returns the offset after the last record read.
-#[allow(clippy::too_many_arguments)]
+/// Reads `[from, until)` of one partition (records of any other topic or partition still
+/// queued from an earlier assignment of the reader are skipped); returns the offset after the
+/// last record read. `until` must be an offset known to exist (a delivery report's, or a high
+/// watermark known not to be stale); records beyond it that arrive in the same batch are passed
+/// on too.
 fn read_range(
     reader: &BaseConsumer,
     topic: &str,
@@ -341,7 +378,6 @@ fn read_range(
     from: Offset,
     until: i64,
     timeout: Duration,
-    settle: bool,
     mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), changelog::ChangelogError>,
 ) -> Result<i64, ReadError> {
     let mut tpl = TopicPartitionList::new();
@@ -353,27 +389,19 @@ fn read_range(
         _ => 0,
     };
     let deadline = Instant::now() + timeout;
-    let mut quiet_since: Option<Instant> = None;
-    loop {
-        if next >= until {
-            if !settle {
-                return Ok(next);
-            }
-            if quiet_since.get_or_insert_with(Instant::now).elapsed() >= SETTLE {
-                return Ok(next);
-            }
-        }
+    while next < until {
         match reader.poll(Duration::from_millis(50)) {
-            Some(Ok(m)) => {
+            Some(Ok(m)) if m.topic() == topic && m.partition() == p => {
                 next = next.max(m.offset() + 1);
-                quiet_since = None;
                 f(&m).map_err(ReadError::Changelog)?;
             }
+            Some(Ok(_)) => {}
             Some(Err(e)) => return Err(ReadError::Kafka(e)),
             None if Instant::now() > deadline => return Err(ReadError::Timeout),
             None => {}
         }
     }
+    Ok(next)
 }
 
 fn apply_changelog(

@@ -204,6 +204,11 @@ impl RunState {
             epoch = recovered.epoch,
             conversations = recovered.conversations.len(),
             scanned = recovered.scanned,
+            scan_from = recovered.scan_from,
+            scan_high_watermark = recovered.scan_high_watermark,
+            ordered_end = recovered.ordered_end,
+            progress_epoch = ?recovered.progress.map(|pr| pr.epoch),
+            waited = recovered.waited_for_previous_owner,
             completions,
             resume,
             "partition taken over"
