@@ -10,11 +10,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// How long a partition must stay quiet past its reported end before the end is believed.
-/// tansu 0.6 reports the high watermark as the last batch's *base* offset + 1 (seen here: ten
-/// records written in one batch at offsets 0–9 gave a high watermark of 1), so a reader that
-/// stops at the high watermark misses the tail of the last batch. After the previous owner is
-/// fenced nobody writes the partition, so reading on until it is quiet reaches the true end on
-/// any broker; on a correct broker nothing more arrives and the cost is this delay.
+/// tansu 0.6 reports the high watermark as the last batch's *base* offset + 1 (eight records
+/// written in one batch give 1, `tests/e2e_takeover.rs`), so a reader that stops at the high
+/// watermark misses the tail of the last batch. Good enough for verification and audits, which
+/// may read again; not for the takeover, whose scan must be complete and so reads up to a marker
+/// of its own instead (`sequencer::shell::takeover`).
 pub const SETTLE: Duration = Duration::from_millis(300);
 
 /// One record read back from a topic.

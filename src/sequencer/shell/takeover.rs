@@ -5,9 +5,10 @@
 //! 2. Append `__fence/{epoch+1}` with a random token and keep reading until that very record comes
 //!    back: a stale read (a broker or client lagging behind the log) would otherwise make us resume
 //!    from an old index. If it does not come back in time, the takeover is refused, not guessed.
-//! 3. Scan `ordered[p]` from just after the progress record's offset to the high watermark and
-//!    move every conversation past the states, gaps and completions found there: the output may
-//!    be ahead of the index (the previous owner died between the two writes), never behind.
+//! 3. Append a takeover marker to `ordered[p]` and scan from just after the progress record's
+//!    offset up to the marker, moving every conversation past the states, gaps and completions
+//!    found there: the output may be ahead of the index (the previous owner died between the two
+//!    writes), never behind.
 //!    An ENDING found without its completion record after it is reported, so the new owner
 //!    writes the completion the previous one did not live to write.
 //!
@@ -271,10 +272,10 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
 
     // 3. The output may be ahead of the index. Its end is where our marker lands: the broker's
     //    high watermark cannot be trusted for it (tansu 0.6 reports one that lags acknowledged
-    //    writes by whole batches, and its fetches can stall; a scan that stopped at the watermark,
-    //    or after a quiet spell, missed outputs and published them twice). Nothing but us writes
-    //    `ordered[p]` now (the previous owner handed over or was waited out), so every output
-    //    lies before the marker, and reading until the marker comes back reads them all.
+    //    writes by whole batches), and reading on until the partition is quiet bets on how long
+    //    a fetch may take (a scan that ends early publishes the outputs it missed twice). Nothing
+    //    but us writes `ordered[p]` now (the previous owner handed over or was waited out), so
+    //    every output lies before the marker, and reading until the marker comes back reads all.
     crate::failpoint::hit(crate::failpoint::SEQUENCER_DURING_TAKEOVER_SCAN);
     let start = rec.progress.map(|pr| pr.ordered_offset + 1).unwrap_or(0);
     let (low, high) = reader
@@ -368,9 +369,9 @@ impl ReadError {
 
 /// Reads `[from, until)` of one partition (records of any other topic or partition still
 /// queued from an earlier assignment of the reader are skipped); returns the offset after the
-/// last record read. `until` must be an offset known to exist (a delivery report's, or a high
-/// watermark known not to be stale); records beyond it that arrive in the same batch are passed
-/// on too.
+/// last record read. Records beyond `until` that arrive in the same batch are passed on too. A
+/// stale `until` (a lagging high watermark) only ends the read early: callers read on to an
+/// offset of their own write (the fence, the marker) before trusting what they read.
 fn read_range(
     reader: &BaseConsumer,
     topic: &str,
