@@ -14,8 +14,8 @@
 //!
 //! The result is a plain map the core is restored from; nothing here decides about ordering.
 //!
-//! A takeover whose partition is revoked before it finishes (an eager rebalance revokes every
-//! partition, a run ends) is told so through [`TakeoverContext::cancelled`]: it gives up between
+//! A takeover whose partition is revoked before it finishes (it moves to a replica that joined,
+//! a run ends) is told so through [`TakeoverContext::cancelled`]: it gives up between
 //! steps and during the wait for an unclean owner's stragglers, and never writes its fence then,
 //! so a discarded takeover neither outlives its run by that wait nor leaves an epoch nobody owns.
 

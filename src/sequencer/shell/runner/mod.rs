@@ -132,7 +132,9 @@ pub struct ShellStats {
     /// Takeovers completed.
     pub takeovers: std::sync::atomic::AtomicU64,
     /// The consumer is in the group with an assignment (possibly empty: more replicas than
-    /// partitions); false before the first assignment and during a rebalance.
+    /// partitions); false before the first assignment and after a lost one. (A cooperative
+    /// revocation leaves the member in the group with the rest of its partitions, and it need not
+    /// be followed by an assignment callback, so it does not clear this.)
     pub group_joined: AtomicBool,
     /// Wall-clock ms of the consumer loop's latest turn (`/healthz`: is it still turning?).
     pub heartbeat_ms: std::sync::atomic::AtomicU64,
@@ -241,8 +243,8 @@ impl ConsumerContext for ShellContext {
             let Ok(mut st) = self.state.lock() else {
                 return;
             };
-            st.stats.group_joined.store(false, Ordering::SeqCst);
             if consumer.assignment_lost() {
+                st.stats.group_joined.store(false, Ordering::SeqCst);
                 // Not a hand-over: the partitions may already belong to another replica. Write
                 // nothing more for them (no drain, no index, no commit) and end the run: its
                 // producer is destroyed with what it still queues. No explicit purge: purging
@@ -374,7 +376,9 @@ fn run(
         .set("group.id", &config.kafka.consumer_group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "range")
+        // A join or leave moves only the partitions that must move; with an eager assignor every
+        // rebalance revoked all of them, and each was released and taken over again.
+        .set("partition.assignment.strategy", "cooperative-sticky")
         .set(
             "session.timeout.ms",
             config.session_timeout.as_millis().max(1000).to_string(),
