@@ -300,6 +300,13 @@ async fn a_session_in_doubt_goes_on_but_nothing_new_starts_until_the_election_an
         |s| matches!(s, ChannelState::Ready(_)),
     )
     .await;
-    assert_eq!(sim.control().stats().websocket_connections, connections + 1);
+    // The simulator counts a socket once its side of the upgrade runs, which can be just after
+    // the client saw the upgrade answered: wait for the count, then check it is one socket.
+    let control = sim.control();
+    eventually(Duration::from_secs(10), async || {
+        (control.stats().websocket_connections > connections).then_some(())
+    })
+    .await;
+    assert_eq!(control.stats().websocket_connections, connections + 1);
     session.end().await;
 }
