@@ -11,10 +11,15 @@ use callbridge::demo::bridge_config;
 use callbridge::kafka::reader::{read_topic, ReadRecord};
 use callbridge::kafka::KafkaConfig;
 use callbridge::publish::record::{self, headers, RecordOrigin};
+use callbridge::sequencer::shell::takeover::{
+    take_over, Recovered, TakeoverContext, TakeoverError,
+};
 use callbridge::simulator::{self, RunningSimulator, SimulatorConfig};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::value::RawValue;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use support::tansu::Tansu;
 
@@ -39,25 +44,56 @@ async fn write_states_without_completion(
         ))
         .unwrap();
         let r = record::state_record(conv, seq, RecordOrigin::Webhook, &metadata, &state, None, 1);
-        let mut h = OwnedHeaders::new();
-        for (k, v) in &r.headers {
-            h = h.insert(Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
-        }
         producer
             .send(
                 FutureRecord::to(&kafka.topics.ordered)
                     .partition(partition)
                     .key(&r.key)
                     .payload(&r.value)
-                    .headers(h),
+                    .headers(kafka_headers(&r)),
                 Duration::from_secs(10),
             )
             .await
             .expect("writing the previous owner's output");
     }
+}
+
+/// `r`'s headers as Kafka headers.
+fn kafka_headers(r: &record::OrderedRecord) -> OwnedHeaders {
+    r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+        h.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        })
+    })
+}
+
+/// Runs [`take_over`] of partition 0 on its own thread, as the shell does, with `unclean_wait`
+/// for a previous owner that did not hand over; its result comes on the returned channel.
+fn spawn_takeover(
+    kafka: &KafkaConfig,
+    unclean_wait: Duration,
+    cancelled: Arc<AtomicBool>,
+) -> mpsc::Receiver<Result<Recovered, TakeoverError>> {
+    let (done_tx, done_rx) = mpsc::channel();
+    let kafka = kafka.clone();
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::spawn(move || {
+        let producer: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+        let ctx = TakeoverContext {
+            client_config: kafka.client_config().unwrap(),
+            producer: &producer,
+            runtime: &runtime,
+            changelog_topic: &kafka.topics.changelog,
+            ordered_topic: &kafka.topics.ordered,
+            member: "replica-under-test",
+            timeout: Duration::from_secs(20),
+            unclean_wait,
+            cancelled: &cancelled,
+        };
+        let _ = done_tx.send(take_over(&ctx, 0));
+    });
+    done_rx
 }
 
 async fn start_bridge(sim: &RunningSimulator, kafka: KafkaConfig) -> RunningBridge {
@@ -190,8 +226,6 @@ async fn an_ending_without_its_completion_is_completed_once_by_the_next_owner() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_given_up_while_waiting_writes_no_fence() {
     use callbridge::sequencer::shell::changelog::{self, Fence};
-    use callbridge::sequencer::shell::takeover::{take_over, TakeoverContext, TakeoverError};
-    use std::sync::atomic::{AtomicBool, Ordering};
 
     let broker = Tansu::start();
     let kafka = kafka(&broker);
@@ -215,33 +249,13 @@ async fn a_takeover_given_up_while_waiting_writes_no_fence() {
         .expect("writing the previous owner's fence");
 
     const UNCLEAN_WAIT: Duration = Duration::from_secs(120);
-    let cancelled = std::sync::Arc::new(AtomicBool::new(false));
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let thread = {
-        let (kafka, cancelled) = (kafka.clone(), cancelled.clone());
-        let runtime = tokio::runtime::Handle::current();
-        std::thread::spawn(move || {
-            let producer: FutureProducer = kafka.client_config().unwrap().create().unwrap();
-            let ctx = TakeoverContext {
-                client_config: kafka.client_config().unwrap(),
-                producer: &producer,
-                runtime: &runtime,
-                changelog_topic: &kafka.topics.changelog,
-                ordered_topic: &kafka.topics.ordered,
-                member: "replica-under-test",
-                timeout: Duration::from_secs(20),
-                unclean_wait: UNCLEAN_WAIT,
-                cancelled: &cancelled,
-            };
-            let _ = done_tx.send(take_over(&ctx, 0));
-        })
-    };
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let done = spawn_takeover(&kafka, UNCLEAN_WAIT, cancelled.clone());
     cancelled.store(true, Ordering::SeqCst);
-    let result = tokio::task::spawn_blocking(move || done_rx.recv_timeout(UNCLEAN_WAIT / 2))
+    let result = tokio::task::spawn_blocking(move || done.recv_timeout(UNCLEAN_WAIT / 2))
         .await
         .unwrap()
         .expect("the takeover went on waiting after it was given up");
-    thread.join().unwrap();
     assert!(
         matches!(result, Err(TakeoverError::Cancelled { partition: 0 })),
         "{result:?}"
@@ -271,9 +285,6 @@ async fn a_takeover_given_up_while_waiting_writes_no_fence() {
 /// completion, and leave its marker, keyless and with its epoch, exactly where its scan ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scan_reads_to_its_own_marker() {
-    use callbridge::sequencer::shell::takeover::{take_over, TakeoverContext};
-    use std::sync::atomic::AtomicBool;
-
     let broker = Tansu::start();
     let kafka = kafka(&broker);
     callbridge::kafka::ensure_topics(&kafka).await.unwrap();
@@ -309,19 +320,12 @@ async fn the_scan_reads_to_its_own_marker() {
                 None,
                 1,
             );
-            let mut h = OwnedHeaders::new();
-            for (k, v) in &r.headers {
-                h = h.insert(Header {
-                    key: k,
-                    value: Some(v.as_bytes()),
-                });
-            }
             let send = producer.send_result(
                 FutureRecord::to(&kafka.topics.ordered)
                     .partition(0)
                     .key(&r.key)
                     .payload(&r.value)
-                    .headers(h),
+                    .headers(kafka_headers(&r)),
             );
             sends.push(send.map_err(|(e, _)| e).expect("queued"));
         }
@@ -332,29 +336,12 @@ async fn the_scan_reads_to_its_own_marker() {
     }
     assert_eq!(last_offset, 7, "eight records from offset 0");
 
-    let cancelled = AtomicBool::new(false);
-    let runtime = tokio::runtime::Handle::current();
-    let k = kafka.clone();
-    let recovered = tokio::task::spawn_blocking(move || {
-        let producer: FutureProducer = k.client_config().unwrap().create().unwrap();
-        take_over(
-            &TakeoverContext {
-                client_config: k.client_config().unwrap(),
-                producer: &producer,
-                runtime: &runtime,
-                changelog_topic: &k.topics.changelog,
-                ordered_topic: &k.topics.ordered,
-                member: "replica-under-test",
-                timeout: Duration::from_secs(20),
-                unclean_wait: Duration::ZERO,
-                cancelled: &cancelled,
-            },
-            0,
-        )
-    })
-    .await
-    .unwrap()
-    .expect("takeover");
+    let done = spawn_takeover(&kafka, Duration::ZERO, Arc::new(AtomicBool::new(false)));
+    let recovered = tokio::task::spawn_blocking(move || done.recv_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("the takeover ended")
+        .expect("takeover");
 
     let summary = format!(
         "scan from {} (broker's high watermark {}), {} records, ended at {}",
