@@ -8,6 +8,7 @@ mod support;
 use callbridge::app::{self, Listeners, RunningBridge};
 use callbridge::config::bridge::ChannelKind;
 use callbridge::demo::bridge_config;
+use callbridge::kafka::producer::owned_headers;
 use callbridge::kafka::reader::{read_topic, ReadRecord};
 use callbridge::kafka::KafkaConfig;
 use callbridge::publish::record::{self, headers, RecordOrigin};
@@ -15,7 +16,6 @@ use callbridge::sequencer::shell::takeover::{
     take_over, Recovered, TakeoverContext, TakeoverError,
 };
 use callbridge::simulator::{self, RunningSimulator, SimulatorConfig};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,22 +50,12 @@ async fn write_states_without_completion(
                     .partition(partition)
                     .key(&r.key)
                     .payload(&r.value)
-                    .headers(kafka_headers(&r)),
+                    .headers(owned_headers(&r.headers)),
                 Duration::from_secs(10),
             )
             .await
             .expect("writing the previous owner's output");
     }
-}
-
-/// `r`'s headers as Kafka headers.
-fn kafka_headers(r: &record::OrderedRecord) -> OwnedHeaders {
-    r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
-        h.insert(Header {
-            key: k,
-            value: Some(v.as_bytes()),
-        })
-    })
 }
 
 /// Runs [`take_over`] of partition 0 on its own thread, as the shell does, with `unclean_wait`
@@ -325,7 +315,7 @@ async fn the_scan_reads_to_its_own_marker() {
                     .partition(0)
                     .key(&r.key)
                     .payload(&r.value)
-                    .headers(kafka_headers(&r)),
+                    .headers(owned_headers(&r.headers)),
             );
             sends.push(send.map_err(|(e, _)| e).expect("queued"));
         }

@@ -105,6 +105,20 @@ pub fn count_delivery_error(e: &KafkaError) {
     metrics::counter!("callbridge_kafka_delivery_errors_total", "code" => code).increment(1);
 }
 
+/// Header name/value pairs (as the record builders of `publish::record` give them) as Kafka
+/// headers, in order.
+pub fn owned_headers(pairs: &[(&str, String)]) -> rdkafka::message::OwnedHeaders {
+    pairs.iter().fold(
+        rdkafka::message::OwnedHeaders::new_with_capacity(pairs.len()),
+        |h, (k, v)| {
+            h.insert(rdkafka::message::Header {
+                key: k,
+                value: Some(v.as_str()),
+            })
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

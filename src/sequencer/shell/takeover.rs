@@ -22,7 +22,7 @@
 use super::changelog::{self, ChangelogRecord, ConversationEntry, Fence, Progress};
 use crate::publish::record::{self, headers as out_headers};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::HashMap;
@@ -282,13 +282,6 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
         .fetch_watermarks(ctx.ordered_topic, p, ctx.timeout)
         .map_err(kafka("reading ordered watermarks"))?;
     let (value, marker_headers) = record::takeover_record(p, epoch);
-    let mut headers = OwnedHeaders::new_with_capacity(marker_headers.len());
-    for (k, v) in &marker_headers {
-        headers = headers.insert(Header {
-            key: k,
-            value: Some(v.as_str()),
-        });
-    }
     let marker = ctx
         .runtime
         .block_on(
@@ -296,7 +289,7 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
                 FutureRecord::<(), _>::to(ctx.ordered_topic)
                     .partition(p)
                     .payload(&value)
-                    .headers(headers),
+                    .headers(crate::kafka::producer::owned_headers(&marker_headers)),
                 ctx.timeout,
             ),
         )

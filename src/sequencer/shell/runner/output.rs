@@ -161,13 +161,7 @@ impl RunState {
         r: OrderedRecord,
         is_ordered: bool,
     ) -> Result<(), ShellError> {
-        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-        for (k, v) in &r.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v.as_str()),
-            });
-        }
+        let headers = crate::kafka::producer::owned_headers(&r.headers);
         let rec = FutureRecord::to(topic)
             .partition(p)
             .key(&r.key)
