@@ -176,6 +176,26 @@ impl TokenManager {
         self.fetch(&mut state).await
     }
 
+    /// The token to send for a request that took `taken` before waiting for its rate-limit
+    /// slot: the cached one when a refresh replaced `taken` meanwhile, a new one when a 401
+    /// elsewhere dropped it or it expired, else `taken` itself. It never starts a refresh that
+    /// is merely due (the caller's `bearer` before the wait did), so the send keeps its slot.
+    pub(crate) async fn after_wait(&self, taken: BearerToken) -> Result<BearerToken, GotoError> {
+        {
+            let state = self.state.lock().await;
+            if let Some(cached) = &state.cached {
+                if cached.freshness(Instant::now()) != Freshness::Expired {
+                    return Ok(if cached.generation == taken.generation {
+                        taken
+                    } else {
+                        cached.bearer()
+                    });
+                }
+            }
+        }
+        self.bearer().await
+    }
+
     /// Forgets the token of `generation` after GoTo rejected it with 401. A newer token (from
     /// a refresh another request already made) is kept.
     pub(crate) async fn invalidate(&self, generation: u64) {

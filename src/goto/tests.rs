@@ -991,6 +991,51 @@ async fn rate_limiter_paces_requests_per_api() {
     assert_eq!(client.rate_limit_waits(Api::CallEvents), 0);
 }
 
+/// A request that waited for a rate-limit slot sends the current token, not the one it held when
+/// it began to wait. Sending that one, every queued request met a 401 once it was revoked; with
+/// a queue longer than the time between revocations even the re-send after a refresh failed,
+/// and the caller saw the 401.
+#[tokio::test]
+async fn a_token_replaced_during_the_rate_limit_wait_is_not_sent() {
+    const CHANNEL: &str = "/notification-channel/v1/channels/bridge/ch-1";
+    // GoTo revokes the first token once it has answered two requests with it.
+    let server = TestServer::start(|seen| match seen.path.as_str() {
+        "/oauth/token" => token_reply(seen),
+        CHANNEL if seen.nth >= 2 && seen.header("authorization") == "Bearer tok-1" => Reply::json(
+            401,
+            r#"{"errorCode":"AUTHN_INVALID_TOKEN","message":"Invalid token"}"#,
+        ),
+        CHANNEL => Reply::json(200, WS_CHANNEL),
+        _ => Reply::empty(404),
+    })
+    .await;
+    // Two requests a second: of six sent at once, four wait for a slot (1 s and 2 s).
+    let client = server.client(|c| c.requests_per_second_per_api = 2);
+    let requests: Vec<_> = (0..6)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get_channel("bridge", "ch-1").await })
+        })
+        .collect();
+    for r in requests {
+        let channel = r.await.unwrap().expect("every request succeeds");
+        assert_eq!(channel.unwrap().channel_id, "ch-1");
+    }
+    let refused = server
+        .requests_to("GET", CHANNEL)
+        .iter()
+        .skip(2)
+        .filter(|r| r.header("authorization") == "Bearer tok-1")
+        .count();
+    // Only the requests whose slot came first after the revocation (at most the two a second
+    // allows) can still hold the revoked token; the ones behind them take the refreshed one.
+    assert!(
+        (1..=2).contains(&refused),
+        "{refused} requests sent the revoked token"
+    );
+    assert_eq!(server.token_requests().len(), 2, "one refresh");
+}
+
 #[test]
 fn bad_configuration_is_rejected() {
     let base = GotoClientConfig::new(

@@ -1,7 +1,7 @@
 //! The one place that sends a request to GoTo's REST APIs.
 //!
-//! Every call goes the same way: take a token from the API's rate-limit bucket, attach a
-//! bearer token, send, classify the answer. A 401 drops the token, refreshes once and
+//! Every call goes the same way: take a bearer token, wait for a slot of the API's rate limit,
+//! take the token again if another request replaced it meanwhile, send, classify the answer. A 401 drops the token, refreshes once and
 //! re-sends once (a 401 means GoTo did not act, so this is safe even for channel creation);
 //! 429, 5xx and transport failures are retried with backoff for requests that may be
 //! repeated. Keeping this in one place is what lets the API modules be plain request/decode
@@ -114,24 +114,36 @@ impl Transport {
 
     /// One attempt, plus the single re-send after a 401 with a refreshed token.
     async fn send_authenticated(&self, req: &ApiRequest) -> Result<ApiResponse, GotoError> {
-        let token = self.auth.bearer().await?;
+        let token = self.slot_and_token(req).await?;
         match self.send_once(req, &token).await {
             Err(GotoError::Api { status: 401, .. }) => {
                 self.auth.invalidate(token.generation).await;
-                let token = self.auth.bearer().await?;
+                let token = self.slot_and_token(req).await?;
                 self.send_once(req, &token).await
             }
             other => other,
         }
     }
 
+    /// Takes the token, waits for a rate-limit slot, then checks the token is still the one to
+    /// send. The wait can be seconds long, and a token revoked or replaced meanwhile (another
+    /// request's 401) is stale by the time it is sent: a rate-limited queue longer than the
+    /// time between two revocations answered 401 even to the re-send after a refresh. A refresh
+    /// that is due is done before the wait, so it does not delay the send past its slot (GoTo
+    /// counts arrivals; the limiter's slots must stay send times).
+    async fn slot_and_token(&self, req: &ApiRequest) -> Result<BearerToken, GotoError> {
+        let taken = self.auth.bearer().await?;
+        self.limiter.acquire(req.endpoint.api).await;
+        self.auth.after_wait(taken).await
+    }
+
+    /// Sends `req` now: its rate-limit slot has been taken.
     async fn send_once(
         &self,
         req: &ApiRequest,
         token: &BearerToken,
     ) -> Result<ApiResponse, GotoError> {
         let endpoint = req.endpoint;
-        self.limiter.acquire(endpoint.api).await;
         let mut builder = self
             .http
             .request(method(endpoint), req.url.clone())
