@@ -9,6 +9,7 @@
 
 use crate::channel::duty::ChannelDuty;
 use crate::channel::election::{ChannelElection, Role};
+use crate::channel::sweep::ReportSweeper;
 use crate::channel::{self, ChannelState};
 use crate::config::bridge::{ChannelKind, WebhookAnswer};
 use crate::config::BridgeConfig;
@@ -184,11 +185,18 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
         }));
     }
 
-    tasks.push(tokio::spawn(sweep_unwritten_windows(
+    // One sweeper for the process: outage windows from every source are merged and each call
+    // is fetched once (see channel::sweep).
+    let sweeper = ReportSweeper::spawn(
         client.clone(),
         ingest.clone(),
         config.goto.account_keys.clone(),
         config.channel.report_sweep_delay,
+        stop_rx.clone(),
+    );
+    tasks.push(tokio::spawn(sweep_unwritten_windows(
+        ingest.clone(),
+        sweeper.clone(),
         stop_rx.clone(),
     )));
 
@@ -202,6 +210,7 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
         webhook: config.webhook.clone(),
         account_keys: config.goto.account_keys.clone(),
         events: config.goto.events.clone(),
+        sweeper,
     };
     tasks.push(tokio::spawn(channel::duty::follow_election(
         duty,
@@ -250,10 +259,8 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
 /// are swept from GoTo's report summaries (calls wholly inside them left nothing in raw). Every
 /// replica does this for its own ingest, owner or not (webhooks reach any replica).
 async fn sweep_unwritten_windows(
-    client: GotoClient,
     ingest: Ingest,
-    account_keys: Vec<String>,
-    delay: Duration,
+    sweeper: ReportSweeper,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -271,14 +278,7 @@ async fn sweep_unwritten_windows(
                     .as_secs(),
                 "notifications could not be written for a while; sweeping GoTo's reports for it"
             );
-            channel::catchup::spawn_sweep(
-                client.clone(),
-                ingest.clone(),
-                account_keys.clone(),
-                window,
-                delay,
-                stop.clone(),
-            );
+            sweeper.request(window);
         }
     }
 }

@@ -10,6 +10,7 @@
 mod contract_support;
 mod support;
 
+use callbridge::channel::sweep::ReportSweeper;
 use callbridge::channel::websocket;
 use callbridge::channel::{ChannelKeeper, ChannelState, DesiredChannel};
 use callbridge::config::bridge::{ChannelKind, ChannelSettings};
@@ -94,10 +95,18 @@ async fn connected(sim: &RunningSimulator, ingest: &Ingest) -> Session {
     let (state_tx, mut state) = watch::channel(ChannelState::Starting);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (doubt, doubt_rx) = watch::channel(false);
+    let sweeper = ReportSweeper::spawn(
+        client(sim),
+        ingest.clone(),
+        vec![A1.to_owned()],
+        settings().report_sweep_delay,
+        shutdown_rx.clone(),
+    );
     let task = tokio::spawn(websocket::run(
         keeper,
         ingest.clone(),
         settings(),
+        sweeper,
         state_tx,
         shutdown_rx,
         doubt_rx,

@@ -9,16 +9,11 @@
 //! Duplicates of what was already seen are dropped by the sequencer as usual.
 //!
 //! A call that started AND ended entirely inside an outage is no longer active: the report sweep
-//! finds those. Reports appear only once a call has ended (GoTo: minutes later), so after the
-//! channel is back the sweep waits `channel.report_sweep_delay`, lists the report summaries of
-//! calls created during the outage, fetches each one's states from the back-fill endpoint and
-//! writes them to raw (one request per call in the window; calls the bridge already has are
-//! dropped by the sequencer as duplicates). A replica that just became the channel owner does not
-//! know when its predecessor lost the channel and sweeps the last `channel.report_sweep_lookback`.
+//! ([`super::sweep`]) finds those.
 
-use crate::goto::{ConversationEvents, GotoClient};
+use crate::goto::GotoClient;
 use crate::ingest::{Accepted, Ingest, Transport};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Attempts per step of a catch-up or sweep (listing, one call's states, one raw write): a
 /// catch-up that gives up on the first 429 or revoked token leaves a call that nobody else knows
@@ -29,7 +24,11 @@ const FIRST_PAUSE: Duration = Duration::from_millis(500);
 
 /// Runs `step` until it succeeds or [`ATTEMPTS`] ran out, pausing with doubling backoff; each
 /// failure is logged with `what`. Returns the last error when every attempt failed.
-async fn retried<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+pub(super) async fn retried<
+    T,
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+>(
     what: &str,
     mut step: impl FnMut() -> F,
 ) -> Result<T, E> {
@@ -50,7 +49,7 @@ async fn retried<T, E: std::fmt::Display, F: std::future::Future<Output = Result
 }
 
 /// Writes one catch-up or sweep body to raw, retried (Kafka may be restarting).
-async fn write_raw(ingest: &Ingest, body: &[u8], what: &str) -> bool {
+pub(super) async fn write_raw(ingest: &Ingest, body: &[u8], what: &str) -> bool {
     match retried(what, || ingest.accept(body, Transport::Catchup)).await {
         Ok(Accepted::Raw) => true,
         Ok(other) => {
@@ -98,120 +97,6 @@ pub async fn catch_up(client: &GotoClient, ingest: &Ingest, account_keys: &[Stri
     written
 }
 
-/// Margin around an outage window: clocks differ, and GoTo stamps `callCreated` itself.
-const SWEEP_MARGIN: Duration = Duration::from_secs(10);
-
-/// Writes every state of every call created in `[from, to]` (and ended by now) to raw, from the
-/// report summaries and the back-fill endpoint. Returns the number of calls found. Every step is
-/// retried like [`catch_up`]'s.
-pub async fn sweep_reports(
-    client: &GotoClient,
-    ingest: &Ingest,
-    account_keys: &[String],
-    from: SystemTime,
-    to: SystemTime,
-) -> usize {
-    let (from, to) = (from - SWEEP_MARGIN, to + SWEEP_MARGIN);
-    let mut calls = 0;
-    let mut written = 0u64;
-    for account in account_keys {
-        let summaries = match retried("report sweep: listing report summaries", || {
-            client.report_summaries(account, from, to)
-        })
-        .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                metrics::counter!("callbridge_catchup_failures_total").increment(1);
-                tracing::error!(error = %e, account = %account, "report sweep: listing report summaries failed for good");
-                continue;
-            }
-        };
-        for summary in summaries {
-            let Some(id) = conversation_id(summary.get()) else {
-                continue;
-            };
-            calls += 1;
-            match retried("report sweep: fetching a call's states", || {
-                client.conversation_events(&id, None, None)
-            })
-            .await
-            {
-                Ok(ConversationEvents::Found(states)) => {
-                    for s in states {
-                        let body = notification(&id, s.metadata.as_deref(), &s.state);
-                        if write_raw(ingest, body.as_bytes(), "report sweep: writing a state").await
-                        {
-                            written += 1;
-                        }
-                    }
-                }
-                Ok(ConversationEvents::NotFound) => {}
-                Err(e) => {
-                    metrics::counter!("callbridge_catchup_failures_total").increment(1);
-                    tracing::error!(error = %e, conversation = %id, "report sweep: fetching a call's states failed for good")
-                }
-            }
-        }
-    }
-    metrics::counter!("callbridge_report_sweep_states_total").increment(written);
-    tracing::info!(calls, states = written, "report sweep of an outage window");
-    calls
-}
-
-/// Runs [`sweep_reports`] for `[from, to]` after `delay` (reports appear once calls end), unless
-/// `stop` turns true first.
-pub fn spawn_sweep(
-    client: GotoClient,
-    ingest: Ingest,
-    account_keys: Vec<String>,
-    window: (SystemTime, SystemTime),
-    delay: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.changed() => return,
-        }
-        // A sweep cut short by shutdown ends with the process anyway; stopping here also lets
-        // the producer it holds go when the bridge stops inside a longer-lived process (demo).
-        tokio::select! {
-            _ = sweep_reports(&client, &ingest, &account_keys, window.0, window.1) => {}
-            _ = stop.changed() => {}
-        }
-    });
-}
-
-fn conversation_id(summary: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Summary {
-        conversation_space_id: String,
-    }
-    serde_json::from_str::<Summary>(summary)
-        .ok()
-        .map(|s| s.conversation_space_id)
-        .filter(|id| !id.is_empty())
-}
-
-/// A back-filled state as the notification GoTo would have sent (metadata synthesised from the
-/// id when the back-fill answer carried none).
-fn notification(
-    id: &str,
-    metadata: Option<&serde_json::value::RawValue>,
-    state: &serde_json::value::RawValue,
-) -> String {
-    let metadata = match metadata {
-        Some(m) => m.get().to_string(),
-        None => serde_json::json!({ "conversationSpaceId": id }).to_string(),
-    };
-    format!(
-        r#"{{"source":"call-events","type":"call-state","content":{{"metadata":{metadata},"state":{}}}}}"#,
-        state.get()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,29 +128,5 @@ mod tests {
         .await;
         assert_eq!(r, Err("down".into()));
         assert_eq!(calls.get(), ATTEMPTS);
-    }
-
-    #[test]
-    fn swept_states_are_routable_notifications() {
-        let state = serde_json::value::RawValue::from_string(
-            r#"{"sequenceNumber":4,"type":"ENDING","extra":{"kept":true}}"#.into(),
-        )
-        .unwrap();
-        let body = notification("c-9", None, &state);
-        match crate::ingest::route::route(body.as_bytes()) {
-            crate::ingest::route::Disposition::Raw {
-                conversation_space_id,
-            } => assert_eq!(conversation_space_id, "c-9"),
-            other => panic!("not routable: {other:?}"),
-        }
-        assert!(
-            body.contains(r#""extra":{"kept":true}"#),
-            "unknown fields must survive"
-        );
-        assert_eq!(
-            conversation_id(r#"{"conversationSpaceId":"c-9","callEnded":"x"}"#).as_deref(),
-            Some("c-9")
-        );
-        assert_eq!(conversation_id(r#"{"conversationSpaceId":""}"#), None);
     }
 }

@@ -15,6 +15,7 @@
 //! doubt ends the duty like losing the election does.
 
 use super::election::Role;
+use super::sweep::ReportSweeper;
 use super::DesiredChannel;
 use super::{catchup, repair_loop, websocket, ChannelError, ChannelKeeper, ChannelState};
 use crate::config::bridge::{ChannelKind, ChannelSettings, WebhookSettings};
@@ -37,6 +38,8 @@ pub struct ChannelDuty {
     pub account_keys: Vec<String>,
     /// Call-event types to subscribe.
     pub events: Vec<String>,
+    /// Where outage windows go to be swept.
+    pub sweeper: ReportSweeper,
 }
 
 impl ChannelDuty {
@@ -147,14 +150,8 @@ async fn hold(
             let _ = state.send(ChannelState::Ready(channel.channel_id.clone()));
             if !duty.channel.report_sweep_lookback.is_zero() {
                 let now = std::time::SystemTime::now();
-                catchup::spawn_sweep(
-                    keeper.client().clone(),
-                    duty.ingest.clone(),
-                    keeper.account_keys().to_vec(),
-                    (now - duty.channel.report_sweep_lookback, now),
-                    duty.channel.report_sweep_delay,
-                    stop.clone(),
-                );
+                duty.sweeper
+                    .request((now - duty.channel.report_sweep_lookback, now));
             }
             catchup::catch_up(keeper.client(), &duty.ingest, keeper.account_keys()).await;
             repair_loop(
@@ -162,7 +159,7 @@ async fn hold(
                 duty.ingest.clone(),
                 channel,
                 duty.channel.repair_interval,
-                duty.channel.report_sweep_delay,
+                duty.sweeper.clone(),
                 state,
                 stop,
             )
@@ -173,6 +170,7 @@ async fn hold(
                 keeper,
                 duty.ingest.clone(),
                 duty.channel.clone(),
+                duty.sweeper.clone(),
                 state,
                 stop,
                 doubt,

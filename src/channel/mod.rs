@@ -3,6 +3,7 @@
 //! - [`keeper`]: find-or-create, subscribe (checking every 207 item), refresh, recreate, repair.
 //! - [`websocket`]: the WebSocket session (pings, reconnects, control messages).
 //! - [`catchup`]: after an outage, the active calls' last states go to the raw topic.
+//! - [`sweep`]: after an outage, calls that started and ended inside it, from GoTo's reports.
 //! - [`election`]: which replica owns the channel (a Kafka consumer group).
 //! - [`duty`]: what the owner runs while it owns it.
 //!
@@ -13,6 +14,7 @@ pub mod catchup;
 pub mod duty;
 pub mod election;
 pub mod keeper;
+pub mod sweep;
 pub mod websocket;
 
 pub use keeper::{ChannelError, ChannelKeeper, DesiredChannel, Repair};
@@ -39,7 +41,7 @@ pub async fn repair_loop(
     ingest: crate::ingest::Ingest,
     mut channel: crate::goto::Channel,
     interval: std::time::Duration,
-    sweep_delay: std::time::Duration,
+    sweeper: sweep::ReportSweeper,
     state: tokio::sync::watch::Sender<ChannelState>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -63,14 +65,7 @@ pub async fn repair_loop(
                 tracing::warn!(repair = ?r, "channel repaired");
                 let _ = state.send(ChannelState::Ready(channel.channel_id.clone()));
                 let now = std::time::SystemTime::now();
-                catchup::spawn_sweep(
-                    keeper.client().clone(),
-                    ingest.clone(),
-                    keeper.account_keys().to_vec(),
-                    (healthy_at, now),
-                    sweep_delay,
-                    shutdown.clone(),
-                );
+                sweeper.request((healthy_at, now));
                 healthy_at = now;
                 catchup::catch_up(keeper.client(), &ingest, keeper.account_keys()).await;
             }

@@ -14,6 +14,7 @@
 //! and any frame read counts as a sign of life, since a pong can be queued behind data frames.
 
 use super::keeper::{ChannelError, ChannelKeeper};
+use super::sweep::ReportSweeper;
 use super::ChannelState;
 use crate::config::bridge::ChannelSettings;
 use crate::goto::Channel;
@@ -54,6 +55,7 @@ pub async fn run(
     keeper: ChannelKeeper,
     ingest: Ingest,
     settings: ChannelSettings,
+    sweeper: ReportSweeper,
     state: watch::Sender<ChannelState>,
     mut shutdown: watch::Receiver<bool>,
     mut doubt: watch::Receiver<bool>,
@@ -121,6 +123,7 @@ pub async fn run(
             &keeper,
             &ingest,
             &settings,
+            &sweeper,
             current,
             &state,
             &mut shutdown,
@@ -192,6 +195,7 @@ async fn session(
     keeper: &ChannelKeeper,
     ingest: &Ingest,
     settings: &ChannelSettings,
+    sweeper: &ReportSweeper,
     mut current: Channel,
     state: &watch::Sender<ChannelState>,
     shutdown: &mut watch::Receiver<bool>,
@@ -221,14 +225,7 @@ async fn session(
             keeper.account_keys().to_vec(),
         );
         if let Some(since) = down_since.take() {
-            super::catchup::spawn_sweep(
-                client.clone(),
-                ingest.clone(),
-                keys.clone(),
-                (since, std::time::SystemTime::now()),
-                settings.report_sweep_delay,
-                shutdown.clone(),
-            );
+            sweeper.request((since, std::time::SystemTime::now()));
         }
         // Abandoned at shutdown like everything else: the next owner catches up on connecting.
         let mut stop = shutdown.clone();
