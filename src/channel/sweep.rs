@@ -8,11 +8,11 @@
 //! calls created in it, fetches each call's states from the back-fill endpoint and writes them
 //! to raw, where the sequencer drops what it already has.
 //!
-//! One sweeper per process, because windows come in bursts. A socket cut every few seconds asks
-//! for a window at every reconnect, and each window's margins overlap the last ones. Swept one
-//! by one, they fetched every call of the overlap again and again: 25 sweeps of 40 calls are
-//! 1,000 call histories at GoTo's 10 requests/s, shared first-come with back-fill, and a CI run
-//! of the WebSocket fault suite ran out of time behind them. So:
+//! One sweeper per process, because windows come in bursts: a socket cut every few seconds asks
+//! for a window at every reconnect, each overlapping the last by its margins. Swept by a task
+//! each, they ran side by side, listed the calls of every overlap again and fetched each one
+//! again, all in the queue of GoTo's 10 requests/s that back-fill shares (reliability.md,
+//! finding 14). So:
 //! - windows that are due together and overlap are swept as one ([`PendingWindows`]);
 //! - a call whose states were all fetched and written is not fetched again ([`SweptCalls`]):
 //!   a call listed in the reports has ended, so its states no longer change.
@@ -249,6 +249,7 @@ async fn sweep(
                             complete = false;
                         }
                     }
+                    tracing::debug!(conversation = %id, complete, "report sweep: a call's states written");
                     if complete {
                         swept.remember(&id, Instant::now());
                     }
