@@ -94,10 +94,7 @@ impl RunState {
         };
         part.last_snapshot = Instant::now();
         let entries = part.core.take_dirty();
-        let lwm = part
-            .core
-            .raw_low_watermark()
-            .map_or(part.next_raw, |held| held.min(part.next_raw));
+        let lwm = part.raw_low_watermark();
         let progressed = part
             .pending
             .back()
@@ -150,20 +147,15 @@ impl RunState {
                 let fut = self.enqueue(rec, &changelog_topic)?;
                 self.track(p, fut, false);
             }
-            let progress = Progress {
-                epoch,
-                ordered_offset: snap.ordered_offset.unwrap_or(-1),
-                raw_low_watermark: snap.raw_low_watermark,
-                released: false,
-            };
-            let key = changelog::progress_key(epoch);
-            let value = changelog::encode(&progress);
-            let rec = FutureRecord::to(&changelog_topic)
-                .partition(p)
-                .key(key.as_bytes())
-                .payload(value.as_slice());
-            let fut = self.enqueue(rec, &changelog_topic)?;
-            self.track(p, fut, false);
+            self.write_progress(
+                p,
+                &Progress {
+                    epoch,
+                    ordered_offset: snap.ordered_offset.unwrap_or(-1),
+                    raw_low_watermark: snap.raw_low_watermark,
+                    released: false,
+                },
+            )?;
             if let Some(part) = self.partitions.get_mut(&p) {
                 let seq = part.sent;
                 part.commit_after.push_back((seq, snap.raw_low_watermark));
@@ -213,22 +205,23 @@ impl RunState {
     /// The last progress record of a clean hand-over, `released`: every output is acknowledged
     /// (the caller drained), so the next owner need not wait for stragglers of this epoch.
     fn write_release_marker(&mut self, p: i32) -> Result<(), ShellError> {
-        let changelog_topic = self.config.kafka.topics.changelog.clone();
         let Some(part) = self.partitions.get(&p) else {
             return Ok(());
         };
-        let lwm = part
-            .core
-            .raw_low_watermark()
-            .map_or(part.next_raw, |held| held.min(part.next_raw));
         let progress = Progress {
             epoch: part.epoch,
             ordered_offset: part.ordered_acked,
-            raw_low_watermark: lwm,
+            raw_low_watermark: part.raw_low_watermark(),
             released: true,
         };
-        let key = changelog::progress_key(part.epoch);
-        let value = changelog::encode(&progress);
+        self.write_progress(p, &progress)
+    }
+
+    /// Queues one progress record of partition `p` to the changelog (keyed by its epoch).
+    fn write_progress(&mut self, p: i32, progress: &Progress) -> Result<(), ShellError> {
+        let changelog_topic = self.config.kafka.topics.changelog.clone();
+        let key = changelog::progress_key(progress.epoch);
+        let value = changelog::encode(progress);
         let rec = FutureRecord::to(&changelog_topic)
             .partition(p)
             .key(key.as_bytes())

@@ -160,6 +160,16 @@ struct OwnedPartition {
     last_snapshot: Instant,
 }
 
+impl OwnedPartition {
+    /// The raw offset a restart must read from: the oldest raw offset still held back by the
+    /// core, else the next one to process.
+    fn raw_low_watermark(&self) -> i64 {
+        self.core
+            .raw_low_watermark()
+            .map_or(self.next_raw, |held| held.min(self.next_raw))
+    }
+}
+
 struct PendingSnapshot {
     needs_acked: u64,
     ordered_offset: Option<i64>,
