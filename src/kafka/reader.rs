@@ -2,11 +2,13 @@
 //! and audits, not for the pipeline.
 
 use super::config::KafkaConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a partition must stay quiet past its reported end before the end is believed.
@@ -15,7 +17,57 @@ use std::time::{Duration, Instant};
 /// watermark misses the tail of the last batch. Good enough for verification and audits, which
 /// may read again; not for the takeover, whose scan must be complete and so reads up to a marker
 /// of its own instead (`sequencer::shell::takeover`).
+///
+/// A quiet period alone would end a read early whenever a fetch stalls longer than it (a loaded
+/// machine), so [`read_topic`] also waits until it has read up to the high watermark of the
+/// broker's fetch answers, which tansu gets right; librdkafka reports it in its statistics
+/// (`hi_offset`), the only place rust-rdkafka exposes it.
 pub const SETTLE: Duration = Duration::from_millis(300);
+
+/// How often librdkafka reports the fetch answers' high watermarks to the reader.
+const STATISTICS_INTERVAL: &str = "50";
+
+/// The reader's client context: keeps the newest fetch high watermark of each partition of the
+/// topic being read, from librdkafka's statistics.
+struct FetchHighWatermarks {
+    topic: String,
+    highs: Mutex<HashMap<i32, i64>>,
+}
+
+impl ClientContext for FetchHighWatermarks {
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else {
+            return;
+        };
+        let Some(partitions) = stats["topics"][&self.topic]["partitions"].as_object() else {
+            return;
+        };
+        let mut highs = self.highs.lock().unwrap_or_else(|e| e.into_inner());
+        for (p, v) in partitions {
+            // Partition -1 is librdkafka's "unassigned" bucket; a negative offset means no
+            // fetch answer yet.
+            if let (Ok(p), Some(hi)) = (p.parse::<i32>(), v["hi_offset"].as_i64()) {
+                if p >= 0 && hi >= 0 {
+                    let known = highs.entry(p).or_insert(hi);
+                    *known = (*known).max(hi);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for FetchHighWatermarks {}
+
+impl FetchHighWatermarks {
+    /// Whether `next` (the offset after the last record read of each partition) reaches every
+    /// fetch high watermark known so far.
+    fn reached(&self, next: &HashMap<i32, i64>) -> bool {
+        let highs = self.highs.lock().unwrap_or_else(|e| e.into_inner());
+        highs
+            .iter()
+            .all(|(p, hi)| next.get(p).copied().unwrap_or(0) >= *hi)
+    }
+}
 
 /// One record read back from a topic.
 #[derive(Clone, Debug)]
@@ -49,7 +101,7 @@ pub fn read_topic(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<ReadRecord>, KafkaError> {
-    let consumer: BaseConsumer = config
+    let consumer: BaseConsumer<FetchHighWatermarks> = config
         .client_config()
         .map_err(|e| KafkaError::ClientCreation(e.to_string()))?
         .set(
@@ -57,7 +109,11 @@ pub fn read_topic(
             format!("callbridge-reader-{}", uuid::Uuid::new_v4()),
         )
         .set("enable.auto.commit", "false")
-        .create()?;
+        .set("statistics.interval.ms", STATISTICS_INTERVAL)
+        .create_with_context(FetchHighWatermarks {
+            topic: topic.to_string(),
+            highs: Mutex::new(HashMap::new()),
+        })?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
         .topics()
@@ -80,11 +136,15 @@ pub fn read_topic(
     }
     consumer.assign(&tpl)?;
     let deadline = Instant::now() + timeout;
-    // Past the reported ends, read on until the topic is quiet: tansu reports the high watermark
-    // as the last batch's base offset + 1 (see [`SETTLE`]).
+    // Past the reported ends, read on until the topic is quiet and every fetch answer's high
+    // watermark is reached: tansu reports the high watermark as the last batch's base offset + 1
+    // (see [`SETTLE`]).
     let mut quiet_since: Option<Instant> = None;
+    let mut next: HashMap<i32, i64> = HashMap::new();
     loop {
-        if remaining.is_empty() && quiet_since.get_or_insert_with(Instant::now).elapsed() >= SETTLE
+        if remaining.is_empty()
+            && quiet_since.get_or_insert_with(Instant::now).elapsed() >= SETTLE
+            && consumer.context().reached(&next)
         {
             break;
         }
@@ -97,6 +157,7 @@ pub fn read_topic(
             Some(Ok(m)) => {
                 quiet_since = None;
                 let p = m.partition();
+                next.insert(p, m.offset() + 1);
                 out.push(ReadRecord {
                     partition: p,
                     offset: m.offset(),
@@ -128,4 +189,52 @@ pub fn read_topic(
     }
     out.sort_by_key(|r| (r.partition, r.offset));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// librdkafka's statistics as it sends them (trimmed): partition -1 is its unassigned
+    /// bucket, and -1001 is "no fetch answer yet".
+    const STATS: &str = r#"{"name":"rdkafka#consumer-1","type":"consumer","topics":{
+        "callbridge.ordered":{"topic":"callbridge.ordered","partitions":{
+            "0":{"partition":0,"hi_offset":8,"app_offset":3},
+            "1":{"partition":1,"hi_offset":-1001},
+            "-1":{"partition":-1,"hi_offset":-1001}}},
+        "other":{"topic":"other","partitions":{"2":{"partition":2,"hi_offset":50}}}}}"#;
+
+    #[test]
+    fn a_read_ends_only_at_every_fetch_high_watermark() {
+        let highs = FetchHighWatermarks {
+            topic: "callbridge.ordered".into(),
+            highs: Mutex::new(HashMap::new()),
+        };
+        let mut next = HashMap::from([(0, 1)]);
+        assert!(
+            highs.reached(&next),
+            "nothing known yet: the quiet rule decides"
+        );
+        highs.stats_raw(STATS.as_bytes());
+        // tansu's ListOffsets said 1 for these 8 records; the fetch answer says 8.
+        assert!(!highs.reached(&next));
+        next.insert(0, 7);
+        assert!(!highs.reached(&next));
+        next.insert(0, 8);
+        assert!(
+            highs.reached(&next),
+            "partition 1 has no fetch answer, 2 is another topic"
+        );
+        // A later, older report never lowers what is known.
+        highs.stats_raw(
+            STATS
+                .replace(r#""hi_offset":8"#, r#""hi_offset":5"#)
+                .as_bytes(),
+        );
+        next.insert(0, 6);
+        assert!(!highs.reached(&next));
+        highs.stats_raw(b"not json");
+        next.insert(0, 8);
+        assert!(highs.reached(&next));
+    }
 }
