@@ -1,11 +1,11 @@
 //! The one place that sends a request to GoTo's REST APIs.
 //!
 //! Every call goes the same way: take a bearer token, wait for a slot of the API's rate limit,
-//! take the token again if another request replaced it meanwhile, send, classify the answer. A 401 drops the token, refreshes once and
-//! re-sends once (a 401 means GoTo did not act, so this is safe even for channel creation);
-//! 429, 5xx and transport failures are retried with backoff for requests that may be
-//! repeated. Keeping this in one place is what lets the API modules be plain request/decode
-//! code.
+//! take the token again if another request replaced it meanwhile, send, classify the answer. A
+//! 401 drops the token, refreshes once and re-sends once (a 401 means GoTo did not act, so this
+//! is safe even for channel creation); 429, 5xx and transport failures are retried with backoff
+//! for requests that may be repeated. Keeping this in one place is what lets the API modules be
+//! plain request/decode code.
 
 use std::sync::Arc;
 use std::time::SystemTime;

@@ -59,13 +59,16 @@ impl ClientContext for FetchHighWatermarks {
 impl ConsumerContext for FetchHighWatermarks {}
 
 impl FetchHighWatermarks {
-    /// Whether `next` (the offset after the last record read of each partition) reaches every
-    /// fetch high watermark known so far.
-    fn reached(&self, next: &HashMap<i32, i64>) -> bool {
+    /// Whether `next` (the offset after the last record read of each partition) reaches the
+    /// fetch high watermark known so far of each partition in `read` (those being read: the
+    /// statistics list the topic's other partitions too).
+    fn reached(&self, read: &[i32], next: &HashMap<i32, i64>) -> bool {
         let highs = self.highs.lock().unwrap_or_else(|e| e.into_inner());
-        highs
-            .iter()
-            .all(|(p, hi)| next.get(p).copied().unwrap_or(0) >= *hi)
+        read.iter().all(|p| {
+            highs
+                .get(p)
+                .is_none_or(|hi| next.get(p).copied().unwrap_or(0) >= *hi)
+        })
     }
 }
 
@@ -135,6 +138,7 @@ pub fn read_topic(
         return Ok(out);
     }
     consumer.assign(&tpl)?;
+    let read: Vec<i32> = remaining.keys().copied().collect();
     let deadline = Instant::now() + timeout;
     // Past the reported ends, read on until the topic is quiet and every fetch answer's high
     // watermark is reached: tansu reports the high watermark as the last batch's base offset + 1
@@ -144,7 +148,7 @@ pub fn read_topic(
     loop {
         if remaining.is_empty()
             && quiet_since.get_or_insert_with(Instant::now).elapsed() >= SETTLE
-            && consumer.context().reached(&next)
+            && consumer.context().reached(&read, &next)
         {
             break;
         }
@@ -201,6 +205,7 @@ mod tests {
         "callbridge.ordered":{"topic":"callbridge.ordered","partitions":{
             "0":{"partition":0,"hi_offset":8,"app_offset":3},
             "1":{"partition":1,"hi_offset":-1001},
+            "3":{"partition":3,"hi_offset":40},
             "-1":{"partition":-1,"hi_offset":-1001}}},
         "other":{"topic":"other","partitions":{"2":{"partition":2,"hi_offset":50}}}}}"#;
 
@@ -210,20 +215,21 @@ mod tests {
             topic: "callbridge.ordered".into(),
             highs: Mutex::new(HashMap::new()),
         };
+        let read = [0, 1];
         let mut next = HashMap::from([(0, 1)]);
         assert!(
-            highs.reached(&next),
+            highs.reached(&read, &next),
             "nothing known yet: the quiet rule decides"
         );
         highs.stats_raw(STATS.as_bytes());
         // tansu's ListOffsets said 1 for these 8 records; the fetch answer says 8.
-        assert!(!highs.reached(&next));
+        assert!(!highs.reached(&read, &next));
         next.insert(0, 7);
-        assert!(!highs.reached(&next));
+        assert!(!highs.reached(&read, &next));
         next.insert(0, 8);
         assert!(
-            highs.reached(&next),
-            "partition 1 has no fetch answer, 2 is another topic"
+            highs.reached(&read, &next),
+            "1 has no fetch answer, 3 is not being read, 2 is another topic"
         );
         // A later, older report never lowers what is known.
         highs.stats_raw(
@@ -232,9 +238,9 @@ mod tests {
                 .as_bytes(),
         );
         next.insert(0, 6);
-        assert!(!highs.reached(&next));
+        assert!(!highs.reached(&read, &next));
         highs.stats_raw(b"not json");
         next.insert(0, 8);
-        assert!(highs.reached(&next));
+        assert!(highs.reached(&read, &next));
     }
 }
