@@ -28,8 +28,9 @@ use tokio::time::Instant;
 
 /// Margin around an outage window: clocks differ, and GoTo stamps `callCreated` itself.
 pub const SWEEP_MARGIN: Duration = Duration::from_secs(10);
-/// How long a swept call is remembered. Windows overlap by their margins and by a new owner's
-/// look-back (minutes), never by more: a call swept longer ago than this is not listed again.
+/// How long a swept call is remembered. Overlapping windows are requested seconds or minutes
+/// apart (their margins, a new owner's look-back); a call listed again after longer than this
+/// is fetched again, which costs a request, nothing else.
 const REMEMBER_FOR: Duration = Duration::from_secs(15 * 60);
 /// The most swept calls remembered (~100 bytes each). Forgetting one early costs one request.
 const REMEMBER_AT_MOST: usize = 50_000;
