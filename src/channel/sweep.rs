@@ -106,13 +106,9 @@ impl SweptCalls {
     }
 
     /// How many calls are remembered.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.ids.len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
     }
 }
 
@@ -325,7 +321,7 @@ mod tests {
         p.add((at(104), at(105)), now + Duration::from_secs(2));
         assert_eq!(p.next_due(), Some(now));
         let due = p.take_due(now);
-        assert_eq!(due, vec![(at(90), at(113)), (at(3_690), at(3_711)),]);
+        assert_eq!(due, vec![(at(90), at(113)), (at(3_690), at(3_711))]);
         assert_eq!(p.next_due(), Some(now + Duration::from_secs(2)));
         assert!(p.take_due(now).is_empty(), "taken once");
         assert_eq!(

@@ -27,8 +27,9 @@ pub const SETTLE: Duration = Duration::from_millis(300);
 /// How often librdkafka reports the fetch answers' high watermarks to the reader.
 const STATISTICS_INTERVAL: &str = "50";
 
-/// The reader's client context: keeps the newest fetch high watermark of each partition of the
-/// topic being read, from librdkafka's statistics.
+/// The reader's client context: the end each partition of the topic must be read to, first the
+/// high watermark the broker reported before the read, then raised to the newest one of its fetch
+/// answers, from librdkafka's statistics.
 struct FetchHighWatermarks {
     topic: String,
     highs: Mutex<HashMap<i32, i64>>,
@@ -48,8 +49,7 @@ impl ClientContext for FetchHighWatermarks {
             // fetch answer yet.
             if let (Ok(p), Some(hi)) = (p.parse::<i32>(), v["hi_offset"].as_i64()) {
                 if p >= 0 && hi >= 0 {
-                    let known = highs.entry(p).or_insert(hi);
-                    *known = (*known).max(hi);
+                    raise(&mut highs, p, hi);
                 }
             }
         }
@@ -58,9 +58,24 @@ impl ClientContext for FetchHighWatermarks {
 
 impl ConsumerContext for FetchHighWatermarks {}
 
+/// Raises the end known for partition `p` to `high`; an older, lower report never lowers it.
+fn raise(highs: &mut HashMap<i32, i64>, p: i32, high: i64) {
+    let known = highs.entry(p).or_insert(high);
+    *known = (*known).max(high);
+}
+
 impl FetchHighWatermarks {
+    /// Starts partition `p` at the high watermark the broker reported for it.
+    fn reported(&self, p: i32, high: i64) {
+        raise(
+            &mut self.highs.lock().unwrap_or_else(|e| e.into_inner()),
+            p,
+            high,
+        );
+    }
+
     /// Whether `next` (the offset after the last record read of each partition) reaches the
-    /// fetch high watermark known so far of each partition in `read` (those being read: the
+    /// high watermark known so far of each partition in `read` (those being read: the
     /// statistics list the topic's other partitions too).
     fn reached(&self, read: &[i32], next: &HashMap<i32, i64>) -> bool {
         let highs = self.highs.lock().unwrap_or_else(|e| e.into_inner());
@@ -97,8 +112,8 @@ impl ReadRecord {
     }
 }
 
-/// Every record of `topic` (up to the high watermarks seen at the start, and what follows until
-/// the topic is quiet), in partition/offset order.
+/// Every record of `topic` (up to the high watermarks reported at the start and in the fetch
+/// answers, and what follows until the topic is quiet), in partition/offset order.
 pub fn read_topic(
     config: &KafkaConfig,
     topic: &str,
@@ -125,20 +140,20 @@ pub fn read_topic(
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     let mut tpl = TopicPartitionList::new();
-    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    let mut read: Vec<i32> = Vec::new();
     for p in &partitions {
         let (low, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
         if high > low {
-            remaining.insert(*p, high);
+            consumer.context().reported(*p, high);
+            read.push(*p);
             tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
         }
     }
     let mut out = Vec::new();
-    if remaining.is_empty() {
+    if read.is_empty() {
         return Ok(out);
     }
     consumer.assign(&tpl)?;
-    let read: Vec<i32> = remaining.keys().copied().collect();
     let deadline = Instant::now() + timeout;
     // Past the reported ends, read on until the topic is quiet and every fetch answer's high
     // watermark is reached: tansu reports the high watermark as the last batch's base offset + 1
@@ -146,9 +161,8 @@ pub fn read_topic(
     let mut quiet_since: Option<Instant> = None;
     let mut next: HashMap<i32, i64> = HashMap::new();
     loop {
-        if remaining.is_empty()
+        if consumer.context().reached(&read, &next)
             && quiet_since.get_or_insert_with(Instant::now).elapsed() >= SETTLE
-            && consumer.context().reached(&read, &next)
         {
             break;
         }
@@ -180,12 +194,6 @@ pub fn read_topic(
                         })
                         .unwrap_or_default(),
                 });
-                if remaining
-                    .get(&p)
-                    .is_some_and(|high| m.offset() + 1 >= *high)
-                {
-                    remaining.remove(&p);
-                }
             }
             Some(Err(e)) => return Err(e),
             None => {}
@@ -216,11 +224,16 @@ mod tests {
             highs: Mutex::new(HashMap::new()),
         };
         let read = [0, 1];
-        let mut next = HashMap::from([(0, 1)]);
+        let mut next = HashMap::new();
         assert!(
             highs.reached(&read, &next),
             "nothing known yet: the quiet rule decides"
         );
+        // The broker reported partition 0's end at 1 before the read.
+        highs.reported(0, 1);
+        assert!(!highs.reached(&read, &next));
+        next.insert(0, 1);
+        assert!(highs.reached(&read, &next));
         highs.stats_raw(STATS.as_bytes());
         // tansu's ListOffsets said 1 for these 8 records; the fetch answer says 8.
         assert!(!highs.reached(&read, &next));
