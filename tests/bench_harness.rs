@@ -34,6 +34,16 @@ fn a_small_bench_run_measures_every_phase_and_the_bridge_keeps_its_promises() {
         serde_json::from_str(&std::fs::read_to_string(&out).expect("report written"))
             .expect("report is JSON");
     let _ = std::fs::remove_file(&out);
+    // Every process's log beside the JSON, not under the working directory.
+    let logs = out.with_extension("logs");
+    let bridge_logs = std::fs::read_dir(&logs)
+        .expect("logs beside --out")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("bridge"))
+        .filter(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false))
+        .count();
+    let _ = std::fs::remove_dir_all(&logs);
+    assert!(bridge_logs > 0, "no bridge log in {}", logs.display());
 
     let c = &report["ceilings"];
     assert!(c["http_states_per_sec"].as_f64().unwrap() > 0.0, "{c}");

@@ -399,11 +399,18 @@ impl Stage {
     }
 }
 
+/// The processes' logs go beside the JSON (`latest.json` → `latest.logs/`): runs with different
+/// `--out` keep their logs apart, and the place does not depend on the working directory.
+fn logs_dir(out: &Path) -> PathBuf {
+    out.with_extension("logs")
+}
+
 async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
     let dir = std::env::temp_dir().join(format!("callbridge-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let logs = PathBuf::from("target/bench/logs");
+    let logs = logs_dir(&args.out);
     std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
+    eprintln!("bench: every process's log goes to {}", logs.display());
     let secs = Duration::from_secs(args.phase_secs);
     let ms = args.phase_secs * 1000;
     let dirs = (dir.as_path(), logs.as_path());
@@ -737,4 +744,23 @@ async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logs_dir;
+    use std::path::Path;
+
+    #[test]
+    fn logs_go_beside_the_json_whatever_the_working_directory() {
+        assert_eq!(
+            logs_dir(Path::new("target/bench/latest.json")),
+            Path::new("target/bench/latest.logs")
+        );
+        assert_eq!(
+            logs_dir(Path::new("/tmp/run-7.json")),
+            Path::new("/tmp/run-7.logs")
+        );
+        assert_eq!(logs_dir(Path::new("/tmp/run")), Path::new("/tmp/run.logs"));
+    }
 }
