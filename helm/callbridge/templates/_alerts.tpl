@@ -100,7 +100,7 @@ groups:
           summary: callbridge answers GoTo's webhooks with 503
           description: >-
             Kafka did not acknowledge notifications within kafka.ack_timeout. The bridge keeps them
-            queued (callbridge_kafka_producer_queue_depth) until its queue is full (128 MiB); after
+            queued (callbridge_kafka_producer_queue_depth) until its queue is full (by default 128 MiB); after
             that writes wait for room until kafka.ack_timeout, GoTo's two retries fail too and the
             notifications are lost to the channel, for back-fill to repair
             (callbridge_webhook_responses_total's outcome label says which).
