@@ -137,7 +137,12 @@ impl<'de> serde::de::Visitor<'de> for NodeVisitor {
         // A call state's objects mostly have up to eight keys: one allocation each, where
         // growing from empty took up to three (the fingerprint's allocations were the
         // sequencer's largest count per state in heaptrack; docs/microbenchmarks.md).
+        // An empty object allocates nothing.
+        let Some(Text(first)) = map.next_key()? else {
+            return Ok(Node::Object(Vec::new()));
+        };
         let mut entries: Vec<(std::borrow::Cow<'de, str>, Node<'de>)> = Vec::with_capacity(8);
+        entries.push((first, map.next_value()?));
         while let Some(Text(key)) = map.next_key()? {
             entries.push((key, map.next_value()?));
         }
