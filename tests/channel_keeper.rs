@@ -102,3 +102,29 @@ async fn an_unknown_account_is_still_permanent() {
     );
     assert!(!err.is_transient(), "{err}");
 }
+
+#[tokio::test]
+async fn subscription_items_that_keep_failing_with_5xx_end_the_round_as_transient() {
+    let sim = start(sim_config()).await;
+    sim.control()
+        .patch_faults(&serde_json::json!({ "subscription_item_status": 503 }))
+        .expect("fault set");
+    let keeper = keeper(&sim);
+    let channel = keeper.ensure_channel().await.expect("channel created");
+    let err = keeper
+        .ensure_subscriptions(&channel)
+        .await
+        .expect_err("never subscribed");
+    assert!(
+        matches!(err, ChannelError::SubscriptionsPending { attempts: 5, .. }),
+        "{err:?}"
+    );
+    assert!(err.is_transient(), "{err}");
+    // It says where, which account, and GoTo's verdict for it.
+    let text = err.to_string();
+    for part in ["/call-events/v1/subscriptions", A1, "503", "UNKNOWN_ERROR"] {
+        assert!(text.contains(part), "{part} missing from: {text}");
+    }
+    assert_no_secrets(&text);
+    assert_eq!(answered(&sim, "call-events", 207), 5, "one 207 per attempt");
+}

@@ -92,8 +92,12 @@ pub async fn follow_election(
         // 2. Hold it until ownership or the process ends.
         let (stop_tx, stop_rx) = watch::channel(false);
         let (doubt_tx, doubt_rx) = watch::channel(false);
-        let mut task = tokio::spawn(hold(duty.clone(), state.clone(), stop_rx, doubt_rx));
-        let mut task_done = false;
+        let mut task = tokio::spawn(hold(
+            duty.clone(),
+            state.clone(),
+            stop_rx.clone(),
+            doubt_rx.clone(),
+        ));
         let mut shutting_down = false;
         let keeps_in_doubt = duty.channel.kind == ChannelKind::Websocket;
         loop {
@@ -112,16 +116,25 @@ pub async fn follow_election(
                     }
                 }
                 _ = shutdown.changed() => { shutting_down = true; break }
-                _ = &mut task, if !task_done => {
-                    // Only a permanent failure ends the duty early; its state says why.
-                    task_done = true;
+                ended = &mut task => {
+                    // The duty ends only when stopped, so this is a panic. An owner holding
+                    // nothing would keep its election and silence every replica: start again.
+                    tracing::error!(error = ?ended.err(), retry_in = ?duty.channel.reconnect_max, "the channel duty ended unexpectedly; starting it again");
+                    let (duty, state, stop, doubt) =
+                        (duty.clone(), state.clone(), stop_rx.clone(), doubt_rx.clone());
+                    task = tokio::spawn(async move {
+                        let mut stopped = stop.clone();
+                        tokio::select! {
+                            _ = tokio::time::sleep(duty.channel.reconnect_max) => {}
+                            _ = stopped.wait_for(|s| *s) => return,
+                        }
+                        hold(duty, state, stop, doubt).await
+                    });
                 }
             }
         }
         let _ = stop_tx.send(true);
-        if !task_done {
-            let _ = task.await;
-        }
+        let _ = task.await;
         if shutting_down {
             return;
         }
@@ -138,14 +151,8 @@ async fn hold(
     let keeper = duty.keeper();
     match duty.channel.kind {
         ChannelKind::Webhook => {
-            let channel = match set_up(&keeper, &duty.channel, &state, stop.clone()).await {
-                Some(Ok(c)) => c,
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, "channel set-up failed for good");
-                    let _ = state.send(ChannelState::Failed(e.to_string()));
-                    return;
-                }
-                None => return,
+            let Some(channel) = set_up(&keeper, &duty.channel, &state, stop.clone()).await else {
+                return;
             };
             let _ = state.send(ChannelState::Ready(channel.channel_id.clone()));
             if !duty.channel.report_sweep_lookback.is_zero() {
@@ -166,7 +173,7 @@ async fn hold(
             .await;
         }
         ChannelKind::Websocket => {
-            if let Err(e) = websocket::run(
+            websocket::run(
                 keeper,
                 duty.ingest.clone(),
                 duty.channel.clone(),
@@ -176,21 +183,21 @@ async fn hold(
                 doubt,
             )
             .await
-            {
-                tracing::error!(error = %e, "WebSocket channel stopped");
-            }
         }
     }
 }
 
-/// Finds or creates the channel and its subscriptions, retrying transient failures; `None` when
-/// stopped first.
+/// Finds or creates the channel and its subscriptions, retrying every failure; `None` when
+/// stopped first. A permanent failure (bad credentials, refused subscriptions) sets
+/// [`ChannelState::Failed`] with the fix, on which start-up stops the process; a replica that
+/// became the owner later keeps trying every `reconnect_max`, since an owner that gave up would
+/// keep its election and leave GoTo's notifications with nobody.
 async fn set_up(
     keeper: &ChannelKeeper,
     settings: &ChannelSettings,
     state: &watch::Sender<ChannelState>,
     mut stop: watch::Receiver<bool>,
-) -> Option<Result<Channel, ChannelError>> {
+) -> Option<Channel> {
     let mut delay = settings.reconnect_base;
     loop {
         let attempt = async {
@@ -203,17 +210,21 @@ async fn set_up(
             _ = stop.changed() => return None,
         };
         match result {
-            Ok(c) => return Some(Ok(c)),
+            Ok(c) => return Some(c),
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, ?delay, "channel set-up failed; retrying");
                 let _ = state.send(ChannelState::Down("channel set-up failed".into()));
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.changed() => return None,
-                }
-                delay = (delay * 2).min(settings.reconnect_max);
             }
-            Err(e) => return Some(Err(e)),
+            Err(e) => {
+                delay = settings.reconnect_max;
+                tracing::error!(error = %e, retry_in = ?delay, "channel set-up refused; retrying until it is fixed");
+                let _ = state.send(ChannelState::Failed(e.to_string()));
+            }
         }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return None,
+        }
+        delay = (delay * 2).min(settings.reconnect_max);
     }
 }

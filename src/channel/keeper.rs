@@ -12,6 +12,10 @@ use crate::goto::{
 use crate::secret::Secret;
 use std::time::Duration;
 
+/// Subscribe requests per round before the keeper gives the round up as transient (the caller
+/// retries the round with its backoff).
+const SUBSCRIBE_ATTEMPTS: u32 = 5;
+
 /// What the keeper could not do.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
@@ -38,6 +42,16 @@ pub enum ChannelError {
         #[source]
         source: GotoError,
     },
+    /// Subscription items kept failing with a status retrying can fix (429, 5xx) or were left
+    /// out of GoTo's answer: transient, the next round subscribes them again.
+    #[error("subscribing to call events (POST /call-events/v1/subscriptions): {accounts} still not subscribed after {attempts} attempts; retrying")]
+    SubscriptionsPending {
+        /// Each account still pending with its last verdict (`status errorCode`, or
+        /// `not in the answer`).
+        accounts: String,
+        /// Attempts made in this round.
+        attempts: u32,
+    },
     /// A call on our channel answered 404: the channel vanished (deleted, expired) between two
     /// steps. Transient: the next round finds or creates a channel again.
     #[error("{context}: notification channel {channel_id} is gone: {source}")]
@@ -63,7 +77,9 @@ impl ChannelError {
     pub fn is_transient(&self) -> bool {
         match self {
             ChannelError::SubscriptionRefused { .. } => false,
-            ChannelError::NoUrl { .. } | ChannelError::ChannelGone { .. } => true,
+            ChannelError::NoUrl { .. }
+            | ChannelError::ChannelGone { .. }
+            | ChannelError::SubscriptionsPending { .. } => true,
             ChannelError::Goto { source, .. } => match source.status() {
                 Some(401 | 403 | 400 | 404) => false,
                 _ => !matches!(source, GotoError::Auth { .. } | GotoError::Config { .. }),
@@ -282,8 +298,10 @@ impl ChannelKeeper {
     /// what to fix.
     pub async fn ensure_subscriptions(&self, channel: &Channel) -> Result<(), ChannelError> {
         let mut pending: Vec<String> = self.account_keys.clone();
+        // Each pending account's last verdict, for the error when the round gives up.
+        let mut verdicts: Vec<String> = Vec::new();
         let mut delay = Duration::from_millis(200);
-        for attempt in 1..=5 {
+        for attempt in 1..=SUBSCRIBE_ATTEMPTS {
             let request: Vec<AccountSubscription> = pending
                 .iter()
                 .map(|k| AccountSubscription {
@@ -300,6 +318,7 @@ impl ChannelKeeper {
                     &channel.channel_id,
                 ))?;
             let mut retry = Vec::new();
+            verdicts.clear();
             for outcome in outcomes {
                 match outcome {
                     SubscriptionOutcome::Subscribed { .. } => {}
@@ -323,24 +342,38 @@ impl ChannelKeeper {
                             fix,
                         });
                     }
-                    SubscriptionOutcome::Failed { account_key, .. } => retry.push(account_key),
-                    SubscriptionOutcome::Unconfirmed { account_key } => retry.push(account_key),
+                    SubscriptionOutcome::Failed {
+                        account_key,
+                        status,
+                        error_code,
+                        ..
+                    } => {
+                        verdicts.push(format!(
+                            "{account_key} ({status} {})",
+                            error_code.as_deref().unwrap_or("without errorCode")
+                        ));
+                        retry.push(account_key);
+                    }
+                    SubscriptionOutcome::Unconfirmed { account_key } => {
+                        verdicts.push(format!("{account_key} (not in the answer)"));
+                        retry.push(account_key);
+                    }
                 }
             }
             if retry.is_empty() {
                 tracing::info!(channel_id = %channel.channel_id, accounts = self.account_keys.len(), "call events subscribed");
                 return Ok(());
             }
-            tracing::warn!(attempt, accounts = ?retry, "subscription items failed transiently; retrying");
             pending = retry;
-            tokio::time::sleep(delay).await;
-            delay *= 2;
+            if attempt < SUBSCRIBE_ATTEMPTS {
+                tracing::warn!(attempt, accounts = %verdicts.join(", "), "subscription items failed transiently; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
         }
-        Err(ChannelError::Goto {
-            context: "subscribing to call events",
-            source: GotoError::Config {
-                detail: format!("account keys {pending:?} still not subscribed after 5 attempts"),
-            },
+        Err(ChannelError::SubscriptionsPending {
+            accounts: verdicts.join(", "),
+            attempts: SUBSCRIBE_ATTEMPTS,
         })
     }
 

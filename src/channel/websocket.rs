@@ -13,7 +13,7 @@
 //! cannot be read while reading is paused, so pings sent meanwhile are not counted as missed;
 //! and any frame read counts as a sign of life, since a pong can be queued behind data frames.
 
-use super::keeper::{ChannelError, ChannelKeeper};
+use super::keeper::ChannelKeeper;
 use super::sweep::ReportSweeper;
 use super::ChannelState;
 use crate::config::bridge::ChannelSettings;
@@ -33,6 +33,35 @@ const HEALTHY_SESSION: Duration = Duration::from_millis(500);
 /// A pause of reading this long is logged as a warning, not only counted.
 const LONG_READ_PAUSE: Duration = Duration::from_secs(1);
 
+/// How long opening the socket (TCP, TLS, HTTP upgrade) may take: a host that accepts and then
+/// never answers would otherwise hold the owner without a socket, and without a reconnect, for
+/// good.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What became of an attempt to open the socket.
+enum Opened {
+    Socket(Box<Socket>),
+    /// Shutdown came first.
+    Shutdown,
+    /// Refused, failed or timed out (the reason, for the log).
+    Failed(String),
+}
+
+/// Opens the socket within `timeout`, giving up at once on shutdown.
+async fn open_socket(url: &str, timeout: Duration, shutdown: &mut watch::Receiver<bool>) -> Opened {
+    tokio::select! {
+        opened = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url)) => match opened {
+            Ok(Ok((ws, _))) => Opened::Socket(Box::new(ws)),
+            Ok(Err(e)) => Opened::Failed(e.to_string()),
+            Err(_) => Opened::Failed(format!("no answer within {timeout:?}")),
+        },
+        _ = shutdown.changed() => Opened::Shutdown,
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug)]
 enum SessionEnd {
@@ -44,10 +73,11 @@ enum SessionEnd {
     Recreate(&'static str),
 }
 
-/// Runs the WebSocket channel until `shutdown` turns true. Returns an error only for a permanent
-/// problem (bad credentials, refused subscriptions) before the first session: once the channel
-/// has worked, every failure is retried with backoff like webhook mode's repair loop does, since
-/// an owner that stops holding the channel keeps its election and silences every replica.
+/// Runs the WebSocket channel until `shutdown` turns true. Every failure is retried with backoff,
+/// like webhook mode's repair loop does: an owner that stopped holding the channel would keep its
+/// election and silence every replica. A permanent one (bad credentials, refused subscriptions)
+/// sets [`ChannelState::Failed`] with the fix, on which start-up stops the process; a replica that
+/// became the owner later keeps trying every `reconnect_max` until the fix is made.
 ///
 /// While `doubt` is true (the channel election is unanswered, see `duty`) a running session goes
 /// on, but nothing new starts: no set-up, no reconnect, no repair, until it turns false.
@@ -59,20 +89,19 @@ pub async fn run(
     state: watch::Sender<ChannelState>,
     mut shutdown: watch::Receiver<bool>,
     mut doubt: watch::Receiver<bool>,
-) -> Result<(), ChannelError> {
+) {
     let mut backoff = settings.reconnect_base;
     // Reconnects in a row without a healthy session in between.
     let mut failures: u32 = 0;
     let mut channel: Option<Channel> = None;
     let mut recreate = false;
-    let mut established = false;
     // Since when GoTo may have had nobody to deliver to: a new owner cannot know when its
     // predecessor lost the socket, so it looks back `report_sweep_lookback`.
     let mut down_since: Option<std::time::SystemTime> = (!settings.report_sweep_lookback.is_zero())
         .then(|| std::time::SystemTime::now() - settings.report_sweep_lookback);
     loop {
         if *shutdown.borrow() {
-            return Ok(());
+            return;
         }
         if *doubt.borrow() {
             tracing::warn!("not reconnecting while the channel election is unanswered");
@@ -82,7 +111,7 @@ pub async fn run(
                 _ = shutdown.changed() => true,
             };
             if !answered {
-                return Ok(());
+                return;
             }
             continue;
         }
@@ -97,24 +126,22 @@ pub async fn run(
         };
         let current = match ready {
             Ok(c) => c,
-            Err(e) if !e.is_transient() && !established => {
-                let _ = state.send(ChannelState::Failed(e.to_string()));
-                return Err(e);
-            }
             Err(e) => {
                 if e.is_transient() {
                     tracing::warn!(error = %e, ?backoff, "channel set-up failed; retrying");
+                    let _ = state.send(ChannelState::Down("channel set-up failed".into()));
                 } else {
-                    tracing::error!(error = %e, ?backoff, "channel set-up refused after the channel had worked; retrying");
+                    // Only an operator can fix this: say so, and ask GoTo again only slowly.
+                    backoff = settings.reconnect_max;
+                    tracing::error!(error = %e, retry_in = ?backoff, "channel set-up refused; retrying until it is fixed");
+                    let _ = state.send(ChannelState::Failed(e.to_string()));
                 }
-                let _ = state.send(ChannelState::Down("channel set-up failed".into()));
                 wait_or_shutdown(backoff, &mut shutdown).await;
                 backoff = (backoff * 2).min(settings.reconnect_max);
                 continue;
             }
         };
         recreate = false;
-        established = true;
         backoff = settings.reconnect_base;
         channel = Some(current.clone());
         // 2. A socket on it.
@@ -136,7 +163,7 @@ pub async fn run(
             down_since.get_or_insert_with(std::time::SystemTime::now);
         }
         match end {
-            SessionEnd::Shutdown => return Ok(()),
+            SessionEnd::Shutdown => return,
             SessionEnd::Reconnect(why) => {
                 metrics::counter!("callbridge_channel_reconnects_total", "reason" => why)
                     .increment(1);
@@ -206,9 +233,10 @@ async fn session(
     let Some(url) = current.kind.url().map(str::to_string) else {
         return SessionEnd::Recreate("no_channel_url");
     };
-    let (ws, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
-        Ok(ok) => ok,
-        Err(e) => {
+    let ws = match open_socket(&url, CONNECT_TIMEOUT, shutdown).await {
+        Opened::Socket(ws) => ws,
+        Opened::Shutdown => return SessionEnd::Shutdown,
+        Opened::Failed(e) => {
             tracing::warn!(error = %e, "WebSocket connect failed");
             // A channel whose socket cannot be opened may be gone: make the next round check.
             *channel_slot = None;
@@ -236,7 +264,7 @@ async fn session(
             }
         });
     }
-    let (mut sink, mut stream) = ws.split();
+    let (mut sink, mut stream) = (*ws).split();
     let (control_tx, mut control_rx) = mpsc::unbounded_channel::<ControlMessage>();
     let permits = Arc::new(Semaphore::new(settings.websocket_frames_in_flight));
     // A frame read while every permit was taken, and since when: reading waits for a write to end.
@@ -392,5 +420,49 @@ fn read_resumed(paused: Duration, in_flight: usize) {
             frames_in_flight = in_flight,
             "WebSocket reading was paused: every frame in flight was waiting for Kafka"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host that accepts the TCP connection and then says nothing (a hung node or balancer).
+    async fn silent_host() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/socket", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                open.push(conn);
+            }
+        });
+        (url, held)
+    }
+
+    #[tokio::test]
+    async fn a_host_that_never_answers_the_upgrade_is_a_failed_connect() {
+        let (url, _host) = silent_host().await;
+        let (_tx, mut shutdown) = watch::channel(false);
+        match open_socket(&url, Duration::from_millis(200), &mut shutdown).await {
+            Opened::Failed(why) => assert!(why.contains("no answer within"), "{why}"),
+            Opened::Socket(_) => panic!("a silent host gave a socket"),
+            Opened::Shutdown => panic!("no shutdown was asked"),
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_a_connect_that_hangs() {
+        let (url, _host) = silent_host().await;
+        let (tx, mut shutdown) = watch::channel(false);
+        let opening = tokio::spawn(async move {
+            open_socket(&url, Duration::from_secs(3600), &mut shutdown).await
+        });
+        tx.send(true).unwrap();
+        let opened = tokio::time::timeout(Duration::from_secs(10), opening)
+            .await
+            .expect("shutdown ends the connect")
+            .unwrap();
+        assert!(matches!(opened, Opened::Shutdown));
     }
 }

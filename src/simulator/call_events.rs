@@ -124,6 +124,8 @@ pub async fn subscribe(
     authorize(&sim, API, &headers, MANAGE)?;
     let (channel_id, items) = parse_subscribe(&body)?;
     let cfg = &sim.config.call_events;
+    // Read before the world is locked, so this handler never holds both locks.
+    let refused = sim.faults().config().subscription_item_status;
     let mut world = sim.world();
     let Some(channel) = world.channels.get(&channel_id) else {
         return Err(ApiError::not_found(
@@ -144,7 +146,14 @@ pub async fn subscribe(
     let verdicts: Vec<Value> = items
         .into_iter()
         .map(|item| {
-            if cfg.forbidden_account_keys.contains(&item.id) {
+            if let Some(status) = refused {
+                let (code, message) = match status {
+                    403 => ("AUTHZ_INSUFFICIENT_SCOPE", "Insufficient scope for this account"),
+                    429 => ("TOO_MANY_REQUESTS", "Too many requests"),
+                    _ => ("UNKNOWN_ERROR", "An unexpected error occurred"),
+                };
+                json!({"id": item.id, "status": status, "message": message, "errorCode": code})
+            } else if cfg.forbidden_account_keys.contains(&item.id) {
                 json!({"id": item.id, "status": 403, "message": "Insufficient scope for this account",
                        "errorCode": "AUTHZ_INSUFFICIENT_SCOPE"})
             } else if !known.contains(&item.id) {

@@ -57,6 +57,10 @@ pub struct FaultsConfig {
     pub rest_5xx_rate: f64,
     /// Per state (never the last): not delivered and never returned by back-fill or report.
     pub unrecoverable_rate: f64,
+    /// While set, every item of a subscribe request is refused with this status (403
+    /// `AUTHZ_INSUFFICIENT_SCOPE`, 429 `TOO_MANY_REQUESTS`, anything else `UNKNOWN_ERROR`),
+    /// the 207 itself still answered: GoTo's failed items carry their own status.
+    pub subscription_item_status: Option<u16>,
     /// States older than this are no longer returned by back-fill; None = kept forever.
     #[serde(with = "humantime_serde")]
     pub retention: Option<Duration>,
@@ -199,6 +203,13 @@ impl FaultsConfig {
         for (name, r) in rates {
             if !(0.0..=1.0).contains(&r) {
                 return Err(format!("{name} must be between 0 and 1, got {r}"));
+            }
+        }
+        if let Some(status) = self.subscription_item_status {
+            if !(400..=599).contains(&status) {
+                return Err(format!(
+                    "subscription_item_status must be a 4xx or 5xx status, got {status}"
+                ));
             }
         }
         for (name, d) in [

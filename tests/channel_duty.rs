@@ -1,0 +1,206 @@
+//! The channel owner's duty when GoTo will not set the channel up: it never stops trying.
+//!
+//! A replica that becomes the owner after start-up (its predecessor died) and meets a refusal
+//! must not give up: it keeps its election, so every other replica stays standby, and GoTo's
+//! notifications would have nobody. Transient refusals (item-level 5xx in the subscribe 207) are
+//! retried as such; permanent ones (an item-level 403) show `Failed` with the fix, on which
+//! start-up stops the process, and are retried every `reconnect_max` until the fix is made.
+//! The simulator refuses the subscription items over real HTTP; Kafka is tansu.
+mod contract_support;
+mod support;
+
+use callbridge::channel::duty::{follow_election, ChannelDuty};
+use callbridge::channel::election::Role;
+use callbridge::channel::sweep::ReportSweeper;
+use callbridge::channel::ChannelState;
+use callbridge::config::bridge::{ChannelKind, ChannelSettings, WebhookSettings};
+use callbridge::ingest::{Ingest, RawWriter};
+use callbridge::kafka::ensure_topics;
+use callbridge::secret::Secret;
+use callbridge::simulator::RunningSimulator;
+use contract_support::*;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::tansu::Tansu;
+use tokio::sync::watch;
+
+/// The owner's duty running, and every channel state it went through.
+struct Owner {
+    state: watch::Receiver<ChannelState>,
+    seen: Arc<Mutex<Vec<ChannelState>>>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    _role: watch::Sender<Role>,
+}
+
+impl Owner {
+    /// Waits (30 s at most) for a state matching `is`.
+    async fn until(&mut self, what: &str, is: impl FnMut(&ChannelState) -> bool) {
+        tokio::time::timeout(Duration::from_secs(30), self.state.wait_for(is))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "not {what} within 30 s; states seen: {:?}",
+                    self.seen.lock().unwrap()
+                )
+            })
+            .expect("duty running");
+    }
+
+    /// The duty must end promptly on shutdown.
+    async fn end(self) {
+        self.shutdown.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the duty ends on shutdown")
+            .expect("no panic");
+    }
+}
+
+/// Starts the owner's duty of `kind` on `sim`, with this replica the owner from the start.
+async fn owner(sim: &RunningSimulator, kind: ChannelKind, broker: &Tansu) -> Owner {
+    let kafka = broker.kafka(1);
+    ensure_topics(&kafka).await.expect("topics");
+    let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let channel = ChannelSettings {
+        kind,
+        reconnect_base: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(500),
+        report_sweep_lookback: Duration::ZERO,
+        ..ChannelSettings::default()
+    };
+    let receiver = Receiver::start(200).await;
+    let public_url = receiver
+        .url
+        .rsplit_once('/')
+        .map(|(base, _)| base.to_owned())
+        .unwrap();
+    let webhook = WebhookSettings {
+        public_url,
+        secret: Secret::new("s3cr3t-path".to_owned()),
+        ..WebhookSettings::default()
+    };
+    let duty = ChannelDuty {
+        client: client(sim),
+        ingest: ingest.clone(),
+        sweeper: ReportSweeper::spawn(
+            client(sim),
+            ingest,
+            vec![A1.to_owned()],
+            channel.report_sweep_delay,
+            shutdown_rx.clone(),
+        ),
+        channel,
+        webhook,
+        account_keys: vec![A1.to_owned()],
+        events: vec!["STARTING".into(), "ACTIVE".into(), "ENDING".into()],
+    };
+    let (role, role_rx) = watch::channel(Role::Owner);
+    let (state_tx, state) = watch::channel(ChannelState::Starting);
+    // Every state the duty sets, in order (the watch alone keeps only the latest).
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (record, mut states) = (seen.clone(), state_tx.subscribe());
+    tokio::spawn(async move {
+        while states.changed().await.is_ok() {
+            let s = states.borrow_and_update().clone();
+            record.lock().unwrap().push(s);
+        }
+    });
+    let task = tokio::spawn(follow_election(duty, role_rx, state_tx, shutdown_rx));
+    Owner {
+        state,
+        seen,
+        shutdown,
+        task,
+        _role: role,
+    }
+}
+
+fn refuse_subscriptions(sim: &RunningSimulator, status: Option<u16>) {
+    sim.control()
+        .patch_faults(&serde_json::json!({ "subscription_item_status": status }))
+        .expect("fault set");
+}
+
+/// Whether account `A1` is subscribed on any of the simulator's channels.
+async fn subscribed(sim: &RunningSimulator) -> bool {
+    for channel_id in sim.control().channel_ids() {
+        let accounts = client(sim)
+            .call_event_subscriptions(&channel_id)
+            .await
+            .expect("subscriptions listed");
+        if accounts.iter().any(|a| a == A1) {
+            return true;
+        }
+    }
+    false
+}
+
+async fn refused_for_good_then_fixed(kind: ChannelKind) {
+    let sim = start(sim_config()).await;
+    let broker = Tansu::start();
+    refuse_subscriptions(&sim, Some(403));
+    let mut owner = owner(&sim, kind, &broker).await;
+
+    owner
+        .until("failed with the fix", |s| {
+            matches!(s, ChannelState::Failed(why) if why.contains("AUTHZ_INSUFFICIENT_SCOPE") && why.contains("Fix:"))
+        })
+        .await;
+    // Still trying: GoTo keeps being asked (slowly) while the refusal lasts.
+    let asked = requests(&sim, "call-events");
+    eventually(Duration::from_secs(10), async || {
+        (requests(&sim, "call-events") > asked).then_some(())
+    })
+    .await;
+    assert!(!subscribed(&sim).await);
+
+    // The operator grants the scope: the same duty, never restarted, holds the channel.
+    refuse_subscriptions(&sim, None);
+    owner
+        .until("ready once the refusal is lifted", |s| {
+            matches!(s, ChannelState::Ready(_))
+        })
+        .await;
+    assert!(subscribed(&sim).await);
+    owner.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_owner_refused_for_good_keeps_trying_until_the_fix_is_made() {
+    refused_for_good_then_fixed(ChannelKind::Websocket).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_owner_refused_for_good_keeps_trying_until_the_fix_is_made() {
+    refused_for_good_then_fixed(ChannelKind::Webhook).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_items_failing_with_5xx_are_transient_and_never_a_failure() {
+    let sim = start(sim_config()).await;
+    let broker = Tansu::start();
+    refuse_subscriptions(&sim, Some(503));
+    let mut owner = owner(&sim, ChannelKind::Websocket, &broker).await;
+
+    // A whole round of subscribe attempts gave up (five 207s of failed items), as transient.
+    owner
+        .until("down after a round of item failures", |s| {
+            matches!(s, ChannelState::Down(_))
+        })
+        .await;
+    refuse_subscriptions(&sim, None);
+    owner
+        .until("ready once GoTo recovers", |s| {
+            matches!(s, ChannelState::Ready(_))
+        })
+        .await;
+    assert!(subscribed(&sim).await);
+    let seen = owner.seen.lock().unwrap().clone();
+    assert!(
+        !seen.iter().any(|s| matches!(s, ChannelState::Failed(_))),
+        "item-level 5xx were taken for a permanent refusal: {seen:?}"
+    );
+    owner.end().await;
+}
