@@ -4,6 +4,8 @@
 //! the frame it had read when reading paused. The simulator speaks real WebSocket and counts the
 //! pings it receives; Kafka is tansu, stopped and started again.
 //!
+//! Binary frames (GoTo documents text ones) are written like text ones, not dropped.
+//!
 //! The same session while the channel election is unanswered (the owner's group session ran out,
 //! as in a Kafka outage): it goes on, but once it ends nothing new starts until the election
 //! answers, since another replica may own the channel by then.
@@ -30,7 +32,15 @@ const STATES: u64 = 4;
 
 /// A simulator that plays one call of `STATES` states when told to.
 async fn simulator() -> RunningSimulator {
+    simulator_with(|_| {}).await
+}
+
+/// [`simulator`], with `change` applied to its configuration.
+async fn simulator_with(
+    change: impl FnOnce(&mut callbridge::simulator::SimulatorConfig),
+) -> RunningSimulator {
     let mut c = sim_config();
+    change(&mut c);
     c.scheduler.autostart = false;
     c.scheduler.calls = 1;
     c.scheduler.calls_per_second = 0.0;
@@ -319,5 +329,21 @@ async fn a_session_in_doubt_goes_on_but_nothing_new_starts_until_the_election_an
     })
     .await;
     assert_eq!(control.stats().websocket_connections, connections + 1);
+    session.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_frames_are_written_like_text_ones() {
+    let sim = simulator_with(|c| c.delivery.websocket_binary = true).await;
+    let data = TempDir::new("ws-binary");
+    let (_broker, kafka, ingest) = kafka(&data).await;
+    let session = connected(&sim, &ingest).await;
+    play_call(&sim).await;
+    let seqs = raw_sequence_numbers(&kafka, STATES as usize).await;
+    assert_eq!(
+        seqs,
+        (1..=STATES).collect::<Vec<_>>(),
+        "raw after a call sent in binary frames"
+    );
     session.end().await;
 }

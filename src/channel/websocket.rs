@@ -294,15 +294,13 @@ async fn session(
             frame = stream.next(), if held.is_none() => match frame {
                 Some(Ok(Message::Text(text))) => {
                     missed = 0;
-                    let body = bytes::Bytes::from(text);
-                    match permits.clone().try_acquire_owned() {
-                        Ok(permit) => spawn_write(ingest, &control_tx, Some(permit), body),
-                        Err(_) => held = Some((body, Instant::now())),
-                    }
+                    held = write_or_hold(ingest, &control_tx, &permits, bytes::Bytes::from(text));
                 }
+                // Every documented frame is text; a binary one is taken the same way (ingest
+                // dead-letters it if it is not a notification), never dropped.
                 Some(Ok(Message::Binary(bin))) => {
                     missed = 0;
-                    tracing::warn!(bytes = bin.len(), "unexpected binary WebSocket frame ignored");
+                    held = write_or_hold(ingest, &control_tx, &permits, bin);
                 }
                 Some(Ok(Message::Pong(_) | Message::Ping(_) | Message::Frame(_))) => missed = 0,
                 Some(Ok(Message::Close(_))) | None => {
@@ -384,6 +382,23 @@ async fn session(
         spawn_write(ingest, &control_tx, None, body);
     }
     end
+}
+
+/// Writes a frame just read if a permit is free; otherwise returns it to be held (reading
+/// pauses until a write ends).
+fn write_or_hold(
+    ingest: &Ingest,
+    control_tx: &mpsc::UnboundedSender<ControlMessage>,
+    permits: &Arc<Semaphore>,
+    body: bytes::Bytes,
+) -> Option<(bytes::Bytes, Instant)> {
+    match permits.clone().try_acquire_owned() {
+        Ok(permit) => {
+            spawn_write(ingest, control_tx, Some(permit), body);
+            None
+        }
+        Err(_) => Some((body, Instant::now())),
+    }
 }
 
 /// Writes one frame to Kafka in its own task, holding `permit` (if any) until the write ends.

@@ -312,6 +312,9 @@ pub struct DeliveryConfig {
     pub envelope: Envelope,
     /// WebSocket frame shape.
     pub websocket_frame: WebSocketFrame,
+    /// Send notifications as binary WebSocket messages (the same UTF-8 JSON bytes) instead of
+    /// text: every documented example is text, binary is the plausible variant.
+    pub websocket_binary: bool,
     /// Extra webhook attempts after a 5xx or transport failure.
     pub webhook_retries: u32,
     /// Pause between webhook attempts.
@@ -331,6 +334,7 @@ impl Default for DeliveryConfig {
         Self {
             envelope: Envelope::Full,
             websocket_frame: WebSocketFrame::Data,
+            websocket_binary: false,
             webhook_retries: 2,
             webhook_retry_spacing: Duration::from_millis(100),
             webhook_timeout: Duration::from_secs(5),

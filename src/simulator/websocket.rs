@@ -98,7 +98,12 @@ async fn pump(sim: Arc<Sim>, channel_id: String, mut socket: WebSocket) {
         tokio::select! {
             out = rx.recv() => match out {
                 Some(WsOut::Text(t)) => {
-                    if socket.send(Message::Text(t.into())).await.is_err() {
+                    let message = if sim.config.delivery.websocket_binary {
+                        Message::Binary(t.into_bytes().into())
+                    } else {
+                        Message::Text(t.into())
+                    };
+                    if socket.send(message).await.is_err() {
                         break;
                     }
                 }
