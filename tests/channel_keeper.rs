@@ -8,7 +8,7 @@
 
 mod contract_support;
 
-use callbridge::channel::{ChannelError, ChannelKeeper, DesiredChannel};
+use callbridge::channel::{ChannelError, ChannelKeeper, DesiredChannel, Repair};
 use contract_support::*;
 
 fn keeper(sim: &callbridge::simulator::RunningSimulator) -> ChannelKeeper {
@@ -127,4 +127,48 @@ async fn subscription_items_that_keep_failing_with_5xx_end_the_round_as_transien
     }
     assert_no_secrets(&text);
     assert_eq!(answered(&sim, "call-events", 207), 5, "one 207 per attempt");
+}
+
+#[tokio::test]
+async fn a_repair_recreates_a_channel_that_is_gone() {
+    let sim = start(sim_config()).await;
+    let keeper = keeper(&sim);
+    let mut channel = keeper.ensure_channel().await.expect("channel created");
+    keeper
+        .ensure_subscriptions(&channel)
+        .await
+        .expect("subscribed");
+    let old = channel.channel_id.clone();
+    assert!(sim.control().delete_channel(&old));
+
+    let repair = keeper.repair(&mut channel).await.expect("repaired");
+    assert!(matches!(repair, Repair::ChannelRecreated), "{repair:?}");
+    assert_ne!(channel.channel_id, old);
+    assert_eq!(sim.control().channel_ids(), vec![channel.channel_id.clone()]);
+}
+
+#[tokio::test]
+async fn a_404_reading_a_channel_that_is_still_listed_creates_no_second_channel() {
+    let sim = start(sim_config()).await;
+    let keeper = keeper(&sim);
+    let mut channel = keeper.ensure_channel().await.expect("channel created");
+    keeper
+        .ensure_subscriptions(&channel)
+        .await
+        .expect("subscribed");
+    // GoTo documents reading one channel only by claim: a route that answers 404 while the
+    // (observed) listing still shows the channel.
+    sim.control()
+        .patch_faults(&serde_json::json!({ "channel_get_not_found": true }))
+        .expect("fault set");
+
+    for _ in 0..3 {
+        let repair = keeper.repair(&mut channel).await.expect("repair pass");
+        assert!(matches!(repair, Repair::Healthy), "{repair:?}");
+    }
+    assert_eq!(
+        sim.control().channel_ids(),
+        vec![channel.channel_id.clone()],
+        "repairs created channels beside the one that still delivers"
+    );
 }

@@ -377,6 +377,16 @@ impl ChannelKeeper {
         })
     }
 
+    /// Whether GoTo's channel listing still shows `channel_id`.
+    async fn still_listed(&self, channel_id: &str) -> Result<bool, ChannelError> {
+        let listed = self
+            .client
+            .list_channels()
+            .await
+            .map_err(goto("listing notification channels"))?;
+        Ok(listed.iter().any(|c| c.channel_id == channel_id))
+    }
+
     /// One repair pass: the channel must exist and every account key must be subscribed.
     pub async fn repair(&self, channel: &mut Channel) -> Result<Repair, ChannelError> {
         let found = self
@@ -385,6 +395,12 @@ impl ChannelKeeper {
             .await
             .map_err(goto("reading the notification channel"))?;
         match found {
+            // Reading one channel is documented by claim only; the listing is observed. A 404
+            // from a route that does not behave as claimed must not make every pass create
+            // another channel while the old one keeps delivering: the listing decides.
+            None if self.still_listed(&channel.channel_id).await? => {
+                tracing::warn!(channel_id = %channel.channel_id, "GoTo answered 404 reading the notification channel but still lists it; keeping it");
+            }
             None => {
                 tracing::warn!(channel_id = %channel.channel_id, "notification channel is gone; recreating it");
                 *channel = self.recreate(None).await?;

@@ -296,6 +296,9 @@ pub async fn get_one(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&sim, API, &headers, READ_SCOPES)?;
+    if sim.faults().config().channel_get_not_found {
+        return Err(ApiError::not_found(API, "Not found"));
+    }
     let mut world = sim.world();
     let ch = find(&mut world, &nickname, &id)?;
     Ok(Json(channel_json(&sim, ch, Instant::now())).into_response())

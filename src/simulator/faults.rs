@@ -61,6 +61,10 @@ pub struct FaultsConfig {
     /// `AUTHZ_INSUFFICIENT_SCOPE`, 429 `TOO_MANY_REQUESTS`, anything else `UNKNOWN_ERROR`),
     /// the 207 itself still answered: GoTo's failed items carry their own status.
     pub subscription_item_status: Option<u16>,
+    /// While true, reading one channel (`GET …/channels/{nickname}/{channelId}`, documented by
+    /// claim only) answers 404 `NOT_FOUND` for every channel, while the listing still shows them:
+    /// a route that does not behave as GoTo's docs claim.
+    pub channel_get_not_found: bool,
     /// States older than this are no longer returned by back-fill; None = kept forever.
     #[serde(with = "humantime_serde")]
     pub retention: Option<Duration>,
