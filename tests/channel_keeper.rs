@@ -144,7 +144,10 @@ async fn a_repair_recreates_a_channel_that_is_gone() {
     let repair = keeper.repair(&mut channel).await.expect("repaired");
     assert!(matches!(repair, Repair::ChannelRecreated), "{repair:?}");
     assert_ne!(channel.channel_id, old);
-    assert_eq!(sim.control().channel_ids(), vec![channel.channel_id.clone()]);
+    assert_eq!(
+        sim.control().channel_ids(),
+        vec![channel.channel_id.clone()]
+    );
 }
 
 #[tokio::test]
