@@ -3,20 +3,28 @@
 //! Every GoTo call needs a bearer token obtained from the OAuth token endpoint with either a
 //! personal access token or a refresh token. Tokens live an hour; following GoTo's own demos
 //! the manager refreshes proactively once a fraction (default ⅓) of the lifetime has passed,
-//! so that a failed refresh can be retried while the current token still works. A tokio
-//! mutex held across the token request makes refreshes single-flight: concurrent callers wait
-//! for the one refresh in progress and then share its result. When an API answers 401 the
-//! caller invalidates the token *generation* it used, so a burst of 401s for one stale token
+//! so that a failed refresh can be retried while the current token still works.
+//!
+//! Token requests are single-flight: one caller at a time holds `requesting` while it asks
+//! the token endpoint, and callers without a usable token wait for it and then share its
+//! result (the full retrying request). A caller whose token is still valid never waits for
+//! it: the proactive refresh is one attempt, bounded by [`PROACTIVE_ATTEMPT_TIMEOUT`], made by
+//! the one caller that finds it due while no request is in flight; everyone else keeps using
+//! the cached token meanwhile. A failed proactive refresh is tried again by the next caller
+//! once, then only after a back-off that doubles up to [`PROACTIVE_BACKOFF_MAX`], so a login
+//! host that is down or hanging while the token is valid costs an API call at most one short
+//! wait now and then, not a retry cycle per request. Once the token has expired (or was
+//! dropped after a 401) the full retrying request is made. When an API answers 401 the caller
+//! invalidates the token *generation* it used, so a burst of 401s for one stale token
 //! triggers one refresh, not one per request.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use reqwest::header::ACCEPT;
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 use url::Url;
 
@@ -28,6 +36,16 @@ use super::retry::{retrying, RetryPolicy};
 
 /// GoTo's documented access-token lifetime, used when a response omits `expires_in`.
 const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
+
+/// Longest a proactive refresh may take (the request timeout, when shorter, applies instead):
+/// the caller making it waits for it while its token is still good.
+pub(crate) const PROACTIVE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Wait after the second consecutive failed proactive refresh; doubles per further failure.
+const PROACTIVE_BACKOFF_BASE: Duration = Duration::from_secs(1);
+
+/// Cap on the wait between proactive refreshes that keep failing.
+pub(crate) const PROACTIVE_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// A token handed to a request, with the generation to invalidate if GoTo rejects it.
 #[derive(Clone, Debug)]
@@ -44,8 +62,13 @@ pub(crate) struct TokenManager {
     client_secret: Secret,
     refresh_after_fraction: f64,
     policy: RetryPolicy,
+    /// Timeout of the one attempt of a proactive refresh.
+    proactive_timeout: Duration,
     limiter: Arc<RateLimiter>,
+    /// The cache; locked briefly, never across I/O.
     state: Mutex<TokenState>,
+    /// Held by the one caller requesting a token (single flight).
+    requesting: tokio::sync::Mutex<()>,
     refreshes: AtomicU64,
 }
 
@@ -60,16 +83,21 @@ struct TokenState {
 struct CachedToken {
     secret: Secret,
     generation: u64,
+    /// When the next proactive refresh is due: a fraction of the lifetime after the token was
+    /// obtained, moved later after each failed proactive refresh.
     refresh_at: Instant,
     expires_at: Instant,
+    /// Consecutive failed proactive refreshes of this token.
+    failed_refreshes: u32,
 }
 
 /// What the cache can do for a caller at a given instant.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Freshness {
     /// Use it.
     Fresh,
-    /// Still valid, but its refresh point has passed: refresh, and fall back to it on failure.
+    /// Still valid, but its refresh point has passed: one caller tries a refresh, and
+    /// everyone (that caller too, if it fails) keeps using the token meanwhile.
     RefreshDue,
     /// Unusable.
     Expired,
@@ -88,6 +116,7 @@ impl CachedToken {
             generation,
             refresh_at: obtained_at + lifetime.mul_f64(fraction),
             expires_at: obtained_at + lifetime,
+            failed_refreshes: 0,
         }
     }
 
@@ -107,6 +136,30 @@ impl CachedToken {
             generation: self.generation,
         }
     }
+
+    /// Records a failed proactive refresh at `now`: the next one is due after
+    /// [`proactive_backoff`] (or the server's `Retry-After`, if longer), never after expiry.
+    /// Returns the wait.
+    fn refresh_failed(&mut self, now: Instant, retry_after: Option<Duration>) -> Duration {
+        self.failed_refreshes = self.failed_refreshes.saturating_add(1);
+        let wait = proactive_backoff(self.failed_refreshes)
+            .max(retry_after.unwrap_or_default().min(PROACTIVE_BACKOFF_MAX));
+        self.refresh_at = (now + wait).min(self.expires_at);
+        wait
+    }
+}
+
+/// The wait before the next proactive refresh after `failures` consecutive failed ones: none
+/// after the first (a one-off failure is tried again by the next caller), then
+/// [`PROACTIVE_BACKOFF_BASE`] doubling up to [`PROACTIVE_BACKOFF_MAX`].
+fn proactive_backoff(failures: u32) -> Duration {
+    if failures <= 1 {
+        return Duration::ZERO;
+    }
+    let exponent = (failures - 2).min(31);
+    PROACTIVE_BACKOFF_BASE
+        .saturating_mul(1u32 << exponent)
+        .min(PROACTIVE_BACKOFF_MAX)
 }
 
 /// The token endpoint's success body; unknown fields (`scope`, `principal`, `loa`) ignored.
@@ -129,6 +182,7 @@ impl TokenManager {
         credential: Credential,
         refresh_after_fraction: f64,
         policy: RetryPolicy,
+        request_timeout: Duration,
         limiter: Arc<RateLimiter>,
     ) -> Self {
         TokenManager {
@@ -138,12 +192,14 @@ impl TokenManager {
             client_secret,
             refresh_after_fraction,
             policy,
+            proactive_timeout: request_timeout.min(PROACTIVE_ATTEMPT_TIMEOUT),
             limiter,
             state: Mutex::new(TokenState {
                 credential,
                 cached: None,
                 generation: 0,
             }),
+            requesting: tokio::sync::Mutex::new(()),
             refreshes: AtomicU64::new(0),
         }
     }
@@ -153,27 +209,78 @@ impl TokenManager {
         self.refreshes.load(Ordering::Relaxed)
     }
 
-    /// A usable access token, refreshing first when due. Concurrent callers share one refresh.
+    fn state(&self) -> MutexGuard<'_, TokenState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The cached token and what it is good for now; `None` when there is none.
+    fn cached(&self) -> Option<(BearerToken, Freshness)> {
+        let state = self.state();
+        state
+            .cached
+            .as_ref()
+            .map(|c| (c.bearer(), c.freshness(Instant::now())))
+    }
+
+    /// A usable access token, refreshing first when due. Callers without a valid token share
+    /// one token request; callers with one never wait for a request another caller makes.
     pub(crate) async fn bearer(&self) -> Result<BearerToken, GotoError> {
-        let mut state = self.state.lock().await;
-        if let Some(cached) = &state.cached {
-            match cached.freshness(Instant::now()) {
-                Freshness::Fresh => return Ok(cached.bearer()),
-                Freshness::RefreshDue => {
-                    let fallback = cached.bearer();
-                    return match self.fetch(&mut state).await {
-                        Ok(token) => Ok(token),
-                        Err(err) => {
-                            // The old token still works; the next caller tries again.
-                            tracing::warn!(error = %err, "proactive token refresh failed, using the current token");
-                            Ok(fallback)
+        match self.cached() {
+            Some((token, Freshness::Fresh)) => return Ok(token),
+            Some((token, Freshness::RefreshDue)) => {
+                // A token request in flight: it is someone else's; keep using this token.
+                let Ok(_flight) = self.requesting.try_lock() else {
+                    return Ok(token);
+                };
+                // Look again: the request that just ended may have replaced the token or
+                // put the next refresh off.
+                match self.cached() {
+                    Some((token, Freshness::Fresh)) => return Ok(token),
+                    Some((token, Freshness::RefreshDue)) => {
+                        if let Some(token) = self.refresh_early(token).await {
+                            return Ok(token);
                         }
-                    };
+                    }
+                    Some((_, Freshness::Expired)) | None => {}
                 }
-                Freshness::Expired => {}
+                // Dropped after a 401, or expired meanwhile: a new token is needed now.
+                return self.fetch().await;
             }
+            Some((_, Freshness::Expired)) | None => {}
         }
-        self.fetch(&mut state).await
+        let _flight = self.requesting.lock().await;
+        // Another caller may have obtained a token while this one waited.
+        if let Some((token, Freshness::Fresh | Freshness::RefreshDue)) = self.cached() {
+            return Ok(token);
+        }
+        self.fetch().await
+    }
+
+    /// The proactive refresh, by the caller holding `requesting` while `current` is still
+    /// valid: one attempt, bounded by `proactive_timeout`. On failure the cached token stays
+    /// and the next refresh is put off ([`CachedToken::refresh_failed`]). `None` when there is
+    /// no valid token to fall back to any more (a 401 dropped it, or it expired meanwhile).
+    async fn refresh_early(&self, current: BearerToken) -> Option<BearerToken> {
+        let err = match self.request_and_cache(false).await {
+            Ok(token) => return Some(token),
+            Err(err) => err,
+        };
+        let now = Instant::now();
+        let mut state = self.state();
+        let cached = state.cached.as_mut().filter(|c| {
+            c.generation == current.generation && c.freshness(now) != Freshness::Expired
+        })?;
+        let wait = cached.refresh_failed(now, err.retry_after());
+        tracing::warn!(
+            error = %err,
+            failures = cached.failed_refreshes,
+            next_attempt_in_ms = wait.as_millis() as u64,
+            valid_for_secs = cached.expires_at.saturating_duration_since(now).as_secs(),
+            "proactive token refresh failed, using the current token"
+        );
+        Some(current)
     }
 
     /// The token to send for a request that took `taken` before waiting for its rate-limit
@@ -181,16 +288,13 @@ impl TokenManager {
     /// elsewhere dropped it or it expired, else `taken` itself. It never starts a refresh that
     /// is merely due (the caller's `bearer` before the wait did), so the send keeps its slot.
     pub(crate) async fn after_wait(&self, taken: BearerToken) -> Result<BearerToken, GotoError> {
-        {
-            let state = self.state.lock().await;
-            if let Some(cached) = &state.cached {
-                if cached.freshness(Instant::now()) != Freshness::Expired {
-                    return Ok(if cached.generation == taken.generation {
-                        taken
-                    } else {
-                        cached.bearer()
-                    });
-                }
+        if let Some((cached, freshness)) = self.cached() {
+            if freshness != Freshness::Expired {
+                return Ok(if cached.generation == taken.generation {
+                    taken
+                } else {
+                    cached
+                });
             }
         }
         self.bearer().await
@@ -199,7 +303,7 @@ impl TokenManager {
     /// Forgets the token of `generation` after GoTo rejected it with 401. A newer token (from
     /// a refresh another request already made) is kept.
     pub(crate) async fn invalidate(&self, generation: u64) {
-        let mut state = self.state.lock().await;
+        let mut state = self.state();
         if state
             .cached
             .as_ref()
@@ -210,16 +314,28 @@ impl TokenManager {
         }
     }
 
-    /// Requests a new token (with retries) and caches it. Called with the state lock held.
-    async fn fetch(&self, state: &mut TokenState) -> Result<BearerToken, GotoError> {
-        let (grant, field, credential) = match &state.credential {
+    /// Requests a new token with retries and caches it. Called holding `requesting`.
+    async fn fetch(&self) -> Result<BearerToken, GotoError> {
+        self.request_and_cache(true).await
+    }
+
+    /// Requests a new token and caches it: with the retry policy when `retry`, else one
+    /// attempt bounded by `proactive_timeout`. Called holding `requesting`, so no other token
+    /// request runs meanwhile and the credential cannot change under it.
+    async fn request_and_cache(&self, retry: bool) -> Result<BearerToken, GotoError> {
+        let (grant, field, credential) = match &self.state().credential {
             Credential::PersonalAccessToken(pat) => ("personal_access_token", "pat", pat.clone()),
             Credential::RefreshToken(rt) => ("refresh_token", "refresh_token", rt.clone()),
         };
-        let (response, obtained_at) = retrying(TOKEN, &self.policy, true, || {
-            self.request_once(grant, field, &credential)
-        })
-        .await?;
+        let (response, obtained_at) = if retry {
+            retrying(TOKEN, &self.policy, true, || {
+                self.request_once(grant, field, &credential, None)
+            })
+            .await?
+        } else {
+            self.request_once(grant, field, &credential, Some(self.proactive_timeout))
+                .await?
+        };
 
         let lifetime = response
             .expires_in
@@ -228,6 +344,7 @@ impl TokenManager {
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_EXPIRES_IN)
             .max(Duration::from_secs(1));
+        let mut state = self.state();
         if let (Credential::RefreshToken(_), Some(new_rt)) =
             (&state.credential, response.refresh_token)
         {
@@ -246,6 +363,7 @@ impl TokenManager {
         );
         let token = cached.bearer();
         state.cached = Some(cached);
+        drop(state);
         self.refreshes.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("callbridge_goto_token_refreshes_total", "grant" => grant).increment(1);
         tracing::debug!(
@@ -256,22 +374,27 @@ impl TokenManager {
         Ok(token)
     }
 
-    /// One POST to the token endpoint. Returns the response and the instant the request
-    /// left, from which the token's lifetime is counted (conservatively).
+    /// One POST to the token endpoint, with `timeout` instead of the client's when given.
+    /// Returns the response and the instant the request left, from which the token's lifetime
+    /// is counted (conservatively).
     async fn request_once(
         &self,
         grant: &'static str,
         field: &'static str,
         credential: &Secret,
+        timeout: Option<Duration>,
     ) -> Result<(TokenResponse, Instant), GotoError> {
         self.limiter.acquire(Api::OAuth).await;
         let sent_at = Instant::now();
-        let request = self
+        let mut request = self
             .http
             .post(self.token_url.clone())
             .basic_auth(&self.client_id, Some(self.client_secret.expose()))
             .header(ACCEPT, "application/json")
             .form(&[("grant_type", grant), (field, credential.expose())]);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
         let (status, retry_after, body) = super::transport::exchange(TOKEN, request).await?;
         if !(200..300).contains(&status) {
             return Err(GotoError::from_token_response(
@@ -329,6 +452,47 @@ mod tests {
             token.freshness(t0 + Duration::from_secs(3599)),
             Freshness::RefreshDue
         );
+        assert_eq!(
+            token.freshness(t0 + Duration::from_secs(3600)),
+            Freshness::Expired
+        );
+    }
+
+    #[test]
+    fn failed_proactive_refreshes_back_off_but_never_past_expiry() {
+        assert_eq!(proactive_backoff(1), Duration::ZERO);
+        assert_eq!(proactive_backoff(2), Duration::from_secs(1));
+        assert_eq!(proactive_backoff(3), Duration::from_secs(2));
+        assert_eq!(proactive_backoff(8), PROACTIVE_BACKOFF_MAX);
+        assert_eq!(proactive_backoff(u32::MAX), PROACTIVE_BACKOFF_MAX);
+
+        let t0 = Instant::now();
+        let mut token = CachedToken::new(
+            Secret::new("t"),
+            1,
+            t0,
+            Duration::from_secs(3600),
+            1.0 / 3.0,
+        );
+        let due = t0 + Duration::from_secs(1200);
+        // The first failure leaves the refresh due; the next ones put it off.
+        assert_eq!(token.refresh_failed(due, None), Duration::ZERO);
+        assert_eq!(token.freshness(due), Freshness::RefreshDue);
+        assert_eq!(token.refresh_failed(due, None), Duration::from_secs(1));
+        assert_eq!(token.freshness(due), Freshness::Fresh);
+        assert_eq!(
+            token.freshness(due + Duration::from_secs(1)),
+            Freshness::RefreshDue
+        );
+        // A server's Retry-After is honoured when longer (capped like the backoff).
+        let wait = token.refresh_failed(due, Some(Duration::from_secs(30)));
+        assert_eq!(wait, Duration::from_secs(30));
+        let wait = token.refresh_failed(due, Some(Duration::from_secs(3600)));
+        assert_eq!(wait, PROACTIVE_BACKOFF_MAX);
+        // Near expiry the refresh point stops at expiry: then the token is simply expired.
+        let late = t0 + Duration::from_secs(3599);
+        token.refresh_failed(late, None);
+        assert_eq!(token.refresh_at, token.expires_at);
         assert_eq!(
             token.freshness(t0 + Duration::from_secs(3600)),
             Freshness::Expired

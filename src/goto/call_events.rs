@@ -144,9 +144,13 @@ impl GotoClient {
             }
             query.append_pair("pageSize", EVENTS_PAGE_SIZE);
         }
-        let items = fetch_all(self.transport(), ACTIVE_CONVERSATIONS, url, false, |body| {
-            decode_raw_page(body).map_err(|e| e.to_string())
-        })
+        let items = fetch_all(
+            self.transport(),
+            ACTIVE_CONVERSATIONS,
+            url,
+            false,
+            decode_raw_page,
+        )
         .await?;
         Ok(items.unwrap_or_default())
     }

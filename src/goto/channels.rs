@@ -170,9 +170,13 @@ impl GotoClient {
         let mut url = self.api_url(&["notification-channel", "v1", "channels"])?;
         url.query_pairs_mut()
             .append_pair("pageSize", CHANNEL_PAGE_SIZE);
-        let channels = fetch_all(self.transport(), LIST_CHANNELS, url, false, |body| {
-            decode_channel_page(body).map_err(|e| e.to_string())
-        })
+        let channels = fetch_all(
+            self.transport(),
+            LIST_CHANNELS,
+            url,
+            false,
+            decode_channel_page,
+        )
         .await?;
         Ok(channels.unwrap_or_default())
     }

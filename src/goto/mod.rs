@@ -110,6 +110,7 @@ impl GotoClient {
             config.credential.clone(),
             config.refresh_after_fraction,
             policy,
+            config.request_timeout,
             limiter.clone(),
         ));
         let transport = Transport::new(http, limiter, auth, policy);

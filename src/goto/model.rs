@@ -296,17 +296,20 @@ struct WireSequence {
 }
 
 /// Decodes one back-fill page in any of the three known shapes (and a bare array).
-pub(crate) fn decode_events_page(body: &[u8]) -> Result<Page<BackfilledState>, String> {
+///
+/// Failures are serde errors (ours made with [`invalid`]), so that they become the caller's
+/// error through `GotoError::decode` like every other decode failure.
+pub(crate) fn decode_events_page(body: &[u8]) -> serde_json::Result<Page<BackfilledState>> {
     let page: WireEventsPage<'_> = if body.trim_ascii_start().starts_with(b"[") {
         // Not seen, but cheap to accept: a bare array of items.
         WireEventsPage {
             metadata: None,
             states: None,
-            items: Some(serde_json::from_slice(body).map_err(|e| e.to_string())?),
+            items: Some(serde_json::from_slice(body)?),
             next_page_marker: None,
         }
     } else {
-        serde_json::from_slice(body).map_err(|e| e.to_string())?
+        serde_json::from_slice(body)?
     };
     let page_metadata = page.metadata.filter(|m| is_object(m));
     let mut out = Vec::new();
@@ -315,7 +318,7 @@ pub(crate) fn decode_events_page(body: &[u8]) -> Result<Page<BackfilledState>, S
     }
     for raw in page.items.iter().flatten() {
         let item: WireEventItem<'_> =
-            serde_json::from_str(raw.get()).map_err(|e| format!("events item: {e}"))?;
+            serde_json::from_str(raw.get()).map_err(|e| invalid(format!("events item: {e}")))?;
         match item.state.filter(|s| is_object(s)) {
             Some(state) => {
                 let metadata = item.metadata.filter(|m| is_object(m)).or(page_metadata);
@@ -330,20 +333,28 @@ pub(crate) fn decode_events_page(body: &[u8]) -> Result<Page<BackfilledState>, S
     })
 }
 
-fn backfilled(state: &RawValue, metadata: Option<&RawValue>) -> Result<BackfilledState, String> {
+fn backfilled(
+    state: &RawValue,
+    metadata: Option<&RawValue>,
+) -> serde_json::Result<BackfilledState> {
     let seq: WireSequence =
-        serde_json::from_str(state.get()).map_err(|e| format!("call state: {e}"))?;
+        serde_json::from_str(state.get()).map_err(|e| invalid(format!("call state: {e}")))?;
     let sequence_number = unsigned(&seq.sequence_number).ok_or_else(|| {
-        format!(
+        invalid(format!(
             "call state: sequenceNumber {} is not a non-negative integer",
             seq.sequence_number
-        )
+        ))
     })?;
     Ok(BackfilledState {
         sequence_number,
         metadata: metadata.map(RawValue::to_owned),
         state: state.to_owned(),
     })
+}
+
+/// A decode failure of ours, as a serde error.
+fn invalid(message: String) -> serde_json::Error {
+    serde::de::Error::custom(message)
 }
 
 fn is_object(raw: &RawValue) -> bool {
@@ -702,9 +713,9 @@ mod tests {
     #[test]
     fn events_without_sequence_number_fail() {
         let err = decode_events_page(br#"{"states":[{"type":"ACTIVE"}]}"#).unwrap_err();
-        assert!(err.contains("sequenceNumber"), "{err}");
+        assert!(err.to_string().contains("sequenceNumber"), "{err}");
         let err = decode_events_page(br#"{"states":[{"sequenceNumber":-1}]}"#).unwrap_err();
-        assert!(err.contains("sequenceNumber"), "{err}");
+        assert!(err.to_string().contains("sequenceNumber"), "{err}");
         assert!(decode_events_page(br#""states""#).is_err());
         let bare = decode_events_page(br#"[{"sequenceNumber":7}]"#).unwrap();
         assert_eq!(bare.items[0].sequence_number, 7);

@@ -21,12 +21,17 @@ const MAX_PAGES: usize = 10_000;
 ///
 /// With `none_on_404`, a 404 on the first page yields `Ok(None)` (the thing listed does not
 /// exist); otherwise, and on later pages, a 404 is an error.
+///
+/// `decode` returns serde's error as is, so that it becomes a [`GotoError::Decode`] through
+/// [`GotoError::decode`] like every other decode error: serde quotes offending values, and
+/// only that function knows which endpoints' values may be credentials (a channel listing
+/// carries webhook and WebSocket URLs).
 pub(crate) async fn fetch_all<T>(
     transport: &Transport,
     endpoint: Endpoint,
     first_url: Url,
     none_on_404: bool,
-    decode: impl Fn(&[u8]) -> Result<Page<T>, String>,
+    decode: impl Fn(&[u8]) -> serde_json::Result<Page<T>>,
 ) -> Result<Option<Vec<T>>, GotoError> {
     let mut items = Vec::new();
     let mut seen_markers = HashSet::new();
@@ -47,8 +52,7 @@ pub(crate) async fn fetch_all<T>(
         if response.status == 404 {
             return Ok(None);
         }
-        let page =
-            decode(&response.body).map_err(|detail| GotoError::Decode { endpoint, detail })?;
+        let page = decode(&response.body).map_err(|e| GotoError::decode(endpoint, &e))?;
         items.extend(page.items);
         match page.next_page_marker {
             None => return Ok(Some(items)),

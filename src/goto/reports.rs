@@ -63,9 +63,13 @@ impl GotoClient {
             .append_pair("startTime", &iso8601(start))
             .append_pair("endTime", &iso8601(end))
             .append_pair("pageSize", SUMMARIES_PAGE_SIZE);
-        let items = fetch_all(self.transport(), REPORT_SUMMARIES, url, false, |body| {
-            decode_raw_page(body).map_err(|e| e.to_string())
-        })
+        let items = fetch_all(
+            self.transport(),
+            REPORT_SUMMARIES,
+            url,
+            false,
+            decode_raw_page,
+        )
         .await?;
         Ok(items.unwrap_or_default())
     }

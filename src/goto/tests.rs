@@ -424,6 +424,123 @@ async fn proactive_refresh_and_fallback_when_it_fails() {
     );
 }
 
+/// The token endpoint for the outage tests: the first token (valid an hour) is issued, then
+/// every request fails with 503 or, with `hang`, is answered only after 30 s.
+fn login_outage(hang: bool) -> impl Fn(&Seen) -> Reply + Send + Sync + 'static {
+    move |seen| match seen.path.as_str() {
+        "/oauth/token" if seen.nth == 0 => {
+            Reply::json(200, r#"{"access_token":"tok-1","expires_in":3600}"#)
+        }
+        "/oauth/token" if hang => token_reply(seen).delayed(Duration::from_secs(30)),
+        "/oauth/token" => Reply::empty(503),
+        _ => simple(seen),
+    }
+}
+
+/// A login host that fails or hangs while the token is still valid for most of an hour: API
+/// calls keep using the token, and the proactive refresh is not repeated (let alone with its
+/// retries) by every call. Before, each call ran the whole retrying refresh while holding the
+/// token lock: 5 token requests per call, each waiting out the request timeout on a hang.
+#[tokio::test]
+async fn login_outage_while_the_token_is_valid_does_not_stall_requests() {
+    const CALLS: usize = 10;
+    for hang in [false, true] {
+        let server = TestServer::start(login_outage(hang)).await;
+        // Refresh due after 0.005 % of an hour = 180 ms; a hanging attempt times out at 500 ms.
+        let client = server.client(|c| {
+            c.refresh_after_fraction = 0.00005;
+            c.request_timeout = Duration::from_millis(500);
+        });
+        client.get_channel("bridge", "ch-1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+
+        let start = Instant::now();
+        for _ in 0..CALLS {
+            client.get_channel("bridge", "ch-1").await.unwrap().unwrap();
+        }
+        let elapsed = start.elapsed();
+
+        let bearers: Vec<String> = server
+            .api_requests()
+            .iter()
+            .map(|r| r.header("authorization").to_owned())
+            .collect();
+        assert_eq!(bearers, vec!["Bearer tok-1"; CALLS + 1], "hang={hang}");
+        // The first due call tries once, the next once more; then the refresh backs off
+        // (1 s). A third attempt only if the calls took longer than that.
+        let attempts = server.token_requests().len() - 1;
+        assert!(
+            (1..=3).contains(&attempts),
+            "hang={hang}: {attempts} token requests for {CALLS} calls"
+        );
+        assert_eq!(client.token_refreshes(), 1);
+        // Generous: the old code needed 5 × 500 ms per call on a hang.
+        assert!(
+            elapsed < Duration::from_secs(5),
+            "hang={hang}: {CALLS} calls took {elapsed:?}"
+        );
+    }
+}
+
+/// While one caller's proactive refresh waits on a hanging login host, other calls holding
+/// the still-valid token go ahead instead of queueing behind it, and make no token request of
+/// their own (single flight).
+#[tokio::test]
+async fn calls_do_not_wait_for_a_proactive_refresh_in_flight() {
+    let server = TestServer::start(login_outage(true)).await;
+    // The hanging attempt lasts 2 s (the request timeout, below the proactive cap).
+    let client = server.client(|c| {
+        c.refresh_after_fraction = 0.00005;
+        c.request_timeout = Duration::from_secs(2);
+    });
+    client.get_channel("bridge", "ch-1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+
+    let first = {
+        let client = client.clone();
+        tokio::spawn(async move { client.get_channel("bridge", "ch-1").await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while server.token_requests().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the proactive refresh never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Bounded below the 2 s the refresh in flight lasts: calls that queued behind it could
+    // not finish in time.
+    let others = tokio::time::timeout(Duration::from_millis(1500), async {
+        for _ in 0..10 {
+            client.get_channel("bridge", "ch-1").await.unwrap().unwrap();
+        }
+    })
+    .await;
+    assert!(others.is_ok(), "calls waited for the refresh in flight");
+    assert!(!first.is_finished(), "the refresh was still in flight");
+    assert_eq!(
+        server.token_requests().len(),
+        2,
+        "one token request at a time"
+    );
+
+    // The caller that made the refresh falls back to the valid token when it times out.
+    assert!(first.await.unwrap().unwrap().is_some());
+    let bearers: Vec<String> = server
+        .api_requests()
+        .iter()
+        .map(|r| r.header("authorization").to_owned())
+        .collect();
+    assert_eq!(bearers, vec!["Bearer tok-1"; 12]);
+    assert_eq!(
+        server.token_requests().len(),
+        2,
+        "no retry of the timed-out refresh"
+    );
+    assert_eq!(client.token_refreshes(), 1);
+}
+
 #[tokio::test]
 async fn token_endpoint_refusal_is_an_auth_error_without_secrets() {
     let server = TestServer::start(|seen| match seen.path.as_str() {
@@ -721,6 +838,45 @@ async fn list_channels_follows_page_markers() {
             ("pageMarker".into(), "m/1+".into())
         ]
     );
+}
+
+/// serde quotes the offending value of a type error, and in a channel listing that value can
+/// be a webhook URL (with its shared secret in the path) or a WebSocket URL (the credential
+/// itself). The listing's decode error must name the endpoint and what went wrong, not the
+/// value: it goes through the same redaction as create and get.
+#[tokio::test]
+async fn channel_listing_decode_error_does_not_show_the_channel_url() {
+    const SECRET: &str = "s3cr3t-PATH-TOKEN";
+    for item in [
+        // `webhook` must be an object `{"url": …}`.
+        format!(
+            r#"{{"channelId":"Webhook.1","channelType":"Webhook","webhookChannelData":{{"webhook":"https://hooks.example.com/goto/{SECRET}"}}}}"#
+        ),
+        // `channelData` must be an object.
+        format!(r#"{{"channelId":"ch-2","channelData":"wss://ws.example.com/ch/{SECRET}"}}"#),
+    ] {
+        let body = format!(r#"{{"items":[{{"channelId":"ok"}},{item}]}}"#);
+        let premise = crate::goto::model::decode_channel_page(body.as_bytes()).unwrap_err();
+        assert!(premise.to_string().contains(SECRET), "premise: {premise}");
+
+        let server = TestServer::start(move |seen| match seen.path.as_str() {
+            "/oauth/token" => token_reply(seen),
+            _ => Reply::json(200, body.clone()),
+        })
+        .await;
+        let client = server.client(|_| {});
+        let err = client.list_channels().await.unwrap_err();
+        assert!(matches!(err, GotoError::Decode { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("GET /notification-channel/v1/channels: undecodable response"),
+            "{text}"
+        );
+        let shown = format!("{err} / {err:?}");
+        for leak in [SECRET, "https://", "wss://", "example.com"] {
+            assert!(!shown.contains(leak), "{leak} leaked: {shown}");
+        }
+    }
 }
 
 #[tokio::test]
