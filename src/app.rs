@@ -4,8 +4,9 @@
 //! Start-up order matters: topics are checked first (nothing is accepted that cannot be written),
 //! the webhook server listens before the channel is created (GoTo verifies the URL at creation),
 //! and the sequencer starts independently of the GoTo side (it only needs Kafka and the REST API).
-//! Shutdown is the reverse: readiness goes false, the webhook stops accepting, what was accepted
-//! is flushed, the sequencer drains, checkpoints and leaves the group.
+//! Shutdown: readiness goes false, the channel is handed over, the sequencer drains, checkpoints
+//! and leaves the group, and only then does the webhook stop accepting and what it accepted is
+//! flushed (see `RunningBridge::shutdown` for why the webhook goes last).
 
 use crate::channel::duty::ChannelDuty;
 use crate::channel::election::{ChannelElection, Role};
@@ -60,6 +61,10 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
 }
 
+/// The most of `shutdown.timeout` kept for the webhook server's last answers and the final
+/// flush of raw (a fifth of it when that is less).
+const FLUSH_RESERVE: Duration = Duration::from_secs(5);
+
 /// A running bridge, for the demo and tests to observe.
 pub struct RunningBridge {
     /// Where the webhook server listens.
@@ -72,6 +77,9 @@ pub struct RunningBridge {
     pub sequencer: Arc<ShellStats>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The webhook and admin servers: stopped last, by `stop_servers` (see `shutdown`).
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    stop_servers: watch::Sender<bool>,
     sequencer_handle: Option<shell::SequencerHandle>,
     election: Option<ChannelElection>,
     ingest: Ingest,
@@ -121,8 +129,10 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
         ingest = ingest.answering_on_receipt(config.webhook.on_receipt_limit);
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_servers, stop_servers_rx) = watch::channel(false);
     let (channel_tx, channel_rx) = watch::channel(ChannelState::Starting);
     let mut tasks = Vec::new();
+    let mut servers = Vec::new();
     let readiness = Readiness::new(channel_rx.clone());
 
     let admin_listener = bind(listeners.admin, config.admin.listen).await?;
@@ -132,10 +142,10 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
             addr: config.admin.listen,
             source,
         })?;
-    tasks.push(tokio::spawn(ops::serve(
+    servers.push(tokio::spawn(ops::serve(
         admin_listener,
         readiness.clone(),
-        stop_rx.clone(),
+        stop_servers_rx.clone(),
     )));
 
     let member = member_name();
@@ -171,8 +181,8 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
             &config.webhook.path_prefix,
             config.webhook.secret.clone(),
         );
-        let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
+        let mut stop = stop_servers_rx.clone();
+        servers.push(tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop.changed().await;
             };
@@ -247,6 +257,8 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
         sequencer,
         stop: stop_tx,
         tasks,
+        servers,
+        stop_servers,
         sequencer_handle: Some(sequencer_handle),
         election: Some(election),
         ingest,
@@ -310,17 +322,48 @@ fn member_name() -> String {
 }
 
 impl RunningBridge {
-    /// Stops in order: not ready, no new webhooks, flush accepted, drain the sequencer.
+    /// Stops in order: not ready, channel duty and background tasks, hand the channel over,
+    /// drain the sequencer, then no new webhooks, and flush what was accepted.
+    ///
+    /// The webhook server goes last: the chart's Service publishes not-ready addresses (GoTo
+    /// must reach a pod before its channel exists), so Kubernetes keeps routing POSTs to this
+    /// pod until its process ends. Refusing them while the rest drains would cost each one a
+    /// retry, or a back-fill; answering costs nothing, since what this replica writes to raw
+    /// now is sequenced by the partition's next owner.
     pub async fn shutdown(mut self) {
         // One deadline for the whole sequence, so it fits terminationGracePeriodSeconds. What
         // does not finish in time is not lost: it is either not yet acknowledged to GoTo
         // (retried, then back-filled) or re-derived from Kafka by the next owner.
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        // Kept for the webhooks' last answers and the final flush.
+        let reserve = (self.drain_timeout / 5).min(FLUSH_RESERVE);
+        let before_reserve = || left().saturating_sub(reserve);
         self.readiness.set_draining();
         let _ = self.stop.send(true);
         for t in self.tasks.drain(..) {
-            let _ = tokio::time::timeout(left(), t).await;
+            let _ = tokio::time::timeout(before_reserve(), t).await;
+        }
+        // Hand the channel over early: the next owner can set it up while this one drains.
+        if let Some(e) = self.election.take() {
+            let _ = tokio::time::timeout(
+                before_reserve(),
+                tokio::task::spawn_blocking(move || e.shutdown()),
+            )
+            .await;
+        }
+        if let Some(h) = self.sequencer_handle.take() {
+            let _ = tokio::time::timeout(
+                before_reserve(),
+                tokio::task::spawn_blocking(move || h.shutdown()),
+            )
+            .await;
+        }
+        // Requests in progress are answered; new connections are refused from here on. (The
+        // admin server stops with it: `/readyz` says 503 and `/metrics` answers to the end.)
+        let _ = self.stop_servers.send(true);
+        for server in self.servers.drain(..) {
+            let _ = tokio::time::timeout(left(), server).await;
         }
         let writer = self.ingest.writer().clone();
         let flush_for = left();
@@ -329,15 +372,6 @@ impl RunningBridge {
             tokio::task::spawn_blocking(move || writer.flush(flush_for)),
         )
         .await;
-        // Hand the channel over early: the next owner can set it up while this one drains.
-        if let Some(e) = self.election.take() {
-            let _ = tokio::time::timeout(left(), tokio::task::spawn_blocking(move || e.shutdown()))
-                .await;
-        }
-        if let Some(h) = self.sequencer_handle.take() {
-            let _ = tokio::time::timeout(left(), tokio::task::spawn_blocking(move || h.shutdown()))
-                .await;
-        }
         if left().is_zero() {
             tracing::warn!(timeout = ?self.drain_timeout, "shutdown did not finish within shutdown.timeout");
         }

@@ -1,5 +1,6 @@
-//! SIGTERM while webhooks are coming in: every notification answered 200 is in Kafka, the
-//! process leaves cleanly, and not one line of its debug-level log holds a secret. The bridge
+//! SIGTERM while webhooks are coming in: every notification answered 200 is in Kafka, POSTs sent
+//! after readiness turned false are still answered (the webhook server stops last), the process
+//! leaves cleanly, and not one line of its debug-level log holds a secret. The bridge
 //! runs as the real binary (`callbridge run`), answering after Kafka (the default) and on receipt
 //! (`webhook.answer = "on_receipt"`, where a graceful stop must still write every answered state).
 mod support;
@@ -117,10 +118,14 @@ level = "debug"
     let url = format!("http://127.0.0.1:{webhook_port}/goto/webhook/{secret}");
     let accepted = Arc::new(Mutex::new(BTreeSet::new()));
     let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Set once `/readyz` answered 503 after SIGTERM; POSTs sent after that and answered 200.
+    let unready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered_unready = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut senders = Vec::new();
     for sender in 0..8 {
         let (http, url, accepted) = (http.clone(), url.clone(), accepted.clone());
-        let queued = queued.clone();
+        let (queued, unready, answered_unready) =
+            (queued.clone(), unready.clone(), answered_unready.clone());
         senders.push(tokio::spawn(async move {
             let conv = format!("shutdown-{sender}");
             for seq in 1u64.. {
@@ -130,9 +135,13 @@ level = "debug"
                                 "state": {"id": format!("{conv}-{seq}"), "sequenceNumber": seq,
                                           "type": if seq == 1 { "STARTING" } else { "ACTIVE" }}}
                 });
+                let sent_unready = unready.load(std::sync::atomic::Ordering::SeqCst);
                 match http.post(&url).json(&body).send().await {
                     Ok(r) if r.status() == 200 => {
                         accepted.lock().unwrap().insert((conv.clone(), seq));
+                        if sent_unready {
+                            answered_unready.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
                         if r.text().await.is_ok_and(|t| t.contains("\"queued\"")) {
                             queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
@@ -154,6 +163,23 @@ level = "debug"
         .status()
         .unwrap();
     assert!(status.success());
+    // Readiness turns false first; the webhook server keeps answering while the rest drains
+    // (Kubernetes keeps routing to a terminating pod whose Service publishes not-ready
+    // addresses). Polled: the only sign of it is the other process's answer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match http.get(&readyz).send().await {
+            Ok(r) if r.status() == 503 => break,
+            Ok(_) => {}
+            Err(e) => panic!("/readyz stopped answering before it said 503: {e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never said 503 after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    unready.store(true, std::sync::atomic::Ordering::SeqCst);
     let exited = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
@@ -211,6 +237,11 @@ level = "debug"
         "{} accepted notifications are not in Kafka: {:?}",
         lost.len(),
         &lost[..lost.len().min(5)]
+    );
+    let answered_unready = answered_unready.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        answered_unready > 0,
+        "no POST sent after /readyz said 503 was answered: the webhook stopped with readiness"
     );
     sim.shutdown().await;
     queued.load(std::sync::atomic::Ordering::Relaxed)
