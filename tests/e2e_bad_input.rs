@@ -5,6 +5,7 @@ mod support;
 use callbridge::app::{self, Listeners};
 use callbridge::config::bridge::ChannelKind;
 use callbridge::demo::bridge_config;
+use callbridge::ingest::route::MAX_NOTIFICATION_BYTES;
 use callbridge::kafka::reader::read_topic;
 use callbridge::kafka::KafkaConfig;
 use callbridge::simulator::{self, SimulatorConfig};
@@ -23,6 +24,18 @@ fn call_state(conv: &str, seq: u64, state_id: &str) -> serde_json::Value {
                       "timestamp": "2026-01-01T00:00:00.000Z", "participants": []}
         }
     })
+}
+
+/// A call state of exactly `len` bytes (padded inside its state).
+fn call_state_of_len(conv: &str, seq: u64, len: usize) -> Vec<u8> {
+    let with_pad = |pad: usize| {
+        let mut v = call_state(conv, seq, "state-big");
+        v["content"]["state"]["pad"] = json!("x".repeat(pad));
+        serde_json::to_vec(&v).unwrap()
+    };
+    let body = with_pad(len - with_pad(0).len());
+    assert_eq!(body.len(), len);
+    body
 }
 
 async fn wait_for_records(kafka: &KafkaConfig, topic: &str, n: usize) -> Vec<ReadRecord> {
@@ -97,6 +110,11 @@ async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
         (b"{not json".to_vec(), 202, "invalid_json"),
         (serde_json::to_vec(&json!({"source":"call-events","type":"call-state","content":{"metadata":{},"state":{"sequenceNumber":1}}})).unwrap(), 202, "missing_conversation_space_id"),
         (serde_json::to_vec(&json!({"source":"call-events","type":"call-state","content":{"metadata":{"conversationSpaceId":"c-x"},"state":{"type":"ACTIVE"}}})).unwrap(), 202, "missing_sequence_number"),
+        // The changelog keys its own records `__progress/…` and `__fence/…`: no call may.
+        (serde_json::to_vec(&call_state("__progress/1", 1, "state-r")).unwrap(), 202, "invalid_conversation_space_id"),
+        // Under GoTo's 1 MiB cap but over what Kafka takes as a record (1,000,000 bytes, key and
+        // headers included): dead-lettered, not answered 503 on every retry.
+        (call_state_of_len("c-band", 1, 1_048_000), 413, "oversize"),
         (vec![b' '; 1024 * 1024 + 10], 413, "oversize"),
         // Too large to read at all: still answered and dead-lettered, without its content.
         (vec![b' '; 4 * 1024 * 1024 + 10], 413, "oversize"),
@@ -134,6 +152,10 @@ async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
     .await
     .unwrap();
     assert_eq!(huge.status(), 200);
+    // A state just under the routable limit is written to raw and published, whole.
+    let big_body = call_state_of_len("c-big", 1, MAX_NOTIFICATION_BYTES);
+    let big = post(big_body.clone()).await.unwrap();
+    assert_eq!(big.status(), 200, "a state at the limit is accepted");
     // Another source on the same channel: counted and dropped (no other-sources topic set).
     let other = post(serde_json::to_vec(&json!({"source":"call-events-report","type":"REPORT_SUMMARY","content":{"conversationSpaceId":"c-r"}})).unwrap()).await.unwrap();
     assert_eq!(other.status(), 200);
@@ -149,15 +171,23 @@ async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
     expected.push("invalid_json");
     expected.sort();
     assert_eq!(reasons, expected);
-    let oversize = dlq
+    let mut cut: Vec<(&str, usize)> = dlq
         .iter()
-        .find(|r| {
+        .filter(|r| {
             r.header("callbridge-dead-letter-reason") == Some("oversize") && !r.value.is_empty()
         })
-        .expect("the head of the body over 1 MiB is dead-lettered");
+        .map(|r| {
+            (
+                r.header("callbridge-original-length").unwrap_or(""),
+                r.value.len(),
+            )
+        })
+        .collect();
+    cut.sort();
     assert_eq!(
-        oversize.header("callbridge-original-length"),
-        Some("1048586")
+        cut,
+        vec![("1048000", 512 * 1024), ("1048586", 512 * 1024)],
+        "the heads of the state over the limit and of the body over 1 MiB are dead-lettered"
     );
     let unread = dlq
         .iter()
@@ -188,20 +218,51 @@ async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
     assert_eq!(states.len(), 1, "{:?}", states.len());
     let v: serde_json::Value = serde_json::from_slice(&states[0].value).unwrap();
     assert_eq!(v["state"]["id"], "state-a");
+    // The state at the limit is in raw byte for byte, and in the ordered topic (whose record is
+    // the larger of the two).
+    let raw = wait_for_records(&kafka, &kafka.topics.raw, 1).await;
+    let big_raw: Vec<_> = raw
+        .iter()
+        .filter(|r| r.key.as_deref() == Some("c-big"))
+        .collect();
+    assert_eq!(big_raw.len(), 1);
+    assert!(big_raw[0].value == big_body, "raw holds the body unchanged");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let big_state = loop {
+        let ordered = wait_for_records(&kafka, &kafka.topics.ordered, 1).await;
+        if let Some(r) = ordered.iter().find(|r| {
+            r.key.as_deref() == Some("c-big") && r.header("callbridge-kind") == Some("state")
+        }) {
+            break r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the state at the limit was never published"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let v: serde_json::Value = serde_json::from_slice(&big_state.value).unwrap();
+    assert_eq!(v["state"]["id"], "state-big");
+    assert!(big_state.value.len() > MAX_NOTIFICATION_BYTES - 200);
+    assert!(
+        !raw.iter().any(|r| r.key.as_deref() == Some("__progress/1")),
+        "the reserved id never reaches raw, so never the sequencer's changelog"
+    );
 
     // The operator sees all of it on the admin port.
     let metrics_url = format!("http://{}/metrics", bridge.admin_addr);
     let deadline = Instant::now() + Duration::from_secs(20);
     let wanted = [
         "callbridge_dead_letter_records_total{reason=\"invalid_json\"} 1",
-        "callbridge_dead_letter_records_total{reason=\"oversize\"} 2",
-        "callbridge_webhook_responses_total{status=\"413\",outcome=\"dead_lettered\"} 2",
-        "callbridge_webhook_responses_total{status=\"202\",outcome=\"dead_lettered\"} 3",
+        "callbridge_dead_letter_records_total{reason=\"oversize\"} 3",
+        "callbridge_dead_letter_records_total{reason=\"invalid_conversation_space_id\"} 1",
+        "callbridge_webhook_responses_total{status=\"413\",outcome=\"dead_lettered\"} 3",
+        "callbridge_webhook_responses_total{status=\"202\",outcome=\"dead_lettered\"} 4",
         "callbridge_webhook_responses_total{status=\"200\",outcome=\"other_source\"} 1",
-        "callbridge_webhook_responses_total{status=\"200\",outcome=\"accepted\"} 4",
+        "callbridge_webhook_responses_total{status=\"200\",outcome=\"accepted\"} 5",
         "callbridge_conflicting_duplicates_total 1",
         "callbridge_duplicates_dropped_total 1",
-        "callbridge_states_published_total{origin=\"webhook\"} 1",
+        "callbridge_states_published_total{origin=\"webhook\"} 2",
         "callbridge_other_source_notifications_total{outcome=\"dropped\"} 1",
         "callbridge_goto_requests_total{endpoint=\"POST /oauth/token\",status=\"200\"} 1",
     ];

@@ -5,8 +5,9 @@
 //! like any unknown route (404). GoTo verifies a new webhook channel with an OPTIONS (or a GET),
 //! which must get a 2xx before the channel exists. A POST is answered only after Kafka has the
 //! body: 200 when it is in the raw topic, 202 when it was dead-lettered (GoTo retrying a bad body
-//! cannot help), 413 above 1 MB, 503 when Kafka cannot take it in time (GoTo then retries twice
-//! and the sequencer back-fills whatever is still missing). With `webhook.answer = "on_receipt"`
+//! cannot help), 413 above `route::MAX_NOTIFICATION_BYTES` (960,000 bytes), 503 when Kafka
+//! cannot take it in time (GoTo then retries twice and the sequencer back-fills whatever is
+//! still missing). With `webhook.answer = "on_receipt"`
 //! a call state is answered 200 `queued` once it is in the producer's queue, within a bound (see
 //! `Ingest::answering_on_receipt`).
 
@@ -23,7 +24,8 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// Bodies above this are not read at all: answered 413 and dead-lettered as `oversize` without
-/// their content. Between 1 MB and this, the body is read so its head can be dead-lettered.
+/// their content. Between `route::MAX_NOTIFICATION_BYTES` and this, the body is read so its
+/// head can be dead-lettered.
 pub const HARD_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 #[derive(Clone)]

@@ -208,6 +208,12 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
         "remove it: every producer uses the Java client's partitioner (murmur2_random), so a \
          conversation lands on the same partition of every co-partitioned topic",
     ),
+    (
+        "message.max.bytes",
+        "remove it: callbridge sets it to 1000000 and routes only bodies whose raw and ordered \
+         records fit under it (larger ones are dead-lettered as oversize); a lower value would \
+         make routed states fail to write, a higher one would not raise ingest's limit",
+    ),
 ];
 
 const TYPED: &str = "remove it: callbridge sets this property from its typed kafka.* settings";
@@ -433,6 +439,16 @@ mod tests {
         assert!(p
             .iter()
             .any(|p| p.contains("partitioner") && p.contains("murmur2_random")));
+    }
+
+    #[test]
+    fn the_record_limit_ingest_relies_on_cannot_be_changed() {
+        let mut c = KafkaConfig::default();
+        c.librdkafka
+            .insert("message.max.bytes".into(), "500000".into());
+        let p = problems(&c);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("message.max.bytes") && p[0].contains("oversize"));
     }
 
     #[test]

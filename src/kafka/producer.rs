@@ -84,13 +84,30 @@ pub fn ordered_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaErr
 /// closed-loop throughput +10 %, CPU per state −12 %.
 pub const DEFAULT_LINGER_MS: &str = "5";
 
+/// The largest record every producer accepts (`message.max.bytes`): librdkafka refuses a larger
+/// one at once with `MsgSizeTooLarge`, counting key, value, headers and up to 36 bytes of
+/// framing (`rd_kafka_msg_max_wire_size`), so no retry can help. The value is librdkafka's own
+/// default, set explicitly because ingest's routable body limit
+/// (`ingest::route::MAX_NOTIFICATION_BYTES`) is derived from it: a state that ingest routes must
+/// fit both as its raw record and as its (larger) ordered record, or it is neither written nor
+/// dead-lettered (GoTo's retries fail the same way) or, worse, stalls its partition in the
+/// sequencer. It is also below what brokers take by default: Kafka's `message.max.bytes` /
+/// topic `max.message.bytes` is 1,048,588 bytes for a whole batch (a batch of one such record
+/// is ~100 bytes more than the record), and tansu 0.6 sets no record limit of its own.
+/// `kafka.librdkafka` cannot change it (`kafka::config`).
+pub const MAX_RECORD_BYTES: usize = 1_000_000;
+
+/// The librdkafka property [`MAX_RECORD_BYTES`] is set through.
+pub(crate) const MAX_RECORD_BYTES_PROPERTY: &str = "message.max.bytes";
+
 fn base_settings(config: &KafkaConfig) -> Result<rdkafka::ClientConfig, KafkaError> {
     let mut c = config
         .client_config()
         .map_err(|e| KafkaError::ClientCreation(format!("kafka.sasl.password_file: {e}")))?;
     c.set("acks", "all")
         .set("message.timeout.ms", "0")
-        .set("partitioner", "murmur2_random");
+        .set("partitioner", "murmur2_random")
+        .set(MAX_RECORD_BYTES_PROPERTY, MAX_RECORD_BYTES.to_string());
     if !config.librdkafka.contains_key("linger.ms") {
         c.set("linger.ms", DEFAULT_LINGER_MS);
     }
@@ -129,11 +146,31 @@ mod tests {
         let c = raw_settings(&config).unwrap();
         assert_eq!(c.get(QUEUE_KBYTES), Some(DEFAULT_RAW_QUEUE_KBYTES));
         assert_eq!(c.get("message.timeout.ms"), Some("0"));
+        assert_eq!(c.get("message.max.bytes"), Some("1000000"));
         let mut config = KafkaConfig::default();
         config.librdkafka.insert(QUEUE_KBYTES.into(), "4096".into());
         assert_eq!(
             raw_settings(&config).unwrap().get(QUEUE_KBYTES),
             Some("4096")
+        );
+    }
+
+    #[test]
+    fn every_producer_states_the_record_limit_ingest_relies_on() {
+        let config = KafkaConfig::default();
+        let limit = MAX_RECORD_BYTES.to_string();
+        assert_eq!(
+            raw_settings(&config)
+                .unwrap()
+                .get(MAX_RECORD_BYTES_PROPERTY),
+            Some(limit.as_str())
+        );
+        // The ordered producer is built from the same base settings.
+        assert_eq!(
+            base_settings(&config)
+                .unwrap()
+                .get(MAX_RECORD_BYTES_PROPERTY),
+            Some(limit.as_str())
         );
     }
 }

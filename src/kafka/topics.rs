@@ -3,6 +3,12 @@
 //! The sequencer writes `ordered[p]` and `changelog[p]` for the raw partition `p` it owns, so the
 //! three topics must have the same partition count; a mismatch would silently break per-key
 //! ownership, so it stops start-up with the counts and the fix.
+//!
+//! Topics are created with the broker's default record-size limit (Kafka: `max.message.bytes`
+//! 1,048,588 bytes per batch; tansu 0.6 enforces none). It must stay above the producers'
+//! `message.max.bytes` ([`super::producer::MAX_RECORD_BYTES`], 1,000,000) plus a batch's framing
+//! (about 100 bytes), or a state ingest routed could be refused by the broker: on a cluster
+//! whose default is lower, raise `max.message.bytes` of the raw, ordered and dead-letter topics.
 
 use super::config::KafkaConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

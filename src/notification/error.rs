@@ -23,12 +23,13 @@ pub enum ParseError {
         /// Full dotted path, e.g. `content.metadata.conversationSpaceId`.
         path: String,
     },
-    /// A field has the wrong JSON type.
-    #[error("notification field `{path}` has the wrong type, expected {expected}")]
+    /// A field has the wrong JSON type, or (`conversationSpaceId`) a value that cannot be a
+    /// conversation id ([`super::RESERVED_ID_RULE`]).
+    #[error("notification field `{path}` is not {expected}")]
     WrongType {
         /// Full dotted path of the field.
         path: String,
-        /// What the field should have been.
+        /// What the field should have been ("a string", "an object", …).
         expected: &'static str,
     },
     /// `sequenceNumber` is present but not an integer ≥ 1 that fits in 64 bits.
@@ -136,8 +137,12 @@ mod tests {
         );
         let e = ParseError::missing("state", "sequenceNumber");
         assert_eq!(e.reason_code(), "missing_sequence_number");
-        let e = ParseError::wrong_type("", "content", "object");
+        let e = ParseError::wrong_type("", "content", "an object");
         assert_eq!(e.reason_code(), "invalid_content");
+        assert_eq!(
+            e.to_string(),
+            "notification field `content` is not an object"
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub(crate) fn fingerprint_at(state: &RawValue, path: &str) -> Result<u64, ParseE
     let node: Node<'_> =
         serde_json::from_str(state.get()).map_err(|e| ParseError::from_json(&e))?;
     if !matches!(node, Node::Object(_)) {
-        return Err(ParseError::wrong_type("", path, "object"));
+        return Err(ParseError::wrong_type("", path, "an object"));
     }
     let mut h = Fnv1a::new();
     node.write_canonical(&mut h)
@@ -388,7 +388,7 @@ mod tests {
             err,
             ParseError::WrongType {
                 path: "state".into(),
-                expected: "object"
+                expected: "an object"
             }
         );
     }

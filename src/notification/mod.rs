@@ -47,13 +47,45 @@ pub enum Notification<'a> {
     },
 }
 
+/// What no conversation id (`conversationSpaceId`) may start with. The changelog topic keeps
+/// its own records under keys with this prefix (`__progress/{epoch}`, `__fence/{epoch}`, see
+/// `sequencer::shell::changelog`), next to the conversation ids it keys checkpoints by: a
+/// conversation called `__progress/1` would get a checkpoint that the next takeover reads as a
+/// progress record, fails to decode, and stalls its partition at every takeover. [`parse`]
+/// therefore refuses such ids, so neither ingest nor the sequencer lets one through, and the
+/// changelog checks at compile time that each of its prefixes starts with this one.
+pub const RESERVED_ID_PREFIX: &str = "__";
+
+/// True when `id` starts with [`RESERVED_ID_PREFIX`]: no conversation may have such an id.
+/// (A `const fn`, so the changelog can assert its key prefixes at compile time.)
+pub const fn is_reserved_id(id: &str) -> bool {
+    let (id, prefix) = (id.as_bytes(), RESERVED_ID_PREFIX.as_bytes());
+    if id.len() < prefix.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < prefix.len() {
+        if id[i] != prefix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The id rule as a parse error states it (a `conversationSpaceId` that breaks it is refused as
+/// `invalid_conversation_space_id`, dead-lettered with this in its detail).
+pub const RESERVED_ID_RULE: &str = "a usable conversation id (ids starting with \"__\" are \
+     reserved for the changelog's own keys)";
+
 /// The routing view of one call state. Borrowed from the body it was parsed from.
 #[derive(Debug, Clone)]
 pub struct CallState<'a> {
     /// The envelope `id` (webhook deliveries and wrapped WebSocket frames carry one; the bare
     /// form does not). A numeric id is kept as its decimal text.
     pub notification_id: Option<Cow<'a, str>>,
-    /// `metadata.conversationSpaceId`: the call, and the Kafka key.
+    /// `metadata.conversationSpaceId`: the call, and the Kafka key. Never empty, never starting
+    /// with [`RESERVED_ID_PREFIX`].
     pub conversation_space_id: Cow<'a, str>,
     /// `state.sequenceNumber`, ≥ 1 (a JSON integer, or a string of decimal digits).
     pub sequence_number: u64,
@@ -65,6 +97,13 @@ pub struct CallState<'a> {
     pub state: &'a RawValue,
     /// Where `state` sits in the body (`content.state`, …), for error messages.
     pub(crate) state_path: String,
+    /// Length of `conversationSpaceId` as sent (its JSON string, quotes and escapes included):
+    /// a bound on each copy of the id the records written for this state repeat outside it
+    /// (Kafka key, headers), which ingest's size limit must count.
+    pub(crate) id_json_len: usize,
+    /// Length of `state.timestamp` as sent (0 when absent): a bound on the copy the ordered
+    /// record repeats in a header (`ce_time`).
+    pub(crate) timestamp_json_len: usize,
 }
 
 impl CallState<'_> {
@@ -114,4 +153,16 @@ pub enum ControlMessage {
 /// The rule for a conversation's last state: `type` ENDING, any letter case.
 pub(crate) fn is_ending_type(t: Option<&str>) -> bool {
     t.is_some_and(|t| t.eq_ignore_ascii_case("ENDING"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reserved_prefix_and_the_rule_agree() {
+        assert!(is_reserved_id("__progress/1") && is_reserved_id("__"));
+        assert!(!is_reserved_id("_") && !is_reserved_id("") && !is_reserved_id("a__"));
+        assert!(RESERVED_ID_RULE.contains(&format!("\"{RESERVED_ID_PREFIX}\"")));
+    }
 }

@@ -12,7 +12,10 @@ use serde_json::value::RawValue;
 
 use super::error::join;
 use super::fingerprint::fingerprint_at;
-use super::{CallState, ControlMessage, Notification, ParseError, StateSummary};
+use super::{
+    is_reserved_id, CallState, ControlMessage, Notification, ParseError, StateSummary,
+    RESERVED_ID_RULE,
+};
 
 const REFRESH_REQUIRED: &str = "WEBSOCKET_REFRESH_REQUIRED";
 const TO_BE_CLOSED: &str = "WEBSOCKET_TO_BE_CLOSED";
@@ -107,6 +110,9 @@ struct State<'a> {
     sequence_number: Option<&'a RawValue>,
     #[serde(borrow, default, rename = "type")]
     kind: Option<&'a RawValue>,
+    /// Only its length is used (the ordered record repeats it in a header).
+    #[serde(borrow, default)]
+    timestamp: Option<&'a RawValue>,
 }
 
 /// A JSON string, borrowed when it has no escapes.
@@ -167,7 +173,7 @@ fn level(top: Level<'_>) -> Result<Notification<'_>, ParseError> {
 
 /// Reads the routing fields of a bare state object (e.g. one item of a back-fill answer).
 pub fn inspect_state(state: &RawValue) -> Result<StateSummary<'_>, ParseError> {
-    let (sequence_number, state_type) = state_fields(state, "state")?;
+    let (sequence_number, state_type, _) = state_fields(state, "state")?;
     Ok(StateSummary {
         sequence_number,
         state_type,
@@ -191,7 +197,7 @@ fn classify<'a>(n: Level<'a>, prefix: &str) -> Result<Notification<'a>, ParseErr
     }
     let (container, metadata, state) = if let Some(content) = n.content {
         let ContentField::Object(c) = content else {
-            return Err(ParseError::wrong_type(prefix, "content", "object"));
+            return Err(ParseError::wrong_type(prefix, "content", "an object"));
         };
         (join(prefix, "content"), c.metadata, c.state)
     } else if n.metadata.is_some() || n.state.is_some() {
@@ -216,10 +222,18 @@ fn classify<'a>(n: Level<'a>, prefix: &str) -> Result<Notification<'a>, ParseErr
     )?
     .filter(|id| !id.is_empty())
     .ok_or_else(|| ParseError::missing(&meta_path, "conversationSpaceId"))?;
+    if is_reserved_id(&conversation_space_id) {
+        return Err(ParseError::wrong_type(
+            &meta_path,
+            "conversationSpaceId",
+            RESERVED_ID_RULE,
+        ));
+    }
+    let id_json_len = meta.conversation_space_id.map_or(0, |raw| raw.get().len());
 
     let state = state.ok_or_else(|| ParseError::missing(&container, "state"))?;
     let state_path = join(&container, "state");
-    let (sequence_number, state_type) = state_fields(state, &state_path)?;
+    let (sequence_number, state_type, timestamp) = state_fields(state, &state_path)?;
     // The fingerprint is computed later (by the sequencer) through serde_json's tree, which
     // refuses more than MAX_DEPTH levels; refuse such a state here already, where it costs one
     // byte scan, so it is dead-lettered at ingest like any other unreadable body.
@@ -239,6 +253,8 @@ fn classify<'a>(n: Level<'a>, prefix: &str) -> Result<Notification<'a>, ParseErr
         metadata,
         state,
         state_path,
+        id_json_len,
+        timestamp_json_len: timestamp.map_or(0, |raw| raw.get().len()),
     }))
 }
 
@@ -287,20 +303,25 @@ fn too_deep_at(json: &str, limit: usize) -> Option<(usize, usize)> {
     None
 }
 
-/// `sequenceNumber` and `type` of a state object found at `path`.
+/// `sequenceNumber`, `type` and the raw `timestamp` of a state object found at `path`.
+#[allow(clippy::type_complexity)]
 fn state_fields<'a>(
     state: &'a RawValue,
     path: &str,
-) -> Result<(u64, Option<Cow<'a, str>>), ParseError> {
+) -> Result<(u64, Option<Cow<'a, str>>, Option<&'a RawValue>), ParseError> {
     let text = state.get();
     if !text.starts_with('{') {
-        return Err(ParseError::wrong_type("", path, "object"));
+        return Err(ParseError::wrong_type("", path, "an object"));
     }
     let s: State<'a> = from_json(text)?;
     let seq = s
         .sequence_number
         .ok_or_else(|| ParseError::missing(path, "sequenceNumber"))?;
-    Ok((sequence_number(seq)?, string(s.kind, path, "type")?))
+    Ok((
+        sequence_number(seq)?,
+        string(s.kind, path, "type")?,
+        s.timestamp,
+    ))
 }
 
 /// A JSON integer ≥ 1, or a string of decimal digits with the same value.
@@ -377,7 +398,7 @@ fn string<'a>(
     match raw {
         None => Ok(None),
         Some(raw) if raw.get().starts_with('"') => Ok(Some(from_json::<Str<'a>>(raw.get())?.0)),
-        Some(_) => Err(ParseError::wrong_type(prefix, field, "string")),
+        Some(_) => Err(ParseError::wrong_type(prefix, field, "a string")),
     }
 }
 
@@ -387,7 +408,7 @@ fn object<'a>(raw: &'a RawValue, prefix: &str, field: &str) -> Result<&'a str, P
     if text.starts_with('{') {
         Ok(text)
     } else {
-        Err(ParseError::wrong_type(prefix, field, "object"))
+        Err(ParseError::wrong_type(prefix, field, "an object"))
     }
 }
 
@@ -573,6 +594,78 @@ mod tests {
     }
 
     #[test]
+    fn conversation_ids_reserved_for_the_changelog_are_refused() {
+        use crate::notification::{RESERVED_ID_PREFIX, RESERVED_ID_RULE};
+        // Every key the changelog writes for itself, the bare prefix, and the prefix spelled
+        // with JSON escapes (the rule applies to the id, not to how it was written).
+        for id in [
+            "__progress/1",
+            "__fence/3",
+            "__",
+            "__anything",
+            "\\u005f\\u005fprogress/1",
+        ] {
+            let webhook = format!(
+                r#"{{"source":"call-events","type":"call-state","content":{{"metadata":{{"conversationSpaceId":"{id}"}},"state":{{"sequenceNumber":1}}}}}}"#
+            );
+            let bare = format!(
+                r#"{{"metadata":{{"conversationSpaceId":"{id}"}},"state":{{"sequenceNumber":1}}}}"#
+            );
+            let ws = format!(r#"{{"data":{webhook}}}"#);
+            for (body, path) in [
+                (&webhook, "content.metadata.conversationSpaceId"),
+                (&bare, "metadata.conversationSpaceId"),
+                (&ws, "data.content.metadata.conversationSpaceId"),
+            ] {
+                let err = parse(body.as_bytes()).unwrap_err();
+                assert_eq!(
+                    err,
+                    ParseError::WrongType {
+                        path: path.into(),
+                        expected: RESERVED_ID_RULE
+                    },
+                    "{body}"
+                );
+                assert_eq!(err.reason_code(), "invalid_conversation_space_id");
+                let text = err.to_string();
+                assert!(
+                    text.contains(&format!("\"{RESERVED_ID_PREFIX}\""))
+                        && text.contains("reserved"),
+                    "the detail names the rule: {text}"
+                );
+                assert!(
+                    !text.contains("progress") && !text.contains("anything"),
+                    "{text}"
+                );
+            }
+        }
+        // Underscores elsewhere, or only one, are ordinary ids.
+        for id in ["_progress/1", "a__b", "c-__", "_"] {
+            let body = format!(
+                r#"{{"metadata":{{"conversationSpaceId":"{id}"}},"state":{{"sequenceNumber":1}}}}"#
+            );
+            assert_eq!(call_state(&body).conversation_space_id, id);
+        }
+    }
+
+    #[test]
+    fn lengths_of_the_parts_the_records_repeat_are_kept() {
+        let cs = call_state(
+            r#"{"metadata":{"conversationSpaceId":"c\u002d1"},"state":{"sequenceNumber":1,"timestamp":"2026-01-01T00:00:00Z"}}"#,
+        );
+        assert_eq!(cs.conversation_space_id, "c-1");
+        assert_eq!(
+            cs.id_json_len,
+            r#""c\u002d1""#.len(),
+            "as sent, escapes included"
+        );
+        assert_eq!(cs.timestamp_json_len, r#""2026-01-01T00:00:00Z""#.len());
+        let cs =
+            call_state(r#"{"metadata":{"conversationSpaceId":"c"},"state":{"sequenceNumber":1}}"#);
+        assert_eq!((cs.id_json_len, cs.timestamp_json_len), (3, 0));
+    }
+
+    #[test]
     fn wrong_types_are_reported_by_path_without_values() {
         let body = r#"{"content":{"metadata":{"conversationSpaceId":12015550123},"state":{"sequenceNumber":1}}}"#;
         let err = parse(body.as_bytes()).unwrap_err();
@@ -580,7 +673,7 @@ mod tests {
             err,
             ParseError::WrongType {
                 path: "content.metadata.conversationSpaceId".into(),
-                expected: "string"
+                expected: "a string"
             }
         );
         assert!(!err.to_string().contains("12015550123"));

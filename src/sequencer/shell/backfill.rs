@@ -13,6 +13,7 @@
 use serde_json::value::RawValue;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// One state returned by GoTo's back-fill endpoint, bytes untouched.
@@ -79,6 +80,13 @@ pub struct BackfillDone {
 
 /// Starts the worker on `runtime`; jobs go in through the returned sender, answers come out
 /// through `done`. At most `concurrency` requests run at once (the client rate-limits further).
+///
+/// The worker belongs to one sequencer run and stops with it: once the run has ended (its job
+/// sender is dropped with its state, or an answer finds its receiver gone) the jobs still queued
+/// are dropped, not fetched. `recv` alone would hand out every buffered job first, so an ended
+/// run's worker kept spending GoTo's shared 10 requests a second on answers nobody reads, one
+/// more copy per restart. Requests already under way (at most `concurrency`) finish; their
+/// answers are discarded.
 pub fn spawn_worker(
     runtime: &tokio::runtime::Handle,
     source: Arc<dyn BackfillSource>,
@@ -87,6 +95,8 @@ pub fn spawn_worker(
 ) -> tokio::sync::mpsc::UnboundedSender<BackfillJob> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<BackfillJob>();
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    // Set when an answer could not be handed back: the run's receiver is gone.
+    let answers_unread = Arc::new(AtomicBool::new(false));
     runtime.spawn(async move {
         let queued = metrics::gauge!("callbridge_backfill_queued");
         while let Some(job) = rx.recv().await {
@@ -94,16 +104,25 @@ pub fn spawn_worker(
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
-            // The wait for a permit is where the time goes: what arrived meanwhile counts too.
+            // Checked right before the request: the wait for a permit is where the time goes,
+            // and the run may have ended meanwhile.
+            if rx.is_closed() || answers_unread.load(Ordering::Acquire) {
+                tracing::debug!(
+                    dropped = rx.len() + 1,
+                    "sequencer run ended: queued back-fill jobs dropped"
+                );
+                break;
+            }
+            // What arrived during the wait counts too.
             queued.set(rx.len() as f64);
             let source = source.clone();
             let done = done.clone();
+            let answers_unread = answers_unread.clone();
             tokio::spawn(async move {
                 let started = tokio::time::Instant::now();
                 let fetched = source
                     .fetch(&job.conversation.as_text(), job.from, job.to)
                     .await;
-                drop(permit);
                 let outcome = match &fetched {
                     Fetched::States(_) => "answered",
                     Fetched::NotFound => "not_found",
@@ -116,10 +135,126 @@ pub fn spawn_worker(
                 if matches!(fetched, Fetched::States(_)) {
                     crate::failpoint::hit(crate::failpoint::SEQUENCER_BACKFILL_ANSWERED);
                 }
-                // The consumer thread may be gone (shutdown); nothing to do then.
-                let _ = done.send(BackfillDone { job, fetched });
+                // The consumer thread may be gone (its run ended): then the next job must not
+                // be fetched, so this is noted before the permit is given back.
+                if done.send(BackfillDone { job, fetched }).is_err() {
+                    answers_unread.store(true, Ordering::Release);
+                }
+                drop(permit);
             });
         }
     });
     tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts requests; each waits until the test lets one through.
+    struct Gate {
+        requests: AtomicUsize,
+        release: tokio::sync::Semaphore,
+    }
+
+    impl BackfillSource for Gate {
+        fn fetch<'a>(
+            &'a self,
+            _conversation: &'a str,
+            _from: u64,
+            _to: Option<u64>,
+        ) -> Pin<Box<dyn Future<Output = Fetched> + Send + 'a>> {
+            self.requests.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                if let Ok(p) = self.release.acquire().await {
+                    p.forget();
+                }
+                Fetched::NotFound
+            })
+        }
+    }
+
+    fn job(n: u64) -> BackfillJob {
+        BackfillJob {
+            partition: 0,
+            epoch: 1,
+            conversation: format!("c-{n}").as_str().into(),
+            from: 1,
+            to: Some(n),
+        }
+    }
+
+    /// One request in flight (concurrency 1), two more jobs queued behind it.
+    async fn worker_with_queue(
+        gate: &Arc<Gate>,
+    ) -> (
+        tokio::sync::mpsc::UnboundedSender<BackfillJob>,
+        std::sync::mpsc::Receiver<BackfillDone>,
+    ) {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let source: Arc<dyn BackfillSource> = gate.clone();
+        let jobs = spawn_worker(&tokio::runtime::Handle::current(), source, 1, done_tx);
+        for n in 1..=3 {
+            jobs.send(job(n)).unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while gate.requests.load(Ordering::SeqCst) < 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "first request never made"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        (jobs, done_rx)
+    }
+
+    fn gate() -> Arc<Gate> {
+        Arc::new(Gate {
+            requests: AtomicUsize::new(0),
+            release: tokio::sync::Semaphore::new(0),
+        })
+    }
+
+    async fn settle() {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_live_run_gets_every_job_answered() {
+        let gate = gate();
+        let (_jobs, done_rx) = worker_with_queue(&gate).await;
+        gate.release.add_permits(3);
+        settle().await;
+        assert_eq!(gate.requests.load(Ordering::SeqCst), 3);
+        assert_eq!(done_rx.try_iter().count(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_queued_when_the_run_ends_are_not_fetched() {
+        let gate = gate();
+        let (jobs, done_rx) = worker_with_queue(&gate).await;
+        // The run ends as `runner::run` ends: its state (with the job sender) and its answer
+        // receiver are dropped while a request is under way and two jobs are queued.
+        drop(jobs);
+        drop(done_rx);
+        gate.release.add_permits(3);
+        settle().await;
+        assert_eq!(
+            gate.requests.load(Ordering::SeqCst),
+            1,
+            "only the request already under way; the queued jobs must not reach GoTo"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_queued_when_the_answer_receiver_is_gone_are_not_fetched() {
+        let gate = gate();
+        let (_jobs, done_rx) = worker_with_queue(&gate).await;
+        // Even if a job sender outlived the run, an answer nobody can read ends the worker.
+        drop(done_rx);
+        gate.release.add_permits(3);
+        settle().await;
+        assert_eq!(gate.requests.load(Ordering::SeqCst), 1);
+    }
 }

@@ -14,6 +14,15 @@ pub const PROGRESS_PREFIX: &str = "__progress/";
 /// Prefix of fence keys.
 pub const FENCE_PREFIX: &str = "__fence/";
 
+// The changelog's own keys share the topic with conversation ids, so each must be one no
+// conversation can have: `notification::parse` refuses every id starting with
+// `RESERVED_ID_PREFIX`. Checked here so the two cannot drift apart.
+const _: () = assert!(
+    crate::notification::is_reserved_id(PROGRESS_PREFIX)
+        && crate::notification::is_reserved_id(FENCE_PREFIX),
+    "changelog key prefixes must start with notification::RESERVED_ID_PREFIX"
+);
+
 /// One conversation's resume point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConversationEntry {
