@@ -90,12 +90,16 @@ pub struct RunningBridge {
 /// Builds the GoTo client from `[goto]`.
 pub fn goto_client(config: &BridgeConfig) -> Result<GotoClient, GotoError> {
     let g = &config.goto;
-    let credential = if g.personal_access_token.is_empty() {
+    let uses_refresh_token = g.personal_access_token.is_empty();
+    let credential = if uses_refresh_token {
         Credential::RefreshToken(g.refresh_token.clone())
     } else {
         Credential::PersonalAccessToken(g.personal_access_token.clone())
     };
     let mut c = GotoClientConfig::new(g.client_id.clone(), g.client_secret.clone(), credential);
+    if uses_refresh_token {
+        c.refresh_token_file = g.refresh_token_file.clone();
+    }
     c.api_base_url = g.api_base_url.clone();
     c.auth_base_url = g.auth_base_url.clone();
     c.requests_per_second_per_api = g.requests_per_second;

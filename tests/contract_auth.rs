@@ -218,3 +218,65 @@ async fn client_debug_shows_no_credentials() {
     assert!(shown.contains(CLIENT_ID), "{shown}");
     assert_no_secrets(&shown);
 }
+
+/// The same rotation with `refresh_token_file`: the new refresh token is written there, so a
+/// restart (a new client reading the file, as `callbridge run` does) presents the token GoTo
+/// still accepts, not the retired one.
+#[tokio::test]
+async fn a_rotated_refresh_token_is_written_to_its_file_and_survives_a_restart() {
+    let mut c = sim_config();
+    c.auth.rotate_refresh_token = true;
+    let sim = start(c).await;
+    let dir = std::env::temp_dir().join(format!("callbridge-rt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("refresh-token");
+    std::fs::write(&file, format!("{REFRESH_TOKEN}\n")).unwrap();
+    let from_file = || {
+        let mut cfg = client_config(&sim);
+        let stored = std::fs::read_to_string(&file).unwrap();
+        cfg.credential = Credential::RefreshToken(Secret::new(stored.trim()));
+        cfg.refresh_token_file = Some(file.clone());
+        client_with(cfg)
+    };
+
+    from_file().list_channels().await.unwrap();
+    let stored = std::fs::read_to_string(&file).unwrap();
+    assert_ne!(stored.trim(), REFRESH_TOKEN, "the rotated token was not written");
+    assert!(!stored.trim().is_empty());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the token file is readable by others");
+    }
+
+    // A restart: the token in the file is the one GoTo accepts.
+    from_file().list_channels().await.unwrap();
+    assert_eq!(answered(&sim, "oauth", 400), 0, "a retired token was presented");
+    assert_eq!(answered(&sim, "oauth", 200), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Replicas sharing the file: a client whose in-memory refresh token was retired by another
+/// client's rotation picks up the new one from the file before its next refresh.
+#[tokio::test]
+async fn a_refresh_token_rotated_by_another_process_is_picked_up_from_the_file() {
+    let mut c = sim_config();
+    c.auth.rotate_refresh_token = true;
+    let sim = start(c).await;
+    let dir = std::env::temp_dir().join(format!("callbridge-rt2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("refresh-token");
+    std::fs::write(&file, REFRESH_TOKEN).unwrap();
+    let replica = || {
+        let mut cfg = client_config(&sim);
+        cfg.credential = Credential::RefreshToken(Secret::new(REFRESH_TOKEN));
+        cfg.refresh_token_file = Some(file.clone());
+        client_with(cfg)
+    };
+    let (a, b) = (replica(), replica());
+    a.list_channels().await.unwrap(); // rotates: REFRESH_TOKEN is retired
+    b.list_channels().await.unwrap(); // would present the retired one without the file
+    assert_eq!(answered(&sim, "oauth", 400), 0, "a retired token was presented");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -18,6 +18,7 @@
 //! invalidates the token *generation* it used, so a burst of 401s for one stale token
 //! triggers one refresh, not one per request.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -64,6 +65,8 @@ pub(crate) struct TokenManager {
     policy: RetryPolicy,
     /// Timeout of the one attempt of a proactive refresh.
     proactive_timeout: Duration,
+    /// Where the refresh token is kept across restarts (see `GotoClientConfig`).
+    refresh_token_file: Option<PathBuf>,
     limiter: Arc<RateLimiter>,
     /// The cache; locked briefly, never across I/O.
     state: Mutex<TokenState>,
@@ -149,6 +152,23 @@ impl CachedToken {
     }
 }
 
+/// Replaces `path` with `contents` in one step (a temporary file beside it, then a rename), so
+/// a reader never sees half a token. Owner-only permissions where the platform has them.
+async fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(&tmp).await?;
+    tokio::io::AsyncWriteExt::write_all(&mut file, contents).await?;
+    file.sync_all().await?;
+    drop(file);
+    tokio::fs::rename(&tmp, path).await
+}
+
 /// The wait before the next proactive refresh after `failures` consecutive failed ones: none
 /// after the first (a one-off failure is tried again by the next caller), then
 /// [`PROACTIVE_BACKOFF_BASE`] doubling up to [`PROACTIVE_BACKOFF_MAX`].
@@ -183,6 +203,7 @@ impl TokenManager {
         refresh_after_fraction: f64,
         policy: RetryPolicy,
         request_timeout: Duration,
+        refresh_token_file: Option<PathBuf>,
         limiter: Arc<RateLimiter>,
     ) -> Self {
         TokenManager {
@@ -193,6 +214,7 @@ impl TokenManager {
             refresh_after_fraction,
             policy,
             proactive_timeout: request_timeout.min(PROACTIVE_ATTEMPT_TIMEOUT),
+            refresh_token_file,
             limiter,
             state: Mutex::new(TokenState {
                 credential,
@@ -323,6 +345,7 @@ impl TokenManager {
     /// attempt bounded by `proactive_timeout`. Called holding `requesting`, so no other token
     /// request runs meanwhile and the credential cannot change under it.
     async fn request_and_cache(&self, retry: bool) -> Result<BearerToken, GotoError> {
+        self.pick_up_stored_refresh_token().await;
         let (grant, field, credential) = match &self.state().credential {
             Credential::PersonalAccessToken(pat) => ("personal_access_token", "pat", pat.clone()),
             Credential::RefreshToken(rt) => ("refresh_token", "refresh_token", rt.clone()),
@@ -344,26 +367,35 @@ impl TokenManager {
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_EXPIRES_IN)
             .max(Duration::from_secs(1));
-        let mut state = self.state();
-        if let (Credential::RefreshToken(_), Some(new_rt)) =
-            (&state.credential, response.refresh_token)
-        {
-            // Only replaced when GoTo issues a new one; the refresh response normally has none.
-            if !new_rt.is_empty() {
-                state.credential = Credential::RefreshToken(new_rt);
+        // In a block: the guard must be gone before the await below (an explicit drop does
+        // not end its scope for the future's `Send` check).
+        let (token, rotated) = {
+            let mut state = self.state();
+            let mut rotated = None;
+            if let (Credential::RefreshToken(_), Some(new_rt)) =
+                (&state.credential, response.refresh_token)
+            {
+                // Only replaced when GoTo issues a new one; the refresh response normally has none.
+                if !new_rt.is_empty() {
+                    state.credential = Credential::RefreshToken(new_rt.clone());
+                    rotated = Some(new_rt);
+                }
             }
+            state.generation += 1;
+            let cached = CachedToken::new(
+                response.access_token,
+                state.generation,
+                obtained_at,
+                lifetime,
+                self.refresh_after_fraction,
+            );
+            let token = cached.bearer();
+            state.cached = Some(cached);
+            (token, rotated)
+        };
+        if let Some(new_rt) = rotated {
+            self.store_refresh_token(&new_rt).await;
         }
-        state.generation += 1;
-        let cached = CachedToken::new(
-            response.access_token,
-            state.generation,
-            obtained_at,
-            lifetime,
-            self.refresh_after_fraction,
-        );
-        let token = cached.bearer();
-        state.cached = Some(cached);
-        drop(state);
         self.refreshes.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("callbridge_goto_token_refreshes_total", "grant" => grant).increment(1);
         tracing::debug!(
@@ -372,6 +404,50 @@ impl TokenManager {
             "obtained GoTo access token"
         );
         Ok(token)
+    }
+
+    /// Before a refresh grant: a refresh token in `refresh_token_file` other than the one in
+    /// memory was put there by another process (a replica GoTo gave a new one) or an operator,
+    /// and is used. Called holding `requesting`.
+    async fn pick_up_stored_refresh_token(&self) {
+        let Some(path) = &self.refresh_token_file else {
+            return;
+        };
+        if !matches!(self.state().credential, Credential::RefreshToken(_)) {
+            return;
+        }
+        let stored = match tokio::fs::read_to_string(path).await {
+            Ok(text) => text.trim().to_owned(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read goto.refresh_token_file; using the refresh token in memory");
+                return;
+            }
+        };
+        let mut state = self.state();
+        if let Credential::RefreshToken(current) = &state.credential {
+            if !stored.is_empty() && stored != current.expose() {
+                tracing::info!(path = %path.display(), "using the refresh token found in goto.refresh_token_file");
+                state.credential = Credential::RefreshToken(Secret::new(stored));
+            }
+        }
+    }
+
+    /// GoTo issued a new refresh token and retired the old one: keep it where a restart (and
+    /// other replicas sharing the file) will find it, or say loudly that nothing will.
+    async fn store_refresh_token(&self, new_rt: &Secret) {
+        let Some(path) = &self.refresh_token_file else {
+            tracing::error!("GoTo issued a new refresh token; it is kept in memory only, so after a restart the configured one may be refused. Fix: set goto.refresh_token_file to a writable file, or use a personal access token");
+            return;
+        };
+        match write_atomically(path, new_rt.expose().as_bytes()).await {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "GoTo issued a new refresh token; written to goto.refresh_token_file")
+            }
+            Err(e) => tracing::error!(
+                path = %path.display(), error = %e,
+                "GoTo issued a new refresh token that could not be written; it is kept in memory only, so after a restart the one in the file may be refused. Fix: make goto.refresh_token_file writable, or use a personal access token"
+            ),
+        }
     }
 
     /// One POST to the token endpoint, with `timeout` instead of the client's when given.

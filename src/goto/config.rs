@@ -87,6 +87,12 @@ pub struct GotoClientConfig {
     /// Spelling of the WebSocket `channelType` sent on channel create/refresh.
     #[serde(default)]
     pub websocket_channel_type: WebSocketTypeSpelling,
+    /// A file holding the refresh token of a [`Credential::RefreshToken`]. Read again before
+    /// each refresh grant (a token another process or an operator put there is used), and
+    /// replaced when GoTo issues a new refresh token, so a restart does not present the one GoTo
+    /// retired. `None`: a new refresh token lives in memory only.
+    #[serde(default)]
+    pub refresh_token_file: Option<std::path::PathBuf>,
 }
 
 fn default_api_base_url() -> String {
@@ -141,6 +147,7 @@ impl GotoClientConfig {
             request_timeout: default_request_timeout(),
             refresh_after_fraction: default_refresh_after_fraction(),
             websocket_channel_type: WebSocketTypeSpelling::default(),
+            refresh_token_file: None,
         }
     }
 

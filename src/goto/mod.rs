@@ -111,6 +111,7 @@ impl GotoClient {
             config.refresh_after_fraction,
             policy,
             config.request_timeout,
+            config.refresh_token_file.clone(),
             limiter.clone(),
         ));
         let transport = Transport::new(http, limiter, auth, policy);
