@@ -241,7 +241,11 @@ async fn a_rotated_refresh_token_is_written_to_its_file_and_survives_a_restart()
 
     from_file().list_channels().await.unwrap();
     let stored = std::fs::read_to_string(&file).unwrap();
-    assert_ne!(stored.trim(), REFRESH_TOKEN, "the rotated token was not written");
+    assert_ne!(
+        stored.trim(),
+        REFRESH_TOKEN,
+        "the rotated token was not written"
+    );
     assert!(!stored.trim().is_empty());
     #[cfg(unix)]
     {
@@ -252,7 +256,11 @@ async fn a_rotated_refresh_token_is_written_to_its_file_and_survives_a_restart()
 
     // A restart: the token in the file is the one GoTo accepts.
     from_file().list_channels().await.unwrap();
-    assert_eq!(answered(&sim, "oauth", 400), 0, "a retired token was presented");
+    assert_eq!(
+        answered(&sim, "oauth", 400),
+        0,
+        "a retired token was presented"
+    );
     assert_eq!(answered(&sim, "oauth", 200), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -277,6 +285,10 @@ async fn a_refresh_token_rotated_by_another_process_is_picked_up_from_the_file()
     let (a, b) = (replica(), replica());
     a.list_channels().await.unwrap(); // rotates: REFRESH_TOKEN is retired
     b.list_channels().await.unwrap(); // would present the retired one without the file
-    assert_eq!(answered(&sim, "oauth", 400), 0, "a retired token was presented");
+    assert_eq!(
+        answered(&sim, "oauth", 400),
+        0,
+        "a retired token was presented"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
