@@ -209,6 +209,11 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
          conversation lands on the same partition of every co-partitioned topic",
     ),
     (
+        "enable.gapless.guarantee",
+        "remove it: the sequencer's output producer always sets it (a refused output must fail \
+         what is queued behind it, not leave a hole), and the raw producer is not idempotent",
+    ),
+    (
         "message.max.bytes",
         "remove it: callbridge sets it to 1000000 and routes only bodies whose raw and ordered \
          records fit under it (larger ones are dead-lettered as oversize); a lower value would \

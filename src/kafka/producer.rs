@@ -68,12 +68,24 @@ pub const DEFAULT_RAW_MAX_IN_FLIGHT: &str = "1";
 /// librdkafka's mock cluster was seen here acknowledging both and keeping only the later one: a
 /// state reported written that is not in the topic, after its successor. The ordered topic cannot
 /// afford to depend on the broker's strictness; raw can (a lost raw record is back-filled).
+///
+/// With `enable.gapless.guarantee`, a record the broker refuses for good is fatal to the
+/// producer, and what is queued behind it fails with it. By default librdkafka bumps the
+/// idempotent epoch and sends the later records, which would leave the refused state as a hole
+/// in the ordered topic that no takeover can fill (its scan moves past the later ones); this
+/// way the output ends at the last state written, the sequencer's run fails, and the next run
+/// takes the crash path and re-reads the rest from raw (`tests/e2e_output_failure.rs`).
+/// librdkafka calls the property experimental and says so in a warning at start-up.
 pub fn ordered_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
     base_settings(config)?
         .set("enable.idempotence", "true")
+        .set(GAPLESS, "true")
         .set(MAX_IN_FLIGHT, "1")
         .create()
 }
+
+/// The librdkafka property that makes a refused output fail what is queued behind it.
+pub(crate) const GAPLESS: &str = "enable.gapless.guarantee";
 
 /// `linger.ms` unless `kafka.librdkafka` sets it. A webhook waits for its record's ack, so a
 /// short linger looks right, but measured (docs/performance.md, 3 runs each on tansu) 5 ms beat

@@ -59,6 +59,18 @@ groups:
             find calls GoTo could not deliver; a step failed 6 times in a row. A call that had no
             state delivered at all may be missing from the ordered topic. The log line "failed for
             good" names the call or the listing; check GoTo API reachability and credentials.
+      - alert: CallbridgeSequencerRestarting
+        expr: sum by (namespace, pod) (increase(callbridge_sequencer_run_failures_total[15m])) > 3
+        labels:
+          severity: critical
+        annotations:
+          summary: The sequencer keeps failing and restarting on {{`{{ $labels.pod }}`}}
+          description: >-
+            Sequencer runs end with an error and restart from Kafka again and again, so its
+            partitions make little or no progress (the ordered topic falls behind). Nothing is
+            published past the failing point, so nothing is lost, but nothing moves. The log line
+            "sequencer run failed; restarting from Kafka" gives the cause, for example an output
+            the broker refuses for good (topic max.message.bytes below 1000000?).
       - alert: CallbridgeNoChannelOwner
         expr: max by (namespace) (callbridge_channel_ready) < 1
         for: 5m

@@ -193,7 +193,8 @@ impl RunState {
         Ok(())
     }
 
-    /// Forgets every partition without writing anything (their assignment was lost).
+    /// Forgets every partition without writing anything (their assignment was lost, or the run
+    /// failed and must not hand them over).
     pub(super) fn abandon_all(&mut self) {
         let n = self.partitions.len() as u64;
         self.partitions.clear();

@@ -336,6 +336,7 @@ pub fn spawn(
                 match run(&config, source.clone(), &runtime, &s, &st) {
                     Ok(()) => return,
                     Err(e) => {
+                        metrics::counter!("callbridge_sequencer_run_failures_total").increment(1);
                         tracing::error!(error = %e, "sequencer run failed; restarting from Kafka");
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -360,7 +361,8 @@ fn run(
 ) -> Result<(), ShellError> {
     let topics = &config.kafka.topics;
     let base = client_config(&config.kafka)?;
-    let producer = ordered_producer(&config.kafka).map_err(kafka_err("creating the producer"))?;
+    let producer =
+        ordered_producer(&config.kafka).map_err(kafka_err("creating the producer"))?;
     let (done_tx, done_rx) = std::sync::mpsc::channel::<BackfillDone>();
     let (takeover_tx, takeover_rx) = std::sync::mpsc::channel::<TakeoverDone>();
     let backfill_tx = spawn_worker(runtime, source, config.backfill_concurrency, done_tx);
@@ -474,6 +476,16 @@ fn run(
         }
         Ok(())
     })();
+    if result.is_err() {
+        // A failed run is a crash, not a hand-over. Dropping the consumer closes it, and the
+        // close revokes every partition as not lost, which would run `release` for each: drain
+        // what is still queued, index the core (already past the output that failed, whose
+        // delivery error `drain_acks` consumed) and write a `released` marker, so the next
+        // owner would resume raw past that output without waiting or suspecting anything.
+        // Forget the partitions instead: the next owner finds no marker and takes the unclean
+        // path (waits out this epoch, scans the output, re-reads raw from the last index).
+        lock(&state).abandon_all();
+    }
     drop(consumer);
     result
 }

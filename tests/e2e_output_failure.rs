@@ -1,0 +1,367 @@
+//! An output the broker refuses for good must send its partition down the crash path.
+//!
+//! The sequencer's run ends on any delivery error and is restarted; the restarted run is the
+//! partition's next owner. The failed run must not hand the partition over as `released`: its
+//! core has moved past a state that is not in the ordered topic, so a clean hand-over (no wait,
+//! no scan, raw resumed past the refused state) loses it. Nor may the outputs queued behind the
+//! refused one land after it: that hole is in the output itself, and a takeover's scan moves
+//! past it. The next owner must take the unclean path and re-read raw from the last index
+//! written for acknowledged outputs.
+//!
+//! librdkafka's mock cluster refuses a Produce request (`MSG_SIZE_TOO_LARGE`, never retried) on
+//! the broker that leads the ordered topic, and only that topic: raw, changelog, dead letter and
+//! the group live on another broker. GoTo answers every back-fill with nothing, so a state can
+//! only come from raw: a state skipped by the hand-over shows up as missing or as a gap record.
+use callbridge::kafka::reader::{read_topic, ReadRecord};
+use callbridge::kafka::KafkaConfig;
+use callbridge::sequencer::shell::changelog::{self, ChangelogRecord};
+use callbridge::sequencer::shell::{self, BackfillSource, Fetched, ShellConfig};
+use callbridge::sequencer::SequencerConfig;
+use rdkafka::mocking::MockCoordinator;
+use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::ClientConfig;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The broker leading the ordered topic; every other topic and the group are on broker 1.
+const ORDERED_BROKER: i32 = 3;
+const CONVERSATION: &str = "6513270e-269e-4d37-b2a7-4de452e6b438";
+/// States of the call; the last one is ENDING.
+const LAST: u64 = 6;
+
+/// A mock cluster of 3 brokers, owned by a client created for it (`test.mock.num.brokers`), so
+/// its native handle is reachable for the per-broker faults the safe API does not offer.
+struct Cluster {
+    owner: BaseProducer,
+    bootstrap: String,
+}
+
+impl Cluster {
+    fn start(kafka: &KafkaConfig) -> Cluster {
+        let owner: BaseProducer = ClientConfig::new()
+            .set("test.mock.num.brokers", "3")
+            .create()
+            .expect("mock cluster");
+        let mock = owner.client().mock_cluster().expect("mock cluster handle");
+        for topic in kafka.topics.required() {
+            mock.create_topic(&topic, 1, 1).expect("mock topic");
+            let leader = if topic == kafka.topics.ordered {
+                ORDERED_BROKER
+            } else {
+                1
+            };
+            mock.partition_leader(&topic, 0, Some(leader))
+                .expect("partition leader");
+        }
+        mock.coordinator(MockCoordinator::Group(kafka.consumer_group.clone()), 1)
+            .expect("group coordinator");
+        let bootstrap = mock.bootstrap_servers();
+        drop(mock);
+        let cluster = Cluster { owner, bootstrap };
+        // SAFETY: the handle belongs to `owner`, which outlives every use (`self`).
+        unsafe {
+            rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster.mock(), 0)
+        };
+        cluster
+    }
+
+    fn mock(&self) -> *mut rdkafka::bindings::rd_kafka_mock_cluster_t {
+        // SAFETY: the client was created with a mock cluster, alive as long as the client.
+        unsafe { rdkafka::bindings::rd_kafka_handle_mock_cluster(self.owner.client().native_ptr()) }
+    }
+
+    /// The next Produce requests `broker` receives are answered with these errors, each
+    /// (error, delay) in turn.
+    fn fail_next_produces(&self, broker: i32, errors: &[(RDKafkaRespErr, Duration)]) {
+        for &(error, rtt) in errors {
+            // SAFETY: variadic (error, rtt in ms) pairs, both passed as C ints, as declared.
+            let err = unsafe {
+                rdkafka::bindings::rd_kafka_mock_broker_push_request_error_rtts(
+                    self.mock(),
+                    broker,
+                    RDKafkaApiKey::Produce.into(),
+                    1,
+                    error as std::ffi::c_int,
+                    rtt.as_millis() as std::ffi::c_int,
+                )
+            };
+            assert_eq!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
+        }
+    }
+
+    /// Produce errors still waiting for a request on `broker`.
+    fn produce_errors_pending(&self, broker: i32) -> usize {
+        let mut count = 0usize;
+        // SAFETY: as above; `count` outlives the call.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_mock_broker_error_stack_cnt(
+                self.mock(),
+                broker,
+                RDKafkaApiKey::Produce.into(),
+                &mut count,
+            )
+        };
+        assert_eq!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
+        count
+    }
+}
+
+/// GoTo no longer has anything: every state must come from raw.
+#[derive(Default)]
+struct NothingLeft {
+    asked: AtomicU64,
+}
+
+impl BackfillSource for NothingLeft {
+    fn fetch<'a>(
+        &'a self,
+        _conversation: &'a str,
+        _from: u64,
+        _to: Option<u64>,
+    ) -> Pin<Box<dyn Future<Output = Fetched> + Send + 'a>> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Fetched::States(Vec::new()) })
+    }
+}
+
+fn notification(seq: u64) -> String {
+    serde_json::json!({
+        "id": format!("n-{seq}"),
+        "source": "call-events",
+        "type": "call-state",
+        "content": {
+            "metadata": { "conversationSpaceId": CONVERSATION, "direction": "INBOUND" },
+            "state": {
+                "id": format!("s-{seq}"),
+                "sequenceNumber": seq,
+                "type": if seq == LAST { "ENDING" } else { "ACTIVE" },
+                "participants": []
+            }
+        }
+    })
+    .to_string()
+}
+
+async fn write_raw(
+    kafka: &KafkaConfig,
+    producer: &FutureProducer,
+    seqs: std::ops::RangeInclusive<u64>,
+) {
+    for seq in seqs {
+        let body = notification(seq);
+        producer
+            .send(
+                FutureRecord::to(&kafka.topics.raw)
+                    .partition(0)
+                    .key(CONVERSATION)
+                    .payload(&body),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("writing raw");
+    }
+}
+
+async fn read_ordered(kafka: &KafkaConfig) -> Vec<ReadRecord> {
+    let kafka = kafka.clone();
+    tokio::task::spawn_blocking(move || {
+        read_topic(&kafka, &kafka.topics.ordered, Duration::from_secs(30))
+    })
+    .await
+    .expect("reader task")
+    .expect("reading the ordered topic")
+}
+
+/// Epochs that handed `changelog[0]` over cleanly (a `released` progress record).
+async fn released_epochs(kafka: &KafkaConfig) -> Vec<u64> {
+    let kafka = kafka.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        read_topic(&kafka, &kafka.topics.changelog, Duration::from_secs(30))
+    })
+    .await
+    .expect("reader task")
+    .expect("reading the changelog");
+    records
+        .iter()
+        .filter_map(|r| {
+            let key = r.key.as_deref().unwrap_or_default().as_bytes();
+            match changelog::decode(key, Some(&r.value)) {
+                Ok(ChangelogRecord::Progress(p)) if p.released => Some(p.epoch),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn kind(r: &ReadRecord) -> &str {
+    r.header("callbridge-kind").unwrap_or("?")
+}
+
+/// `what` every 20 ms until it holds; panics after `within`.
+async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Until the call's completion record is in the ordered topic; returns the topic.
+async fn wait_for_completion(kafka: &KafkaConfig, within: Duration) -> Vec<ReadRecord> {
+    let deadline = Instant::now() + within;
+    loop {
+        let records = read_ordered(kafka).await;
+        if records.iter().any(|r| kind(r) == "completion") || Instant::now() > deadline {
+            return records;
+        }
+    }
+}
+
+/// Refuses the ordered write of state 2 for good. With `queue_later_outputs`, states 3.. are
+/// published while that request is still unanswered (they queue behind it: one request in
+/// flight), otherwise they arrive only once the next owner has taken over. Either way the
+/// ordered topic must end with every state once, in order, no gap record, one completion.
+async fn refused_output_recovers(queue_later_outputs: bool) {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("callbridge=info")
+        .try_init();
+    let mut kafka = KafkaConfig::default();
+    kafka.topics.partitions = 1;
+    kafka.topics.replication_factor = 1;
+    let cluster = Cluster::start(&kafka);
+    kafka.bootstrap_servers = cluster.bootstrap.clone();
+    let config = ShellConfig {
+        kafka: kafka.clone(),
+        sequencer: SequencerConfig {
+            gap_timeout: Duration::from_millis(300),
+            backfill_retry_base: Duration::from_millis(100),
+            backfill_retry_max: Duration::from_millis(200),
+            idle_probe_after: Duration::from_secs(600),
+            ..SequencerConfig::default()
+        },
+        checkpoint_interval: Duration::from_millis(100),
+        takeover_timeout: Duration::from_secs(10),
+        backfill_concurrency: 1,
+        member: "replica-under-test".into(),
+        // The next owner of an unclean hand-over waits this + 5 s.
+        session_timeout: Duration::from_secs(2),
+    };
+    let source = Arc::new(NothingLeft::default());
+    let sequencer = shell::spawn(config, source.clone(), tokio::runtime::Handle::current());
+    let stats = sequencer.stats.clone();
+    wait_for("the first takeover", Duration::from_secs(30), || {
+        stats.takeovers.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+
+    let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+    write_raw(&kafka, &raw, 1..=1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !read_ordered(&kafka)
+        .await
+        .iter()
+        .any(|r| kind(r) == "state")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "state 1 never reached the ordered topic"
+        );
+    }
+
+    let refused = (
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
+        Duration::from_millis(1500),
+    );
+    if queue_later_outputs {
+        // State 2's request is held 1.5 s, then refused; 3.. are published meanwhile and wait
+        // in the next request. A Kafka broker refuses that request too: its base sequence
+        // follows a batch it never wrote. The mock checks sequences only for transactional
+        // producers (rdkafka_mock.c, rd_kafka_mock_validate_records), so it is told to.
+        let gap = (
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            Duration::ZERO,
+        );
+        cluster.fail_next_produces(ORDERED_BROKER, &[refused, gap]);
+        write_raw(&kafka, &raw, 2..=2).await;
+        wait_for(
+            "state 2's request at the broker",
+            Duration::from_secs(10),
+            || cluster.produce_errors_pending(ORDERED_BROKER) < 2,
+        )
+        .await;
+        write_raw(&kafka, &raw, 3..=LAST).await;
+    } else {
+        cluster.fail_next_produces(ORDERED_BROKER, &[refused]);
+        write_raw(&kafka, &raw, 2..=2).await;
+    }
+    // The refusal ends the run; the restarted run is the next owner.
+    wait_for("the next owner's takeover", Duration::from_secs(60), || {
+        stats.takeovers.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    if !queue_later_outputs {
+        write_raw(&kafka, &raw, 3..=LAST).await;
+    }
+
+    let records = wait_for_completion(&kafka, Duration::from_secs(60)).await;
+    tokio::task::block_in_place(|| sequencer.shutdown());
+    // Epoch 1 refused state 2; epoch 2 (the next owner) is released by the shutdown.
+    let released = released_epochs(&kafka).await;
+    let stream: Vec<String> = records
+        .iter()
+        .filter(|r| kind(r) != "takeover")
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap_or_default();
+            format!(
+                "{}:{}:{} epoch {}",
+                r.offset,
+                kind(r),
+                v["sequenceNumber"],
+                r.header("callbridge-epoch").unwrap_or("?")
+            )
+        })
+        .collect();
+    println!("ordered topic: {stream:?}");
+
+    let states: Vec<u64> = records
+        .iter()
+        .filter(|r| kind(r) == "state")
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            v["sequenceNumber"].as_u64().unwrap()
+        })
+        .collect();
+    let gaps = records.iter().filter(|r| kind(r) == "gap").count();
+    let completions = records.iter().filter(|r| kind(r) == "completion").count();
+    assert_eq!(
+        states,
+        (1..=LAST).collect::<Vec<_>>(),
+        "every state once and in order (gap records: {gaps}, back-fill requests: {}): {stream:?}",
+        source.asked.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        gaps, 0,
+        "a gap record for a state raw still holds: {stream:?}"
+    );
+    assert_eq!(completions, 1, "one completion record: {stream:?}");
+    assert_eq!(
+        released,
+        vec![2],
+        "only the shutdown hands over cleanly, not the run whose output was refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_output_is_not_handed_over_as_released() {
+    refused_output_recovers(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_queued_behind_a_refused_one_do_not_land_past_it() {
+    refused_output_recovers(true).await;
+}
