@@ -361,8 +361,7 @@ fn run(
 ) -> Result<(), ShellError> {
     let topics = &config.kafka.topics;
     let base = client_config(&config.kafka)?;
-    let producer =
-        ordered_producer(&config.kafka).map_err(kafka_err("creating the producer"))?;
+    let producer = ordered_producer(&config.kafka).map_err(kafka_err("creating the producer"))?;
     let (done_tx, done_rx) = std::sync::mpsc::channel::<BackfillDone>();
     let (takeover_tx, takeover_rx) = std::sync::mpsc::channel::<TakeoverDone>();
     let backfill_tx = spawn_worker(runtime, source, config.backfill_concurrency, done_tx);
