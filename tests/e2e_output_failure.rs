@@ -15,7 +15,7 @@
 use callbridge::kafka::reader::{read_topic, ReadRecord};
 use callbridge::kafka::KafkaConfig;
 use callbridge::sequencer::shell::changelog::{self, ChangelogRecord};
-use callbridge::sequencer::shell::{self, BackfillSource, Fetched, ShellConfig};
+use callbridge::sequencer::shell::{self, BackfillSource, Fetched, FetchedState, ShellConfig};
 use callbridge::sequencer::SequencerConfig;
 use rdkafka::mocking::MockCoordinator;
 use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
@@ -364,4 +364,126 @@ async fn a_refused_output_is_not_handed_over_as_released() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outputs_queued_behind_a_refused_one_do_not_land_past_it() {
     refused_output_recovers(true).await;
+}
+
+/// GoTo's back-fill returns state 2 too large for any Kafka record (over 1 MB): it cannot be
+/// published, and must not stop the partition by failing its run over and over.
+struct OversizeState {
+    asked: AtomicU64,
+}
+
+impl BackfillSource for OversizeState {
+    fn fetch<'a>(
+        &'a self,
+        _conversation: &'a str,
+        from: u64,
+        to: Option<u64>,
+    ) -> Pin<Box<dyn Future<Output = Fetched> + Send + 'a>> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        let wanted = from <= 2 && to.is_none_or(|to| to >= 2);
+        Box::pin(async move {
+            let states = if wanted {
+                let state = serde_json::json!({
+                    "id": "s-2", "sequenceNumber": 2, "type": "ACTIVE",
+                    "notes": "n".repeat(1_100_000),
+                });
+                vec![FetchedState {
+                    sequence_number: 2,
+                    metadata: None,
+                    state: serde_json::value::to_raw_value(&state).unwrap(),
+                }]
+            } else {
+                Vec::new()
+            };
+            Fetched::States(states)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_back_filled_state_is_dead_lettered_and_declared_a_gap() {
+    let mut kafka = KafkaConfig::default();
+    kafka.topics.partitions = 1;
+    kafka.topics.replication_factor = 1;
+    let cluster = Cluster::start(&kafka);
+    kafka.bootstrap_servers = cluster.bootstrap.clone();
+    let config = ShellConfig {
+        kafka: kafka.clone(),
+        sequencer: SequencerConfig {
+            gap_timeout: Duration::from_millis(300),
+            backfill_retry_base: Duration::from_millis(100),
+            backfill_retry_max: Duration::from_millis(200),
+            idle_probe_after: Duration::from_secs(600),
+            ..SequencerConfig::default()
+        },
+        checkpoint_interval: Duration::from_millis(100),
+        takeover_timeout: Duration::from_secs(10),
+        backfill_concurrency: 1,
+        member: "replica-under-test".into(),
+        session_timeout: Duration::from_secs(2),
+    };
+    let source = Arc::new(OversizeState {
+        asked: AtomicU64::new(0),
+    });
+    let sequencer = shell::spawn(config, source.clone(), tokio::runtime::Handle::current());
+    let stats = sequencer.stats.clone();
+    wait_for("the first takeover", Duration::from_secs(30), || {
+        stats.takeovers.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+
+    // State 2 never reaches raw: only back-fill has it, and too large to publish.
+    let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+    write_raw(&kafka, &raw, 1..=1).await;
+    write_raw(&kafka, &raw, 3..=LAST).await;
+    let records = wait_for_completion(&kafka, Duration::from_secs(60)).await;
+    let takeovers = stats.takeovers.load(Ordering::SeqCst);
+    tokio::task::block_in_place(|| sequencer.shutdown());
+
+    let states: Vec<u64> = records
+        .iter()
+        .filter(|r| kind(r) == "state")
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            v["sequenceNumber"].as_u64().unwrap()
+        })
+        .collect();
+    let gaps: Vec<(u64, u64)> = records
+        .iter()
+        .filter(|r| kind(r) == "gap")
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            (
+                v["fromSequence"].as_u64().unwrap_or(0),
+                v["toSequence"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(states, vec![1, 3, 4, 5, 6]);
+    assert_eq!(gaps, vec![(2, 2)], "one gap record, for state 2");
+    assert_eq!(
+        records.iter().filter(|r| kind(r) == "completion").count(),
+        1
+    );
+    assert_eq!(takeovers, 1, "the run failed and was restarted");
+
+    // The state itself is in the dead-letter topic, cut to fit, with why.
+    let dead = {
+        let kafka = kafka.clone();
+        tokio::task::spawn_blocking(move || {
+            read_topic(&kafka, &kafka.topics.dead_letter, Duration::from_secs(30))
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    };
+    assert!(!dead.is_empty(), "the oversize state was not dead-lettered");
+    for r in &dead {
+        assert_eq!(r.header("callbridge-dead-letter-reason"), Some("oversize"));
+        assert_eq!(r.key.as_deref(), Some(CONVERSATION));
+        assert!(r.value.len() <= 512 * 1024, "{} bytes", r.value.len());
+        assert!(r
+            .header("callbridge-original-length")
+            .is_some_and(|n| n.parse::<usize>().unwrap() > 1_100_000));
+    }
 }

@@ -33,7 +33,11 @@ const _: () = assert!(MAX_NOTIFICATION_BYTES + RECORD_OVERHEAD < MAX_RECORD_BYTE
 /// `timestamp` `timestamp_json_len`. Beyond the body, the ordered record repeats the id four
 /// times (Kafka key, the value's `conversationSpaceId`, headers `ce_id` and `ce_subject`) and
 /// the timestamp once (header `ce_time`); each copy is at most as long as it was sent.
-fn record_bytes(body_len: usize, id_json_len: usize, timestamp_json_len: usize) -> usize {
+pub(crate) fn record_bytes(
+    body_len: usize,
+    id_json_len: usize,
+    timestamp_json_len: usize,
+) -> usize {
     body_len + 4 * id_json_len + timestamp_json_len + RECORD_OVERHEAD
 }
 

@@ -297,14 +297,45 @@ impl RunState {
             return Ok(()); // issued before a re-takeover: the new core asks again if needed
         }
         let conv = done.job.conversation.as_text();
+        // States GoTo returned that cannot be published: dead-lettered below, left out of the
+        // answer, so the core treats them as not returned (and declares them a gap once
+        // back-fill gives up) instead of an output Kafka refuses stopping the partition.
+        let mut unusable: Vec<(u64, String, &'static str, String)> = Vec::new();
         let outcome = match done.fetched {
             Fetched::States(states) => BackfillOutcome::Answered(
                 states
                     .into_iter()
                     .filter_map(|fs| {
-                        let fingerprint = notification::state_fingerprint(&fs.state).ok()?;
-                        let (timestamp, is_ending) = state_fields(&fs.state);
                         let metadata = fs.metadata.unwrap_or_else(|| synthesized_metadata(&conv));
+                        let seq = fs.sequence_number;
+                        let body = || {
+                            format!(
+                                "{{\"metadata\":{},\"state\":{}}}",
+                                metadata.get(),
+                                fs.state.get()
+                            )
+                        };
+                        let fingerprint = match notification::state_fingerprint(&fs.state) {
+                            Ok(f) => f,
+                            Err(e) => {
+                                unusable.push((seq, body(), "invalid_json", e.to_string()));
+                                return None;
+                            }
+                        };
+                        let (timestamp, is_ending) = state_fields(&fs.state);
+                        let needed = crate::ingest::route::record_bytes(
+                            metadata.get().len() + fs.state.get().len(),
+                            conv.len(),
+                            timestamp.as_ref().map_or(0, String::len),
+                        );
+                        if needed > crate::kafka::producer::MAX_RECORD_BYTES {
+                            let detail = format!(
+                                "back-filled state {seq}: its ordered record could need {needed} bytes, over Kafka's {} byte limit",
+                                crate::kafka::producer::MAX_RECORD_BYTES
+                            );
+                            unusable.push((seq, body(), "oversize", detail));
+                            return None;
+                        }
                         Some(IncomingState {
                             sequence_number: fs.sequence_number,
                             fingerprint,
@@ -335,6 +366,12 @@ impl RunState {
             now,
             &mut self.actions,
         );
+        for (seq, body, reason, detail) in unusable {
+            tracing::warn!(conversation = %conv, partition = p, sequence_number = seq, reason, %detail, "back-filled state dead-lettered");
+            metrics::counter!("callbridge_dead_letter_records_total", "reason" => reason)
+                .increment(1);
+            self.dead_letter(p, Some(conv.as_bytes()), body.as_bytes(), reason, &detail)?;
+        }
         self.execute(p)
     }
 
