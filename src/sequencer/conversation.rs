@@ -496,7 +496,17 @@ impl<P> Conversation<P> {
     // ---- takeover ---------------------------------------------------------------------------
 
     /// Merge a changelog checkpoint (max wins: the changelog may lag the output).
-    pub(crate) fn restore(&mut self, cp: ConversationCheckpoint, ledger: &mut Ledger) {
+    pub(crate) fn restore(
+        &mut self,
+        cp: ConversationCheckpoint,
+        last_activity: Timestamp,
+        ledger: &mut Ledger,
+    ) {
+        // The abandon and closed-retention clocks go on from the checkpoint's time instead of
+        // starting again at every takeover (which, with takeovers more often than
+        // `abandon_after`, would keep a call whose ENDING never comes forever). The idle-probe
+        // clock does start again: a new owner has no probe history.
+        self.last_activity = self.last_activity.min(last_activity);
         let next = cp.next_sequence.max(1);
         if next > self.next {
             self.skip_to(next, ledger);

@@ -247,10 +247,24 @@ impl<P> PartitionSequencer<P> {
     /// already holds states is not supported: a held state landing exactly on the new `next`
     /// would not be released (found by the `sequencer_input` fuzz target; see fuzz/README.md).
     pub fn restore(&mut self, conv: &str, checkpoint: ConversationCheckpoint, now: Timestamp) {
+        self.restore_since(conv, checkpoint, now, now);
+    }
+
+    /// [`Self::restore`] of a checkpoint written at `written` (its changelog record's time,
+    /// mapped onto this core's clock): a call quiet since then is abandoned, or evicted once
+    /// closed, as if no takeover had happened.
+    pub fn restore_since(
+        &mut self,
+        conv: &str,
+        checkpoint: ConversationCheckpoint,
+        now: Timestamp,
+        written: Timestamp,
+    ) {
         self.now = self.now.max(now);
         let s = self.intern(conv, now);
         if let Some(slot) = self.slots.get_mut(s) {
-            slot.conversation.restore(checkpoint, &mut self.ledger);
+            slot.conversation
+                .restore(checkpoint, written.min(now), &mut self.ledger);
         }
         // The changelog already holds this; only observe_* make a restored conversation dirty.
         self.ledger.changed = false;

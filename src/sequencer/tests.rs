@@ -710,6 +710,54 @@ fn restore_and_observe_resume_without_republishing() {
     assert_eq!(h.seq.checkpoint("c").unwrap().next_sequence, 8);
 }
 
+/// Runs `h` until `conv` is forgotten, answering every probe with nothing; returns when.
+fn run_until_forgotten(h: &mut Harness) -> Timestamp {
+    while h.seq.len() == 1 {
+        let step = h.advance(60_000);
+        for a in &step {
+            if let Action::RequestBackfill { from, to, .. } = a {
+                h.backfill("c", *from, *to, BackfillOutcome::Answered(vec![]));
+            }
+        }
+    }
+    h.now
+}
+
+#[test]
+fn a_takeover_does_not_restart_the_abandon_and_retention_clocks() {
+    let open = ConversationCheckpoint {
+        next_sequence: 3,
+        ended: false,
+        gap_count: 0,
+    };
+    let closed = ConversationCheckpoint {
+        ended: true,
+        ..open
+    };
+    for (cp, clock) in [
+        (open, SequencerConfig::default().abandon_after),
+        (closed, SequencerConfig::default().closed_retention),
+    ] {
+        // The checkpoint was written half the clock ago (on this core's clock).
+        let mut h = Harness::new();
+        h.now = Timestamp(1_000 + 24 * 3600 * 1000);
+        let written = Timestamp(h.now.0 - (clock.as_millis() as u64) / 2);
+        let start = h.now;
+        h.seq.restore_since("c", cp, h.now, written);
+        let gone = run_until_forgotten(&mut h);
+        let after = gone.since(start);
+        assert!(
+            after >= clock / 2 && after < clock / 2 + Duration::from_secs(120),
+            "{cp:?}: forgotten {after:?} after the takeover, not half of {clock:?}"
+        );
+        // Restored as written now, the clock starts again (as before the change).
+        let mut h = Harness::new();
+        let start = h.now;
+        h.seq.restore("c", cp, h.now);
+        assert!(run_until_forgotten(&mut h).since(start) >= clock);
+    }
+}
+
 #[test]
 fn restored_closed_conversations_only_drop_duplicates() {
     let mut h = Harness::new();

@@ -81,6 +81,10 @@ pub struct Recovered {
     pub epoch: u64,
     /// Conversation resume points (checkpoint merged with the ordered-topic scan).
     pub conversations: HashMap<String, ConversationEntry>,
+    /// When each conversation's checkpoint was written (its changelog record's timestamp, ms
+    /// since the Unix epoch), where the broker gave one: the abandon and retention clocks go on
+    /// from there.
+    pub written_at_ms: HashMap<String, u64>,
     /// Newest progress record, if any.
     pub progress: Option<Progress>,
     /// Offset of the last record in `ordered[p]` (-1 when empty).
@@ -408,9 +412,18 @@ fn apply_changelog(
     match &record {
         ChangelogRecord::Conversation(id, entry) => {
             rec.conversations.insert(id.clone(), *entry);
+            match m
+                .timestamp()
+                .to_millis()
+                .and_then(|ms| u64::try_from(ms).ok())
+            {
+                Some(ms) => rec.written_at_ms.insert(id.clone(), ms),
+                None => rec.written_at_ms.remove(id),
+            };
         }
         ChangelogRecord::Tombstone(id) => {
             rec.conversations.remove(id);
+            rec.written_at_ms.remove(id);
         }
         ChangelogRecord::Progress(p) => {
             *max_epoch = (*max_epoch).max(p.epoch);

@@ -149,9 +149,18 @@ impl RunState {
     ) -> Result<i64, ShellError> {
         let topics = &self.config.kafka.topics;
         let now = now_ms(self.origin);
+        let wall_now = epoch_ms();
         let mut core = PartitionSequencer::new(self.config.sequencer.clone());
         for (conv, entry) in &recovered.conversations {
-            core.restore(
+            // The checkpoint's age, on this core's clock (a conversation the scan moved had
+            // outputs just now, and one without a timestamp counts as active now).
+            let written = match recovered.written_at_ms.get(conv) {
+                Some(&at) if !recovered.raised_by_scan.contains(conv) => {
+                    Timestamp(now.0.saturating_sub(wall_now.saturating_sub(at)))
+                }
+                _ => now,
+            };
+            core.restore_since(
                 conv,
                 ConversationCheckpoint {
                     next_sequence: entry.next,
@@ -159,6 +168,7 @@ impl RunState {
                     gap_count: entry.gaps,
                 },
                 now,
+                written,
             );
         }
         for conv in &recovered.raised_by_scan {
