@@ -62,6 +62,14 @@ async fn open_socket(url: &str, timeout: Duration, shutdown: &mut watch::Receive
     }
 }
 
+/// What one session leaves to the next.
+struct BetweenSessions {
+    /// Since when GoTo may have had nobody to deliver to (swept once a socket is back).
+    down_since: Option<std::time::SystemTime>,
+    /// The catch-up started by the last connect, possibly still running.
+    catch_up: Option<tokio::task::JoinHandle<()>>,
+}
+
 /// Why a session ended.
 #[derive(Debug)]
 enum SessionEnd {
@@ -97,8 +105,11 @@ pub async fn run(
     let mut recreate = false;
     // Since when GoTo may have had nobody to deliver to: a new owner cannot know when its
     // predecessor lost the socket, so it looks back `report_sweep_lookback`.
-    let mut down_since: Option<std::time::SystemTime> = (!settings.report_sweep_lookback.is_zero())
-        .then(|| std::time::SystemTime::now() - settings.report_sweep_lookback);
+    let mut between = BetweenSessions {
+        down_since: (!settings.report_sweep_lookback.is_zero())
+            .then(|| std::time::SystemTime::now() - settings.report_sweep_lookback),
+        catch_up: None,
+    };
     loop {
         if *shutdown.borrow() {
             return;
@@ -155,12 +166,14 @@ pub async fn run(
             &state,
             &mut shutdown,
             &mut channel,
-            &mut down_since,
+            &mut between,
             &doubt,
         )
         .await;
         if !matches!(end, SessionEnd::Shutdown) {
-            down_since.get_or_insert_with(std::time::SystemTime::now);
+            between
+                .down_since
+                .get_or_insert_with(std::time::SystemTime::now);
         }
         match end {
             SessionEnd::Shutdown => return,
@@ -227,7 +240,7 @@ async fn session(
     state: &watch::Sender<ChannelState>,
     shutdown: &mut watch::Receiver<bool>,
     channel_slot: &mut Option<Channel>,
-    down_since: &mut Option<std::time::SystemTime>,
+    between: &mut BetweenSessions,
     doubt: &watch::Receiver<bool>,
 ) -> SessionEnd {
     let Some(url) = current.kind.url().map(str::to_string) else {
@@ -252,17 +265,24 @@ async fn session(
             ingest.clone(),
             keeper.account_keys().to_vec(),
         );
-        if let Some(since) = down_since.take() {
+        if let Some(since) = between.down_since.take() {
             sweeper.request((since, std::time::SystemTime::now()));
+        }
+        // One catch-up at a time: the previous one, if still going, gives way to this one,
+        // which lists the calls active now (a call that ended in between is in the sweep's
+        // window). A socket dropping every few seconds would otherwise pile catch-ups of every
+        // active call up in the rate-limited queue that back-fill shares.
+        if let Some(previous) = between.catch_up.take() {
+            previous.abort();
         }
         // Abandoned at shutdown like everything else: the next owner catches up on connecting.
         let mut stop = shutdown.clone();
-        tokio::spawn(async move {
+        between.catch_up = Some(tokio::spawn(async move {
             tokio::select! {
                 _ = super::catchup::catch_up(&client, &ingest, &keys) => {}
                 _ = stop.changed() => {}
             }
-        });
+        }));
     }
     let (mut sink, mut stream) = (*ws).split();
     let (control_tx, mut control_rx) = mpsc::unbounded_channel::<ControlMessage>();
