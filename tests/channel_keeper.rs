@@ -175,3 +175,47 @@ async fn a_404_reading_a_channel_that_is_still_listed_creates_no_second_channel(
         "repairs created channels beside the one that still delivers"
     );
 }
+
+#[tokio::test]
+async fn a_websocket_channel_type_spelling_goto_refuses_is_swapped_for_the_other() {
+    let mut c = sim_config();
+    c.channels.accepted_websocket_types = vec!["WebSocket".into()];
+    let sim = start(c).await;
+    let keeper = keeper(&sim); // sends "WebSockets", the default
+    let channel = keeper
+        .ensure_channel()
+        .await
+        .expect("created with the other spelling");
+    assert_eq!(
+        keeper.client().websocket_type(),
+        callbridge::goto::WebSocketTypeSpelling::WebSocket
+    );
+    // Kept: the refresh sends the spelling GoTo took.
+    keeper.refresh(&channel).await.expect("refreshed");
+    assert_eq!(
+        answered(&sim, "notification-channel", 400),
+        1,
+        "one refused create"
+    );
+}
+
+#[tokio::test]
+async fn a_400_for_both_spellings_is_reported_as_the_first_refusal() {
+    let mut c = sim_config();
+    c.channels.accepted_websocket_types = Vec::new();
+    let sim = start(c).await;
+    let keeper = keeper(&sim);
+    let err = keeper.ensure_channel().await.expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("400") && text.contains("channelType"),
+        "{text}"
+    );
+    assert!(!err.is_transient(), "{err}");
+    assert_eq!(
+        keeper.client().websocket_type(),
+        callbridge::goto::WebSocketTypeSpelling::WebSockets,
+        "back to the configured spelling"
+    );
+    assert_eq!(answered(&sim, "notification-channel", 400), 2);
+}

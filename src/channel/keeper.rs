@@ -226,6 +226,45 @@ impl ChannelKeeper {
     }
 
     async fn create(&self) -> Result<Channel, ChannelError> {
+        match self.create_once().await {
+            // GoTo's samples spell a WebSocket channel's type both "WebSocket" and "WebSockets",
+            // and which one the live API takes is unknown: a 400 to one is worth one try of the
+            // other, which is then kept (refreshes send it too).
+            Err(ChannelError::Goto { source, .. })
+                if source.status() == Some(400)
+                    && matches!(self.desired, DesiredChannel::WebSocket) =>
+            {
+                let refused = self.client.websocket_type();
+                let other = self.client.switch_websocket_type();
+                tracing::warn!(
+                    refused = refused.as_str(),
+                    trying = other.as_str(),
+                    error = %source,
+                    "GoTo refused the WebSocket channel; trying the other channelType spelling"
+                );
+                match self.create_once().await {
+                    Ok(c) => {
+                        tracing::warn!(channel_type = other.as_str(), "GoTo took this channelType spelling: set channel.websocket_type to it to skip the refused attempt");
+                        Ok(c)
+                    }
+                    Err(e) => {
+                        // Neither spelling: the 400 was about something else. Back to the
+                        // configured one, and report the first refusal.
+                        self.client.switch_websocket_type();
+                        tracing::warn!(error = %e, "the other channelType spelling was refused too");
+                        Err(ChannelError::Goto {
+                            context: "creating the notification channel",
+                            source,
+                        })
+                    }
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// One create, and after a failure that may have created it anyway, a look at the list.
+    async fn create_once(&self) -> Result<Channel, ChannelError> {
         match self
             .client
             .create_channel(&self.nickname, &self.request())

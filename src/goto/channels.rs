@@ -68,7 +68,7 @@ impl GotoClient {
     ) -> Result<Channel, GotoError> {
         let url = self.api_url(&["notification-channel", "v1", "channels", nickname])?;
         let req = ApiRequest::new(CREATE_CHANNEL, url)
-            .json_body(&request.body(self.config().websocket_channel_type))?
+            .json_body(&request.body(self.websocket_type()))?
             .not_idempotent();
         let response = self.transport().send(&req).await?;
         Channel::from_json(&response.body, Some(nickname))
@@ -94,7 +94,7 @@ impl GotoClient {
             channel_id,
         ])?;
         let req = ApiRequest::new(REFRESH_CHANNEL, url)
-            .json_body(&request.body(self.config().websocket_channel_type))?;
+            .json_body(&request.body(self.websocket_type()))?;
         let response = self.transport().send(&req).await?;
         if response.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Channel {

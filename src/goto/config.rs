@@ -26,7 +26,8 @@ pub enum Credential {
 }
 
 /// How a WebSocket channel's `channelType` is spelled on create/refresh. GoTo's own samples use
-/// both spellings and which one the live API insists on is unknown, so it is a setting.
+/// both spellings and which one the live API insists on is unknown, so it is a setting, and the
+/// channel keeper tries the other one when GoTo refuses a create with 400.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 pub enum WebSocketTypeSpelling {
     /// `"WebSockets"` (screen-pop-demo, most third parties). The default.

@@ -62,6 +62,9 @@ struct Inner {
     config: GotoClientConfig,
     api_base: Url,
     transport: Transport,
+    /// The WebSocket `channelType` spelling sent now: the configured one until
+    /// [`GotoClient::switch_websocket_type`] (GoTo unknown #3: which of the two it accepts).
+    websocket_spelling_is_plural: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for GotoClient {
@@ -115,13 +118,37 @@ impl GotoClient {
             limiter.clone(),
         ));
         let transport = Transport::new(http, limiter, auth, policy);
+        let plural = config.websocket_channel_type == WebSocketTypeSpelling::WebSockets;
         Ok(GotoClient {
             inner: Arc::new(Inner {
                 config,
                 api_base,
                 transport,
+                websocket_spelling_is_plural: std::sync::atomic::AtomicBool::new(plural),
             }),
         })
+    }
+
+    /// The WebSocket `channelType` spelling channel creates and refreshes send now.
+    pub fn websocket_type(&self) -> WebSocketTypeSpelling {
+        if self
+            .inner
+            .websocket_spelling_is_plural
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            WebSocketTypeSpelling::WebSockets
+        } else {
+            WebSocketTypeSpelling::WebSocket
+        }
+    }
+
+    /// Sends the other WebSocket `channelType` spelling from now on (GoTo's samples use both,
+    /// and which one the live API takes is unknown); returns it.
+    pub fn switch_websocket_type(&self) -> WebSocketTypeSpelling {
+        self.inner
+            .websocket_spelling_is_plural
+            .fetch_xor(true, std::sync::atomic::Ordering::Relaxed);
+        self.websocket_type()
     }
 
     /// The configuration the client was built with (secrets stay masked in its `Debug`).

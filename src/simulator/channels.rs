@@ -116,6 +116,20 @@ struct ChannelRequest {
     lifetime: Option<u64>,
 }
 
+/// A WebSocket `channelType` spelling the configuration does not accept: 400, as GoTo would
+/// answer a value it does not know.
+fn refuse_unaccepted_spelling(
+    cfg: &super::config::ChannelsConfig,
+    req: &ChannelRequest,
+) -> Result<(), ApiError> {
+    match &req.websocket {
+        Some(spelling) if !cfg.accepted_websocket_types.contains(spelling) => {
+            Err(ApiError::field(API, "channelType", "INVALID"))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn parse_request(body: &[u8], require_type: bool) -> Result<Option<ChannelRequest>, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) && !require_type {
         return Ok(None);
@@ -229,6 +243,7 @@ pub async fn create(
         return Err(ApiError::malformed(API, "empty body"));
     };
     let cfg = &sim.config.channels;
+    refuse_unaccepted_spelling(cfg, &req)?;
     let (id, kind, max) = match (&req.websocket, &req.webhook_url) {
         (Some(spelling), _) => (
             opaque_id(),
@@ -314,6 +329,9 @@ pub async fn refresh(
 ) -> Result<Response, ApiError> {
     authorize(&sim, API, &headers, SCOPES)?;
     let req = parse_request(&body, false)?;
+    if let Some(req) = &req {
+        refuse_unaccepted_spelling(&sim.config.channels, req)?;
+    }
     let now = Instant::now();
     let mut world = sim.world();
     let ch = find(&mut world, &nickname, &id)?;

@@ -188,6 +188,9 @@ pub struct ChannelsConfig {
     pub remove_subscriptions_with_channel: bool,
     /// Spelling of the WebSocket type in responses.
     pub websocket_type_spelling: WebSocketSpelling,
+    /// Spellings of the WebSocket `channelType` accepted on create and refresh; another is
+    /// answered 400 `channelType` `INVALID` (GoTo unknown #3: which of the two it takes).
+    pub accepted_websocket_types: Vec<String>,
     /// Where the WebSocket URL is returned.
     pub websocket_url_location: WebSocketUrlLocation,
     /// Largest accepted `pageSize` of the channel list (also its default).
@@ -209,6 +212,7 @@ impl Default for ChannelsConfig {
             require_https_443: false,
             remove_subscriptions_with_channel: true,
             websocket_type_spelling: WebSocketSpelling::WebSockets,
+            accepted_websocket_types: vec!["WebSocket".into(), "WebSockets".into()],
             websocket_url_location: WebSocketUrlLocation::ChannelData,
             max_page_size: 100,
             refresh_empty_body: false,
