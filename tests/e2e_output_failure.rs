@@ -221,15 +221,11 @@ async fn wait_for_completion(kafka: &KafkaConfig, within: Duration) -> Vec<ReadR
     }
 }
 
-/// Refuses the ordered write of state 2 for good. With `queue_later_outputs`, states 3.. are
-/// published while that request is still unanswered (they queue behind it: one request in
-/// flight), otherwise they arrive only once the next owner has taken over. Either way the
-/// ordered topic must end with every state once, in order, no gap record, one completion.
-async fn refused_output_recovers(queue_later_outputs: bool) {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("callbridge=info")
-        .try_init();
+/// A mock cluster, and the sequencer's shell on it with `source` for back-fill, past its first
+/// takeover of the one partition.
+async fn started(
+    source: Arc<dyn BackfillSource>,
+) -> (Cluster, KafkaConfig, shell::SequencerHandle) {
     let mut kafka = KafkaConfig::default();
     kafka.topics.partitions = 1;
     kafka.topics.replication_factor = 1;
@@ -251,13 +247,27 @@ async fn refused_output_recovers(queue_later_outputs: bool) {
         // The next owner of an unclean hand-over waits this + 5 s.
         session_timeout: Duration::from_secs(2),
     };
-    let source = Arc::new(NothingLeft::default());
-    let sequencer = shell::spawn(config, source.clone(), tokio::runtime::Handle::current());
+    let sequencer = shell::spawn(config, source, tokio::runtime::Handle::current());
     let stats = sequencer.stats.clone();
     wait_for("the first takeover", Duration::from_secs(30), || {
         stats.takeovers.load(Ordering::SeqCst) >= 1
     })
     .await;
+    (cluster, kafka, sequencer)
+}
+
+/// Refuses the ordered write of state 2 for good. With `queue_later_outputs`, states 3.. are
+/// published while that request is still unanswered (they queue behind it: one request in
+/// flight), otherwise they arrive only once the next owner has taken over. Either way the
+/// ordered topic must end with every state once, in order, no gap record, one completion.
+async fn refused_output_recovers(queue_later_outputs: bool) {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("callbridge=info")
+        .try_init();
+    let source = Arc::new(NothingLeft::default());
+    let (cluster, kafka, sequencer) = started(source.clone()).await;
+    let stats = sequencer.stats.clone();
 
     let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
     write_raw(&kafka, &raw, 1..=1).await;
@@ -402,35 +412,11 @@ impl BackfillSource for OversizeState {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_back_filled_state_is_dead_lettered_and_declared_a_gap() {
-    let mut kafka = KafkaConfig::default();
-    kafka.topics.partitions = 1;
-    kafka.topics.replication_factor = 1;
-    let cluster = Cluster::start(&kafka);
-    kafka.bootstrap_servers = cluster.bootstrap.clone();
-    let config = ShellConfig {
-        kafka: kafka.clone(),
-        sequencer: SequencerConfig {
-            gap_timeout: Duration::from_millis(300),
-            backfill_retry_base: Duration::from_millis(100),
-            backfill_retry_max: Duration::from_millis(200),
-            idle_probe_after: Duration::from_secs(600),
-            ..SequencerConfig::default()
-        },
-        checkpoint_interval: Duration::from_millis(100),
-        takeover_timeout: Duration::from_secs(10),
-        backfill_concurrency: 1,
-        member: "replica-under-test".into(),
-        session_timeout: Duration::from_secs(2),
-    };
     let source = Arc::new(OversizeState {
         asked: AtomicU64::new(0),
     });
-    let sequencer = shell::spawn(config, source.clone(), tokio::runtime::Handle::current());
+    let (_cluster, kafka, sequencer) = started(source).await;
     let stats = sequencer.stats.clone();
-    wait_for("the first takeover", Duration::from_secs(30), || {
-        stats.takeovers.load(Ordering::SeqCst) >= 1
-    })
-    .await;
 
     // State 2 never reaches raw: only back-fill has it, and too large to publish.
     let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();

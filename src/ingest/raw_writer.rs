@@ -78,6 +78,20 @@ pub mod headers {
 /// The largest dead-letter value written; longer bodies are cut and flagged.
 pub const DEAD_LETTER_MAX_BYTES: usize = 512 * 1024;
 
+/// A dead-letter value: `body`, cut to [`DEAD_LETTER_MAX_BYTES`] when longer, with its original
+/// length added to `headers` then. (Used by the sequencer's dead letters too: a record Kafka
+/// refuses would end its run.)
+pub fn cut_for_dead_letter(body: &[u8], headers: OwnedHeaders) -> (&[u8], OwnedHeaders) {
+    if body.len() <= DEAD_LETTER_MAX_BYTES {
+        return (body, headers);
+    }
+    let headers = headers.insert(Header {
+        key: headers::ORIGINAL_LENGTH,
+        value: Some(&body.len().to_string()),
+    });
+    (&body[..DEAD_LETTER_MAX_BYTES], headers)
+}
+
 /// Producer for the raw and dead-letter topics.
 #[derive(Clone)]
 pub struct RawWriter {
@@ -198,7 +212,7 @@ impl RawWriter {
         reason: &str,
         detail: &str,
     ) -> Result<(), WriteError> {
-        let mut headers = base_headers(transport)
+        let headers = base_headers(transport)
             .insert(Header {
                 key: headers::DEAD_LETTER_REASON,
                 value: Some(reason),
@@ -207,15 +221,7 @@ impl RawWriter {
                 key: headers::DEAD_LETTER_DETAIL,
                 value: Some(detail),
             });
-        let value = if body.len() > DEAD_LETTER_MAX_BYTES {
-            headers = headers.insert(Header {
-                key: headers::ORIGINAL_LENGTH,
-                value: Some(&body.len().to_string()),
-            });
-            &body[..DEAD_LETTER_MAX_BYTES]
-        } else {
-            body
-        };
+        let (value, headers) = cut_for_dead_letter(body, headers);
         self.send(&self.dead_letter_topic, key, value, headers)
             .await
     }

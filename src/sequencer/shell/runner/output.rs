@@ -133,8 +133,8 @@ impl RunState {
         reason: &str,
         detail: &str,
     ) -> Result<(), ShellError> {
-        use crate::ingest::raw_writer::{headers as h, DEAD_LETTER_MAX_BYTES};
-        let mut headers = OwnedHeaders::new()
+        use crate::ingest::raw_writer::{cut_for_dead_letter, headers as h};
+        let headers = OwnedHeaders::new()
             .insert(Header {
                 key: h::DEAD_LETTER_REASON,
                 value: Some(reason),
@@ -143,16 +143,7 @@ impl RunState {
                 key: h::DEAD_LETTER_DETAIL,
                 value: Some(detail),
             });
-        // Cut like ingest's dead letters: a record Kafka refuses would end the run.
-        let body = if body.len() > DEAD_LETTER_MAX_BYTES {
-            headers = headers.insert(Header {
-                key: h::ORIGINAL_LENGTH,
-                value: Some(&body.len().to_string()),
-            });
-            &body[..DEAD_LETTER_MAX_BYTES]
-        } else {
-            body
-        };
+        let (body, headers) = cut_for_dead_letter(body, headers);
         let topic = self.config.kafka.topics.dead_letter.clone();
         let mut rec = FutureRecord::to(&topic).payload(body).headers(headers);
         if let Some(k) = key {
