@@ -479,3 +479,40 @@ async fn client_rate_limit_paces_requests_under_a_looser_simulator_limit() {
     // The bucket's bound is 2 x rate in a sliding second; one extra for arrival jitter.
     assert!(busiest <= 21, "{busiest}");
 }
+
+/// Back-fill past its retention is answered from the call's report, which keeps every state:
+/// the sequencer's source must not declare a gap GoTo can still fill.
+#[tokio::test]
+async fn a_gap_past_backfill_retention_is_filled_from_the_report() {
+    use callbridge::sequencer::shell::{BackfillSource, Fetched};
+    let sim = start(with_traffic(sim_config(), 2, 4, 6)).await;
+    let truth = traffic_done(&sim).await;
+    let client = client(&sim);
+    sim.control()
+        .patch_faults(&json!({"retention": "1ms"}))
+        .unwrap();
+    for call in &truth.calls {
+        let csid = call.conversation_space_id.as_str();
+        eventually(Duration::from_secs(2), async || {
+            matches!(
+                client.conversation_events(csid, None, None).await.unwrap(),
+                ConversationEvents::NotFound
+            )
+            .then_some(())
+        })
+        .await;
+        let last = call.states.len() as u64;
+        // A gap of states 2..=last-1, as the sequencer would ask.
+        let Fetched::States(states) = client.fetch(csid, 2, Some(last - 1)).await else {
+            panic!("{csid}: not filled from the report");
+        };
+        let seqs: Vec<u64> = states.iter().map(|s| s.sequence_number).collect();
+        assert_eq!(seqs, (2..last).collect::<Vec<_>>(), "{csid}");
+        for s in &states {
+            let expected = &call.states[(s.sequence_number - 1) as usize].state;
+            let got: Value = serde_json::from_str(s.state.get()).unwrap();
+            assert_eq!(&got, expected, "{csid} state {}", s.sequence_number);
+        }
+    }
+    assert!(answered(&sim, "call-events-report", 200) >= truth.calls.len() as u64);
+}

@@ -76,7 +76,15 @@ async fn overlapping_windows_fetch_each_call_once_and_raw_gets_every_state() {
         "each call's states fetched once across three overlapping windows"
     );
 
-    // Raw holds every state of every call.
+    assert_raw_holds_every_state(&kafka, &truth).await;
+    sim.shutdown().await;
+}
+
+/// Raw holds every state of every call of `truth`, each once.
+async fn assert_raw_holds_every_state(
+    kafka: &callbridge::kafka::KafkaConfig,
+    truth: &callbridge::simulator::GroundTruth,
+) {
     let expected: BTreeSet<(String, u64)> = truth
         .calls
         .iter()
@@ -110,5 +118,41 @@ async fn overlapping_windows_fetch_each_call_once_and_raw_gets_every_state() {
         .collect();
     assert_eq!(found, expected, "raw holds exactly the calls' states");
     assert_eq!(records.len(), expected.len(), "each written once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_past_backfill_retention_are_swept_from_their_reports() {
+    let window_start = SystemTime::now();
+    let sim = start(with_traffic(sim_config(), CALLS, 3, 5)).await;
+    let truth = traffic_done(&sim).await;
+    let window_end = SystemTime::now();
+    // Back-fill no longer knows any of the calls (404); their reports keep every state.
+    sim.control()
+        .patch_faults(&serde_json::json!({"retention": "1ms"}))
+        .expect("fault set");
+
+    let broker = Tansu::start();
+    let kafka = broker.kafka(1);
+    ensure_topics(&kafka).await.expect("topics");
+    let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
+    let (_stop, stop_rx) = watch::channel(false);
+    let sweeper = ReportSweeper::spawn(
+        client(&sim),
+        ingest,
+        vec![A1.to_owned(), A2.to_owned(), A3.to_owned()],
+        Duration::ZERO,
+        stop_rx,
+    );
+    let mut swept = sweeper.windows_swept();
+    sweeper.request((window_start, window_end));
+    tokio::time::timeout(Duration::from_secs(30), swept.wait_for(|&k| k > 0))
+        .await
+        .expect("the window is swept within 30 s")
+        .expect("sweeper running");
+    assert!(
+        answered(&sim, "call-events", 404) >= CALLS,
+        "back-fill said 404"
+    );
+    assert_raw_holds_every_state(&kafka, &truth).await;
     sim.shutdown().await;
 }

@@ -230,11 +230,24 @@ async fn sweep(
                 already_swept += 1;
                 continue;
             }
-            match retried("report sweep: fetching a call's states", || {
+            let fetched = match retried("report sweep: fetching a call's states", || {
                 client.conversation_events(&id, None, None)
             })
             .await
             {
+                // Past back-fill's retention: the call's report keeps every state.
+                Ok(ConversationEvents::NotFound) => {
+                    retried("report sweep: reading a call's report", || {
+                        client.report_states(&id)
+                    })
+                    .await
+                    .map(|states| {
+                        states.map_or(ConversationEvents::NotFound, ConversationEvents::Found)
+                    })
+                }
+                other => other,
+            };
+            match fetched {
                 Ok(ConversationEvents::Found(states)) => {
                     let mut complete = true;
                     for s in states {

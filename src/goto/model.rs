@@ -352,6 +352,26 @@ fn backfilled(
     })
 }
 
+/// The `callStates[]` of a Call Events Report (`GET /call-events-report/v1/reports/{id}`): every
+/// state of an ended call, kept after back-fill's retention. A report without the array has
+/// none; an item without a usable `sequenceNumber` is an error, as in back-fill.
+pub(crate) fn decode_report_states(body: &[u8]) -> serde_json::Result<Vec<BackfilledState>> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct WireReport<'a> {
+        #[serde(borrow, default)]
+        call_states: Option<Vec<&'a RawValue>>,
+    }
+    let report: WireReport<'_> = serde_json::from_slice(body)?;
+    report
+        .call_states
+        .into_iter()
+        .flatten()
+        .filter(|s| is_object(s))
+        .map(|s| backfilled(s, None))
+        .collect()
+}
+
 /// A decode failure of ours, as a serde error.
 fn invalid(message: String) -> serde_json::Error {
     serde::de::Error::custom(message)

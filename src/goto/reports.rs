@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use super::endpoint::{REPORT, REPORT_SUMMARIES, SUBSCRIBE_REPORTS};
 use super::error::GotoError;
-use super::model::decode_raw_page;
+use super::model::{decode_raw_page, decode_report_states, BackfilledState};
 use super::paging::fetch_all;
 use super::transport::ApiRequest;
 use super::GotoClient;
@@ -44,6 +44,21 @@ impl GotoClient {
             return Ok(None);
         }
         serde_json::from_slice::<Box<RawValue>>(&response.body)
+            .map(Some)
+            .map_err(|e| GotoError::decode(REPORT, &e))
+    }
+
+    /// The states of an ended call from its report's `callStates[]` (the long-term store,
+    /// kept after back-fill's retention); `None` while there is no report (404: the call has
+    /// not ended, or its report is not ready).
+    pub async fn report_states(
+        &self,
+        conversation_space_id: &str,
+    ) -> Result<Option<Vec<BackfilledState>>, GotoError> {
+        let Some(report) = self.report(conversation_space_id).await? else {
+            return Ok(None);
+        };
+        decode_report_states(report.get().as_bytes())
             .map(Some)
             .map_err(|e| GotoError::decode(REPORT, &e))
     }
