@@ -292,3 +292,33 @@ async fn a_refresh_token_rotated_by_another_process_is_picked_up_from_the_file()
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A file that cannot be written (here: the temporary file beside it is blocked) still holds
+/// the retired token after a rotation: it must not be taken back over the new one in memory.
+#[tokio::test]
+async fn a_refresh_token_file_that_cannot_be_written_does_not_bring_the_retired_token_back() {
+    let mut c = sim_config();
+    c.auth.rotate_refresh_token = true;
+    let sim = start(c).await;
+    let dir = std::env::temp_dir().join(format!("callbridge-rt3-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("refresh-token");
+    std::fs::write(&file, REFRESH_TOKEN).unwrap();
+    // The atomic write goes through `refresh-token.tmp`: a directory there makes it fail, even
+    // for root.
+    std::fs::create_dir_all(dir.join("refresh-token.tmp")).unwrap();
+    let mut cfg = client_config(&sim);
+    cfg.credential = Credential::RefreshToken(Secret::new(REFRESH_TOKEN));
+    cfg.refresh_token_file = Some(file.clone());
+    let client = client_with(cfg);
+    client.list_channels().await.unwrap(); // rotates; the file keeps the retired token
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), REFRESH_TOKEN);
+    sim.control().revoke_tokens();
+    client.list_channels().await.unwrap(); // refreshes with the rotated token, in memory
+    assert_eq!(
+        answered(&sim, "oauth", 400),
+        0,
+        "the retired token was taken back from the file"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

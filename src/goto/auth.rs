@@ -67,6 +67,9 @@ pub(crate) struct TokenManager {
     proactive_timeout: Duration,
     /// Where the refresh token is kept across restarts (see `GotoClientConfig`).
     refresh_token_file: Option<PathBuf>,
+    /// The file's content as this manager last read or wrote it: only a change made by someone
+    /// else is picked up (a file it could not write still holds the token GoTo retired).
+    file_token: Mutex<Option<String>>,
     limiter: Arc<RateLimiter>,
     /// The cache; locked briefly, never across I/O.
     state: Mutex<TokenState>,
@@ -215,6 +218,7 @@ impl TokenManager {
             policy,
             proactive_timeout: request_timeout.min(PROACTIVE_ATTEMPT_TIMEOUT),
             refresh_token_file,
+            file_token: Mutex::new(None),
             limiter,
             state: Mutex::new(TokenState {
                 credential,
@@ -423,6 +427,16 @@ impl TokenManager {
                 return;
             }
         };
+        {
+            let mut seen = self
+                .file_token
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if seen.as_deref() == Some(stored.as_str()) {
+                return; // unchanged since this manager read or wrote it
+            }
+            *seen = Some(stored.clone());
+        }
         let mut state = self.state();
         if let Credential::RefreshToken(current) = &state.credential {
             if !stored.is_empty() && stored != current.expose() {
@@ -441,6 +455,11 @@ impl TokenManager {
         };
         match write_atomically(path, new_rt.expose().as_bytes()).await {
             Ok(()) => {
+                *self
+                    .file_token
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                    Some(new_rt.expose().to_owned());
                 tracing::info!(path = %path.display(), "GoTo issued a new refresh token; written to goto.refresh_token_file")
             }
             Err(e) => tracing::error!(
