@@ -129,15 +129,21 @@ async fn subscription_items_that_keep_failing_with_5xx_end_the_round_as_transien
     assert_eq!(answered(&sim, "call-events", 207), 5, "one 207 per attempt");
 }
 
-#[tokio::test]
-async fn a_repair_recreates_a_channel_that_is_gone() {
-    let sim = start(sim_config()).await;
-    let keeper = keeper(&sim);
-    let mut channel = keeper.ensure_channel().await.expect("channel created");
+/// A channel the keeper created, with every account subscribed.
+async fn subscribed_channel(keeper: &ChannelKeeper) -> callbridge::goto::Channel {
+    let channel = keeper.ensure_channel().await.expect("channel created");
     keeper
         .ensure_subscriptions(&channel)
         .await
         .expect("subscribed");
+    channel
+}
+
+#[tokio::test]
+async fn a_repair_recreates_a_channel_that_is_gone() {
+    let sim = start(sim_config()).await;
+    let keeper = keeper(&sim);
+    let mut channel = subscribed_channel(&keeper).await;
     let old = channel.channel_id.clone();
     assert!(sim.control().delete_channel(&old));
 
@@ -154,11 +160,7 @@ async fn a_repair_recreates_a_channel_that_is_gone() {
 async fn a_404_reading_a_channel_that_is_still_listed_creates_no_second_channel() {
     let sim = start(sim_config()).await;
     let keeper = keeper(&sim);
-    let mut channel = keeper.ensure_channel().await.expect("channel created");
-    keeper
-        .ensure_subscriptions(&channel)
-        .await
-        .expect("subscribed");
+    let mut channel = subscribed_channel(&keeper).await;
     // GoTo documents reading one channel only by claim: a route that answers 404 while the
     // (observed) listing still shows the channel.
     sim.control()

@@ -197,6 +197,18 @@ async fn released_epochs(kafka: &KafkaConfig) -> Vec<u64> {
         .collect()
 }
 
+/// The sequence numbers of the state records, in topic order.
+fn published_states(records: &[ReadRecord]) -> Vec<u64> {
+    records
+        .iter()
+        .filter(|r| kind(r) == "state")
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            v["sequenceNumber"].as_u64().unwrap()
+        })
+        .collect()
+}
+
 fn kind(r: &ReadRecord) -> &str {
     r.header("callbridge-kind").unwrap_or("?")
 }
@@ -338,14 +350,7 @@ async fn refused_output_recovers(queue_later_outputs: bool) {
         .collect();
     println!("ordered topic: {stream:?}");
 
-    let states: Vec<u64> = records
-        .iter()
-        .filter(|r| kind(r) == "state")
-        .map(|r| {
-            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
-            v["sequenceNumber"].as_u64().unwrap()
-        })
-        .collect();
+    let states = published_states(&records);
     let gaps = records.iter().filter(|r| kind(r) == "gap").count();
     let completions = records.iter().filter(|r| kind(r) == "completion").count();
     assert_eq!(
@@ -426,14 +431,7 @@ async fn an_oversize_back_filled_state_is_dead_lettered_and_declared_a_gap() {
     let takeovers = stats.takeovers.load(Ordering::SeqCst);
     tokio::task::block_in_place(|| sequencer.shutdown());
 
-    let states: Vec<u64> = records
-        .iter()
-        .filter(|r| kind(r) == "state")
-        .map(|r| {
-            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
-            v["sequenceNumber"].as_u64().unwrap()
-        })
-        .collect();
+    let states = published_states(&records);
     let gaps: Vec<(u64, u64)> = records
         .iter()
         .filter(|r| kind(r) == "gap")

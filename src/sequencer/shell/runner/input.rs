@@ -378,8 +378,6 @@ impl RunState {
         );
         for (seq, body, reason, detail) in unusable {
             tracing::warn!(conversation = %conv, partition = p, sequence_number = seq, reason, %detail, "back-filled state dead-lettered");
-            metrics::counter!("callbridge_dead_letter_records_total", "reason" => reason)
-                .increment(1);
             self.dead_letter(p, Some(conv.as_bytes()), body.as_bytes(), reason, &detail)?;
         }
         self.execute(p)
