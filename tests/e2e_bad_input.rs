@@ -143,6 +143,16 @@ async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
         .await
         .unwrap();
     assert_eq!(conflict.status(), 200);
+    // A call whose first state is its ENDING, then one more state: GoTo sends ENDING last, so
+    // the sequencer sets the later one aside as `after_ending` (not as a conflict).
+    let mut ending = call_state("c-ended", 1, "state-end");
+    ending["content"]["state"]["type"] = json!("ENDING");
+    let ended = post(serde_json::to_vec(&ending).unwrap()).await.unwrap();
+    assert_eq!(ended.status(), 200);
+    let after = post(serde_json::to_vec(&call_state("c-ended", 2, "state-late")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 200);
     // A state ingest can route but the sequencer cannot fingerprint (a number beyond f64):
     // accepted at ingest, which reads routing fields only, and dead-lettered by the sequencer.
     let huge = post(
@@ -160,7 +170,7 @@ async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
     let other = post(serde_json::to_vec(&json!({"source":"call-events-report","type":"REPORT_SUMMARY","content":{"conversationSpaceId":"c-r"}})).unwrap()).await.unwrap();
     assert_eq!(other.status(), 200);
 
-    let dlq = wait_for_records(&kafka, &kafka.topics.dead_letter, cases.len() + 2).await;
+    let dlq = wait_for_records(&kafka, &kafka.topics.dead_letter, cases.len() + 3).await;
     let mut reasons: Vec<&str> = dlq
         .iter()
         .filter_map(|r| r.header("callbridge-dead-letter-reason"))
@@ -168,6 +178,7 @@ async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
     reasons.sort();
     let mut expected: Vec<&str> = cases.iter().map(|c| c.2).collect();
     expected.push("conflicting_duplicate");
+    expected.push("after_ending");
     expected.push("invalid_json");
     expected.sort();
     assert_eq!(reasons, expected);
@@ -203,6 +214,19 @@ async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
     assert!(dlq
         .iter()
         .all(|r| r.header("callbridge-dead-letter-detail").is_some()));
+    let late = dlq
+        .iter()
+        .find(|r| r.header("callbridge-dead-letter-reason") == Some("after_ending"))
+        .expect("the state after ENDING is dead-lettered");
+    assert_eq!(late.key.as_deref(), Some("c-ended"));
+    assert!(
+        late.header("callbridge-dead-letter-detail")
+            .is_some_and(|d| d.contains("sequence 2") && d.contains("ENDING")),
+        "{:?}",
+        late.header("callbridge-dead-letter-detail")
+    );
+    let late_body: serde_json::Value = serde_json::from_slice(&late.value).unwrap();
+    assert_eq!(late_body["state"]["id"], "state-late");
     assert!(
         dlq.iter().any(|r| r.key.as_deref() == Some("c-huge")
             && r.header("callbridge-dead-letter-reason") == Some("invalid_json")),
@@ -259,10 +283,13 @@ async fn malformed_bodies_are_answered_and_dead_lettered_with_their_reason() {
         "callbridge_webhook_responses_total{status=\"413\",outcome=\"dead_lettered\"} 3",
         "callbridge_webhook_responses_total{status=\"202\",outcome=\"dead_lettered\"} 4",
         "callbridge_webhook_responses_total{status=\"200\",outcome=\"other_source\"} 1",
-        "callbridge_webhook_responses_total{status=\"200\",outcome=\"accepted\"} 5",
+        "callbridge_webhook_responses_total{status=\"200\",outcome=\"accepted\"} 7",
         "callbridge_conflicting_duplicates_total 1",
+        "callbridge_sequencer_dead_letters_total{reason=\"conflicting_duplicate\"} 1",
+        "callbridge_sequencer_dead_letters_total{reason=\"after_ending\"} 1",
+        "callbridge_sequencer_dead_letters_total{reason=\"invalid_json\"} 1",
         "callbridge_duplicates_dropped_total 1",
-        "callbridge_states_published_total{origin=\"webhook\"} 2",
+        "callbridge_states_published_total{origin=\"webhook\"} 3",
         "callbridge_other_source_notifications_total{outcome=\"dropped\"} 1",
         "callbridge_goto_requests_total{endpoint=\"POST /oauth/token\",status=\"200\"} 1",
     ];

@@ -132,6 +132,33 @@ pub enum DeadLetterReason {
     InvalidSequence,
 }
 
+impl DeadLetterReason {
+    /// The dead-letter record's reason header and the metric label: one word an operator can
+    /// filter on, spelled like ingest's reasons.
+    pub fn code(self) -> &'static str {
+        match self {
+            DeadLetterReason::ConflictingDuplicate => "conflicting_duplicate",
+            DeadLetterReason::AfterEnding => "after_ending",
+            DeadLetterReason::InvalidSequence => "invalid_sequence_number",
+        }
+    }
+
+    /// What the dead-letter record's detail header says about state `sequence_number`.
+    pub fn detail(self, sequence_number: u64) -> String {
+        match self {
+            DeadLetterReason::ConflictingDuplicate => {
+                format!("sequence {sequence_number} was already seen with different content")
+            }
+            DeadLetterReason::AfterEnding => format!(
+                "sequence {sequence_number} came after the call's ENDING state, which GoTo sends last"
+            ),
+            DeadLetterReason::InvalidSequence => {
+                format!("sequence {sequence_number} is 0 or 2^64-1, which no call state has")
+            }
+        }
+    }
+}
+
 /// Result of a back-fill request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackfillOutcome<P> {

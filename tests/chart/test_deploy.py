@@ -123,7 +123,8 @@ def test_alerts_cover_the_issue(alerts):
         r"rate\(callbridge_channel_reconnects_total\[5m\]\)",
         r"kube_pod_status_ready",
         r"callbridge_raw_consumer_lag",
-        r"rate\(callbridge_dead_letter_records_total\[15m\]\)\) > 0$",
+        r"rate\(callbridge_dead_letter_records_total\[15m\]\)\) > 0 or ",
+        r"rate\(callbridge_sequencer_dead_letters_total\[15m\]\)\) > 0$",
         r'callbridge_webhook_responses_total\{status="503"\}',
     ]
     for pattern in want:

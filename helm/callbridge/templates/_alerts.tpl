@@ -127,12 +127,14 @@ groups:
             {{`{{ $value | humanize }}`}} raw records wait for the sequencer and the backlog keeps
             growing: end-to-end latency rises. Check the sequencer's partitions, Kafka and CPU.
       - alert: CallbridgeDeadLetterGrowing
-        expr: sum by (namespace, reason) (rate(callbridge_dead_letter_records_total[15m])) > 0
+        expr: sum by (namespace, reason) (rate(callbridge_dead_letter_records_total[15m])) > 0 or sum by (namespace, reason) (rate(callbridge_sequencer_dead_letters_total[15m])) > 0
         labels:
           severity: warning
         annotations:
           summary: Notifications are being dead-lettered (reason {{`{{ $labels.reason }}`}})
           description: >-
-            Bodies that could not be processed go to the dead-letter topic with the reason and the
-            failing field in headers. Inspect them: a GoTo payload change shows up here first.
+            Bodies that could not be processed (by ingest, or states the sequencer set aside: a
+            conflicting duplicate, a state after ENDING) go to the dead-letter topic with the
+            reason and the failing field in headers. Inspect them: a GoTo payload change shows up
+            here first.
 {{- end }}

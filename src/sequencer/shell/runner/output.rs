@@ -94,23 +94,21 @@ impl RunState {
                 Action::DeadLetter {
                     conversation,
                     sequence_number,
+                    reason,
                     payload,
-                    ..
                 } => {
                     let body = format!(
                         "{{\"metadata\":{},\"state\":{}}}",
                         payload.metadata.get(),
                         payload.state.get()
                     );
-                    let detail = format!(
-                        "sequence {sequence_number} was already seen with different content"
-                    );
-                    tracing::warn!(conversation = %conversation, partition = p, sequence_number, "conflicting duplicate dead-lettered");
+                    let detail = reason.detail(sequence_number);
+                    tracing::warn!(conversation = %conversation, partition = p, sequence_number, reason = reason.code(), "state dead-lettered");
                     self.dead_letter(
                         p,
                         Some(conversation.as_text().as_bytes()),
                         body.as_bytes(),
-                        "conflicting_duplicate",
+                        reason.code(),
                         &detail,
                     )?;
                 }
@@ -130,7 +128,7 @@ impl RunState {
         p: i32,
         key: Option<&[u8]>,
         body: &[u8],
-        reason: &str,
+        reason: &'static str,
         detail: &str,
     ) -> Result<(), ShellError> {
         use crate::ingest::raw_writer::{cut_for_dead_letter, headers as h};
@@ -150,6 +148,8 @@ impl RunState {
             rec = rec.key(k);
         }
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("callbridge_sequencer_dead_letters_total", "reason" => reason)
+            .increment(1);
         let fut = self.enqueue(rec, &topic)?;
         self.track(p, fut, false);
         Ok(())
