@@ -81,6 +81,7 @@ pub struct RunningBridge {
     servers: Vec<tokio::task::JoinHandle<()>>,
     stop_servers: watch::Sender<bool>,
     sequencer_handle: Option<shell::SequencerHandle>,
+    role: watch::Receiver<Role>,
     election: Option<ChannelElection>,
     ingest: Ingest,
     readiness: Readiness,
@@ -122,6 +123,15 @@ async fn bind(pre: Option<TcpListener>, addr: SocketAddr) -> Result<TcpListener,
 
 /// Starts everything; returns once the bridge is up (channel set up, sequencer started).
 pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<RunningBridge, AppError> {
+    let mut bridge = launch(config, listeners).await?;
+    bridge.started().await?;
+    Ok(bridge)
+}
+
+/// Starts everything and returns at once, before the channel is up: [`RunningBridge::started`]
+/// waits for that. Split so that `run` can take a SIGTERM while the channel is still being set
+/// up, which can last as long as GoTo is unreachable.
+async fn launch(config: BridgeConfig, listeners: Listeners) -> Result<RunningBridge, AppError> {
     // The recorder first: a task that takes a metric handle before it exists (the back-fill
     // worker's queue gauge) would keep a no-op handle for good.
     crate::ops::prometheus();
@@ -216,7 +226,7 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
 
     let election =
         ChannelElection::start(&config.kafka, &member, config.channel.owner_session_timeout)?;
-    let mut role = election.role();
+    let role = election.role();
     let duty = ChannelDuty {
         client: client.clone(),
         ingest: ingest.clone(),
@@ -232,28 +242,6 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
         channel_tx,
         stop_rx.clone(),
     )));
-    // Start-up completes once this replica knows its role and, as the owner, has the channel up
-    // (or failed for good: a missing scope or bad credentials stop the process with the fix).
-    let mut ready = channel_rx.clone();
-    loop {
-        let r = *role.borrow_and_update();
-        let c = ready.borrow_and_update().clone();
-        match (r, c) {
-            (Role::Standby, _) => break,
-            (Role::Owner, ChannelState::Ready(_)) => break,
-            (Role::Owner, ChannelState::Failed(e)) => {
-                return Err(AppError::Channel(channel::ChannelError::Goto {
-                    context: "setting up the notification channel",
-                    source: GotoError::Config { detail: e },
-                }))
-            }
-            _ => {}
-        }
-        tokio::select! {
-            changed = role.changed() => if changed.is_err() { break },
-            changed = ready.changed() => if changed.is_err() { break },
-        }
-    }
     Ok(RunningBridge {
         webhook_addr,
         admin_addr,
@@ -264,6 +252,7 @@ pub async fn start(config: BridgeConfig, listeners: Listeners) -> Result<Running
         servers,
         stop_servers,
         sequencer_handle: Some(sequencer_handle),
+        role,
         election: Some(election),
         ingest,
         readiness,
@@ -326,6 +315,31 @@ fn member_name() -> String {
 }
 
 impl RunningBridge {
+    /// Waits until this replica knows its role and, as the owner, has the channel up; fails
+    /// when the channel failed for good (a missing scope or bad credentials: the error gives the
+    /// fix).
+    pub async fn started(&mut self) -> Result<(), AppError> {
+        let mut state = self.channel.clone();
+        loop {
+            let r = *self.role.borrow_and_update();
+            let c = state.borrow_and_update().clone();
+            match (r, c) {
+                (Role::Standby, _) | (Role::Owner, ChannelState::Ready(_)) => return Ok(()),
+                (Role::Owner, ChannelState::Failed(e)) => {
+                    return Err(AppError::Channel(channel::ChannelError::Goto {
+                        context: "setting up the notification channel",
+                        source: GotoError::Config { detail: e },
+                    }))
+                }
+                _ => {}
+            }
+            tokio::select! {
+                changed = self.role.changed() => if changed.is_err() { return Ok(()) },
+                changed = state.changed() => if changed.is_err() { return Ok(()) },
+            }
+        }
+    }
+
     /// Stops in order: not ready, channel duty and background tasks, hand the channel over,
     /// drain the sequencer, then no new webhooks, and flush what was accepted.
     ///
@@ -383,11 +397,49 @@ impl RunningBridge {
 }
 
 /// `callbridge run`: starts, waits for `shutdown`, stops.
+///
+/// `shutdown` is watched from the first moment, start-up included: in a container the process
+/// is PID 1, which the kernel gives no default action for SIGTERM, so a signal that arrives
+/// before a handler exists is ignored, and a pod whose owner waits for an unreachable GoTo
+/// would sit out its grace period and be killed without leaving its consumer groups.
 pub async fn run(config: BridgeConfig, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-    let bridge = start(config, Listeners::default()).await?;
-    tracing::info!(webhook = ?bridge.webhook_addr, admin = %bridge.admin_addr, "callbridge running");
-    shutdown.await;
-    tracing::info!("shutting down");
+    run_on(config, Listeners::default(), shutdown).await
+}
+
+/// [`run`] on pre-bound listeners.
+pub async fn run_on(
+    config: BridgeConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    tokio::pin!(shutdown);
+    let mut bridge = tokio::select! {
+        launched = launch(config, listeners) => launched?,
+        () = &mut shutdown => {
+            tracing::info!("shutdown requested while checking Kafka's topics; stopping");
+            return Ok(());
+        }
+    };
+    let started = tokio::select! {
+        started = bridge.started() => Some(started),
+        () = &mut shutdown => None,
+    };
+    match started {
+        Some(Ok(())) => {
+            tracing::info!(webhook = ?bridge.webhook_addr, admin = %bridge.admin_addr, "callbridge running");
+            shutdown.await;
+            tracing::info!("shutting down");
+        }
+        Some(Err(e)) => {
+            // Leave the consumer groups and the election cleanly before reporting the fix.
+            bridge.shutdown().await;
+            return Err(e);
+        }
+        None => tracing::info!(
+            channel = ?*bridge.channel.borrow(),
+            "shutdown requested before start-up finished; shutting down"
+        ),
+    }
     bridge.shutdown().await;
     Ok(())
 }

@@ -41,13 +41,25 @@ async fn sigterm_under_load_answering_on_receipt_loses_no_accepted_notification(
     assert!(queued > 0, "no state was answered on receipt");
 }
 
-/// Runs the scenario with `webhook.answer = answer` and `extra` TOML; returns how many answers
-/// said `queued`.
-async fn sigterm_under_load(answer: &str, extra: &str) -> usize {
-    let broker = Tansu::start();
-    let mut sim_config = SimulatorConfig::default();
-    sim_config.scheduler.autostart = false;
-    let sim = simulator::start(sim_config).await.unwrap();
+/// A `callbridge run` child process and what the test needs to talk to it.
+struct Bridge {
+    child: std::process::Child,
+    webhook_port: u16,
+    admin_port: u16,
+    secret: String,
+    /// Every line the process logged, once its stderr closed.
+    log_reader: std::thread::JoinHandle<Vec<String>>,
+    _dir: TempDir,
+}
+
+/// Starts the real binary against `sim` and `broker`, with `webhook.answer = answer` and
+/// `extra` TOML, logging JSON at debug level.
+fn spawn_bridge(
+    sim: &simulator::RunningSimulator,
+    broker: &Tansu,
+    answer: &str,
+    extra: &str,
+) -> Bridge {
     let (webhook_port, admin_port) = (free_port(), free_port());
     let secret = "s".repeat(16) + &uuid::Uuid::new_v4().simple().to_string();
     let dir = TempDir::new("shutdown");
@@ -92,7 +104,6 @@ level = "debug"
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Every log line of the run, for the secret check at the end.
     let stderr = child.stderr.take().unwrap();
     let log_reader = std::thread::spawn(move || {
         use std::io::BufRead;
@@ -101,6 +112,108 @@ level = "debug"
             .map_while(Result::ok)
             .collect::<Vec<String>>()
     });
+    Bridge {
+        child,
+        webhook_port,
+        admin_port,
+        secret,
+        log_reader,
+        _dir: dir,
+    }
+}
+
+fn sigterm(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// SIGTERM while the owner still waits for its channel (GoTo refuses the subscriptions with a
+/// 503, which the bridge retries for as long as it takes): the process stops cleanly instead of
+/// ignoring the signal (in a container it is PID 1, which has no default action for SIGTERM;
+/// outside one the default kills it, which is what this test would see without a handler).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_during_start_up_stops_cleanly() {
+    let broker = Tansu::start();
+    let mut sim_config = SimulatorConfig::default();
+    sim_config.scheduler.autostart = false;
+    sim_config.faults.subscription_item_status = Some(503);
+    let sim = simulator::start(sim_config).await.unwrap();
+    let Bridge {
+        mut child,
+        admin_port,
+        log_reader,
+        _dir,
+        ..
+    } = spawn_bridge(&sim, &broker, "after_kafka", "");
+    // Start-up is under way and waiting on GoTo once the admin server says the channel is down.
+    let http = reqwest::Client::new();
+    let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = serde_json::Value::Null;
+    loop {
+        if let Ok(r) = http.get(&readyz).send().await {
+            last = r.json().await.unwrap_or_default();
+            if last["checks"]["channel"]["state"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("Down"))
+            {
+                break;
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "callbridge exited during start-up with {status}:\n{}",
+                log_reader.join().unwrap().join("\n")
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the owner never reported its channel down: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sigterm(&child);
+    let exited = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("the bridge did not stop after SIGTERM")
+    .unwrap()
+    .unwrap();
+    let log = log_reader.join().unwrap();
+    assert!(
+        exited.success(),
+        "callbridge exited with {exited}:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("shutdown requested before start-up finished")),
+        "{}",
+        log.join("\n")
+    );
+    sim.shutdown().await;
+}
+
+/// Runs the scenario with `webhook.answer = answer` and `extra` TOML; returns how many answers
+/// said `queued`.
+async fn sigterm_under_load(answer: &str, extra: &str) -> usize {
+    let broker = Tansu::start();
+    let mut sim_config = SimulatorConfig::default();
+    sim_config.scheduler.autostart = false;
+    let sim = simulator::start(sim_config).await.unwrap();
+    let Bridge {
+        mut child,
+        webhook_port,
+        admin_port,
+        secret,
+        log_reader,
+        _dir,
+    } = spawn_bridge(&sim, &broker, answer, extra);
     let http = reqwest::Client::new();
     let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -158,11 +271,7 @@ level = "debug"
         assert!(Instant::now() < deadline, "load never got going");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sigterm(&child);
     // Readiness turns false first; the webhook server keeps answering while the rest drains
     // (Kubernetes keeps routing to a terminating pod whose Service publishes not-ready
     // addresses). Polled: the only sign of it is the other process's answer.
