@@ -1,7 +1,8 @@
 //! `callbridge run`: wires config, GoTo, ingest, the sequencer and the admin endpoints together
 //! and shuts them down in order.
 //!
-//! Start-up order matters: topics are checked first (nothing is accepted that cannot be written),
+//! Start-up order matters: the admin server answers first (alive, not ready), topics are checked
+//! next, waiting for Kafka while it cannot be reached (nothing is accepted that cannot be written),
 //! the webhook server listens before the channel is created (GoTo verifies the URL at creation),
 //! and the sequencer starts independently of the GoTo side (it only needs Kafka and the REST API).
 //! Shutdown: readiness goes false, the channel is handed over, the sequencer drains, checkpoints
@@ -16,7 +17,7 @@ use crate::config::bridge::{ChannelKind, WebhookAnswer};
 use crate::config::BridgeConfig;
 use crate::goto::{Credential, GotoClient, GotoClientConfig, GotoError, WebSocketTypeSpelling};
 use crate::ingest::{webhook, Ingest, RawWriter};
-use crate::kafka::{ensure_topics, TopicError};
+use crate::kafka::{ensure_topics, TopicError, TopicLayout};
 use crate::ops::{self, Readiness};
 use crate::sequencer::shell::{self, ShellConfig, ShellStats};
 use std::future::Future;
@@ -112,6 +113,36 @@ pub fn goto_client(config: &BridgeConfig) -> Result<GotoClient, GotoError> {
     GotoClient::new(c)
 }
 
+/// Checks (and creates) the topics, waiting with backoff while Kafka cannot be reached; what
+/// waiting cannot fix (a missing topic with creation off, partition counts that differ, a
+/// refused creation, bad credentials) stops start-up with its fix.
+async fn topics_when_kafka_answers(config: &BridgeConfig) -> Result<TopicLayout, AppError> {
+    let mut pause = Duration::from_millis(500);
+    loop {
+        // librdkafka's metadata calls block (up to 10 s each): off the runtime's workers, which
+        // serve `/healthz` meanwhile.
+        let kafka = config.kafka.clone();
+        let attempt = tokio::task::spawn_blocking(move || {
+            tokio::runtime::Handle::current().block_on(ensure_topics(&kafka))
+        })
+        .await;
+        let checked = match attempt {
+            Ok(checked) => checked,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        match checked {
+            Ok(layout) => return Ok(layout),
+            Err(e) if e.is_transient() => {
+                metrics::gauge!("callbridge_kafka_reachable").set(0.0);
+                tracing::warn!(error = %e, retry_in = ?pause, "kafka cannot be reached at start-up; waiting for it");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 async fn bind(pre: Option<TcpListener>, addr: SocketAddr) -> Result<TcpListener, AppError> {
     match pre {
         Some(l) => Ok(l),
@@ -135,13 +166,7 @@ async fn launch(config: BridgeConfig, listeners: Listeners) -> Result<RunningBri
     // The recorder first: a task that takes a metric handle before it exists (the back-fill
     // worker's queue gauge) would keep a no-op handle for good.
     crate::ops::prometheus();
-    let layout = ensure_topics(&config.kafka).await?;
-    tracing::info!(partitions = layout.partitions, "kafka topics ready");
     let client = goto_client(&config)?;
-    let mut ingest = Ingest::new(RawWriter::new(&config.kafka)?);
-    if config.webhook.answer == WebhookAnswer::OnReceipt {
-        ingest = ingest.answering_on_receipt(config.webhook.on_receipt_limit);
-    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let (stop_servers, stop_servers_rx) = watch::channel(false);
     let (channel_tx, channel_rx) = watch::channel(ChannelState::Starting);
@@ -149,6 +174,9 @@ async fn launch(config: BridgeConfig, listeners: Listeners) -> Result<RunningBri
     let mut servers = Vec::new();
     let readiness = Readiness::new(channel_rx.clone());
 
+    // The admin server first: while Kafka is unreachable at start-up, `/healthz` says the
+    // process is alive and `/readyz` says why it is not ready, instead of a crash loop whose
+    // back-off outlasts the outage.
     let admin_listener = bind(listeners.admin, config.admin.listen).await?;
     let admin_addr = admin_listener
         .local_addr()
@@ -161,6 +189,12 @@ async fn launch(config: BridgeConfig, listeners: Listeners) -> Result<RunningBri
         readiness.clone(),
         stop_servers_rx.clone(),
     )));
+    let layout = topics_when_kafka_answers(&config).await?;
+    tracing::info!(partitions = layout.partitions, "kafka topics ready");
+    let mut ingest = Ingest::new(RawWriter::new(&config.kafka)?);
+    if config.webhook.answer == WebhookAnswer::OnReceipt {
+        ingest = ingest.answering_on_receipt(config.webhook.on_receipt_limit);
+    }
 
     let member = member_name();
     let shell_config = ShellConfig {

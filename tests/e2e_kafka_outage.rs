@@ -181,3 +181,79 @@ async fn a_websocket_session_waits_out_kafka_without_reconnecting() {
     assert_eq!(v.never_announced_calls, 0, "a call was lost as a whole");
     assert!(v.is_perfect(), "the ordered topic is not perfect:\n{v}");
 }
+
+/// Kafka unreachable when the bridge starts: instead of exiting (a pod would crash-loop, and
+/// Kubernetes' back-off can outlast the outage by minutes), start-up waits for it, with the
+/// admin server already answering: `/healthz` alive, `/readyz` not ready, naming Kafka. Once the
+/// broker is up, start-up completes on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn start_up_waits_for_kafka_instead_of_exiting() {
+    use callbridge::app::{self, Listeners};
+    use callbridge::config::bridge::ChannelKind;
+    use callbridge::demo::bridge_config;
+
+    let mut broker = Tansu::start();
+    broker.stop();
+    let mut sim_config = simulator::SimulatorConfig::default();
+    sim_config.scheduler.autostart = false;
+    let sim = simulator::start(sim_config).await.unwrap();
+    let kafka = broker.kafka(2);
+    let webhook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let config = bridge_config(
+        &sim.base_url(),
+        kafka,
+        ChannelKind::Webhook,
+        webhook.local_addr().unwrap(),
+    );
+    let starting = tokio::spawn(app::start(
+        config,
+        Listeners {
+            webhook: Some(webhook),
+            admin: Some(admin),
+        },
+    ));
+
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = http.get(format!("http://{admin_addr}/readyz")).send().await;
+        let alive = http
+            .get(format!("http://{admin_addr}/healthz"))
+            .send()
+            .await;
+        if let (Ok(ready), Ok(alive)) = (ready, alive) {
+            assert_eq!(alive.status(), 200, "alive while waiting for Kafka");
+            assert_eq!(ready.status(), 503);
+            let body: serde_json::Value = ready.json().await.unwrap();
+            assert_eq!(body["checks"]["kafka"]["ok"], false, "{body}");
+            break;
+        }
+        assert!(
+            !starting.is_finished(),
+            "start-up ended while Kafka was down: {:?}",
+            starting.await.map(|r| r.err())
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the admin server never answered while Kafka was down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Still waiting, not given up, after librdkafka's first metadata timeout (10 s) has passed.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < deadline {
+        assert!(!starting.is_finished(), "start-up gave up on Kafka");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    broker.restart();
+    let bridge = tokio::time::timeout(Duration::from_secs(90), starting)
+        .await
+        .expect("start-up did not complete once Kafka was back")
+        .unwrap()
+        .expect("start-up failed once Kafka was back");
+    bridge.shutdown().await;
+    sim.shutdown().await;
+}

@@ -57,6 +57,34 @@ pub enum TopicError {
     },
 }
 
+impl TopicError {
+    /// Whether waiting may fix it: the cluster could not be reached or was not ready to answer
+    /// (a broker restarting, a Service without endpoints yet). Refusals, missing topics, bad
+    /// partition counts, credentials and client configuration are not.
+    pub fn is_transient(&self) -> bool {
+        use RDKafkaErrorCode as C;
+        let TopicError::Kafka { source, .. } = self else {
+            return false;
+        };
+        matches!(
+            source.rdkafka_error_code(),
+            Some(
+                C::OperationTimedOut
+                    | C::RequestTimedOut
+                    | C::BrokerTransportFailure
+                    | C::AllBrokersDown
+                    | C::Resolve
+                    | C::NetworkException
+                    | C::BrokerNotAvailable
+                    | C::LeaderNotAvailable
+                    | C::NotController
+                    | C::CoordinatorNotAvailable
+                    | C::CoordinatorLoadInProgress
+            )
+        )
+    }
+}
+
 /// Partition count shared by raw, ordered and changelog.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TopicLayout {
