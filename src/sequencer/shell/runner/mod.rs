@@ -274,6 +274,11 @@ impl ConsumerContext for ShellContext {
                     tracing::error!(partition = p, error = %err, "draining a revoked partition failed");
                     st.failed.get_or_insert(err);
                 }
+                // Each release is bounded (`takeover_timeout`), but they run one after another
+                // inside this callback: a hand-over of many partitions while Kafka is slow
+                // must not look like a stuck loop to `/healthz` and get the pod killed in the
+                // middle of it.
+                st.stats.heartbeat_ms.store(epoch_ms(), Ordering::Relaxed);
             }
         }
     }
