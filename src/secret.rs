@@ -1,7 +1,7 @@
 //! Secrets that must never reach a log line, an error message or a metrics label.
 //!
 //! Every credential callbridge holds (GoTo client secret, personal access token, refresh token,
-//! webhook path secret, Kafka SASL password) is a [`Secret`]: its `Debug` and `Display` print
+//! webhook path secret, Kafka SASL password, TLS key password) is a [`Secret`]: its `Debug` and `Display` print
 //! `***`, and the only way to read it is the explicit [`Secret::expose`], so a leak is greppable.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -52,9 +52,51 @@ impl From<&str> for Secret {
     }
 }
 
+/// Accepts any scalar as its string form: a password of digits written unquoted in TOML
+/// (`password = 1234`) is the password `"1234"`, not a type error that would print it. (The
+/// environment gives secrets as their exact text, see `config::bridge`, so `0123` keeps its zero
+/// there; TOML itself normalises unquoted numbers, which is why docs/configuration.md says to
+/// quote secrets.) Type errors (a list, a table) never carry the value.
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
+        d.deserialize_any(SecretVisitor)
+    }
+}
+
+struct SecretVisitor;
+
+impl serde::de::Visitor<'_> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string (or a number or boolean, taken as its text)")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+        Ok(Secret::new(v))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+        Ok(Secret(v))
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+    fn visit_char<E: serde::de::Error>(self, v: char) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
     }
 }
 
@@ -79,5 +121,23 @@ mod tests {
         assert_eq!(format!("{s} {s:?}"), "*** ***");
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"***\"");
         assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn any_scalar_is_taken_as_its_text() {
+        for (json, text) in [
+            ("\"hunter2\"", "hunter2"),
+            ("424242", "424242"),
+            ("-17", "-17"),
+            ("4.25", "4.25"),
+            ("true", "true"),
+        ] {
+            let s: Secret = serde_json::from_str(json).unwrap();
+            assert_eq!(s.expose(), text, "{json}");
+        }
+        let err = serde_json::from_str::<Secret>("[\"hunter2\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }

@@ -4,18 +4,24 @@
 //! Nested keys map to environment variables with `__` between levels
 //! (`kafka.topics.raw` ↔ `CALLBRIDGE_KAFKA__TOPICS__RAW`). Secrets never need to be in the TOML:
 //! each one can come from its environment variable or from a `*_file` key pointing at a mounted
-//! file. [`BridgeConfig::validate`] reports every bad key at once, with the value and the fix.
+//! file. A key of the wrong type or an unknown key stops loading at the first one (serde stops
+//! there); once the types are right, [`BridgeConfig::validate`] reports every bad value at once,
+//! with the key, the value and the fix. Secret values never appear in either.
 
 use super::{Invalid, InvalidReport};
 use crate::kafka::KafkaConfig;
 use crate::secret::Secret;
 use crate::sequencer::SequencerConfig;
 use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The longest `channel.report_sweep_lookback` accepted.
+const MAX_REPORT_SWEEP_LOOKBACK: Duration = Duration::from_secs(31 * 24 * 3600);
 
 /// The whole configuration of `callbridge run`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -343,9 +349,35 @@ const SECTIONS: &[&str] = &[
     "shutdown",
 ];
 
-/// `CALLBRIDGE_<SECTION>__<KEY>` variables. Other `CALLBRIDGE_*` variables are not keys and are
-/// left alone: `CALLBRIDGE_CONFIG` (the file's path) and the service links Kubernetes injects
-/// for a Service named `callbridge` (`CALLBRIDGE_SERVICE_HOST`, `CALLBRIDGE_PORT_8080_TCP`, …).
+/// The keys holding secrets: their values are never printed, and their environment variables are
+/// taken as written (see [`SecretEnvironment`]).
+const SECRET_KEYS: &[&str] = &[
+    "goto.client_secret",
+    "goto.personal_access_token",
+    "goto.refresh_token",
+    "webhook.secret",
+    "kafka.sasl.password",
+    "kafka.tls.key_password",
+];
+
+/// Whether the dotted `key` is a secret or lies inside one (`kafka.sasl.password.0`).
+fn is_secret(key: &str) -> bool {
+    SECRET_KEYS.iter().any(|s| {
+        key.strip_prefix(s)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    })
+}
+
+/// Whether an environment variable name (prefix stripped, e.g. `KAFKA__SASL__PASSWORD`) sets a
+/// secret key.
+fn is_secret_variable(name: &str) -> bool {
+    is_secret(&name.to_ascii_lowercase().replace("__", "."))
+}
+
+/// `CALLBRIDGE_<SECTION>__<KEY>` variables, secrets excepted (see [`SecretEnvironment`]). Other
+/// `CALLBRIDGE_*` variables are not keys and are left alone: `CALLBRIDGE_CONFIG` (the file's
+/// path) and the service links Kubernetes injects for a Service named `callbridge`
+/// (`CALLBRIDGE_SERVICE_HOST`, `CALLBRIDGE_PORT_8080_TCP`, …).
 fn environment() -> Env {
     Env::prefixed("CALLBRIDGE_")
         .filter(|key| {
@@ -353,9 +385,44 @@ fn environment() -> Env {
             SECTIONS.iter().any(|s| {
                 key.strip_prefix(s)
                     .is_some_and(|rest| rest.starts_with("__"))
-            })
+            }) && !is_secret_variable(&key)
         })
         .split("__")
+}
+
+/// The secret keys' `CALLBRIDGE_*` variables, each taken as the exact text of the variable.
+/// figment's environment provider parses values (`0123` becomes the number 123, `4.50` the
+/// number 4.5, `"x"` loses its quotes), which would silently change a password.
+struct SecretEnvironment(Vec<(String, String)>);
+
+impl SecretEnvironment {
+    /// The secret keys among `variables` (name, value), as dotted key and value.
+    fn new(variables: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self(
+            variables
+                .into_iter()
+                .filter_map(|(name, value)| {
+                    let name = name.to_ascii_lowercase();
+                    let key = name.strip_prefix("callbridge_")?.replace("__", ".");
+                    is_secret(&key).then_some((key, value))
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Provider for SecretEnvironment {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("`CALLBRIDGE_` environment variable(s)")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut secrets = Figment::new();
+        for (key, value) in &self.0 {
+            secrets = secrets.merge(Serialized::default(key, value));
+        }
+        secrets.data()
+    }
 }
 
 impl BridgeConfig {
@@ -374,7 +441,11 @@ impl BridgeConfig {
             }
             figment = figment.merge(Toml::file(p));
         }
-        figment = figment.merge(environment());
+        figment = figment
+            .merge(environment())
+            .merge(SecretEnvironment::new(std::env::vars_os().filter_map(
+                |(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)),
+            )));
         Self::from_figment(figment)
     }
 
@@ -432,6 +503,12 @@ impl BridgeConfig {
         )?;
         let w = &mut self.webhook;
         read("webhook.secret_file", &w.secret_file, &mut w.secret)?;
+        let s = &mut self.kafka.sasl;
+        read(
+            "kafka.sasl.password_file",
+            &s.password_file,
+            &mut s.password,
+        )?;
         Ok(())
     }
 
@@ -490,20 +567,35 @@ impl BridgeConfig {
                 ));
             }
         }
-        for event in &g.events {
-            if !matches!(event.as_str(), "STARTING" | "ACTIVE" | "ENDING") {
+        const EVENTS: [&str; 3] = ["STARTING", "ACTIVE", "ENDING"];
+        for (i, event) in g.events.iter().enumerate() {
+            if !EVENTS.contains(&event.as_str()) {
                 report.push(Invalid::new(
                     "goto.events",
                     event,
                     "STARTING, ACTIVE or ENDING",
                 ));
+            } else if g.events[..i].contains(event) {
+                report.push(Invalid::new(
+                    "goto.events",
+                    event,
+                    "each event listed once: [\"STARTING\", \"ACTIVE\", \"ENDING\"]",
+                ));
             }
         }
-        if g.events.len() < 3 {
+        let missing: Vec<&str> = EVENTS
+            .into_iter()
+            .filter(|e| !g.events.iter().any(|x| x == e))
+            .collect();
+        if !missing.is_empty() {
             report.push(Invalid::new(
                 "goto.events",
-                &format!("{:?}", g.events),
-                "all of STARTING, ACTIVE and ENDING: a gap-free stream needs every state",
+                &format!("[{}]", g.events.join(", ")),
+                &format!(
+                    "each of STARTING, ACTIVE and ENDING (missing: {}): a gap-free stream needs \
+                     every state, so set [\"STARTING\", \"ACTIVE\", \"ENDING\"]",
+                    missing.join(", ")
+                ),
             ));
         }
         if g.requests_per_second == 0 {
@@ -533,6 +625,46 @@ impl BridgeConfig {
                 "channel.ping_interval",
                 "0s",
                 "a duration > 0, e.g. \"8s\"",
+            ));
+        }
+        if c.repair_interval.is_zero() {
+            report.push(Invalid::new(
+                "channel.repair_interval",
+                "0s",
+                "a duration > 0, e.g. \"5m\" (the period of the channel and subscription check)",
+            ));
+        }
+        // The sweep's window starts `now - lookback`: a lookback beyond the clock's reach would
+        // panic at the first channel set-up, and GoTo's reports do not go back years anyway.
+        if c.report_sweep_lookback > MAX_REPORT_SWEEP_LOOKBACK {
+            report.push(Invalid::new(
+                "channel.report_sweep_lookback",
+                &humantime::format_duration(c.report_sweep_lookback).to_string(),
+                "at most 31 days, e.g. \"2m\" (how far back a new channel owner sweeps GoTo's reports)",
+            ));
+        }
+        if c.max_missed_pongs == 0 {
+            report.push(Invalid::new(
+                "channel.max_missed_pongs",
+                "0",
+                "at least 1 (0 would reconnect at every ping), e.g. 3",
+            ));
+        }
+        if c.reconnect_base.is_zero() {
+            report.push(Invalid::new(
+                "channel.reconnect_base",
+                "0s",
+                "a duration > 0, e.g. \"500ms\" (0 would retry a failing channel without pause)",
+            ));
+        }
+        if c.reconnect_max < c.reconnect_base {
+            report.push(Invalid::new(
+                "channel.reconnect_max",
+                &humantime::format_duration(c.reconnect_max).to_string(),
+                &format!(
+                    "at least channel.reconnect_base ({}), e.g. \"30s\"",
+                    humantime::format_duration(c.reconnect_base)
+                ),
             ));
         }
         if c.websocket_frames_in_flight == 0 {
@@ -629,7 +761,7 @@ impl BridgeConfig {
     }
 }
 
-/// Turns figment's error into key / value / fix.
+/// Turns figment's error into key / value / fix. The value of a secret key is never shown.
 fn explain(e: &figment::Error) -> Invalid {
     use figment::error::Kind;
     let key = if e.path.is_empty() {
@@ -637,32 +769,252 @@ fn explain(e: &figment::Error) -> Invalid {
     } else {
         e.path.join(".")
     };
+    let secret = is_secret(&key);
     let origin = e
         .metadata
         .as_ref()
         .map(|m| format!(" (from {})", m.name))
         .unwrap_or_default();
+    let shown = |actual: &dyn std::fmt::Display| {
+        if secret {
+            format!("<redacted>{origin}")
+        } else {
+            format!("{actual}{origin}")
+        }
+    };
     match &e.kind {
-        Kind::InvalidType(actual, expected) => {
-            Invalid::new(&key, &format!("{actual}{origin}"), expected)
-        }
-        Kind::InvalidValue(actual, expected) => {
-            Invalid::new(&key, &format!("{actual}{origin}"), expected)
-        }
-        Kind::UnknownField(field, allowed) => Invalid::new(
-            &if e.path.is_empty() {
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => Invalid::new(
+            &key,
+            &shown(actual),
+            &expected_in_words(&e.path, actual, expected),
+        ),
+        Kind::UnknownField(field, allowed) => {
+            // figment's path already ends with the unknown field.
+            let key = if e.path.last() == Some(field) {
+                key
+            } else if e.path.is_empty() {
                 field.clone()
             } else {
                 format!("{key}.{field}")
-            },
-            &format!("unknown key{origin}"),
-            &format!("one of: {}", allowed.join(", ")),
-        ),
-        Kind::UnknownVariant(v, allowed) => Invalid::new(
+            };
+            Invalid::new(
+                &key,
+                &format!("unknown key{origin}"),
+                &format!("one of: {}", allowed.join(", ")),
+            )
+        }
+        Kind::UnknownVariant(v, allowed) => {
+            Invalid::new(&key, &shown(v), &format!("one of: {}", allowed.join(", ")))
+        }
+        Kind::Message(message) => {
+            if let Some(syntax) = toml_syntax_error(message, e.metadata.as_ref()) {
+                syntax
+            } else if secret {
+                Invalid::new(
+                    &key,
+                    &format!("<redacted>{origin}"),
+                    "a string (the error is not shown: it could quote the secret)",
+                )
+            } else {
+                Invalid::new(&key, origin.trim(), message)
+            }
+        }
+        other if secret => Invalid::new(
             &key,
-            &format!("{v}{origin}"),
-            &format!("one of: {}", allowed.join(", ")),
+            &format!("<redacted>{origin}"),
+            &format!("a string ({})", kind_name(other)),
         ),
-        other => Invalid::new(&key, &origin, &other.to_string()),
+        other => Invalid::new(&key, origin.trim(), &other.to_string()),
+    }
+}
+
+/// A short, value-free name for an unusual figment error kind.
+fn kind_name(kind: &figment::error::Kind) -> &'static str {
+    use figment::error::Kind;
+    match kind {
+        Kind::InvalidLength(..) => "wrong number of items",
+        Kind::MissingField(_) => "missing field",
+        Kind::DuplicateField(_) => "duplicate field",
+        _ => "unsupported value",
+    }
+}
+
+/// serde's expectation, said in words: `u32` becomes "a whole number from 0 to 4294967295";
+/// an account key given as a number (an unquoted list in `CALLBRIDGE_GOTO__ACCOUNT_KEYS`) gets
+/// the hint to quote it.
+fn expected_in_words(path: &[String], actual: &figment::error::Actual, expected: &str) -> String {
+    use figment::error::Actual;
+    let number = matches!(
+        actual,
+        Actual::Unsigned(_) | Actual::Signed(_) | Actual::Float(_)
+    );
+    if number
+        && path.first().map(String::as_str) == Some("goto")
+        && path.get(1).map(String::as_str) == Some("account_keys")
+    {
+        return "a string: quote each account key, e.g. account_keys = [\"1234567890123456789\"] in \
+                TOML or CALLBRIDGE_GOTO__ACCOUNT_KEYS='[\"1234567890123456789\"]' (unquoted, a key \
+                is read as a number)"
+            .into();
+    }
+    let (low, high): (i128, i128) = match expected {
+        "u8" => (0, u8::MAX.into()),
+        "u16" => (0, u16::MAX.into()),
+        "u32" => (0, u32::MAX.into()),
+        "u64" | "usize" => return "a whole number, 0 or more (no quotes, no decimals)".into(),
+        "i8" => (i8::MIN.into(), i8::MAX.into()),
+        "i16" => (i16::MIN.into(), i16::MAX.into()),
+        "i32" => (i32::MIN.into(), i32::MAX.into()),
+        "i64" | "isize" => return "a whole number (no quotes, no decimals)".into(),
+        "f32" | "f64" => return "a number".into(),
+        other => return other.to_string(),
+    };
+    format!("a whole number from {low} to {high} (no quotes, no decimals)")
+}
+
+/// figment hands a TOML syntax error over as toml's text: a `TOML parse error at line L, column
+/// C` header, the offending line quoted under it, then what is wrong. The quoted line can hold a
+/// secret (an unterminated `password = "…`), so only the file, the position, the key written on
+/// that line (read from the file, names only) and the description are kept.
+fn toml_syntax_error(message: &str, metadata: Option<&Metadata>) -> Option<Invalid> {
+    let mut lines = message.lines();
+    let position = lines.next()?.strip_prefix("TOML parse error at line ")?;
+    let (line, column) = position.split_once(", column ")?;
+    let line: usize = line.trim().parse().ok()?;
+    let column: usize = column.trim().parse().ok()?;
+    let quoted = format!("{line} |");
+    let what: Vec<&str> = lines
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.starts_with(&quoted))
+        .collect();
+    let file = metadata.and_then(|m| m.source.as_ref()?.file_path());
+    let key = file
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|text| key_on_line(&text, line));
+    let mut what = if what.is_empty() {
+        "the file does not parse".to_string()
+    } else {
+        what.join("; ")
+    };
+    if what.contains("string") {
+        what.push_str("; e.g. a quote not closed");
+    }
+    let place = match file {
+        Some(f) => format!("{} line {line}, column {column}", f.display()),
+        None => format!("line {line}, column {column}"),
+    };
+    Some(Invalid::new(
+        key.as_deref().unwrap_or("--config"),
+        &format!("TOML syntax error at {place}"),
+        &format!(
+            "valid TOML there ({what}); the line is not repeated here as it may hold a secret"
+        ),
+    ))
+}
+
+/// The configuration key written on 1-based `line` of a TOML text (`password` under
+/// `[kafka.sasl]` is `kafka.sasl.password`), or the table a header line opens. Only key names
+/// are returned, never text after `=`; `None` when the line holds no recognisable key.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    fn dotted(k: &str) -> Option<String> {
+        let parts: Vec<&str> = k.split('.').map(str::trim).collect();
+        let bare = parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+        (bare && SECTIONS.contains(&parts[0])).then(|| parts.join("."))
+    }
+    fn header(t: &str) -> Option<&str> {
+        t.strip_prefix("[[")
+            .and_then(|r| r.split_once("]]"))
+            .or_else(|| t.strip_prefix('[').and_then(|r| r.split_once(']')))
+            .map(|(h, _)| h.trim())
+    }
+    let mut table = String::new();
+    for (i, l) in text.split('\n').enumerate() {
+        let t = l.trim();
+        let opened = header(t);
+        if i + 1 == line {
+            if let Some(h) = opened {
+                return dotted(h);
+            }
+            let (k, _) = t.split_once('=')?;
+            let k = k.trim();
+            return if table.is_empty() {
+                dotted(k)
+            } else {
+                dotted(&format!("{table}.{k}"))
+            };
+        }
+        if let Some(h) = opened {
+            table = h.to_string();
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::error::{Actual, Kind};
+
+    #[test]
+    fn secret_values_are_redacted_whatever_figment_reports() {
+        for kind in [
+            Kind::InvalidType(Actual::Unsigned(424242), "a string".into()),
+            Kind::InvalidValue(Actual::Str("424242".into()), "a string".into()),
+            Kind::UnknownVariant("424242".into(), &["a"]),
+            Kind::Message("invalid value 424242".into()),
+        ] {
+            for key in [
+                "kafka.sasl.password",
+                "goto.client_secret",
+                "kafka.tls.key_password",
+            ] {
+                let e = figment::Error::from(kind.clone()).with_path(key);
+                let shown = explain(&e).to_string();
+                assert!(shown.starts_with(key), "{shown}");
+                assert!(!shown.contains("424242"), "{shown}");
+            }
+        }
+        // Other keys keep their value: it is what the operator has to find.
+        let e = figment::Error::from(Kind::InvalidType(Actual::Unsigned(7), "a string".into()))
+            .with_path("goto.client_id");
+        assert!(explain(&e).to_string().contains("`7`"));
+    }
+
+    #[test]
+    fn secrets_from_the_environment_keep_their_exact_text() {
+        let env = SecretEnvironment::new(
+            [
+                ("CALLBRIDGE_KAFKA__SASL__PASSWORD", "0123"),
+                ("CALLBRIDGE_KAFKA__TLS__KEY_PASSWORD", "4.50"),
+                ("CALLBRIDGE_GOTO__CLIENT_SECRET", "\"quoted\""),
+                ("CALLBRIDGE_GOTO__REFRESH_TOKEN", "[1,2]"),
+                ("CALLBRIDGE_KAFKA__TOPICS__RAW", "not-a-secret"),
+                ("OTHER_KAFKA__SASL__PASSWORD", "not-ours"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let c: BridgeConfig = Figment::from(Serialized::defaults(BridgeConfig::default()))
+            .merge(env)
+            .extract()
+            .unwrap();
+        assert_eq!(c.kafka.sasl.password.expose(), "0123");
+        assert_eq!(c.kafka.tls.key_password.expose(), "4.50");
+        assert_eq!(c.goto.client_secret.expose(), "\"quoted\"");
+        assert_eq!(c.goto.refresh_token.expose(), "[1,2]");
+        assert_eq!(c.kafka.topics.raw, KafkaConfig::default().topics.raw);
+    }
+
+    #[test]
+    fn the_key_of_a_broken_line_is_found_without_its_value() {
+        let text = "[goto]\nclient_id = \"x\"\n\n[kafka.sasl]\npassword = \"hunter2\n[log]\n";
+        assert_eq!(key_on_line(text, 2).as_deref(), Some("goto.client_id"));
+        assert_eq!(key_on_line(text, 5).as_deref(), Some("kafka.sasl.password"));
+        assert_eq!(key_on_line(text, 4).as_deref(), Some("kafka.sasl"));
+        assert_eq!(key_on_line(text, 3), None);
+        assert_eq!(key_on_line("hunter2 = 1", 1), None);
     }
 }

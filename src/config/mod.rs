@@ -1,7 +1,9 @@
 //! Configuration errors that explain themselves.
 //!
-//! A bad setting is reported as the key, the value found and what would be valid, all of them
-//! at once, so an operator fixes a config file in one pass instead of one error per restart.
+//! A bad setting is reported as the key, the value found and what would be valid. A key of the
+//! wrong type, an unknown key or a TOML syntax error stops loading at the first one (serde and
+//! figment stop there), so those come one at a time; once every key has its type, every bad
+//! value is reported at once, so an operator fixes those in one pass.
 
 use std::fmt;
 
@@ -13,7 +15,7 @@ pub use bridge::{BridgeConfig, LoadError};
 pub struct Invalid {
     /// Dotted key, e.g. `kafka.topics.partitions`.
     pub key: String,
-    /// The value found (never a secret: callers pass `<set>`/`<unset>` for those).
+    /// The value found (never a secret: callers pass `<set>`/`<unset>`/`<redacted>` for those).
     pub value: String,
     /// What would be valid, phrased as the fix.
     pub expected: String,

@@ -2,8 +2,9 @@
 //! properties.
 //!
 //! Typed settings cover what operators set most (bootstrap servers, TLS, SASL, topic names);
-//! everything else passes through `librdkafka` untouched. Setting a property both ways is an
-//! error rather than a silent override, so a config file never means two things.
+//! everything else passes through `librdkafka` untouched. Setting a property both ways, or
+//! passing one callbridge sets on its clients itself, is an error rather than a silent override,
+//! so a config file never means two things.
 
 use crate::config::{Invalid, InvalidReport};
 use crate::secret::Secret;
@@ -32,8 +33,47 @@ pub struct KafkaConfig {
     /// How long ingest waits for Kafka to acknowledge a notification before answering 503.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
-    /// Any other librdkafka property, passed through as is (for example `"linger.ms" = "1"`).
+    /// Any other librdkafka property, passed through as is (for example `"linger.ms" = "1"`; a
+    /// number or boolean is taken as its text, so `"linger.ms" = 1` works too).
+    #[serde(deserialize_with = "properties_as_text")]
     pub librdkafka: BTreeMap<String, String>,
+}
+
+/// librdkafka takes every property as text; a TOML number or boolean (what the Helm chart
+/// renders for `linger.ms: 5`) is that text, not a type error that stops the process.
+fn properties_as_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Text(String);
+    impl<'de> Deserialize<'de> for Text {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl serde::de::Visitor<'_> for Visitor {
+                type Value = Text;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a string, number or boolean (librdkafka's property value)")
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+                fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+                fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+                fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+                fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+            }
+            d.deserialize_any(Visitor)
+        }
+    }
+    let map = BTreeMap::<String, Text>::deserialize(d)?;
+    Ok(map.into_iter().map(|(k, Text(v))| (k, v)).collect())
 }
 
 impl Default for KafkaConfig {
@@ -92,7 +132,9 @@ pub struct SaslConfig {
     pub username: String,
     /// SASL password; prefer `CALLBRIDGE_KAFKA__SASL__PASSWORD` or `password_file`.
     pub password: Secret,
-    /// A file holding the password (for example a mounted Kubernetes Secret).
+    /// A file holding the password (for example a mounted Kubernetes Secret). Read when the
+    /// configuration is loaded (a missing file fails `check-config`), and again whenever a Kafka
+    /// client is created, so a rotated Secret reaches new clients.
     pub password_file: Option<PathBuf>,
 }
 
@@ -124,7 +166,7 @@ impl Default for TlsConfig {
     }
 }
 
-/// `[kafka.topics]`: the four topics of the pipeline.
+/// `[kafka.topics]`: the topics of the pipeline (five, six with `other_sources`).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TopicsConfig {
@@ -142,7 +184,7 @@ pub struct TopicsConfig {
     /// One-partition topic whose consumer group elects the replica that owns the GoTo channel
     /// (no records are written to it).
     pub channel_owner: String,
-    /// Partitions of `raw`, `ordered` and `changelog` when callbridge creates them.
+    /// Partitions of every topic callbridge creates except `channel_owner` (always 1).
     pub partitions: i32,
     /// Replication factor of topics callbridge creates.
     pub replication_factor: i32,
@@ -214,6 +256,39 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
          what is queued behind it, not leave a hole), and the raw producer is not idempotent",
     ),
     (
+        "ssl.endpoint.identification.algorithm",
+        "remove it: set kafka.tls.endpoint_identification (true = https, false = none), which \
+         callbridge turns into this property",
+    ),
+    (
+        "session.timeout.ms",
+        "remove it: set sequencer_io.session_timeout (the sequencer's consumer group) or \
+         channel.owner_session_timeout (the channel election); callbridge sets each consumer's \
+         session timeout from them",
+    ),
+    (
+        "heartbeat.interval.ms",
+        "remove it: callbridge sets it to a third of each consumer's session timeout; change \
+         sequencer_io.session_timeout or channel.owner_session_timeout instead",
+    ),
+    (
+        "partition.assignment.strategy",
+        "remove it: callbridge's consumers always use cooperative-sticky, so a replica joining \
+         or leaving moves only the partitions that must move (an eager assignor revokes every \
+         partition, and each is released and taken over again)",
+    ),
+    (
+        "auto.offset.reset",
+        "remove it: callbridge chooses where each consumer starts (the sequencer reads the raw \
+         topic from its earliest record, so nothing written is skipped; the election from the \
+         latest)",
+    ),
+    (
+        "statistics.interval.ms",
+        "remove it: callbridge sets it per consumer (5000 ms for the sequencer's lag metrics, \
+         50 ms for the readers that wait for high watermarks); its values are what those rely on",
+    ),
+    (
         "message.max.bytes",
         "remove it: callbridge sets it to 1000000 and routes only bodies whose raw and ordered \
          records fit under it (larger ones are dead-lettered as oversize); a lower value would \
@@ -258,11 +333,17 @@ impl KafkaConfig {
                     "the SASL user name (required by security_protocol sasl_*)",
                 ));
             }
-            if self.sasl.password.is_empty() && self.sasl.password_file.is_none() {
+            // `BridgeConfig::load` has read `password_file` into `password` by now.
+            if self.sasl.password.is_empty() {
                 report.push(Invalid::new(
                     "kafka.sasl.password",
-                    "<unset>",
-                    "set CALLBRIDGE_KAFKA__SASL__PASSWORD or kafka.sasl.password_file",
+                    if self.sasl.password_file.is_some() {
+                        "<empty file>"
+                    } else {
+                        "<unset>"
+                    },
+                    "set CALLBRIDGE_KAFKA__SASL__PASSWORD or kafka.sasl.password_file (a file \
+                     holding the password)",
                 ));
             }
         }
@@ -277,13 +358,17 @@ impl KafkaConfig {
         }
         self.validate_ack_timeout(report);
         let topics = &self.topics;
-        for (key, name) in [
+        let mut named = vec![
             ("kafka.topics.raw", &topics.raw),
             ("kafka.topics.ordered", &topics.ordered),
             ("kafka.topics.changelog", &topics.changelog),
             ("kafka.topics.dead_letter", &topics.dead_letter),
             ("kafka.topics.channel_owner", &topics.channel_owner),
-        ] {
+        ];
+        if let Some(other) = &topics.other_sources {
+            named.push(("kafka.topics.other_sources", other));
+        }
+        for (key, name) in &named {
             if !valid_topic_name(name) {
                 report.push(Invalid::new(
                     key,
@@ -292,19 +377,15 @@ impl KafkaConfig {
                 ));
             }
         }
-        let names = [
-            &topics.raw,
-            &topics.ordered,
-            &topics.changelog,
-            &topics.dead_letter,
-            &topics.channel_owner,
-        ];
-        for (i, a) in names.iter().enumerate() {
-            if names[i + 1..].contains(a) {
+        for (i, (key, name)) in named.iter().enumerate() {
+            if let Some((first, _)) = named[..i].iter().find(|(_, n)| n == name) {
                 report.push(Invalid::new(
-                    "kafka.topics",
-                    a,
-                    "raw, ordered, changelog and dead_letter must be four different topics",
+                    key,
+                    name,
+                    &format!(
+                        "a topic other than {first}'s: raw, ordered, changelog, dead_letter, \
+                         channel_owner and other_sources (when set) must all be different topics"
+                    ),
                 ));
             }
         }
@@ -345,11 +426,11 @@ impl KafkaConfig {
                 c.set("sasl.mechanism", m);
             }
             c.set("sasl.username", &self.sasl.username);
+            // The file was read at load time; it is read again so a rotated Secret reaches a
+            // client created later (a takeover's reader, a restarted election).
             let password = match &self.sasl.password_file {
-                Some(path) if self.sasl.password.is_empty() => {
-                    std::fs::read_to_string(path)?.trim_end().to_string()
-                }
-                _ => self.sasl.password.expose().to_string(),
+                Some(path) => std::fs::read_to_string(path)?.trim_end().to_string(),
+                None => self.sasl.password.expose().to_string(),
             };
             c.set("sasl.password", password);
         }
@@ -471,9 +552,81 @@ mod tests {
     fn same_topic_twice_is_refused() {
         let mut c = KafkaConfig::default();
         c.topics.ordered = c.topics.raw.clone();
-        assert!(problems(&c)
-            .iter()
-            .any(|p| p.contains("four different topics")));
+        let p = problems(&c);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("kafka.topics.ordered: \"callbridge.raw\"")
+                && p[0].contains("other than kafka.topics.raw's")
+                && p[0].contains("must all be different topics"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn other_sources_is_checked_like_the_other_topics() {
+        let mut c = KafkaConfig::default();
+        c.topics.other_sources = Some(c.topics.ordered.clone());
+        let p = problems(&c);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("kafka.topics.other_sources: \"callbridge.call-states\"")
+                && p[0].contains("kafka.topics.ordered"),
+            "{p:?}"
+        );
+        c.topics.other_sources = Some("other sources!".into());
+        let p = problems(&c);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("kafka.topics.other_sources: \"other sources!\"")
+                && p[0].contains("[a-zA-Z0-9._-]"),
+            "{p:?}"
+        );
+        c.topics.other_sources = Some("callbridge.other-sources".into());
+        assert!(problems(&c).is_empty());
+    }
+
+    #[test]
+    fn properties_the_consumers_set_themselves_are_refused_with_the_key_to_use() {
+        for (property, fix) in [
+            ("session.timeout.ms", "sequencer_io.session_timeout"),
+            (
+                "heartbeat.interval.ms",
+                "a third of each consumer's session timeout",
+            ),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("auto.offset.reset", "earliest record"),
+            ("statistics.interval.ms", "lag metrics"),
+            (
+                "ssl.endpoint.identification.algorithm",
+                "kafka.tls.endpoint_identification",
+            ),
+        ] {
+            let mut c = KafkaConfig::default();
+            c.librdkafka.insert(property.into(), "1".into());
+            let p = problems(&c);
+            assert_eq!(p.len(), 1, "{property}: {p:?}");
+            assert!(
+                p[0].starts_with(&format!("kafka.librdkafka.\"{property}\"")) && p[0].contains(fix),
+                "{p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_tests_and_the_bench_pass_through_stays_allowed() {
+        let mut c = KafkaConfig::default();
+        for property in [
+            "linger.ms",
+            "fetch.wait.max.ms",
+            "queue.buffering.max.kbytes",
+            "queue.buffering.max.messages",
+            "max.in.flight.requests.per.connection",
+            "compression.type",
+            "socket.nagle.disable",
+        ] {
+            c.librdkafka.insert(property.into(), "1".into());
+        }
+        assert!(problems(&c).is_empty(), "{:?}", problems(&c));
     }
 
     #[test]
