@@ -210,6 +210,9 @@ struct Sim<'a> {
     lag: Vec<Vec<u8>>,
     /// Raw offset → (conv, seq) of each live delivery.
     offsets: Vec<(usize, u64)>,
+    /// Some back-fill answers take up to two hours (the shell's queue behind GoTo's 10
+    /// requests/s), longer than `closed_retention`.
+    slow_answers: bool,
 }
 
 impl<'a> Sim<'a> {
@@ -231,6 +234,7 @@ impl<'a> Sim<'a> {
                 .map(|c| c.states.iter().map(|st| st.lag).collect())
                 .collect(),
             offsets: Vec::new(),
+            slow_answers: false,
         }
     }
 
@@ -300,7 +304,12 @@ impl<'a> Sim<'a> {
                         !self.pending.iter().any(|p| p.conv == c),
                         "two back-fills in flight for conversation {c}"
                     );
-                    let at = Timestamp(self.now.0 + self.rng.gen_range(0..300));
+                    let delay = if self.slow_answers && self.rng.gen_ratio(1, 3) {
+                        self.rng.gen_range(0..2 * 3_600_000)
+                    } else {
+                        self.rng.gen_range(0..300)
+                    };
+                    let at = Timestamp(self.now.0 + delay);
                     self.pending.push(Pending {
                         at,
                         conv: c,
@@ -581,6 +590,110 @@ proptest! {
             prop_assert_eq!(b.stream(c), expected_stream(&s, c), "conversation {}", c);
         }
         prop_assert!(a.dead.is_empty() && b.dead.is_empty());
+        prop_assert_eq!(b.seq.len(), 0);
+    }
+}
+
+/// One changelog write of owner A, and what a takeover right after it starts from.
+struct Snapshot {
+    changelog: BTreeMap<String, ConversationCheckpoint>,
+    /// `raw_low_watermark` of the progress record: the held state's offset, else the next one.
+    raw_low_watermark: usize,
+    /// How far A had read raw: what the shell announces to B (raw's high watermark is at least
+    /// that).
+    raw_end: usize,
+    topic_len: usize,
+    now: Timestamp,
+}
+
+/// Per conversation, the ordered topic must be one contiguous run of states and gaps from 1,
+/// each sequence once, closed by at most one completion at its end.
+fn assert_exactly_once(topic: &[(usize, Out)], convs: usize) {
+    for c in 0..convs {
+        let mut next = 1;
+        let mut done = false;
+        for (cc, out) in topic {
+            if *cc != c {
+                continue;
+            }
+            assert!(!done, "conversation {c}: {out:?} after its completion");
+            match out {
+                Out::Pub(seq, _) => {
+                    assert_eq!(*seq, next, "conversation {c}: state {seq} out of place");
+                    next = seq + 1;
+                }
+                Out::Gap(from, to, _) => {
+                    assert_eq!(
+                        *from, next,
+                        "conversation {c}: gap {from}-{to} out of place"
+                    );
+                    next = to + 1;
+                }
+                Out::Done(last, _) => {
+                    assert_eq!(last + 1, next, "conversation {c}: completion");
+                    done = true;
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// The shell's real takeover: restore the changelog and re-read raw from the progress
+    /// record's low watermark only, while back-fill answers may take longer than
+    /// `closed_retention`. A call forgotten while the watermark still lies below its states
+    /// would be read again as a new one and published twice.
+    #[test]
+    fn takeover_at_the_raw_low_watermark_with_slow_backfills_duplicates_nothing(
+        s in scenario(false),
+        pick in any::<prop::sample::Index>(),
+    ) {
+        let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
+        let evs = events(&s, &mut rng);
+        let mut a = Sim::new(&s, 5, Timestamp(0));
+        a.slow_answers = true;
+        let mut changelog: BTreeMap<String, ConversationCheckpoint> = BTreeMap::new();
+        let mut snapshots = Vec::new();
+        let mut flush_rng = ChaCha8Rng::seed_from_u64(s.seed ^ 7);
+        a.run(&evs, true, |sim| {
+            if flush_rng.gen_ratio(1, 4) {
+                for (id, cp) in sim.seq.take_dirty() {
+                    match cp {
+                        Some(cp) => { changelog.insert(id.to_string(), cp); }
+                        None => { changelog.remove(&id.to_string()); }
+                    }
+                }
+                let next_raw = sim.offsets.len();
+                snapshots.push(Snapshot {
+                    changelog: changelog.clone(),
+                    raw_low_watermark: sim
+                        .seq
+                        .raw_low_watermark()
+                        .map_or(next_raw, |o| usize::try_from(o).expect("our offsets")),
+                    raw_end: next_raw,
+                    topic_len: sim.topic.len(),
+                    now: sim.now,
+                });
+            }
+        });
+        assert_exactly_once(&a.topic, s.convs.len());
+        if snapshots.is_empty() {
+            return Ok(());
+        }
+        // A dies right after one of its changelog writes (everything it sent is indexed).
+        let snap = &snapshots[pick.index(snapshots.len())];
+        let mut b = Sim::new(&s, 6, snap.now);
+        for (id, cp) in &snap.changelog {
+            b.seq.restore(id, *cp, b.now);
+        }
+        b.seq.restored_raw_end(i64::try_from(snap.raw_end).expect("our offsets"));
+        b.topic = a.topic[..snap.topic_len].to_vec();
+        // Raw offsets are delivery indexes: B reads raw again from the watermark on.
+        b.offsets = a.offsets[..snap.raw_low_watermark].to_vec();
+        b.run(&evs[snap.raw_low_watermark..], true, |_| {});
+        assert_exactly_once(&b.topic, s.convs.len());
         prop_assert_eq!(b.seq.len(), 0);
     }
 }

@@ -29,9 +29,13 @@
 //! - every published/dead-lettered payload is one that was delivered for that conversation and
 //!   sequence, is emitted once, and a held state is the one published (first seen wins);
 //! - dead letters have a reason that holds (a conflicting duplicate really differs, an
-//!   after-ending state really is above an ENDING, invalid sequences are 0/`u64::MAX`); a late
-//!   duplicate inside the conflict window with another fingerprint is never silently dropped, nor
-//!   is a conflicting copy of a held state;
+//!   after-ending state really is above an ENDING, invalid sequences are 0/`u64::MAX`, an
+//!   implausible one is more than `MAX_SEQUENCE_AHEAD` above `next`, one inside a declared gap
+//!   was declared a gap by this sequencer, within the conflict window); a late duplicate inside
+//!   the conflict window with another fingerprint, or for a sequence declared a gap, is never
+//!   silently dropped, nor is a conflicting copy of a held state;
+//! - gap records: `Gone` only from a back-fill answer; after a tick, no front hole without an
+//!   answer awaited is older than `gap_timeout + backfill_max_wait`;
 //! - back-fill requests: never two in flight, `from == next`, a gap request ends just below the
 //!   first held state, a probe only when nothing is held, never more than
 //!   `idle_probes_in_flight` probes out for open calls;
@@ -47,13 +51,14 @@
 
 #![no_main]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use callbridge::notification::fnv1a64;
 use callbridge::sequencer::{
     Action, BackfillOutcome, ConversationCheckpoint, ConversationId, DeadLetterReason, GapReason,
     IncomingState, Origin, PartitionSequencer, SequencerConfig, Timestamp, CONFLICT_WINDOW,
+    MAX_SEQUENCE_AHEAD,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -253,6 +258,8 @@ struct Delivery {
     origin: Origin,
     /// What the sequencer must count for the watermark (`None` for back-fill answers).
     offset: Option<i64>,
+    /// When it was handed to the sequencer.
+    at: Timestamp,
 }
 
 /// The oracle's view of one conversation incarnation.
@@ -271,6 +278,9 @@ struct Conv {
     published: BTreeMap<u64, u64>,
     /// Highest sequence published or declared a gap in this incarnation (0: none).
     max_resolved: u64,
+    /// Sequences this sequencer declared a gap in this incarnation (the last
+    /// `CONFLICT_WINDOW` of each gap record: older ones can never be inside the window).
+    gapped: BTreeSet<u64>,
     /// Checkpoint changed since the last `take_dirty`.
     dirty: bool,
 }
@@ -286,6 +296,7 @@ impl Conv {
             held: BTreeMap::new(),
             published: BTreeMap::new(),
             max_resolved: 0,
+            gapped: BTreeSet::new(),
             dirty: false,
         }
     }
@@ -449,6 +460,7 @@ impl Harness {
             is_ending,
             origin,
             offset,
+            at: self.now,
         };
         let s = self.deliver(d, offset);
         let payload = s.payload;
@@ -472,6 +484,10 @@ impl Harness {
                         "conflicting duplicate of published {c}/{seq} dropped silently (next {next_before})"
                     );
                 }
+                assert!(
+                    !o.gapped.contains(&seq),
+                    "state {c}/{seq} inside a declared gap dropped silently (next {next_before})"
+                );
             }
         }
         self.check();
@@ -483,6 +499,27 @@ impl Harness {
         let now = self.now;
         self.seq.on_tick(now, &mut out);
         self.process(Call::Tick, &[], out);
+        // Nothing is held past its deadline once the timers due have fired, unless an answer
+        // is still awaited (a slow answer may still bring the states; it is waited for).
+        let limit = self.config.gap_timeout + self.config.backfill_max_wait;
+        for (c, o) in self.convs.iter().enumerate() {
+            let Some(o) = o else { continue };
+            if self.pending.iter().any(|p| p.0 == c) {
+                continue;
+            }
+            if let Some(since) = o
+                .held
+                .values()
+                .map(|&p| self.deliveries[p as usize].at)
+                .min()
+            {
+                assert!(
+                    now < since.plus(limit),
+                    "{}: a state held since {since:?} is still held at {now:?}",
+                    CONVS[c]
+                );
+            }
+        }
         self.check();
     }
 
@@ -535,6 +572,7 @@ impl Harness {
                         is_ending,
                         origin: Origin::Backfill,
                         offset: None,
+                        at: self.now,
                     };
                     // The shell may pass anything; the sequencer must drop raw offsets here.
                     let st = self.deliver(d, Some(i64::from(extra)));
@@ -936,7 +974,13 @@ impl Harness {
                     reason,
                 } => {
                     let c = conv_index(&conversation);
-                    assert_eq!(call, Call::Backfill, "gap outside a back-fill answer");
+                    // A gap is found gone in an answer; a tick only gives one up.
+                    assert!(
+                        call == Call::Backfill
+                            || (call == Call::Tick
+                                && matches!(reason, GapReason::BackfillFailed { .. })),
+                        "{conversation}: {reason:?} gap in a {call:?}"
+                    );
                     let o = self.convs[c]
                         .as_mut()
                         .expect("gap for an unknown conversation");
@@ -955,9 +999,12 @@ impl Harness {
                         first_held.is_some_and(|h| h > to),
                         "{conversation}: gap {from}..={to} without a held state above it ({first_held:?})"
                     );
-                    if let GapReason::BackfillFailed { attempts } = reason {
-                        assert!(attempts >= 1, "BackfillFailed with 0 attempts");
+                    if let (GapReason::BackfillFailed { attempts }, Call::Backfill) = (reason, call)
+                    {
+                        assert!(attempts >= 1, "BackfillFailed in an answer with 0 attempts");
                     }
+                    o.gapped
+                        .extend(from.max(to.saturating_sub(CONFLICT_WINDOW))..=to);
                     o.next = to + 1;
                     o.max_resolved = to;
                     o.gap_count = o.gap_count.saturating_add(1);
@@ -1106,6 +1153,26 @@ impl Harness {
                                 "{conversation}/{seq}: AfterEnding but not above an ENDING (next {}, ended {})",
                                 o.next,
                                 o.ended
+                            );
+                        }
+                        DeadLetterReason::ImplausibleSequence => {
+                            assert!(
+                                fresh
+                                    && !o.ended
+                                    && seq > o.next.saturating_add(MAX_SEQUENCE_AHEAD),
+                                "{conversation}/{seq}: implausible with next {}",
+                                o.next
+                            );
+                        }
+                        DeadLetterReason::InsideDeclaredGap => {
+                            assert!(
+                                fresh
+                                    && !was_held
+                                    && seq < o.next
+                                    && o.next - seq <= CONFLICT_WINDOW
+                                    && o.gapped.contains(&seq),
+                                "{conversation}/{seq}: not inside a gap declared in the window (next {})",
+                                o.next
                             );
                         }
                         DeadLetterReason::InvalidSequence => unreachable!(),

@@ -21,9 +21,13 @@ pub struct SequencerConfig {
     /// Cap on the back-fill retry delay.
     #[serde(with = "humantime_serde")]
     pub backfill_retry_max: Duration,
-    /// Once this long has passed since a gap was detected, a back-fill that still fails gives
-    /// up and a `BackfillFailed` gap record is published, so one conversation cannot stall
-    /// forever behind an unreachable API.
+    /// How long the back-fill of a gap may take from its first request (`gap_timeout` after the
+    /// gap was detected): a gap still open then is given up and a `BackfillFailed` gap record
+    /// published, whether the back-fill keeps failing or its answer has not come yet (the
+    /// shell's queue of requests may be long: GoTo allows 10 a second). So one conversation
+    /// cannot stall forever behind an unreachable API, and no state is held back longer than
+    /// `gap_timeout + backfill_max_wait`, which bounds how long the raw low watermark (where a
+    /// takeover resumes reading raw) can stand still.
     #[serde(with = "humantime_serde")]
     pub backfill_max_wait: Duration,
     /// A state must be absent from this many consecutive successful back-fill answers (spaced
@@ -41,12 +45,16 @@ pub struct SequencerConfig {
     /// of real gaps (which are not rationed), and a quiet call is probed less often when many
     /// are quiet. 0 turns idle probes off.
     pub idle_probes_in_flight: u32,
-    /// An open conversation with no state for this long is evicted (`Abandoned`).
+    /// An open conversation with no state for this long is evicted (`Abandoned`). States it
+    /// still holds (only possible when this is shorter than `gap_timeout + backfill_max_wait`)
+    /// are published first, the holes below them becoming `BackfillFailed` gap records.
     #[serde(with = "humantime_serde")]
     pub abandon_after: Duration,
     /// After completion, how long to remember a conversation to drop late duplicates. After
     /// that it is evicted (changelog tombstone); a state arriving later would be treated as a
-    /// new conversation, so keep this above GoTo's redelivery horizon.
+    /// new conversation, so keep this above GoTo's redelivery horizon. Never evicted before the
+    /// raw low watermark has passed every raw record of the call (a takeover resumes reading
+    /// raw there and would otherwise publish the call again).
     #[serde(with = "humantime_serde")]
     pub closed_retention: Duration,
 }

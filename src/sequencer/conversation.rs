@@ -8,14 +8,22 @@
 //! `next ..= first_held - 1` and resets whenever `next` moves: counting is conservative, so a
 //! state is never declared gone after fewer than `confirm_gone_after` answers that covered it and
 //! lacked it.
+//!
+//! Nothing is held for long: a front hole is given up (`BackfillFailed`) `gap_timeout +
+//! backfill_max_wait` after it became known, whether its request failed, waits for a retry, or is
+//! still unanswered (the shell's back-fill queue may be long). Held states pin the raw low
+//! watermark, and a closed conversation is only forgotten once that watermark has passed its
+//! states (see [`Conversation::on_tick`]), so a takeover resuming there never meets a state of a
+//! conversation nobody remembers.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::stats::Ledger;
-use super::window::{fold, Window};
+use super::window::{fold, Recent, Window};
 use super::{
     Action, BackfillOutcome, ConversationCheckpoint, ConversationId, DeadLetterReason, GapReason,
-    IncomingState, Origin, SequencerConfig, Timestamp,
+    IncomingState, Origin, SequencerConfig, Timestamp, MAX_SEQUENCE_AHEAD,
 };
 
 /// Everything one call into a conversation needs besides the conversation itself.
@@ -34,6 +42,8 @@ impl<P> Cx<'_, P> {
             DeadLetterReason::ConflictingDuplicate => counters.conflicts += 1,
             DeadLetterReason::AfterEnding => counters.after_ending += 1,
             DeadLetterReason::InvalidSequence => counters.invalid_sequence += 1,
+            DeadLetterReason::ImplausibleSequence => counters.implausible_sequence += 1,
+            DeadLetterReason::InsideDeclaredGap => counters.inside_declared_gap += 1,
         }
         self.out.push(Action::DeadLetter {
             conversation: self.id.clone(),
@@ -94,9 +104,19 @@ enum Flight {
 /// `wake` when the conversation has no queue entry.
 pub(crate) const NO_WAKE: Timestamp = Timestamp(u64::MAX);
 
+/// The raw mark of a closed conversation whose states' raw position this core does not know:
+/// closed by a takeover (restored, observed, or completed before anything was read).
+const RAW_UNKNOWN: u64 = u64::MAX;
+
+/// How often a closed conversation kept for the raw low watermark looks again.
+const WATERMARK_RECHECK: Duration = Duration::from_secs(5);
+
 /// What the partition must do with a conversation after its timers fired.
 pub(crate) enum Fate {
     Keep,
+    /// Kept, with nothing due before this time (a closed conversation waiting for the raw low
+    /// watermark: its own retention clock is over).
+    LookAgain(Timestamp),
     Evict,
     /// Quiet long enough for an idle probe: the partition starts it or queues it (probes are
     /// rationed per partition, see [`SequencerConfig::idle_probes_in_flight`]).
@@ -108,8 +128,11 @@ pub(crate) struct Conversation<P> {
     next: u64,
     /// Last state received; for a closed conversation, when it closed.
     last_activity: Timestamp,
-    /// `last_activity`, or the last probe answer if later: the idle-probe clock.
-    quiet_since: Timestamp,
+    /// Open: the idle-probe clock in ms (`last_activity`, or the last probe answer if later).
+    /// Closed: the *raw mark*, one past the highest raw offset read when it closed or when a
+    /// live state of it last came in (every raw record of it lies below), or [`RAW_UNKNOWN`].
+    /// One field for both keeps an idle conversation at 104 bytes.
+    quiet_or_raw: u64,
     /// This conversation's entry in the partition's deadline queue ([`NO_WAKE`]: none). Not an
     /// `Option`, to save 8 bytes per conversation.
     pub(crate) wake: Timestamp,
@@ -137,8 +160,9 @@ struct Trouble<P> {
     flight: Flight,
     held: BTreeMap<u64, Held<P>>,
     failures: u32,
+    /// Answers without the hole's first state (wide enough for any `confirm_gone_after`).
+    absent: u32,
     tries: u16,
-    absent: u8,
 }
 
 impl<P> Default for Trouble<P> {
@@ -148,8 +172,8 @@ impl<P> Default for Trouble<P> {
             flight: Flight::Idle,
             held: BTreeMap::new(),
             failures: 0,
-            tries: 0,
             absent: 0,
+            tries: 0,
         }
     }
 }
@@ -159,7 +183,7 @@ impl<P> Conversation<P> {
         Conversation {
             next: 1,
             last_activity: now,
-            quiet_since: now,
+            quiet_or_raw: now.0,
             wake: NO_WAKE,
             trouble: None,
             gap_count: 0,
@@ -167,6 +191,18 @@ impl<P> Conversation<P> {
             probe_queued: false,
             probe_counted: false,
             recent: Window::default(),
+        }
+    }
+
+    /// The idle-probe clock (open conversations only).
+    fn quiet_since(&self) -> Timestamp {
+        Timestamp(self.quiet_or_raw)
+    }
+
+    /// Moves the idle-probe clock to `t` if later; a closed conversation keeps its raw mark.
+    fn quiet_at_least(&mut self, t: Timestamp) {
+        if !self.ended {
+            self.quiet_or_raw = self.quiet_or_raw.max(t.0);
         }
     }
 
@@ -236,6 +272,18 @@ impl<P> Conversation<P> {
         self.held()?.values().map(|h| h.received_at).min()
     }
 
+    /// When the front hole is given up unless an answer is awaited: `backfill_max_wait` after
+    /// its request was first due. While a request is out (queued in the shell behind GoTo's 10
+    /// requests a second, possibly for long after an outage) the hole waits for its answer: GoTo
+    /// may still have the states, and a gap is declared only when the API cannot fill it. An
+    /// answer that never comes ends at `abandon_after`, which publishes what is held behind gap
+    /// records. Holding long is safe for exactly-once: a closed call is kept until the raw low
+    /// watermark has passed it ([`Self::closed_tick`]).
+    fn give_up_at(&self, cfg: &SequencerConfig) -> Option<Timestamp> {
+        let since = self.blocked_since()?;
+        Some(since.plus(cfg.gap_timeout).plus(cfg.backfill_max_wait))
+    }
+
     /// The earliest time something may be due for this conversation. Always defined: an open
     /// conversation can always be abandoned, a closed one always evicted.
     pub(crate) fn next_due(&self, cfg: &SequencerConfig) -> Timestamp {
@@ -243,17 +291,19 @@ impl<P> Conversation<P> {
             return self.last_activity.plus(cfg.closed_retention);
         }
         let abandon = self.last_activity.plus(cfg.abandon_after);
+        let give_up = self.give_up_at(cfg).unwrap_or(abandon);
         let due = match self.flight() {
-            Flight::Gap { .. } | Flight::Probe { .. } => abandon,
+            // Waiting for an answer: nothing is due before it but abandonment.
+            Flight::Gap { .. } | Flight::Probe { .. } => return abandon,
             Flight::Retry(at) => at,
             Flight::Idle => match self.blocked_since() {
                 Some(since) => since.plus(cfg.gap_timeout),
-                // Queued for a probe: the partition wakes it when a slot frees.
-                None if self.probe_queued => abandon,
-                None => self.quiet_since.plus(cfg.idle_probe_after),
+                // Queued for a probe (the partition wakes it when a slot frees), or probes off.
+                None if self.probe_queued || cfg.idle_probes_in_flight == 0 => abandon,
+                None => self.quiet_since().plus(cfg.idle_probe_after),
             },
         };
-        due.min(abandon)
+        due.min(give_up).min(abandon)
     }
 
     // ---- input ------------------------------------------------------------------------------
@@ -266,6 +316,10 @@ impl<P> Conversation<P> {
             return;
         }
         if self.ended {
+            // A raw record of it read now must be below the raw mark too.
+            if s.raw_offset.is_some() && self.quiet_or_raw != RAW_UNKNOWN {
+                self.quiet_or_raw = self.quiet_or_raw.max(cx.ledger.raw_end);
+            }
             // Closed: at or below ENDING it is a late duplicate, above it an anomaly.
             if seq < self.next {
                 self.duplicate_of_published(cx, s);
@@ -275,7 +329,7 @@ impl<P> Conversation<P> {
             return;
         }
         self.last_activity = self.last_activity.max(cx.now);
-        self.quiet_since = self.quiet_since.max(cx.now);
+        self.quiet_at_least(cx.now);
 
         if seq < self.next {
             self.duplicate_of_published(cx, s);
@@ -307,6 +361,12 @@ impl<P> Conversation<P> {
             };
             self.publish(cx, seq, held);
             self.drain(cx);
+            return;
+        }
+        if seq - self.next > MAX_SEQUENCE_AHEAD {
+            // No call has that many states: a corrupt number. Held, it would make the hole
+            // below it a gap and every real state after it a duplicate.
+            cx.dead_letter(s, DeadLetterReason::ImplausibleSequence);
             return;
         }
         // Early: hold it. The first held state starts a gap (its timer is `next_due`).
@@ -366,7 +426,7 @@ impl<P> Conversation<P> {
         };
         match request {
             // Absent from a probe means "nothing new", never "gone".
-            Some(Flight::Probe { .. }) => self.quiet_since = self.quiet_since.max(cx.now),
+            Some(Flight::Probe { .. }) => self.quiet_at_least(cx.now),
             Some(Flight::Gap { to, .. }) if answered => self.gap_request_answered(cx, to),
             _ => {}
         }
@@ -385,13 +445,13 @@ impl<P> Conversation<P> {
                 return;
             }
             self.sync_hole();
-            let count = u32::from(self.trouble_mut().absent) + 1;
+            let count = self.trouble_mut().absent.saturating_add(1);
             if count >= confirm {
                 cx.ledger.counters.gaps_gone += 1;
                 self.gap(cx, (first_held - 1).min(to), GapReason::Gone);
                 self.drain(cx);
             } else {
-                self.trouble_mut().absent = u8::try_from(count).unwrap_or(u8::MAX);
+                self.trouble_mut().absent = count;
                 self.retry_later(cx);
                 return;
             }
@@ -402,14 +462,14 @@ impl<P> Conversation<P> {
         if self.ended || self.next > to {
             return;
         }
-        let (Some(first_held), Some(since)) = (self.first_held(), self.blocked_since()) else {
+        let (Some(first_held), Some(give_up)) = (self.first_held(), self.give_up_at(cx.cfg)) else {
             return;
         };
         self.sync_hole();
         let t = self.trouble_mut();
         t.failures = t.failures.saturating_add(1);
         let failures = t.failures;
-        if !retryable || cx.now >= since.plus(cx.cfg.backfill_max_wait) {
+        if !retryable || cx.now >= give_up {
             cx.ledger.counters.gaps_backfill_failed += 1;
             let reason = GapReason::BackfillFailed { attempts: failures };
             self.gap(cx, (first_held - 1).min(to), reason);
@@ -429,21 +489,27 @@ impl<P> Conversation<P> {
     pub(crate) fn on_tick(&mut self, cx: &mut Cx<'_, P>) -> Fate {
         let (cfg, now) = (cx.cfg, cx.now);
         if self.ended {
-            if now >= self.last_activity.plus(cfg.closed_retention) {
-                cx.ledger.counters.closed_evicted += 1;
-                return Fate::Evict;
-            }
-            return Fate::Keep;
+            return self.closed_tick(cx);
         }
         if now >= self.last_activity.plus(cfg.abandon_after) {
-            // Only reachable with something held if the shell never answered a request.
+            // Held states are given up long before (`give_up_at`) unless `abandon_after` is
+            // shorter than `gap_timeout + backfill_max_wait`; never dropped silently: the holes
+            // become gap records and the states are published (an ENDING among them closes the
+            // call instead).
+            self.give_up_all(cx);
+            if self.ended {
+                return Fate::Keep;
+            }
             cx.ledger.counters.abandoned += 1;
-            self.release_all(cx.ledger);
             cx.out.push(Action::Abandoned {
                 conversation: cx.id.clone(),
                 next_sequence: self.next,
             });
             return Fate::Evict;
+        }
+        self.give_up_expired(cx);
+        if self.ended {
+            return Fate::Keep;
         }
         if let Flight::Retry(at) = self.flight() {
             if at > now {
@@ -471,13 +537,78 @@ impl<P> Conversation<P> {
         Fate::Keep
     }
 
-    /// Open and not due for abandonment, nothing held, no request out, and quiet for
+    /// A closed conversation's timer: evicted after `closed_retention`, but only once the raw
+    /// low watermark has passed every raw record of it. Forgotten earlier, a takeover resuming
+    /// at that watermark would read its states again for a conversation nobody remembers and
+    /// publish the call a second time.
+    fn closed_tick(&mut self, cx: &mut Cx<'_, P>) -> Fate {
+        let (cfg, now) = (cx.cfg, cx.now);
+        if now < self.last_activity.plus(cfg.closed_retention) {
+            return Fate::Keep;
+        }
+        if self.quiet_or_raw == RAW_UNKNOWN {
+            match cx.ledger.unknown_raw_mark(cfg, now) {
+                Ok(mark) => self.quiet_or_raw = mark,
+                Err(settled) => return Fate::LookAgain(settled),
+            }
+        }
+        if !cx.ledger.watermark_passed(self.quiet_or_raw) {
+            return Fate::LookAgain(now.plus(WATERMARK_RECHECK));
+        }
+        cx.ledger.counters.closed_evicted += 1;
+        Fate::Evict
+    }
+
+    /// Gives up every front hole whose time is over ([`Self::give_up_at`]), unless an answer
+    /// is awaited.
+    fn give_up_expired(&mut self, cx: &mut Cx<'_, P>) {
+        while !self.ended {
+            if matches!(self.flight(), Flight::Gap { .. } | Flight::Probe { .. }) {
+                return;
+            }
+            match (self.first_held(), self.give_up_at(cx.cfg)) {
+                (Some(first_held), Some(at)) if cx.now >= at => self.give_up_front(cx, first_held),
+                _ => return,
+            }
+        }
+    }
+
+    /// Gives up every hole below a held state (abandonment).
+    fn give_up_all(&mut self, cx: &mut Cx<'_, P>) {
+        while !self.ended {
+            let Some(first_held) = self.first_held() else {
+                return;
+            };
+            self.give_up_front(cx, first_held);
+        }
+    }
+
+    /// Declares the front hole `next ..= first_held - 1` a `BackfillFailed` gap and publishes
+    /// what it unblocks. A request still out for it stays owed (one per conversation): its
+    /// answer finds `next` past its range and only contributes its states, those inside the gap
+    /// going to the dead letters ([`DeadLetterReason::InsideDeclaredGap`]).
+    fn give_up_front(&mut self, cx: &mut Cx<'_, P>, first_held: u64) {
+        self.sync_hole();
+        let next = self.next;
+        let t = self.trouble_mut();
+        let unanswered = matches!(t.flight, Flight::Gap { from, to } if from <= next && next <= to);
+        let attempts = t.failures.saturating_add(u32::from(unanswered));
+        if matches!(t.flight, Flight::Retry(_)) {
+            t.flight = Flight::Idle;
+        }
+        cx.ledger.counters.gaps_backfill_failed += 1;
+        self.gap(cx, first_held - 1, GapReason::BackfillFailed { attempts });
+        self.drain(cx);
+    }
+
+    /// Probes on, open and not due for abandonment, nothing held, no request out, and quiet for
     /// `idle_probe_after`.
     pub(crate) fn wants_probe(&self, cfg: &SequencerConfig, now: Timestamp) -> bool {
-        !self.ended
+        cfg.idle_probes_in_flight > 0
+            && !self.ended
             && self.flight() == Flight::Idle
             && self.first_held().is_none()
-            && now >= self.quiet_since.plus(cfg.idle_probe_after)
+            && now >= self.quiet_since().plus(cfg.idle_probe_after)
             && now < self.last_activity.plus(cfg.abandon_after)
     }
 
@@ -525,7 +656,9 @@ impl<P> Conversation<P> {
         }
     }
 
-    /// The ordered topic holds a gap record ending at `to`.
+    /// The ordered topic holds a gap record ending at `to`. Like observed states, its
+    /// sequences are not remembered as a gap: a state of it re-read from raw was dead-lettered
+    /// by the previous owner already (or arrived after the window), and is dropped.
     pub(crate) fn observe_gap(&mut self, to: u64, ledger: &mut Ledger) {
         if to >= self.next && to < u64::MAX {
             self.skip_to(to + 1, ledger);
@@ -604,6 +737,12 @@ impl<P> Conversation<P> {
         cx.ledger.counters.completions += 1;
         self.ended = true;
         self.last_activity = cx.now;
+        // Nothing read yet (a takeover completing a found ENDING): its states may still be
+        // ahead in raw.
+        self.quiet_or_raw = match cx.ledger.raw_end {
+            0 => RAW_UNKNOWN,
+            end => end,
+        };
         self.set_flight(Flight::Idle);
         // Anything held above ENDING cannot be published after it.
         for (seq, h) in self.take_held() {
@@ -623,6 +762,7 @@ impl<P> Conversation<P> {
     /// Closed by a checkpoint or an observed completion record: nothing to emit.
     fn close_quietly(&mut self, ledger: &mut Ledger) {
         self.ended = true;
+        self.quiet_or_raw = RAW_UNKNOWN;
         self.set_flight(Flight::Idle);
         self.release_all(ledger);
     }
@@ -637,7 +777,7 @@ impl<P> Conversation<P> {
             reason,
         });
         self.gap_count = self.gap_count.saturating_add(1);
-        self.recent.forget(from, to);
+        self.recent.mark_gap(from, to);
         self.next = to + 1;
         cx.ledger.changed = true;
     }
@@ -678,9 +818,11 @@ impl<P> Conversation<P> {
 
     fn duplicate_of_published(&mut self, cx: &mut Cx<'_, P>, s: IncomingState<P>) {
         match self.recent.lookup(s.sequence_number, self.next) {
-            Some(known) if known != fold(s.fingerprint) => {
+            Recent::Published(known) if known != fold(s.fingerprint) => {
                 cx.dead_letter(s, DeadLetterReason::ConflictingDuplicate)
             }
+            // A state the stream already declared gone: set aside, not dropped silently.
+            Recent::Gap => cx.dead_letter(s, DeadLetterReason::InsideDeclaredGap),
             _ => cx.duplicate(s.origin),
         }
     }

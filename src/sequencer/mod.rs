@@ -8,15 +8,21 @@
 //!
 //! # Rules, per conversation (`next` = first sequence not yet resolved, starting at 1)
 //! - `seq < next`: duplicate, dropped; if its fingerprint differs from the published one (and
-//!   `seq` is within [`CONFLICT_WINDOW`] of `next`): `DeadLetter{ConflictingDuplicate}`.
+//!   `seq` is within [`CONFLICT_WINDOW`] of `next`): `DeadLetter{ConflictingDuplicate}`; if
+//!   `seq` was declared a gap (same window): `DeadLetter{InsideDeclaredGap}`.
 //! - `seq == next`: published, then every held state contiguous with it.
+//! - `seq > next + MAX_SEQUENCE_AHEAD`: `DeadLetter{ImplausibleSequence}` (no call has that
+//!   many states; held, it would turn the rest of the call into a gap and duplicates).
 //! - `seq > next`: held (a held duplicate with another fingerprint is dead-lettered). The first
 //!   held state starts a gap; after `gap_timeout` the core asks for `next ..= first_held-1`.
 //!   A conversation first seen at `k > 1` treats `1..k-1` as such a gap.
 //! - Back-fill answers feed the same rules. A state still missing after `confirm_gone_after`
 //!   consecutive successful answers is declared gone (`PublishGap{Gone}`, consecutive missing
-//!   sequences merged into one range); failures retry with exponential backoff until
-//!   `backfill_max_wait` after the gap was detected, then `PublishGap{BackfillFailed}`.
+//!   sequences merged into one range); failures retry with exponential backoff. A front hole
+//!   still open `backfill_max_wait` after its request was due (`gap_timeout + backfill_max_wait`
+//!   after it became known) is given up, `PublishGap{BackfillFailed}`, whether its request
+//!   failed, waits for a retry or is still unanswered (the answer, owed all the same, is absorbed
+//!   when it comes). So no state is held longer than that, and the raw low watermark moves on.
 //! - Publishing ENDING publishes `PublishCompletion` and closes the conversation. Afterwards,
 //!   states at or below ENDING are duplicates (conflict-checked as above); states above it —
 //!   and any held above it when it is published, or arriving above a held ENDING — go to
@@ -25,8 +31,16 @@
 //! - An open conversation quiet for `idle_probe_after` is probed with an open-ended back-fill
 //!   (to catch a lost ENDING); absent there means "nothing new". At most
 //!   `idle_probes_in_flight` probes per partition are out; the other quiet conversations wait
-//!   their turn, oldest first (gap back-fills are never rationed). No state for `abandon_after`:
-//!   `Abandoned` and evicted. Closed conversations are evicted after `closed_retention`.
+//!   their turn, oldest first (gap back-fills are never rationed; 0 turns probes off). No state
+//!   for `abandon_after`: the holes below anything still held become `BackfillFailed` gaps and
+//!   the held states are published, then `Abandoned` and evicted.
+//! - A closed conversation is evicted after `closed_retention`, and only once the raw low
+//!   watermark has passed every raw record of it (its *raw mark*: how far raw had been read when
+//!   it closed or a state of it last came in): a takeover resuming at the watermark must not
+//!   read a state of a call nobody remembers. A conversation closed by a takeover (restored,
+//!   observed) gets its mark once the re-read has caught up: at the previous owner's raw end if
+//!   the shell announced it (`restored_raw_end`), else `gap_timeout + backfill_max_wait` after
+//!   the takeover.
 //!
 //! # Checkpoints (design D1 of `exactly-once-notes.md`)
 //! The ordered topic is the truth; the changelog is an index of [`ConversationCheckpoint`]s.
@@ -42,7 +56,8 @@
 //! chunks; plus a 4-byte slot number in the hash index (with the table's slack) and one
 //! deadline-queue entry. `cargo bench --bench sequencer_memory` measures the whole at ~175 bytes
 //! of heap per conversation. Held states cost a B-tree entry plus the payload each; nothing else
-//! allocates per conversation.
+//! allocates per conversation. A closed conversation's raw mark reuses the idle-probe clock's
+//! field, and the window's gap bits its padding: neither costs a byte.
 
 mod config;
 mod conversation;
@@ -66,3 +81,9 @@ pub use types::{
     IncomingState, Origin, Timestamp,
 };
 pub use window::CONFLICT_WINDOW;
+
+/// How far above a conversation's next sequence a state may be (a conversation first seen at
+/// `k` has next 1). Further is dead-lettered as
+/// [`DeadLetterReason::ImplausibleSequence`]: a GoTo call has a few dozen states, never this
+/// many.
+pub const MAX_SEQUENCE_AHEAD: u64 = 100_000;

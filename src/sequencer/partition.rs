@@ -88,6 +88,7 @@ impl<P> PartitionSequencer<P> {
         out: &mut Vec<Action<P>>,
     ) {
         self.now = self.now.max(now);
+        self.ledger.read_raw(state.raw_offset);
         let s = self.intern(conv, now);
         if let Some(slot) = self.slots.get_mut(s) {
             let mut cx = Cx {
@@ -160,14 +161,18 @@ impl<P> PartitionSequencer<P> {
             };
             match slot.conversation.on_tick(&mut cx) {
                 Fate::Keep => self.settle(s),
+                Fate::LookAgain(at) => {
+                    self.settle(s);
+                    self.postpone(s, at);
+                }
                 Fate::ProbeDue => {
+                    // Only with probes on (`wants_probe`): a queued conversation always has a
+                    // slot to wait for, and `stats().probes_waiting` counts no quiet call then.
                     if self.probes_in_flight < self.config.idle_probes_in_flight {
                         slot.conversation.start_probe(&mut cx); // counted by `settle`
                     } else {
                         slot.conversation.probe_queued = true;
-                        if self.config.idle_probes_in_flight > 0 {
-                            self.probes_waiting.push_back(s);
-                        }
+                        self.probes_waiting.push_back(s);
                     }
                     self.settle(s);
                 }
@@ -220,6 +225,20 @@ impl<P> PartitionSequencer<P> {
         }
     }
 
+    /// Moves slot `s`'s timer entry to `at` (a conversation that just re-armed for a deadline
+    /// already passed, to be looked at again later).
+    fn postpone(&mut self, s: u32, at: Timestamp) {
+        let Some(slot) = self.slots.get_mut(s) else {
+            return;
+        };
+        let c = &mut slot.conversation;
+        if c.wake != NO_WAKE && c.wake < at {
+            self.queue.remove(&(c.wake, s));
+            self.queue.insert((at, s));
+            c.wake = at;
+        }
+    }
+
     /// What the changelog should hold for `conv` now.
     pub fn checkpoint(&self, conv: &str) -> Option<ConversationCheckpoint> {
         let s = self.find(IdKey::parse(conv))?;
@@ -261,6 +280,7 @@ impl<P> PartitionSequencer<P> {
         written: Timestamp,
     ) {
         self.now = self.now.max(now);
+        self.ledger.seeded(now);
         let s = self.intern(conv, now);
         if let Some(slot) = self.slots.get_mut(s) {
             slot.conversation
@@ -286,6 +306,7 @@ impl<P> PartitionSequencer<P> {
 
     /// Takeover scan: the ordered topic holds state `seq` of `conv` beyond the checkpoint.
     pub fn observe_published(&mut self, conv: &str, seq: u64) {
+        self.ledger.seeded(self.now);
         let s = self.intern(conv, self.now);
         if let Some(slot) = self.slots.get_mut(s) {
             slot.conversation.observe_published(seq, &mut self.ledger);
@@ -296,6 +317,7 @@ impl<P> PartitionSequencer<P> {
     /// Takeover scan: the ordered topic holds a gap record `from..=to` of `conv`.
     pub fn observe_gap(&mut self, conv: &str, from: u64, to: u64) {
         let _ = from;
+        self.ledger.seeded(self.now);
         let s = self.intern(conv, self.now);
         if let Some(slot) = self.slots.get_mut(s) {
             slot.conversation.observe_gap(to, &mut self.ledger);
@@ -306,6 +328,7 @@ impl<P> PartitionSequencer<P> {
     /// Takeover scan: the ordered topic holds the completion record of `conv`.
     pub fn observe_completion(&mut self, conv: &str) {
         let now = self.now;
+        self.ledger.seeded(now);
         let s = self.intern(conv, now);
         if let Some(slot) = self.slots.get_mut(s) {
             slot.conversation.observe_completion(now, &mut self.ledger);
@@ -325,6 +348,7 @@ impl<P> PartitionSequencer<P> {
         out: &mut Vec<Action<P>>,
     ) -> bool {
         self.now = self.now.max(now);
+        self.ledger.seeded(now);
         let Some(s) = self.find(IdKey::parse(conv)) else {
             return false;
         };
@@ -343,6 +367,16 @@ impl<P> PartitionSequencer<P> {
         }
         self.settle(s);
         completed
+    }
+
+    /// Takeover: the previous owner cannot have read raw at or past `end` (raw's high watermark,
+    /// read after the fence). Call after the restores, before reading raw. A conversation the
+    /// takeover restored closed may have states anywhere the previous owner had read; it is
+    /// forgotten only once the raw low watermark has passed them, and this tells the core how
+    /// far that is. Without it, the core waits `gap_timeout + backfill_max_wait` after the
+    /// takeover (for the re-read to catch up) and takes how far it has read by then.
+    pub fn restored_raw_end(&mut self, end: i64) {
+        self.ledger.announce_raw_end(end);
     }
 
     /// The smallest raw offset of a held (unpublished) live state. The raw consumer may commit

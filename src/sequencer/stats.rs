@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::Timestamp;
+use super::{SequencerConfig, Timestamp};
 
 /// Monotonic counters since the sequencer was created. The shell exports them as counters
 /// (or diffs successive snapshots).
@@ -22,11 +22,16 @@ pub struct Counters {
     pub after_ending: u64,
     /// States dead-lettered as `InvalidSequence`.
     pub invalid_sequence: u64,
+    /// States dead-lettered as `ImplausibleSequence`.
+    pub implausible_sequence: u64,
+    /// States dead-lettered as `InsideDeclaredGap`.
+    pub inside_declared_gap: u64,
     /// Times a conversation started waiting for a missing state.
     pub gaps_detected: u64,
     /// Gap records published because the states are gone.
     pub gaps_gone: u64,
-    /// Gap records published because the back-fill kept failing.
+    /// Gap records published because the back-fill kept failing, went unanswered until
+    /// `backfill_max_wait`, or the conversation was abandoned with states held.
     pub gaps_backfill_failed: u64,
     /// Back-fill requests for a known gap.
     pub backfills_requested: u64,
@@ -38,7 +43,8 @@ pub struct Counters {
     pub completions: u64,
     /// Conversations abandoned (evicted open).
     pub abandoned: u64,
-    /// Closed conversations evicted after `closed_retention`.
+    /// Closed conversations evicted after `closed_retention` (and once the raw low watermark
+    /// passed their states).
     pub closed_evicted: u64,
 }
 
@@ -71,6 +77,13 @@ pub(crate) struct Ledger {
     pub(crate) held_total: usize,
     /// Set when a conversation's checkpoint changed; the partition moves it to the dirty set.
     pub(crate) changed: bool,
+    /// One past the highest raw offset read (or announced as the previous owner's end); 0:
+    /// none. A conversation closing takes it as its raw mark.
+    pub(crate) raw_end: u64,
+    /// The previous owner's raw end was announced (`PartitionSequencer::restored_raw_end`).
+    raw_end_announced: bool,
+    /// When this core was seeded by a takeover (restore, scan), if it was.
+    seeded_at: Option<Timestamp>,
 }
 
 impl Ledger {
@@ -95,5 +108,53 @@ impl Ledger {
 
     pub(crate) fn low_watermark(&self) -> Option<i64> {
         self.held_offsets.keys().next().copied()
+    }
+
+    /// A live state from raw offset `raw_offset` was read.
+    pub(crate) fn read_raw(&mut self, raw_offset: Option<i64>) {
+        if let Some(o) = raw_offset.and_then(|o| u64::try_from(o).ok()) {
+            self.raw_end = self.raw_end.max(o.saturating_add(1));
+        }
+    }
+
+    /// The previous owner read raw no further than `end` (exclusive).
+    pub(crate) fn announce_raw_end(&mut self, end: i64) {
+        self.raw_end_announced = true;
+        self.raw_end = self.raw_end.max(u64::try_from(end).unwrap_or(0));
+    }
+
+    /// This core is being seeded by a takeover (the latest such call counts).
+    pub(crate) fn seeded(&mut self, now: Timestamp) {
+        self.seeded_at = Some(self.seeded_at.map_or(now, |t| t.max(now)));
+    }
+
+    /// No held live state lies below raw mark `mark`: a takeover resuming at the raw low
+    /// watermark reads nothing below it again.
+    pub(crate) fn watermark_passed(&self, mark: u64) -> bool {
+        self.low_watermark()
+            .is_none_or(|w| u64::try_from(w).is_ok_and(|w| w >= mark))
+    }
+
+    /// The raw mark of a conversation closed by a takeover, whose records may lie anywhere the
+    /// previous owner had read: `Ok` once this core has read that far, as far as it can tell;
+    /// `Err(t)`: ask again at `t`. Announced (the shell announces raw's high watermark at every
+    /// takeover), the previous owner's end settles it exactly; otherwise the takeover's re-read
+    /// is given `gap_timeout + backfill_max_wait` to catch up first, a guess only a core driven
+    /// without the shell relies on.
+    pub(crate) fn unknown_raw_mark(
+        &self,
+        cfg: &SequencerConfig,
+        now: Timestamp,
+    ) -> Result<u64, Timestamp> {
+        match self.seeded_at {
+            Some(t) if !self.raw_end_announced => {
+                let settled = t.plus(cfg.gap_timeout).plus(cfg.backfill_max_wait);
+                if now < settled {
+                    return Err(settled);
+                }
+                Ok(self.raw_end)
+            }
+            _ => Ok(self.raw_end),
+        }
     }
 }

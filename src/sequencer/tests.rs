@@ -377,6 +377,8 @@ fn failed_backfills_back_off_then_give_up_after_max_wait() {
     h.state("c", live(1));
     h.state("c", live(3));
     let gap_seen = h.now;
+    // The back-fill gets `backfill_max_wait` from its first request, due at `gap_timeout`.
+    let give_up = gap_seen.plus(Duration::from_secs(2 + 300));
     let mut attempts = 0;
     let mut delays = Vec::new();
     let mut last = h.advance(2_000);
@@ -384,25 +386,28 @@ fn failed_backfills_back_off_then_give_up_after_max_wait() {
         assert_eq!(last, vec![request("c", 2, Some(2))]);
         attempts += 1;
         let out = h.backfill("c", 2, Some(2), BackfillOutcome::Failed { retryable: true });
-        if let Some(Action::PublishGap { reason, .. }) = out.first() {
-            assert_eq!(*reason, GapReason::BackfillFailed { attempts });
-            assert_eq!(published(&out), vec![3]);
-            assert!(h.now >= gap_seen.plus(Duration::from_secs(300)));
-            break;
-        }
-        assert!(out.is_empty());
+        assert!(out.is_empty(), "{out:?}");
         let before = h.now;
         let next = h.seq.next_deadline().unwrap();
         delays.push(next.0 - before.0);
         h.now = next;
         last = h.advance(0);
+        if let Some(Action::PublishGap { reason, .. }) = last.first() {
+            // Given up at the deadline, not at the first failure after it: the retry due
+            // later is not sent.
+            assert_eq!(*reason, GapReason::BackfillFailed { attempts });
+            assert_eq!(published(&last), vec![3]);
+            assert_eq!(h.now, give_up);
+            break;
+        }
         assert!(attempts < 100);
     }
     assert_eq!(
         &delays[..7],
         &[500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000]
     );
-    assert!(delays[7..].iter().all(|d| *d == 30_000));
+    assert!(delays[7..delays.len() - 1].iter().all(|d| *d == 30_000));
+    assert!(h.advance(60_000).is_empty(), "nothing more: {:?}", h.seq);
 }
 
 #[test]
@@ -965,9 +970,476 @@ fn idle_probes_can_be_turned_off() {
     });
     h.state("a", live(1));
     assert!(h.advance(3_600_000).is_empty(), "no probe, ever");
+    // Nor is the call counted as waiting for one (`callbridge_idle_probes_waiting`).
+    assert_eq!(h.seq.stats().probes_waiting, 0);
     let out = h.advance(6 * 3_600_000);
     assert!(
         matches!(&out[..], [Action::Abandoned { .. }]),
         "still abandoned after abandon_after: {out:?}"
     );
+}
+
+// ---- held states never pin the raw low watermark for long; closed calls wait for it ---------
+
+/// A changelog as the shell keeps it: `take_dirty` applied, tombstones removing entries.
+fn write_changelog(
+    seq: &mut PartitionSequencer<P>,
+    changelog: &mut std::collections::BTreeMap<String, ConversationCheckpoint>,
+) {
+    for (id, cp) in seq.take_dirty() {
+        match cp {
+            Some(cp) => changelog.insert(id.to_string(), cp),
+            None => changelog.remove(&id.to_string()),
+        };
+    }
+}
+
+fn at(seq: u64, offset: i64) -> IncomingState<P> {
+    IncomingState {
+        raw_offset: Some(offset),
+        ..live(seq)
+    }
+}
+
+#[test]
+fn a_gap_whose_answer_is_slow_waits_for_it_then_publishes_without_a_gap() {
+    // The shell's back-fill queue is long (GoTo allows 10 requests/s; after an outage it can
+    // take far longer than `backfill_max_wait` to reach a request): an unanswered request is
+    // not a failure, GoTo may still have the states, so the hole waits for the answer.
+    let mut h = Harness::new();
+    h.state("a", live(1));
+    h.state("a", at(3, 100));
+    h.state("a", at(5, 101));
+    assert_eq!(h.advance(2_000), vec![request("a", 2, Some(2))]);
+    assert!(
+        h.advance(3_600_000).is_empty(),
+        "an hour without an answer: no gap record, no second request"
+    );
+    assert_eq!(h.seq.raw_low_watermark(), Some(100), "still held");
+    assert_eq!(h.seq.stats().counters.gaps_backfill_failed, 0);
+    // The answer comes: 2 and 4 are published in order, no gap anywhere.
+    let out = h.backfill(
+        "a",
+        2,
+        Some(2),
+        BackfillOutcome::Answered(vec![backfilled(2), backfilled(4)]),
+    );
+    assert_eq!(published(&out), vec![2, 3, 4, 5]);
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::PublishGap { .. })),
+        "{out:?}"
+    );
+    assert_eq!(h.seq.raw_low_watermark(), None, "the watermark moves on");
+}
+
+#[test]
+fn a_hole_whose_retry_is_due_is_given_up_at_backfill_max_wait() {
+    // A failed answer puts the hole on a retry timer: then `backfill_max_wait` counts, also
+    // between attempts (the tick gives it up, not only the next failure).
+    let cfg = SequencerConfig {
+        backfill_max_wait: Duration::from_secs(30),
+        ..SequencerConfig::default()
+    };
+    let mut h = Harness::with(cfg);
+    h.state("a", live(1));
+    h.state("a", at(3, 100));
+    assert_eq!(h.advance(2_000), vec![request("a", 2, Some(2))]);
+    h.advance(1_000);
+    let out = h.backfill("a", 2, Some(2), BackfillOutcome::Failed { retryable: true });
+    assert!(out.is_empty(), "{out:?}");
+    let mut waited = 0;
+    let out = loop {
+        let out = h.advance(1_000);
+        waited += 1_000;
+        // Retries that go out are answered with failures too.
+        if let Some(Action::RequestBackfill { .. }) = out.first() {
+            let out = h.backfill("a", 2, Some(2), BackfillOutcome::Failed { retryable: true });
+            if !out.is_empty() {
+                break out;
+            }
+            continue;
+        }
+        if !out.is_empty() {
+            break out;
+        }
+        assert!(waited < 60_000, "never given up");
+    };
+    assert!(
+        matches!(
+            out.first(),
+            Some(Action::PublishGap {
+                from: 2,
+                to: 2,
+                reason: GapReason::BackfillFailed { .. },
+                ..
+            })
+        ),
+        "{out:?}"
+    );
+    assert_eq!(published(&out), vec![3]);
+    assert!(
+        h.now.0 >= 32_000,
+        "not before gap_timeout + backfill_max_wait"
+    );
+}
+
+#[test]
+fn a_gap_behind_an_unanswered_probe_waits_for_the_probe() {
+    // A state held while the conversation's own idle probe is out: no gap request can go out
+    // until the probe is answered, and the hole waits for that answer (the probe may bring the
+    // missing states) instead of being declared a gap.
+    let mut h = Harness::new();
+    h.state("c", live(1));
+    assert_eq!(h.advance(30_000), vec![request("c", 2, None)]);
+    h.state("c", at(4, 40));
+    assert!(h.advance(600_000).is_empty());
+    assert_eq!(h.seq.raw_low_watermark(), Some(40));
+    let out = h.backfill(
+        "c",
+        2,
+        None,
+        BackfillOutcome::Answered(vec![backfilled(2), backfilled(3), backfilled(4)]),
+    );
+    assert_eq!(published(&out), vec![2, 3, 4]);
+    assert!(!out.iter().any(|a| matches!(a, Action::PublishGap { .. })));
+    assert_eq!(h.seq.raw_low_watermark(), None);
+}
+
+#[test]
+fn a_closed_call_is_remembered_until_the_raw_watermark_passes_it() {
+    // Reviewer's repro: a holds state 2 (raw 100) with its back-fill pending; b (raw 101-102)
+    // completes; an hour later b must not be forgotten while a takeover would resume raw at 100.
+    // a's request stays unanswered (the shell's queue is long), which the hole waits for.
+    let cfg = SequencerConfig::default();
+    let mut h = Harness::with(cfg.clone());
+    let mut changelog = std::collections::BTreeMap::new();
+    let raw = [
+        ("a", at(2, 100)),
+        ("b", at(1, 101)),
+        (
+            "b",
+            IncomingState {
+                is_ending: true,
+                ..at(2, 102)
+            },
+        ),
+    ];
+    for (c, s) in raw.clone() {
+        h.state(c, s);
+    }
+    write_changelog(&mut h.seq, &mut changelog);
+    assert!(changelog.contains_key("b"));
+    h.advance(61 * 60_000); // a's requests go unanswered
+    write_changelog(&mut h.seq, &mut changelog);
+    assert!(
+        changelog.contains_key("b"),
+        "b forgotten while raw 101-102 lie above the watermark"
+    );
+    assert_eq!(h.seq.raw_low_watermark(), Some(100));
+    // Takeover: restore, re-read raw from the watermark: b is not published again.
+    let mut t = Harness::with(cfg);
+    t.now = h.now;
+    for (c, cp) in &changelog {
+        t.seq.restore(c, *cp, t.now);
+    }
+    for (c, s) in raw {
+        assert!(published(&t.state(c, s)).is_empty() || c == "a");
+    }
+    // Once a's answer comes, the watermark passes b and b is forgotten at its next look.
+    let out = h.backfill(
+        "a",
+        1,
+        Some(1),
+        BackfillOutcome::Answered(vec![backfilled(1)]),
+    );
+    assert_eq!(published(&out), vec![1, 2]);
+    assert_eq!(h.seq.raw_low_watermark(), None);
+    h.advance(3_600_000);
+    assert_eq!(
+        h.seq.checkpoint("b"),
+        None,
+        "forgotten once nothing pins it"
+    );
+    write_changelog(&mut h.seq, &mut changelog);
+    assert!(!changelog.contains_key("b"));
+}
+
+#[test]
+fn a_late_raw_duplicate_of_a_closed_call_moves_its_raw_mark() {
+    let cfg = SequencerConfig {
+        backfill_max_wait: Duration::from_secs(2 * 3600),
+        ..SequencerConfig::default()
+    };
+    let mut h = Harness::with(cfg);
+    h.state("b", at(1, 10));
+    h.state(
+        "b",
+        IncomingState {
+            is_ending: true,
+            ..at(2, 11)
+        },
+    );
+    h.advance(60_000);
+    h.state("a", at(2, 20)); // held for hours
+    h.state("b", at(1, 21)); // GoTo redelivers b's first state after a's
+    h.advance(3_600_000);
+    assert!(
+        h.seq.checkpoint("b").is_some(),
+        "raw 21 (b) lies above the watermark 20: a takeover would re-read it"
+    );
+}
+
+#[test]
+fn a_restored_closed_call_waits_for_the_takeover_to_re_read_its_states() {
+    // The previous owner kept b (closed two hours ago) because a's state at raw 100 pinned the
+    // watermark. The new owner restores b and re-reads raw from 100: b must still be known when
+    // its states come by, and forgotten only once the watermark has passed them.
+    let mut h = Harness::new();
+    h.now = Timestamp(10 * 3_600_000);
+    let closed = ConversationCheckpoint {
+        next_sequence: 3,
+        ended: true,
+        gap_count: 0,
+    };
+    h.seq
+        .restore_since("b", closed, h.now, Timestamp(h.now.0 - 2 * 3_600_000));
+    assert!(h.advance(1_000).is_empty());
+    assert!(
+        h.seq.checkpoint("b").is_some(),
+        "forgotten before the re-read"
+    );
+    // The re-read is slow to reach raw 100.
+    h.advance(249_000);
+    h.state("a", at(2, 100));
+    assert!(h.state("b", at(1, 101)).is_empty());
+    assert!(h
+        .state(
+            "b",
+            IncomingState {
+                is_ending: true,
+                ..at(2, 102)
+            }
+        )
+        .is_empty());
+    // Past the catch-up allowance b takes raw 103 as its mark, and a still pins raw 100.
+    h.advance(150_000);
+    assert!(h.seq.checkpoint("b").is_some(), "a still pins raw 100");
+    // a's hole is filled, the watermark moves past b, b is forgotten at its next look.
+    let out = h.backfill(
+        "a",
+        1,
+        Some(1),
+        BackfillOutcome::Answered(vec![backfilled(1)]),
+    );
+    assert_eq!(published(&out), vec![1, 2]);
+    h.advance(160_000);
+    assert_eq!(h.seq.raw_low_watermark(), None);
+    assert_eq!(h.seq.checkpoint("b"), None);
+    assert_eq!(h.seq.len(), 1, "a is still open");
+}
+
+#[test]
+fn an_announced_raw_end_settles_restored_calls_without_waiting() {
+    let mut h = Harness::new();
+    h.now = Timestamp(10 * 3_600_000);
+    let closed = ConversationCheckpoint {
+        next_sequence: 3,
+        ended: true,
+        gap_count: 0,
+    };
+    h.seq
+        .restore_since("b", closed, h.now, Timestamp(h.now.0 - 2 * 3_600_000));
+    h.seq.restored_raw_end(103);
+    h.state("a", at(2, 100));
+    h.advance(1_000);
+    assert!(
+        h.seq.checkpoint("b").is_some(),
+        "raw 100 is held, below 103"
+    );
+    h.state("a", at(1, 103));
+    assert!(h.advance(5_000).is_empty());
+    assert_eq!(h.seq.checkpoint("b"), None, "the watermark passed 103");
+}
+
+// ---- counters and abandonment ------------------------------------------------------------------
+
+#[test]
+fn confirm_gone_after_above_255_is_honoured() {
+    // `absent` was a u8: it stopped at 255 and a setting of 300 never declared the gap.
+    let cfg = SequencerConfig {
+        confirm_gone_after: 300,
+        backfill_retry_base: Duration::from_secs(1),
+        backfill_retry_max: Duration::from_secs(1),
+        backfill_max_wait: Duration::from_secs(24 * 3600),
+        ..SequencerConfig::default()
+    };
+    let mut h = Harness::with(cfg);
+    h.state("c", live(1));
+    h.state("c", ending(3));
+    let mut answers = 0;
+    let mut step = h.advance(2_000);
+    while answers < 400 {
+        let Some(Action::RequestBackfill { from, to, .. }) = step.first().cloned() else {
+            panic!("no request: {step:?}");
+        };
+        answers += 1;
+        let out = h.backfill("c", from, to, BackfillOutcome::Answered(vec![]));
+        if let Some(Action::PublishGap { reason, .. }) = out.first() {
+            assert_eq!(*reason, GapReason::Gone);
+            assert_eq!(published(&out), vec![3]);
+            break;
+        }
+        step = h.advance(1_000);
+    }
+    assert_eq!(answers, 300);
+}
+
+#[test]
+fn abandonment_publishes_held_states_behind_gap_records() {
+    // With `abandon_after` below `gap_timeout + backfill_max_wait`, a call can be abandoned
+    // while holding states: they are not dropped silently.
+    let cfg = SequencerConfig {
+        abandon_after: Duration::from_secs(60),
+        ..SequencerConfig::default()
+    };
+    let mut h = Harness::with(cfg);
+    h.state("c", live(1));
+    h.state("c", at(3, 30));
+    h.state("c", at(6, 60));
+    assert_eq!(h.advance(2_000), vec![request("c", 2, Some(2))]);
+    let out = h.advance(58_000);
+    assert_eq!(
+        out.iter()
+            .map(|a| match a {
+                Action::PublishGap { from, to, .. } => format!("gap {from}-{to}"),
+                Action::Publish {
+                    sequence_number, ..
+                } => format!("pub {sequence_number}"),
+                Action::Abandoned { next_sequence, .. } => format!("abandoned {next_sequence}"),
+                other => format!("{other:?}"),
+            })
+            .collect::<Vec<_>>(),
+        vec!["gap 2-2", "pub 3", "gap 4-5", "pub 6", "abandoned 7"]
+    );
+    assert_eq!(h.seq.raw_low_watermark(), None);
+    assert_eq!(h.seq.len(), 0);
+    // An ENDING among the held states completes the call instead of abandoning it.
+    let mut h = Harness::with(SequencerConfig {
+        abandon_after: Duration::from_secs(60),
+        ..SequencerConfig::default()
+    });
+    h.state("c", live(1));
+    h.state("c", ending(3));
+    h.advance(2_000);
+    let out = h.advance(58_000);
+    assert!(matches!(
+        out.last(),
+        Some(Action::PublishCompletion {
+            last_sequence: 3,
+            gap_count: 1,
+            ..
+        })
+    ));
+    assert!(!out.iter().any(|a| matches!(a, Action::Abandoned { .. })));
+}
+
+// ---- implausible sequence numbers and states inside a declared gap ----------------------------
+
+#[test]
+fn an_implausible_sequence_number_is_dead_lettered_not_turned_into_a_gap() {
+    // Reviewer's repro: 1, 2, then a timestamp in the sequence field, then the real 3, 4, 5.
+    let mut h = Harness::new();
+    h.state("c", live(1));
+    h.state("c", live(2));
+    let out = h.state("c", live(1_700_000_000_000));
+    assert!(
+        matches!(
+            &out[..],
+            [Action::DeadLetter {
+                sequence_number: 1_700_000_000_000,
+                reason: DeadLetterReason::ImplausibleSequence,
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+    assert_eq!(published(&h.state("c", live(3))), vec![3]);
+    assert!(h.advance(5_000).is_empty(), "no gap, no back-fill");
+    assert_eq!(published(&h.state("c", live(4))), vec![4]);
+    let out = h.state("c", ending(5));
+    assert_eq!(published(&out), vec![5]);
+    assert!(matches!(
+        out.last(),
+        Some(Action::PublishCompletion { gap_count: 0, .. })
+    ));
+    assert_eq!(h.seq.stats().counters.implausible_sequence, 1);
+    // The bound: exactly MAX_SEQUENCE_AHEAD above next is held, one more is not (a call first
+    // seen at k counts from next = 1).
+    let mut h = Harness::new();
+    assert!(h.state("d", live(1 + MAX_SEQUENCE_AHEAD)).is_empty());
+    let out = h.state("e", live(2 + MAX_SEQUENCE_AHEAD));
+    assert!(matches!(
+        &out[..],
+        [Action::DeadLetter {
+            reason: DeadLetterReason::ImplausibleSequence,
+            ..
+        }]
+    ));
+    assert_eq!(h.seq.stats().held_states, 1);
+}
+
+#[test]
+fn a_state_inside_a_declared_gap_is_dead_lettered_not_dropped() {
+    let mut h = Harness::new();
+    h.state("c", live(1));
+    h.state("c", live(3));
+    h.advance(2_000);
+    h.backfill("c", 2, Some(2), BackfillOutcome::Answered(vec![]));
+    h.advance(500);
+    let out = h.backfill("c", 2, Some(2), BackfillOutcome::NotFound);
+    assert_eq!(out[0], gap("c", 2, 2, GapReason::Gone));
+    // GoTo's store caught up after all, or the webhook was only late: 2 cannot be published
+    // after its gap record, and it is no duplicate.
+    let out = h.state("c", live(2));
+    assert!(
+        matches!(
+            &out[..],
+            [Action::DeadLetter {
+                sequence_number: 2,
+                reason: DeadLetterReason::InsideDeclaredGap,
+                payload,
+                ..
+            }] if payload == "s2"
+        ),
+        "{out:?}"
+    );
+    // Published neighbours are still plain duplicates.
+    assert!(h.state("c", live(1)).is_empty());
+    assert!(h.state("c", live(3)).is_empty());
+    let st = h.seq.stats().counters;
+    assert_eq!((st.inside_declared_gap, st.duplicates_dropped), (1, 2));
+    // Also after completion; not for a gap only the takeover scan found (the previous owner
+    // dead-lettered whatever came for it, and a re-read must not do so twice).
+    h.state("c", ending(4));
+    assert_eq!(h.state("c", live(2)).len(), 1);
+    let mut h = Harness::new();
+    h.seq.observe_published("d", 1);
+    h.seq.observe_gap("d", 2, 4);
+    assert!(h.state("d", live(3)).is_empty());
+}
+
+#[test]
+fn dead_letter_reasons_have_distinct_codes_and_details() {
+    let reasons = [
+        DeadLetterReason::ConflictingDuplicate,
+        DeadLetterReason::AfterEnding,
+        DeadLetterReason::InvalidSequence,
+        DeadLetterReason::ImplausibleSequence,
+        DeadLetterReason::InsideDeclaredGap,
+    ];
+    let codes: std::collections::BTreeSet<_> = reasons.iter().map(|r| r.code()).collect();
+    assert_eq!(codes.len(), reasons.len());
+    for r in reasons {
+        assert!(r.detail(7).contains('7'), "{r:?}");
+    }
 }

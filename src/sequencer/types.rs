@@ -86,7 +86,9 @@ pub enum Action<P> {
     },
     /// Fetch states `from..=to` (`to: None`: every state from `from` on, an idle tail probe)
     /// and report with `on_backfill(conversation, from, to, …)`. Never two in flight for one
-    /// conversation; the shell owes exactly one answer per request.
+    /// conversation; the shell owes exactly one answer per request, however late (a gap whose
+    /// answer has not come `backfill_max_wait` after it was due is given up meanwhile; the late
+    /// answer is absorbed).
     RequestBackfill {
         conversation: ConversationId,
         from: u64,
@@ -100,7 +102,8 @@ pub enum Action<P> {
         payload: P,
     },
     /// An open conversation had no activity for `abandon_after` and was evicted without a
-    /// completion. `next_sequence` is the first sequence that was never resolved.
+    /// completion. `next_sequence` is the first sequence that was never resolved. States it
+    /// still held were published first, behind `BackfillFailed` gap records for the holes.
     Abandoned {
         conversation: ConversationId,
         next_sequence: u64,
@@ -112,9 +115,12 @@ pub enum Action<P> {
 pub enum GapReason {
     /// The back-fill answered, `confirm_gone_after` times in a row, without these states.
     Gone,
-    /// The back-fill kept failing until `backfill_max_wait` (or failed non-retryably).
+    /// The back-fill did not bring these states within `backfill_max_wait` of its first request
+    /// (failing, or unanswered: the shell's queue may be long), or failed non-retryably, or the
+    /// conversation was abandoned with states held behind them.
     BackfillFailed {
-        /// Failed attempts for this gap.
+        /// Requests for this gap that failed or were still unanswered (0: none could be sent
+        /// in time, another request of the conversation being still out).
         attempts: u32,
     },
 }
@@ -128,8 +134,19 @@ pub enum DeadLetterReason {
     /// A sequence number above the conversation's ENDING state: GoTo promises ENDING is last, so
     /// this is an anomaly worth a human look rather than a silent drop.
     AfterEnding,
-    /// Sequence number 0 or `u64::MAX` (the parser never yields these; the shell might).
+    /// Sequence number 0 or `u64::MAX`, which no call state has. The parser rejects 0 but
+    /// yields `u64::MAX` (it is a valid u64), so this does happen.
     InvalidSequence,
+    /// A sequence number more than [`super::MAX_SEQUENCE_AHEAD`] above the conversation's next
+    /// one: no call has that many states (a corrupt number, a timestamp in the field). Held, it
+    /// would turn everything below it into a gap record and the call's real later states into
+    /// duplicates.
+    ImplausibleSequence,
+    /// A state for a sequence number the stream already declared a gap (the back-fill gave up
+    /// or found it gone, and then it turned up): it cannot be published any more, and it is
+    /// not a duplicate. Told only within [`super::CONFLICT_WINDOW`] of the conversation's next
+    /// sequence; older ones are dropped as duplicates.
+    InsideDeclaredGap,
 }
 
 impl DeadLetterReason {
@@ -140,6 +157,8 @@ impl DeadLetterReason {
             DeadLetterReason::ConflictingDuplicate => "conflicting_duplicate",
             DeadLetterReason::AfterEnding => "after_ending",
             DeadLetterReason::InvalidSequence => "invalid_sequence_number",
+            DeadLetterReason::ImplausibleSequence => "implausible_sequence_number",
+            DeadLetterReason::InsideDeclaredGap => "inside_declared_gap",
         }
     }
 
@@ -155,6 +174,13 @@ impl DeadLetterReason {
             DeadLetterReason::InvalidSequence => {
                 format!("sequence {sequence_number} is 0 or 2^64-1, which no call state has")
             }
+            DeadLetterReason::ImplausibleSequence => format!(
+                "sequence {sequence_number} is more than {} above the call's next sequence, more states than any call has",
+                super::MAX_SEQUENCE_AHEAD
+            ),
+            DeadLetterReason::InsideDeclaredGap => format!(
+                "sequence {sequence_number} arrived after a gap record had declared it missing"
+            ),
         }
     }
 }

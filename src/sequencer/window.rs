@@ -4,9 +4,12 @@
 //! Keeping every fingerprint would cost 8 bytes per state for as long as the conversation is
 //! remembered; duplicates arrive close to the original (webhook retries, WebSocket + webhook,
 //! overlapping back-fill answers), so a fixed ring is enough. Bound: the [`CONFLICT_WINDOW`]
-//! sequences just below `next` are checked; older duplicates, gap sequences and anything from
-//! before a restore are dropped as plain duplicates. The ring stores 32-bit folds of the 64-bit
-//! fingerprints: a fold can only collide (missing a conflict, ~2^-32), never invent one.
+//! sequences just below `next` are checked; older duplicates and anything from before a restore
+//! are dropped as plain duplicates. The ring stores 32-bit folds of the 64-bit fingerprints: a
+//! fold can only collide (missing a conflict, ~2^-32), never invent one.
+//!
+//! The same window also knows which of those sequences were declared a gap (a bit per slot, in
+//! what was padding), so a state arriving for one of them is told from a harmless duplicate.
 
 /// How many sequence numbers below `next` are checked for conflicting duplicates.
 pub const CONFLICT_WINDOW: u64 = 12;
@@ -17,6 +20,19 @@ pub(crate) struct Window {
     /// Bit `seq % CONFLICT_WINDOW` set: that slot holds the fold of the published state at the
     /// one sequence in `next - CONFLICT_WINDOW .. next` with that residue.
     known: u16,
+    /// Bit `seq % CONFLICT_WINDOW` set: that sequence (as for `known`) lies in a gap record.
+    gap: u16,
+}
+
+/// What the window knows of a sequence below `next`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recent {
+    /// Published with this fingerprint fold.
+    Published(u32),
+    /// Declared a gap.
+    Gap,
+    /// Outside the window, or passed without either (restore, observed output).
+    Unknown,
 }
 
 impl Window {
@@ -25,30 +41,48 @@ impl Window {
         let i = slot(seq);
         self.folds[i] = fold(fingerprint);
         self.known |= 1 << i;
+        self.gap &= !(1 << i);
     }
 
-    /// `next` moved over `from..=to` without a fingerprint (gap, observed output).
+    /// `next` moved over `from..=to` without a fingerprint (observed output, restore).
     pub(crate) fn forget(&mut self, from: u64, to: u64) {
-        if to < from {
-            return;
-        }
-        if to - from >= CONFLICT_WINDOW - 1 {
-            self.known = 0;
-            return;
-        }
-        for seq in from..=to {
-            self.known &= !(1 << slot(seq));
-        }
+        let bits = span(from, to);
+        self.known &= !bits;
+        self.gap &= !bits;
     }
 
-    /// The fold recorded for `seq`, if `seq` is inside the window below `next`.
-    pub(crate) fn lookup(&self, seq: u64, next: u64) -> Option<u32> {
+    /// `next` moved over `from..=to` by a gap record.
+    pub(crate) fn mark_gap(&mut self, from: u64, to: u64) {
+        let bits = span(from, to);
+        self.known &= !bits;
+        self.gap |= bits;
+    }
+
+    /// What is known of `seq`, if inside the window below `next`.
+    pub(crate) fn lookup(&self, seq: u64, next: u64) -> Recent {
         if seq >= next || next - seq > CONFLICT_WINDOW {
-            return None;
+            return Recent::Unknown;
         }
         let i = slot(seq);
-        (self.known & (1 << i) != 0).then_some(self.folds[i])
+        if self.known & (1 << i) != 0 {
+            Recent::Published(self.folds[i])
+        } else if self.gap & (1 << i) != 0 {
+            Recent::Gap
+        } else {
+            Recent::Unknown
+        }
     }
+}
+
+/// The slot bits of `from..=to` (all of them once the range covers the window).
+fn span(from: u64, to: u64) -> u16 {
+    if to < from {
+        return 0;
+    }
+    if to - from >= CONFLICT_WINDOW - 1 {
+        return (1 << CONFLICT_WINDOW) - 1;
+    }
+    (from..=to).fold(0, |bits, seq| bits | 1 << slot(seq))
 }
 
 pub(crate) fn fold(fingerprint: u64) -> u32 {
@@ -72,11 +106,18 @@ mod tests {
             w.record(seq, seq * 1000);
         }
         let next = 41;
-        assert_eq!(w.lookup(40, next), Some(fold(40_000)));
+        assert_eq!(w.lookup(40, next), Recent::Published(fold(40_000)));
         let oldest = next - CONFLICT_WINDOW;
-        assert_eq!(w.lookup(oldest, next), Some(fold(oldest * 1000)));
-        assert_eq!(w.lookup(oldest - 1, next), None, "outside the window");
-        assert_eq!(w.lookup(41, next), None, "not published yet");
+        assert_eq!(
+            w.lookup(oldest, next),
+            Recent::Published(fold(oldest * 1000))
+        );
+        assert_eq!(
+            w.lookup(oldest - 1, next),
+            Recent::Unknown,
+            "outside the window"
+        );
+        assert_eq!(w.lookup(41, next), Recent::Unknown, "not published yet");
     }
 
     #[test]
@@ -87,9 +128,38 @@ mod tests {
         }
         w.forget(6, 8);
         w.record(9, 9);
-        assert_eq!(w.lookup(7, 10), None);
-        assert_eq!(w.lookup(5, 10), Some(fold(5)));
+        assert_eq!(w.lookup(7, 10), Recent::Unknown);
+        assert_eq!(w.lookup(5, 10), Recent::Published(fold(5)));
         w.forget(10, 100);
-        assert_eq!(w.lookup(9, 101), None);
+        assert_eq!(w.lookup(9, 101), Recent::Unknown);
+    }
+
+    #[test]
+    fn gap_sequences_are_told_from_published_and_unknown_ones() {
+        let mut w = Window::default();
+        w.record(1, 1);
+        w.mark_gap(2, 4);
+        w.record(5, 5);
+        assert_eq!(w.lookup(1, 6), Recent::Published(fold(1)));
+        assert_eq!(w.lookup(3, 6), Recent::Gap);
+        assert_eq!(w.lookup(5, 6), Recent::Published(fold(5)));
+        // A slot reused by a later publication is that publication's.
+        for seq in 6..=15 {
+            w.record(seq, seq);
+        }
+        assert_eq!(w.lookup(3, 16), Recent::Unknown, "outside the window");
+        assert_eq!(w.lookup(14, 16), Recent::Published(fold(14)));
+        // A long gap marks the whole window; a forgotten range is unknown again.
+        w.mark_gap(16, 1_000);
+        assert_eq!(w.lookup(990, 1_001), Recent::Gap);
+        assert_eq!(w.lookup(1_000, 1_001), Recent::Gap);
+        w.forget(1_001, 1_002);
+        assert_eq!(w.lookup(1_001, 1_003), Recent::Unknown);
+        assert_eq!(w.lookup(995, 1_003), Recent::Gap);
+    }
+
+    #[test]
+    fn the_gap_bits_cost_no_memory() {
+        assert_eq!(std::mem::size_of::<Window>(), 52);
     }
 }

@@ -174,6 +174,14 @@ impl RunState {
         for conv in &recovered.raised_by_scan {
             core.mark_dirty(conv);
         }
+        // The previous owner has stopped, so it read raw no further than raw's end now. The core
+        // keeps every restored closed call until its raw low watermark has passed that point:
+        // forgotten earlier, a call whose states the re-read has not reached yet would be read
+        // as a new one and published again.
+        let (_, raw_end) = consumer
+            .fetch_watermarks(&topics.raw, p, Duration::from_secs(10))
+            .map_err(kafka_err(format!("reading the end of raw {p}")))?;
+        core.restored_raw_end(raw_end);
         // Decided here, carried out once the partition is installed (below).
         let mut completions = 0usize;
         for (conv, &last) in &recovered.ending_without_completion {
