@@ -173,6 +173,9 @@ async fn launch(config: BridgeConfig, listeners: Listeners) -> Result<RunningBri
     let mut tasks = Vec::new();
     let mut servers = Vec::new();
     let readiness = Readiness::new(channel_rx.clone());
+    if config.channel.kind == ChannelKind::Webhook {
+        readiness.expect_webhook_listener();
+    }
 
     // The admin server first: while Kafka is unreachable at start-up, `/healthz` says the
     // process is alive and `/readyz` says why it is not ready, instead of a crash loop whose
@@ -223,6 +226,7 @@ async fn launch(config: BridgeConfig, listeners: Listeners) -> Result<RunningBri
     if config.channel.kind == ChannelKind::Webhook {
         // Every replica serves webhooks, owner or not: GoTo posts to the Service.
         let listener = bind(listeners.webhook, config.webhook.listen).await?;
+        readiness.set_webhook_listening();
         webhook_addr = listener.local_addr().ok();
         let router = webhook::router(
             ingest.clone(),
@@ -270,11 +274,13 @@ async fn launch(config: BridgeConfig, listeners: Listeners) -> Result<RunningBri
         events: config.goto.events.clone(),
         sweeper,
     };
-    tasks.push(tokio::spawn(channel::duty::follow_election(
-        duty,
-        election.role(),
-        channel_tx,
+    // GoTo checks a webhook URL when the channel is created: not before the URL reaches a
+    // replica (see `ops::after_webhook_route`).
+    tasks.push(tokio::spawn(ops::after_webhook_route(
+        config.channel.kind,
+        config.webhook.clone(),
         stop_rx.clone(),
+        channel::duty::follow_election(duty, election.role(), channel_tx, stop_rx.clone()),
     )));
     Ok(RunningBridge {
         webhook_addr,
@@ -322,7 +328,7 @@ async fn sweep_unwritten_windows(
     }
 }
 
-/// Every 2 s: is Kafka reachable (for `/readyz`), and how deep is ingest's producer queue.
+/// Every 2 s: is Kafka reachable (for `/readyz` and `/readyz/traffic`), and how deep is ingest's producer queue.
 async fn watch_kafka(ingest: Ingest, readiness: Readiness, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
@@ -377,11 +383,11 @@ impl RunningBridge {
     /// Stops in order: not ready, channel duty and background tasks, hand the channel over,
     /// drain the sequencer, then no new webhooks, and flush what was accepted.
     ///
-    /// The webhook server goes last: the chart's Service publishes not-ready addresses (GoTo
-    /// must reach a pod before its channel exists), so Kubernetes keeps routing POSTs to this
-    /// pod until its process ends. Refusing them while the rest drains would cost each one a
-    /// retry, or a back-fill; answering costs nothing, since what this replica writes to raw
-    /// now is sequenced by the partition's next owner.
+    /// The webhook server goes last: `/readyz/traffic` turns 503 at once, but endpoints and
+    /// ingress controllers take seconds to stop routing to this pod (and a Service that
+    /// publishes not-ready addresses never stops). Refusing POSTs while the rest drains would
+    /// cost each one a retry, or a back-fill; answering costs nothing, since what this replica
+    /// writes to raw now is sequenced by the partition's next owner.
     pub async fn shutdown(mut self) {
         // One deadline for the whole sequence, so it fits terminationGracePeriodSeconds. What
         // does not finish in time is not lost: it is either not yet acknowledged to GoTo

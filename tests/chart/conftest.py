@@ -104,7 +104,7 @@ VALUE_SETS = {
                     "sasl": {"mechanism": "SCRAM-SHA-512", "username": "callbridge"},
                     "tls": {"ca_location": "/etc/callbridge/kafka-tls/ca.crt"},
                     "topics": {"other_sources": "callbridge.other", "replication_factor": -1},
-                    "librdkafka": {"compression.type": "lz4", "linger.ms": "5"},
+                    "librdkafka": {"compression.type": "lz4", "linger.ms": 5, "socket.nagle.disable": True},
                 }
             },
             "secrets": {"kafkaSaslPassword": "sasl-password-3c4d5e6f"},

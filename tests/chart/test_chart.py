@@ -77,9 +77,27 @@ def test_schema_refuses_wrong_types_and_unknown_keys(bad, where):
         render(merge(MINIMAL, bad))
 
 
+def test_schema_refuses_every_librdkafka_property_the_binary_refuses():
+    """The schema's list and the binary's (`OWNED_PROPERTIES` in src/kafka/config.rs) stay one
+    list: a property only the binary refuses passes `helm install` and then stops the pod."""
+    import json
+    import pathlib
+    source = (pathlib.Path(CHART).parents[1] / "src" / "kafka" / "config.rs").read_text()
+    table = source[source.index("const OWNED_PROPERTIES"):]
+    table = table[:table.index("];")]
+    owned = set(re.findall(r'^\s*\(?\s*"([a-z.]+)",', table, re.M))
+    assert {"bootstrap.servers", "message.timeout.ms", "session.timeout.ms"} <= owned, owned
+    schema = json.loads((pathlib.Path(CHART) / "values.schema.json").read_text())
+    refused = set(schema["properties"]["config"]["properties"]["kafka"]["properties"]
+                  ["librdkafka"]["propertyNames"]["not"]["enum"])
+    assert refused == owned, {"only the binary": owned - refused, "only the schema": refused - owned}
+
+
 def test_websocket_runs_several_replicas_and_refuses_ingress():
     ws = VALUE_SETS["websocket"]
-    docs = render(merge(ws, {"replicaCount": 3}))
+    # Several replicas with a PAT (a refresh token is refused, see below).
+    pat = {"secrets": {"gotoRefreshToken": "", "gotoPersonalAccessToken": SECRETS["gotoPersonalAccessToken"]}}
+    docs = render(merge(merge(ws, pat), {"replicaCount": 3}))
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     assert deployment["spec"]["replicas"] == 3
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
@@ -111,13 +129,20 @@ def test_expected_objects_per_value_set(rendered):
     assert kinds(rendered["sasl-tls"]) == base | {"Secret"}
 
 
+def services(docs: list[dict]) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+
+
 def test_service_monitor_shape(rendered):
     docs = rendered["webhook-full"]
     sm = one(docs, "ServiceMonitor")
-    svc = one(docs, "Service")
+    svcs = services(docs)
+    svc = svcs[f"{RELEASE}-admin"]
     assert sm["metadata"]["labels"]["release"] == "prom"
     sel = sm["spec"]["selector"]["matchLabels"]
-    assert sel and all(svc["metadata"]["labels"].get(k) == v for k, v in sel.items())
+    # It selects the admin Service, and only it.
+    selected = [n for n, d in svcs.items() if all(d["metadata"]["labels"].get(k) == v for k, v in sel.items())]
+    assert selected == [f"{RELEASE}-admin"]
     assert sm["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
     (ep,) = sm["spec"]["endpoints"]
     assert ep["port"] == "admin" and ep["path"] == "/metrics"
@@ -204,6 +229,9 @@ def test_config_values_reach_the_toml(rendered):
     assert 'security_protocol = "sasl_ssl"' in toml
     assert 'mechanism = "SCRAM-SHA-512"' in toml
     assert '"compression.type" = "lz4"' in toml
+    # Numbers and booleans render unquoted; the binary takes them as librdkafka's text
+    # (test_rendered_config_passes_check_config runs this set through check-config).
+    assert '"linger.ms" = 5' in toml and '"socket.nagle.disable" = true' in toml
     assert "replication_factor = -1" in toml
     assert "partitions = 12" in toml  # an integer, not 12.0
     assert 'other_sources = "callbridge.other"' in toml
@@ -274,17 +302,24 @@ def test_probes_ports_and_service(rendered, name):
     c = container(docs)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    # Readiness is "can take notifications" (listener, Kafka, not shutting down), not /readyz.
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz/traffic", "port": "admin"}
     assert ports["admin"] == 9090
-    svc = {p["name"]: p for p in one(docs, "Service")["spec"]["ports"]}
-    assert svc["admin"]["port"] == 9090 and svc["admin"]["targetPort"] == "admin"
+    svcs = services(docs)
+    admin = svcs[f"{RELEASE}-admin"]["spec"]
+    assert admin["type"] == "ClusterIP"
+    assert [(p["name"], p["port"], p["targetPort"]) for p in admin["ports"]] == [("admin", 9090, "admin")]
     if VALUE_SETS[name]["config"].get("channel", {}).get("kind") == "websocket":
-        assert "webhook" not in ports and "webhook" not in svc
+        assert "webhook" not in ports
+        assert list(svcs) == [f"{RELEASE}-admin"]
         assert one(docs, "Deployment")["spec"]["strategy"]["type"] == "RollingUpdate"
     else:
         assert ports["webhook"] == 8080
-        assert svc["webhook"]["port"] == 8080 and svc["webhook"]["targetPort"] == "webhook"
-        assert one(docs, "Service")["spec"]["publishNotReadyAddresses"] is True
+        webhook = svcs[RELEASE]["spec"]
+        assert [(p["name"], p["port"], p["targetPort"]) for p in webhook["ports"]] == [
+            ("webhook", 8080, "webhook")]
+        # Not-ready pods (listener not bound, Kafka unreachable, shutting down) get no webhooks.
+        assert webhook["publishNotReadyAddresses"] is False
     assert c["resources"]["requests"] and c["resources"]["limits"]
 
 
@@ -306,7 +341,8 @@ def test_grace_period_replicas_and_hpa(rendered):
     dflt = one(rendered["defaults"], "Deployment")["spec"]
     assert dflt["replicas"] == 1 and dflt["template"]["spec"]["terminationGracePeriodSeconds"] == 60
     pdb = one(rendered["webhook-full"], "PodDisruptionBudget")["spec"]
-    assert pdb == {"minAvailable": 1, "selector": full["selector"]}
+    assert pdb == {"minAvailable": 1, "selector": full["selector"],
+                   "unhealthyPodEvictionPolicy": "AlwaysAllow"}
 
 
 def test_ingress_exposes_only_the_webhook_path(rendered):
@@ -348,7 +384,9 @@ def test_config_change_rolls_pods():
 def test_notes_render():
     text = notes(VALUE_SETS["defaults"])
     assert "https://callbridge.example.com/goto/webhook/<secret>" in text
-    assert "WebSocket mode" in notes(VALUE_SETS["websocket"])
+    assert f"svc/{RELEASE}-admin" in text
+    ws = notes(VALUE_SETS["websocket"])
+    assert "WebSocket mode" in ws and "one replica only" not in ws.lower()
 
 
 def test_readme_lists_every_value():
@@ -370,3 +408,127 @@ def test_readme_lists_every_value():
 
     missing = [p for p in leaves(values) if f"`{p}`" not in readme]
     assert missing == [], f"README.md does not document: {missing}"
+
+
+# --- availability, exposure, credentials -------------------------------------------------------
+
+def test_admin_port_stays_inside_the_cluster_with_a_public_service_type():
+    for kind in ["LoadBalancer", "NodePort"]:
+        svcs = services(render(merge(MINIMAL, {"service": {"type": kind}})))
+        assert svcs[RELEASE]["spec"]["type"] == kind
+        assert [p["name"] for p in svcs[RELEASE]["spec"]["ports"]] == ["webhook"]
+        assert svcs[f"{RELEASE}-admin"]["spec"]["type"] == "ClusterIP"
+
+
+def test_admin_service_name_fits_with_a_long_release_name():
+    docs = render(MINIMAL, name="a" * 53)
+    for name in services(docs):
+        assert len(name) <= 63, name
+
+
+def test_pdb_lets_a_drain_evict_pods_that_are_not_ready():
+    """During a Kafka outage every pod is NotReady: with Kubernetes' default policy the budget
+    counts them as disrupted already and blocks every eviction, so no node can be drained."""
+    pdb = one(render(MINIMAL), "PodDisruptionBudget")["spec"]
+    assert pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    pdb = one(render(merge(MINIMAL, {"podDisruptionBudget": {"unhealthyPodEvictionPolicy": "IfHealthyBudget"}})),
+              "PodDisruptionBudget")["spec"]
+    assert pdb["unhealthyPodEvictionPolicy"] == "IfHealthyBudget"
+
+
+REFRESH = {"secrets": {"gotoPersonalAccessToken": "", "gotoRefreshToken": "refresh-token-9e8d7c6b"}}
+SHARED = {
+    "config": {"goto": {"refresh_token_file": "/var/lib/callbridge/token/refresh-token"}},
+    "extraVolumes": [{"name": "token", "persistentVolumeClaim": {"claimName": "callbridge-token"}}],
+    "extraVolumeMounts": [{"name": "token", "mountPath": "/var/lib/callbridge/token"}],
+}
+
+
+@pytest.mark.parametrize("several", [
+    {"replicaCount": 2},
+    {"autoscaling": {"enabled": True}},
+])
+def test_refresh_token_with_several_replicas_refuses_to_render(several):
+    with pytest.raises(helm.HelmRenderError, match="personal access token"):
+        render(merge(merge(MINIMAL, REFRESH), several))
+    # The token file on a per-pod or read-only volume is no better.
+    per_pod = merge(SHARED, {"config": {"goto": {"refresh_token_file": "/tmp/refresh-token"}}})
+    with pytest.raises(helm.HelmRenderError, match="refresh_token_file"):
+        render(merge(merge(merge(MINIMAL, REFRESH), several), per_pod))
+    read_only = merge(SHARED, {"extraVolumeMounts": [
+        {"name": "token", "mountPath": "/var/lib/callbridge/token", "readOnly": True}]})
+    with pytest.raises(helm.HelmRenderError, match="refresh_token_file"):
+        render(merge(merge(merge(MINIMAL, REFRESH), several), read_only))
+    # Opting in: the file on a volume the replicas share and can write.
+    docs = render(merge(merge(merge(MINIMAL, REFRESH), several), SHARED))
+    assert "refresh_token_file" in one(docs, "ConfigMap")["data"]["config.toml"]
+    # A PAT (preferred) with several replicas is fine, and so is a refresh token on one.
+    render(merge(MINIMAL, several))
+    render(merge(MINIMAL, REFRESH))
+
+
+@pytest.mark.parametrize("timeout,grace,ok", [
+    ("25s", 60, True),
+    ("59s", 60, True),
+    ("60s", 60, False),
+    ("1m", 60, False),
+    ("90000ms", 60, False),
+    ("59999ms", 60, True),
+    ("1m30s", 60, False),
+    ("1m 30s", 120, True),
+    ("2 min", 60, False),
+    ("500ms", 1, True),
+    ("1h", 3599, False),
+    ("30 seconds", 31, True),
+])
+def test_shutdown_timeout_must_stay_below_the_grace_period(timeout, grace, ok):
+    values = merge(MINIMAL, {"config": {"shutdown": {"timeout": timeout}},
+                             "terminationGracePeriodSeconds": grace})
+    if ok:
+        render(values)
+    else:
+        with pytest.raises(helm.HelmRenderError, match="terminationGracePeriodSeconds"):
+            render(values)
+
+
+# The schema already refuses "25", "1m30", "-5s"; these pass it with units humantime lacks.
+@pytest.mark.parametrize("timeout", ["25 parsecs", "5 fortnights", "1mo"])
+def test_shutdown_timeout_the_chart_cannot_read_is_refused(timeout):
+    with pytest.raises(helm.HelmRenderError, match="not a duration the chart can read"):
+        render(merge(MINIMAL, {"config": {"shutdown": {"timeout": timeout}}}))
+
+
+def test_replicas_spread_over_nodes_by_default():
+    pod = one(render(MINIMAL), "Deployment")["spec"]["template"]["spec"]
+    keys = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+    assert set(keys) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for c in keys.values():
+        assert c["whenUnsatisfiable"] == "ScheduleAnyway"  # soft: one node still runs them all
+        assert c["labelSelector"]["matchLabels"] == one(render(MINIMAL), "Deployment")["spec"]["selector"]["matchLabels"]
+    own = [{"maxSkew": 2, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"app": "x"}}}]
+    pod = one(render(merge(MINIMAL, {"topologySpreadConstraints": own})), "Deployment")["spec"]["template"]["spec"]
+    assert pod["topologySpreadConstraints"] == own
+    pod = one(render(merge(MINIMAL, {"defaultTopologySpread": False})), "Deployment")["spec"]["template"]["spec"]
+    assert "topologySpreadConstraints" not in pod
+
+
+def promql_pod_regex(expr: str) -> re.Pattern:
+    """The pod=~"..." matcher of an expression (PromQL regexes are fully anchored)."""
+    return re.compile(re.search(r'pod=~"([^"]+)"', expr).group(1))
+
+
+def test_not_ready_alert_counts_only_running_pods_of_this_release():
+    rules = {r["alert"]: r for g in one(render(merge(MINIMAL, {"prometheusRule": {"enabled": True}})),
+                                          "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
+    expr = rules["CallbridgeNotReady"]["expr"]
+    # An evicted or Failed pod stays not ready until it is garbage-collected: not an outage.
+    assert 'and on (namespace, pod) (kube_pod_status_phase{phase="Running"} == 1)' in expr
+    pods = promql_pod_regex(expr)
+    for name in ["callbridge-7d9f8b6c4-x2x9z", "callbridge-5b7c9d8f6b-qwzx4"]:
+        assert pods.fullmatch(name), name
+    for name in ["callbridge-sim-7d9f8b6c4-x2x9z", "callbridge-db-0", "callbridge-admin-6c8b9-abcde",
+                 "callbridge-7d9f8b6c4-x2x9z-debug", "other-7d9f8b6c4-x2x9z"]:
+        assert not pods.fullmatch(name), name
+    # The sequencer is no longer part of pod readiness: its own alert.
+    assert "callbridge_sequencer_in_group" in rules["CallbridgeSequencerNotInGroup"]["expr"]

@@ -80,7 +80,9 @@ def test_kustomize_base_matches_chart_defaults(kustomized):
     for key in ["args", "ports", "livenessProbe", "readinessProbe", "resources", "securityContext",
                 "volumeMounts", "env"]:
         assert kc[key] == cc[key], key
-    assert one(kustomized, "Service")["spec"] == one(chart, "Service")["spec"]
+    svcs = lambda docs: {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "Service"}
+    assert svcs(kustomized) == svcs(chart)
+    assert k_pod["topologySpreadConstraints"] == c_pod["topologySpreadConstraints"]
     assert one(kustomized, "PodDisruptionBudget")["spec"] == one(chart, "PodDisruptionBudget")["spec"]
     # Same config apart from the placeholders the user must replace.
     k_toml = one(kustomized, "ConfigMap")["data"]["config.toml"]
@@ -179,5 +181,12 @@ def test_dockerfile_essentials():
         uid = yaml.safe_load(f)["securityContext"]["runAsUser"]
     assert user[-1].split(":")[0] == str(uid)
     assert "CALLBRIDGE_CONFIG" not in re.sub(r"^#.*$", "", text, flags=re.M)
-    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text()
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
     assert "target/" in ignore
+    assert "**/target/" in ignore  # fuzz/target, benches' and tools' own target dirs
+    # librdkafka is built by rdkafka-sys with its own configure script unless the cmake-build
+    # feature is on; nothing else in Cargo.lock needs cmake.
+    cargo = (REPO / "Cargo.toml").read_text()
+    if "cmake-build" not in cargo and 'name = "cmake"' not in (REPO / "Cargo.lock").read_text():
+        build = text.split("AS runtime", 1)[0]
+        assert not re.search(r"\bcmake\b", re.sub(r"^#.*$", "", build, flags=re.M)), "cmake is unused"

@@ -83,16 +83,30 @@ groups:
             replica owns it). GoTo delivers nothing meanwhile; the owner's /readyz body and logs
             say why.
       - alert: CallbridgeNotReady
-        expr: sum by (namespace, pod) (kube_pod_status_ready{condition="true", pod=~"{{ $fullname }}-.*"}) == 0
+        expr: (sum by (namespace, pod) (kube_pod_status_ready{condition="true", pod=~"{{ $fullname }}-[bcdfghjklmnpqrstvwxz2456789]{1,10}-[bcdfghjklmnpqrstvwxz2456789]{5}"}) == 0) and on (namespace, pod) (kube_pod_status_phase{phase="Running"} == 1)
         for: {{ $r.notReadyFor }}
         labels:
           severity: critical
         annotations:
-          summary: callbridge pod {{`{{ $labels.pod }}`}} is not ready
+          summary: callbridge pod {{`{{ $labels.pod }}`}} takes no webhooks (not ready)
           description: >-
-            /readyz has failed for a while: the notification channel or its subscriptions are not in
-            place (or shutdown is stuck). The /readyz body names the failing check. Needs
-            kube-state-metrics.
+            /readyz/traffic, the readiness probe, has failed for a while on a running pod, so the
+            Service sends it nothing: its webhook listener is not bound, or its shutdown is stuck
+            (Kafka is not part of it: CallbridgeKafkaUnreachable). The /readyz/traffic body names the failing check. The channel
+            and the sequencer are not part of it (CallbridgeNoChannelOwner,
+            CallbridgeSequencerNotInGroup). Needs kube-state-metrics.
+      - alert: CallbridgeSequencerNotInGroup
+        expr: min by (namespace, pod) (callbridge_sequencer_in_group) == 0 unless on (namespace, pod) (callbridge_kafka_reachable == 0)
+        for: {{ $r.notReadyFor }}
+        labels:
+          severity: warning
+        annotations:
+          summary: The sequencer on {{`{{ $labels.pod }}`}} is not in its consumer group
+          description: >-
+            The pod reaches Kafka but its sequencer has had no assignment from the raw topic's
+            consumer group for a while (/readyz names it: checks.sequencer), so it sequences
+            nothing; the other replicas take its partitions over only if it left the group. Check
+            the log for "sequencer run failed" and the group's state on the broker.
       - alert: CallbridgeKafkaUnreachable
         expr: min by (namespace, pod) (callbridge_kafka_reachable) == 0
         for: 2m

@@ -18,6 +18,13 @@ Names and labels.
 {{- end }}
 {{- end }}
 
+{{/*
+The admin Service: "<fullname>-admin", within the 63 characters of a Service name.
+*/}}
+{{- define "callbridge.adminServiceName" -}}
+{{- printf "%s-admin" (include "callbridge.fullname" . | trunc 57 | trimSuffix "-") }}
+{{- end }}
+
 {{- define "callbridge.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -170,16 +177,68 @@ Render-time checks the JSON schema cannot express.
 {{- fail "secrets.kafkaSaslPassword is required with config.kafka.security_protocol sasl_* (or set existingSecret)" }}
 {{- end }}
 {{- end }}
+{{- $timeout := "25s" }}
 {{- with .Values.config.shutdown }}
-{{- $t := toString .timeout }}
-{{- $secs := -1 }}
-{{- if regexMatch "^[0-9]+s$" $t }}{{ $secs = trimSuffix "s" $t | int }}{{ end }}
-{{- if regexMatch "^[0-9]+m$" $t }}{{ $secs = mul (trimSuffix "m" $t | int) 60 }}{{ end }}
-{{- if ge $secs (int $.Values.terminationGracePeriodSeconds) }}
-{{- fail (printf "config.shutdown.timeout (%s) must stay below terminationGracePeriodSeconds (%d): Kubernetes kills the pod at the grace period" $t (int $.Values.terminationGracePeriodSeconds)) }}
+{{- if not (kindIs "invalid" .timeout) }}{{ $timeout = toString .timeout }}{{ end }}
 {{- end }}
+{{- $ms := include "callbridge.durationMs" $timeout }}
+{{- if eq $ms "invalid" }}
+{{- fail (printf "config.shutdown.timeout (%s) is not a duration the chart can read: use whole or decimal numbers with units, e.g. 25s, 1m30s, 90000ms" $timeout) }}
 {{- end }}
+{{- if ge (float64 $ms) (mulf (int $.Values.terminationGracePeriodSeconds) 1000) }}
+{{- fail (printf "config.shutdown.timeout (%s) must stay below terminationGracePeriodSeconds (%d): Kubernetes kills the pod at the grace period" $timeout (int $.Values.terminationGracePeriodSeconds)) }}
+{{- end }}
+{{- include "callbridge.validateRefreshToken" . }}
 {{- if and .Values.kafkaTls.enabled (not .Values.kafkaTls.secretName) }}
 {{- fail "kafkaTls.secretName is required when kafkaTls.enabled is true" }}
 {{- end }}
+{{- end }}
+
+{{/*
+A refresh token shared by several pods: GoTo issues a new refresh token when the old one expires
+and retires the old one, so only the replica that refreshed (and any replica reading the same
+goto.refresh_token_file) keeps a token GoTo accepts. The chart passes the token in an environment
+variable and its only writable volume (/tmp) is per pod, so more than one replica (or an
+autoscaler) with a refresh token breaks at the first rotation, unless goto.refresh_token_file is
+on a volume the replicas share, mounted through extraVolumes / extraVolumeMounts. (With
+existingSecret the chart cannot see which token the Secret holds.)
+*/}}
+{{- define "callbridge.validateRefreshToken" -}}
+{{- $g := .Values.config.goto }}
+{{- $s := .Values.secrets }}
+{{- $pat := or (and (not .Values.existingSecret) $s.gotoPersonalAccessToken) $g.personal_access_token_file }}
+{{- $refresh := and (not $pat) (or (and (not .Values.existingSecret) $s.gotoRefreshToken) $g.refresh_token_file) }}
+{{- $several := or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}
+{{- if and $refresh $several }}
+{{- $file := toString (default "" $g.refresh_token_file) }}
+{{- $shared := false }}
+{{- range .Values.extraVolumeMounts }}
+{{- $dir := trimSuffix "/" (toString .mountPath) }}
+{{- if and $file (hasPrefix (printf "%s/" $dir) $file) (not .readOnly) }}{{ $shared = true }}{{ end }}
+{{- end }}
+{{- if not $shared }}
+{{- fail "a GoTo refresh token cannot be shared by several replicas (replicaCount > 1 or autoscaling.enabled): GoTo retires a refresh token when it issues the next one, so every replica but the one that refreshed is locked out. Use a personal access token (secrets.gotoPersonalAccessToken), or one replica, or put config.goto.refresh_token_file on a volume all replicas share and can write (extraVolumes + a writable extraVolumeMounts entry whose mountPath contains the file, e.g. a ReadWriteMany PVC seeded with the token)" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A duration as the bridge reads it (humantime: "25s", "1m30s", "90000ms", "1.5s", "2 min"), in
+milliseconds as a decimal string; "invalid" when the chart cannot read it. Units are tried longest
+first, so "1ms" is not read as a minute and "1month" not as "1m".
+*/}}
+{{- define "callbridge.durationMs" -}}
+{{- $t := trim (toString .) }}
+{{- $ms := dict "nanos" 0.000001 "nsec" 0.000001 "ns" 0.000001 "usec" 0.001 "us" 0.001 "µs" 0.001 "millis" 1 "msec" 1 "ms" 1 "seconds" 1000 "second" 1000 "secs" 1000 "sec" 1000 "s" 1000 "minutes" 60000 "minute" 60000 "mins" 60000 "min" 60000 "m" 60000 "hours" 3600000 "hour" 3600000 "hrs" 3600000 "hr" 3600000 "h" 3600000 "days" 86400000 "day" 86400000 "d" 86400000 "weeks" 604800000 "week" 604800000 "wks" 604800000 "wk" 604800000 "w" 604800000 "months" 2630016000 "month" 2630016000 "M" 2630016000 "years" 31557600000 "year" 31557600000 "yrs" 31557600000 "yr" 31557600000 "y" 31557600000 }}
+{{- $units := "seconds|minutes|months|millis|second|minute|month|nanos|hours|weeks|years|nsec|usec|msec|secs|mins|hour|days|week|year|sec|min|hrs|day|wks|yrs|ns|us|µs|ms|hr|wk|yr|s|m|h|d|w|M|y" }}
+{{- $part := printf "[0-9]+(\\.[0-9]+)?\\s*(%s)" $units }}
+{{- if and $t (regexMatch (printf "^(%s\\s*)+$" $part) $t) }}
+{{- $sum := 0.0 }}
+{{- range regexFindAll $part $t -1 }}
+{{- $n := regexFind "^[0-9]+(\\.[0-9]+)?" . }}
+{{- $u := regexReplaceAll "^[0-9.]+\\s*" . "" }}
+{{- $sum = addf $sum (mulf (float64 $n) (index $ms $u)) }}
+{{- end }}
+{{- $sum }}
+{{- else }}invalid{{ end }}
 {{- end }}
