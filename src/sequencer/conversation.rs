@@ -9,12 +9,12 @@
 //! state is never declared gone after fewer than `confirm_gone_after` answers that covered it and
 //! lacked it.
 //!
-//! Nothing is held for long: a front hole is given up (`BackfillFailed`) `gap_timeout +
-//! backfill_max_wait` after it became known, whether its request failed, waits for a retry, or is
-//! still unanswered (the shell's back-fill queue may be long). Held states pin the raw low
-//! watermark, and a closed conversation is only forgotten once that watermark has passed its
-//! states (see [`Conversation::on_tick`]), so a takeover resuming there never meets a state of a
-//! conversation nobody remembers.
+//! A front hole whose back-fill keeps failing is given up (`BackfillFailed`) `gap_timeout +
+//! backfill_max_wait` after it became known, at a failure or between attempts; one whose answer
+//! has not come yet (the shell's back-fill queue may be long) waits for it, at most until
+//! `abandon_after`. Held states pin the raw low watermark, and a closed conversation is only
+//! forgotten once that watermark has passed its states (see [`Conversation::on_tick`]), so a
+//! takeover resuming there never meets a state of a conversation nobody remembers.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -492,10 +492,10 @@ impl<P> Conversation<P> {
             return self.closed_tick(cx);
         }
         if now >= self.last_activity.plus(cfg.abandon_after) {
-            // Held states are given up long before (`give_up_at`) unless `abandon_after` is
-            // shorter than `gap_timeout + backfill_max_wait`; never dropped silently: the holes
-            // become gap records and the states are published (an ENDING among them closes the
-            // call instead).
+            // States still held (an answer that never came, or an `abandon_after` shorter than
+            // `gap_timeout + backfill_max_wait`) are never dropped silently: the holes become
+            // gap records and the states are published (an ENDING among them closes the call
+            // instead).
             self.give_up_all(cx);
             if self.ended {
                 return Fate::Keep;
