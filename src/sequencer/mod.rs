@@ -19,10 +19,10 @@
 //! - Back-fill answers feed the same rules. A state still missing after `confirm_gone_after`
 //!   consecutive successful answers is declared gone (`PublishGap{Gone}`, consecutive missing
 //!   sequences merged into one range); failures retry with exponential backoff. A front hole
-//!   still open `backfill_max_wait` after its request was due (`gap_timeout + backfill_max_wait`
-//!   after it became known) is given up, `PublishGap{BackfillFailed}`, whether its request
-//!   failed, waits for a retry or is still unanswered (the answer, owed all the same, is absorbed
-//!   when it comes). So no state is held longer than that, and the raw low watermark moves on.
+//!   still failing `backfill_max_wait` after its request was due (`gap_timeout +
+//!   backfill_max_wait` after it became known) is given up, `PublishGap{BackfillFailed}`, at a
+//!   failure or between attempts. A request not answered yet is waited for (the shell's queue
+//!   may be long, and GoTo may still have the states), at most until `abandon_after`.
 //! - Publishing ENDING publishes `PublishCompletion` and closes the conversation. Afterwards,
 //!   states at or below ENDING are duplicates (conflict-checked as above); states above it —
 //!   and any held above it when it is published, or arriving above a held ENDING — go to
@@ -38,9 +38,9 @@
 //!   watermark has passed every raw record of it (its *raw mark*: how far raw had been read when
 //!   it closed or a state of it last came in): a takeover resuming at the watermark must not
 //!   read a state of a call nobody remembers. A conversation closed by a takeover (restored,
-//!   observed) gets its mark once the re-read has caught up: at the previous owner's raw end if
-//!   the shell announced it (`restored_raw_end`), else `gap_timeout + backfill_max_wait` after
-//!   the takeover.
+//!   observed) gets its mark from the previous owner's raw end, which the shell announces at
+//!   every takeover (`restored_raw_end`); a core driven without that guesses, taking how far it
+//!   has read `gap_timeout + backfill_max_wait` after the takeover.
 //!
 //! # Checkpoints (design D1 of `exactly-once-notes.md`)
 //! The ordered topic is the truth; the changelog is an index of [`ConversationCheckpoint`]s.
