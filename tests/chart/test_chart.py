@@ -69,6 +69,11 @@ def test_schema_refuses_secrets_in_config(path):
     ({"config": {"channel": {"kind": "sse"}}}, "kind"),
     ({"config": {"kafka": {"librdkafka": {"bootstrap.servers": "x:1"}}}}, "bootstrap.servers"),
     ({"config": {"sequencer": {"gap_timeout": 2}}}, "gap_timeout"),
+    # Durations the binary refuses at zero (a zero interval panics or spins).
+    ({"config": {"channel": {"repair_interval": "0s"}}}, "repair_interval"),
+    ({"config": {"channel": {"ping_interval": "0 ms"}}}, "ping_interval"),
+    ({"config": {"kafka": {"ack_timeout": "0s"}}}, "ack_timeout"),
+    ({"config": {"shutdown": {"timeout": "0m 0s"}}}, "timeout"),
     ({"replicaCount": "2"}, "replicaCount"),
     ({"config": {"goto": {"unknown_key": "x"}}}, "unknown_key"),
 ])
