@@ -59,44 +59,7 @@ impl From<&str> for Secret {
 /// quote secrets.) Type errors (a list, a table) never carry the value.
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(SecretVisitor)
-    }
-}
-
-struct SecretVisitor;
-
-impl serde::de::Visitor<'_> for SecretVisitor {
-    type Value = Secret;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string (or a number or boolean, taken as its text)")
-    }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
-        Ok(Secret::new(v))
-    }
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
-        Ok(Secret(v))
-    }
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Secret, E> {
-        Ok(Secret(v.to_string()))
-    }
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
-        Ok(Secret(v.to_string()))
-    }
-    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Secret, E> {
-        Ok(Secret(v.to_string()))
-    }
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
-        Ok(Secret(v.to_string()))
-    }
-    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Secret, E> {
-        Ok(Secret(v.to_string()))
-    }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Secret, E> {
-        Ok(Secret(v.to_string()))
-    }
-    fn visit_char<E: serde::de::Error>(self, v: char) -> Result<Secret, E> {
-        Ok(Secret(v.to_string()))
+        crate::config::ScalarText::deserialize(d).map(|t| Secret(t.0))
     }
 }
 

@@ -10,6 +10,54 @@ use std::fmt;
 pub mod bridge;
 pub use bridge::{BridgeConfig, LoadError};
 
+/// A value whose consumer takes text (a secret, a librdkafka property), read from any scalar:
+/// `password = 1234` or the Helm chart's `linger.ms: 5` is that text, not a type error (which for
+/// a secret would print it). A list or a table is still a type error, without the value.
+pub(crate) struct ScalarText(pub(crate) String);
+
+impl<'de> serde::Deserialize<'de> for ScalarText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarTextVisitor)
+    }
+}
+
+struct ScalarTextVisitor;
+
+impl serde::de::Visitor<'_> for ScalarTextVisitor {
+    type Value = ScalarText;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string (or a number or boolean, taken as its text)")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ScalarText, E> {
+        Ok(ScalarText(v.to_owned()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ScalarText, E> {
+        Ok(ScalarText(v))
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<ScalarText, E> {
+        Ok(ScalarText(v.to_string()))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ScalarText, E> {
+        Ok(ScalarText(v.to_string()))
+    }
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<ScalarText, E> {
+        Ok(ScalarText(v.to_string()))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ScalarText, E> {
+        Ok(ScalarText(v.to_string()))
+    }
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<ScalarText, E> {
+        Ok(ScalarText(v.to_string()))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<ScalarText, E> {
+        Ok(ScalarText(v.to_string()))
+    }
+    fn visit_char<E: serde::de::Error>(self, v: char) -> Result<ScalarText, E> {
+        Ok(ScalarText(v.to_string()))
+    }
+}
+
 /// One bad setting.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Invalid {

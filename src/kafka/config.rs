@@ -44,36 +44,8 @@ pub struct KafkaConfig {
 fn properties_as_text<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<BTreeMap<String, String>, D::Error> {
-    struct Text(String);
-    impl<'de> Deserialize<'de> for Text {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct Visitor;
-            impl serde::de::Visitor<'_> for Visitor {
-                type Value = Text;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a string, number or boolean (librdkafka's property value)")
-                }
-                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
-                    Ok(Text(v.to_string()))
-                }
-                fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Text, E> {
-                    Ok(Text(v.to_string()))
-                }
-                fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Text, E> {
-                    Ok(Text(v.to_string()))
-                }
-                fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Text, E> {
-                    Ok(Text(v.to_string()))
-                }
-                fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Text, E> {
-                    Ok(Text(v.to_string()))
-                }
-            }
-            d.deserialize_any(Visitor)
-        }
-    }
-    let map = BTreeMap::<String, Text>::deserialize(d)?;
-    Ok(map.into_iter().map(|(k, Text(v))| (k, v)).collect())
+    let map = BTreeMap::<String, crate::config::ScalarText>::deserialize(d)?;
+    Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
 }
 
 impl Default for KafkaConfig {
