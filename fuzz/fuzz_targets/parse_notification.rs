@@ -70,26 +70,11 @@ const FIELDS: &[&str] = &[
     "sequenceNumber",
 ];
 
-const CODES: &[&str] = &[
-    "invalid_json",
-    "not_an_object",
-    "missing_conversation_space_id",
-    "missing_sequence_number",
-    "missing_metadata",
-    "missing_state",
-    "missing_field",
-    "invalid_conversation_space_id",
-    "invalid_type_field",
-    "invalid_metadata",
-    "invalid_state",
-    "invalid_content",
-    "invalid_data",
-    "wrong_type",
-    "invalid_sequence_number",
-];
-
 fn check_error(e: &ParseError) {
-    assert!(CODES.contains(&e.reason_code()), "unknown code {e:?}");
+    assert!(
+        ParseError::REASON_CODES.contains(&e.reason_code()),
+        "unknown code {e:?}"
+    );
     match e {
         ParseError::InvalidJson { detail } => {
             assert!(is_json_detail(detail), "InvalidJson detail {detail:?}")

@@ -44,6 +44,26 @@ pub enum ParseError {
 const MAX_ECHO: usize = 24;
 
 impl ParseError {
+    /// Every code [`ParseError::reason_code`] can return (metrics register them up front; the
+    /// fuzz target checks nothing else comes out).
+    pub const REASON_CODES: &'static [&'static str] = &[
+        "invalid_json",
+        "not_an_object",
+        "missing_conversation_space_id",
+        "missing_sequence_number",
+        "missing_metadata",
+        "missing_state",
+        "missing_field",
+        "invalid_conversation_space_id",
+        "invalid_type_field",
+        "invalid_metadata",
+        "invalid_state",
+        "invalid_content",
+        "invalid_data",
+        "wrong_type",
+        "invalid_sequence_number",
+    ];
+
     /// A short, stable code for Kafka headers and metric labels. Codes never change meaning;
     /// new failure kinds get new codes.
     pub fn reason_code(&self) -> &'static str {

@@ -9,23 +9,7 @@
 
 /// Reason codes of [`crate::notification::ParseError::reason_code`]: ingest dead-letters a body
 /// with one of these, and so does the sequencer for a state it cannot fingerprint.
-pub(crate) const PARSE_REASONS: &[&str] = &[
-    "invalid_json",
-    "not_an_object",
-    "missing_conversation_space_id",
-    "missing_sequence_number",
-    "missing_metadata",
-    "missing_state",
-    "missing_field",
-    "invalid_conversation_space_id",
-    "invalid_type_field",
-    "invalid_metadata",
-    "invalid_state",
-    "invalid_content",
-    "invalid_data",
-    "wrong_type",
-    "invalid_sequence_number",
-];
+pub(crate) const PARSE_REASONS: &[&str] = crate::notification::ParseError::REASON_CODES;
 
 /// Ingest's reasons besides the parse codes: a body above the size limit.
 pub(crate) const INGEST_ONLY_REASONS: &[&str] = &["oversize"];
