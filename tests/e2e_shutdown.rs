@@ -130,6 +130,28 @@ fn sigterm(child: &std::process::Child) {
     assert!(status.success());
 }
 
+/// Waits (at most 60 s) for the process to end, requires exit code 0, and returns its log.
+async fn exits_cleanly(
+    mut child: std::process::Child,
+    log_reader: std::thread::JoinHandle<Vec<String>>,
+) -> Vec<String> {
+    let exited = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("the bridge did not stop after SIGTERM")
+    .unwrap()
+    .unwrap();
+    let log = log_reader.join().unwrap();
+    assert!(
+        exited.success(),
+        "callbridge exited with {exited}:\n{}",
+        log.join("\n")
+    );
+    log
+}
+
 /// SIGTERM while the owner still waits for its channel (GoTo refuses the subscriptions with a
 /// 503, which the bridge retries for as long as it takes): the process stops cleanly instead of
 /// ignoring the signal (in a container it is PID 1, which has no default action for SIGTERM;
@@ -176,20 +198,7 @@ async fn sigterm_during_start_up_stops_cleanly() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sigterm(&child);
-    let exited = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || child.wait()),
-    )
-    .await
-    .expect("the bridge did not stop after SIGTERM")
-    .unwrap()
-    .unwrap();
-    let log = log_reader.join().unwrap();
-    assert!(
-        exited.success(),
-        "callbridge exited with {exited}:\n{}",
-        log.join("\n")
-    );
+    let log = exits_cleanly(child, log_reader).await;
     assert!(
         log.iter()
             .any(|l| l.contains("shutdown requested before start-up finished")),
@@ -207,7 +216,7 @@ async fn sigterm_under_load(answer: &str, extra: &str) -> usize {
     sim_config.scheduler.autostart = false;
     let sim = simulator::start(sim_config).await.unwrap();
     let Bridge {
-        mut child,
+        child,
         webhook_port,
         admin_port,
         secret,
@@ -289,16 +298,7 @@ async fn sigterm_under_load(answer: &str, extra: &str) -> usize {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     unready.store(true, std::sync::atomic::Ordering::SeqCst);
-    let exited = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    let log = log_reader.join().unwrap();
-    assert!(
-        exited.success(),
-        "callbridge exited with {exited}:\n{}",
-        log.join("\n")
-    );
+    let log = exits_cleanly(child, log_reader).await;
     // Secrets never reach a log line, even at debug level: the client secret, the PAT, the
     // webhook path secret, and the access tokens the simulator issued (all start `sim-at-`).
     assert!(log.len() > 20, "the run logged almost nothing: {log:?}");
