@@ -320,6 +320,37 @@ fn a_missing_kafka_password_file_fails_at_load() {
 }
 
 #[test]
+fn kafka_tls_key_password_file_is_read_and_wins_over_the_variable() {
+    let dir = std::env::temp_dir().join(format!("callbridge-kafka-keypw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("kafka-tls-key-password");
+    std::fs::write(&file, "0042\n").unwrap();
+    let c = BridgeConfig::from_figment(
+        reference_with_secrets()
+            .merge(Serialized::default(
+                "kafka.tls.key_password",
+                "from-variable",
+            ))
+            .merge(Serialized::default("kafka.tls.key_password_file", &file)),
+    )
+    .unwrap();
+    assert_eq!(c.kafka.tls.key_password.expose(), "0042");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let err = match BridgeConfig::from_figment(reference_with_secrets().merge(Serialized::default(
+        "kafka.tls.key_password_file",
+        "/nonexistent/callbridge/key-pw",
+    ))) {
+        Ok(_) => panic!("a missing key password file was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.starts_with("kafka.tls.key_password_file: cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bad_values_are_all_reported_at_once() {
     let toml = r#"
         [goto]

@@ -5,7 +5,8 @@
 //! `kafka.ack_timeout` (then the webhook is answered 503 and what GoTo gives up on is left to
 //! back-fill), and gets in if Kafka drains the queue in time. Only notifications that were lost
 //! (not queued, or refused by Kafka after their answer timed out) open an unwritten window for
-//! the report sweep; the late refusal is made by librdkafka's mock cluster.
+//! the report sweep; the late refusal is made by librdkafka's mock cluster. A dead letter whose
+//! answer timed out and that Kafka then refuses is written again (nothing else recovers bad input).
 mod support;
 
 use callbridge::ingest::{RawWriter, Transport, WriteError};
@@ -358,5 +359,77 @@ async fn a_record_refused_after_its_answer_timed_out_opens_an_unwritten_window()
     assert!(
         windows[0].0 >= before && windows[0].0 < windows[0].1,
         "the window starts when the refused record was received: {windows:?}"
+    );
+}
+
+/// A dead letter whose answer timed out (the webhook answered 503) is followed like a raw record:
+/// if Kafka then refuses it for good, nothing else would ever bring the bad body back (back-fill
+/// and the report sweep recover call states, not bad input), so ingest writes it again.
+/// (librdkafka's mock cluster: tansu cannot refuse a record late.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_refused_after_its_answer_timed_out_is_written_again() {
+    use callbridge::demo::{MockFault, MockKafka};
+    use callbridge::ingest::Ingest;
+    let mut kafka = KafkaConfig::default();
+    kafka.topics.partitions = 1;
+    kafka.topics.replication_factor = 1;
+    kafka.ack_timeout = Duration::from_millis(300);
+    let topics = [kafka.topics.raw.clone(), kafka.topics.dead_letter.clone()];
+    // Once the producer is connected: slow enough for the dead letter's answer to time out
+    // before Kafka refuses it, then healthy again.
+    let schedule = vec![
+        (
+            Duration::from_secs(3),
+            MockFault::RoundTrip(Duration::from_millis(1500)),
+        ),
+        (Duration::from_secs(3), MockFault::ProduceRefused(1)),
+        (Duration::from_secs(7), MockFault::RoundTrip(Duration::ZERO)),
+    ];
+    let cluster = MockKafka::start_with_faults(&topics, 1, schedule).expect("mock cluster");
+    kafka.bootstrap_servers = cluster.bootstrap.clone();
+    let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
+    accept_until_acknowledged(&ingest, "c-dead-letter", 100).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.faults_applied() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the mock faults were never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let marker = uuid::Uuid::new_v4().to_string();
+    let body = format!("{{\"not json\": {marker}");
+    let r = ingest.accept(body.as_bytes(), Transport::Webhook).await;
+    assert!(
+        matches!(r, Err(WriteError::AckTimeout(_))),
+        "the dead letter's answer did not time out (the webhook would not answer 503): {r:?}"
+    );
+
+    // Refused by Kafka ~1.5 s later; written again afterwards.
+    let (dead_letter_config, dead_letter_topic) = (kafka.clone(), kafka.topics.dead_letter.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let written = loop {
+        let (c, t) = (dead_letter_config.clone(), dead_letter_topic.clone());
+        let records =
+            tokio::task::spawn_blocking(move || read_topic(&c, &t, Duration::from_secs(20)))
+                .await
+                .unwrap()
+                .unwrap_or_default();
+        if let Some(r) = records.into_iter().find(|r| r.value == body.as_bytes()) {
+            break Some(r);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    drop(cluster);
+    let written =
+        written.expect("the dead letter Kafka refused after its answer timed out was lost");
+    assert_eq!(
+        written.header("callbridge-dead-letter-reason"),
+        Some("invalid_json"),
+        "{:?}",
+        written.headers
     );
 }

@@ -509,6 +509,12 @@ impl BridgeConfig {
             &s.password_file,
             &mut s.password,
         )?;
+        let t = &mut self.kafka.tls;
+        read(
+            "kafka.tls.key_password_file",
+            &t.key_password_file,
+            &mut t.key_password,
+        )?;
         Ok(())
     }
 

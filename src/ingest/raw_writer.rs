@@ -203,7 +203,16 @@ impl RawWriter {
         }
     }
 
-    /// Writes an unprocessable body to the dead-letter topic with its reason.
+    /// Writes an unprocessable body to the dead-letter topic with its reason; returns once
+    /// acknowledged.
+    ///
+    /// A dead letter whose acknowledgement does not come within `kafka.ack_timeout` is answered
+    /// [`WriteError::AckTimeout`] (a webhook gets 503, so GoTo sends it again) and followed to
+    /// its end: it stays queued and is usually written once Kafka is back, but if Kafka then
+    /// refuses it, nothing else would ever bring the body back (back-fill and the report sweep
+    /// recover call states, not bad input), so it is written again, up to
+    /// [`DEAD_LETTER_RETRIES`] times, and a dead letter still refused after that is logged as
+    /// an error and counted (`callbridge_dead_letters_unwritten_total{reason}`).
     pub async fn dead_letter(
         &self,
         key: Option<&str>,
@@ -222,8 +231,31 @@ impl RawWriter {
                 value: Some(detail),
             });
         let (value, headers) = cut_for_dead_letter(body, headers);
-        self.send(&self.dead_letter_topic, key, value, headers)
-            .await
+        let deadline = Instant::now() + self.ack_timeout;
+        let delivery = self
+            .enqueue(
+                &self.dead_letter_topic,
+                key,
+                value,
+                headers.clone(),
+                deadline,
+            )
+            .await?;
+        let mut acknowledged = Box::pin(delivery.wait());
+        match tokio::time::timeout_at(deadline, &mut acknowledged).await {
+            Ok(result) => result,
+            Err(_) => {
+                let unconfirmed = UnconfirmedDeadLetter {
+                    writer: self.clone(),
+                    key: key.map(str::to_owned),
+                    value: value.to_vec(),
+                    headers,
+                    reason: reason.to_owned(),
+                };
+                tokio::spawn(unconfirmed.follow(acknowledged));
+                Err(WriteError::AckTimeout(self.ack_timeout))
+            }
+        }
     }
 
     async fn send(
@@ -321,6 +353,71 @@ impl RawWriter {
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         use rdkafka::producer::Producer;
         self.producer.flush(timeout)
+    }
+}
+
+/// How many times a dead letter Kafka refused after its answer timed out is written again.
+pub const DEAD_LETTER_RETRIES: u32 = 3;
+
+/// The pause before the first of those writes (doubled before each next one).
+const DEAD_LETTER_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// A dead letter whose acknowledgement timed out (see [`RawWriter::dead_letter`]): what is needed
+/// to write it again.
+struct UnconfirmedDeadLetter {
+    writer: RawWriter,
+    key: Option<String>,
+    value: Vec<u8>,
+    headers: OwnedHeaders,
+    reason: String,
+}
+
+impl UnconfirmedDeadLetter {
+    /// Waits for the queued dead letter's outcome (`first`); while Kafka refuses it, writes it
+    /// again, then says loudly if it could not be written at all.
+    async fn follow(self, first: impl std::future::Future<Output = Result<(), WriteError>>) {
+        let mut outcome = first.await;
+        let mut pause = DEAD_LETTER_RETRY_PAUSE;
+        for attempt in 1..=DEAD_LETTER_RETRIES {
+            let Err(e) = &outcome else {
+                break;
+            };
+            tracing::warn!(
+                reason = %self.reason, error = %e, attempt,
+                "kafka refused a dead letter after its answer timed out; writing it again"
+            );
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+            let w = &self.writer;
+            let deadline = Instant::now() + w.ack_timeout;
+            outcome = match w
+                .enqueue(
+                    &w.dead_letter_topic,
+                    self.key.as_deref(),
+                    &self.value,
+                    self.headers.clone(),
+                    deadline,
+                )
+                .await
+            {
+                Ok(delivery) => delivery.wait().await,
+                Err(e) => Err(e),
+            };
+        }
+        match outcome {
+            Ok(()) => {
+                tracing::debug!(reason = %self.reason, "dead letter written after its answer timed out")
+            }
+            Err(e) => {
+                metrics::counter!("callbridge_dead_letters_unwritten_total", "reason" => self.reason.clone())
+                    .increment(1);
+                tracing::error!(
+                    reason = %self.reason, error = %e, key = ?self.key, bytes = self.value.len(),
+                    retries = DEAD_LETTER_RETRIES,
+                    "a dead letter could not be written to the dead-letter topic; the body is lost"
+                );
+            }
+        }
     }
 }
 

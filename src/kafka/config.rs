@@ -120,8 +120,11 @@ pub struct TlsConfig {
     pub certificate_location: Option<PathBuf>,
     /// Client key for mutual TLS (`ssl.key.location`).
     pub key_location: Option<PathBuf>,
-    /// Password of the client key.
+    /// Password of the client key (`CALLBRIDGE_KAFKA__TLS__KEY_PASSWORD` or `key_password_file`).
     pub key_password: Secret,
+    /// A file holding the password of the client key (for example a mounted Kubernetes Secret),
+    /// read when the configuration is loaded; wins over the variable.
+    pub key_password_file: Option<PathBuf>,
     /// Check the broker's host name against its certificate (`https`) or not (`none`).
     pub endpoint_identification: bool,
 }
@@ -133,6 +136,7 @@ impl Default for TlsConfig {
             certificate_location: None,
             key_location: None,
             key_password: Secret::default(),
+            key_password_file: None,
             endpoint_identification: true,
         }
     }
@@ -261,6 +265,12 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
          50 ms for the readers that wait for high watermarks); its values are what those rely on",
     ),
     (
+        "enable.partition.eof",
+        "remove it: callbridge's readers (the takeover's reads of the changelog and the ordered \
+         topic, the verification reader) read up to an end they know and would take a \
+         partition-EOF event for a failed read; callbridge keeps librdkafka's default (false)",
+    ),
+    (
         "message.max.bytes",
         "remove it: callbridge sets it to 1000000 and routes only bodies whose raw and ordered \
          records fit under it (larger ones are dead-lettered as oversize); a lower value would \
@@ -269,6 +279,45 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
 ];
 
 const TYPED: &str = "remove it: callbridge sets this property from its typed kafka.* settings";
+
+/// Whether callbridge sets `property` itself (it is refused in `kafka.librdkafka`).
+pub(crate) fn is_owned(property: &str) -> bool {
+    OWNED_PROPERTIES.iter().any(|(owned, _)| *owned == property)
+}
+
+/// Sets a property callbridge owns on a client: one of [`OWNED_PROPERTIES`], which
+/// [`KafkaConfig::validate`] refuses in `kafka.librdkafka`, so the value set here is never an
+/// override of the operator's. (A property set through here that is missing from the list fails
+/// the debug build's tests.)
+pub(crate) fn set_owned<'c>(
+    c: &'c mut ClientConfig,
+    property: &str,
+    value: impl Into<String>,
+) -> &'c mut ClientConfig {
+    debug_assert!(
+        is_owned(property),
+        "{property} is set by callbridge but missing from OWNED_PROPERTIES"
+    );
+    c.set(property, value)
+}
+
+/// Sets a property the operator may tune, unless `kafka.librdkafka` already set it on `c` (built
+/// by [`KafkaConfig::client_config`]): callbridge's value is only the default, the operator's
+/// wins.
+pub(crate) fn set_default<'c>(
+    c: &'c mut ClientConfig,
+    property: &str,
+    value: impl Into<String>,
+) -> &'c mut ClientConfig {
+    debug_assert!(
+        !is_owned(property),
+        "{property} is owned by callbridge: use set_owned"
+    );
+    if c.get(property).is_none() {
+        c.set(property, value);
+    }
+    c
+}
 
 impl KafkaConfig {
     /// Checks the settings, naming each bad key, its value and what would be valid.
@@ -568,6 +617,7 @@ mod tests {
             ("partition.assignment.strategy", "cooperative-sticky"),
             ("auto.offset.reset", "earliest record"),
             ("statistics.interval.ms", "lag metrics"),
+            ("enable.partition.eof", "partition-EOF event"),
             (
                 "ssl.endpoint.identification.algorithm",
                 "kafka.tls.endpoint_identification",

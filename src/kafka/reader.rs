@@ -1,7 +1,7 @@
 //! Reads a whole topic from the beginning to its current end: for verification (demo, tests)
 //! and audits, not for the pipeline.
 
-use super::config::KafkaConfig;
+use super::config::{set_owned, KafkaConfig};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -119,16 +119,20 @@ pub fn read_topic(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<ReadRecord>, KafkaError> {
-    let consumer: BaseConsumer<FetchHighWatermarks> = config
+    let mut settings = config
         .client_config()
-        .map_err(|e| KafkaError::ClientCreation(e.to_string()))?
-        .set(
-            "group.id",
-            format!("callbridge-reader-{}", uuid::Uuid::new_v4()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("statistics.interval.ms", STATISTICS_INTERVAL)
-        .create_with_context(FetchHighWatermarks {
+        .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+    set_owned(
+        &mut settings,
+        "group.id",
+        format!("callbridge-reader-{}", uuid::Uuid::new_v4()),
+    );
+    set_owned(&mut settings, "enable.auto.commit", "false");
+    // A partition-EOF event would be an error below.
+    set_owned(&mut settings, "enable.partition.eof", "false");
+    set_owned(&mut settings, "statistics.interval.ms", STATISTICS_INTERVAL);
+    let consumer: BaseConsumer<FetchHighWatermarks> =
+        settings.create_with_context(FetchHighWatermarks {
             topic: topic.to_string(),
             highs: Mutex::new(HashMap::new()),
         })?;

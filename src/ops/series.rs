@@ -40,6 +40,7 @@ pub(crate) fn register_at_zero() {
     }
     for reason in PARSE_REASONS.iter().chain(INGEST_ONLY_REASONS) {
         counter!("callbridge_dead_letter_records_total", "reason" => *reason).increment(0);
+        counter!("callbridge_dead_letters_unwritten_total", "reason" => *reason).increment(0);
     }
     for reason in PARSE_REASONS.iter().chain(SEQUENCER_ONLY_REASONS) {
         counter!("callbridge_sequencer_dead_letters_total", "reason" => *reason).increment(0);

@@ -93,6 +93,33 @@ VALUE_SETS = {
         {"existingSecret": "callbridge-credentials",
          "secretKeys": {"gotoClientSecret": "client-secret"}},
     ),
+    # An existing Secret with every key renamed, holding a refresh token (one replica) and the
+    # password of an encrypted Kafka client key: SASL and mutual TLS.
+    "existing-secret-custom": merge(
+        {k: v for k, v in MINIMAL.items() if k != "secrets"},
+        {
+            "existingSecret": "bridge-credentials",
+            "existingSecretContents": {"gotoToken": "refreshToken", "kafkaTlsKeyPassword": True},
+            "secretKeys": {
+                "gotoClientSecret": "oauth-client-secret",
+                "gotoPersonalAccessToken": "oauth-pat",
+                "gotoRefreshToken": "oauth-refresh-token",
+                "webhookSecret": "path-secret",
+                "kafkaSaslPassword": "sasl-pass",
+                "kafkaTlsKeyPassword": "client-key-pass",
+            },
+            "config": {
+                "kafka": {
+                    "bootstrap_servers": "kafka.example.com:9093",
+                    "security_protocol": "sasl_ssl",
+                    "sasl": {"mechanism": "PLAIN", "username": "callbridge"},
+                    "tls": {"certificate_location": "/etc/callbridge/kafka-tls/tls.crt",
+                            "key_location": "/etc/callbridge/kafka-tls/tls.key"},
+                }
+            },
+            "kafkaTls": {"enabled": True, "secretName": "kafka-client"},
+        },
+    ),
     # Kafka with SASL over TLS, the CA mounted from a Secret, librdkafka pass-through.
     "sasl-tls": merge(
         MINIMAL,

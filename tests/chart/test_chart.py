@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import tempfile
+import tomllib
 
 import helm_python as helm
 import kubernetes_validate
@@ -131,6 +132,7 @@ def test_expected_objects_per_value_set(rendered):
         "Secret", "Ingress", "ServiceMonitor", "PrometheusRule", "NetworkPolicy", "HorizontalPodAutoscaler"}
     assert kinds(rendered["websocket"]) == base | {"Secret"}
     assert kinds(rendered["existing-secret"]) == base
+    assert kinds(rendered["existing-secret-custom"]) == base
     assert kinds(rendered["sasl-tls"]) == base | {"Secret"}
 
 
@@ -172,23 +174,44 @@ def test_prometheus_rule_thresholds_come_from_values():
 
 # --- the rendered config.toml against the real binary -------------------------------------------
 
-def env_for(docs: list[dict], values: dict) -> dict[str, str]:
-    """The CALLBRIDGE_* variables the Deployment would set: secret refs resolved against the
-    chart-made Secret (absent optional keys stay unset), dummies for an existing Secret."""
+SECRETS_MOUNT = "/etc/callbridge/secrets"
+
+
+def secret_mount(docs: list[dict]) -> tuple[dict, dict]:
+    """The container's mount of the Secret and the pod volume behind it."""
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    mount = next(m for m in container(docs)["volumeMounts"] if m["mountPath"] == SECRETS_MOUNT)
+    return mount, next(v for v in pod["volumes"] if v["name"] == mount["name"])
+
+
+def write_secret_files(docs: list[dict], values: dict, root: str, empty: str = "") -> str:
+    """Writes the files the kubelet would put in the Secret's volume (resolved against the
+    chart-made Secret, dummies for an existing Secret) under `root`, and returns config.toml with
+    the mount path moved there. The file named `empty` is written empty."""
     made = secret_data(docs) if not values.get("existingSecret") else None
-    env = {}
-    for e in container(docs).get("env", []):
-        if "value" in e:
-            env[e["name"]] = e["value"]
-            continue
-        ref = e["valueFrom"]["secretKeyRef"]
+    mount, vol = secret_mount(docs)
+    for item in vol["secret"]["items"]:
         if made is None:
-            env[e["name"]] = "dummy-" + "x" * 40
-        elif ref["key"] in made:
-            env[e["name"]] = made[ref["key"]]
+            content = "dummy-" + "x" * 40
         else:
-            assert ref.get("optional") is True, f"{e['name']} refers to missing key {ref['key']}"
-    return env
+            assert item["key"] in made, f"the volume mounts {item['key']}, which the Secret lacks"
+            content = made[item["key"]]
+        with open(os.path.join(root, item["path"]), "w") as f:
+            f.write("" if item["path"] == empty else content)
+    toml = one(docs, "ConfigMap")["data"]["config.toml"]
+    return toml.replace(mount["mountPath"] + "/", root + "/")
+
+
+def check_config(toml: str) -> subprocess.CompletedProcess:
+    binary = callbridge_binary()
+    assert binary.exists(), f"{binary} missing: run cargo build"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLBRIDGE_")}
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "config.toml")
+        with open(path, "w") as f:
+            f.write(toml)
+        return subprocess.run([str(binary), "check-config", "--config", path], env=env,
+                              capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize("name", SETS)
@@ -201,31 +224,16 @@ def test_rendered_config_passes_check_config(rendered, name):
     vol = next(v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
                if v["name"] == mount["name"])
     assert vol["configMap"]["name"] == cm["metadata"]["name"] and mount["subPath"] == "config.toml"
-    binary = callbridge_binary()
-    assert binary.exists(), f"{binary} missing: run cargo build"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLBRIDGE_")}
-    env.update(env_for(docs, VALUE_SETS[name]))
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "config.toml")
-        with open(path, "w") as f:
-            f.write(cm["data"]["config.toml"])
-        out = subprocess.run([str(binary), "check-config", "--config", path], env=env,
-                             capture_output=True, text=True, timeout=60)
+    with tempfile.TemporaryDirectory() as root:
+        out = check_config(write_secret_files(docs, VALUE_SETS[name], root))
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_check_config_catches_a_broken_render():
-    """The check above can fail: without the webhook secret the binary refuses the config."""
+    """The check above can fail: with an empty webhook secret file the binary refuses the config."""
     docs = render(VALUE_SETS["defaults"])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLBRIDGE_")}
-    env.update({k: v for k, v in env_for(docs, VALUE_SETS["defaults"]).items()
-                if k != "CALLBRIDGE_WEBHOOK__SECRET"})
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "config.toml")
-        with open(path, "w") as f:
-            f.write(one(docs, "ConfigMap")["data"]["config.toml"])
-        out = subprocess.run([str(callbridge_binary()), "check-config", "--config", path], env=env,
-                             capture_output=True, text=True, timeout=60)
+    with tempfile.TemporaryDirectory() as root:
+        out = check_config(write_secret_files(docs, VALUE_SETS["defaults"], root, empty="webhook-secret"))
     assert out.returncode == 64 and "webhook.secret" in out.stdout + out.stderr
 
 
@@ -282,24 +290,143 @@ def test_no_secret_value_outside_the_secret(rendered, name):
         assert sorted(secret_data(docs).values()) == sorted(secret_values)
 
 
+# The secrets each value set must get, as files: `*_file` key -> (Secret key, file name).
+CLIENT = {"goto.client_secret_file": ("goto-client-secret", "goto-client-secret")}
+PAT = {"goto.personal_access_token_file": ("goto-personal-access-token", "goto-personal-access-token")}
+WEBHOOK = {"webhook.secret_file": ("webhook-secret", "webhook-secret")}
+EXPECTED_FILES = {
+    "defaults": CLIENT | PAT | WEBHOOK,
+    "webhook-full": CLIENT | PAT | WEBHOOK,
+    "websocket": CLIENT | {"goto.refresh_token_file": ("goto-refresh-token", "goto-refresh-token")},
+    "existing-secret": {"goto.client_secret_file": ("client-secret", "goto-client-secret")} | PAT | WEBHOOK,
+    "existing-secret-custom": {
+        "goto.client_secret_file": ("oauth-client-secret", "goto-client-secret"),
+        "goto.refresh_token_file": ("oauth-refresh-token", "goto-refresh-token"),
+        "webhook.secret_file": ("path-secret", "webhook-secret"),
+        "kafka.sasl.password_file": ("sasl-pass", "kafka-sasl-password"),
+        "kafka.tls.key_password_file": ("client-key-pass", "kafka-tls-key-password"),
+    },
+    "sasl-tls": CLIENT | PAT | WEBHOOK
+    | {"kafka.sasl.password_file": ("kafka-sasl-password", "kafka-sasl-password")},
+}
+SECRET_VARIABLES = {
+    "CALLBRIDGE_GOTO__CLIENT_SECRET", "CALLBRIDGE_GOTO__PERSONAL_ACCESS_TOKEN",
+    "CALLBRIDGE_GOTO__REFRESH_TOKEN", "CALLBRIDGE_WEBHOOK__SECRET",
+    "CALLBRIDGE_KAFKA__SASL__PASSWORD", "CALLBRIDGE_KAFKA__TLS__KEY_PASSWORD",
+}
+
+
+def file_keys(docs: list[dict]) -> dict[str, str]:
+    """Every `*_file` key of the rendered config.toml, dotted, with its path."""
+    def walk(node, prefix):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                yield from walk(v, f"{prefix}{k}.")
+            elif k.endswith("_file"):
+                yield f"{prefix}{k}", v
+    return dict(walk(tomllib.loads(one(docs, "ConfigMap")["data"]["config.toml"]), ""))
+
+
+def secret_items(docs: list[dict]) -> dict[str, str]:
+    """The Secret volume's items: file name -> Secret key."""
+    return {i["path"]: i["key"] for i in secret_mount(docs)[1]["secret"]["items"]}
+
+
+def test_every_value_set_has_its_expected_secret_files():
+    assert set(EXPECTED_FILES) == set(VALUE_SETS)
+
+
 @pytest.mark.parametrize("name", SETS)
-def test_secret_env_vars(rendered, name):
+def test_no_secret_is_an_environment_variable(rendered, name):
+    """Secrets reach the bridge as files: no secretKeyRef, no envFrom, no secret variable."""
+    c = container(rendered[name])
+    assert "envFrom" not in c
+    for e in c.get("env") or []:
+        assert "secretKeyRef" not in e.get("valueFrom", {}), e
+        assert e["name"] not in SECRET_VARIABLES, e
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_secret_is_mounted_read_only_with_only_the_keys_in_use(rendered, name):
     docs = rendered[name]
-    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container(docs)["env"] if "valueFrom" in e}
-    want_secret = VALUE_SETS[name].get("existingSecret") or RELEASE
-    assert {r["name"] for r in env.values()} == {want_secret}
-    assert env["CALLBRIDGE_GOTO__CLIENT_SECRET"].get("optional") is not True
-    assert env["CALLBRIDGE_GOTO__PERSONAL_ACCESS_TOKEN"]["optional"] is True
-    assert env["CALLBRIDGE_GOTO__REFRESH_TOKEN"]["optional"] is True
-    webhook = VALUE_SETS[name]["config"].get("channel", {}).get("kind", "webhook") == "webhook"
-    assert ("CALLBRIDGE_WEBHOOK__SECRET" in env) == webhook
-    sasl = name == "sasl-tls"
-    assert env["CALLBRIDGE_KAFKA__SASL__PASSWORD"]["optional"] is (not sasl)
-    if name == "existing-secret":
-        assert env["CALLBRIDGE_GOTO__CLIENT_SECRET"]["key"] == "client-secret"
+    mount, vol = secret_mount(docs)
+    assert mount["readOnly"] is True and "subPath" not in mount
+    assert vol["secret"]["secretName"] == (VALUE_SETS[name].get("existingSecret") or RELEASE)
+    # Owner (root) and group read only; the group is fsGroup, which the bridge runs with.
+    assert vol["secret"]["defaultMode"] == 0o440
+    assert not vol["secret"].get("optional")
+    assert all("mode" not in i for i in vol["secret"]["items"])
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["fsGroup"] == container(docs)["securityContext"]["runAsGroup"]
+    want = EXPECTED_FILES[name]
+    assert secret_items(docs) == {file: key for key, file in want.values()}
 
 
-# --- workload shape ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", SETS)
+def test_rendered_config_points_at_the_secret_files(rendered, name):
+    want = {k: f"{SECRETS_MOUNT}/{file}" for k, (_, file) in EXPECTED_FILES[name].items()}
+    assert file_keys(rendered[name]) == want
+
+
+def test_existing_secret_with_custom_keys(rendered):
+    """Renamed keys are mounted under the usual file names, so config.toml does not change."""
+    docs = rendered["existing-secret-custom"]
+    assert "Secret" not in kinds(docs)
+    assert set(secret_items(docs).values()) == {
+        "oauth-client-secret", "oauth-refresh-token", "path-secret", "sasl-pass", "client-key-pass"}
+    assert "oauth-pat" not in secret_items(docs).values()
+    text = notes(VALUE_SETS["existing-secret-custom"])
+    assert "bridge-credentials" in text and "oauth-refresh-token" in text and "oauth-pat" not in text
+    # Told it holds a PAT instead: the PAT, not the refresh token.
+    pat = render(merge(VALUE_SETS["existing-secret-custom"],
+                       {"existingSecretContents": {"gotoToken": "personalAccessToken"}}))
+    assert file_keys(pat)["goto.personal_access_token_file"] == f"{SECRETS_MOUNT}/goto-personal-access-token"
+    assert "goto.refresh_token_file" not in file_keys(pat)
+    assert secret_items(pat)["goto-personal-access-token"] == "oauth-pat"
+    assert "goto-refresh-token" not in secret_items(pat)
+
+
+def test_a_pat_never_points_at_a_refresh_token_file():
+    """The bridge fails on a *_file naming a missing file: a PAT-only Secret has no refresh token
+    key, so nothing may point at one (and with both tokens the bridge uses the PAT)."""
+    for values in [MINIMAL, merge(MINIMAL, {"secrets": {"gotoRefreshToken": "refresh-token-9e8d7c6b"}})]:
+        docs = render(values)
+        assert "goto.refresh_token_file" not in file_keys(docs)
+        assert "goto-refresh-token" not in secret_items(docs)
+        assert "refresh_token_file" not in one(docs, "ConfigMap")["data"]["config.toml"]
+    # Likewise the refresh token alone: no PAT file.
+    docs = render(merge(MINIMAL, REFRESH))
+    assert set(file_keys(docs)) == {"goto.client_secret_file", "goto.refresh_token_file", "webhook.secret_file"}
+    # Optional secrets are pointed at only when set: the Kafka key password, the SASL password
+    # (sasl_* only), the webhook secret (webhook mode only).
+    docs = render(merge(MINIMAL, {"secrets": {"kafkaTlsKeyPassword": "key-pass-1a2b"}}))
+    assert file_keys(docs)["kafka.tls.key_password_file"] == f"{SECRETS_MOUNT}/kafka-tls-key-password"
+    assert secret_data(docs)["kafka-tls-key-password"] == "key-pass-1a2b"
+    ws = render(merge(VALUE_SETS["websocket"], {"secrets": {"webhookSecret": SECRETS["webhookSecret"]}}))
+    assert "webhook.secret_file" not in file_keys(ws) and "webhook-secret" not in secret_items(ws)
+
+
+def test_a_file_key_set_in_config_wins_and_is_not_mounted():
+    docs = render(merge(merge(MINIMAL, REFRESH), SHARED))
+    assert file_keys(docs)["goto.refresh_token_file"] == "/var/lib/callbridge/token/refresh-token"
+    assert "goto-refresh-token" not in secret_items(docs)
+    own = {"config": {"kafka": {"security_protocol": "sasl_ssl",
+                                "sasl": {"mechanism": "PLAIN", "username": "u",
+                                         "password_file": "/mnt/own/kafka-password"}}},
+           "secrets": {"kafkaSaslPassword": "sasl-password-3c4d5e6f"}}
+    docs = render(merge(MINIMAL, own))
+    assert file_keys(docs)["kafka.sasl.password_file"] == "/mnt/own/kafka-password"
+    assert "kafka-sasl-password" not in secret_items(docs)
+
+
+def test_secret_files_need_fs_group():
+    """Files of mode 0440 owned by root are readable by the non-root bridge through fsGroup only."""
+    with pytest.raises(helm.HelmRenderError, match="fsGroup"):
+        render(merge(MINIMAL, {"podSecurityContext": {"fsGroup": None}}))
+    # A platform that picks uid and fsGroup itself (runAsUser unset) renders.
+    render(merge(MINIMAL, {"podSecurityContext": {"fsGroup": None, "runAsUser": None},
+                           "securityContext": {"runAsUser": None}}))
+
 
 @pytest.mark.parametrize("name", SETS)
 def test_probes_ports_and_service(rendered, name):
@@ -470,6 +597,16 @@ def test_refresh_token_with_several_replicas_refuses_to_render(several):
     # A PAT (preferred) with several replicas is fine, and so is a refresh token on one.
     render(merge(MINIMAL, several))
     render(merge(MINIMAL, REFRESH))
+    # An existing Secret said to hold a refresh token: the same rule. (Its file on the Secret's
+    # read-only mount is no shared writable file.)
+    existing = merge({k: v for k, v in MINIMAL.items() if k != "secrets"},
+                     {"existingSecret": "creds", "existingSecretContents": {"gotoToken": "refreshToken"}})
+    with pytest.raises(helm.HelmRenderError, match="personal access token"):
+        render(merge(existing, several))
+    docs = render(merge(merge(existing, several), SHARED))
+    assert "/var/lib/callbridge/token/refresh-token" in one(docs, "ConfigMap")["data"]["config.toml"]
+    render(merge(merge(existing, several), {"existingSecretContents": {"gotoToken": "personalAccessToken"}}))
+    render(existing)
 
 
 @pytest.mark.parametrize("timeout,grace,ok", [

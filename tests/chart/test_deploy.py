@@ -55,15 +55,20 @@ def test_kustomize_config_passes_check_config(kustomized):
     vol = next(v for v in one(kustomized, "Deployment")["spec"]["template"]["spec"]["volumes"]
                if v["name"] == "config")
     assert vol["configMap"]["name"] == cm["metadata"]["name"]  # generator hash rewired
+    assert not c.get("env"), "secrets are mounted files, not environment variables"
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "secrets")
+    secrets = next(v for v in one(kustomized, "Deployment")["spec"]["template"]["spec"]["volumes"]
+                   if v["name"] == "secrets")
+    toml = cm["data"]["config.toml"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLBRIDGE_")}
-    for e in c["env"]:
-        ref = e["valueFrom"]["secretKeyRef"]
-        if not ref.get("optional") or e["name"].endswith("PERSONAL_ACCESS_TOKEN"):
-            env[e["name"]] = "dummy-" + "x" * 40
     with tempfile.TemporaryDirectory() as d:
+        # What the kubelet would put in the volume: every item of the Secret the base names.
+        for item in secrets["secret"]["items"]:
+            with open(os.path.join(d, item["path"]), "w") as f:
+                f.write("dummy-" + "x" * 40)
         path = os.path.join(d, "config.toml")
         with open(path, "w") as f:
-            f.write(cm["data"]["config.toml"])
+            f.write(toml.replace(mount["mountPath"] + "/", d + "/"))
         out = subprocess.run([str(callbridge_binary()), "check-config", "--config", path],
                              env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -78,8 +83,13 @@ def test_kustomize_base_matches_chart_defaults(kustomized):
         assert k_pod[key] == c_pod[key], key
     kc, cc = k_pod["containers"][0], c_pod["containers"][0]
     for key in ["args", "ports", "livenessProbe", "readinessProbe", "resources", "securityContext",
-                "volumeMounts", "env"]:
+                "volumeMounts"]:
         assert kc[key] == cc[key], key
+    # Secrets are files of the mounted Secret in both, never environment variables.
+    assert not kc.get("env") and not cc.get("env")
+    # The same volumes, but for the ConfigMap's name (kustomize adds a hash).
+    unnamed = lambda vols: [{**v, "configMap": {}} if "configMap" in v else v for v in vols]
+    assert unnamed(k_pod["volumes"]) == unnamed(c_pod["volumes"])
     svcs = lambda docs: {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "Service"}
     assert svcs(kustomized) == svcs(chart)
     assert k_pod["topologySpreadConstraints"] == c_pod["topologySpreadConstraints"]

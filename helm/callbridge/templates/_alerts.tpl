@@ -151,4 +151,15 @@ groups:
             conflicting duplicate, a state after ENDING) go to the dead-letter topic with the
             reason and the failing field in headers. Inspect them: a GoTo payload change shows up
             here first.
+      - alert: CallbridgeDeadLetterLost
+        expr: sum by (namespace, pod, reason) (increase(callbridge_dead_letters_unwritten_total[15m])) > 0
+        labels:
+          severity: critical
+        annotations:
+          summary: A dead letter could not be written on {{`{{ $labels.pod }}`}} (reason {{`{{ $labels.reason }}`}})
+          description: >-
+            Kafka refused a dead-letter record for good after its webhook answer had timed out
+            (503), and three more writes failed; the body is not in the dead-letter topic. GoTo
+            retried the webhook twice, a WebSocket frame is not sent again. The error log line
+            names the reason, the key and the size; check the dead-letter topic and the brokers.
 {{- end }}

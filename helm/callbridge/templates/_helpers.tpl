@@ -128,15 +128,98 @@ requires.
 {{- end }}
 
 {{- define "callbridge.configToml" -}}
+{{- $config := deepCopy .Values.config }}
+{{- range (include "callbridge.secretFiles" . | fromJson).files }}
+{{- $node := $config }}
+{{- range .table }}
+{{- if not (kindIs "map" (index $node .)) }}{{ $_ := set $node . (dict) }}{{ end }}
+{{- $node = index $node . }}
+{{- end }}
+{{- $_ := set $node .configKey (printf "%s/%s" (include "callbridge.secretsMountPath" $) .path) }}
+{{- end -}}
 # Rendered by the callbridge Helm chart from .Values.config; see docs/configuration.md.
-# Secrets are not in this file: they come from CALLBRIDGE_* environment variables.
+# Secrets are not in this file: the *_file keys name files of the Secret mounted read-only at
+# {{ include "callbridge.secretsMountPath" . }}.
 {{- range $section := list "goto" "channel" "webhook" "kafka" "sequencer" "sequencer_io" "admin" "log" "shutdown" }}
-{{- with (index $.Values.config $section) }}
+{{- with (index $config $section) }}
 
 [{{ $section }}]
 {{- include "callbridge.tomlTable" (dict "prefix" $section "table" .) }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/*
+Secrets reach the bridge as files: the Secret (chart-made or existingSecret) is mounted
+read-only at callbridge.secretsMountPath, and the rendered config.toml points each `*_file` key
+at its file. Only the keys this deployment uses are mounted (items:), and each must be in the
+Secret (the kubelet refuses the mount otherwise, naming the key): the bridge fails at start-up on
+a `*_file` naming a missing file, so a key that may be absent is never pointed at. A `*_file`
+key the user set in config.* wins: that secret is then not taken from the Secret.
+*/}}
+{{- define "callbridge.secretsMountPath" -}}
+/etc/callbridge/secrets
+{{- end }}
+
+{{/*
+Which GoTo token the bridge uses: "pat" or "refresh". The bridge prefers a personal access
+token when it has both. The chart-made Secret shows it; existingSecret cannot be read at render
+time, so existingSecretContents.gotoToken says (empty: refreshToken when
+config.goto.refresh_token_file is set, else personalAccessToken).
+*/}}
+{{- define "callbridge.gotoToken" -}}
+{{- $g := .Values.config.goto }}
+{{- $said := toString (dig "gotoToken" "" (default (dict) .Values.existingSecretContents)) }}
+{{- if $g.personal_access_token_file }}pat
+{{- else if .Values.existingSecret }}
+{{- if eq $said "personalAccessToken" }}pat
+{{- else if eq $said "refreshToken" }}refresh
+{{- else if $g.refresh_token_file }}refresh
+{{- else }}pat
+{{- end }}
+{{- else if .Values.secrets.gotoPersonalAccessToken }}pat
+{{- else }}refresh
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret's keys this deployment reads, as JSON {"files": [...]}: each with the config table
+(list of keys), the `*_file` key, the Secret key and the file name under the mount.
+*/}}
+{{- define "callbridge.secretFiles" -}}
+{{- $c := .Values.config }}
+{{- $g := $c.goto }}
+{{- $w := default (dict) $c.webhook }}
+{{- $kafka := default (dict) $c.kafka }}
+{{- $sasl := default (dict) $kafka.sasl }}
+{{- $tls := default (dict) $kafka.tls }}
+{{- $k := .Values.secretKeys }}
+{{- $s := .Values.secrets }}
+{{- $token := include "callbridge.gotoToken" . }}
+{{- $files := list }}
+{{- if not $g.client_secret_file }}
+{{- $files = append $files (dict "table" (list "goto") "configKey" "client_secret_file" "secretKey" $k.gotoClientSecret "path" "goto-client-secret") }}
+{{- end }}
+{{- if and (eq $token "pat") (not $g.personal_access_token_file) }}
+{{- $files = append $files (dict "table" (list "goto") "configKey" "personal_access_token_file" "secretKey" $k.gotoPersonalAccessToken "path" "goto-personal-access-token") }}
+{{- end }}
+{{- if and (eq $token "refresh") (not $g.refresh_token_file) }}
+{{- $files = append $files (dict "table" (list "goto") "configKey" "refresh_token_file" "secretKey" $k.gotoRefreshToken "path" "goto-refresh-token") }}
+{{- end }}
+{{- if and (include "callbridge.isWebhook" .) (not $w.secret_file) }}
+{{- $files = append $files (dict "table" (list "webhook") "configKey" "secret_file" "secretKey" $k.webhookSecret "path" "webhook-secret") }}
+{{- end }}
+{{- if and (include "callbridge.usesSasl" .) (not $sasl.password_file) }}
+{{- $files = append $files (dict "table" (list "kafka" "sasl") "configKey" "password_file" "secretKey" $k.kafkaSaslPassword "path" "kafka-sasl-password") }}
+{{- end }}
+{{- $tlsPassword := $s.kafkaTlsKeyPassword }}
+{{- if .Values.existingSecret }}
+{{- $tlsPassword = dig "kafkaTlsKeyPassword" false (default (dict) .Values.existingSecretContents) }}
+{{- end }}
+{{- if and $tlsPassword (not $tls.key_password_file) }}
+{{- $files = append $files (dict "table" (list "kafka" "tls") "configKey" "key_password_file" "secretKey" $k.kafkaTlsKeyPassword "path" "kafka-tls-key-password") }}
+{{- end }}
+{{- toJson (dict "files" $files) }}
 {{- end }}
 
 {{/*
@@ -189,6 +272,10 @@ Render-time checks the JSON schema cannot express.
 {{- fail (printf "config.shutdown.timeout (%s) must stay below terminationGracePeriodSeconds (%d): Kubernetes kills the pod at the grace period" $timeout (int $.Values.terminationGracePeriodSeconds)) }}
 {{- end }}
 {{- include "callbridge.validateRefreshToken" . }}
+{{- $uid := dig "runAsUser" (dig "runAsUser" 0 (default (dict) .Values.podSecurityContext)) (default (dict) .Values.securityContext) }}
+{{- if and (not (dig "fsGroup" nil (default (dict) .Values.podSecurityContext))) $uid (ne (int64 $uid) 0) }}
+{{- fail "podSecurityContext.fsGroup is required when the bridge runs as a non-root uid: the Secret's files are mounted root-owned with mode 0440, readable through the fsGroup the kubelet gives them" }}
+{{- end }}
 {{- if and .Values.kafkaTls.enabled (not .Values.kafkaTls.secretName) }}
 {{- fail "kafkaTls.secretName is required when kafkaTls.enabled is true" }}
 {{- end }}
@@ -197,17 +284,16 @@ Render-time checks the JSON schema cannot express.
 {{/*
 A refresh token shared by several pods: GoTo issues a new refresh token when the old one expires
 and retires the old one, so only the replica that refreshed (and any replica reading the same
-goto.refresh_token_file) keeps a token GoTo accepts. The chart passes the token in an environment
-variable and its only writable volume (/tmp) is per pod, so more than one replica (or an
-autoscaler) with a refresh token breaks at the first rotation, unless goto.refresh_token_file is
-on a volume the replicas share, mounted through extraVolumes / extraVolumeMounts. (With
-existingSecret the chart cannot see which token the Secret holds.)
+goto.refresh_token_file) keeps a token GoTo accepts. The chart points goto.refresh_token_file at
+the read-only Secret mount, where the bridge cannot write the new token (it keeps it in memory),
+and its only writable volume (/tmp) is per pod, so more than one replica (or an autoscaler) with
+a refresh token breaks at the first rotation, unless config.goto.refresh_token_file is on a
+volume the replicas share and can write, mounted through extraVolumes / extraVolumeMounts. (With
+existingSecret, existingSecretContents.gotoToken says which token the Secret holds.)
 */}}
 {{- define "callbridge.validateRefreshToken" -}}
 {{- $g := .Values.config.goto }}
-{{- $s := .Values.secrets }}
-{{- $pat := or (and (not .Values.existingSecret) $s.gotoPersonalAccessToken) $g.personal_access_token_file }}
-{{- $refresh := and (not $pat) (or (and (not .Values.existingSecret) $s.gotoRefreshToken) $g.refresh_token_file) }}
+{{- $refresh := eq (include "callbridge.gotoToken" .) "refresh" }}
 {{- $several := or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}
 {{- if and $refresh $several }}
 {{- $file := toString (default "" $g.refresh_token_file) }}

@@ -163,17 +163,7 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
             source,
         }
     };
-    let reader: BaseConsumer = ctx
-        .client_config
-        .clone()
-        .set(
-            "group.id",
-            format!("callbridge-takeover-{}", uuid::Uuid::new_v4()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        // The reader polls to an end it already knows; waiting for more data only slows it.
-        .set("fetch.wait.max.ms", "10")
+    let reader: BaseConsumer = reader_config(&ctx.client_config)
         .create()
         .map_err(kafka("creating the changelog reader"))?;
 
@@ -335,6 +325,28 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     Ok(rec)
 }
 
+/// `fetch.wait.max.ms` of the takeover's reader unless `kafka.librdkafka` sets it: the reader
+/// polls to an end it already knows, and waiting for more data only slows it.
+const READER_FETCH_WAIT_MS: &str = "10";
+
+/// The takeover reader's settings on top of `base` (connection settings and `kafka.librdkafka`).
+/// What the reads depend on is owned (refused in `kafka.librdkafka`, `kafka::config`): its own
+/// group, no commits, and no partition-EOF events, which [`read_range`] would take for a failed
+/// read. What only tunes it is a default the operator's value overrides.
+fn reader_config(base: &ClientConfig) -> ClientConfig {
+    use crate::kafka::config::{set_default, set_owned};
+    let mut c = base.clone();
+    set_owned(
+        &mut c,
+        "group.id",
+        format!("callbridge-takeover-{}", uuid::Uuid::new_v4()),
+    );
+    set_owned(&mut c, "enable.auto.commit", "false");
+    set_owned(&mut c, "enable.partition.eof", "false");
+    set_default(&mut c, "fetch.wait.max.ms", READER_FETCH_WAIT_MS);
+    c
+}
+
 enum ReadError {
     Kafka(rdkafka::error::KafkaError),
     Timeout,
@@ -487,5 +499,54 @@ fn apply_output(
             entry.next = entry.next.max(seq + 1);
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::KafkaConfig;
+
+    fn reader_for(librdkafka: &[(&str, &str)]) -> ClientConfig {
+        let mut kafka = KafkaConfig::default();
+        for (k, v) in librdkafka {
+            kafka.librdkafka.insert(k.to_string(), v.to_string());
+        }
+        reader_config(&kafka.client_config().expect("client config"))
+    }
+
+    /// `kafka.librdkafka` tunes the takeover's reader like every other client: the reader's own
+    /// `fetch.wait.max.ms` is only a default.
+    #[test]
+    fn the_operators_fetch_wait_wins_over_the_readers_default() {
+        assert_eq!(
+            reader_for(&[]).get("fetch.wait.max.ms"),
+            Some(READER_FETCH_WAIT_MS)
+        );
+        assert_eq!(
+            reader_for(&[("fetch.wait.max.ms", "250")]).get("fetch.wait.max.ms"),
+            Some("250")
+        );
+    }
+
+    /// What the reads depend on cannot be passed through `kafka.librdkafka`: it is refused at
+    /// load, naming the key, so the reader's value is never a silent override.
+    #[test]
+    fn what_the_reader_depends_on_is_refused_in_librdkafka() {
+        let reader = reader_for(&[]);
+        assert_eq!(reader.get("enable.partition.eof"), Some("false"));
+        assert_eq!(reader.get("enable.auto.commit"), Some("false"));
+        for property in ["group.id", "enable.auto.commit", "enable.partition.eof"] {
+            let mut kafka = KafkaConfig::default();
+            kafka.librdkafka.insert(property.into(), "true".into());
+            let mut report = crate::config::InvalidReport::default();
+            kafka.validate(&mut report);
+            let problems: Vec<String> = report.into_iter().map(|i| i.to_string()).collect();
+            assert!(
+                problems.len() == 1
+                    && problems[0].starts_with(&format!("kafka.librdkafka.\"{property}\"")),
+                "{property}: {problems:?}"
+            );
+        }
     }
 }

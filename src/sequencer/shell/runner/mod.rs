@@ -406,13 +406,11 @@ fn run(
                 .to_string(),
         )
         .set("statistics.interval.ms", "5000");
-    if !config.kafka.librdkafka.contains_key("fetch.wait.max.ms") {
-        // A broker that does not answer a fetch early when data arrives (tansu) holds every
-        // raw record for up to this long before the sequencer sees it; librdkafka's 500 ms
-        // default made that most of the end-to-end latency (docs/performance.md). Kafka answers
-        // early anyway, so a short wait only adds cheap empty fetches while idle.
-        consumer_config.set("fetch.wait.max.ms", RAW_FETCH_WAIT_MS);
-    }
+    // A broker that does not answer a fetch early when data arrives (tansu) holds every raw
+    // record for up to this long before the sequencer sees it; librdkafka's 500 ms default made
+    // that most of the end-to-end latency (docs/performance.md). Kafka answers early anyway, so a
+    // short wait only adds cheap empty fetches while idle. `kafka.librdkafka` may change it.
+    crate::kafka::config::set_default(&mut consumer_config, "fetch.wait.max.ms", RAW_FETCH_WAIT_MS);
     let consumer: BaseConsumer<ShellContext> = consumer_config
         .create_with_context(ShellContext {
             state: state.clone(),
