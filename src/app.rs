@@ -425,11 +425,21 @@ impl RunningBridge {
         }
         let writer = self.ingest.writer().clone();
         let flush_for = left();
+        let flushing = writer.clone();
         let _ = tokio::time::timeout(
             left(),
-            tokio::task::spawn_blocking(move || writer.flush(flush_for)),
+            tokio::task::spawn_blocking(move || flushing.flush(flush_for)),
         )
         .await;
+        // Dropping the producer discards what Kafka has not acknowledged: states answered on
+        // receipt (left to back-fill) or dead letters GoTo was answered 503 for. Say how many.
+        let unacknowledged = writer.unacknowledged();
+        if unacknowledged > 0 {
+            tracing::error!(
+                records = unacknowledged,
+                "shutdown: records Kafka had not acknowledged are dropped with the producer; states among them are back-filled by the sequencer"
+            );
+        }
         if left().is_zero() {
             tracing::warn!(timeout = ?self.drain_timeout, "shutdown did not finish within shutdown.timeout");
         }

@@ -354,6 +354,12 @@ impl RawWriter {
         use rdkafka::producer::Producer;
         self.producer.flush(timeout)
     }
+
+    /// Records queued or in flight, not yet acknowledged (librdkafka's count).
+    pub fn unacknowledged(&self) -> i32 {
+        use rdkafka::producer::Producer;
+        self.producer.in_flight_count()
+    }
 }
 
 /// How many times a dead letter Kafka refused after its answer timed out is written again.
