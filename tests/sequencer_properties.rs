@@ -217,9 +217,13 @@ struct Sim<'a> {
 
 impl<'a> Sim<'a> {
     fn new(s: &'a Scenario, seed_salt: u64, start: Timestamp) -> Self {
+        Self::with(s, seed_salt, start, SequencerConfig::default())
+    }
+
+    fn with(s: &'a Scenario, seed_salt: u64, start: Timestamp, cfg: SequencerConfig) -> Self {
         Sim {
             s,
-            seq: PartitionSequencer::new(SequencerConfig::default()),
+            seq: PartitionSequencer::new(cfg),
             rng: ChaCha8Rng::seed_from_u64(s.seed ^ seed_salt),
             now: start,
             pending: Vec::new(),
@@ -604,6 +608,8 @@ struct Snapshot {
     raw_end: usize,
     topic_len: usize,
     now: Timestamp,
+    /// A call had been abandoned before it.
+    after_abandonment: bool,
 }
 
 /// Per conversation, the ordered topic must be one contiguous run of states and gaps from 1,
@@ -638,6 +644,97 @@ fn assert_exactly_once(topic: &[(usize, Out)], convs: usize) {
     }
 }
 
+/// `abandon_after` for the abandonment property: below the slowest back-fill answer (two
+/// hours), so a call can be abandoned while another one's answer still pins the raw low
+/// watermark below its records.
+const SHORT_ABANDON: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The scenario with the ENDING of about half its conversations lost for good (never delivered,
+/// never in an answer): those calls can only end by being abandoned.
+fn unfinished(s: &Scenario) -> Scenario {
+    let mut rng = ChaCha8Rng::seed_from_u64(s.seed ^ 11);
+    let mut s = s.clone();
+    for conv in &mut s.convs {
+        if rng.gen_bool(0.5) {
+            if let Some(last) = conv.states.last_mut() {
+                last.unrecoverable = true;
+                last.deliveries = 0;
+                last.conflict = false;
+            }
+        }
+    }
+    s
+}
+
+/// The shell's real takeover: owner A runs the whole stream with back-fill answers slower than
+/// `closed_retention` (and, with `cfg`'s `abandon_after`, than that too), writing the
+/// changelog now and then; B restores one of those writes (with `after_abandonment`, one
+/// written after a call was abandoned, when there is one: most are not, and the takeovers
+/// after one are those this is about) and re-reads raw from its low watermark only. Each
+/// ordered stream must stay exactly-once.
+fn takeover_at_the_raw_low_watermark(
+    s: &Scenario,
+    pick: prop::sample::Index,
+    cfg: SequencerConfig,
+    after_abandonment: bool,
+) -> Result<(), TestCaseError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
+    let evs = events(s, &mut rng);
+    let mut a = Sim::with(s, 5, Timestamp(0), cfg.clone());
+    a.slow_answers = true;
+    let mut changelog: BTreeMap<String, ConversationCheckpoint> = BTreeMap::new();
+    let mut snapshots = Vec::new();
+    let mut flush_rng = ChaCha8Rng::seed_from_u64(s.seed ^ 7);
+    a.run(&evs, true, |sim| {
+        if flush_rng.gen_ratio(1, 4) {
+            for (id, cp) in sim.seq.take_dirty() {
+                match cp {
+                    Some(cp) => {
+                        changelog.insert(id.to_string(), cp);
+                    }
+                    None => {
+                        changelog.remove(&id.to_string());
+                    }
+                }
+            }
+            let next_raw = sim.offsets.len();
+            snapshots.push(Snapshot {
+                changelog: changelog.clone(),
+                raw_low_watermark: sim
+                    .seq
+                    .raw_low_watermark()
+                    .map_or(next_raw, |o| usize::try_from(o).expect("our offsets")),
+                raw_end: next_raw,
+                topic_len: sim.topic.len(),
+                now: sim.now,
+                after_abandonment: !sim.abandoned.is_empty(),
+            });
+        }
+    });
+    assert_exactly_once(&a.topic, s.convs.len());
+    if snapshots.is_empty() {
+        return Ok(());
+    }
+    if after_abandonment && snapshots.iter().any(|sn| sn.after_abandonment) {
+        snapshots.retain(|sn| sn.after_abandonment);
+    }
+    // A dies right after one of its changelog writes (everything it sent is indexed).
+    let snap = &snapshots[pick.index(snapshots.len())];
+    let mut b = Sim::with(s, 6, snap.now, cfg);
+    for (id, cp) in &snap.changelog {
+        b.seq.restore(id, *cp, b.now);
+    }
+    b.seq
+        .restored_raw_end(i64::try_from(snap.raw_end).expect("our offsets"));
+    b.topic = a.topic[..snap.topic_len].to_vec();
+    // Raw offsets are delivery indexes: B reads raw again from the watermark on.
+    b.offsets = a.offsets[..snap.raw_low_watermark].to_vec();
+    b.run(&evs[snap.raw_low_watermark..], true, |_| {});
+    assert_exactly_once(&b.topic, s.convs.len());
+    prop_assert_eq!(b.seq.len(), 0);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
@@ -650,51 +747,22 @@ proptest! {
         s in scenario(false),
         pick in any::<prop::sample::Index>(),
     ) {
-        let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
-        let evs = events(&s, &mut rng);
-        let mut a = Sim::new(&s, 5, Timestamp(0));
-        a.slow_answers = true;
-        let mut changelog: BTreeMap<String, ConversationCheckpoint> = BTreeMap::new();
-        let mut snapshots = Vec::new();
-        let mut flush_rng = ChaCha8Rng::seed_from_u64(s.seed ^ 7);
-        a.run(&evs, true, |sim| {
-            if flush_rng.gen_ratio(1, 4) {
-                for (id, cp) in sim.seq.take_dirty() {
-                    match cp {
-                        Some(cp) => { changelog.insert(id.to_string(), cp); }
-                        None => { changelog.remove(&id.to_string()); }
-                    }
-                }
-                let next_raw = sim.offsets.len();
-                snapshots.push(Snapshot {
-                    changelog: changelog.clone(),
-                    raw_low_watermark: sim
-                        .seq
-                        .raw_low_watermark()
-                        .map_or(next_raw, |o| usize::try_from(o).expect("our offsets")),
-                    raw_end: next_raw,
-                    topic_len: sim.topic.len(),
-                    now: sim.now,
-                });
-            }
-        });
-        assert_exactly_once(&a.topic, s.convs.len());
-        if snapshots.is_empty() {
-            return Ok(());
-        }
-        // A dies right after one of its changelog writes (everything it sent is indexed).
-        let snap = &snapshots[pick.index(snapshots.len())];
-        let mut b = Sim::new(&s, 6, snap.now);
-        for (id, cp) in &snap.changelog {
-            b.seq.restore(id, *cp, b.now);
-        }
-        b.seq.restored_raw_end(i64::try_from(snap.raw_end).expect("our offsets"));
-        b.topic = a.topic[..snap.topic_len].to_vec();
-        // Raw offsets are delivery indexes: B reads raw again from the watermark on.
-        b.offsets = a.offsets[..snap.raw_low_watermark].to_vec();
-        b.run(&evs[snap.raw_low_watermark..], true, |_| {});
-        assert_exactly_once(&b.topic, s.convs.len());
-        prop_assert_eq!(b.seq.len(), 0);
+        takeover_at_the_raw_low_watermark(&s, pick, SequencerConfig::default(), false)?;
+    }
+
+    /// The same with calls whose ENDING never comes, abandoned while another call's answer
+    /// (slower than `abandon_after`) still pins the watermark below their states: forgotten at
+    /// abandonment, they were read again by the takeover and published a second time.
+    #[test]
+    fn takeover_at_the_raw_low_watermark_after_abandonment_duplicates_nothing(
+        s in scenario(false),
+        pick in any::<prop::sample::Index>(),
+    ) {
+        let cfg = SequencerConfig {
+            abandon_after: SHORT_ABANDON,
+            ..SequencerConfig::default()
+        };
+        takeover_at_the_raw_low_watermark(&unfinished(&s), pick, cfg, true)?;
     }
 }
 

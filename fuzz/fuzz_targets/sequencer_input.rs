@@ -43,6 +43,9 @@
 //!   gauges match; `raw_low_watermark()` is exactly the smallest raw offset of a held live state;
 //! - eviction only as documented (abandon after `abandon_after` of inactivity, closed after
 //!   `closed_retention`), and `take_dirty` reports every changed conversation and every tombstone;
+//!   a closed or abandoned conversation is forgotten only once the raw low watermark has passed
+//!   every raw record of it this sequencer read (a takeover resumes reading raw there); an
+//!   abandoned one takes no state after `Abandoned` (`AfterAbandonment` at or above its `next`);
 //! - a takeover never republishes: the new owner's `next` is above everything left in the
 //!   topic of the conversation's incarnation, and an ENDING left without its completion record
 //!   is completed at once (one completion, right last sequence and gap count);
@@ -267,6 +270,11 @@ struct Delivery {
 struct Conv {
     next: u64,
     ended: bool,
+    /// Given up (`Abandoned`) and still remembered; its checkpoint stays open.
+    abandoned: bool,
+    /// Highest raw offset of a valid state of it this sequencer read (an invalid sequence
+    /// number makes no conversation state, and a re-read one is dead-lettered again).
+    max_offset: Option<i64>,
     gap_count: u32,
     /// Lower bound of the sequencer's `last_activity`.
     active_since: Timestamp,
@@ -290,6 +298,8 @@ impl Conv {
         Conv {
             next: 1,
             ended: false,
+            abandoned: false,
+            max_offset: None,
             gap_count: 0,
             active_since: now,
             closed_at: None,
@@ -315,8 +325,14 @@ impl Conv {
         self.held.retain(|&s, _| s >= next);
     }
 
+    /// Completed or abandoned: takes no state any more.
+    fn closed(&self) -> bool {
+        self.ended || self.abandoned
+    }
+
     fn close_quietly(&mut self) {
         self.ended = true;
+        self.abandoned = false;
         self.held.clear();
         self.closed_at = Some(self.active_since);
     }
@@ -465,6 +481,10 @@ impl Harness {
         let s = self.deliver(d, offset);
         let payload = s.payload;
         self.ensure_conv(c, true);
+        if let Some(off) = offset.filter(|_| seq != 0 && seq != u64::MAX) {
+            let o = self.conv_mut(c);
+            o.max_offset = Some(o.max_offset.map_or(off, |m| m.max(off)));
+        }
         let next_before = self.conv(c).next;
         let mut out = Vec::new();
         let now = self.now;
@@ -932,6 +952,10 @@ impl Harness {
                         .as_mut()
                         .expect("publish for an unknown conversation");
                     assert!(!o.ended, "{conversation}/{seq} published after completion");
+                    assert!(
+                        !o.abandoned,
+                        "{conversation}/{seq} published after abandonment"
+                    );
                     assert_eq!(
                         seq, o.next,
                         "{conversation}: published {seq}, expected {}",
@@ -984,7 +1008,10 @@ impl Harness {
                     let o = self.convs[c]
                         .as_mut()
                         .expect("gap for an unknown conversation");
-                    assert!(!o.ended, "{conversation}: gap after completion");
+                    assert!(
+                        !o.closed(),
+                        "{conversation}: gap after completion or abandonment"
+                    );
                     assert_eq!(
                         from, o.next,
                         "{conversation}: gap {from}..={to}, expected from {}",
@@ -1051,7 +1078,10 @@ impl Harness {
                         "two back-fills in flight for {conversation}"
                     );
                     let o = self.conv(c);
-                    assert!(!o.ended, "{conversation}: back-fill after completion");
+                    assert!(
+                        !o.closed(),
+                        "{conversation}: back-fill after completion or abandonment"
+                    );
                     assert_eq!(from, o.next, "{conversation}: back-fill from {from}");
                     let first_held = o.held.keys().next().copied();
                     match to {
@@ -1069,7 +1099,7 @@ impl Harness {
                                 .filter(|p| {
                                     p.2.is_none()
                                         && !abandoned.contains(&p.0)
-                                        && self.convs[p.0].as_ref().is_some_and(|o| !o.ended)
+                                        && self.convs[p.0].as_ref().is_some_and(|o| !o.closed())
                                 })
                                 .count();
                             assert!(
@@ -1149,7 +1179,7 @@ impl Harness {
                                 .map(|&p| self.deliveries[p as usize])
                                 .any(|e| e.conv == c && e.seq < seq && e.is_ending);
                             assert!(
-                                (o.ended && seq >= o.next) || ending_below,
+                                !o.abandoned && ((o.ended && seq >= o.next) || ending_below),
                                 "{conversation}/{seq}: AfterEnding but not above an ENDING (next {}, ended {})",
                                 o.next,
                                 o.ended
@@ -1158,7 +1188,7 @@ impl Harness {
                         DeadLetterReason::ImplausibleSequence => {
                             assert!(
                                 fresh
-                                    && !o.ended
+                                    && !o.closed()
                                     && seq > o.next.saturating_add(MAX_SEQUENCE_AHEAD),
                                 "{conversation}/{seq}: implausible with next {}",
                                 o.next
@@ -1175,6 +1205,14 @@ impl Harness {
                                 o.next
                             );
                         }
+                        DeadLetterReason::AfterAbandonment => {
+                            assert!(
+                                fresh && !was_held && o.abandoned && seq >= o.next,
+                                "{conversation}/{seq}: AfterAbandonment but not at or above an abandoned call's next (next {}, abandoned {})",
+                                o.next,
+                                o.abandoned
+                            );
+                        }
                         DeadLetterReason::InvalidSequence => unreachable!(),
                     }
                     if was_held {
@@ -1187,14 +1225,23 @@ impl Harness {
                 } => {
                     let c = conv_index(&conversation);
                     assert_eq!(call, Call::Tick, "abandoned outside a tick");
-                    let o = self.conv(c);
-                    assert!(!o.ended, "{conversation}: closed conversation abandoned");
+                    let abandon_after = self.config.abandon_after;
+                    let o = self.conv_mut(c);
+                    assert!(
+                        !o.closed(),
+                        "{conversation}: closed or abandoned conversation abandoned"
+                    );
+                    assert!(
+                        o.held.is_empty(),
+                        "{conversation}: abandoned holding states"
+                    );
                     assert_eq!(next_sequence, o.next, "{conversation}: abandoned next");
                     assert!(
-                        now >= o.active_since.plus(self.config.abandon_after),
+                        now >= o.active_since.plus(abandon_after),
                         "{conversation} abandoned early: now {now:?}, active at {:?}",
                         o.active_since
                     );
+                    o.abandoned = true;
                     abandoned.insert(c);
                 }
             }
@@ -1218,7 +1265,13 @@ impl Harness {
                 d.seq != 0 && d.seq != u64::MAX,
                 "invalid sequence not dead-lettered"
             );
-            if o.ended || d.seq < o.next {
+            assert!(
+                !o.closed() || d.seq < o.next,
+                "{}/{}: a state above a closed or abandoned call dropped silently",
+                CONVS[d.conv],
+                d.seq
+            );
+            if d.seq < o.next {
                 continue; // a duplicate of something published (window checked by the caller)
             }
             match o.held.get(&d.seq) {
@@ -1240,10 +1293,18 @@ impl Harness {
                 continue;
             };
             if self.seq.checkpoint(CONVS[c]).is_some() {
-                assert!(!abandoned.contains(&c), "{} abandoned but kept", CONVS[c]);
                 continue;
             }
             assert_eq!(call, Call::Tick, "{} evicted outside a tick", CONVS[c]);
+            // A tick only ever lowers what is held, so the watermark after it is no lower than
+            // when the conversation was evicted: this is implied by the rule, not the rule.
+            if let (Some(low), Some(max)) = (self.seq.raw_low_watermark(), o.max_offset) {
+                assert!(
+                    low > max,
+                    "{} forgotten while raw {max} of it lies above the low watermark {low}",
+                    CONVS[c]
+                );
+            }
             if o.ended {
                 if let Some(t) = o.closed_at {
                     assert!(
@@ -1253,11 +1314,7 @@ impl Harness {
                     );
                 }
             } else {
-                assert!(
-                    abandoned.contains(&c),
-                    "{} evicted open without Abandoned",
-                    CONVS[c]
-                );
+                assert!(o.abandoned, "{} evicted open without Abandoned", CONVS[c]);
             }
             self.convs[c] = None;
             self.tombstones.insert(c);
@@ -1276,8 +1333,8 @@ impl Harness {
                 Some(o) => {
                     assert_eq!(cp, Some(o.checkpoint()), "{} checkpoint", CONVS[c]);
                     assert!(
-                        !o.ended || o.held.is_empty(),
-                        "{} holds states after completion",
+                        !o.closed() || o.held.is_empty(),
+                        "{} holds states after completion or abandonment",
                         CONVS[c]
                     );
                     held += o.held.len();
@@ -1286,7 +1343,7 @@ impl Harness {
                             low = Some(low.map_or(off, |l| l.min(off)));
                         }
                     }
-                    if o.ended {
+                    if o.closed() {
                         closed += 1;
                     } else {
                         open += 1;

@@ -21,6 +21,7 @@ pub(crate) const SEQUENCER_ONLY_REASONS: &[&str] = &[
     "oversize",
     "conflicting_duplicate",
     "after_ending",
+    "after_abandonment",
     "implausible_sequence_number",
     "inside_declared_gap",
 ];

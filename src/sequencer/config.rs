@@ -45,9 +45,12 @@ pub struct SequencerConfig {
     /// of real gaps (which are not rationed), and a quiet call is probed less often when many
     /// are quiet. 0 turns idle probes off.
     pub idle_probes_in_flight: u32,
-    /// An open conversation with no state for this long is evicted (`Abandoned`). States it
+    /// An open conversation with no state for this long is given up (`Abandoned`). States it
     /// still holds (only possible when this is shorter than `gap_timeout + backfill_max_wait`)
-    /// are published first, the holes below them becoming `BackfillFailed` gap records.
+    /// are published first, the holes below them becoming `BackfillFailed` gap records. It is
+    /// evicted as soon as the raw low watermark has passed its raw records (as a closed call
+    /// is), and meanwhile dead-letters any state at or above where it stopped
+    /// (`after_abandonment`).
     #[serde(with = "humantime_serde")]
     pub abandon_after: Duration,
     /// After completion, how long to remember a conversation to drop late duplicates. After

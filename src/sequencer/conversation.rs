@@ -14,7 +14,9 @@
 //! has not come yet (the shell's back-fill queue may be long) waits for it, at most until
 //! `abandon_after`. Held states pin the raw low watermark, and a closed conversation is only
 //! forgotten once that watermark has passed its states (see [`Conversation::on_tick`]), so a
-//! takeover resuming there never meets a state of a conversation nobody remembers.
+//! takeover resuming there never meets a state of a conversation nobody remembers. An abandoned
+//! conversation is closed the same way (without a completion record) and waits for the
+//! watermark too: another call's answer can be queued for longer than `abandon_after`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -44,6 +46,7 @@ impl<P> Cx<'_, P> {
             DeadLetterReason::InvalidSequence => counters.invalid_sequence += 1,
             DeadLetterReason::ImplausibleSequence => counters.implausible_sequence += 1,
             DeadLetterReason::InsideDeclaredGap => counters.inside_declared_gap += 1,
+            DeadLetterReason::AfterAbandonment => counters.after_abandonment += 1,
         }
         self.out.push(Action::DeadLetter {
             conversation: self.id.clone(),
@@ -126,7 +129,7 @@ pub(crate) enum Fate {
 #[derive(Debug)]
 pub(crate) struct Conversation<P> {
     next: u64,
-    /// Last state received; for a closed conversation, when it closed.
+    /// Last state received; for a closed (or abandoned) conversation, when it closed.
     last_activity: Timestamp,
     /// Open: the idle-probe clock in ms (`last_activity`, or the last probe answer if later).
     /// Closed: the *raw mark*, one past the highest raw offset read when it closed or when a
@@ -140,7 +143,13 @@ pub(crate) struct Conversation<P> {
     /// out, which is most conversations most of the time (see [`Trouble`]).
     trouble: Option<Box<Trouble<P>>>,
     gap_count: u32,
+    /// Closed: takes no state any more (completed, or abandoned).
     ended: bool,
+    /// Closed by abandonment, not by ENDING: its checkpoint stays open (the ordered topic has no
+    /// completion record for it), a state at or above `next` is `AfterAbandonment`, and it is
+    /// forgotten as soon as the raw low watermark has passed it (no `closed_retention`). Fits in
+    /// padding.
+    abandoned: bool,
     /// Waiting in the partition's probe queue for a free probe slot (no timer of its own for
     /// the probe meanwhile; fits in padding, so idle conversations stay 104 bytes).
     pub(crate) probe_queued: bool,
@@ -188,6 +197,7 @@ impl<P> Conversation<P> {
             trouble: None,
             gap_count: 0,
             ended: false,
+            abandoned: false,
             probe_queued: false,
             probe_counted: false,
             recent: Window::default(),
@@ -254,11 +264,14 @@ impl<P> Conversation<P> {
     pub(crate) fn checkpoint(&self) -> ConversationCheckpoint {
         ConversationCheckpoint {
             next_sequence: self.next,
-            ended: self.ended,
+            // An abandoned call has no completion record: a new owner restores it open (and
+            // abandons it again, its clock running from the checkpoint's time).
+            ended: self.ended && !self.abandoned,
             gap_count: self.gap_count,
         }
     }
 
+    /// Completed or abandoned: takes no state any more.
     pub(crate) fn is_closed(&self) -> bool {
         self.ended
     }
@@ -288,7 +301,7 @@ impl<P> Conversation<P> {
     /// conversation can always be abandoned, a closed one always evicted.
     pub(crate) fn next_due(&self, cfg: &SequencerConfig) -> Timestamp {
         if self.ended {
-            return self.last_activity.plus(cfg.closed_retention);
+            return self.last_activity.plus(self.retention(cfg));
         }
         let abandon = self.last_activity.plus(cfg.abandon_after);
         let give_up = self.give_up_at(cfg).unwrap_or(abandon);
@@ -298,8 +311,14 @@ impl<P> Conversation<P> {
             Flight::Retry(at) => at,
             Flight::Idle => match self.blocked_since() {
                 Some(since) => since.plus(cfg.gap_timeout),
-                // Queued for a probe (the partition wakes it when a slot frees), or probes off.
-                None if self.probe_queued || cfg.idle_probes_in_flight == 0 => abandon,
+                // Queued for a probe (the partition wakes it when a slot frees), probes off, or
+                // nothing a probe could find.
+                None if self.probe_queued
+                    || cfg.idle_probes_in_flight == 0
+                    || !self.can_take_more() =>
+                {
+                    abandon
+                }
                 None => self.quiet_since().plus(cfg.idle_probe_after),
             },
         };
@@ -320,9 +339,13 @@ impl<P> Conversation<P> {
             if s.raw_offset.is_some() && self.quiet_or_raw != RAW_UNKNOWN {
                 self.quiet_or_raw = self.quiet_or_raw.max(cx.ledger.raw_end);
             }
-            // Closed: at or below ENDING it is a late duplicate, above it an anomaly.
+            // Closed: at or below ENDING it is a late duplicate, above it an anomaly. Abandoned:
+            // below `next` a late duplicate too; at or above it a state the stream was given
+            // up before, which cannot follow the abandonment (see `AfterAbandonment`).
             if seq < self.next {
                 self.duplicate_of_published(cx, s);
+            } else if self.abandoned {
+                cx.dead_letter(s, DeadLetterReason::AfterAbandonment);
             } else {
                 cx.dead_letter(s, DeadLetterReason::AfterEnding);
             }
@@ -505,7 +528,8 @@ impl<P> Conversation<P> {
                 conversation: cx.id.clone(),
                 next_sequence: self.next,
             });
-            return Fate::Evict;
+            self.abandon(cx);
+            return self.closed_tick(cx);
         }
         self.give_up_expired(cx);
         if self.ended {
@@ -537,13 +561,13 @@ impl<P> Conversation<P> {
         Fate::Keep
     }
 
-    /// A closed conversation's timer: evicted after `closed_retention`, but only once the raw
-    /// low watermark has passed every raw record of it. Forgotten earlier, a takeover resuming
-    /// at that watermark would read its states again for a conversation nobody remembers and
-    /// publish the call a second time.
+    /// A closed conversation's timer: evicted after `closed_retention` (an abandoned one at
+    /// once), but only once the raw low watermark has passed every raw record of it. Forgotten
+    /// earlier, a takeover resuming at that watermark would read its states again for a
+    /// conversation nobody remembers and publish the call a second time.
     fn closed_tick(&mut self, cx: &mut Cx<'_, P>) -> Fate {
         let (cfg, now) = (cx.cfg, cx.now);
-        if now < self.last_activity.plus(cfg.closed_retention) {
+        if now < self.last_activity.plus(self.retention(cfg)) {
             return Fate::Keep;
         }
         if self.quiet_or_raw == RAW_UNKNOWN {
@@ -555,8 +579,34 @@ impl<P> Conversation<P> {
         if !cx.ledger.watermark_passed(self.quiet_or_raw) {
             return Fate::LookAgain(now.plus(WATERMARK_RECHECK));
         }
-        cx.ledger.counters.closed_evicted += 1;
+        if !self.abandoned {
+            cx.ledger.counters.closed_evicted += 1; // abandoned ones were counted as such
+        }
         Fate::Evict
+    }
+
+    /// How long a closed conversation is kept for late duplicates. None for an abandoned one:
+    /// it was quiet for `abandon_after` already, and was evicted at once before it had to wait
+    /// for the raw low watermark; only that wait is new.
+    fn retention(&self, cfg: &SequencerConfig) -> Duration {
+        if self.abandoned {
+            Duration::ZERO
+        } else {
+            cfg.closed_retention
+        }
+    }
+
+    /// Gives the call up (everything held is resolved already): closed like a completed call,
+    /// so that a takeover re-reading raw from the low watermark still finds it remembered.
+    fn abandon(&mut self, cx: &mut Cx<'_, P>) {
+        self.ended = true;
+        self.abandoned = true;
+        self.last_activity = cx.now;
+        self.take_raw_mark(cx.ledger);
+        // A request still out is owed its answer by the shell, which then only brings
+        // duplicates and `AfterAbandonment` states; a probe's slot is free again (`settle`).
+        self.set_flight(Flight::Idle);
+        self.probe_queued = false;
     }
 
     /// Gives up every front hole whose time is over ([`Self::give_up_at`]), unless an answer
@@ -601,15 +651,25 @@ impl<P> Conversation<P> {
         self.drain(cx);
     }
 
-    /// Probes on, open and not due for abandonment, nothing held, no request out, and quiet for
-    /// `idle_probe_after`.
+    /// Probes on, open and not due for abandonment, nothing held, no request out, a state still
+    /// possible, and quiet for `idle_probe_after`.
     pub(crate) fn wants_probe(&self, cfg: &SequencerConfig, now: Timestamp) -> bool {
         cfg.idle_probes_in_flight > 0
             && !self.ended
+            && self.can_take_more()
             && self.flight() == Flight::Idle
             && self.first_held().is_none()
             && now >= self.quiet_since().plus(cfg.idle_probe_after)
             && now < self.last_activity.plus(cfg.abandon_after)
+    }
+
+    /// Some sequence at or above `next` is still valid. At `next == u64::MAX` (restored or
+    /// observed from a corrupt number: publishing stops at `u64::MAX - 1`) every state is a
+    /// duplicate or `InvalidSequence`, so a probe, which asks for `next..`, can only come back
+    /// empty: probing it every `idle_probe_after` until `abandon_after` would spend hundreds of
+    /// GoTo requests and a rationed probe slot on nothing.
+    fn can_take_more(&self) -> bool {
+        self.next < u64::MAX
     }
 
     /// An idle probe is out.
@@ -643,7 +703,8 @@ impl<P> Conversation<P> {
             self.skip_to(next, ledger);
         }
         self.gap_count = self.gap_count.max(cp.gap_count);
-        if cp.ended && !self.ended {
+        // An abandoned call the changelog knows completed was completed.
+        if cp.ended && (!self.ended || self.abandoned) {
             self.close_quietly(ledger);
         }
     }
@@ -669,7 +730,7 @@ impl<P> Conversation<P> {
 
     /// The ordered topic holds this conversation's completion record.
     pub(crate) fn observe_completion(&mut self, now: Timestamp, ledger: &mut Ledger) {
-        if !self.ended {
+        if !self.ended || self.abandoned {
             self.close_quietly(ledger);
             self.last_activity = now;
             ledger.changed = true;
@@ -737,12 +798,7 @@ impl<P> Conversation<P> {
         cx.ledger.counters.completions += 1;
         self.ended = true;
         self.last_activity = cx.now;
-        // Nothing read yet (a takeover completing a found ENDING): its states may still be
-        // ahead in raw.
-        self.quiet_or_raw = match cx.ledger.raw_end {
-            0 => RAW_UNKNOWN,
-            end => end,
-        };
+        self.take_raw_mark(cx.ledger);
         self.set_flight(Flight::Idle);
         // Anything held above ENDING cannot be published after it.
         for (seq, h) in self.take_held() {
@@ -759,9 +815,20 @@ impl<P> Conversation<P> {
         }
     }
 
+    /// Closing now: every raw record of it read so far lies below how far raw has been read.
+    fn take_raw_mark(&mut self, ledger: &Ledger) {
+        // Nothing read yet (a takeover completing a found ENDING, or abandoning a restored
+        // call): its states may still be ahead in raw.
+        self.quiet_or_raw = match ledger.raw_end {
+            0 => RAW_UNKNOWN,
+            end => end,
+        };
+    }
+
     /// Closed by a checkpoint or an observed completion record: nothing to emit.
     fn close_quietly(&mut self, ledger: &mut Ledger) {
         self.ended = true;
+        self.abandoned = false;
         self.quiet_or_raw = RAW_UNKNOWN;
         self.set_flight(Flight::Idle);
         self.release_all(ledger);

@@ -26,6 +26,8 @@ pub struct Counters {
     pub implausible_sequence: u64,
     /// States dead-lettered as `InsideDeclaredGap`.
     pub inside_declared_gap: u64,
+    /// States dead-lettered as `AfterAbandonment`.
+    pub after_abandonment: u64,
     /// Times a conversation started waiting for a missing state.
     pub gaps_detected: u64,
     /// Gap records published because the states are gone.
@@ -41,10 +43,11 @@ pub struct Counters {
     pub backfills_failed: u64,
     /// Completion records published.
     pub completions: u64,
-    /// Conversations abandoned (evicted open).
+    /// Conversations abandoned (given up open; forgotten once the raw low watermark passed
+    /// their states, not counted in `closed_evicted`).
     pub abandoned: u64,
-    /// Closed conversations evicted after `closed_retention` (and once the raw low watermark
-    /// passed their states).
+    /// Completed conversations evicted after `closed_retention` (and once the raw low
+    /// watermark passed their states).
     pub closed_evicted: u64,
 }
 
@@ -62,7 +65,8 @@ pub struct SequencerStats {
     pub held_states: usize,
     /// Conversations not yet completed.
     pub open_conversations: usize,
-    /// Completed conversations still remembered for duplicate detection.
+    /// Completed conversations still remembered for duplicate detection, and abandoned ones
+    /// still remembered for the raw low watermark.
     pub closed_conversations: usize,
     /// Quiet conversations waiting for an idle-probe slot (`idle_probes_in_flight`).
     pub probes_waiting: usize,

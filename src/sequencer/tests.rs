@@ -1261,6 +1261,173 @@ fn an_announced_raw_end_settles_restored_calls_without_waiting() {
     assert_eq!(h.seq.checkpoint("b"), None, "the watermark passed 103");
 }
 
+#[test]
+fn an_abandoned_call_is_remembered_until_the_raw_watermark_passes_it() {
+    // a holds state 2 (raw 100) with its back-fill answer queued for longer than
+    // `abandon_after`; b (raw 101) goes quiet and is abandoned meanwhile. Forgotten then, a
+    // takeover resuming raw at 100 would read b's state again for a call nobody remembers and
+    // publish it a second time, as a new call.
+    let cfg = SequencerConfig::default();
+    let mut h = Harness::with(cfg.clone());
+    let mut changelog = std::collections::BTreeMap::new();
+    let mut raw = vec![("a", at(2, 100)), ("b", at(1, 101))];
+    for (c, s) in raw.clone() {
+        h.state(c, s);
+    }
+    let out = h.advance(3_600_000);
+    assert_eq!(
+        out,
+        vec![request("a", 1, Some(1)), request("b", 2, None)],
+        "neither answer comes"
+    );
+    // a speaks again an hour later, so only b is quiet for `abandon_after`.
+    raw.push(("a", at(3, 102)));
+    h.state("a", at(3, 102));
+    write_changelog(&mut h.seq, &mut changelog);
+    let out = h.advance(5 * 3_600_000 + 60_000);
+    assert_eq!(
+        out,
+        vec![Action::Abandoned {
+            conversation: "b".into(),
+            next_sequence: 2
+        }]
+    );
+    write_changelog(&mut h.seq, &mut changelog);
+    assert_eq!(h.seq.raw_low_watermark(), Some(100));
+    assert!(
+        changelog.contains_key("b"),
+        "b forgotten while raw 101 lies above the watermark"
+    );
+    let st = h.seq.stats();
+    assert_eq!((st.open_conversations, st.closed_conversations), (1, 1));
+    assert_eq!(st.counters.closed_evicted, 0);
+    // Takeover: restore, re-read raw from the watermark: b is not published again.
+    let mut t = Harness::with(cfg);
+    t.now = h.now;
+    for (c, cp) in &changelog {
+        t.seq.restore(c, *cp, t.now);
+    }
+    t.seq.restored_raw_end(103);
+    for (c, s) in raw {
+        let out = t.state(c, s);
+        assert!(published(&out).is_empty(), "{c}: {out:?}");
+    }
+    // Meanwhile the old owner's b takes no new state: a late one, and its probe's answer, are
+    // set aside; a duplicate is dropped.
+    assert!(h.state("b", at(1, 103)).is_empty());
+    let late = h.state("b", at(2, 104));
+    assert!(
+        matches!(
+            &late[..],
+            [Action::DeadLetter {
+                sequence_number: 2,
+                reason: DeadLetterReason::AfterAbandonment,
+                ..
+            }]
+        ),
+        "{late:?}"
+    );
+    let answer = h.backfill(
+        "b",
+        2,
+        None,
+        BackfillOutcome::Answered(vec![backfilled(1), backfilled(3)]),
+    );
+    assert!(
+        matches!(
+            &answer[..],
+            [Action::DeadLetter {
+                sequence_number: 3,
+                reason: DeadLetterReason::AfterAbandonment,
+                ..
+            }]
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(h.seq.checkpoint("b").map(|cp| cp.ended), Some(false));
+    // Once a's answer comes, the watermark passes b and b is forgotten at its next look.
+    let out = h.backfill(
+        "a",
+        1,
+        Some(1),
+        BackfillOutcome::Answered(vec![backfilled(1)]),
+    );
+    assert_eq!(published(&out), vec![1, 2, 3]);
+    assert_eq!(h.seq.raw_low_watermark(), None);
+    assert!(h.advance(5_000).is_empty());
+    assert_eq!(
+        h.seq.checkpoint("b"),
+        None,
+        "forgotten once nothing pins it"
+    );
+    write_changelog(&mut h.seq, &mut changelog);
+    assert!(!changelog.contains_key("b"));
+    let st = h.seq.stats();
+    assert_eq!(st.counters.abandoned, 1);
+    assert_eq!(st.counters.after_abandonment, 2);
+    assert_eq!(
+        st.counters.closed_evicted, 0,
+        "counted as abandoned, not closed"
+    );
+}
+
+#[test]
+fn an_abandoned_call_restored_completed_is_completed() {
+    // The changelog knows better (a fuzz-style merge: the shell restores only a fresh core).
+    let mut h = Harness::with(SequencerConfig {
+        abandon_after: Duration::from_secs(60),
+        ..SequencerConfig::default()
+    });
+    h.state("a", at(2, 100)); // pins the watermark, so b is kept
+    h.state("b", at(1, 101));
+    h.advance(30_000);
+    h.state("a", at(3, 102)); // a is quiet for less than b
+    h.advance(31_000);
+    assert!(h.seq.checkpoint("b").is_some());
+    h.seq.observe_completion("b");
+    assert_eq!(h.seq.checkpoint("b").map(|cp| cp.ended), Some(true));
+    let out = h.state("b", at(2, 103));
+    assert!(
+        matches!(
+            &out[..],
+            [Action::DeadLetter {
+                reason: DeadLetterReason::AfterEnding,
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_call_at_the_last_sequence_number_is_not_probed() {
+    // Publishing stops at `u64::MAX - 1`; a call restored (or observed) at `next = u64::MAX`
+    // can take no state, so a probe for `u64::MAX..` can only come back empty.
+    let mut h = Harness::new();
+    let cp = ConversationCheckpoint {
+        next_sequence: u64::MAX,
+        ended: false,
+        gap_count: 0,
+    };
+    h.seq.restore("c", cp, h.now);
+    h.seq.observe_published("d", u64::MAX - 1);
+    let out = h.advance(6 * 3_600_000 + 1_000);
+    assert!(
+        !out.iter()
+            .any(|a| matches!(a, Action::RequestBackfill { .. })),
+        "{out:?}"
+    );
+    assert_eq!(h.seq.stats().counters.probes_requested, 0);
+    assert!(
+        out.contains(&Action::Abandoned {
+            conversation: "c".into(),
+            next_sequence: u64::MAX
+        }),
+        "{out:?}"
+    );
+    assert_eq!(h.seq.len(), 0);
+}
+
 // ---- counters and abandonment ------------------------------------------------------------------
 
 #[test]
@@ -1436,6 +1603,7 @@ fn dead_letter_reasons_have_distinct_codes_and_details() {
         DeadLetterReason::InvalidSequence,
         DeadLetterReason::ImplausibleSequence,
         DeadLetterReason::InsideDeclaredGap,
+        DeadLetterReason::AfterAbandonment,
     ];
     let codes: std::collections::BTreeSet<_> = reasons.iter().map(|r| r.code()).collect();
     assert_eq!(codes.len(), reasons.len());

@@ -101,9 +101,11 @@ pub enum Action<P> {
         reason: DeadLetterReason,
         payload: P,
     },
-    /// An open conversation had no activity for `abandon_after` and was evicted without a
+    /// An open conversation had no activity for `abandon_after` and was given up without a
     /// completion. `next_sequence` is the first sequence that was never resolved. States it
     /// still held were published first, behind `BackfillFailed` gap records for the holes.
+    /// It takes no state after this ([`DeadLetterReason::AfterAbandonment`]) and is forgotten
+    /// once the raw low watermark has passed its raw records, like a closed conversation.
     Abandoned {
         conversation: ConversationId,
         next_sequence: u64,
@@ -147,6 +149,13 @@ pub enum DeadLetterReason {
     /// not a duplicate. Told only within [`super::CONFLICT_WINDOW`] of the conversation's next
     /// sequence; older ones are dropped as duplicates.
     InsideDeclaredGap,
+    /// A state at or above the `next_sequence` of an [`Action::Abandoned`] conversation, while
+    /// it is still remembered (until the raw low watermark has passed its raw records). The
+    /// call's stream was given up at that sequence: publishing after it would contradict the
+    /// abandonment the operators were told of, and GoTo sending a state after six quiet hours
+    /// (or a probe answer bringing one after the call was given up) is worth a human look.
+    /// Once the call is forgotten, a later state starts it afresh.
+    AfterAbandonment,
 }
 
 impl DeadLetterReason {
@@ -159,6 +168,7 @@ impl DeadLetterReason {
             DeadLetterReason::InvalidSequence => "invalid_sequence_number",
             DeadLetterReason::ImplausibleSequence => "implausible_sequence_number",
             DeadLetterReason::InsideDeclaredGap => "inside_declared_gap",
+            DeadLetterReason::AfterAbandonment => "after_abandonment",
         }
     }
 
@@ -180,6 +190,9 @@ impl DeadLetterReason {
             ),
             DeadLetterReason::InsideDeclaredGap => format!(
                 "sequence {sequence_number} arrived after a gap record had declared it missing"
+            ),
+            DeadLetterReason::AfterAbandonment => format!(
+                "sequence {sequence_number} arrived after the call had been abandoned (quiet for sequencer.abandon_after) before reaching it"
             ),
         }
     }
