@@ -221,3 +221,240 @@ async fn a_400_for_both_spellings_is_reported_as_the_first_refusal() {
     );
     assert_eq!(answered(&sim, "notification-channel", 400), 2);
 }
+
+// --- Reading one channel refused, subscribe answers in doubt, accounts no longer configured ----
+
+/// The account keys GoTo lists as subscribed on `channel_id`.
+async fn listed(keeper: &ChannelKeeper, channel_id: &str) -> Vec<String> {
+    keeper
+        .client()
+        .call_event_subscriptions(channel_id)
+        .await
+        .expect("subscriptions listed")
+}
+
+fn keeper_for(sim: &callbridge::simulator::RunningSimulator, keys: &[&str]) -> ChannelKeeper {
+    ChannelKeeper::new(
+        client(sim),
+        "bridge",
+        DesiredChannel::WebSocket,
+        keys.iter().map(|k| (*k).to_owned()).collect(),
+        vec!["STARTING".to_owned(), "ENDING".to_owned()],
+    )
+}
+
+#[tokio::test]
+async fn a_repair_recreates_a_deleted_channel_while_reading_one_channel_is_refused() {
+    let sim = start(sim_config()).await;
+    let keeper = keeper(&sim);
+    let mut channel = subscribed_channel(&keeper).await;
+    // The claimed-only route answers 405 (or 400, 403): it says nothing about the channel.
+    sim.control()
+        .patch_faults(&serde_json::json!({ "channel_get_status": 405 }))
+        .expect("fault set");
+    let repair = keeper.repair(&mut channel).await.expect("repair pass");
+    assert!(matches!(repair, Repair::Healthy), "{repair:?}");
+
+    let old = channel.channel_id.clone();
+    assert!(sim.control().delete_channel(&old));
+    let repair = keeper.repair(&mut channel).await.expect("repaired");
+    assert!(matches!(repair, Repair::ChannelRecreated), "{repair:?}");
+    assert_ne!(channel.channel_id, old);
+    assert_eq!(
+        sim.control().channel_ids(),
+        vec![channel.channel_id.clone()]
+    );
+    assert_eq!(listed(&keeper, &channel.channel_id).await, vec![A1]);
+}
+
+#[tokio::test]
+async fn a_repair_restores_lost_subscriptions_while_reading_one_channel_is_refused() {
+    let sim = start(sim_config()).await;
+    let keeper = keeper(&sim);
+    let mut channel = subscribed_channel(&keeper).await;
+    sim.control()
+        .patch_faults(&serde_json::json!({ "channel_get_status": 403 }))
+        .expect("fault set");
+    assert!(keeper
+        .client()
+        .unsubscribe_call_events(&channel.channel_id, A1)
+        .await
+        .expect("unsubscribed"));
+    let repair = keeper.repair(&mut channel).await.expect("repaired");
+    assert_eq!(repair, Repair::Resubscribed(1));
+    assert_eq!(listed(&keeper, &channel.channel_id).await, vec![A1]);
+}
+
+#[tokio::test]
+async fn a_409_for_a_subscription_that_already_exists_is_confirmed_by_the_listing() {
+    let sim = start(sim_config()).await;
+    sim.control()
+        .patch_faults(&serde_json::json!({ "subscription_conflict_when_subscribed": true }))
+        .expect("fault set");
+    let keeper = keeper(&sim);
+    let channel = subscribed_channel(&keeper).await;
+    // What every restart does on a reused channel: subscribe again, answered 409.
+    keeper
+        .ensure_subscriptions(&channel)
+        .await
+        .expect("already subscribed is subscribed");
+    assert_eq!(answered(&sim, "call-events", 207), 2, "no retries");
+}
+
+#[tokio::test]
+async fn a_409_for_a_subscription_that_is_not_listed_stays_transient() {
+    let sim = start(sim_config()).await;
+    sim.control()
+        .patch_faults(&serde_json::json!({ "subscription_item_status": 409 }))
+        .expect("fault set");
+    let keeper = keeper(&sim);
+    let channel = keeper.ensure_channel().await.expect("channel created");
+    let err = keeper
+        .ensure_subscriptions(&channel)
+        .await
+        .expect_err("never listed");
+    assert!(
+        matches!(err, ChannelError::SubscriptionsPending { .. }),
+        "{err:?}"
+    );
+    assert!(err.is_transient(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("409") && text.contains("not listed"), "{text}");
+}
+
+#[tokio::test]
+async fn an_empty_subscribe_answer_is_confirmed_by_the_listing() {
+    let sim = start(sim_config()).await;
+    sim.control()
+        .patch_faults(&serde_json::json!({ "subscription_empty_answer": true }))
+        .expect("fault set");
+    let keeper = keeper_for(&sim, &[A1, A2]);
+    let channel = keeper.ensure_channel().await.expect("channel created");
+    keeper
+        .ensure_subscriptions(&channel)
+        .await
+        .expect("confirmed by reading them back");
+    assert_eq!(answered(&sim, "call-events", 201), 1, "subscribed once");
+}
+
+#[tokio::test]
+async fn a_reused_channel_loses_the_subscriptions_of_accounts_no_longer_configured() {
+    let sim = start(sim_config()).await;
+    let before = keeper_for(&sim, &[A1, A2]);
+    let channel = subscribed_channel(&before).await;
+    assert_eq!(listed(&before, &channel.channel_id).await, vec![A1, A2]);
+
+    // A restart with A2 removed from goto.account_keys reuses the channel.
+    let after = keeper_for(&sim, &[A1]);
+    let reused = subscribed_channel(&after).await;
+    assert_eq!(reused.channel_id, channel.channel_id, "channel reused");
+    assert_eq!(listed(&after, &channel.channel_id).await, vec![A1]);
+}
+
+#[tokio::test]
+async fn a_repair_removes_subscriptions_of_accounts_no_longer_configured() {
+    let sim = start(sim_config()).await;
+    let keeper = keeper_for(&sim, &[A1]);
+    let mut channel = subscribed_channel(&keeper).await;
+    // Subscribed behind the keeper's back (another deployment with the old configuration).
+    keeper
+        .client()
+        .subscribe_call_events(
+            &channel.channel_id,
+            &[callbridge::goto::AccountSubscription::all_events(A3)],
+        )
+        .await
+        .expect("subscribed");
+    let repair = keeper.repair(&mut channel).await.expect("repair pass");
+    assert_eq!(repair, Repair::Healthy);
+    assert_eq!(listed(&keeper, &channel.channel_id).await, vec![A1]);
+}
+
+/// The keeper's channel, found again by a second keeper (a restart): listed, then refreshed.
+async fn created_then_listed_again(
+    sim: &callbridge::simulator::RunningSimulator,
+) -> (callbridge::goto::Channel, Result<callbridge::goto::Channel, ChannelError>) {
+    let first = keeper(sim).ensure_channel().await.expect("channel created");
+    let again = keeper(sim).ensure_channel().await;
+    (first, again)
+}
+
+#[tokio::test]
+async fn a_refresh_answer_without_channel_id_is_about_the_refreshed_channel() {
+    let sim = start(sim_config()).await;
+    sim.control()
+        .patch_faults(&serde_json::json!({ "channel_refresh_lifetime_only": true }))
+        .expect("fault set");
+    let (first, again) = created_then_listed_again(&sim).await;
+    let again = again.expect("the listed channel is reused");
+    assert_eq!(again.channel_id, first.channel_id);
+    assert_eq!(again.kind, first.kind, "the URL is kept");
+    assert!(again.lifetime_secs.is_some(), "{again:?}");
+    assert_eq!(sim.control().channel_ids(), vec![first.channel_id.clone()]);
+}
+
+#[tokio::test]
+async fn a_listed_channel_whose_refresh_is_refused_is_replaced() {
+    // Expired but still listed (404, 410), refused (400), or a REST outage of the refresh
+    // (503): waiting for GoTo to stop listing it would keep the bridge without a channel.
+    for status in [404u16, 410, 400, 503] {
+        let sim = start(sim_config()).await;
+        sim.control()
+            .patch_faults(&serde_json::json!({ "channel_refresh_status": status }))
+            .expect("fault set");
+        let (first, again) = created_then_listed_again(&sim).await;
+        let again = again.unwrap_or_else(|e| panic!("{status}: not replaced: {e}"));
+        assert_ne!(again.channel_id, first.channel_id, "{status}");
+        assert_eq!(
+            sim.control().channel_ids(),
+            vec![again.channel_id.clone()],
+            "{status}: the listed channel is deleted"
+        );
+        assert!(again.kind.url().is_some(), "{status}");
+    }
+}
+
+#[tokio::test]
+async fn a_listed_channel_is_kept_when_our_credentials_are_refused() {
+    // A new channel would meet the same refusal: the listed one stays, the error says why.
+    let sim = start(sim_config()).await;
+    sim.control()
+        .patch_faults(&serde_json::json!({ "channel_refresh_status": 401 }))
+        .expect("fault set");
+    let (first, again) = created_then_listed_again(&sim).await;
+    let err = again.expect_err("refused");
+    assert!(err.to_string().contains("401"), "{err}");
+    assert_eq!(sim.control().channel_ids(), vec![first.channel_id.clone()]);
+}
+
+#[tokio::test]
+async fn a_refresh_answered_without_a_body_keeps_the_lifetime_goto_gave() {
+    let mut c = sim_config();
+    c.channels.refresh_empty_body = true;
+    c.channels.websocket_lifetime = std::time::Duration::from_secs(1200);
+    let sim = start(c).await;
+    let keeper = keeper(&sim);
+    let channel = keeper.ensure_channel().await.expect("created");
+    assert_eq!(channel.lifetime_secs, Some(1200));
+    let refreshed = keeper.refresh(&channel).await.expect("refreshed");
+    assert_eq!(refreshed.lifetime_secs, Some(1200), "not a guessed default");
+    assert_eq!(refreshed.kind, channel.kind, "the URL is kept");
+}
+
+#[tokio::test]
+async fn errors_about_a_gone_channel_show_its_tag_not_its_id() {
+    let sim = start(sim_config()).await;
+    let keeper = keeper(&sim);
+    let channel = created_then_deleted(&keeper).await;
+    // GoTo's 404 message names the channel ("Notification channel does not exist …").
+    let err = keeper.refresh(&channel).await.expect_err("gone");
+    // What logs and `/readyz` show (`Debug` is a developer's view and keeps the id).
+    let text = err.to_string();
+    assert!(!text.contains(&channel.channel_id), "{text}");
+    assert!(text.contains(&channel.tag()), "{text}");
+    let url = channel.kind.url().expect("url");
+    assert!(
+        url.contains(&channel.channel_id),
+        "the simulator's channelURL holds the channel id, as GoTo's does: {url}"
+    );
+}

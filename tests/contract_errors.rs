@@ -257,3 +257,66 @@ async fn too_many_requests_with_retry_after() {
 async fn service_unavailable() {
     exhausted(sim_config(), "rest_5xx_rate", 503, "UNKNOWN_ERROR").await;
 }
+
+/// GoTo's messages may quote what the request sent. A channel create refused with a message and
+/// a constraint that quote the webhook URL (whose last segment is the webhook's shared secret)
+/// must not carry the secret into the error, whose text goes to the log and, as the channel's
+/// failure, to `/readyz`. The simulator answers the token; a stand-in for GoTo's channel API
+/// answers the refusal (the simulator's own refusal does not quote the URL).
+#[tokio::test]
+async fn a_refusal_quoting_the_webhook_url_does_not_show_its_secret() {
+    use axum::routing::post;
+    const WEBHOOK_SECRET: &str = "0123456789abcdef0123456789abcdef-webhook";
+    let sim = start(sim_config()).await;
+    let refuse = |body: axum::body::Bytes| async move {
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let url = v["webhookChannelData"]["webhook"]["url"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        (
+            axum::http::StatusCode::BAD_REQUEST,
+            axum::Json(json!({
+                "reference": "ref-1",
+                "errorCode": "BAD_REQUEST",
+                "message": format!("Webhook URL {url} could not be verified"),
+                "constraints": [{"field": "webhookChannelData.webhook.url", "constraint": url}],
+            })),
+        )
+    };
+    let app =
+        axum::Router::new().route("/notification-channel/v1/channels/{nickname}", post(refuse));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let goto = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut cfg = client_config(&sim);
+    cfg.api_base_url = goto;
+    let err = client_with(cfg)
+        .create_channel(
+            "bridge-hook",
+            &ChannelRequest::Webhook {
+                url: format!("https://bridge.example.com/goto/webhook/{WEBHOOK_SECRET}"),
+            },
+        )
+        .await
+        .unwrap_err();
+    check(
+        &Expected {
+            endpoint: "POST /notification-channel/v1/channels/{nickname}",
+            status: 400,
+            code: "BAD_REQUEST",
+        },
+        &err,
+    );
+    let shown = format!("{err} / {err:?}");
+    assert!(
+        !shown.contains(WEBHOOK_SECRET),
+        "the webhook secret leaked into the error"
+    );
+    assert!(
+        shown.contains("Webhook URL https://bridge.example.com/… could not be verified"),
+        "the quoted URL keeps its host: {err}"
+    );
+    sim.shutdown().await;
+}

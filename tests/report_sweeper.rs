@@ -156,3 +156,56 @@ async fn calls_past_backfill_retention_are_swept_from_their_reports() {
     assert_raw_holds_every_state(&kafka, &truth).await;
     sim.shutdown().await;
 }
+
+/// GoTo unknown #7: past its retention, back-fill may answer a call with 200 and no states
+/// instead of 404. The sweep must then read the call's report as it does on a 404: taking the
+/// empty answer as the whole call wrote nothing and remembered the call as swept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_back_fill_answers_with_no_states_are_swept_from_their_reports() {
+    let window_start = SystemTime::now();
+    let sim = start(with_traffic(sim_config(), CALLS, 3, 5)).await;
+    let truth = traffic_done(&sim).await;
+    let window_end = SystemTime::now();
+    sim.control()
+        .patch_faults(&serde_json::json!({
+            "retention": "1ms",
+            "backfill_empty_after_retention": true,
+        }))
+        .expect("fault set");
+
+    let broker = Tansu::start();
+    let kafka = broker.kafka(1);
+    ensure_topics(&kafka).await.expect("topics");
+    let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
+    let (_stop, stop_rx) = watch::channel(false);
+    let goto = client(&sim);
+    let sweeper = ReportSweeper::spawn(
+        goto.clone(),
+        ingest,
+        vec![A1.to_owned(), A2.to_owned(), A3.to_owned()],
+        Duration::ZERO,
+        stop_rx,
+    );
+    let mut swept = sweeper.windows_swept();
+    sweeper.request((window_start, window_end));
+    tokio::time::timeout(Duration::from_secs(30), swept.wait_for(|&k| k > 0))
+        .await
+        .expect("the window is swept within 30 s")
+        .expect("sweeper running");
+    // The simulator's answers carry a `Date` from this host's own clock.
+    let skew = goto
+        .goto_clock_skew()
+        .expect("skew measured from GoTo's Date");
+    assert!(skew.abs() < 2.0, "skew {skew} s against the same clock");
+    assert_eq!(
+        answered(&sim, "call-events", 404),
+        0,
+        "back-fill never said 404"
+    );
+    assert!(
+        answered(&sim, "call-events", 200) >= CALLS,
+        "back-fill answered every call with 200"
+    );
+    assert_raw_holds_every_state(&kafka, &truth).await;
+    sim.shutdown().await;
+}

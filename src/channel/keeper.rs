@@ -53,8 +53,12 @@ pub enum ChannelError {
         attempts: u32,
     },
     /// A call on our channel answered 404: the channel vanished (deleted, expired) between two
-    /// steps. Transient: the next round finds or creates a channel again.
-    #[error("{context}: notification channel {channel_id} is gone: {source}")]
+    /// steps. Transient: the next round finds or creates a channel again. Shown with the id's
+    /// tag only ([`Channel::tag_of`]): a WebSocket channel's id is part of its URL.
+    #[error(
+        "{context}: notification channel {} is gone: {source}",
+        Channel::tag_of(channel_id)
+    )]
     ChannelGone {
         /// What the keeper was doing.
         context: &'static str,
@@ -65,7 +69,10 @@ pub enum ChannelError {
         source: GotoError,
     },
     /// The channel GoTo returned has no URL to connect to.
-    #[error("GoTo returned WebSocket channel {channel_id} without a channelURL")]
+    #[error(
+        "GoTo returned WebSocket channel {} without a channelURL",
+        Channel::tag_of(channel_id)
+    )]
     NoUrl {
         /// The channel.
         channel_id: String,
@@ -88,6 +95,72 @@ impl ChannelError {
     }
 }
 
+impl ChannelError {
+    /// True when GoTo said our channel no longer exists (404, or 410 Gone): only a new channel
+    /// helps.
+    pub fn is_channel_gone(&self) -> bool {
+        match self {
+            ChannelError::ChannelGone { .. } => true,
+            ChannelError::Goto { source, .. } => matches!(source.status(), Some(404 | 410)),
+            _ => false,
+        }
+    }
+}
+
+/// Whether a failed call on a listed channel says nothing against the channel itself: our
+/// credentials were refused (401/403, the token endpoint) or GoTo could not be reached.
+fn not_about_the_channel(e: &ChannelError) -> bool {
+    fn network(e: &GotoError) -> bool {
+        match e {
+            GotoError::Transport { .. } => true,
+            GotoError::RetriesExhausted { last, .. } => network(last),
+            _ => false,
+        }
+    }
+    match e {
+        ChannelError::Goto { source, .. } => {
+            matches!(source.status(), Some(401 | 403))
+                || matches!(source, GotoError::Auth { .. } | GotoError::Config { .. })
+                || network(source)
+        }
+        _ => false,
+    }
+}
+
+/// `source` with `channel_id` replaced by its tag in GoTo's message (GoTo's 404 message names
+/// the channel: "Notification channel does not exist …").
+fn without_channel_id(source: GotoError, channel_id: &str) -> GotoError {
+    match source {
+        GotoError::Api {
+            endpoint,
+            status,
+            error_code,
+            message,
+            reference,
+            constraints,
+            retry_after,
+        } => GotoError::Api {
+            endpoint,
+            status,
+            error_code,
+            message: message.map(|m| m.replace(channel_id, &Channel::tag_of(channel_id))),
+            reference,
+            constraints,
+            retry_after,
+        },
+        GotoError::RetriesExhausted {
+            endpoint,
+            attempts,
+            last,
+        } => GotoError::RetriesExhausted {
+            endpoint,
+            attempts,
+            last: Box::new(without_channel_id(*last, channel_id)),
+        },
+        other => other,
+    }
+}
+
 fn goto(context: &'static str) -> impl FnOnce(GotoError) -> ChannelError {
     move |source| ChannelError::Goto { context, source }
 }
@@ -98,6 +171,7 @@ fn goto(context: &'static str) -> impl FnOnce(GotoError) -> ChannelError {
 fn on_channel(context: &'static str, channel_id: &str) -> impl FnOnce(GotoError) -> ChannelError {
     let channel_id = channel_id.to_string();
     move |source| {
+        let source = without_channel_id(source, &channel_id);
         if source.status() == Some(404) {
             ChannelError::ChannelGone {
                 context,
@@ -206,7 +280,7 @@ impl ChannelKeeper {
             if ours.is_none() && self.is_ours(&c) {
                 ours = Some(c);
             } else {
-                tracing::info!(channel_id = %c.channel_id, "deleting a stale channel with our nickname");
+                tracing::info!(channel = %c.tag(), "deleting a stale channel with our nickname");
                 self.client
                     .delete_channel(&self.nickname, &c.channel_id)
                     .await
@@ -214,13 +288,28 @@ impl ChannelKeeper {
             }
         }
         // A WebSocket channel found by listing may be close to expiry; refresh it to know its URL
-        // and lifetime afresh.
+        // and lifetime afresh. A listed channel that cannot be refreshed (expired but still
+        // listed, or an answer this client cannot read) is replaced, or the bridge would wait
+        // for GoTo to stop listing it; only a refusal of our credentials or a network failure,
+        // which a new channel would meet too, is returned as it is.
         if let Some(c) = ours {
-            if matches!(self.desired, DesiredChannel::WebSocket) {
-                return self.refresh(&c).await;
+            if !matches!(self.desired, DesiredChannel::WebSocket) {
+                tracing::info!(channel = %c.tag(), "reusing the existing channel");
+                return Ok(c);
             }
-            tracing::info!(channel_id = %c.channel_id, "reusing the existing channel");
-            return Ok(c);
+            match self.refresh(&c).await {
+                Ok(refreshed) => return Ok(refreshed),
+                Err(e) if not_about_the_channel(&e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(channel = %c.tag(), error = %e, "the listed channel could not be refreshed; replacing it");
+                    self.client
+                        .delete_channel(&self.nickname, &c.channel_id)
+                        .await
+                        .map_err(goto(
+                            "deleting a listed channel that could not be refreshed",
+                        ))?;
+                }
+            }
         }
         self.create().await
     }
@@ -271,7 +360,7 @@ impl ChannelKeeper {
             .await
         {
             Ok(c) => {
-                tracing::info!(channel_id = %c.channel_id, lifetime_secs = ?c.lifetime_secs, "notification channel created");
+                tracing::info!(channel = %c.tag(), lifetime_secs = ?c.lifetime_secs, "notification channel created");
                 Ok(c)
             }
             Err(e) if e.is_retryable() => {
@@ -313,6 +402,12 @@ impl ChannelKeeper {
         {
             new.clone_from(old);
         }
+        // Nor does the lifetime a refresh restarts: without a new `channelLifetime`, the one GoTo
+        // gave last still holds (a default would be a guess, and a long one lets the channel
+        // expire before the next refresh).
+        if refreshed.lifetime_secs.is_none() {
+            refreshed.lifetime_secs = channel.lifetime_secs;
+        }
         Ok(refreshed)
     }
 
@@ -332,10 +427,121 @@ impl ChannelKeeper {
         Ok(c)
     }
 
-    /// Subscribes every configured account key and checks every item of the 207 answer.
-    /// Transient item failures are retried a few times; a permanent one is an error that says
-    /// what to fix.
+    /// Makes the channel's call-events subscriptions exactly the configured account keys: first
+    /// removes those of accounts no longer configured (a reused channel keeps them otherwise,
+    /// and their calls would keep being published), then subscribes every configured key and
+    /// checks every item of the 207 answer.
+    ///
+    /// An item GoTo leaves unconfirmed (an empty 2xx body, a missing item) or answers 409
+    /// (already subscribed) is checked against `GET /call-events/v1/subscriptions`: listed is
+    /// subscribed. Transient item failures are retried a few times; a permanent one is an
+    /// error that says what to fix.
     pub async fn ensure_subscriptions(&self, channel: &Channel) -> Result<(), ChannelError> {
+        match self
+            .client
+            .call_event_subscriptions(&channel.channel_id)
+            .await
+        {
+            Ok(listed) => {
+                self.unsubscribe_unconfigured(&channel.channel_id, &listed)
+                    .await;
+            }
+            Err(e) if e.status() == Some(404) => {
+                return Err(on_channel(
+                    "reading call-events subscriptions",
+                    &channel.channel_id,
+                )(e));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the channel's subscriptions to remove accounts no longer configured; the repair check tries again");
+            }
+        }
+        self.subscribe_configured(channel).await
+    }
+
+    /// Whether GoTo's channel listing still shows `channel_id`.
+    async fn still_listed(&self, channel_id: &str) -> Result<bool, ChannelError> {
+        let listed = self
+            .client
+            .list_channels()
+            .await
+            .map_err(goto("listing notification channels"))?;
+        Ok(listed.iter().any(|c| c.channel_id == channel_id))
+    }
+
+    /// One repair pass: the channel must exist, every account key must be subscribed, and no
+    /// other account.
+    pub async fn repair(&self, channel: &mut Channel) -> Result<Repair, ChannelError> {
+        let found = match self
+            .client
+            .get_channel(&self.nickname, &channel.channel_id)
+            .await
+        {
+            Ok(found) => found,
+            // Reading one channel is documented by claim only: a route that refuses the read
+            // (405, 400, 403…) says nothing about the channel, and stopping here would leave a
+            // deleted channel, or lost subscriptions, unrepaired for good. The listing (observed)
+            // decides instead.
+            Err(e) if refuses_claimed_read(&e) => {
+                tracing::warn!(channel = %channel.tag(), error = %e, "GoTo refused reading the notification channel; checking the channel listing instead");
+                None
+            }
+            Err(e) => return Err(goto("reading the notification channel")(e)),
+        };
+        match found {
+            // A 404 (or a refusal) from a route that does not behave as claimed must not make
+            // every pass create another channel while the old one keeps delivering: the
+            // listing decides.
+            None if self.still_listed(&channel.channel_id).await? => {
+                tracing::debug!(channel = %channel.tag(), "GoTo's listing still shows the notification channel; keeping it");
+            }
+            None => {
+                tracing::warn!(channel = %channel.tag(), "notification channel is gone; recreating it");
+                *channel = self.recreate(None).await?;
+                return Ok(Repair::ChannelRecreated);
+            }
+            Some(c) => {
+                if let Some(since) = &c.unreachable_since {
+                    tracing::warn!(channel = %c.tag(), %since, "GoTo marked the webhook unreachable");
+                }
+            }
+        }
+        let subscribed = self
+            .client
+            .call_event_subscriptions(&channel.channel_id)
+            .await
+            .map_err(goto("reading call-events subscriptions"))?;
+        self.unsubscribe_unconfigured(&channel.channel_id, &subscribed)
+            .await;
+        let missing = self
+            .account_keys
+            .iter()
+            .filter(|k| !subscribed.contains(k))
+            .count();
+        if missing == 0 {
+            return Ok(Repair::Healthy);
+        }
+        tracing::warn!(
+            missing,
+            "call-events subscriptions missing; subscribing again"
+        );
+        match self.subscribe_configured(channel).await {
+            Ok(()) => Ok(Repair::Resubscribed(missing)),
+            // Deleted between the two reads: recreate now rather than one repair interval later,
+            // since nothing is delivered meanwhile.
+            Err(ChannelError::ChannelGone { .. }) => {
+                tracing::warn!(channel = %channel.tag(), "notification channel vanished while resubscribing; recreating it");
+                *channel = self.recreate(None).await?;
+                Ok(Repair::ChannelRecreated)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    // --- Subscriptions: subscribing the configured accounts, removing the others ------------
+
+    /// Subscribes every configured account key, checking every item of the 207 answer.
+    async fn subscribe_configured(&self, channel: &Channel) -> Result<(), ChannelError> {
         let mut pending: Vec<String> = self.account_keys.clone();
         // Each pending account's last verdict, for the error when the round gives up.
         let mut verdicts: Vec<String> = Vec::new();
@@ -357,10 +563,26 @@ impl ChannelKeeper {
                     &channel.channel_id,
                 ))?;
             let mut retry = Vec::new();
+            // Accounts GoTo's answer leaves in doubt, with why: the listing settles them.
+            let mut unsure: Vec<(String, String)> = Vec::new();
             verdicts.clear();
             for outcome in outcomes {
                 match outcome {
                     SubscriptionOutcome::Subscribed { .. } => {}
+                    // "Already exists" (what GoTo answers a duplicate elsewhere): the bridge
+                    // re-subscribes at every start, so this must not stop start-up.
+                    SubscriptionOutcome::Failed {
+                        account_key,
+                        status: 409,
+                        error_code,
+                        ..
+                    } => {
+                        let why = format!(
+                            "409 {}",
+                            error_code.as_deref().unwrap_or("without errorCode")
+                        );
+                        unsure.push((account_key, why));
+                    }
                     SubscriptionOutcome::Failed {
                         account_key,
                         status,
@@ -394,18 +616,33 @@ impl ChannelKeeper {
                         retry.push(account_key);
                     }
                     SubscriptionOutcome::Unconfirmed { account_key } => {
-                        verdicts.push(format!("{account_key} (not in the answer)"));
+                        unsure.push((account_key, "not in the answer".to_owned()));
+                    }
+                }
+            }
+            if !unsure.is_empty() {
+                let listed = self.listed_subscriptions(channel).await?;
+                for (account_key, why) in unsure {
+                    if !listed.as_ref().is_some_and(|l| l.contains(&account_key)) {
+                        // Not listed (yet: the listing can lag a subscribe by a second or two,
+                        // which the retries below cover) or the listing could not be read.
+                        let listing = if listed.is_some() {
+                            "not listed"
+                        } else {
+                            "listing unreadable"
+                        };
+                        verdicts.push(format!("{account_key} ({why}, {listing})"));
                         retry.push(account_key);
                     }
                 }
             }
             if retry.is_empty() {
-                tracing::info!(channel_id = %channel.channel_id, accounts = self.account_keys.len(), "call events subscribed");
+                tracing::info!(channel = %channel.tag(), accounts = self.account_keys.len(), "call events subscribed");
                 return Ok(());
             }
             pending = retry;
             if attempt < SUBSCRIBE_ATTEMPTS {
-                tracing::warn!(attempt, accounts = %verdicts.join(", "), "subscription items failed transiently; retrying");
+                tracing::warn!(attempt, accounts = %verdicts.join(", "), "subscription items failed transiently or are not confirmed yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
@@ -416,68 +653,58 @@ impl ChannelKeeper {
         })
     }
 
-    /// Whether GoTo's channel listing still shows `channel_id`.
-    async fn still_listed(&self, channel_id: &str) -> Result<bool, ChannelError> {
-        let listed = self
-            .client
-            .list_channels()
-            .await
-            .map_err(goto("listing notification channels"))?;
-        Ok(listed.iter().any(|c| c.channel_id == channel_id))
-    }
-
-    /// One repair pass: the channel must exist and every account key must be subscribed.
-    pub async fn repair(&self, channel: &mut Channel) -> Result<Repair, ChannelError> {
-        let found = self
-            .client
-            .get_channel(&self.nickname, &channel.channel_id)
-            .await
-            .map_err(goto("reading the notification channel"))?;
-        match found {
-            // Reading one channel is documented by claim only; the listing is observed. A 404
-            // from a route that does not behave as claimed must not make every pass create
-            // another channel while the old one keeps delivering: the listing decides.
-            None if self.still_listed(&channel.channel_id).await? => {
-                tracing::warn!(channel_id = %channel.channel_id, "GoTo answered 404 reading the notification channel but still lists it; keeping it");
-            }
-            None => {
-                tracing::warn!(channel_id = %channel.channel_id, "notification channel is gone; recreating it");
-                *channel = self.recreate(None).await?;
-                return Ok(Repair::ChannelRecreated);
-            }
-            Some(c) => {
-                if let Some(since) = &c.unreachable_since {
-                    tracing::warn!(channel_id = %c.channel_id, %since, "GoTo marked the webhook unreachable");
-                }
-            }
-        }
-        let subscribed = self
+    /// The account keys GoTo lists as subscribed on `channel`, to confirm what a subscribe
+    /// answer left in doubt; `None` when the listing could not be read (the subscribe is then
+    /// simply retried). A 404 means the channel is gone.
+    async fn listed_subscriptions(
+        &self,
+        channel: &Channel,
+    ) -> Result<Option<Vec<String>>, ChannelError> {
+        match self
             .client
             .call_event_subscriptions(&channel.channel_id)
             .await
-            .map_err(goto("reading call-events subscriptions"))?;
-        let missing = self
-            .account_keys
-            .iter()
-            .filter(|k| !subscribed.contains(k))
-            .count();
-        if missing == 0 {
-            return Ok(Repair::Healthy);
-        }
-        tracing::warn!(
-            missing,
-            "call-events subscriptions missing; subscribing again"
-        );
-        match self.ensure_subscriptions(channel).await {
-            Ok(()) => Ok(Repair::Resubscribed(missing)),
-            // Deleted between the two reads: recreate now rather than one repair interval later,
-            // since nothing is delivered meanwhile.
-            Err(ChannelError::ChannelGone { .. }) => {
-                tracing::warn!(channel_id = %channel.channel_id, "notification channel vanished while resubscribing; recreating it");
-                *channel = self.recreate(None).await?;
-                Ok(Repair::ChannelRecreated)
+        {
+            Ok(listed) => Ok(Some(listed)),
+            Err(e) if e.status() == Some(404) => Err(on_channel(
+                "reading call-events subscriptions back",
+                &channel.channel_id,
+            )(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read call-events subscriptions back to confirm a subscribe");
+                Ok(None)
             }
-            Err(e) => Err(e),
         }
     }
+
+    /// Removes the subscriptions in `listed` whose account key is no longer configured, so
+    /// their calls stop reaching the channel. Failures are logged and counted
+    /// (`callbridge_channel_unsubscribe_failures_total`), not returned: the configured accounts
+    /// must keep flowing, and every repair pass tries again. Returns how many were removed.
+    async fn unsubscribe_unconfigured(&self, channel_id: &str, listed: &[String]) -> usize {
+        let mut removed = 0;
+        for account_key in listed.iter().filter(|k| !self.account_keys.contains(k)) {
+            match self
+                .client
+                .unsubscribe_call_events(channel_id, account_key)
+                .await
+            {
+                Ok(_) => {
+                    removed += 1;
+                    tracing::warn!(channel = %crate::goto::Channel::tag_of(channel_id), %account_key, "unsubscribed an account no longer in goto.account_keys");
+                }
+                Err(e) => {
+                    metrics::counter!("callbridge_channel_unsubscribe_failures_total").increment(1);
+                    tracing::error!(channel = %crate::goto::Channel::tag_of(channel_id), %account_key, error = %e, "could not unsubscribe an account no longer in goto.account_keys: its calls still reach the channel; retrying at the next repair check");
+                }
+            }
+        }
+        removed
+    }
+}
+
+/// Whether a failed `GET …/channels/{nickname}/{channelId}` is a refusal of the route itself
+/// (any 4xx but 401, 404 and 429): that route is documented by claim only (goto-api.md §2.4).
+fn refuses_claimed_read(e: &GotoError) -> bool {
+    matches!(e.status(), Some(s) if (400..500).contains(&s) && !matches!(s, 401 | 404 | 429))
 }

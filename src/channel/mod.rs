@@ -20,7 +20,11 @@ pub mod websocket;
 pub use keeper::{ChannelError, ChannelKeeper, DesiredChannel, Repair};
 
 /// What readiness reports about the channel.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// `Debug` (what `/readyz` and logs show) gives a `Ready` channel's id as its tag only
+/// ([`Channel::tag_of`](crate::goto::Channel::tag_of)): a WebSocket channel's id is part of the
+/// URL that reads its notifications.
+#[derive(Clone, PartialEq, Eq)]
 pub enum ChannelState {
     /// Not set up yet.
     Starting,
@@ -32,6 +36,21 @@ pub enum ChannelState {
     Failed(String),
     /// Another replica owns the channel; this one only ingests and sequences.
     Standby,
+}
+
+impl std::fmt::Debug for ChannelState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChannelState::Starting => f.write_str("Starting"),
+            ChannelState::Ready(id) => f
+                .debug_tuple("Ready")
+                .field(&format_args!("{}", crate::goto::Channel::tag_of(id)))
+                .finish(),
+            ChannelState::Down(why) => f.debug_tuple("Down").field(why).finish(),
+            ChannelState::Failed(error) => f.debug_tuple("Failed").field(error).finish(),
+            ChannelState::Standby => f.write_str("Standby"),
+        }
+    }
 }
 
 /// Repairs the channel every `interval` until `shutdown`; webhook mode's keep-alive. After a

@@ -16,18 +16,32 @@
 //! - windows that are due together and overlap are swept as one ([`PendingWindows`]);
 //! - a call whose states were all fetched and written is not fetched again ([`SweptCalls`]):
 //!   a call listed in the reports has ended, so its states no longer change.
+//!
+//! Back-fill's retention and how it answers past it are undocumented (GoTo unknown #7): a 404, or
+//! a 200 with no states or only the newer ones. So back-fill's answer counts as the call only when
+//! it is the whole ended call (sequence 1 to n, the last an `ENDING`); otherwise the call's report,
+//! which keeps every state, fills in what it lacks. A call neither has a state of is counted as a
+//! catch-up failure and not remembered as swept.
+//!
+//! Windows are this host's time while GoTo lists calls by its own `callCreated`: besides
+//! [`SWEEP_MARGIN`], each window is widened by the clock skew measured from GoTo's `Date` headers.
 
 use super::catchup::{retried, write_raw};
-use crate::goto::{ConversationEvents, GotoClient};
+use crate::goto::{BackfilledState, ConversationEvents, GotoClient, GotoError};
 use crate::ingest::Ingest;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-/// Margin around an outage window: clocks differ, and GoTo stamps `callCreated` itself.
+/// Margin around an outage window: clocks differ, and GoTo stamps `callCreated` itself. A window
+/// is widened further, when it is swept, by the skew between this host's clock and GoTo's as
+/// measured from GoTo's `Date` headers ([`GotoClient::goto_clock_skew`]).
 pub const SWEEP_MARGIN: Duration = Duration::from_secs(10);
+/// The most a window is widened for clock skew: a larger one is a broken clock or `Date` header
+/// (logged by the transport), and a window far wider lists more calls than it can be worth.
+const MAX_SKEW_WIDENING: Duration = Duration::from_secs(3600);
 /// How long a swept call is remembered. Overlapping windows are requested seconds or minutes
 /// apart (their margins, a new owner's look-back); a call listed again after longer than this
 /// is fetched again, which costs a request, nothing else.
@@ -204,9 +218,10 @@ async fn sweep(
     client: &GotoClient,
     ingest: &Ingest,
     account_keys: &[String],
-    (from, to): Window,
+    window: Window,
     swept: &mut SweptCalls,
 ) {
+    let (from, to) = widened_for_skew(window, client.goto_clock_skew());
     let (mut calls, mut already_swept, mut written) = (0usize, 0usize, 0u64);
     for account in account_keys {
         let summaries = match retried("report sweep: listing report summaries", || {
@@ -236,19 +251,27 @@ async fn sweep(
             .await
             {
                 // Past back-fill's retention: the call's report keeps every state.
-                Ok(ConversationEvents::NotFound) => {
-                    retried("report sweep: reading a call's report", || {
-                        client.report_states(&id)
-                    })
-                    .await
-                    .map(|states| {
-                        states.map_or(ConversationEvents::NotFound, ConversationEvents::Found)
-                    })
+                Ok(ConversationEvents::NotFound) => with_report(client, &id, Vec::new()).await,
+                // An answer that is not the whole ended call: GoTo may answer a call past
+                // back-fill's retention with 200 and no states rather than 404, or with only the
+                // states it still keeps (unknown #7). Taken as whole, an empty answer wrote
+                // nothing and the call was remembered as swept: in neither raw, dead-letter nor a
+                // gap record, and never fetched again.
+                Ok(ConversationEvents::Found(states)) if !whole_call(&states) => {
+                    with_report(client, &id, states).await
                 }
-                other => other,
+                Ok(ConversationEvents::Found(states)) => Ok(states),
+                Err(e) => Err(e),
             };
             match fetched {
-                Ok(ConversationEvents::Found(states)) => {
+                Ok(states) if states.is_empty() => {
+                    // Listed in the reports, so it happened, but neither back-fill nor its report
+                    // has a state of it. Counted as a catch-up failure (alerted) and not
+                    // remembered, so a later window that lists it fetches it again.
+                    metrics::counter!("callbridge_catchup_failures_total").increment(1);
+                    tracing::error!(conversation = %id, "report sweep: a call listed in the report summaries has no state in back-fill nor in its report");
+                }
+                Ok(states) => {
                     let mut complete = true;
                     for s in states {
                         let body = notification(&id, s.metadata.as_deref(), &s.state);
@@ -264,7 +287,6 @@ async fn sweep(
                         swept.remember(&id, Instant::now());
                     }
                 }
-                Ok(ConversationEvents::NotFound) => {}
                 Err(e) => {
                     metrics::counter!("callbridge_catchup_failures_total").increment(1);
                     tracing::error!(error = %e, conversation = %id, "report sweep: fetching a call's states failed for good")
@@ -282,6 +304,74 @@ async fn sweep(
         states = written,
         "report sweep of an outage window"
     );
+}
+
+/// `window` widened on both sides by `skew` (GoTo's clock minus this host's, seconds), up to
+/// [`MAX_SKEW_WIDENING`]. The window is this host's time and GoTo lists calls by its own
+/// `callCreated`, so with GoTo `s` seconds off, a call at a window's edge is stamped `s` seconds
+/// outside it: [`SWEEP_MARGIN`] alone covers only 10 s. Widening either way covers a skew of either
+/// sign, and what it adds is harmless: calls the sequencer already has are dropped as duplicates.
+fn widened_for_skew((from, to): Window, skew: Option<f64>) -> Window {
+    let Some(skew) = skew.filter(|s| s.is_finite()) else {
+        return (from, to);
+    };
+    let extra = Duration::from_secs_f64(skew.abs().ceil().min(MAX_SKEW_WIDENING.as_secs_f64()));
+    (from.checked_sub(extra).unwrap_or(from), to + extra)
+}
+
+/// Whether `states` hold a whole ended call: sequence numbers 1 to n without a hole, the last an
+/// `ENDING` (a call listed in the report summaries has ended).
+fn whole_call(states: &[BackfilledState]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    let seqs: BTreeSet<u64> = states.iter().map(|s| s.sequence_number).collect();
+    let Some(&last) = seqs.last() else {
+        return false;
+    };
+    let ends = states
+        .iter()
+        .filter(|s| s.sequence_number == last)
+        .any(|s| {
+            serde_json::from_str::<Kind>(s.state.get())
+                .is_ok_and(|k| k.kind.as_deref() == Some("ENDING"))
+        });
+    seqs.first() == Some(&1) && seqs.len() as u64 == last && ends
+}
+
+/// `states` (what back-fill answered, possibly nothing) with the states only the call's report
+/// still has added, in sequence order. Without a report (404, or it failed for good), `states`
+/// as they are, unless they are none: then the report's failure is the answer.
+async fn with_report(
+    client: &GotoClient,
+    id: &str,
+    mut states: Vec<BackfilledState>,
+) -> Result<Vec<BackfilledState>, GotoError> {
+    match retried("report sweep: reading a call's report", || {
+        client.report_states(id)
+    })
+    .await
+    {
+        Ok(Some(report)) => {
+            let have: HashSet<u64> = states.iter().map(|s| s.sequence_number).collect();
+            states.extend(
+                report
+                    .into_iter()
+                    .filter(|s| !have.contains(&s.sequence_number)),
+            );
+            states.sort_by_key(|s| s.sequence_number);
+            Ok(states)
+        }
+        Ok(None) => Ok(states),
+        Err(e) if states.is_empty() => Err(e),
+        // Back-fill's states are written; the sequencer back-fills what they lack.
+        Err(e) => {
+            tracing::warn!(error = %e, conversation = %id, "report sweep: reading a call's report failed; writing back-fill's states alone");
+            Ok(states)
+        }
+    }
 }
 
 fn conversation_id(summary: &str) -> Option<String> {
@@ -374,6 +464,47 @@ mod tests {
         assert_eq!(s.len(), REMEMBER_AT_MOST);
         assert!(!s.contains("call-9"), "oldest forgotten first");
         assert!(s.contains("call-10") && s.contains(&format!("call-{}", REMEMBER_AT_MOST + 9)));
+    }
+
+    #[test]
+    fn windows_are_widened_by_the_clock_skew_either_way() {
+        let w = (at(1_000), at(2_000));
+        assert_eq!(widened_for_skew(w, None), w, "no Date seen yet");
+        // GoTo 30.2 s behind or ahead: a call at either edge is stamped up to 31 s outside.
+        assert_eq!(widened_for_skew(w, Some(-30.2)), (at(969), at(2_031)));
+        assert_eq!(widened_for_skew(w, Some(30.2)), (at(969), at(2_031)));
+        assert_eq!(
+            widened_for_skew(w, Some(1e300)),
+            (at(1_000) - MAX_SKEW_WIDENING, at(2_000) + MAX_SKEW_WIDENING),
+            "capped"
+        );
+        assert_eq!(widened_for_skew(w, Some(f64::NAN)), w);
+    }
+
+    fn state(seq: u64, kind: &str) -> BackfilledState {
+        BackfilledState {
+            sequence_number: seq,
+            metadata: None,
+            state: serde_json::value::RawValue::from_string(format!(
+                r#"{{"sequenceNumber":{seq},"type":"{kind}"}}"#
+            ))
+            .unwrap(),
+        }
+    }
+
+    #[test]
+    fn only_states_1_to_n_ending_in_ending_are_a_whole_call() {
+        let whole = [state(2, "ACTIVE"), state(1, "STARTING"), state(3, "ENDING")];
+        assert!(whole_call(&whole));
+        assert!(!whole_call(&[]), "back-fill answered 200 with no states");
+        assert!(!whole_call(&whole[..2]), "no ENDING: the tail is missing");
+        assert!(!whole_call(&whole[1..]), "a hole at 2");
+        assert!(!whole_call(&whole[..1]), "no sequence 1");
+        assert!(whole_call(&[
+            state(1, "STARTING"),
+            state(1, "STARTING"),
+            state(2, "ENDING")
+        ]));
     }
 
     #[test]

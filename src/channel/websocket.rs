@@ -2,8 +2,20 @@
 //!
 //! GoTo's own demos ping every 8 s and reconnect after three unanswered pings; they PUT-refresh
 //! the channel on `WEBSOCKET_REFRESH_REQUIRED` and tear everything down and recreate it on
-//! `WEBSOCKET_TO_BE_CLOSED`. callbridge does the same, also refreshes ahead of `channelLifetime`
-//! on its own (the warning frame may be lost), and recreates the channel when a refresh fails.
+//! `WEBSOCKET_TO_BE_CLOSED`. callbridge does the same, and also refreshes ahead of
+//! `channelLifetime` on its own (the warning frame may be lost): the channel's expiry is noted
+//! each time GoTo grants a lifetime (create, refresh; counted from when the request was sent),
+//! and survives reconnects to the same channel.
+//!
+//! A failed refresh does not end a working socket: GoTo keeps delivering to it until the channel
+//! expires, and a new channel would need the same REST API that just failed. A transient or auth
+//! failure is retried with backoff (`reconnect_base` doubling up to `reconnect_max`) until half
+//! the `refresh_margin` before expiry; the channel is recreated only when GoTo says it is gone
+//! (404/410), on `WEBSOCKET_TO_BE_CLOSED`, or once it has expired. A lifetime GoTo never stated
+//! is taken as the smallest one seen (1200 s, goto-api.md §2.2).
+//!
+//! The channel id is part of the channel's URL: logs and states show only its tag
+//! ([`Channel::tag`]).
 //! Frames are written to Kafka concurrently, up to `channel.websocket_frames_in_flight`; a frame
 //! Kafka cannot take is lost from the socket's point of view and comes back through back-fill,
 //! which is why it is only logged.
@@ -32,6 +44,14 @@ const HEALTHY_SESSION: Duration = Duration::from_millis(500);
 
 /// A pause of reading this long is logged as a warning, not only counted.
 const LONG_READ_PAUSE: Duration = Duration::from_secs(1);
+
+/// The lifetime assumed when GoTo never stated one: the smallest WebSocket `channelLifetime` seen
+/// (≈1200 s observed; GoTo's example says 10800), so the proactive refresh comes too early rather
+/// than after expiry.
+const ASSUMED_LIFETIME: Duration = Duration::from_secs(1200);
+
+/// Longest wait before a proactive refresh, whatever the lifetime (webhook-like huge ones).
+const LONGEST_REFRESH_WAIT: Duration = Duration::from_secs(86_400);
 
 /// How long opening the socket (TCP, TLS, HTTP upgrade) may take: a host that accepts and then
 /// never answers would otherwise hold the owner without a socket, and without a reconnect, for
@@ -62,12 +82,44 @@ async fn open_socket(url: &str, timeout: Duration, shutdown: &mut watch::Receive
     }
 }
 
+/// A channel and when it expires.
+#[derive(Clone, Debug)]
+struct Held {
+    channel: Channel,
+    /// When GoTo's last granted lifetime ends, counted from when the grant was asked for.
+    expires_at: Instant,
+}
+
+impl Held {
+    /// `channel`, as granted by an answer to a request sent at `asked`.
+    fn granted(channel: Channel, asked: Instant) -> Self {
+        let lifetime = channel
+            .lifetime_secs
+            .map_or(ASSUMED_LIFETIME, Duration::from_secs);
+        // Far-future instants overflow; webhook-like lifetimes are capped.
+        let expires_at = asked + lifetime.min(LONGEST_REFRESH_WAIT * 2);
+        Self {
+            channel,
+            expires_at,
+        }
+    }
+}
+
+/// A control message read by a write task, with the channel whose socket it came from (a task
+/// may outlive its session).
+type Control = (String, ControlMessage);
+
 /// What one session leaves to the next.
 struct BetweenSessions {
     /// Since when GoTo may have had nobody to deliver to (swept once a socket is back).
     down_since: Option<std::time::SystemTime>,
     /// The catch-up started by the last connect, possibly still running.
     catch_up: Option<tokio::task::JoinHandle<()>>,
+    /// Control messages from the write tasks: kept across sessions, so that a
+    /// `WEBSOCKET_REFRESH_REQUIRED` still being written when its session ended reaches the next
+    /// session on the same channel.
+    control_tx: mpsc::UnboundedSender<Control>,
+    control_rx: mpsc::UnboundedReceiver<Control>,
 }
 
 /// Why a session ended.
@@ -77,7 +129,7 @@ enum SessionEnd {
     Shutdown,
     /// Reconnect to the same channel (socket closed, pongs missed).
     Reconnect(&'static str),
-    /// Recreate the channel (to-be-closed, refresh failed).
+    /// Recreate the channel (to-be-closed, gone, expired).
     Recreate(&'static str),
 }
 
@@ -101,14 +153,17 @@ pub async fn run(
     let mut backoff = settings.reconnect_base;
     // Reconnects in a row without a healthy session in between.
     let mut failures: u32 = 0;
-    let mut channel: Option<Channel> = None;
+    let mut channel: Option<Held> = None;
     let mut recreate = false;
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
     // Since when GoTo may have had nobody to deliver to: a new owner cannot know when its
     // predecessor lost the socket, so it looks back `report_sweep_lookback`.
     let mut between = BetweenSessions {
         down_since: (!settings.report_sweep_lookback.is_zero())
             .then(|| std::time::SystemTime::now() - settings.report_sweep_lookback),
         catch_up: None,
+        control_tx,
+        control_rx,
     };
     loop {
         if *shutdown.borrow() {
@@ -127,13 +182,20 @@ pub async fn run(
             continue;
         }
         // 1. A channel with subscriptions.
+        let asked = Instant::now();
         let ready = match (&channel, recreate) {
-            (Some(c), true) => keeper.recreate(Some(c)).await,
+            (Some(held), true) => keeper
+                .recreate(Some(&held.channel))
+                .await
+                .map(|c| Held::granted(c, asked)),
             (None, _) => match keeper.ensure_channel().await {
-                Ok(c) => keeper.ensure_subscriptions(&c).await.map(|_| c),
+                Ok(c) => keeper
+                    .ensure_subscriptions(&c)
+                    .await
+                    .map(|_| Held::granted(c, asked)),
                 Err(e) => Err(e),
             },
-            (Some(c), false) => Ok(c.clone()),
+            (Some(held), false) => Ok(held.clone()),
         };
         let current = match ready {
             Ok(c) => c,
@@ -222,12 +284,49 @@ async fn wait_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) {
     }
 }
 
-fn refresh_deadline(channel: &Channel, margin: Duration) -> Instant {
-    // Webhook-like huge lifetimes and absent ones: no proactive refresh needed (check hourly).
-    let lifetime = channel.lifetime_secs.unwrap_or(3600).min(86_400);
-    let lifetime = Duration::from_secs(lifetime);
-    let at = lifetime.saturating_sub(margin).max(lifetime / 2);
-    Instant::now() + at
+/// When to refresh a channel expiring at `expires_at`, seen at `now`: `margin` before expiry, but
+/// no later than half-way through what is left (a margin as long as the lifetime would refresh
+/// at once, again and again), and within a day.
+fn refresh_deadline(now: Instant, expires_at: Instant, margin: Duration) -> Instant {
+    let left = expires_at.saturating_duration_since(now);
+    now + left
+        .saturating_sub(margin)
+        .max(left / 2)
+        .min(LONGEST_REFRESH_WAIT)
+}
+
+/// What a session does after a refresh failed at `now`.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterFailedRefresh {
+    /// Try again at this instant (the socket stays).
+    RetryAt(Instant),
+    /// Too close to expiry to try again: keep the socket until expiry, then recreate.
+    WaitForExpiry(Instant),
+    /// The channel is gone or expired: recreate it.
+    Recreate(&'static str),
+}
+
+/// The policy: gone (404/410) or expired → recreate; otherwise retry after `delay` until half
+/// the margin before expiry, the socket delivering meanwhile.
+fn after_failed_refresh(
+    gone: bool,
+    now: Instant,
+    expires_at: Instant,
+    margin: Duration,
+    delay: Duration,
+) -> AfterFailedRefresh {
+    if gone {
+        return AfterFailedRefresh::Recreate("channel_gone");
+    }
+    if now >= expires_at {
+        return AfterFailedRefresh::Recreate("channel_expired");
+    }
+    let last_try = expires_at.checked_sub(margin / 2).unwrap_or(now);
+    if now >= last_try {
+        AfterFailedRefresh::WaitForExpiry(expires_at)
+    } else {
+        AfterFailedRefresh::RetryAt((now + delay).min(last_try))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -236,13 +335,17 @@ async fn session(
     ingest: &Ingest,
     settings: &ChannelSettings,
     sweeper: &ReportSweeper,
-    mut current: Channel,
+    held_now: Held,
     state: &watch::Sender<ChannelState>,
     shutdown: &mut watch::Receiver<bool>,
-    channel_slot: &mut Option<Channel>,
+    channel_slot: &mut Option<Held>,
     between: &mut BetweenSessions,
     doubt: &watch::Receiver<bool>,
 ) -> SessionEnd {
+    let Held {
+        channel: mut current,
+        mut expires_at,
+    } = held_now;
     let Some(url) = current.kind.url().map(str::to_string) else {
         return SessionEnd::Recreate("no_channel_url");
     };
@@ -256,7 +359,7 @@ async fn session(
             return SessionEnd::Reconnect("connect_failed");
         }
     };
-    tracing::info!(channel_id = %current.channel_id, "WebSocket connected");
+    tracing::info!(channel = %current.tag(), "WebSocket connected");
     let _ = state.send(ChannelState::Ready(current.channel_id.clone()));
     // Whatever happened while we were not connected: active calls' last states to raw.
     {
@@ -285,7 +388,11 @@ async fn session(
         }));
     }
     let (mut sink, mut stream) = (*ws).split();
-    let (control_tx, mut control_rx) = mpsc::unbounded_channel::<ControlMessage>();
+    let control_tx = between.control_tx.clone();
+    let control_rx = &mut between.control_rx;
+    // Write tasks tag what they read with this channel's id: one still running from a session on
+    // an earlier channel must not refresh or close this one.
+    let channel_id: Arc<str> = Arc::from(current.channel_id.as_str());
     let permits = Arc::new(Semaphore::new(settings.websocket_frames_in_flight));
     // A frame read while every permit was taken, and since when: reading waits for a write to end.
     let mut held: Option<(bytes::Bytes, Instant)> = None;
@@ -294,7 +401,9 @@ async fn session(
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ping.tick().await;
     let mut missed = 0u32;
-    let mut refresh_at = refresh_deadline(&current, settings.refresh_margin);
+    let mut refresh_at = refresh_deadline(Instant::now(), expires_at, settings.refresh_margin);
+    // Delay before retrying a failed refresh; back to the base after a success.
+    let mut refresh_retry = settings.reconnect_base;
     // The subscriptions can vanish while the socket stays up: check them like webhook mode does.
     let mut repair = tokio::time::interval(settings.repair_interval);
     repair.tick().await;
@@ -308,19 +417,19 @@ async fn session(
                 let Ok(permit) = permit else { break SessionEnd::Shutdown };
                 if let Some((body, since)) = held.take() {
                     read_resumed(since.elapsed(), settings.websocket_frames_in_flight);
-                    spawn_write(ingest, &control_tx, Some(permit), body);
+                    spawn_write(ingest, &control_tx, &channel_id, Some(permit), body);
                 }
             }
             frame = stream.next(), if held.is_none() => match frame {
                 Some(Ok(Message::Text(text))) => {
                     missed = 0;
-                    held = write_or_hold(ingest, &control_tx, &permits, bytes::Bytes::from(text));
+                    held = write_or_hold(ingest, &control_tx, &channel_id, &permits, bytes::Bytes::from(text));
                 }
                 // Every documented frame is text; a binary one is taken the same way (ingest
                 // dead-letters it if it is not a notification), never dropped.
                 Some(Ok(Message::Binary(bin))) => {
                     missed = 0;
-                    held = write_or_hold(ingest, &control_tx, &permits, bin);
+                    held = write_or_hold(ingest, &control_tx, &channel_id, &permits, bin);
                 }
                 Some(Ok(Message::Pong(_) | Message::Ping(_) | Message::Frame(_))) => missed = 0,
                 Some(Ok(Message::Close(_))) | None => {
@@ -347,49 +456,72 @@ async fn session(
                     break SessionEnd::Reconnect("socket_error");
                 }
             }
-            Some(control) = control_rx.recv() => match control {
-                ControlMessage::RefreshRequired => {
-                    tracing::info!("WEBSOCKET_REFRESH_REQUIRED received");
-                    match keeper.refresh(&current).await {
-                        Ok(c) => {
-                            refresh_at = refresh_deadline(&c, settings.refresh_margin);
-                            current = c;
-                            *channel_slot = Some(current.clone());
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "channel refresh failed");
-                            break SessionEnd::Recreate("refresh_failed");
-                        }
+            Some((about, control)) = control_rx.recv() => {
+                if about != current.channel_id {
+                    tracing::debug!(?control, "control message of an earlier channel ignored");
+                    continue;
+                }
+                match control {
+                    ControlMessage::RefreshRequired => {
+                        tracing::info!("WEBSOCKET_REFRESH_REQUIRED received");
+                        // Now, whatever a retry was waiting for.
+                        refresh_at = Instant::now();
                     }
+                    ControlMessage::ToBeClosed => break SessionEnd::Recreate("to_be_closed"),
+                    ControlMessage::Other(kind) => tracing::info!(%kind, "unknown channel control message ignored"),
                 }
-                ControlMessage::ToBeClosed => break SessionEnd::Recreate("to_be_closed"),
-                ControlMessage::Other(kind) => tracing::info!(%kind, "unknown channel control message ignored"),
-            },
+            }
             // A repair may create a channel: not while another replica may own it.
-            _ = repair.tick(), if !*doubt.borrow() => match keeper.repair(&mut current).await {
-                Ok(super::Repair::Healthy) => {}
-                Ok(super::Repair::Resubscribed(n)) => {
-                    metrics::counter!("callbridge_channel_repairs_total").increment(1);
-                    tracing::warn!(missing = n, "call-events subscriptions restored");
+            _ = repair.tick(), if !*doubt.borrow() => {
+                let asked = Instant::now();
+                match keeper.repair(&mut current).await {
+                    Ok(super::Repair::Healthy) => {}
+                    Ok(super::Repair::Resubscribed(n)) => {
+                        metrics::counter!("callbridge_channel_repairs_total").increment(1);
+                        tracing::warn!(missing = n, "call-events subscriptions restored");
+                    }
+                    Ok(super::Repair::ChannelRecreated) => {
+                        // A new channel has a new URL: connect to it.
+                        metrics::counter!("callbridge_channel_repairs_total").increment(1);
+                        *channel_slot = Some(Held::granted(current.clone(), asked));
+                        break SessionEnd::Reconnect("channel_recreated");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "channel repair check failed; will retry"),
                 }
-                Ok(super::Repair::ChannelRecreated) => {
-                    // A new channel has a new URL: connect to it.
-                    metrics::counter!("callbridge_channel_repairs_total").increment(1);
-                    *channel_slot = Some(current.clone());
-                    break SessionEnd::Reconnect("channel_recreated");
-                }
-                Err(e) => tracing::warn!(error = %e, "channel repair check failed; will retry"),
-            },
+            }
             _ = sleep_until(refresh_at) => {
+                let asked = Instant::now();
+                if asked >= expires_at {
+                    break SessionEnd::Recreate("channel_expired");
+                }
                 match keeper.refresh(&current).await {
                     Ok(c) => {
-                        refresh_at = refresh_deadline(&c, settings.refresh_margin);
-                        current = c;
-                        *channel_slot = Some(current.clone());
+                        let granted = Held::granted(c, asked);
+                        expires_at = granted.expires_at;
+                        refresh_at = refresh_deadline(Instant::now(), expires_at, settings.refresh_margin);
+                        refresh_retry = settings.reconnect_base;
+                        current = granted.channel.clone();
+                        *channel_slot = Some(granted);
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "proactive channel refresh failed");
-                        break SessionEnd::Recreate("refresh_failed");
+                        let now = Instant::now();
+                        match after_failed_refresh(e.is_channel_gone(), now, expires_at, settings.refresh_margin, refresh_retry) {
+                            AfterFailedRefresh::Recreate(why) => {
+                                tracing::warn!(error = %e, "channel refresh failed: the channel is gone");
+                                break SessionEnd::Recreate(why);
+                            }
+                            AfterFailedRefresh::RetryAt(at) => {
+                                metrics::counter!("callbridge_channel_refresh_failures_total").increment(1);
+                                tracing::warn!(error = %e, retry_in = ?at.saturating_duration_since(now), expires_in = ?expires_at.saturating_duration_since(now), "channel refresh failed; the socket stays, retrying");
+                                refresh_at = at;
+                                refresh_retry = (refresh_retry * 2).min(settings.reconnect_max);
+                            }
+                            AfterFailedRefresh::WaitForExpiry(at) => {
+                                metrics::counter!("callbridge_channel_refresh_failures_total").increment(1);
+                                tracing::warn!(error = %e, expires_in = ?at.saturating_duration_since(now), "channel refresh failed too close to expiry; the socket stays until the channel expires, then the channel is recreated");
+                                refresh_at = at;
+                            }
+                        }
                     }
                 }
             }
@@ -399,7 +531,7 @@ async fn session(
     // frame over the bound) rather than dropped with the session.
     if let Some((body, since)) = held {
         read_resumed(since.elapsed(), settings.websocket_frames_in_flight);
-        spawn_write(ingest, &control_tx, None, body);
+        spawn_write(ingest, &control_tx, &channel_id, None, body);
     }
     end
 }
@@ -408,13 +540,14 @@ async fn session(
 /// pauses until a write ends).
 fn write_or_hold(
     ingest: &Ingest,
-    control_tx: &mpsc::UnboundedSender<ControlMessage>,
+    control_tx: &mpsc::UnboundedSender<Control>,
+    channel_id: &Arc<str>,
     permits: &Arc<Semaphore>,
     body: bytes::Bytes,
 ) -> Option<(bytes::Bytes, Instant)> {
     match permits.clone().try_acquire_owned() {
         Ok(permit) => {
-            spawn_write(ingest, control_tx, Some(permit), body);
+            spawn_write(ingest, control_tx, channel_id, Some(permit), body);
             None
         }
         Err(_) => Some((body, Instant::now())),
@@ -424,16 +557,17 @@ fn write_or_hold(
 /// Writes one frame to Kafka in its own task, holding `permit` (if any) until the write ends.
 fn spawn_write(
     ingest: &Ingest,
-    control_tx: &mpsc::UnboundedSender<ControlMessage>,
+    control_tx: &mpsc::UnboundedSender<Control>,
+    channel_id: &Arc<str>,
     permit: Option<OwnedSemaphorePermit>,
     body: bytes::Bytes,
 ) {
-    let (ingest, control_tx) = (ingest.clone(), control_tx.clone());
+    let (ingest, control_tx, channel_id) = (ingest.clone(), control_tx.clone(), channel_id.clone());
     tokio::spawn(async move {
         let _permit = permit;
         match ingest.accept(&body, Transport::WebSocket).await {
             Ok(Accepted::Control(c)) => {
-                let _ = control_tx.send(c);
+                let _ = control_tx.send((channel_id.to_string(), c));
             }
             Ok(_) => {}
             Err(e @ WriteError::AckTimeout(_)) => {
@@ -461,6 +595,87 @@ fn read_resumed(paused: Duration, in_flight: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::goto::ChannelKind;
+
+    fn channel(lifetime_secs: Option<u64>) -> Channel {
+        Channel {
+            channel_id: "c".into(),
+            nickname: "bridge".into(),
+            kind: ChannelKind::WebSocket {
+                url: Some("ws://h/c/ws".into()),
+            },
+            lifetime_secs,
+            unreachable_since: None,
+        }
+    }
+
+    #[test]
+    fn the_refresh_after_a_reconnect_comes_before_the_granted_expiry() {
+        // Granted 1200 s; the socket drops at 590 s and the same channel is reused: the
+        // refresh is due 60 s (the margin) before the expiry GoTo granted, not a whole
+        // lifetime after the reconnect.
+        let granted_at = Instant::now();
+        let held = Held::granted(channel(Some(1200)), granted_at);
+        let margin = Duration::from_secs(60);
+        let reconnect = granted_at + Duration::from_secs(590);
+        let at = refresh_deadline(reconnect, held.expires_at, margin);
+        assert_eq!(at, granted_at + Duration::from_secs(1140));
+        assert_eq!(
+            refresh_deadline(granted_at, held.expires_at, margin),
+            granted_at + Duration::from_secs(1140)
+        );
+        // Past expiry: at once.
+        let late = granted_at + Duration::from_secs(1300);
+        assert_eq!(refresh_deadline(late, held.expires_at, margin), late);
+    }
+
+    #[test]
+    fn a_lifetime_never_stated_is_the_smallest_seen() {
+        let now = Instant::now();
+        let held = Held::granted(channel(None), now);
+        assert_eq!(held.expires_at, now + Duration::from_secs(1200));
+        let huge = Held::granted(channel(Some(2_147_483_647)), now);
+        assert!(
+            refresh_deadline(now, huge.expires_at, Duration::from_secs(120))
+                <= now + LONGEST_REFRESH_WAIT
+        );
+    }
+
+    #[test]
+    fn a_failed_refresh_keeps_the_socket_until_gone_or_expired() {
+        let now = Instant::now();
+        let expires = now + Duration::from_secs(600);
+        let margin = Duration::from_secs(120);
+        let delay = Duration::from_secs(1);
+        assert_eq!(
+            after_failed_refresh(false, now, expires, margin, delay),
+            AfterFailedRefresh::RetryAt(now + delay)
+        );
+        // Retries stop half the margin before expiry; the socket stays until then.
+        let late = expires - Duration::from_secs(61);
+        assert_eq!(
+            after_failed_refresh(false, late, expires, margin, Duration::from_secs(30)),
+            AfterFailedRefresh::RetryAt(expires - Duration::from_secs(60))
+        );
+        assert_eq!(
+            after_failed_refresh(
+                false,
+                expires - Duration::from_secs(10),
+                expires,
+                margin,
+                delay
+            ),
+            AfterFailedRefresh::WaitForExpiry(expires)
+        );
+        assert_eq!(
+            after_failed_refresh(false, expires, expires, margin, delay),
+            AfterFailedRefresh::Recreate("channel_expired")
+        );
+        assert_eq!(
+            after_failed_refresh(true, now, expires, margin, delay),
+            AfterFailedRefresh::Recreate("channel_gone")
+        );
+    }
 
     /// A host that accepts the TCP connection and then says nothing (a hung node or balancer).
     async fn silent_host() -> (String, tokio::task::JoinHandle<()>) {

@@ -78,8 +78,9 @@ impl GotoClient {
     /// `PUT /notification-channel/v1/channels/{nickname}/{channelId}` with the create body
     /// (200): what GoTo's demos do on `WEBSOCKET_REFRESH_REQUIRED`.
     ///
-    /// If GoTo answers without a body, the returned channel is built from the request and
-    /// its `lifetime_secs` is `None`.
+    /// GoTo does not document this answer's body. Without a body, the returned channel is
+    /// built from the request and its `lifetime_secs` is `None`; a body without `channelId`
+    /// (say `{"channelLifetime":1200}`) is about the channel refreshed, whose id fills it.
     pub async fn refresh_channel(
         &self,
         nickname: &str,
@@ -110,8 +111,19 @@ impl GotoClient {
                 unreachable_since: None,
             });
         }
-        Channel::from_json(&response.body, Some(nickname))
-            .map_err(|e| GotoError::decode(REFRESH_CHANNEL, &e))
+        let mut refreshed =
+            Channel::from_json_about(&response.body, Some(nickname), Some(channel_id))
+                .map_err(|e| GotoError::decode(REFRESH_CHANNEL, &e))?;
+        // A body without a channel type reads as a WebSocket channel; what was refreshed is
+        // the request's kind.
+        if let (ChannelRequest::Webhook { url }, ChannelKind::WebSocket { url: None }) =
+            (request, &refreshed.kind)
+        {
+            refreshed.kind = ChannelKind::Webhook {
+                url: Some(url.clone()),
+            };
+        }
+        Ok(refreshed)
     }
 
     /// `PUT …/{nickname}/{channelId}/channel-lifetime` (no body): extends the channel by
@@ -159,7 +171,7 @@ impl GotoClient {
         if response.status == 404 {
             return Ok(None);
         }
-        Channel::from_json(&response.body, Some(nickname))
+        Channel::from_json_about(&response.body, Some(nickname), Some(channel_id))
             .map(Some)
             .map_err(|e| GotoError::decode(GET_CHANNEL, &e))
     }
@@ -198,6 +210,37 @@ impl GotoClient {
         let response = self
             .transport()
             .send(&ApiRequest::new(DELETE_CHANNEL, url).also_accept(&[404]))
+            .await?;
+        Ok(response.status != 404)
+    }
+}
+
+// --- Call-events subscriptions of a channel: removing one ---------------------------------------
+
+/// Remove one account's call-events subscription from a channel. Documented by claim only
+/// (goto-api.md §3.2), status codes unknown (unknown #8).
+pub const UNSUBSCRIBE_CALL_EVENTS: super::endpoint::Endpoint = super::endpoint::Endpoint {
+    api: super::endpoint::Api::CallEvents,
+    method: "DELETE",
+    template: "/call-events/v1/subscriptions",
+};
+
+impl GotoClient {
+    /// `DELETE /call-events/v1/subscriptions?channelId=…&accountKey=…`: stops `account_key`'s
+    /// call states reaching the channel. Any 2xx means done; `false` when GoTo answered 404
+    /// (no such subscription, or the channel is gone: nothing is delivered either way).
+    pub async fn unsubscribe_call_events(
+        &self,
+        channel_id: &str,
+        account_key: &str,
+    ) -> Result<bool, GotoError> {
+        let mut url = self.api_url(&["call-events", "v1", "subscriptions"])?;
+        url.query_pairs_mut()
+            .append_pair("channelId", channel_id)
+            .append_pair("accountKey", account_key);
+        let response = self
+            .transport()
+            .send(&ApiRequest::new(UNSUBSCRIBE_CALL_EVENTS, url).also_accept(&[404]))
             .await?;
         Ok(response.status != 404)
     }

@@ -149,9 +149,13 @@ impl GotoError {
                     constraints.extend(constraint_from(item));
                 }
                 (
-                    b.error_code.as_ref().and_then(text).or(b.error),
+                    b.error_code
+                        .as_ref()
+                        .and_then(text)
+                        .or(b.error)
+                        .map(|c| truncate(&c)),
                     b.message.or(b.error_description).map(|m| truncate(&m)),
-                    b.reference,
+                    b.reference.map(|r| truncate(&r)),
                     constraints,
                 )
             }
@@ -184,7 +188,9 @@ impl GotoError {
         let parsed = serde_json::from_slice::<ErrorBody>(body).ok();
         let (error, description) = match parsed {
             Some(b) => (
-                b.error.or_else(|| b.error_code.as_ref().and_then(text)),
+                b.error
+                    .or_else(|| b.error_code.as_ref().and_then(text))
+                    .map(|e| truncate(&e)),
                 b.error_description.or(b.message).map(|m| truncate(&m)),
             ),
             None => (None, None),
@@ -291,7 +297,7 @@ fn constraint_from(item: &Value) -> Option<Constraint> {
             constraint: truncate(s),
         }),
         Value::Object(map) => {
-            let field = map.get("field").and_then(text);
+            let field = map.get("field").and_then(text).map(|f| truncate(&f));
             let constraint = ["constraint", "message", "code"]
                 .iter()
                 .find_map(|k| map.get(*k).and_then(text))
@@ -305,13 +311,71 @@ fn constraint_from(item: &Value) -> Option<Constraint> {
     }
 }
 
+/// GoTo-provided text as kept in an error: URLs cut to scheme and host ([`without_url_paths`]),
+/// then at most [`MAX_TEXT`] characters.
 fn truncate(s: &str) -> String {
+    let s = without_url_paths(s);
     if s.chars().count() <= MAX_TEXT {
-        return s.to_owned();
+        return s;
     }
     let mut out: String = s.chars().take(MAX_TEXT).collect();
     out.push('…');
     out
+}
+
+/// What replaces the path (and query) of a URL quoted in GoTo's text.
+const CUT: &str = "/…";
+
+/// `text` with every URL-like word cut to its scheme and host: `https://host/goto/webhook/s3cr3t`
+/// becomes `https://host/…`. GoTo's messages may quote what the request sent (a channel create
+/// refused over its webhook URL, say), and the paths of the URLs callbridge sends are credentials:
+/// the webhook URL ends in the shared secret, a WebSocket channel URL is the socket's only
+/// credential. A word counts as a URL when it holds `://` (also percent-encoded), starts with `/`
+/// (a path alone), or has a `/` after a dotted host (`host.example.com/path`). Words are split at
+/// whitespace, quotes and brackets, so a URL quoted or in parentheses is found too.
+fn without_url_paths(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    for c in text.chars() {
+        if c.is_whitespace() || "\"'`<>()[]{},;".contains(c) {
+            out.push_str(&cut_url(&word));
+            word.clear();
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    out.push_str(&cut_url(&word));
+    out
+}
+
+/// One word of [`without_url_paths`].
+fn cut_url(word: &str) -> std::borrow::Cow<'_, str> {
+    // Escaped and percent-encoded separators count as the real ones (a URL quoted in JSON text
+    // or as a query value).
+    let decoded = word
+        .replace("\\/", "/")
+        .replace("%3A", ":")
+        .replace("%3a", ":")
+        .replace("%2F", "/")
+        .replace("%2f", "/");
+    if let Some(at) = decoded.find("://") {
+        let (scheme, rest) = (&decoded[..at], &decoded[at + 3..]);
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if end == rest.len() {
+            return word.into();
+        }
+        // Credentials in the authority (`user:pass@host`) go too.
+        let host = rest[..end].rsplit('@').next().unwrap_or_default();
+        return format!("{scheme}://{host}{CUT}").into();
+    }
+    match decoded.find('/') {
+        Some(0) if decoded.len() > 1 => CUT.into(),
+        Some(at) if decoded[..at].contains('.') && at + 1 < decoded.len() => {
+            format!("{}{CUT}", &decoded[..at]).into()
+        }
+        _ => word.into(),
+    }
 }
 
 fn describe_api(
@@ -444,6 +508,48 @@ mod tests {
         assert_eq!(exhausted.status(), Some(429));
         assert_eq!(exhausted.retry_after(), Some(Duration::from_secs(2)));
         assert!(exhausted.to_string().contains("gave up after 5 attempts"));
+    }
+
+    /// GoTo's text may quote what the request sent; the paths of the URLs callbridge sends are
+    /// credentials (the webhook URL ends in its shared secret, a WebSocket URL is the socket's
+    /// credential), so every URL-like word keeps its scheme and host only.
+    #[test]
+    fn urls_quoted_by_goto_keep_only_scheme_and_host() {
+        const SECRET: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822c";
+        let body = format!(
+            r#"{{"errorCode":"BAD_REQUEST",
+                "message":"Webhook URL https://bridge.example.com/goto/webhook/{SECRET} did not answer (\"wss://webrtc.jive.com/notification-channel/v1/channels/{SECRET}/ws\")",
+                "reference":"https://user:{SECRET}@h.example.com/x?{SECRET}",
+                "constraints":[{{"field":"webhookChannelData.webhook.url","constraint":"bridge.example.com/goto/webhook/{SECRET}"}},
+                               {{"field":"/goto/webhook/{SECRET}","constraint":"INVALID"}},
+                               "https%3A%2F%2Fbridge.example.com%2Fgoto%2Fwebhook%2F{SECRET}"]}}"#
+        );
+        let err = GotoError::from_api_response(CREATE_CHANNEL, 400, body.as_bytes(), None);
+        let shown = format!("{err} / {err:?}");
+        assert!(!shown.contains(SECRET), "secret leaked: {shown}");
+        assert!(
+            shown.contains("Webhook URL https://bridge.example.com/… did not answer"),
+            "{shown}"
+        );
+        assert!(shown.contains("wss://webrtc.jive.com/…"), "{shown}");
+        assert!(shown.contains("bridge.example.com/…"), "{shown}");
+        assert_eq!(err.error_code(), Some("BAD_REQUEST"));
+
+        // A proxy's page that is not JSON, with JSON-escaped slashes.
+        let page = format!(
+            r#"<p>upstream refused "https:\/\/bridge.example.com\/goto\/webhook\/{SECRET}"</p>"#
+        );
+        let err = GotoError::from_api_response(CREATE_CHANNEL, 502, page.as_bytes(), None);
+        assert!(!format!("{err} / {err:?}").contains(SECRET), "{err:?}");
+
+        // Words that are not URLs stay as they were.
+        for kept in [
+            "Notification channel does not exist Webhook.6050752e-78dd",
+            "Events[0]: INVALID, application/json, 10/s, 2026/01/31",
+            "see https://developer.goto.com",
+        ] {
+            assert_eq!(without_url_paths(kept), kept);
+        }
     }
 
     /// No error built by this module may show a token: token-endpoint decode errors drop

@@ -34,7 +34,8 @@ pub struct Channel {
 /// How a channel delivers notifications.
 ///
 /// `Debug` shows only the scheme and host of the URL: a WebSocket URL is itself the
-/// credential to the channel, and a webhook URL typically carries a shared secret in its path.
+/// credential to the channel (and holds the channel id, which is therefore logged only as
+/// [`Channel::tag`]), and a webhook URL typically carries a shared secret in its path.
 #[derive(Clone, PartialEq, Eq)]
 pub enum ChannelKind {
     /// GoTo POSTs each notification to `url` (absent only if GoTo omitted it).
@@ -94,7 +95,8 @@ impl ChannelKind {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireChannel {
-    channel_id: String,
+    #[serde(default)]
+    channel_id: Option<String>,
     #[serde(default)]
     channel_nickname: Option<String>,
     #[serde(default)]
@@ -131,16 +133,58 @@ struct WireWebhook {
 }
 
 impl Channel {
-    /// Decodes one channel object; `nickname_hint` fills a missing `channelNickname`.
+    /// Decodes one channel object; `nickname_hint` fills a missing `channelNickname`. An object
+    /// without `channelId` is an error.
     pub(crate) fn from_json(
         raw: &[u8],
         nickname_hint: Option<&str>,
     ) -> serde_json::Result<Channel> {
-        let wire: WireChannel = serde_json::from_slice(raw)?;
-        Ok(Channel::from_wire(wire, nickname_hint))
+        Channel::from_json_about(raw, nickname_hint, None)
     }
 
-    fn from_wire(wire: WireChannel, nickname_hint: Option<&str>) -> Channel {
+    /// Decodes the answer about one known channel (a refresh, a read): `channel_id_hint` fills
+    /// a missing `channelId` as `nickname_hint` fills a missing `channelNickname`. GoTo does
+    /// not document the body of every such answer (a refresh may well answer only
+    /// `{"channelLifetime": …}`), and the channel it is about is known anyway.
+    pub(crate) fn from_json_about(
+        raw: &[u8],
+        nickname_hint: Option<&str>,
+        channel_id_hint: Option<&str>,
+    ) -> serde_json::Result<Channel> {
+        let wire: WireChannel = serde_json::from_slice(raw)?;
+        let Some(channel_id) = wire
+            .channel_id
+            .clone()
+            .or_else(|| channel_id_hint.map(str::to_owned))
+        else {
+            return Err(serde::de::Error::missing_field("channelId"));
+        };
+        Ok(Channel::from_wire(wire, channel_id, nickname_hint))
+    }
+
+    /// A short tag of this channel's id, safe to log: see [`Channel::tag_of`].
+    pub fn tag(&self) -> String {
+        Channel::tag_of(&self.channel_id)
+    }
+
+    /// A short, non-reversible tag of a channel id, for logs, errors and `/readyz`:
+    /// `ch-` and the first 8 hex digits (32 bits) of the id's FNV-1a-64 hash.
+    ///
+    /// A WebSocket channel's id is part of its `channelURL` (GoTo documents
+    /// `wss://…/channels/{channelId}/…/ws`), so whoever reads it may be a step from reading
+    /// the channel's notifications; a webhook channel's id opens nothing, but one rule for
+    /// both kinds is easier to keep than two. 32 bits of a random id of 120 bits and more
+    /// tell nothing about the rest of it, and are plenty to tell our channels apart in a log.
+    pub fn tag_of(channel_id: &str) -> String {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in channel_id.bytes() {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("ch-{:08x}", hash >> 32)
+    }
+
+    fn from_wire(wire: WireChannel, channel_id: String, nickname_hint: Option<&str>) -> Channel {
         let datas = [
             wire.webhook_channel_data.as_ref(),
             wire.channel_data.as_ref(),
@@ -167,7 +211,7 @@ impl Channel {
             // No declared type: infer from what is there.
             None if wire.webhook_channel_data.is_some()
                 || webhook_url.is_some()
-                || wire.channel_id.starts_with("Webhook.") =>
+                || channel_id.starts_with("Webhook.") =>
             {
                 ChannelKind::Webhook { url: webhook_url }
             }
@@ -190,7 +234,7 @@ impl Channel {
             .find_map(|d| d.unreachable_timestamp.as_ref().and_then(scalar_text));
 
         Channel {
-            channel_id: wire.channel_id,
+            channel_id,
             nickname: wire
                 .channel_nickname
                 .or_else(|| nickname_hint.map(str::to_owned))
@@ -227,15 +271,34 @@ pub(crate) fn decode_raw_page(body: &[u8]) -> serde_json::Result<Page<Box<RawVal
     })
 }
 
-/// Decodes a page of channels. Items that are not channels at all (no `channelId`) fail the
-/// page: silently dropping one could make the bridge create a duplicate.
+/// Decodes a page of channels. The listing holds every channel of the token's user, of all
+/// apps: an item that does not decode as a channel (another app's odd nickname, no
+/// `channelId`) is skipped, counted in a debug log, and does not fail the page. Ours always
+/// decode (GoTo answered our create with the same shape); an item without a readable
+/// `channelId` could neither be reused nor deleted anyway.
 pub(crate) fn decode_channel_page(body: &[u8]) -> serde_json::Result<Page<Channel>> {
     let raw = decode_raw_page(body)?;
-    let items = raw
+    let mut skipped = 0usize;
+    let items: Vec<Channel> = raw
         .items
         .iter()
-        .map(|item| Channel::from_json(item.get().as_bytes(), None))
-        .collect::<serde_json::Result<Vec<_>>>()?;
+        .filter_map(|item| match Channel::from_json(item.get().as_bytes(), None) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                skipped += 1;
+                // The error's kind and position only: serde quotes values, which may be URLs.
+                tracing::debug!(kind = ?e.classify(), line = e.line(), column = e.column(), "a listed notification channel does not decode; skipped");
+                None
+            }
+        })
+        .collect();
+    if skipped > 0 {
+        tracing::debug!(
+            skipped,
+            kept = items.len(),
+            "skipped listed notification channels that do not decode (other apps' channels)"
+        );
+    }
     Ok(Page {
         items,
         next_page_marker: raw.next_page_marker,
@@ -399,7 +462,8 @@ pub enum SubscriptionOutcome {
         error_code: Option<String>,
         /// The item's `message`.
         message: Option<String>,
-        /// A 4xx other than 429: repeating the same request will not help.
+        /// A 4xx other than 429: repeating the same request will not help. (A 409, "already
+        /// exists", may still mean subscribed: the keeper reads the subscriptions back.)
         permanent: bool,
     },
     /// The response did not mention this account key; whether it is subscribed is unknown
@@ -447,7 +511,8 @@ struct WireStatusItem {
 }
 
 /// Maps a subscribe response onto the requested account keys, in request order. An empty
-/// body (some 200/201 answers) leaves every key unconfirmed.
+/// body (some 200/201 answers) leaves every key unconfirmed; the keeper then reads the
+/// subscriptions back (`GET /call-events/v1/subscriptions?channelId=`).
 pub(crate) fn decode_subscription_outcomes(
     body: &[u8],
     requested: &[&str],
@@ -664,6 +729,49 @@ mod tests {
     #[test]
     fn channel_without_id_is_an_error() {
         assert!(Channel::from_json(br#"{"channelNickname":"n"}"#, None).is_err());
+    }
+
+    #[test]
+    fn a_listed_channel_that_does_not_decode_is_skipped_not_the_page() {
+        // Other apps' channels share the listing: one odd item must not hide ours.
+        let page = decode_channel_page(
+            br#"{"items":[
+                {"channelId":"other","channelNickname":42},
+                {"channelNickname":"no-id"},
+                "not an object",
+                {"channelId":"ours","channelNickname":"bridge","channelType":"WebSockets"}
+            ],"nextPageMarker":"m"}"#,
+        )
+        .unwrap();
+        let ids: Vec<&str> = page.items.iter().map(|c| c.channel_id.as_str()).collect();
+        assert_eq!(ids, ["ours"]);
+        assert_eq!(page.next_page_marker.as_deref(), Some("m"));
+        assert!(
+            decode_channel_page(b"not json").is_err(),
+            "a broken page still fails"
+        );
+    }
+
+    #[test]
+    fn an_answer_about_a_known_channel_may_omit_its_id() {
+        let ch = Channel::from_json_about(br#"{"channelLifetime":1200}"#, Some("n"), Some("c1"))
+            .unwrap();
+        assert_eq!(ch.channel_id, "c1");
+        assert_eq!(ch.nickname, "n");
+        assert_eq!(ch.lifetime_secs, Some(1200));
+        assert_eq!(ch.kind, ChannelKind::WebSocket { url: None });
+        let given = Channel::from_json_about(br#"{"channelId":"c2"}"#, None, Some("c1")).unwrap();
+        assert_eq!(given.channel_id, "c2", "GoTo's own id wins");
+    }
+
+    #[test]
+    fn a_channel_tag_is_short_stable_and_not_the_id() {
+        let id = "0vTpo-UTMtHMl3lE4";
+        let tag = Channel::tag_of(id);
+        assert_eq!(tag, Channel::tag_of(id));
+        assert_ne!(tag, Channel::tag_of("0vTpo-UTMtHMl3lE5"));
+        assert_eq!(tag.len(), "ch-".len() + 8, "{tag}");
+        assert!(!tag.contains("0vTpo"), "{tag}");
     }
 
     #[test]

@@ -842,40 +842,54 @@ async fn list_channels_follows_page_markers() {
 
 /// serde quotes the offending value of a type error, and in a channel listing that value can
 /// be a webhook URL (with its shared secret in the path) or a WebSocket URL (the credential
-/// itself). The listing's decode error must name the endpoint and what went wrong, not the
+/// itself). An item that does not decode is another app's business and is skipped; a page that
+/// does not decode fails with an error that names the endpoint and what went wrong, not the
 /// value: it goes through the same redaction as create and get.
 #[tokio::test]
 async fn channel_listing_decode_error_does_not_show_the_channel_url() {
     const SECRET: &str = "s3cr3t-PATH-TOKEN";
-    for item in [
+    let odd_items = [
         // `webhook` must be an object `{"url": …}`.
         format!(
             r#"{{"channelId":"Webhook.1","channelType":"Webhook","webhookChannelData":{{"webhook":"https://hooks.example.com/goto/{SECRET}"}}}}"#
         ),
         // `channelData` must be an object.
         format!(r#"{{"channelId":"ch-2","channelData":"wss://ws.example.com/ch/{SECRET}"}}"#),
-    ] {
+    ];
+    let bad_page = format!(r#"{{"items":"wss://ws.example.com/ch/{SECRET}"}}"#);
+    for item in odd_items {
         let body = format!(r#"{{"items":[{{"channelId":"ok"}},{item}]}}"#);
-        let premise = crate::goto::model::decode_channel_page(body.as_bytes()).unwrap_err();
-        assert!(premise.to_string().contains(SECRET), "premise: {premise}");
-
         let server = TestServer::start(move |seen| match seen.path.as_str() {
             "/oauth/token" => token_reply(seen),
             _ => Reply::json(200, body.clone()),
         })
         .await;
         let client = server.client(|_| {});
-        let err = client.list_channels().await.unwrap_err();
-        assert!(matches!(err, GotoError::Decode { .. }), "{err:?}");
-        let text = err.to_string();
-        assert!(
-            text.starts_with("GET /notification-channel/v1/channels: undecodable response"),
-            "{text}"
-        );
-        let shown = format!("{err} / {err:?}");
-        for leak in [SECRET, "https://", "wss://", "example.com"] {
-            assert!(!shown.contains(leak), "{leak} leaked: {shown}");
-        }
+        let listed = client
+            .list_channels()
+            .await
+            .expect("the odd item is skipped");
+        let ids: Vec<&str> = listed.iter().map(|c| c.channel_id.as_str()).collect();
+        assert_eq!(ids, ["ok"]);
+    }
+    let premise = crate::goto::model::decode_channel_page(bad_page.as_bytes()).unwrap_err();
+    assert!(premise.to_string().contains(SECRET), "premise: {premise}");
+    let server = TestServer::start(move |seen| match seen.path.as_str() {
+        "/oauth/token" => token_reply(seen),
+        _ => Reply::json(200, bad_page.clone()),
+    })
+    .await;
+    let client = server.client(|_| {});
+    let err = client.list_channels().await.unwrap_err();
+    assert!(matches!(err, GotoError::Decode { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("GET /notification-channel/v1/channels: undecodable response"),
+        "{text}"
+    );
+    let shown = format!("{err} / {err:?}");
+    for leak in [SECRET, "https://", "wss://", "example.com"] {
+        assert!(!shown.contains(leak), "{leak} leaked: {shown}");
     }
 }
 

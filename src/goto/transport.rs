@@ -6,12 +6,19 @@
 //! is safe even for channel creation); 429, 5xx and transport failures are retried with backoff
 //! for requests that may be repeated. Keeping this in one place is what lets the API modules be
 //! plain request/decode code.
+//!
+//! The transport also reads GoTo's clock: every REST answer's `Date` header is compared with this
+//! host's clock ([`GotoClient::goto_clock_skew`]). GoTo stamps `callCreated` with its own clock,
+//! and the report sweep lists calls by it over windows measured with this host's: a skew beyond
+//! the sweep's margin would drop the calls at a window's edges, so the sweep widens its windows
+//! by the skew measured here.
 
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, DATE, RETRY_AFTER};
 use reqwest::Method;
 use url::Url;
 
@@ -19,7 +26,15 @@ use super::auth::{BearerToken, TokenManager};
 use super::endpoint::Endpoint;
 use super::error::GotoError;
 use super::ratelimit::RateLimiter;
-use super::retry::{parse_retry_after, retrying, RetryPolicy};
+use super::retry::{parse_http_date, parse_retry_after, retrying, RetryPolicy};
+use super::GotoClient;
+
+/// A clock skew above this is logged as a warning (once, until it falls back under it): the
+/// sweep copes, but other things read GoTo's timestamps against this host's clock too.
+const SKEW_WARNING: Duration = Duration::from_secs(5);
+
+/// `skew_ms` before any answer carried a `Date` header.
+const SKEW_UNKNOWN: i64 = i64::MIN;
 
 /// A request to a REST endpoint.
 #[derive(Debug)]
@@ -79,6 +94,11 @@ pub(crate) struct Transport {
     limiter: Arc<RateLimiter>,
     auth: Arc<TokenManager>,
     policy: RetryPolicy,
+    /// GoTo's clock minus this host's, in milliseconds, from the latest REST answer with a
+    /// `Date` header; [`SKEW_UNKNOWN`] before one.
+    skew_ms: AtomicI64,
+    /// Whether the current skew was logged as above [`SKEW_WARNING`].
+    skew_warned: AtomicBool,
 }
 
 impl Transport {
@@ -93,6 +113,40 @@ impl Transport {
             limiter,
             auth,
             policy,
+            skew_ms: AtomicI64::new(SKEW_UNKNOWN),
+            skew_warned: AtomicBool::new(false),
+        }
+    }
+
+    /// GoTo's clock minus this host's, in seconds, as last measured.
+    pub(crate) fn clock_skew(&self) -> Option<f64> {
+        let ms = self.skew_ms.load(Ordering::Relaxed);
+        (ms != SKEW_UNKNOWN).then(|| ms as f64 / 1000.0)
+    }
+
+    /// Takes one answer's `Date` into the skew: gauge `callbridge_goto_clock_skew_seconds`, and a
+    /// warning when it goes above [`SKEW_WARNING`].
+    fn note_clock(&self, timing: &Timing) {
+        let Some(skew) = timing.skew() else {
+            return;
+        };
+        self.skew_ms
+            .store((skew * 1000.0).round() as i64, Ordering::Relaxed);
+        metrics::gauge!("callbridge_goto_clock_skew_seconds").set(skew);
+        let above = skew.abs() > SKEW_WARNING.as_secs_f64();
+        if above != self.skew_warned.swap(above, Ordering::Relaxed) {
+            if above {
+                tracing::warn!(
+                    skew_seconds = skew,
+                    "this host's clock differs from GoTo's (its Date header); report sweeps widen \
+                     their windows by it, but fix the host's time sync (NTP)"
+                );
+            } else {
+                tracing::info!(
+                    skew_seconds = skew,
+                    "this host's clock agrees with GoTo's again"
+                );
+            }
         }
     }
 
@@ -154,7 +208,8 @@ impl Transport {
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.clone());
         }
-        let (status, retry_after, body) = exchange(endpoint, builder).await?;
+        let (status, retry_after, body, timing) = exchange_timed(endpoint, builder).await?;
+        self.note_clock(&timing);
         tracing::debug!(%endpoint, status, bytes = body.len(), "GoTo answered");
         if (200..300).contains(&status) || req.also_accept.contains(&status) {
             Ok(ApiResponse { status, body })
@@ -174,12 +229,55 @@ impl Transport {
 pub(crate) async fn exchange(
     endpoint: Endpoint,
     builder: reqwest::RequestBuilder,
-) -> Result<(u16, Option<std::time::Duration>, Bytes), GotoError> {
+) -> Result<(u16, Option<Duration>, Bytes), GotoError> {
+    let (status, retry_after, body, _) = exchange_timed(endpoint, builder).await?;
+    Ok((status, retry_after, body))
+}
+
+/// When one exchange was sent and answered by this host's clock, and GoTo's `Date` of the answer.
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    sent: SystemTime,
+    answered: SystemTime,
+    date: Option<SystemTime>,
+}
+
+impl Timing {
+    /// GoTo's clock minus this host's, in seconds. `Date` is GoTo's time while it answered, cut
+    /// to the second; this host's time then lies between sending and the answer. So the skew is
+    /// `Date` plus half a second against the middle of the exchange, within half a second plus
+    /// half the round trip.
+    fn skew(&self) -> Option<f64> {
+        let date = self.date? + Duration::from_millis(500);
+        let round_trip = self.answered.duration_since(self.sent).unwrap_or_default();
+        let middle = self.sent + round_trip / 2;
+        Some(match date.duration_since(middle) {
+            Ok(ahead) => ahead.as_secs_f64(),
+            Err(behind) => -behind.duration().as_secs_f64(),
+        })
+    }
+}
+
+/// [`exchange`], also telling when it happened and GoTo's `Date`.
+async fn exchange_timed(
+    endpoint: Endpoint,
+    builder: reqwest::RequestBuilder,
+) -> Result<(u16, Option<Duration>, Bytes, Timing), GotoError> {
     let sent_at = tokio::time::Instant::now();
+    let sent = SystemTime::now();
     let response = builder.send().await.map_err(|e| {
         record_call(endpoint, "transport_error", sent_at);
         GotoError::transport(endpoint, e)
     })?;
+    let timing = Timing {
+        sent,
+        answered: SystemTime::now(),
+        date: response
+            .headers()
+            .get(DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_http_date),
+    };
     let status = response.status().as_u16();
     record_call(endpoint, response.status().as_str(), sent_at);
     let retry_after = response
@@ -191,7 +289,16 @@ pub(crate) async fn exchange(
         .bytes()
         .await
         .map_err(|e| GotoError::transport(endpoint, e))?;
-    Ok((status, retry_after, body))
+    Ok((status, retry_after, body, timing))
+}
+
+impl GotoClient {
+    /// GoTo's clock minus this host's, in seconds (positive: GoTo is ahead), from the `Date`
+    /// header of the latest REST answer that had one; `None` before any. Good to about half a
+    /// second plus half a round trip (`Date` counts whole seconds).
+    pub fn goto_clock_skew(&self) -> Option<f64> {
+        self.transport().clock_skew()
+    }
 }
 
 /// `callbridge_goto_requests_total{endpoint,status}` and the request latency: the endpoint is
@@ -216,5 +323,36 @@ fn method(endpoint: Endpoint) -> Method {
         "DELETE" => Method::DELETE,
         "PATCH" => Method::PATCH,
         _ => Method::GET,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms)
+    }
+
+    #[test]
+    fn skew_is_date_against_the_middle_of_the_exchange() {
+        // GoTo's clock 30 s ahead: its Date (cut to the second) reads 30 s after ours.
+        let ahead = Timing {
+            sent: at(0),
+            answered: at(200),
+            date: Some(at(30_000)),
+        };
+        assert_eq!(ahead.skew(), Some(30.4));
+        let behind = Timing {
+            sent: at(45_000),
+            answered: at(45_000),
+            date: Some(at(0)),
+        };
+        assert_eq!(behind.skew(), Some(-44.5));
+        let undated = Timing {
+            date: None,
+            ..ahead
+        };
+        assert_eq!(undated.skew(), None);
     }
 }

@@ -351,6 +351,18 @@ mod tests {
     }
 
     #[test]
+    fn readiness_shows_the_channel_by_its_tag_not_its_id() {
+        // A WebSocket channel's id is part of the URL that reads its notifications.
+        let (channel, r) = readiness();
+        let id = "0vTpo-UTMtHMl3lE4secretish";
+        channel.send(ChannelState::Ready(id.into())).unwrap();
+        let body = r.report().body.to_string();
+        assert!(!body.contains(id), "{body}");
+        let tag = crate::goto::Channel::tag_of(id);
+        assert!(body.contains(&tag), "{body}");
+    }
+
+    #[test]
     fn full_readiness_keeps_the_channel_and_the_sequencer() {
         let (channel, r) = readiness();
         r.set_kafka_reachable(true);
@@ -375,6 +387,7 @@ mod tests {
         "callbridge_dead_letter_records_total{reason=\"invalid_conversation_space_id\"} 0",
         "callbridge_sequencer_dead_letters_total{reason=\"conflicting_duplicate\"} 0",
         "callbridge_sequencer_dead_letters_total{reason=\"after_ending\"} 0",
+        "callbridge_sequencer_dead_letters_total{reason=\"after_abandonment\"} 0",
         "callbridge_sequencer_dead_letters_total{reason=\"oversize\"} 0",
         "callbridge_sequencer_dead_letters_total{reason=\"invalid_sequence_number\"} 0",
         "callbridge_webhook_responses_total{status=\"503\",outcome=\"kafka_ack_timeout\"} 0",

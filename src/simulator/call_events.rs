@@ -126,6 +126,14 @@ pub async fn subscribe(
     let cfg = &sim.config.call_events;
     // Read before the world is locked, so this handler never holds both locks.
     let refused = sim.faults().config().subscription_item_status;
+    let (conflict_when_subscribed, empty_answer) = {
+        let faults = sim.faults();
+        let f = faults.config();
+        (
+            f.subscription_conflict_when_subscribed,
+            f.subscription_empty_answer,
+        )
+    };
     let mut world = sim.world();
     let Some(channel) = world.channels.get(&channel_id) else {
         return Err(ApiError::not_found(
@@ -159,6 +167,8 @@ pub async fn subscribe(
             } else if !known.contains(&item.id) {
                 json!({"id": item.id, "status": 404, "message": "Account not found",
                        "errorCode": "NOT_FOUND"})
+            } else if conflict_when_subscribed && subs.contains_key(&item.id) {
+                duplicate_item(&item.id)
             } else {
                 // A repeat subscribe is harmless and keeps the first event list.
                 subs.entry(item.id.clone()).or_insert(item.events);
@@ -166,6 +176,9 @@ pub async fn subscribe(
             }
         })
         .collect();
+    if empty_answer {
+        return Ok(StatusCode::CREATED.into_response());
+    }
     Ok((
         StatusCode::MULTI_STATUS,
         Json(json!({ "accountKeys": verdicts })),
@@ -244,18 +257,29 @@ pub async fn backfill(
     }
     let size = page_size(&sim, &q)?;
     let offset = decode_marker(API, q.get("pageMarker"))?;
-    let retention = sim.faults().config().retention;
+    let (retention, empty_after_retention) = {
+        let faults = sim.faults();
+        let c = faults.config();
+        (c.retention, c.backfill_empty_after_retention)
+    };
     let world = sim.world();
-    let Some((call, states)) =
-        world
+    let (call, states) =
+        match world
             .ground_truth
             .recoverable_states(&csid, retention, Instant::now())
-    else {
-        return Err(ApiError::not_found(
-            API,
-            format!("Conversation space {csid} not found"),
-        ));
-    };
+        {
+            Some(found) => found,
+            // Past retention, answered as "no states" rather than "not found".
+            None => match world.ground_truth.call(&csid) {
+                Some(call) if empty_after_retention => (call, Vec::new()),
+                _ => {
+                    return Err(ApiError::not_found(
+                        API,
+                        format!("Conversation space {csid} not found"),
+                    ))
+                }
+            },
+        };
     let selected: Vec<&Value> = states
         .iter()
         .filter(|s| (from..=to).contains(&s.sequence_number))
@@ -314,4 +338,13 @@ pub async fn active_calls(
         body["nextPageMarker"] = json!(encode_marker(n));
     }
     Ok(Json(body).into_response())
+}
+
+// --- Subscribe answers GoTo's docs leave open (fault knobs) -------------------------------------
+
+/// The item GoTo's messaging API answers for a subscription that already exists (goto-api.md
+/// §5: 409 "Subscription already exists"); whether Call Events does the same is unknown.
+fn duplicate_item(account_key: &str) -> Value {
+    json!({"id": account_key, "status": 409, "message": "Subscription already exists",
+           "errorCode": "CONFLICT"})
 }

@@ -88,6 +88,9 @@ pub fn channel_json(sim: &Sim, ch: &Channel, now: Instant) -> Value {
                 WebSocketSpelling::WebSocket => "WebSocket",
                 WebSocketSpelling::AsRequested => requested_spelling.as_str(),
             };
+            // GoTo's channelURL holds the channel id
+            // (`wss://…/notification-channel/v1/channels/{channelId}/…/ws`); so does this one,
+            // inside the socket key (see `create`).
             let ws_url = format!(
                 "{}/notification-channel/v1/ws/{key}",
                 sim.base_url.replacen("http", "ws", 1)
@@ -245,16 +248,22 @@ pub async fn create(
     let cfg = &sim.config.channels;
     refuse_unaccepted_spelling(cfg, &req)?;
     let (id, kind, max) = match (&req.websocket, &req.webhook_url) {
-        (Some(spelling), _) => (
-            opaque_id(),
-            ChannelKind::WebSocket {
-                requested_spelling: spelling.clone(),
-                key: opaque_id(),
-                socket: None,
-                refresh_sent: false,
-            },
-            cfg.websocket_lifetime,
-        ),
+        (Some(spelling), _) => {
+            let id = opaque_id();
+            // The socket key (the channelURL's last segment) starts with the channel id, as
+            // GoTo's channelURL holds it: a client that logs its URL logs the id.
+            let key = format!("{id}.{}", opaque_id());
+            (
+                id,
+                ChannelKind::WebSocket {
+                    requested_spelling: spelling.clone(),
+                    key,
+                    socket: None,
+                    refresh_sent: false,
+                },
+                cfg.websocket_lifetime,
+            )
+        }
         (None, Some(url)) => {
             verify_webhook(&sim, url).await?;
             (
@@ -314,6 +323,9 @@ pub async fn get_one(
     if sim.faults().config().channel_get_not_found {
         return Err(ApiError::not_found(API, "Not found"));
     }
+    if let Some(status) = sim.faults().config().channel_get_status {
+        return Err(refused_get(status));
+    }
     let mut world = sim.world();
     let ch = find(&mut world, &nickname, &id)?;
     Ok(Json(channel_json(&sim, ch, Instant::now())).into_response())
@@ -333,8 +345,16 @@ pub async fn refresh(
         refuse_unaccepted_spelling(&sim.config.channels, req)?;
     }
     let now = Instant::now();
+    let (refused, lifetime_only) = {
+        let faults = sim.faults();
+        let c = faults.config();
+        (c.channel_refresh_status, c.channel_refresh_lifetime_only)
+    };
     let mut world = sim.world();
     let ch = find(&mut world, &nickname, &id)?;
+    if let Some(status) = refused {
+        return Err(refused_refresh(status, &id));
+    }
     if let Some(req) = req {
         if req.websocket.is_some() != ch.is_websocket() {
             return Err(ApiError::field(API, "channelType", "INVALID"));
@@ -347,7 +367,33 @@ pub async fn refresh(
     if sim.config.channels.refresh_empty_body {
         return Ok(StatusCode::OK.into_response());
     }
+    if lifetime_only {
+        return Ok(Json(json!({"channelLifetime": ch.remaining_secs(now)})).into_response());
+    }
     Ok(Json(channel_json(&sim, ch, now)).into_response())
+}
+
+/// The answer of the `channel_refresh_status` fault.
+fn refused_refresh(status: u16, id: &str) -> ApiError {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    match status {
+        404 => not_found(id),
+        410 => ApiError::new(
+            API,
+            code,
+            "GONE",
+            format!("Notification channel expired {id}"),
+        ),
+        400 => ApiError::new(API, code, "BAD_REQUEST", "The request is invalid"),
+        401 => ApiError::new(API, code, "AUTHN_INVALID_TOKEN", "Invalid token"),
+        429 => ApiError::new(API, code, "TOO_MANY_REQUESTS", "Too many requests"),
+        _ => ApiError::new(
+            API,
+            code,
+            "UNKNOWN_ERROR",
+            "Service temporarily unavailable",
+        ),
+    }
 }
 
 fn max_lifetime(sim: &Sim, ch: &Channel) -> Duration {
@@ -430,4 +476,18 @@ pub async fn list(
         body["nextPageMarker"] = json!(encode_marker(offset + page_size));
     }
     Ok(Json(body).into_response())
+}
+
+// --- Reading one channel refused (fault knob `channel_get_status`) ------------------------------
+
+/// What a `GET …/channels/{nickname}/{channelId}` route that does not behave as claimed might
+/// answer: the method not allowed there, a scope the token lacks, or some other refusal.
+fn refused_get(status: u16) -> ApiError {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let (code, message) = match status.as_u16() {
+        405 => ("METHOD_NOT_ALLOWED", "Method not allowed"),
+        403 => ("AUTHZ_INSUFFICIENT_SCOPE", "Insufficient scope"),
+        _ => ("BAD_REQUEST", "The request is invalid"),
+    };
+    ApiError::new(API, status, code, message)
 }

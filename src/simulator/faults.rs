@@ -48,6 +48,15 @@ pub struct FaultsConfig {
     /// Every this often one channel is deleted.
     #[serde(with = "humantime_serde")]
     pub channel_delete_every: Option<Duration>,
+    /// While set, every refresh (`PUT …/channels/{nickname}/{channelId}`) of a channel that
+    /// exists is answered with this status instead (404 `RTC-NOTIFICATION-CHANNEL-NOT-FOUND`,
+    /// 410 `GONE`, 400 `BAD_REQUEST`, 401 `AUTHN_INVALID_TOKEN`, 429 `TOO_MANY_REQUESTS`,
+    /// anything else `UNKNOWN_ERROR`), the channel untouched: an expired channel GoTo still
+    /// lists, a REST outage of the refresh alone, a revoked token.
+    pub channel_refresh_status: Option<u16>,
+    /// While true, a successful refresh answers only `{"channelLifetime": …}`: GoTo does not
+    /// document that answer's body.
+    pub channel_refresh_lifetime_only: bool,
     /// Every this often all access tokens are revoked.
     #[serde(with = "humantime_serde")]
     pub token_revoke_every: Option<Duration>,
@@ -57,10 +66,25 @@ pub struct FaultsConfig {
     pub rest_5xx_rate: f64,
     /// Per state (never the last): not delivered and never returned by back-fill or report.
     pub unrecoverable_rate: f64,
+    /// While true, back-fill answers a known call whose every state aged out of `retention` with
+    /// 200 and no states (in the configured shape) instead of 404: GoTo unknown #7 leaves open
+    /// how back-fill answers past its retention.
+    pub backfill_empty_after_retention: bool,
     /// While set, every item of a subscribe request is refused with this status (403
     /// `AUTHZ_INSUFFICIENT_SCOPE`, 429 `TOO_MANY_REQUESTS`, anything else `UNKNOWN_ERROR`),
     /// the 207 itself still answered: GoTo's failed items carry their own status.
     pub subscription_item_status: Option<u16>,
+    /// While true, an item for an account already subscribed on the channel answers 409
+    /// `CONFLICT` "Subscription already exists" (as GoTo's messaging API answers a duplicate)
+    /// instead of 200; the subscription stays as it was.
+    pub subscription_conflict_when_subscribed: bool,
+    /// While true, a subscribe answers 201 with an empty body (the subscriptions are still
+    /// made): a 2xx that confirms no account key.
+    pub subscription_empty_answer: bool,
+    /// While set, reading one channel (`GET …/channels/{nickname}/{channelId}`, documented by
+    /// claim only) answers this status for every channel (405 `METHOD_NOT_ALLOWED`, 403
+    /// `AUTHZ_INSUFFICIENT_SCOPE`, anything else `BAD_REQUEST`), while the listing still works.
+    pub channel_get_status: Option<u16>,
     /// While true, reading one channel (`GET …/channels/{nickname}/{channelId}`, documented by
     /// claim only) answers 404 `NOT_FOUND` for every channel, while the listing still shows them:
     /// a route that does not behave as GoTo's docs claim.
@@ -213,6 +237,20 @@ impl FaultsConfig {
             if !(400..=599).contains(&status) {
                 return Err(format!(
                     "subscription_item_status must be a 4xx or 5xx status, got {status}"
+                ));
+            }
+        }
+        if let Some(status) = self.channel_get_status {
+            if !(400..=599).contains(&status) {
+                return Err(format!(
+                    "channel_get_status must be a 4xx or 5xx status, got {status}"
+                ));
+            }
+        }
+        if let Some(status) = self.channel_refresh_status {
+            if !(400..=599).contains(&status) {
+                return Err(format!(
+                    "channel_refresh_status must be a 4xx or 5xx status, got {status}"
                 ));
             }
         }

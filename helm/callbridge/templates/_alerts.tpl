@@ -48,6 +48,17 @@ groups:
             The WebSocket channel is reconnected or recreated often (see the reason label of
             callbridge_channel_reconnects_total). Notifications may be delayed; catch-up and
             back-fill repair what is missed.
+      - alert: CallbridgeUnsubscribeFailing
+        expr: sum by (namespace, pod) (increase(callbridge_channel_unsubscribe_failures_total[1h])) > 0
+        labels:
+          severity: warning
+        annotations:
+          summary: An account removed from goto.account_keys could not be unsubscribed on {{`{{ $labels.pod }}`}}
+          description: >-
+            The channel still has a call-events subscription for an account key that is no
+            longer configured, so that account's calls still reach the raw and ordered topics.
+            The bridge retries at every repair pass; the error log names the account key, the
+            endpoint and GoTo's errorCode.
       - alert: CallbridgeCatchupFailed
         expr: sum by (namespace, pod) (increase(callbridge_catchup_failures_total[15m])) > 0
         labels:
