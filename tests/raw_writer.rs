@@ -310,35 +310,7 @@ async fn only_notifications_left_unqueued_open_an_unwritten_window() {
 /// tansu cannot refuse a record late.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_refused_after_its_answer_timed_out_opens_an_unwritten_window() {
-    use callbridge::demo::{MockFault, MockKafka};
-    use callbridge::ingest::Ingest;
-    let mut kafka = KafkaConfig::default();
-    kafka.topics.partitions = 1;
-    kafka.topics.replication_factor = 1;
-    kafka.ack_timeout = Duration::from_millis(300);
-    let topics = [kafka.topics.raw.clone(), kafka.topics.dead_letter.clone()];
-    // Once the producer is connected: slow enough for a write's answer to time out before Kafka
-    // refuses it, then healthy again.
-    let schedule = vec![
-        (
-            Duration::from_secs(3),
-            MockFault::RoundTrip(Duration::from_millis(1500)),
-        ),
-        (Duration::from_secs(3), MockFault::ProduceRefused(1)),
-        (Duration::from_secs(7), MockFault::RoundTrip(Duration::ZERO)),
-    ];
-    let cluster = MockKafka::start_with_faults(&topics, 1, schedule).expect("mock cluster");
-    kafka.bootstrap_servers = cluster.bootstrap.clone();
-    let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
-    accept_until_acknowledged(&ingest, "c-refused", 100).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while cluster.faults_applied() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the mock faults were never applied"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (_, cluster, ingest) = refusing_late("c-refused").await;
     assert!(
         ingest.take_unwritten_windows().is_empty(),
         "a window before any refusal"
@@ -368,35 +340,7 @@ async fn a_record_refused_after_its_answer_timed_out_opens_an_unwritten_window()
 /// (librdkafka's mock cluster: tansu cannot refuse a record late.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_refused_after_its_answer_timed_out_is_written_again() {
-    use callbridge::demo::{MockFault, MockKafka};
-    use callbridge::ingest::Ingest;
-    let mut kafka = KafkaConfig::default();
-    kafka.topics.partitions = 1;
-    kafka.topics.replication_factor = 1;
-    kafka.ack_timeout = Duration::from_millis(300);
-    let topics = [kafka.topics.raw.clone(), kafka.topics.dead_letter.clone()];
-    // Once the producer is connected: slow enough for the dead letter's answer to time out
-    // before Kafka refuses it, then healthy again.
-    let schedule = vec![
-        (
-            Duration::from_secs(3),
-            MockFault::RoundTrip(Duration::from_millis(1500)),
-        ),
-        (Duration::from_secs(3), MockFault::ProduceRefused(1)),
-        (Duration::from_secs(7), MockFault::RoundTrip(Duration::ZERO)),
-    ];
-    let cluster = MockKafka::start_with_faults(&topics, 1, schedule).expect("mock cluster");
-    kafka.bootstrap_servers = cluster.bootstrap.clone();
-    let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
-    accept_until_acknowledged(&ingest, "c-dead-letter", 100).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while cluster.faults_applied() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the mock faults were never applied"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (kafka, cluster, ingest) = refusing_late("c-dead-letter").await;
     let marker = uuid::Uuid::new_v4().to_string();
     let body = format!("{{\"not json\": {marker}");
     let r = ingest.accept(body.as_bytes(), Transport::Webhook).await;
@@ -432,4 +376,45 @@ async fn a_dead_letter_refused_after_its_answer_timed_out_is_written_again() {
         "{:?}",
         written.headers
     );
+}
+
+/// A mock cluster that, once `conversation`'s first state is acknowledged, answers slowly enough
+/// (1.5 s) for a write's answer to time out (`ack_timeout` 300 ms), then refuses one Produce,
+/// then is healthy again; returned once the slow answers and the refusal are in place.
+/// (librdkafka's mock cluster: tansu cannot refuse a record late.)
+async fn refusing_late(
+    conversation: &str,
+) -> (
+    KafkaConfig,
+    callbridge::demo::MockKafka,
+    callbridge::ingest::Ingest,
+) {
+    use callbridge::demo::{MockFault, MockKafka};
+    use callbridge::ingest::Ingest;
+    let mut kafka = KafkaConfig::default();
+    kafka.topics.partitions = 1;
+    kafka.topics.replication_factor = 1;
+    kafka.ack_timeout = Duration::from_millis(300);
+    let topics = [kafka.topics.raw.clone(), kafka.topics.dead_letter.clone()];
+    let schedule = vec![
+        (
+            Duration::from_secs(3),
+            MockFault::RoundTrip(Duration::from_millis(1500)),
+        ),
+        (Duration::from_secs(3), MockFault::ProduceRefused(1)),
+        (Duration::from_secs(7), MockFault::RoundTrip(Duration::ZERO)),
+    ];
+    let cluster = MockKafka::start_with_faults(&topics, 1, schedule).expect("mock cluster");
+    kafka.bootstrap_servers = cluster.bootstrap.clone();
+    let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
+    accept_until_acknowledged(&ingest, conversation, 100).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.faults_applied() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the mock faults were never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (kafka, cluster, ingest)
 }

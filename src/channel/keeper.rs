@@ -127,37 +127,15 @@ fn not_about_the_channel(e: &ChannelError) -> bool {
     }
 }
 
-/// `source` with `channel_id` replaced by its tag in GoTo's message (GoTo's 404 message names
-/// the channel: "Notification channel does not exist …").
-fn without_channel_id(source: GotoError, channel_id: &str) -> GotoError {
-    match source {
+/// Replaces `channel_id` by its tag in GoTo's message (GoTo's 404 message names the channel:
+/// "Notification channel does not exist …"), also inside a retried error.
+fn hide_channel_id(error: &mut GotoError, channel_id: &str) {
+    match error {
         GotoError::Api {
-            endpoint,
-            status,
-            error_code,
-            message,
-            reference,
-            constraints,
-            retry_after,
-        } => GotoError::Api {
-            endpoint,
-            status,
-            error_code,
-            message: message.map(|m| m.replace(channel_id, &Channel::tag_of(channel_id))),
-            reference,
-            constraints,
-            retry_after,
-        },
-        GotoError::RetriesExhausted {
-            endpoint,
-            attempts,
-            last,
-        } => GotoError::RetriesExhausted {
-            endpoint,
-            attempts,
-            last: Box::new(without_channel_id(*last, channel_id)),
-        },
-        other => other,
+            message: Some(m), ..
+        } => *m = m.replace(channel_id, &Channel::tag_of(channel_id)),
+        GotoError::RetriesExhausted { last, .. } => hide_channel_id(last, channel_id),
+        _ => {}
     }
 }
 
@@ -170,8 +148,8 @@ fn goto(context: &'static str) -> impl FnOnce(GotoError) -> ChannelError {
 /// other failure is classified as usual.
 fn on_channel(context: &'static str, channel_id: &str) -> impl FnOnce(GotoError) -> ChannelError {
     let channel_id = channel_id.to_string();
-    move |source| {
-        let source = without_channel_id(source, &channel_id);
+    move |mut source| {
+        hide_channel_id(&mut source, &channel_id);
         if source.status() == Some(404) {
             ChannelError::ChannelGone {
                 context,
