@@ -319,7 +319,10 @@ async fn a_409_for_a_subscription_that_is_not_listed_stays_transient() {
     );
     assert!(err.is_transient(), "{err}");
     let text = err.to_string();
-    assert!(text.contains("409") && text.contains("not listed"), "{text}");
+    assert!(
+        text.contains("409") && text.contains("not listed"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -373,7 +376,10 @@ async fn a_repair_removes_subscriptions_of_accounts_no_longer_configured() {
 /// The keeper's channel, found again by a second keeper (a restart): listed, then refreshed.
 async fn created_then_listed_again(
     sim: &callbridge::simulator::RunningSimulator,
-) -> (callbridge::goto::Channel, Result<callbridge::goto::Channel, ChannelError>) {
+) -> (
+    callbridge::goto::Channel,
+    Result<callbridge::goto::Channel, ChannelError>,
+) {
     let first = keeper(sim).ensure_channel().await.expect("channel created");
     let again = keeper(sim).ensure_channel().await;
     (first, again)

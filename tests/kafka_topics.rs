@@ -32,6 +32,41 @@ async fn creates_missing_topics_then_accepts_them_as_they_are() {
     assert_eq!(again, layout);
 }
 
+/// The changelog is created with the compaction settings a takeover's full read relies on (a
+/// broker that refused them would fail creation; tansu 0.6 stores them and reports them back,
+/// though it compacts nothing itself).
+#[tokio::test]
+async fn the_changelog_is_created_with_its_compaction_settings() {
+    use rdkafka::admin::ResourceSpecifier;
+    let broker = Tansu::start();
+    let c = config(&broker, "compacted");
+    ensure_topics(&c).await.expect("topics created");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .unwrap();
+    let described = admin
+        .describe_configs(
+            [&ResourceSpecifier::Topic(&c.topics.changelog)],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("describe configs");
+    let resource = described
+        .into_iter()
+        .next()
+        .expect("one resource")
+        .expect("the changelog's configs");
+    for (key, value) in callbridge::kafka::topics::CHANGELOG_CONFIGS {
+        assert_eq!(
+            resource.get(key).and_then(|e| e.value.as_deref()),
+            Some(*value),
+            "{key} of the changelog: {:?}",
+            resource.entries
+        );
+    }
+}
+
 #[tokio::test]
 async fn refuses_topics_that_are_not_co_partitioned() {
     let broker = Tansu::start();

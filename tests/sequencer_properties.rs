@@ -600,7 +600,8 @@ proptest! {
 
 /// One changelog write of owner A, and what a takeover right after it starts from.
 struct Snapshot {
-    changelog: BTreeMap<String, ConversationCheckpoint>,
+    /// Each conversation's checkpoint and when it was written.
+    changelog: BTreeMap<String, (ConversationCheckpoint, Timestamp)>,
     /// `raw_low_watermark` of the progress record: the held state's offset, else the next one.
     raw_low_watermark: usize,
     /// How far A had read raw: what the shell announces to B (raw's high watermark is at least
@@ -682,7 +683,7 @@ fn takeover_at_the_raw_low_watermark(
     let evs = events(s, &mut rng);
     let mut a = Sim::with(s, 5, Timestamp(0), cfg.clone());
     a.slow_answers = true;
-    let mut changelog: BTreeMap<String, ConversationCheckpoint> = BTreeMap::new();
+    let mut changelog: BTreeMap<String, (ConversationCheckpoint, Timestamp)> = BTreeMap::new();
     let mut snapshots = Vec::new();
     let mut flush_rng = ChaCha8Rng::seed_from_u64(s.seed ^ 7);
     a.run(&evs, true, |sim| {
@@ -690,7 +691,7 @@ fn takeover_at_the_raw_low_watermark(
             for (id, cp) in sim.seq.take_dirty() {
                 match cp {
                     Some(cp) => {
-                        changelog.insert(id.to_string(), cp);
+                        changelog.insert(id.to_string(), (cp, sim.now));
                     }
                     None => {
                         changelog.remove(&id.to_string());
@@ -720,12 +721,17 @@ fn takeover_at_the_raw_low_watermark(
     }
     // A dies right after one of its changelog writes (everything it sent is indexed).
     let snap = &snapshots[pick.index(snapshots.len())];
+    // B restores each checkpoint with its age (the shell maps the changelog record's timestamp
+    // onto its clock), so a closed call's retention may be over at B's first tick, before it
+    // has read anything again; it resumes raw at the watermark.
     let mut b = Sim::with(s, 6, snap.now, cfg);
-    for (id, cp) in &snap.changelog {
-        b.seq.restore(id, *cp, b.now);
+    for (id, (cp, written)) in &snap.changelog {
+        b.seq.restore_since(id, *cp, b.now, *written);
     }
     b.seq
         .restored_raw_end(i64::try_from(snap.raw_end).expect("our offsets"));
+    b.seq
+        .raw_read_to(i64::try_from(snap.raw_low_watermark).expect("our offsets"));
     b.topic = a.topic[..snap.topic_len].to_vec();
     // Raw offsets are delivery indexes: B reads raw again from the watermark on.
     b.offsets = a.offsets[..snap.raw_low_watermark].to_vec();

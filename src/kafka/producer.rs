@@ -77,12 +77,27 @@ pub const DEFAULT_RAW_MAX_IN_FLIGHT: &str = "1";
 /// takes the crash path and re-reads the rest from raw (`tests/e2e_output_failure.rs`).
 /// librdkafka calls the property experimental and says so in a warning at start-up.
 pub fn ordered_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
-    base_settings(config)?
-        .set("enable.idempotence", "true")
-        .set(GAPLESS, "true")
-        .set(MAX_IN_FLIGHT, "1")
-        .create()
+    ordered_settings(config)?.create()
 }
+
+fn ordered_settings(config: &KafkaConfig) -> Result<rdkafka::ClientConfig, KafkaError> {
+    let mut c = base_settings(config)?;
+    c.set("enable.idempotence", "true")
+        .set(GAPLESS, "true")
+        .set(MAX_IN_FLIGHT, "1");
+    super::config::set_default(&mut c, QUEUE_KBYTES, DEFAULT_ORDERED_QUEUE_KBYTES);
+    Ok(c)
+}
+
+/// `queue.buffering.max.kbytes` of [`ordered_producer`] unless `kafka.librdkafka` sets it:
+/// 64 MiB. librdkafka's default (1 GiB, 100,000 records) is twice the Helm chart's memory limit:
+/// while the broker takes the ordered topic's writes slowly but raw can still be read, the
+/// sequencer would keep filling it until the pod is killed. Nothing in it needs keeping: the
+/// sequencer re-derives unacknowledged outputs from raw on takeover. With the raw producer's
+/// 128 MiB both queues fit the limit together; once it is full, the consumer thread waits for
+/// room, at most `sequencer_io.takeover_timeout`, then fails the run
+/// (`RunState::enqueue`). When running it holds milliseconds of output.
+pub const DEFAULT_ORDERED_QUEUE_KBYTES: &str = "65536";
 
 /// The librdkafka property that makes a refused output fail what is queued behind it.
 pub(crate) const GAPLESS: &str = "enable.gapless.guarantee";
@@ -163,6 +178,22 @@ mod tests {
         config.librdkafka.insert(QUEUE_KBYTES.into(), "4096".into());
         assert_eq!(
             raw_settings(&config).unwrap().get(QUEUE_KBYTES),
+            Some("4096")
+        );
+    }
+
+    /// The ordered producer's queue is bounded below the pod's memory limit by default, and the
+    /// operator's `kafka.librdkafka` value wins.
+    #[test]
+    fn ordered_queue_is_bounded_below_the_pod_limit_unless_overridden() {
+        let c = ordered_settings(&KafkaConfig::default()).unwrap();
+        assert_eq!(c.get(QUEUE_KBYTES), Some(DEFAULT_ORDERED_QUEUE_KBYTES));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get(MAX_IN_FLIGHT), Some("1"));
+        let mut config = KafkaConfig::default();
+        config.librdkafka.insert(QUEUE_KBYTES.into(), "4096".into());
+        assert_eq!(
+            ordered_settings(&config).unwrap().get(QUEUE_KBYTES),
             Some("4096")
         );
     }

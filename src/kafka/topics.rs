@@ -10,7 +10,7 @@
 //! (about 100 bytes), or a state ingest routed could be refused by the broker: on a cluster
 //! whose default is lower, raise `max.message.bytes` of the raw, ordered and dead-letter topics.
 
-use super::config::KafkaConfig;
+use super::config::{KafkaConfig, TopicsConfig};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
@@ -139,27 +139,7 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<TopicLayout, TopicErr
                 partitions: t.partitions,
             });
         }
-        let new: Vec<NewTopic<'_>> = missing
-            .iter()
-            .map(|name| {
-                // The election needs exactly one partition to hold.
-                let partitions = if *name == t.channel_owner {
-                    1
-                } else {
-                    t.partitions
-                };
-                let topic = NewTopic::new(
-                    name,
-                    partitions,
-                    TopicReplication::Fixed(t.replication_factor),
-                );
-                if *name == t.changelog {
-                    topic.set("cleanup.policy", "compact")
-                } else {
-                    topic
-                }
-            })
-            .collect();
+        let new = new_topics(t, &missing);
         let results = admin
             .create_topics(
                 &new,
@@ -201,6 +181,64 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<TopicLayout, TopicErr
     Ok(TopicLayout { partitions: first })
 }
 
+/// The creation requests of the `missing` topics: co-partitioned topics with
+/// `kafka.topics.partitions`, the election's with one, and the changelog compacted with
+/// [`CHANGELOG_CONFIGS`].
+fn new_topics<'a>(t: &'a TopicsConfig, missing: &[&'a str]) -> Vec<NewTopic<'a>> {
+    missing
+        .iter()
+        .map(|name| {
+            // The election needs exactly one partition to hold.
+            let partitions = if *name == t.channel_owner {
+                1
+            } else {
+                t.partitions
+            };
+            let topic = NewTopic::new(
+                name,
+                partitions,
+                TopicReplication::Fixed(t.replication_factor),
+            );
+            if *name == t.changelog {
+                CHANGELOG_CONFIGS
+                    .iter()
+                    .fold(topic, |topic, (key, value)| topic.set(key, value))
+            } else {
+                topic
+            }
+        })
+        .collect()
+}
+
+/// Topic configs of the changelog when callbridge creates it (what to set by hand when
+/// `kafka.topics.create` is false: docs/operations.md).
+///
+/// Every takeover reads `changelog[p]` from its first record within
+/// `sequencer_io.takeover_timeout` (30 s), so the log must stay near its compacted size: one
+/// record per conversation still remembered and one progress record per epoch. Kafka compacts
+/// only closed segments, and by default the active one closes at 1 GiB (`segment.bytes`) or
+/// after 7 days (`segment.ms`), and a log is cleaned only once half of it is dirty
+/// (`min.cleanable.dirty.ratio` 0.5): a busy partition, whose open calls are re-indexed every
+/// `checkpoint_interval`, would be read uncompacted, up to a gigabyte, at each takeover.
+/// - `segment.ms` 10 minutes and `segment.bytes` 64 MiB: at most that much of the log (the
+///   active segment) is never compacted, whichever comes first. Ten minutes of index is small
+///   and a roll is cheap; far shorter would make many tiny segments.
+/// - `min.cleanable.dirty.ratio` 0.1: compaction starts once a tenth of the log is dirty, so
+///   the part read twice or more stays a small fraction. The cleaner's extra work is on a topic
+///   whose records are a few hundred bytes.
+/// - `max.compaction.lag.ms` 1 hour: even a quiet partition, under the dirty ratio, is compacted
+///   within the hour.
+///
+/// tansu 0.6 accepts and stores these (and reports them back), but compacts nothing itself; the
+/// takeover reads to the end either way.
+pub const CHANGELOG_CONFIGS: &[(&str, &str)] = &[
+    ("cleanup.policy", "compact"),
+    ("segment.ms", "600000"),
+    ("segment.bytes", "67108864"),
+    ("min.cleanable.dirty.ratio", "0.1"),
+    ("max.compaction.lag.ms", "3600000"),
+];
+
 /// Partition count per topic, `None` where the broker does not know the topic.
 fn partition_counts(
     admin: &AdminClient<DefaultClientContext>,
@@ -239,5 +277,45 @@ async fn wait_for_counts(
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The changelog is created compacted with segments that close and get cleaned while a
+    /// takeover still reads them from the start; the other topics keep the broker's defaults.
+    #[test]
+    fn the_changelog_is_created_compacted_with_short_segments() {
+        let t = KafkaConfig::default().topics;
+        let missing = [
+            t.raw.as_str(),
+            t.changelog.as_str(),
+            t.channel_owner.as_str(),
+        ];
+        let new = new_topics(&t, &missing);
+        let changelog = &new[1];
+        assert_eq!(changelog.name, t.changelog);
+        assert_eq!(changelog.num_partitions, t.partitions);
+        let config: std::collections::HashMap<&str, &str> =
+            changelog.config.iter().copied().collect();
+        assert_eq!(config.get("cleanup.policy"), Some(&"compact"));
+        let segment_ms: u64 = config["segment.ms"].parse().unwrap();
+        assert!(segment_ms <= 3_600_000, "segment.ms {segment_ms}");
+        let segment_bytes: u64 = config["segment.bytes"].parse().unwrap();
+        assert!(segment_bytes <= 128 << 20, "segment.bytes {segment_bytes}");
+        let ratio: f64 = config["min.cleanable.dirty.ratio"].parse().unwrap();
+        assert!(
+            ratio > 0.0 && ratio <= 0.2,
+            "min.cleanable.dirty.ratio {ratio}"
+        );
+        assert!(config.contains_key("max.compaction.lag.ms"));
+        assert!(new[0].config.is_empty(), "raw keeps the broker's defaults");
+        assert_eq!(
+            new[2].num_partitions, 1,
+            "the election's topic has one partition"
+        );
+        assert!(new[2].config.is_empty());
     }
 }

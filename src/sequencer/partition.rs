@@ -370,13 +370,34 @@ impl<P> PartitionSequencer<P> {
     }
 
     /// Takeover: the previous owner cannot have read raw at or past `end` (raw's high watermark,
-    /// read after the fence). Call after the restores, before reading raw. A conversation the
-    /// takeover restored closed may have states anywhere the previous owner had read; it is
-    /// forgotten only once the raw low watermark has passed them, and this tells the core how
-    /// far that is. Without it, the core waits `gap_timeout + backfill_max_wait` after the
+    /// read after the fence, or the newest progress record's `raw_read_end` if further). Call
+    /// after the restores, before reading raw. A conversation the takeover restored closed may
+    /// have states anywhere the previous owner had read; it is forgotten only once this core has
+    /// read raw that far ([`Self::raw_read_to`]) and the raw low watermark has passed it. Without it, the core waits `gap_timeout + backfill_max_wait` after the
     /// takeover (for the re-read to catch up) and takes how far it has read by then.
     pub fn restored_raw_end(&mut self, end: i64) {
         self.ledger.announce_raw_end(end);
+    }
+
+    /// The shell has read raw up to `next` (exclusive): call it for every raw record consumed,
+    /// whatever it was (a state, a record dead-lettered before it reached the core, a
+    /// notification with nothing to sequence), and once at takeover with the offset reading
+    /// resumes at (everything below it is resolved). A closed conversation is forgotten only
+    /// once raw has been read up to its raw mark: with nothing held, the low watermark alone
+    /// says nothing about records not read yet (after a takeover, those of the calls it
+    /// restored). A core driven without it counts only the raw offsets of its states.
+    pub fn raw_read_to(&mut self, next: i64) {
+        if let Ok(next) = u64::try_from(next) {
+            self.ledger.read_to(next);
+        }
+    }
+
+    /// One past the highest raw offset this partition's owners may have read: this core's own
+    /// reading and the previous owner's end announced with [`Self::restored_raw_end`]. The shell
+    /// writes it into its progress records, so the next takeover's announcement covers
+    /// everything read before, whatever the broker reports as raw's end.
+    pub fn raw_end(&self) -> i64 {
+        i64::try_from(self.ledger.raw_end).unwrap_or(i64::MAX)
     }
 
     /// The smallest raw offset of a held (unpublished) live state. The raw consumer may commit

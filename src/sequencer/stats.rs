@@ -84,6 +84,11 @@ pub(crate) struct Ledger {
     /// One past the highest raw offset read (or announced as the previous owner's end); 0:
     /// none. A conversation closing takes it as its raw mark.
     pub(crate) raw_end: u64,
+    /// One past the highest raw offset this core has read itself (live states, and every
+    /// record the shell reports with `PartitionSequencer::raw_read_to`); 0: none. Unlike
+    /// `raw_end` never raised by an announcement: a closed conversation is forgotten only once
+    /// this has reached its raw mark.
+    read_to: u64,
     /// The previous owner's raw end was announced (`PartitionSequencer::restored_raw_end`).
     raw_end_announced: bool,
     /// When this core was seeded by a takeover (restore, scan), if it was.
@@ -117,8 +122,14 @@ impl Ledger {
     /// A live state from raw offset `raw_offset` was read.
     pub(crate) fn read_raw(&mut self, raw_offset: Option<i64>) {
         if let Some(o) = raw_offset.and_then(|o| u64::try_from(o).ok()) {
-            self.raw_end = self.raw_end.max(o.saturating_add(1));
+            self.read_to(o.saturating_add(1));
         }
+    }
+
+    /// Raw has been read up to `next` (exclusive), whatever the records were.
+    pub(crate) fn read_to(&mut self, next: u64) {
+        self.read_to = self.read_to.max(next);
+        self.raw_end = self.raw_end.max(next);
     }
 
     /// The previous owner read raw no further than `end` (exclusive).
@@ -132,17 +143,21 @@ impl Ledger {
         self.seeded_at = Some(self.seeded_at.map_or(now, |t| t.max(now)));
     }
 
-    /// No held live state lies below raw mark `mark`: a takeover resuming at the raw low
-    /// watermark reads nothing below it again.
+    /// This core has read raw up to raw mark `mark` and no held live state lies below it: a
+    /// takeover resuming at the raw low watermark reads nothing below it again. Both are needed:
+    /// right after a takeover nothing is held, yet the re-read has not reached the records of
+    /// the calls it restored (their mark is the previous owner's announced end).
     pub(crate) fn watermark_passed(&self, mark: u64) -> bool {
-        self.low_watermark()
-            .is_none_or(|w| u64::try_from(w).is_ok_and(|w| w >= mark))
+        self.read_to >= mark
+            && self
+                .low_watermark()
+                .is_none_or(|w| u64::try_from(w).is_ok_and(|w| w >= mark))
     }
 
     /// The raw mark of a conversation closed by a takeover, whose records may lie anywhere the
     /// previous owner had read: `Ok` once this core has read that far, as far as it can tell;
-    /// `Err(t)`: ask again at `t`. Announced (the shell announces raw's high watermark at every
-    /// takeover), the previous owner's end settles it exactly; otherwise the takeover's re-read
+    /// `Err(t)`: ask again at `t`. Announced (the shell announces the previous owner's raw end at
+    /// every takeover), the previous owner's end settles it exactly; otherwise the takeover's re-read
     /// is given `gap_timeout + backfill_max_wait` to catch up first, a guess only a core driven
     /// without the shell relies on.
     pub(crate) fn unknown_raw_mark(

@@ -1262,6 +1262,83 @@ fn an_announced_raw_end_settles_restored_calls_without_waiting() {
 }
 
 #[test]
+fn a_takeover_keeps_restored_closed_calls_until_it_has_read_raw_to_the_previous_end() {
+    // The previous owner held a's state 2 (raw 100) for over an hour; b (raw 101-102, closed
+    // two hours ago) was kept because that pinned the watermark at 100. The new owner restores
+    // b, is told the previous owner read no further than 103, resumes reading raw at 100, and
+    // its loop ticks before the first record comes in. Nothing is held then, yet raw 101-102
+    // have not been read again: forgotten now, b's states would be read as a new call and
+    // published a second time.
+    let mut h = Harness::new();
+    h.now = Timestamp(10 * 3_600_000);
+    let closed = ConversationCheckpoint {
+        next_sequence: 3,
+        ended: true,
+        gap_count: 0,
+    };
+    h.seq
+        .restore_since("b", closed, h.now, Timestamp(h.now.0 - 2 * 3_600_000));
+    h.seq.restored_raw_end(103);
+    h.seq.raw_read_to(100); // the resume point
+    let mut out = h.advance(0);
+    assert!(
+        h.seq.checkpoint("b").is_some(),
+        "b forgotten at the first tick, before raw 101-102 were read again"
+    );
+    out.extend(h.state("a", at(2, 100)));
+    out.extend(h.state("b", at(1, 101)));
+    out.extend(h.advance(1_000));
+    assert!(h.seq.checkpoint("b").is_some(), "raw 102 not read yet");
+    out.extend(h.state(
+        "b",
+        IncomingState {
+            is_ending: true,
+            ..at(2, 102)
+        },
+    ));
+    out.extend(h.advance(10_000));
+    assert!(
+        h.seq.checkpoint("b").is_some(),
+        "raw 100 is held, below 103"
+    );
+    assert!(
+        !out.iter().any(|a| matches!(
+            a,
+            Action::Publish { conversation, .. } | Action::PublishCompletion { conversation, .. }
+                if *conversation == "b"
+        )),
+        "b published again: {out:?}"
+    );
+    // Not held any more and read past 103: b goes.
+    h.state("a", at(1, 103));
+    h.advance(10_000);
+    assert_eq!(h.seq.checkpoint("b"), None);
+}
+
+#[test]
+fn every_raw_record_read_counts_towards_a_restored_calls_raw_mark() {
+    // Records that never reach the core as a state (dead-lettered, other notifications) still
+    // move the read position the shell reports: a restored call is forgotten once it passed.
+    let mut h = Harness::new();
+    h.now = Timestamp(10 * 3_600_000);
+    let closed = ConversationCheckpoint {
+        next_sequence: 3,
+        ended: true,
+        gap_count: 0,
+    };
+    h.seq
+        .restore_since("b", closed, h.now, Timestamp(h.now.0 - 2 * 3_600_000));
+    h.seq.restored_raw_end(103);
+    h.seq.raw_read_to(100);
+    h.advance(10_000);
+    assert!(h.seq.checkpoint("b").is_some());
+    h.seq.raw_read_to(103);
+    h.advance(10_000);
+    assert_eq!(h.seq.checkpoint("b"), None);
+    assert_eq!(h.seq.raw_end(), 103);
+}
+
+#[test]
 fn an_abandoned_call_is_remembered_until_the_raw_watermark_passes_it() {
     // a holds state 2 (raw 100) with its back-fill answer queued for longer than
     // `abandon_after`; b (raw 101) goes quiet and is abandoned meanwhile. Forgotten then, a

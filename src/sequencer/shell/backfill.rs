@@ -11,10 +11,11 @@
 //! `callbridge_backfill_queued` shows it.
 
 use serde_json::value::RawValue;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// One state returned by GoTo's back-fill endpoint, bytes untouched.
 #[derive(Debug)]
@@ -78,8 +79,39 @@ pub struct BackfillDone {
     pub fetched: Fetched,
 }
 
+/// Which queued jobs still have a reader, shared by the run's consumer thread and its worker.
+///
+/// A partition revoked by a cooperative rebalance leaves the run going on with the others, so
+/// the worker would still fetch every job queued for it, whose answers the run then discards
+/// (their epoch is no longer owned), spending GoTo's shared 10 requests a second while the new
+/// owner asks for the same ranges again. The revoke marks the partition's epoch ended, and the
+/// worker skips the jobs of an ended epoch right before their request. Epochs only grow per
+/// partition (each takeover writes the next one), so a later takeover of the same partition,
+/// in this run or another, issues jobs that stay live.
+#[derive(Clone, Debug, Default)]
+pub struct LiveJobs {
+    /// Per partition, the newest epoch whose jobs have no reader any more.
+    ended: Arc<Mutex<HashMap<i32, u64>>>,
+}
+
+impl LiveJobs {
+    /// The jobs of `partition` up to `epoch` (its owner's, now revoked) are no longer read.
+    pub fn end(&self, partition: i32, epoch: u64) {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        let newest = ended.entry(partition).or_insert(epoch);
+        *newest = (*newest).max(epoch);
+    }
+
+    /// Whether the answer to `job` would still be read.
+    pub fn is_live(&self, job: &BackfillJob) -> bool {
+        let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        ended.get(&job.partition).is_none_or(|e| job.epoch > *e)
+    }
+}
+
 /// Starts the worker on `runtime`; jobs go in through the returned sender, answers come out
 /// through `done`. At most `concurrency` requests run at once (the client rate-limits further).
+/// Jobs of a partition `live` says was revoked are dropped instead of fetched.
 ///
 /// The worker belongs to one sequencer run and stops with it: once the run has ended (its job
 /// sender is dropped with its state, or an answer finds its receiver gone) the jobs still queued
@@ -92,6 +124,7 @@ pub fn spawn_worker(
     source: Arc<dyn BackfillSource>,
     concurrency: usize,
     done: std::sync::mpsc::Sender<BackfillDone>,
+    live: LiveJobs,
 ) -> tokio::sync::mpsc::UnboundedSender<BackfillJob> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<BackfillJob>();
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
@@ -115,6 +148,14 @@ pub fn spawn_worker(
             }
             // What arrived during the wait counts too.
             queued.set(rx.len() as f64);
+            if !live.is_live(&job) {
+                tracing::debug!(
+                    partition = job.partition,
+                    epoch = job.epoch,
+                    "partition revoked: its queued back-fill job dropped"
+                );
+                continue;
+            }
             let source = source.clone();
             let done = done.clone();
             let answers_unread = answers_unread.clone();
@@ -176,9 +217,13 @@ mod tests {
     }
 
     fn job(n: u64) -> BackfillJob {
+        job_of(0, 1, n)
+    }
+
+    fn job_of(partition: i32, epoch: u64, n: u64) -> BackfillJob {
         BackfillJob {
-            partition: 0,
-            epoch: 1,
+            partition,
+            epoch,
             conversation: format!("c-{n}").as_str().into(),
             from: 1,
             to: Some(n),
@@ -192,9 +237,19 @@ mod tests {
         tokio::sync::mpsc::UnboundedSender<BackfillJob>,
         std::sync::mpsc::Receiver<BackfillDone>,
     ) {
+        worker_with_queue_live(gate, LiveJobs::default()).await
+    }
+
+    async fn worker_with_queue_live(
+        gate: &Arc<Gate>,
+        live: LiveJobs,
+    ) -> (
+        tokio::sync::mpsc::UnboundedSender<BackfillJob>,
+        std::sync::mpsc::Receiver<BackfillDone>,
+    ) {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let source: Arc<dyn BackfillSource> = gate.clone();
-        let jobs = spawn_worker(&tokio::runtime::Handle::current(), source, 1, done_tx);
+        let jobs = spawn_worker(&tokio::runtime::Handle::current(), source, 1, done_tx, live);
         for n in 1..=3 {
             jobs.send(job(n)).unwrap();
         }
@@ -256,5 +311,50 @@ mod tests {
         gate.release.add_permits(3);
         settle().await;
         assert_eq!(gate.requests.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_of_a_revoked_partition_are_not_fetched_while_the_run_goes_on() {
+        let gate = gate();
+        let live = LiveJobs::default();
+        // Partition 0 (epoch 1): one request under way, two queued.
+        let (jobs, done_rx) = worker_with_queue_live(&gate, live.clone()).await;
+        // Partition 1 stays owned; partition 0 is taken over again later in the run (epoch 2).
+        jobs.send(job_of(1, 1, 4)).unwrap();
+        jobs.send(job_of(0, 2, 5)).unwrap();
+        // A cooperative rebalance revokes partition 0; the run and its worker go on.
+        live.end(0, 1);
+        gate.release.add_permits(5);
+        // One request at a time, in queue order: once the last job is answered, every job
+        // before it was fetched or dropped.
+        let answered: Vec<(i32, u64)> = tokio::task::block_in_place(|| {
+            let mut answered = Vec::new();
+            while answered.last() != Some(&(0, 2)) {
+                let done = done_rx
+                    .recv_timeout(std::time::Duration::from_secs(5))
+                    .unwrap_or_else(|_| panic!("answers so far: {answered:?}"));
+                answered.push((done.job.partition, done.job.epoch));
+            }
+            answered
+        });
+        assert_eq!(
+            answered,
+            vec![(0, 1), (1, 1), (0, 2)],
+            "the request already under way, the other partition's job and the new epoch's; \
+             not the revoked epoch's queued jobs"
+        );
+        assert_eq!(gate.requests.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn an_ended_epoch_ends_its_older_jobs_not_a_later_takeovers() {
+        let live = LiveJobs::default();
+        assert!(live.is_live(&job_of(3, 7, 1)));
+        live.end(3, 7);
+        live.end(3, 5);
+        assert!(!live.is_live(&job_of(3, 7, 1)));
+        assert!(!live.is_live(&job_of(3, 6, 1)));
+        assert!(live.is_live(&job_of(3, 8, 1)));
+        assert!(live.is_live(&job_of(2, 7, 1)));
     }
 }

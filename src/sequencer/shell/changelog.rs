@@ -43,6 +43,12 @@ pub struct Progress {
     pub ordered_offset: i64,
     /// Raw offset from which consumption must resume.
     pub raw_low_watermark: i64,
+    /// One past the highest raw offset this partition's owners may have read when this was
+    /// written (this owner's reading, and what it was told the owners before it had read). The
+    /// next takeover announces at least this as the previous owner's raw end, whatever the
+    /// broker reports as raw's high watermark. Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_read_end: Option<i64>,
     /// Written by a clean hand-over (revoke or shutdown): every output of this epoch was
     /// acknowledged before this record, and the writer wrote nothing after it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -148,6 +154,7 @@ mod tests {
             epoch: 3,
             ordered_offset: 41,
             raw_low_watermark: 17,
+            raw_read_end: Some(23),
             released: true,
         };
         assert_eq!(
@@ -161,6 +168,33 @@ mod tests {
         assert_eq!(
             decode(fence_key(2).as_bytes(), None).unwrap(),
             ChangelogRecord::Housekeeping
+        );
+    }
+
+    #[test]
+    fn progress_records_without_a_raw_read_end_still_read() {
+        // Written before the field existed: the takeover falls back to raw's high watermark.
+        let old = br#"{"epoch":4,"ordered_offset":9,"raw_low_watermark":5}"#;
+        assert_eq!(
+            decode(progress_key(4).as_bytes(), Some(old)).unwrap(),
+            ChangelogRecord::Progress(Progress {
+                epoch: 4,
+                ordered_offset: 9,
+                raw_low_watermark: 5,
+                raw_read_end: None,
+                released: false,
+            })
+        );
+        let new = Progress {
+            epoch: 4,
+            ordered_offset: 9,
+            raw_low_watermark: 5,
+            raw_read_end: Some(12),
+            released: false,
+        };
+        assert_eq!(
+            String::from_utf8(encode(&new)).unwrap(),
+            r#"{"epoch":4,"ordered_offset":9,"raw_low_watermark":5,"raw_read_end":12}"#
         );
     }
 

@@ -18,6 +18,8 @@
 //! a run ends) is told so through [`TakeoverContext::cancelled`]: it gives up between
 //! steps and during the wait for an unclean owner's stragglers, and never writes its fence then,
 //! so a discarded takeover neither outlives its run by that wait nor leaves an epoch nobody owns.
+//! Given up after its fence, it still writes no takeover marker: the marker would claim an
+//! ordered partition that is no longer ours, and could land after the next owner's.
 
 use super::changelog::{self, ChangelogRecord, ConversationEntry, Fence, Progress};
 use crate::publish::record::{self, headers as out_headers};
@@ -236,6 +238,7 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     let started = Instant::now();
     let mut seen = false;
     while !seen {
+        ctx.check_cancelled(p)?;
         if started.elapsed() > ctx.timeout {
             return Err(TakeoverError::FenceNotSeen {
                 partition: p,
@@ -275,6 +278,11 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     let (low, high) = reader
         .fetch_watermarks(ctx.ordered_topic, p, ctx.timeout)
         .map_err(kafka("reading ordered watermarks"))?;
+    // The last moment to give up: a marker written for a partition already revoked could land
+    // after the next owner's marker, with a lower epoch (a false zombie to an audit), and this
+    // owner would write nothing else there. (The fence stays: an epoch nobody owns, so the next
+    // takeover waits out this one, which writes nothing more.)
+    ctx.check_cancelled(p)?;
     let (value, marker_headers) = record::takeover_record(p, epoch);
     let marker = ctx
         .runtime

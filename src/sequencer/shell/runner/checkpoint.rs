@@ -89,26 +89,9 @@ impl RunState {
     }
 
     pub(super) fn snapshot(&mut self, p: i32) {
-        let Some(part) = self.partitions.get_mut(&p) else {
-            return;
-        };
-        part.last_snapshot = Instant::now();
-        let entries = part.core.take_dirty();
-        let lwm = part.raw_low_watermark();
-        let progressed = part
-            .pending
-            .back()
-            .is_none_or(|s| s.raw_low_watermark != lwm);
-        if entries.is_empty() && !progressed {
-            return;
+        if let Some(part) = self.partitions.get_mut(&p) {
+            part.snapshot();
         }
-        let ordered_offset = (part.acked >= part.sent).then_some(part.ordered_acked);
-        part.pending.push_back(PendingSnapshot {
-            needs_acked: part.sent,
-            ordered_offset,
-            entries,
-            raw_low_watermark: lwm,
-        });
     }
 
     pub(super) fn write_ready_snapshots(&mut self, p: i32) -> Result<(), ShellError> {
@@ -117,27 +100,10 @@ impl RunState {
             let Some(part) = self.partitions.get_mut(&p) else {
                 return Ok(());
             };
-            let ready = part
-                .pending
-                .front()
-                .is_some_and(|s| s.needs_acked <= part.acked && s.ordered_offset.is_some());
-            if !ready {
-                return Ok(());
-            }
-            crate::failpoint::hit(crate::failpoint::SEQUENCER_BEFORE_CHANGELOG);
-            let Some(snap) = part.pending.pop_front() else {
+            let Some(snap) = part.next_snapshot_to_write() else {
                 return Ok(());
             };
-            let epoch = part.epoch;
-            for (conv, checkpoint) in &snap.entries {
-                let value = checkpoint.map(|c| {
-                    changelog::encode(&ConversationEntry {
-                        next: c.next_sequence,
-                        ended: c.ended,
-                        gaps: c.gap_count,
-                    })
-                });
-                let key = conv.as_text();
+            for (key, value) in snapshot_records(part.epoch, &snap) {
                 let mut rec = FutureRecord::to(&changelog_topic)
                     .partition(p)
                     .key(key.as_bytes());
@@ -147,15 +113,6 @@ impl RunState {
                 let fut = self.enqueue(rec, &changelog_topic)?;
                 self.track(p, fut, false);
             }
-            self.write_progress(
-                p,
-                &Progress {
-                    epoch,
-                    ordered_offset: snap.ordered_offset.unwrap_or(-1),
-                    raw_low_watermark: snap.raw_low_watermark,
-                    released: false,
-                },
-            )?;
             if let Some(part) = self.partitions.get_mut(&p) {
                 let seq = part.sent;
                 part.commit_after.push_back((seq, snap.raw_low_watermark));
@@ -213,6 +170,7 @@ impl RunState {
             epoch: part.epoch,
             ordered_offset: part.ordered_acked,
             raw_low_watermark: part.raw_low_watermark(),
+            raw_read_end: Some(part.raw_read_end()),
             released: true,
         };
         self.write_progress(p, &progress)
@@ -255,5 +213,265 @@ impl RunState {
         self.stats.partitions_owned.fetch_sub(1, Ordering::Relaxed);
         tracing::info!(partition = p, "partition released");
         Ok(())
+    }
+}
+
+impl OwnedPartition {
+    /// Queues a snapshot of the dirty checkpoints and the progress, to be written once every
+    /// output sent before it is acknowledged. None when nothing changed: idle, the progress
+    /// record would say again what the last one said (one a second per partition would fill the
+    /// changelog every takeover reads).
+    fn snapshot(&mut self) {
+        self.last_snapshot = Instant::now();
+        let entries = self.core.take_dirty();
+        let lwm = self.raw_low_watermark();
+        let raw_read_end = self.raw_read_end();
+        let ordered_offset = (self.acked >= self.sent).then_some(self.ordered_acked);
+        let last = match self.pending.back() {
+            Some(s) => s.ordered_offset.map(|o| s.mark(o)),
+            None => self.last_progress,
+        };
+        let unchanged = ordered_offset.is_some_and(|o| {
+            last == Some(ProgressMark {
+                ordered_offset: o,
+                raw_low_watermark: lwm,
+                raw_read_end,
+            })
+        });
+        if entries.is_empty() && unchanged {
+            return;
+        }
+        self.pending.push_back(PendingSnapshot {
+            needs_acked: self.sent,
+            ordered_offset,
+            entries,
+            raw_low_watermark: lwm,
+            raw_read_end,
+        });
+    }
+
+    /// The oldest queued snapshot whose outputs are all acknowledged, to be written now, passing
+    /// over those that would only repeat the last progress record (their outputs' offsets
+    /// became known only at acknowledgement).
+    fn next_snapshot_to_write(&mut self) -> Option<PendingSnapshot> {
+        loop {
+            let ready = self
+                .pending
+                .front()
+                .is_some_and(|s| s.needs_acked <= self.acked && s.ordered_offset.is_some());
+            if !ready {
+                return None;
+            }
+            let snap = self.pending.pop_front()?;
+            let mark = snap.mark(snap.ordered_offset.unwrap_or(-1));
+            if snap.entries.is_empty() && self.last_progress == Some(mark) {
+                continue;
+            }
+            crate::failpoint::hit(crate::failpoint::SEQUENCER_BEFORE_CHANGELOG);
+            self.last_progress = Some(mark);
+            return Some(snap);
+        }
+    }
+}
+
+/// What a progress record says besides its epoch. The shell writes one only when this changed
+/// (or conversation checkpoints come with it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ProgressMark {
+    ordered_offset: i64,
+    raw_low_watermark: i64,
+    raw_read_end: i64,
+}
+
+impl PendingSnapshot {
+    fn mark(&self, ordered_offset: i64) -> ProgressMark {
+        ProgressMark {
+            ordered_offset,
+            raw_low_watermark: self.raw_low_watermark,
+            raw_read_end: self.raw_read_end,
+        }
+    }
+}
+
+/// The changelog records of one snapshot (key, value; `None`: a tombstone), in the order they
+/// must be written: the conversations' checkpoints, then the progress record, then the
+/// tombstones of evicted conversations.
+///
+/// Checkpoints before progress: the index must never lead the output, and the progress record
+/// moves the resume point past what they index. Tombstones after it: a conversation is evicted
+/// only once the raw low watermark has passed its raw records, and it is this progress record
+/// that carries that watermark. Landed before it (the owner dying in between), a tombstone
+/// would leave the next owner with the older progress, whose watermark lies below the
+/// forgotten call's records: it would re-read them for a call nobody remembers and publish the
+/// call again. The other way round is harmless: the call is restored and evicted again.
+pub(super) fn snapshot_records(
+    epoch: u64,
+    snap: &PendingSnapshot,
+) -> Vec<(String, Option<Vec<u8>>)> {
+    let mut records = Vec::with_capacity(snap.entries.len() + 1);
+    let mut tombstones = Vec::new();
+    for (conv, checkpoint) in &snap.entries {
+        let key = conv.as_text().to_string();
+        match checkpoint {
+            Some(c) => records.push((
+                key,
+                Some(changelog::encode(&ConversationEntry {
+                    next: c.next_sequence,
+                    ended: c.ended,
+                    gaps: c.gap_count,
+                })),
+            )),
+            None => tombstones.push((key, None)),
+        }
+    }
+    let progress = Progress {
+        epoch,
+        ordered_offset: snap.ordered_offset.unwrap_or(-1),
+        raw_low_watermark: snap.raw_low_watermark,
+        raw_read_end: Some(snap.raw_read_end),
+        released: false,
+    };
+    records.push((
+        changelog::progress_key(epoch),
+        Some(changelog::encode(&progress)),
+    ));
+    records.extend(tombstones);
+    records
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sequencer::ConversationId;
+
+    fn partition() -> OwnedPartition {
+        OwnedPartition {
+            epoch: 3,
+            core: PartitionSequencer::new(SequencerConfig::default()),
+            inflight: VecDeque::new(),
+            sent: 0,
+            acked: 0,
+            ordered_acked: 41,
+            next_raw: 100,
+            pending: VecDeque::new(),
+            commit_after: VecDeque::new(),
+            last_snapshot: Instant::now(),
+            last_progress: None,
+        }
+    }
+
+    #[test]
+    fn tombstones_are_written_after_the_progress_record_checkpoints_before_it() {
+        let cp = ConversationCheckpoint {
+            next_sequence: 4,
+            ended: false,
+            gap_count: 0,
+        };
+        let snap = PendingSnapshot {
+            needs_acked: 0,
+            ordered_offset: Some(41),
+            entries: vec![
+                (ConversationId::from("gone-1"), None),
+                (ConversationId::from("open-1"), Some(cp)),
+                (ConversationId::from("gone-2"), None),
+                (ConversationId::from("open-2"), Some(cp)),
+            ],
+            raw_low_watermark: 100,
+            raw_read_end: 103,
+        };
+        let records = snapshot_records(3, &snap);
+        let keys: Vec<(&str, bool)> = records
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.is_some()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("open-1", true),
+                ("open-2", true),
+                ("__progress/3", true),
+                ("gone-1", false),
+                ("gone-2", false),
+            ]
+        );
+        let progress = changelog::decode(records[2].0.as_bytes(), records[2].1.as_deref());
+        assert_eq!(
+            progress.unwrap(),
+            changelog::ChangelogRecord::Progress(Progress {
+                epoch: 3,
+                ordered_offset: 41,
+                raw_low_watermark: 100,
+                raw_read_end: Some(103),
+                released: false,
+            })
+        );
+    }
+
+    /// Drains what would be written now (every output acknowledged), as `write_ready_snapshots`.
+    fn written(part: &mut OwnedPartition) -> usize {
+        std::iter::from_fn(|| part.next_snapshot_to_write()).count()
+    }
+
+    #[test]
+    fn an_idle_partition_writes_no_progress_records() {
+        let mut part = partition();
+        part.snapshot();
+        assert_eq!(written(&mut part), 1, "the first progress record");
+        for _ in 0..5 {
+            part.snapshot();
+            assert!(part.pending.is_empty(), "idle, and a snapshot was queued");
+            assert_eq!(written(&mut part), 0);
+        }
+        // Raw read further: the resume point moved.
+        part.next_raw = 101;
+        part.snapshot();
+        assert_eq!(written(&mut part), 1);
+        part.snapshot();
+        assert_eq!(written(&mut part), 0);
+        // An output acknowledged: the ordered offset moved.
+        part.ordered_acked = 42;
+        part.snapshot();
+        assert_eq!(written(&mut part), 1);
+        // A changed checkpoint is written even with the progress unchanged.
+        let mut out = Vec::new();
+        part.core.on_state(
+            "c",
+            crate::sequencer::IncomingState {
+                sequence_number: 1,
+                fingerprint: 1,
+                is_ending: false,
+                origin: Origin::Webhook,
+                raw_offset: None,
+                payload: Arc::new(StatePayload {
+                    metadata: RawValue::from_string("{}".into()).unwrap(),
+                    state: RawValue::from_string("{}".into()).unwrap(),
+                    timestamp: None,
+                    received_at_ms: None,
+                }),
+            },
+            Timestamp(0),
+            &mut out,
+        );
+        part.snapshot();
+        assert_eq!(written(&mut part), 1);
+        part.snapshot();
+        assert_eq!(written(&mut part), 0);
+    }
+
+    #[test]
+    fn a_snapshot_whose_outputs_moved_nothing_is_not_written() {
+        // Queued while a changelog record was in flight (its ordered offset unknown until the
+        // acknowledgement), it turns out to say what the last one said.
+        let mut part = partition();
+        part.snapshot();
+        assert_eq!(written(&mut part), 1);
+        part.sent = 1; // the progress record itself, in flight
+        part.snapshot();
+        assert_eq!(part.pending.len(), 1);
+        part.acked = 1;
+        if let Some(s) = part.pending.front_mut() {
+            s.ordered_offset = Some(part.ordered_acked);
+        }
+        assert_eq!(written(&mut part), 0);
     }
 }

@@ -55,6 +55,15 @@ fn synthesized_metadata(conversation: &str) -> Box<RawValue> {
     RawValue::from_string(json).unwrap_or_else(|_| Box::<RawValue>::default())
 }
 
+/// How far the previous owners of a partition may have read raw: raw's high watermark as the
+/// broker reports it, or further when the newest progress record says so (a broker may report
+/// the high watermark low: tansu 0.6 gives the last batch's base offset + 1).
+pub(super) fn previous_raw_end(high_watermark: i64, progress: Option<&Progress>) -> i64 {
+    progress
+        .and_then(|pr| pr.raw_read_end)
+        .map_or(high_watermark, |read| read.max(high_watermark))
+}
+
 /// Beyond the session timeout, how long a replaced owner's last produce requests may still take
 /// to land: a request is written by the broker on receipt, and an owner that cannot reach the
 /// broker for longer than its session timeout learns it lost the partition and destroys its
@@ -156,7 +165,7 @@ impl RunState {
             // outputs just now, and one without a timestamp counts as active now).
             let written = match recovered.written_at_ms.get(conv) {
                 Some(&at) if !recovered.raised_by_scan.contains(conv) => {
-                    Timestamp(now.0.saturating_sub(wall_now.saturating_sub(at)))
+                    RunClock::at_wall(now, wall_now, at)
                 }
                 _ => now,
             };
@@ -175,13 +184,18 @@ impl RunState {
             core.mark_dirty(conv);
         }
         // The previous owner has stopped, so it read raw no further than raw's end now. The core
-        // keeps every restored closed call until its raw low watermark has passed that point:
-        // forgotten earlier, a call whose states the re-read has not reached yet would be read
-        // as a new one and published again.
-        let (_, raw_end) = consumer
+        // keeps every restored closed call until it has read raw that far and its raw low
+        // watermark has passed that point: forgotten earlier, a call whose states the re-read
+        // has not reached yet would be read as a new one and published again. The broker's high
+        // watermark can lie low (tansu 0.6 reports the last batch's base offset + 1), so the
+        // end is also at least what the previous owner's last progress record says it had read.
+        let (_, high_watermark) = consumer
             .fetch_watermarks(&topics.raw, p, Duration::from_secs(10))
             .map_err(kafka_err(format!("reading the end of raw {p}")))?;
-        core.restored_raw_end(raw_end);
+        core.restored_raw_end(previous_raw_end(
+            high_watermark,
+            recovered.progress.as_ref(),
+        ));
         // Decided here, carried out once the partition is installed (below).
         let mut completions = 0usize;
         for (conv, &last) in &recovered.ending_without_completion {
@@ -216,6 +230,9 @@ impl RunState {
                     .unwrap_or(0)
             }
         };
+        // Everything below the resume point is resolved (published, or deliberately dropped):
+        // the core counts it as read, so a restored call has to wait only for the re-read above.
+        core.raw_read_to(resume);
         metrics::counter!("callbridge_takeover_completions_total").increment(completions as u64);
         tracing::info!(
             partition = p,
@@ -246,6 +263,7 @@ impl RunState {
                 pending: VecDeque::new(),
                 commit_after: VecDeque::new(),
                 last_snapshot: Instant::now(),
+                last_progress: None,
             },
         );
         self.execute(p)?;
@@ -265,6 +283,9 @@ impl RunState {
             return Ok(());
         }
         part.next_raw = m.offset() + 1;
+        // Every record counts, state or not: a closed call is forgotten only once raw has been
+        // read past its raw mark (after a takeover, the previous owner's end).
+        part.core.raw_read_to(part.next_raw);
         let body = m.payload().unwrap_or_default();
         match notification::parse(body) {
             Ok(Notification::CallState(cs)) => {
@@ -406,5 +427,55 @@ impl RunState {
             self.execute(p)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_previous_raw_end_is_the_furthest_of_high_watermark_and_progress() {
+        let progress = |raw_read_end| Progress {
+            epoch: 1,
+            ordered_offset: 5,
+            raw_low_watermark: 100,
+            raw_read_end,
+            released: false,
+        };
+        // tansu reported the last batch's base offset + 1: the owner had read further.
+        assert_eq!(previous_raw_end(101, Some(&progress(Some(103)))), 103);
+        assert_eq!(previous_raw_end(110, Some(&progress(Some(103)))), 110);
+        assert_eq!(previous_raw_end(101, Some(&progress(None))), 101);
+        assert_eq!(previous_raw_end(101, None), 101);
+    }
+
+    #[test]
+    fn a_new_run_restores_a_checkpoints_age_and_abandons_a_call_quiet_for_abandon_after() {
+        // A run that has just started (a pod restart, a failed run started again) restores an
+        // open call whose checkpoint was written 7 h ago: quiet for longer than `abandon_after`
+        // (6 h), it is abandoned at the first tick instead of starting its clock again.
+        let cfg = SequencerConfig::default();
+        let clock = RunClock::start();
+        let (now, wall_now) = (clock.now(), epoch_ms());
+        let written = RunClock::at_wall(now, wall_now, wall_now - 7 * 3_600_000);
+        assert_eq!(now.since(written), Duration::from_secs(7 * 3_600));
+        let mut core: PartitionSequencer<()> = PartitionSequencer::new(cfg);
+        let open = ConversationCheckpoint {
+            next_sequence: 4,
+            ended: false,
+            gap_count: 0,
+        };
+        core.restore_since("quiet", open, now, written);
+        core.restored_raw_end(0);
+        let mut out = Vec::new();
+        core.on_tick(clock.now(), &mut out);
+        assert_eq!(
+            out,
+            vec![Action::Abandoned {
+                conversation: "quiet".into(),
+                next_sequence: 4,
+            }]
+        );
     }
 }

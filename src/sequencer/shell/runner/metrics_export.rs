@@ -13,7 +13,8 @@ impl RunState {
         for (p, part) in &self.partitions {
             let st = part.core.stats();
             let c = &st.counters;
-            let last = self.exported.entry(*p).or_default();
+            let exported = self.exported.entry(*p).or_default();
+            let last = exported.baseline(part.epoch);
             let inc = |now: u64, before: u64| now.saturating_sub(before);
             counter!("callbridge_duplicates_dropped_total")
                 .increment(inc(c.duplicates_dropped, last.duplicates_dropped));
@@ -35,7 +36,10 @@ impl RunState {
                 .increment(inc(c.completions, last.completions));
             counter!("callbridge_conversations_abandoned_total")
                 .increment(inc(c.abandoned, last.abandoned));
-            *last = c.clone();
+            *exported = Exported {
+                epoch: part.epoch,
+                counters: c.clone(),
+            };
             open_gaps += st.open_gaps;
             held += st.held_states;
             open += st.open_conversations;
@@ -53,5 +57,51 @@ impl RunState {
         gauge!("callbridge_partitions_owned").set(self.partitions.len() as f64);
         let age = oldest.map_or(0.0, |t: Timestamp| now.since(t).as_secs_f64());
         gauge!("callbridge_gap_oldest_age_seconds").set(age);
+    }
+}
+
+/// What was last exported of one partition's core: its epoch and its counters then.
+#[derive(Debug, Default)]
+pub(super) struct Exported {
+    epoch: u64,
+    counters: crate::sequencer::Counters,
+}
+
+impl Exported {
+    /// The counters the core of `epoch` is exported against. A partition taken over again (a
+    /// revoke and a new assignment within one export interval) has a new core, whose counters
+    /// start at 0: the old core's counters as the baseline would hide its first increments.
+    fn baseline(&self, epoch: u64) -> crate::sequencer::Counters {
+        if self.epoch == epoch {
+            self.counters.clone()
+        } else {
+            crate::sequencer::Counters::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Exported;
+    use crate::sequencer::Counters;
+
+    #[test]
+    fn a_new_core_of_the_same_partition_is_exported_from_zero() {
+        let old_core = Counters {
+            published: 50,
+            duplicates_dropped: 7,
+            ..Counters::default()
+        };
+        let exported = Exported {
+            epoch: 3,
+            counters: old_core.clone(),
+        };
+        // The same core: increments since its last export.
+        assert_eq!(exported.baseline(3), old_core);
+        // Taken over again within the export interval (epoch 4): its 5 duplicates are all new,
+        // not hidden under the previous core's 7.
+        let base = exported.baseline(4);
+        assert_eq!(base, Counters::default());
+        assert_eq!(5u64.saturating_sub(base.duplicates_dropped), 5);
     }
 }

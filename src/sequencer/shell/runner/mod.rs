@@ -21,7 +21,7 @@ mod output;
 
 pub(crate) use input::epoch_ms;
 
-use super::backfill::{spawn_worker, BackfillDone, BackfillJob, BackfillSource, Fetched};
+use super::backfill::{spawn_worker, BackfillDone, BackfillJob, BackfillSource, Fetched, LiveJobs};
 use super::changelog::{self, ConversationEntry, Progress};
 use super::takeover::{take_over, TakeoverContext, TakeoverError};
 use crate::kafka::{ordered_producer, KafkaConfig};
@@ -158,6 +158,8 @@ struct OwnedPartition {
     /// (send number of a progress record, raw offset to commit once it is acknowledged).
     commit_after: VecDeque<(u64, i64)>,
     last_snapshot: Instant,
+    /// What the last progress record queued said (none is written while it stays the same).
+    last_progress: Option<checkpoint::ProgressMark>,
 }
 
 impl OwnedPartition {
@@ -167,6 +169,12 @@ impl OwnedPartition {
         self.core
             .raw_low_watermark()
             .map_or(self.next_raw, |held| held.min(self.next_raw))
+    }
+
+    /// One past the highest raw offset this partition's owners may have read (this one's
+    /// reading, and the previous owner's end it was told at takeover), for progress records.
+    fn raw_read_end(&self) -> i64 {
+        self.core.raw_end().max(self.next_raw)
     }
 }
 
@@ -178,6 +186,7 @@ struct PendingSnapshot {
         Option<ConversationCheckpoint>,
     )>,
     raw_low_watermark: i64,
+    raw_read_end: i64,
 }
 
 /// State shared by the loop and the revoke callback (both on the consumer thread).
@@ -188,7 +197,8 @@ struct RunState {
     partitions: BTreeMap<i32, OwnedPartition>,
     backfill_tx: tokio::sync::mpsc::UnboundedSender<BackfillJob>,
     stats: Arc<ShellStats>,
-    origin: Instant,
+    /// The cores' clock, started with the run.
+    origin: RunClock,
     actions: Vec<Action<Payload>>,
     /// Partitions assigned but whose takeover has not started yet.
     assigned: Vec<i32>,
@@ -199,8 +209,9 @@ struct RunState {
     takeover_tx: std::sync::mpsc::Sender<TakeoverDone>,
     /// Set when a callback hit an error the loop must end the run for.
     failed: Option<ShellError>,
-    /// Counters already exported, per partition (the core's counters are per core).
-    exported: BTreeMap<i32, crate::sequencer::Counters>,
+    /// Counters already exported, per partition, with the epoch of the core they came from
+    /// (the core's counters are per core).
+    exported: BTreeMap<i32, metrics_export::Exported>,
     last_metrics: Instant,
 }
 
@@ -230,6 +241,8 @@ const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 struct ShellContext {
     state: Arc<Mutex<RunState>>,
     raw_topic: String,
+    /// The run's back-fill jobs still read; a revoke ends those of its partitions.
+    backfill_live: LiveJobs,
 }
 
 impl ClientContext for ShellContext {
@@ -266,13 +279,30 @@ impl ConsumerContext for ShellContext {
                 st.abandon_all();
                 return;
             }
-            for e in tpl.elements() {
-                let p = e.partition();
+            let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            for &p in &revoked {
                 st.assigned.retain(|a| *a != p);
                 st.pending_takeovers.remove(&p);
+                // The run goes on with its other partitions, and so does its back-fill worker:
+                // the jobs it still queues for this owner of `p` must not reach GoTo (their
+                // answers would be discarded while the next owner asks again).
+                if let Some(part) = st.partitions.get(&p) {
+                    self.backfill_live.end(p, part.epoch);
+                }
+            }
+            for p in revoked {
                 if let Err(err) = st.release(p, |t| consumer.commit(t, CommitMode::Sync)) {
-                    tracing::error!(partition = p, error = %err, "draining a revoked partition failed");
+                    // Stop at the first failure: each release may take up to three times
+                    // `takeover_timeout`, and going on with the others would keep this callback
+                    // (and the poll it runs in) away past `max.poll.interval.ms` while `p`'s
+                    // unacknowledged outputs stay queued. The run fails like any other: every
+                    // partition, released or not, is forgotten here without a marker, so
+                    // nothing more is written for any of them; their next owners wait out what
+                    // is still on its way and re-read raw from the last index.
+                    tracing::error!(partition = p, error = %err, "draining a revoked partition failed; giving every partition up without a hand-over");
                     st.failed.get_or_insert(err);
+                    st.abandon_all();
+                    break;
                 }
                 // Each release is bounded (`takeover_timeout`), but they run one after another
                 // inside this callback: a hand-over of many partitions while Kafka is slow
@@ -369,7 +399,14 @@ fn run(
     let producer = ordered_producer(&config.kafka).map_err(kafka_err("creating the producer"))?;
     let (done_tx, done_rx) = std::sync::mpsc::channel::<BackfillDone>();
     let (takeover_tx, takeover_rx) = std::sync::mpsc::channel::<TakeoverDone>();
-    let backfill_tx = spawn_worker(runtime, source, config.backfill_concurrency, done_tx);
+    let backfill_live = LiveJobs::default();
+    let backfill_tx = spawn_worker(
+        runtime,
+        source,
+        config.backfill_concurrency,
+        done_tx,
+        backfill_live.clone(),
+    );
     let state = Arc::new(Mutex::new(RunState {
         config: config.clone(),
         runtime: runtime.clone(),
@@ -377,7 +414,7 @@ fn run(
         partitions: BTreeMap::new(),
         backfill_tx,
         stats: stats.clone(),
-        origin: Instant::now(),
+        origin: RunClock::start(),
         actions: Vec::new(),
         assigned: Vec::new(),
         pending_takeovers: BTreeMap::new(),
@@ -415,6 +452,7 @@ fn run(
         .create_with_context(ShellContext {
             state: state.clone(),
             raw_topic: topics.raw.clone(),
+            backfill_live,
         })
         .map_err(kafka_err("creating the raw consumer"))?;
     consumer
@@ -498,6 +536,45 @@ fn lock(state: &Mutex<RunState>) -> std::sync::MutexGuard<'_, RunState> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn now_ms(origin: Instant) -> Timestamp {
-    Timestamp(origin.elapsed().as_millis() as u64)
+/// The cores' clock: the wall clock's ms since the Unix epoch as read when the run started,
+/// advanced by the monotonic clock from there (so it never goes back within a run).
+///
+/// Anchored on the wall clock, not at 0, so that the age of a restored checkpoint (from its
+/// changelog record's timestamp) maps onto it without clamping: a clock starting at 0 put every
+/// checkpoint older than the run at the run's start, so each new run (a pod restart, a rolling
+/// deploy, a failed run restarted by [`spawn`]) restarted the abandon and retention clocks of
+/// every call it restored, and with runs shorter than `abandon_after` a call whose ENDING never
+/// comes was never abandoned.
+#[derive(Clone, Copy, Debug)]
+struct RunClock {
+    start: Instant,
+    start_wall_ms: u64,
+}
+
+/// The lowest a run's clock starts at (a year), should the wall clock read before 1971: still
+/// more than any of the core's timers, so a restored checkpoint's age never clamps.
+const RUN_CLOCK_FLOOR_MS: u64 = 365 * 24 * 3_600_000;
+
+impl RunClock {
+    fn start() -> Self {
+        RunClock {
+            start: Instant::now(),
+            start_wall_ms: input::epoch_ms().max(RUN_CLOCK_FLOOR_MS),
+        }
+    }
+
+    fn now(self) -> Timestamp {
+        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Timestamp(self.start_wall_ms.saturating_add(elapsed))
+    }
+
+    /// Wall-clock time `at_ms` (ms since the Unix epoch, read when the clock said `now` and the
+    /// wall clock `wall_now_ms`) on this clock: `now` less its age.
+    fn at_wall(now: Timestamp, wall_now_ms: u64, at_ms: u64) -> Timestamp {
+        Timestamp(now.0.saturating_sub(wall_now_ms.saturating_sub(at_ms)))
+    }
+}
+
+fn now_ms(clock: RunClock) -> Timestamp {
+    clock.now()
 }

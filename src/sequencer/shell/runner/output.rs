@@ -178,6 +178,16 @@ impl RunState {
 
     /// Enqueues a record, waiting while librdkafka's queue is full: the consumer thread stops
     /// reading raw until Kafka catches up (backpressure, not an unbounded buffer).
+    ///
+    /// The wait is bounded: the thread polls no consumer meanwhile, and a member that does not
+    /// poll for `max.poll.interval.ms` is put out of the group while its queued outputs may
+    /// still land after the next owner's marker (a zombie writer). Once the loop has not turned
+    /// for [`queue_full_bound`] (the heartbeat, also moved by each release of a hand-over, is the
+    /// clock; a monotonic per-call clock as well, should the wall clock step back) the run
+    /// fails: a failed run forgets its partitions without a `released` marker, so their next
+    /// owner waits out whatever this producer still sends before it scans, and re-derives the
+    /// rest from raw. The heartbeat is left as it is: it honestly shows when the loop last
+    /// turned, and the bound keeps that below what `/healthz` calls stuck.
     pub(super) fn enqueue<K, V>(
         &self,
         mut rec: FutureRecord<'_, K, V>,
@@ -187,6 +197,8 @@ impl RunState {
         K: rdkafka::message::ToBytes + ?Sized,
         V: rdkafka::message::ToBytes + ?Sized,
     {
+        let bound = queue_full_bound(&self.config);
+        let started = Instant::now();
         loop {
             match self.producer.send_result(rec) {
                 Ok(f) => return Ok(f),
@@ -194,6 +206,20 @@ impl RunState {
                     KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
                     back,
                 )) => {
+                    let since_turn = Duration::from_millis(
+                        epoch_ms().saturating_sub(self.stats.heartbeat_ms.load(Ordering::Relaxed)),
+                    );
+                    if since_turn.max(started.elapsed()) >= bound {
+                        return Err(ShellError::Kafka {
+                            action: format!(
+                                "producing to {topic}: the output queue stayed full for {bound:?} \
+                                 (sequencer_io.takeover_timeout); giving the partitions up"
+                            ),
+                            source: KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull,
+                            ),
+                        });
+                    }
                     rec = back;
                     std::thread::sleep(Duration::from_millis(1));
                 }
@@ -214,3 +240,13 @@ impl RunState {
         }
     }
 }
+
+/// How long the consumer loop may wait for room in a full output queue before the run fails:
+/// `sequencer_io.takeover_timeout` (30 s by default), capped at 60 s so it stays well below
+/// librdkafka's `max.poll.interval.ms` (300 s) and `/healthz`'s 90 s.
+pub(super) fn queue_full_bound(config: &ShellConfig) -> Duration {
+    config.takeover_timeout.min(QUEUE_FULL_MAX_WAIT)
+}
+
+/// The cap of [`queue_full_bound`].
+const QUEUE_FULL_MAX_WAIT: Duration = Duration::from_secs(60);
