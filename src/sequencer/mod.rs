@@ -41,8 +41,12 @@
 //!   it closed or a state of it last came in): a takeover resuming at the watermark must not
 //!   read a state of a call nobody remembers. A conversation closed by a takeover (restored,
 //!   observed) gets its mark from the previous owner's raw end, which the shell announces at
-//!   every takeover (`restored_raw_end`); a core driven without that guesses, taking how far it
-//!   has read `gap_timeout + backfill_max_wait` after the takeover.
+//!   every takeover (`restored_raw_end`: the larger of raw's high watermark and the
+//!   `raw_read_end` of the previous owner's last progress record); a core driven without that
+//!   guesses, taking how far it has read `gap_timeout + backfill_max_wait` after the takeover.
+//!   Passing the watermark also takes having read raw up to the mark oneself (the shell reports
+//!   every record it reads, `raw_read_to`): right after a takeover nothing is held, and the
+//!   watermark alone would look passed before the calls' records were read again.
 //!
 //! # Checkpoints (design D1 of `exactly-once-notes.md`)
 //! The ordered topic is the truth; the changelog is an index of [`ConversationCheckpoint`]s.
