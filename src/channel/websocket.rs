@@ -507,7 +507,7 @@ async fn session(
                         let now = Instant::now();
                         match after_failed_refresh(e.is_channel_gone(), now, expires_at, settings.refresh_margin, refresh_retry) {
                             AfterFailedRefresh::Recreate(why) => {
-                                tracing::warn!(error = %e, "channel refresh failed: the channel is gone");
+                                tracing::warn!(error = %e, reason = why, "channel refresh failed and the channel is gone or expired; recreating it");
                                 break SessionEnd::Recreate(why);
                             }
                             AfterFailedRefresh::RetryAt(at) => {
