@@ -515,3 +515,233 @@ async fn a_failed_release_ends_the_hand_over_at_once() {
          (takeover_timeout {TIMEOUT:?} per partition)"
     );
 }
+
+/// The broker that leads only the faulty partition's changelog in
+/// [`a_failed_takeover_is_retried_alone_while_the_other_partitions_go_on`].
+const CHANGELOG_BROKER: i32 = 2;
+
+impl Cluster {
+    /// Moves `partition` of `topic` to `broker`.
+    fn move_leader(&self, topic: &str, partition: i32, broker: i32) {
+        let topic = std::ffi::CString::new(topic).unwrap();
+        // SAFETY: as above; the topic name outlives the call.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_mock_partition_set_leader(
+                self.mock(),
+                topic.as_ptr(),
+                partition,
+                broker,
+            )
+        };
+        assert_eq!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
+    }
+
+    /// The next `count` ListOffsets requests `broker` receives are refused (an error librdkafka
+    /// does not retry: a watermark query fails at once).
+    fn refuse_list_offsets(&self, broker: i32, count: usize) {
+        for _ in 0..count {
+            // SAFETY: variadic (error, rtt in ms) pairs, both passed as C ints, as declared.
+            let err = unsafe {
+                rdkafka::bindings::rd_kafka_mock_broker_push_request_error_rtts(
+                    self.mock(),
+                    broker,
+                    RDKafkaApiKey::ListOffsets.into(),
+                    1,
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED as std::ffi::c_int,
+                    0 as std::ffi::c_int,
+                )
+            };
+            assert_eq!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
+        }
+    }
+
+    /// ListOffsets faults still waiting for a request on `broker`.
+    fn list_offsets_faults_pending(&self, broker: i32) -> usize {
+        let mut count = 0usize;
+        // SAFETY: as above; `count` outlives the call.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_mock_broker_error_stack_cnt(
+                self.mock(),
+                broker,
+                RDKafkaApiKey::ListOffsets.into(),
+                &mut count,
+            )
+        };
+        assert_eq!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
+        count
+    }
+}
+
+/// One partition's takeover failing (here its changelog's watermarks cannot be read) is that
+/// partition's problem alone: it is taken over again after a backoff while the others go on.
+/// Ending the run for it gave every healthy partition up without a `released` marker, so each
+/// of their next takeovers was unclean (a wait of the session timeout + 5 s, a second takeover
+/// marker), and a changelog read that keeps failing became a restart loop for all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_takeover_is_retried_alone_while_the_other_partitions_go_on() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("callbridge=info")
+        .try_init();
+    const PARTITIONS: i32 = 3;
+    const FAULTY: i32 = 1;
+    const REFUSED: usize = 10_000;
+    let mut kafka = KafkaConfig::default();
+    kafka.topics.partitions = PARTITIONS;
+    kafka.topics.replication_factor = 1;
+    let cluster = Cluster::start(&kafka);
+    kafka.bootstrap_servers = cluster.bootstrap.clone();
+    // Only the faulty partition's changelog is on the broker that refuses ListOffsets.
+    cluster.move_leader(&kafka.topics.changelog, FAULTY, CHANGELOG_BROKER);
+    cluster.refuse_list_offsets(CHANGELOG_BROKER, REFUSED);
+    let config = ShellConfig {
+        kafka: kafka.clone(),
+        sequencer: SequencerConfig {
+            gap_timeout: Duration::from_secs(30),
+            idle_probe_after: Duration::from_secs(600),
+            ..SequencerConfig::default()
+        },
+        checkpoint_interval: Duration::from_millis(100),
+        takeover_timeout: Duration::from_secs(5),
+        backfill_concurrency: 1,
+        member: "replica-under-test".into(),
+        // An unclean takeover waits this + 5 s.
+        session_timeout: Duration::from_secs(2),
+    };
+    let sequencer = shell::spawn(
+        config,
+        Arc::new(NothingLeft),
+        tokio::runtime::Handle::current(),
+    );
+    let stats = sequencer.stats.clone();
+    let conversation = |p: i32| format!("{CONVERSATION}-{p}");
+
+    // The healthy partitions are taken over, and the faulty one has been tried more than once
+    // (each watermark query takes two refused requests).
+    wait_for(
+        "the healthy partitions' takeovers and two failed ones",
+        Duration::from_secs(30),
+        || {
+            stats.takeovers.load(Ordering::SeqCst) >= (PARTITIONS - 1) as u64
+                && cluster.list_offsets_faults_pending(CHANGELOG_BROKER) <= REFUSED - 4
+        },
+    )
+    .await;
+
+    let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+    for p in 0..PARTITIONS {
+        for seq in 1..=LAST {
+            let body = notification(seq).replace(CONVERSATION, &conversation(p));
+            raw.send(
+                FutureRecord::to(&kafka.topics.raw)
+                    .partition(p)
+                    .key(&conversation(p))
+                    .payload(&body),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("writing raw");
+        }
+    }
+    let completed = |records: &[ReadRecord], p: i32| {
+        records
+            .iter()
+            .any(|r| r.partition == p && kind(r) == "completion")
+    };
+    // The healthy partitions' calls flow while the faulty partition's takeover keeps failing.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let records = loop {
+        let records = read(&kafka, &kafka.topics.ordered).await;
+        if (0..PARTITIONS)
+            .filter(|&p| p != FAULTY)
+            .all(|p| completed(&records, p))
+        {
+            break records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the healthy partitions' calls were not published"
+        );
+    };
+    assert!(
+        records.iter().all(|r| r.partition != FAULTY),
+        "nothing is written for a partition whose takeover failed"
+    );
+    assert!(
+        cluster.list_offsets_faults_pending(CHANGELOG_BROKER) > 0,
+        "the fault was still on"
+    );
+
+    // The fault lifts: the faulty partition is taken over at its next attempt.
+    cluster.move_leader(&kafka.topics.changelog, FAULTY, OTHER_BROKER);
+    let lifted = Instant::now();
+    wait_for(
+        "the faulty partition's takeover",
+        Duration::from_secs(60),
+        || stats.takeovers.load(Ordering::SeqCst) >= PARTITIONS as u64,
+    )
+    .await;
+    println!(
+        "faulty partition taken over {:?} after the fault lifted",
+        lifted.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let records = loop {
+        let records = read(&kafka, &kafka.topics.ordered).await;
+        if completed(&records, FAULTY) {
+            break records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the faulty partition's call was not published"
+        );
+    };
+    tokio::task::block_in_place(|| sequencer.shutdown());
+
+    for p in 0..PARTITIONS {
+        let stream: Vec<String> = records
+            .iter()
+            .filter(|r| r.partition == p)
+            .map(|r| {
+                let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap_or_default();
+                format!(
+                    "{}:{}:{} epoch {}",
+                    r.offset,
+                    kind(r),
+                    v["sequenceNumber"],
+                    r.header("callbridge-epoch").unwrap_or("?")
+                )
+            })
+            .collect();
+        println!("ordered[{p}]: {stream:?}");
+        let states: Vec<u64> = records
+            .iter()
+            .filter(|r| r.partition == p && kind(r) == "state")
+            .map(|r| {
+                assert_eq!(r.key.as_deref(), Some(conversation(p).as_str()));
+                let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+                v["sequenceNumber"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(states, (1..=LAST).collect::<Vec<_>>(), "{stream:?}");
+        let count = |k: &str| {
+            records
+                .iter()
+                .filter(|r| r.partition == p && kind(r) == k)
+                .count()
+        };
+        assert_eq!(count("gap"), 0, "{stream:?}");
+        assert_eq!(count("completion"), 1, "{stream:?}");
+        assert_eq!(
+            count("takeover"),
+            1,
+            "partition {p} was taken over exactly once: {stream:?}"
+        );
+    }
+    assert_eq!(
+        stats.unclean_takeovers.load(Ordering::SeqCst),
+        0,
+        "no takeover had to wait out an unclean owner"
+    );
+    assert!(stats.takeover_failures.load(Ordering::SeqCst) >= 2);
+}

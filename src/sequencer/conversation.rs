@@ -351,6 +351,15 @@ impl<P> Conversation<P> {
             }
             return;
         }
+        // The changelog is written when the checkpoint changes, and a new owner restores the
+        // abandon clock from that record's time. A state that changes nothing (a catch-up's
+        // copy of the last state of a call still active, say) keeps the call alive here but
+        // would not there: after a long quiet spell its checkpoint is written again, so a
+        // takeover does not abandon a call this owner still keeps (at most an eighth of
+        // `abandon_after` early).
+        if cx.now >= self.last_activity.plus(cx.cfg.abandon_after / 8) {
+            cx.ledger.changed = true;
+        }
         self.last_activity = self.last_activity.max(cx.now);
         self.quiet_at_least(cx.now);
 

@@ -1688,3 +1688,36 @@ fn dead_letter_reasons_have_distinct_codes_and_details() {
         assert!(r.detail(7).contains('7'), "{r:?}");
     }
 }
+
+/// A new owner restores a call's abandon clock from its changelog record's time, and that record
+/// is written when the checkpoint changes: a copy of the last state (a catch-up's, of a call
+/// still active) after a long quiet spell rewrites it, so a takeover does not abandon a call this
+/// owner keeps alive. Copies close together do not each cost a write.
+#[test]
+fn a_copy_after_a_long_quiet_spell_rewrites_the_checkpoint() {
+    let cfg = SequencerConfig {
+        idle_probes_in_flight: 0,
+        ..SequencerConfig::default()
+    };
+    let eighth = cfg.abandon_after.as_millis() as u64 / 8;
+    let mut h = Harness::with(cfg);
+    h.state("c", live(1));
+    assert_eq!(h.seq.take_dirty().len(), 1);
+    h.advance(eighth / 4);
+    h.state("c", live(1));
+    assert!(
+        h.seq.take_dirty().is_empty(),
+        "a copy soon after the last state rewrote the checkpoint"
+    );
+    h.advance(eighth);
+    h.state("c", live(1));
+    let dirty = h.seq.take_dirty();
+    assert_eq!(
+        dirty
+            .iter()
+            .map(|(id, cp)| (id.as_text().to_string(), cp.map(|c| c.next_sequence)))
+            .collect::<Vec<_>>(),
+        vec![("c".to_string(), Some(2))],
+        "a copy after a long quiet spell left the changelog record as old as the last new state"
+    );
+}

@@ -70,6 +70,14 @@ pub(super) fn previous_raw_end(high_watermark: i64, progress: Option<&Progress>)
 /// producer before it reconnects.
 const STRAGGLER_MARGIN: Duration = Duration::from_secs(5);
 
+/// What installing a partition reads from Kafka ([`RunState::install_reads`]).
+pub(super) struct InstallReads {
+    /// Raw's high watermark as the broker reports it.
+    high_watermark: i64,
+    /// The raw offset to resume from.
+    pub(super) resume: i64,
+}
+
 impl RunState {
     /// Starts the Kafka part of partition `p`'s takeover on its own thread; the result comes
     /// back through `takeover_tx`.
@@ -148,15 +156,88 @@ impl RunState {
         Ok(())
     }
 
-    /// Builds partition `p`'s core from what the takeover recovered; returns the raw offset to
-    /// resume from.
+    /// Partitions whose failed takeover is due for another attempt (marked as running).
+    pub(super) fn due_takeover_retries(&mut self, now: Instant) -> Vec<i32> {
+        let mut due = Vec::new();
+        for (&p, retry) in self.takeover_retries.iter_mut() {
+            if retry.at.is_some_and(|at| at <= now) {
+                retry.at = None;
+                due.push(p);
+            }
+        }
+        due
+    }
+
+    /// Partition `p`'s takeover (or what its installation reads) failed: it is not installed,
+    /// so nothing of it is written, and it is taken over again from scratch (a new reader, the
+    /// changelog read again, a new fence and epoch) after a backoff, unless it is revoked first.
+    pub(super) fn takeover_failed(&mut self, p: i32, error: &ShellError) {
+        let wait = self
+            .takeover_retries
+            .get(&p)
+            .map_or(TAKEOVER_RETRY_BASE, |r| r.next_wait);
+        self.takeover_retries.insert(
+            p,
+            TakeoverRetry {
+                at: Some(Instant::now() + wait),
+                next_wait: (wait * 2).min(TAKEOVER_RETRY_MAX),
+            },
+        );
+        metrics::counter!("callbridge_takeover_failures_total").increment(1);
+        self.stats.takeover_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(partition = p, %error, retry_in = ?wait, "takeover failed; the partition is taken over again after a backoff, the others go on");
+    }
+
+    /// What installing partition `p` reads from Kafka, before anything of it is decided or
+    /// written: raw's end (for the restored closed calls) and where to resume raw. A failure
+    /// here is the partition's alone (the caller retries its takeover).
+    pub(super) fn install_reads(
+        &self,
+        p: i32,
+        recovered: &crate::sequencer::shell::takeover::Recovered,
+        consumer: &BaseConsumer<ShellContext>,
+    ) -> Result<InstallReads, ShellError> {
+        let topics = &self.config.kafka.topics;
+        // The previous owner has stopped, so it read raw no further than raw's end now (see
+        // `install`).
+        let (_, high_watermark) = consumer
+            .fetch_watermarks(&topics.raw, p, Duration::from_secs(10))
+            .map_err(kafka_err(format!("reading the end of raw {p}")))?;
+        // Resume from the index; without one, from the group's committed offset (never past an
+        // unindexed output: commits only ever follow an acknowledged index write).
+        let resume = match recovered.progress {
+            Some(pr) => pr.raw_low_watermark,
+            None => {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&topics.raw, p);
+                let committed = consumer
+                    .committed_offsets(tpl, Duration::from_secs(10))
+                    .map_err(kafka_err(format!(
+                        "reading the committed offset of raw {p}"
+                    )))?;
+                committed
+                    .find_partition(&topics.raw, p)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    })
+                    .unwrap_or(0)
+            }
+        };
+        Ok(InstallReads {
+            high_watermark,
+            resume,
+        })
+    }
+
+    /// Builds partition `p`'s core from what the takeover recovered and what
+    /// [`Self::install_reads`] read; returns the raw offset to resume from.
     pub(super) fn install(
         &mut self,
         p: i32,
         recovered: crate::sequencer::shell::takeover::Recovered,
-        consumer: &BaseConsumer<ShellContext>,
+        reads: InstallReads,
     ) -> Result<i64, ShellError> {
-        let topics = &self.config.kafka.topics;
         let now = now_ms(self.origin);
         let wall_now = epoch_ms();
         let mut core = PartitionSequencer::new(self.config.sequencer.clone());
@@ -189,11 +270,8 @@ impl RunState {
         // has not reached yet would be read as a new one and published again. The broker's high
         // watermark can lie low (tansu 0.6 reports the last batch's base offset + 1), so the
         // end is also at least what the previous owner's last progress record says it had read.
-        let (_, high_watermark) = consumer
-            .fetch_watermarks(&topics.raw, p, Duration::from_secs(10))
-            .map_err(kafka_err(format!("reading the end of raw {p}")))?;
         core.restored_raw_end(previous_raw_end(
-            high_watermark,
+            reads.high_watermark,
             recovered.progress.as_ref(),
         ));
         // Decided here, carried out once the partition is installed (below).
@@ -209,27 +287,7 @@ impl RunState {
                 );
             }
         }
-        // Resume from the index; without one, from the group's committed offset (never past an
-        // unindexed output: commits only ever follow an acknowledged index write).
-        let resume = match recovered.progress {
-            Some(pr) => pr.raw_low_watermark,
-            None => {
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(&topics.raw, p);
-                let committed = consumer
-                    .committed_offsets(tpl, Duration::from_secs(10))
-                    .map_err(kafka_err(format!(
-                        "reading the committed offset of raw {p}"
-                    )))?;
-                committed
-                    .find_partition(&topics.raw, p)
-                    .and_then(|e| match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    })
-                    .unwrap_or(0)
-            }
-        };
+        let resume = reads.resume;
         // Everything below the resume point is resolved (published, or deliberately dropped):
         // the core counts it as read, so a restored call has to wait only for the re-read above.
         core.raw_read_to(resume);
@@ -249,6 +307,10 @@ impl RunState {
             "partition taken over"
         );
         self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+        if recovered.waited_for_previous_owner {
+            self.stats.unclean_takeovers.fetch_add(1, Ordering::Relaxed);
+        }
+        self.takeover_retries.remove(&p);
         self.stats.partitions_owned.fetch_add(1, Ordering::Relaxed);
         self.partitions.insert(
             p,

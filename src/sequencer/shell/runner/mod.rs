@@ -7,7 +7,13 @@
 //! - outputs of partition `p` go to `ordered[p]` in decision order (one producer, idempotent);
 //! - the changelog is written only for outputs already acknowledged (index never leads output);
 //! - any delivery error ends the run: the caller restarts it, and the takeover rebuilds from
-//!   Kafka, which is exactly the crash path, so there is one recovery path to trust.
+//!   Kafka, which is exactly the crash path, so there is one recovery path to trust;
+//! - a takeover that fails (it, and the reads and seek installing it, use nothing the other
+//!   partitions need) is that partition's alone: it stays uninstalled, so nothing of it is
+//!   written, and is taken over again from scratch (a new fence and epoch) after a backoff of
+//!   1 s doubling to 30 s, unless it is revoked first. Ending the run for it instead gave every
+//!   healthy partition up without a `released` marker, so each next takeover waited out an
+//!   unclean owner, and a slow changelog read became a restart loop for the whole process.
 //!
 //! This file holds the types, the rebalance callbacks and the loop; the loop's work is split by
 //! direction: `input` (takeovers, raw records, back-fill answers, time), `output` (records to
@@ -131,6 +137,10 @@ pub struct ShellStats {
     pub dead_lettered: std::sync::atomic::AtomicU64,
     /// Takeovers completed.
     pub takeovers: std::sync::atomic::AtomicU64,
+    /// Takeovers completed that found no clean hand-over and waited out the previous owner.
+    pub unclean_takeovers: std::sync::atomic::AtomicU64,
+    /// Takeovers (or their installation) that failed and were retried after a backoff.
+    pub takeover_failures: std::sync::atomic::AtomicU64,
     /// The consumer is in the group with an assignment (possibly empty: more replicas than
     /// partitions); false before the first assignment and after a lost one. (A cooperative
     /// revocation leaves the member in the group with the rest of its partitions, and it need not
@@ -207,6 +217,11 @@ struct RunState {
     pending_takeovers: BTreeMap<i32, PendingTakeover>,
     next_takeover_token: u64,
     takeover_tx: std::sync::mpsc::Sender<TakeoverDone>,
+    /// Partitions whose takeover failed, waiting to be taken over again from scratch: when, and
+    /// the backoff of the attempt after that one should it fail too. A failed partition is not
+    /// in `partitions` (nothing of it is written) until a later takeover succeeds; a revoke drops
+    /// its retry.
+    takeover_retries: BTreeMap<i32, TakeoverRetry>,
     /// Set when a callback hit an error the loop must end the run for.
     failed: Option<ShellError>,
     /// Counters already exported, per partition, with the epoch of the core they came from
@@ -228,6 +243,20 @@ impl Drop for PendingTakeover {
         self.cancel.store(true, Ordering::SeqCst);
     }
 }
+
+/// A failed takeover waiting for its next attempt.
+#[derive(Clone, Copy, Debug)]
+struct TakeoverRetry {
+    /// When the next attempt starts; `None` while it runs.
+    at: Option<Instant>,
+    /// How long to wait should that attempt fail too.
+    next_wait: Duration,
+}
+
+/// The first wait before a failed takeover is tried again; it doubles up to
+/// [`TAKEOVER_RETRY_MAX`].
+const TAKEOVER_RETRY_BASE: Duration = Duration::from_secs(1);
+const TAKEOVER_RETRY_MAX: Duration = Duration::from_secs(30);
 
 struct TakeoverDone {
     partition: i32,
@@ -283,6 +312,7 @@ impl ConsumerContext for ShellContext {
             for &p in &revoked {
                 st.assigned.retain(|a| *a != p);
                 st.pending_takeovers.remove(&p);
+                st.takeover_retries.remove(&p);
                 // The run goes on with its other partitions, and so does its back-fill worker:
                 // the jobs it still queues for this owner of `p` must not reach GoTo (their
                 // answers would be discarded while the next owner asks again).
@@ -320,6 +350,10 @@ impl ConsumerContext for ShellContext {
                 tracing::error!(error = %e, "pausing newly assigned partitions failed");
             }
             if let Ok(mut st) = self.state.lock() {
+                for e in tpl.elements() {
+                    // A fresh assignment starts its takeover now, not at an older retry's time.
+                    st.takeover_retries.remove(&e.partition());
+                }
                 st.assigned
                     .extend(tpl.elements().iter().map(|e| e.partition()));
                 st.stats.group_joined.store(true, Ordering::SeqCst);
@@ -352,9 +386,11 @@ impl Drop for SequencerHandle {
     }
 }
 
-/// Starts the sequencer on its own thread. It runs until stopped; a run that fails (Kafka error,
-/// takeover refused) is restarted after a backoff with fresh clients, through the same takeover a
-/// crash would take.
+/// Starts the sequencer on its own thread. It runs until stopped; a run that fails (a Kafka output
+/// or client error, a lost assignment) is restarted after a backoff with fresh clients, through
+/// the same takeover a crash would take. A failed takeover is not the run's failure: that
+/// partition alone is taken over again after a backoff (1 s doubling to 30 s) while the others
+/// go on.
 pub fn spawn(
     config: ShellConfig,
     source: Arc<dyn BackfillSource>,
@@ -420,6 +456,7 @@ fn run(
         pending_takeovers: BTreeMap::new(),
         next_takeover_token: 0,
         takeover_tx,
+        takeover_retries: BTreeMap::new(),
         failed: None,
         exported: BTreeMap::new(),
         last_metrics: Instant::now(),
@@ -470,7 +507,8 @@ fn run(
             // A newly assigned partition stays paused until its takeover, which runs on its own
             // thread so this loop keeps polling (a takeover may wait out a previous owner, and
             // a consumer that stops polling misses rebalances and loses its session).
-            let assigned = std::mem::take(&mut st.assigned);
+            let mut assigned = std::mem::take(&mut st.assigned);
+            assigned.extend(st.due_takeover_retries(Instant::now()));
             for p in assigned {
                 st.start_takeover(p)?;
             }
@@ -479,16 +517,44 @@ fn run(
                     continue;
                 }
                 st.pending_takeovers.remove(&done.partition);
-                let (p, recovered) = (done.partition, done.result?);
-                let resume = st.install(p, recovered, &consumer)?;
-                consumer
-                    .seek(
-                        &topics.raw,
-                        p,
-                        Offset::Offset(resume),
-                        Duration::from_secs(10),
-                    )
-                    .map_err(kafka_err(format!("seeking raw partition {p} to {resume}")))?;
+                let p = done.partition;
+                // A takeover runs with clients of its own, so its failure (a slow or failing
+                // changelog read, a fence not read back, a timeout) is this partition's alone:
+                // it is taken over again from scratch after a backoff, and the run goes on with
+                // its other partitions. Nothing of `p` is written meanwhile (it is not installed).
+                let recovered = match done.result {
+                    Ok(recovered) => recovered,
+                    Err(e) => {
+                        st.takeover_failed(p, &ShellError::Takeover(e));
+                        continue;
+                    }
+                };
+                // The reads the installation needs, and the seek, fail for this partition alone
+                // too; they come before anything of `p` is decided or written.
+                let reads = match st
+                    .install_reads(p, &recovered, &consumer)
+                    .and_then(|reads| {
+                        consumer
+                            .seek(
+                                &topics.raw,
+                                p,
+                                Offset::Offset(reads.resume),
+                                Duration::from_secs(10),
+                            )
+                            .map_err(kafka_err(format!(
+                                "seeking raw partition {p} to {}",
+                                reads.resume
+                            )))?;
+                        Ok(reads)
+                    }) {
+                    Ok(reads) => reads,
+                    Err(e) => {
+                        st.takeover_failed(p, &e);
+                        continue;
+                    }
+                };
+                // From here on, failures are the run's (its producer, its consumer).
+                st.install(p, recovered, reads)?;
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&topics.raw, p);
                 consumer
