@@ -401,9 +401,9 @@ async fn a_refresh_answer_without_channel_id_is_about_the_refreshed_channel() {
 
 #[tokio::test]
 async fn a_listed_channel_whose_refresh_is_refused_is_replaced() {
-    // Expired but still listed (404, 410), refused (400), or a REST outage of the refresh
-    // (503): waiting for GoTo to stop listing it would keep the bridge without a channel.
-    for status in [404u16, 410, 400, 503] {
+    // Expired but still listed (404, 410) or refused (400): waiting for GoTo to stop listing it
+    // would keep the bridge without a channel.
+    for status in [404u16, 410, 400] {
         let sim = start(sim_config()).await;
         sim.control()
             .patch_faults(&serde_json::json!({ "channel_refresh_status": status }))
@@ -421,16 +421,24 @@ async fn a_listed_channel_whose_refresh_is_refused_is_replaced() {
 }
 
 #[tokio::test]
-async fn a_listed_channel_is_kept_when_our_credentials_are_refused() {
-    // A new channel would meet the same refusal: the listed one stays, the error says why.
-    let sim = start(sim_config()).await;
-    sim.control()
-        .patch_faults(&serde_json::json!({ "channel_refresh_status": 401 }))
-        .expect("fault set");
-    let (first, again) = created_then_listed_again(&sim).await;
-    let err = again.expect_err("refused");
-    assert!(err.to_string().contains("401"), "{err}");
-    assert_eq!(sim.control().channel_ids(), vec![first.channel_id.clone()]);
+async fn a_listed_channel_is_kept_when_our_credentials_are_refused_or_goto_is_failing() {
+    // A new channel would meet the same answer (our credentials refused, GoTo overloaded or
+    // failing): the listed one stays, its socket may still deliver, the error says why, and the
+    // caller tries again later.
+    for status in [401u16, 503, 429] {
+        let sim = start(sim_config()).await;
+        sim.control()
+            .patch_faults(&serde_json::json!({ "channel_refresh_status": status }))
+            .expect("fault set");
+        let (first, again) = created_then_listed_again(&sim).await;
+        let err = again.expect_err("refused");
+        assert!(err.to_string().contains(&status.to_string()), "{err}");
+        assert_eq!(
+            sim.control().channel_ids(),
+            vec![first.channel_id.clone()],
+            "{status}: the listed channel was deleted"
+        );
+    }
 }
 
 #[tokio::test]

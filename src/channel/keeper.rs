@@ -108,7 +108,10 @@ impl ChannelError {
 }
 
 /// Whether a failed call on a listed channel says nothing against the channel itself: our
-/// credentials were refused (401/403, the token endpoint) or GoTo could not be reached.
+/// credentials were refused (401/403, the token endpoint), GoTo could not be reached, or it is
+/// overloaded or failing (429, 5xx). A new channel would meet the same answer, and deleting the
+/// listed one would cut a socket that may still be delivering (an owner in doubt keeps its own)
+/// and spend the rate budget GoTo is already refusing.
 fn not_about_the_channel(e: &ChannelError) -> bool {
     fn network(e: &GotoError) -> bool {
         match e {
@@ -119,7 +122,7 @@ fn not_about_the_channel(e: &ChannelError) -> bool {
     }
     match e {
         ChannelError::Goto { source, .. } => {
-            matches!(source.status(), Some(401 | 403))
+            matches!(source.status(), Some(401 | 403 | 429 | 500..=599))
                 || matches!(source, GotoError::Auth { .. } | GotoError::Config { .. })
                 || network(source)
         }

@@ -336,7 +336,7 @@ fn whole_call(states: &[BackfilledState]) -> bool {
         .filter(|s| s.sequence_number == last)
         .any(|s| {
             serde_json::from_str::<Kind>(s.state.get())
-                .is_ok_and(|k| k.kind.as_deref() == Some("ENDING"))
+                .is_ok_and(|k| k.kind.is_some_and(|k| k.eq_ignore_ascii_case("ENDING")))
         });
     seqs.first() == Some(&1) && seqs.len() as u64 == last && ends
 }

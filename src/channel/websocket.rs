@@ -12,7 +12,8 @@
 //! failure is retried with backoff (`reconnect_base` doubling up to `reconnect_max`) until half
 //! the `refresh_margin` before expiry; the channel is recreated only when GoTo says it is gone
 //! (404/410), on `WEBSOCKET_TO_BE_CLOSED`, or once it has expired. A lifetime GoTo never stated
-//! is taken as the smallest one seen (1200 s, goto-api.md §2.2).
+//! is taken as the smallest one seen (1200 s, goto-api.md §2.2) for when to refresh, but such a
+//! guessed expiry never ends the socket.
 //!
 //! The channel id is part of the channel's URL: logs and states show only its tag
 //! ([`Channel::tag`]).
@@ -88,6 +89,8 @@ struct Held {
     channel: Channel,
     /// When GoTo's last granted lifetime ends, counted from when the grant was asked for.
     expires_at: Instant,
+    /// GoTo stated that lifetime (`expires_at` is not a guess from [`ASSUMED_LIFETIME`]).
+    expiry_known: bool,
 }
 
 impl Held {
@@ -99,6 +102,7 @@ impl Held {
         // Far-future instants overflow; webhook-like lifetimes are capped.
         let expires_at = asked + lifetime.min(LONGEST_REFRESH_WAIT * 2);
         Self {
+            expiry_known: channel.lifetime_secs.is_some(),
             channel,
             expires_at,
         }
@@ -307,17 +311,22 @@ enum AfterFailedRefresh {
 }
 
 /// The policy: gone (404/410) or expired → recreate; otherwise retry after `delay` until half
-/// the margin before expiry, the socket delivering meanwhile.
+/// the margin before expiry, the socket delivering meanwhile. With an expiry GoTo never stated
+/// (`None`), retry for as long as it takes: a guessed expiry is no reason to drop a socket that
+/// may still deliver (GoTo closes it, or says `WEBSOCKET_TO_BE_CLOSED`, when the channel ends).
 fn after_failed_refresh(
     gone: bool,
     now: Instant,
-    expires_at: Instant,
+    expires_at: Option<Instant>,
     margin: Duration,
     delay: Duration,
 ) -> AfterFailedRefresh {
     if gone {
         return AfterFailedRefresh::Recreate("channel_gone");
     }
+    let Some(expires_at) = expires_at else {
+        return AfterFailedRefresh::RetryAt(now + delay);
+    };
     if now >= expires_at {
         return AfterFailedRefresh::Recreate("channel_expired");
     }
@@ -345,6 +354,7 @@ async fn session(
     let Held {
         channel: mut current,
         mut expires_at,
+        mut expiry_known,
     } = held_now;
     let Some(url) = current.kind.url().map(str::to_string) else {
         return SessionEnd::Recreate("no_channel_url");
@@ -491,13 +501,14 @@ async fn session(
             }
             _ = sleep_until(refresh_at) => {
                 let asked = Instant::now();
-                if asked >= expires_at {
+                if expiry_known && asked >= expires_at {
                     break SessionEnd::Recreate("channel_expired");
                 }
                 match keeper.refresh(&current).await {
                     Ok(c) => {
                         let granted = Held::granted(c, asked);
                         expires_at = granted.expires_at;
+                        expiry_known = granted.expiry_known;
                         refresh_at = refresh_deadline(Instant::now(), expires_at, settings.refresh_margin);
                         refresh_retry = settings.reconnect_base;
                         current = granted.channel.clone();
@@ -505,7 +516,7 @@ async fn session(
                     }
                     Err(e) => {
                         let now = Instant::now();
-                        match after_failed_refresh(e.is_channel_gone(), now, expires_at, settings.refresh_margin, refresh_retry) {
+                        match after_failed_refresh(e.is_channel_gone(), now, expiry_known.then_some(expires_at), settings.refresh_margin, refresh_retry) {
                             AfterFailedRefresh::Recreate(why) => {
                                 tracing::warn!(error = %e, reason = why, "channel refresh failed and the channel is gone or expired; recreating it");
                                 break SessionEnd::Recreate(why);
@@ -648,32 +659,39 @@ mod tests {
         let margin = Duration::from_secs(120);
         let delay = Duration::from_secs(1);
         assert_eq!(
-            after_failed_refresh(false, now, expires, margin, delay),
+            after_failed_refresh(false, now, Some(expires), margin, delay),
             AfterFailedRefresh::RetryAt(now + delay)
         );
         // Retries stop half the margin before expiry; the socket stays until then.
         let late = expires - Duration::from_secs(61);
         assert_eq!(
-            after_failed_refresh(false, late, expires, margin, Duration::from_secs(30)),
+            after_failed_refresh(false, late, Some(expires), margin, Duration::from_secs(30)),
             AfterFailedRefresh::RetryAt(expires - Duration::from_secs(60))
         );
         assert_eq!(
             after_failed_refresh(
                 false,
                 expires - Duration::from_secs(10),
-                expires,
+                Some(expires),
                 margin,
                 delay
             ),
             AfterFailedRefresh::WaitForExpiry(expires)
         );
         assert_eq!(
-            after_failed_refresh(false, expires, expires, margin, delay),
+            after_failed_refresh(false, expires, Some(expires), margin, delay),
             AfterFailedRefresh::Recreate("channel_expired")
         );
         assert_eq!(
-            after_failed_refresh(true, now, expires, margin, delay),
+            after_failed_refresh(true, now, Some(expires), margin, delay),
             AfterFailedRefresh::Recreate("channel_gone")
+        );
+        // An expiry GoTo never stated is not acted on: past the guess, the socket stays and the
+        // refresh is retried.
+        let past_guess = expires + Duration::from_secs(3600);
+        assert_eq!(
+            after_failed_refresh(false, past_guess, None, margin, delay),
+            AfterFailedRefresh::RetryAt(past_guess + delay)
         );
     }
 
