@@ -12,103 +12,25 @@
 //! the broker that leads the ordered topic, and only that topic: raw, changelog, dead letter and
 //! the group live on another broker. GoTo answers every back-fill with nothing, so a state can
 //! only come from raw: a state skipped by the hand-over shows up as missing or as a gap record.
-use callbridge::kafka::reader::{read_topic, ReadRecord};
+mod support;
+
+use callbridge::kafka::reader::ReadRecord;
 use callbridge::kafka::KafkaConfig;
 use callbridge::sequencer::shell::changelog::{self, ChangelogRecord};
 use callbridge::sequencer::shell::{self, BackfillSource, Fetched, FetchedState, ShellConfig};
 use callbridge::sequencer::SequencerConfig;
-use rdkafka::mocking::MockCoordinator;
-use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::FutureProducer;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::ClientConfig;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::mock_brokers::{kind, read, wait_for, write_raw, MockBrokers, ORDERED_BROKER};
 
-/// The broker leading the ordered topic; every other topic and the group are on broker 1.
-const ORDERED_BROKER: i32 = 3;
 const CONVERSATION: &str = "6513270e-269e-4d37-b2a7-4de452e6b438";
 /// States of the call; the last one is ENDING.
 const LAST: u64 = 6;
-
-/// A mock cluster of 3 brokers, owned by a client created for it (`test.mock.num.brokers`), so
-/// its native handle is reachable for the per-broker faults the safe API does not offer.
-struct Cluster {
-    owner: BaseProducer,
-    bootstrap: String,
-}
-
-impl Cluster {
-    fn start(kafka: &KafkaConfig) -> Cluster {
-        let owner: BaseProducer = ClientConfig::new()
-            .set("test.mock.num.brokers", "3")
-            .create()
-            .expect("mock cluster");
-        let mock = owner.client().mock_cluster().expect("mock cluster handle");
-        for topic in kafka.topics.required() {
-            mock.create_topic(&topic, 1, 1).expect("mock topic");
-            let leader = if topic == kafka.topics.ordered {
-                ORDERED_BROKER
-            } else {
-                1
-            };
-            mock.partition_leader(&topic, 0, Some(leader))
-                .expect("partition leader");
-        }
-        mock.coordinator(MockCoordinator::Group(kafka.consumer_group.clone()), 1)
-            .expect("group coordinator");
-        let bootstrap = mock.bootstrap_servers();
-        drop(mock);
-        let cluster = Cluster { owner, bootstrap };
-        // SAFETY: the handle belongs to `owner`, which outlives every use (`self`).
-        unsafe {
-            rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster.mock(), 0)
-        };
-        cluster
-    }
-
-    fn mock(&self) -> *mut rdkafka::bindings::rd_kafka_mock_cluster_t {
-        // SAFETY: the client was created with a mock cluster, alive as long as the client.
-        unsafe { rdkafka::bindings::rd_kafka_handle_mock_cluster(self.owner.client().native_ptr()) }
-    }
-
-    /// The next Produce requests `broker` receives are answered with these errors, each
-    /// (error, delay) in turn.
-    fn fail_next_produces(&self, broker: i32, errors: &[(RDKafkaRespErr, Duration)]) {
-        for &(error, rtt) in errors {
-            // SAFETY: variadic (error, rtt in ms) pairs, both passed as C ints, as declared.
-            let err = unsafe {
-                rdkafka::bindings::rd_kafka_mock_broker_push_request_error_rtts(
-                    self.mock(),
-                    broker,
-                    RDKafkaApiKey::Produce.into(),
-                    1,
-                    error as std::ffi::c_int,
-                    rtt.as_millis() as std::ffi::c_int,
-                )
-            };
-            assert_eq!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
-        }
-    }
-
-    /// Produce errors still waiting for a request on `broker`.
-    fn produce_errors_pending(&self, broker: i32) -> usize {
-        let mut count = 0usize;
-        // SAFETY: as above; `count` outlives the call.
-        let err = unsafe {
-            rdkafka::bindings::rd_kafka_mock_broker_error_stack_cnt(
-                self.mock(),
-                broker,
-                RDKafkaApiKey::Produce.into(),
-                &mut count,
-            )
-        };
-        assert_eq!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
-        count
-    }
-}
 
 /// GoTo no longer has anything: every state must come from raw.
 #[derive(Default)]
@@ -128,64 +50,14 @@ impl BackfillSource for NothingLeft {
     }
 }
 
-fn notification(seq: u64) -> String {
-    serde_json::json!({
-        "id": format!("n-{seq}"),
-        "source": "call-events",
-        "type": "call-state",
-        "content": {
-            "metadata": { "conversationSpaceId": CONVERSATION, "direction": "INBOUND" },
-            "state": {
-                "id": format!("s-{seq}"),
-                "sequenceNumber": seq,
-                "type": if seq == LAST { "ENDING" } else { "ACTIVE" },
-                "participants": []
-            }
-        }
-    })
-    .to_string()
-}
-
-async fn write_raw(
-    kafka: &KafkaConfig,
-    producer: &FutureProducer,
-    seqs: std::ops::RangeInclusive<u64>,
-) {
-    for seq in seqs {
-        let body = notification(seq);
-        producer
-            .send(
-                FutureRecord::to(&kafka.topics.raw)
-                    .partition(0)
-                    .key(CONVERSATION)
-                    .payload(&body),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("writing raw");
-    }
-}
-
 async fn read_ordered(kafka: &KafkaConfig) -> Vec<ReadRecord> {
-    let kafka = kafka.clone();
-    tokio::task::spawn_blocking(move || {
-        read_topic(&kafka, &kafka.topics.ordered, Duration::from_secs(30))
-    })
-    .await
-    .expect("reader task")
-    .expect("reading the ordered topic")
+    read(kafka, &kafka.topics.ordered).await
 }
 
 /// Epochs that handed `changelog[0]` over cleanly (a `released` progress record).
 async fn released_epochs(kafka: &KafkaConfig) -> Vec<u64> {
-    let kafka = kafka.clone();
-    let records = tokio::task::spawn_blocking(move || {
-        read_topic(&kafka, &kafka.topics.changelog, Duration::from_secs(30))
-    })
-    .await
-    .expect("reader task")
-    .expect("reading the changelog");
-    records
+    read(kafka, &kafka.topics.changelog)
+        .await
         .iter()
         .filter_map(|r| {
             let key = r.key.as_deref().unwrap_or_default().as_bytes();
@@ -209,19 +81,6 @@ fn published_states(records: &[ReadRecord]) -> Vec<u64> {
         .collect()
 }
 
-fn kind(r: &ReadRecord) -> &str {
-    r.header("callbridge-kind").unwrap_or("?")
-}
-
-/// `what` every 20 ms until it holds; panics after `within`.
-async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Until the call's completion record is in the ordered topic; returns the topic.
 async fn wait_for_completion(kafka: &KafkaConfig, within: Duration) -> Vec<ReadRecord> {
     let deadline = Instant::now() + within;
@@ -237,11 +96,11 @@ async fn wait_for_completion(kafka: &KafkaConfig, within: Duration) -> Vec<ReadR
 /// takeover of the one partition.
 async fn started(
     source: Arc<dyn BackfillSource>,
-) -> (Cluster, KafkaConfig, shell::SequencerHandle) {
+) -> (MockBrokers, KafkaConfig, shell::SequencerHandle) {
     let mut kafka = KafkaConfig::default();
     kafka.topics.partitions = 1;
     kafka.topics.replication_factor = 1;
-    let cluster = Cluster::start(&kafka);
+    let cluster = MockBrokers::start(&kafka);
     kafka.bootstrap_servers = cluster.bootstrap.clone();
     let config = ShellConfig {
         kafka: kafka.clone(),
@@ -282,7 +141,7 @@ async fn refused_output_recovers(queue_later_outputs: bool) {
     let stats = sequencer.stats.clone();
 
     let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
-    write_raw(&kafka, &raw, 1..=1).await;
+    write_raw(&kafka, &raw, CONVERSATION, 1..=1, LAST).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !read_ordered(&kafka)
         .await
@@ -308,18 +167,18 @@ async fn refused_output_recovers(queue_later_outputs: bool) {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
             Duration::ZERO,
         );
-        cluster.fail_next_produces(ORDERED_BROKER, &[refused, gap]);
-        write_raw(&kafka, &raw, 2..=2).await;
+        cluster.push_request_errors(ORDERED_BROKER, RDKafkaApiKey::Produce, &[refused, gap]);
+        write_raw(&kafka, &raw, CONVERSATION, 2..=2, LAST).await;
         wait_for(
             "state 2's request at the broker",
             Duration::from_secs(10),
-            || cluster.produce_errors_pending(ORDERED_BROKER) < 2,
+            || cluster.request_errors_pending(ORDERED_BROKER, RDKafkaApiKey::Produce) < 2,
         )
         .await;
-        write_raw(&kafka, &raw, 3..=LAST).await;
+        write_raw(&kafka, &raw, CONVERSATION, 3..=LAST, LAST).await;
     } else {
-        cluster.fail_next_produces(ORDERED_BROKER, &[refused]);
-        write_raw(&kafka, &raw, 2..=2).await;
+        cluster.push_request_errors(ORDERED_BROKER, RDKafkaApiKey::Produce, &[refused]);
+        write_raw(&kafka, &raw, CONVERSATION, 2..=2, LAST).await;
     }
     // The refusal ends the run; the restarted run is the next owner.
     wait_for("the next owner's takeover", Duration::from_secs(60), || {
@@ -327,7 +186,7 @@ async fn refused_output_recovers(queue_later_outputs: bool) {
     })
     .await;
     if !queue_later_outputs {
-        write_raw(&kafka, &raw, 3..=LAST).await;
+        write_raw(&kafka, &raw, CONVERSATION, 3..=LAST, LAST).await;
     }
 
     let records = wait_for_completion(&kafka, Duration::from_secs(60)).await;
@@ -425,8 +284,8 @@ async fn an_oversize_back_filled_state_is_dead_lettered_and_declared_a_gap() {
 
     // State 2 never reaches raw: only back-fill has it, and too large to publish.
     let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
-    write_raw(&kafka, &raw, 1..=1).await;
-    write_raw(&kafka, &raw, 3..=LAST).await;
+    write_raw(&kafka, &raw, CONVERSATION, 1..=1, LAST).await;
+    write_raw(&kafka, &raw, CONVERSATION, 3..=LAST, LAST).await;
     let records = wait_for_completion(&kafka, Duration::from_secs(60)).await;
     let takeovers = stats.takeovers.load(Ordering::SeqCst);
     tokio::task::block_in_place(|| sequencer.shutdown());
@@ -452,15 +311,7 @@ async fn an_oversize_back_filled_state_is_dead_lettered_and_declared_a_gap() {
     assert_eq!(takeovers, 1, "the run failed and was restarted");
 
     // The state itself is in the dead-letter topic, cut to fit, with why.
-    let dead = {
-        let kafka = kafka.clone();
-        tokio::task::spawn_blocking(move || {
-            read_topic(&kafka, &kafka.topics.dead_letter, Duration::from_secs(30))
-        })
-        .await
-        .unwrap()
-        .unwrap()
-    };
+    let dead = read(&kafka, &kafka.topics.dead_letter).await;
     assert!(!dead.is_empty(), "the oversize state was not dead-lettered");
     for r in &dead {
         assert_eq!(r.header("callbridge-dead-letter-reason"), Some("oversize"));

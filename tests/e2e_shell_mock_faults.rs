@@ -10,25 +10,24 @@
 //!   `released` marker), and the next owner takes the unclean path: waits out the stragglers,
 //!   scans the output, re-reads raw.
 //! - A takeover given up after its fence writes no takeover marker.
-use callbridge::kafka::reader::{read_topic, ReadRecord};
+mod support;
+
+use callbridge::kafka::reader::ReadRecord;
 use callbridge::kafka::KafkaConfig;
 use callbridge::sequencer::shell::changelog::{self, ChangelogRecord};
 use callbridge::sequencer::shell::{self, BackfillSource, Fetched, ShellConfig};
 use callbridge::sequencer::SequencerConfig;
-use rdkafka::mocking::MockCoordinator;
-use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::ClientConfig;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::mock_brokers::{
+    call_state, kind, read, wait_for, write_raw, MockBrokers, ORDERED_BROKER, OTHER_BROKER,
+};
 
-/// The broker leading the ordered topic; every other topic and the group are on
-/// [`OTHER_BROKER`].
-const ORDERED_BROKER: i32 = 3;
-const OTHER_BROKER: i32 = 1;
 const CONVERSATION: &str = "0f7c1d2e-5b8a-4c3d-9e6f-7a8b9c0d1e2f";
 /// States of the call; the last one is ENDING.
 const LAST: u64 = 6;
@@ -36,92 +35,6 @@ const LAST: u64 = 6;
 const BOUND: Duration = Duration::from_secs(3);
 /// How long the broker holds the ordered write of state 2 before acknowledging it.
 const HELD: Duration = Duration::from_secs(60);
-
-/// A mock cluster of 3 brokers, owned by a client created for it (`test.mock.num.brokers`), so
-/// its native handle is reachable for the per-broker faults the safe API does not offer.
-struct Cluster {
-    owner: BaseProducer,
-    bootstrap: String,
-}
-
-impl Cluster {
-    fn start(kafka: &KafkaConfig) -> Cluster {
-        let owner: BaseProducer = ClientConfig::new()
-            .set("test.mock.num.brokers", "3")
-            .create()
-            .expect("mock cluster");
-        let mock = owner.client().mock_cluster().expect("mock cluster handle");
-        for topic in kafka.topics.required() {
-            let partitions = if topic == kafka.topics.channel_owner {
-                1
-            } else {
-                kafka.topics.partitions
-            };
-            mock.create_topic(&topic, partitions, 1)
-                .expect("mock topic");
-            let leader = if topic == kafka.topics.ordered {
-                ORDERED_BROKER
-            } else {
-                OTHER_BROKER
-            };
-            for p in 0..partitions {
-                mock.partition_leader(&topic, p, Some(leader))
-                    .expect("partition leader");
-            }
-        }
-        mock.coordinator(
-            MockCoordinator::Group(kafka.consumer_group.clone()),
-            OTHER_BROKER,
-        )
-        .expect("group coordinator");
-        let bootstrap = mock.bootstrap_servers();
-        drop(mock);
-        let cluster = Cluster { owner, bootstrap };
-        // SAFETY: the handle belongs to `owner`, which outlives every use (`self`).
-        unsafe {
-            rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster.mock(), 0)
-        };
-        cluster
-    }
-
-    fn mock(&self) -> *mut rdkafka::bindings::rd_kafka_mock_cluster_t {
-        // SAFETY: the client was created with a mock cluster, alive as long as the client.
-        unsafe { rdkafka::bindings::rd_kafka_handle_mock_cluster(self.owner.client().native_ptr()) }
-    }
-
-    /// The next Produce request `broker` receives is written at once and acknowledged after
-    /// `delay`.
-    fn hold_next_produce(&self, broker: i32, delay: Duration) {
-        // SAFETY: variadic (error, rtt in ms) pairs, both passed as C ints, as declared.
-        let err = unsafe {
-            rdkafka::bindings::rd_kafka_mock_broker_push_request_error_rtts(
-                self.mock(),
-                broker,
-                RDKafkaApiKey::Produce.into(),
-                1,
-                RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR as std::ffi::c_int,
-                delay.as_millis() as std::ffi::c_int,
-            )
-        };
-        assert_eq!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
-    }
-
-    /// Produce faults still waiting for a request on `broker`.
-    fn produce_faults_pending(&self, broker: i32) -> usize {
-        let mut count = 0usize;
-        // SAFETY: as above; `count` outlives the call.
-        let err = unsafe {
-            rdkafka::bindings::rd_kafka_mock_broker_error_stack_cnt(
-                self.mock(),
-                broker,
-                RDKafkaApiKey::Produce.into(),
-                &mut count,
-            )
-        };
-        assert_eq!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
-        count
-    }
-}
 
 /// GoTo no longer has anything: every state must come from raw.
 struct NothingLeft;
@@ -134,65 +47,6 @@ impl BackfillSource for NothingLeft {
         _to: Option<u64>,
     ) -> Pin<Box<dyn Future<Output = Fetched> + Send + 'a>> {
         Box::pin(async { Fetched::States(Vec::new()) })
-    }
-}
-
-fn notification(seq: u64) -> String {
-    serde_json::json!({
-        "id": format!("n-{seq}"),
-        "source": "call-events",
-        "type": "call-state",
-        "content": {
-            "metadata": { "conversationSpaceId": CONVERSATION, "direction": "INBOUND" },
-            "state": {
-                "id": format!("s-{seq}"),
-                "sequenceNumber": seq,
-                "type": if seq == LAST { "ENDING" } else { "ACTIVE" },
-                "participants": []
-            }
-        }
-    })
-    .to_string()
-}
-
-async fn write_raw(
-    kafka: &KafkaConfig,
-    producer: &FutureProducer,
-    seqs: std::ops::RangeInclusive<u64>,
-) {
-    for seq in seqs {
-        let body = notification(seq);
-        producer
-            .send(
-                FutureRecord::to(&kafka.topics.raw)
-                    .partition(0)
-                    .key(CONVERSATION)
-                    .payload(&body),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("writing raw");
-    }
-}
-
-async fn read(kafka: &KafkaConfig, topic: &str) -> Vec<ReadRecord> {
-    let (kafka, topic) = (kafka.clone(), topic.to_string());
-    tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, Duration::from_secs(30)))
-        .await
-        .expect("reader task")
-        .expect("reading a topic")
-}
-
-fn kind(r: &ReadRecord) -> &str {
-    r.header("callbridge-kind").unwrap_or("?")
-}
-
-/// `what` every 20 ms until it holds; panics after `within`.
-async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -209,7 +63,7 @@ async fn a_queue_full_for_longer_than_the_bound_fails_the_run_and_loses_nothing(
     kafka
         .librdkafka
         .insert("queue.buffering.max.messages".into(), "1".into());
-    let cluster = Cluster::start(&kafka);
+    let cluster = MockBrokers::start(&kafka);
     kafka.bootstrap_servers = cluster.bootstrap.clone();
     let config = ShellConfig {
         kafka: kafka.clone(),
@@ -239,7 +93,7 @@ async fn a_queue_full_for_longer_than_the_bound_fails_the_run_and_loses_nothing(
     .await;
 
     let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
-    write_raw(&kafka, &raw, 1..=1).await;
+    write_raw(&kafka, &raw, CONVERSATION, 1..=1, LAST).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !read(&kafka, &kafka.topics.ordered)
         .await
@@ -254,16 +108,20 @@ async fn a_queue_full_for_longer_than_the_bound_fails_the_run_and_loses_nothing(
 
     // State 2's ordered write is taken but not acknowledged for a minute: the queue stays full,
     // and the outputs of states 3.. (and the changelog's) wait for room while raw is read on.
-    cluster.hold_next_produce(ORDERED_BROKER, HELD);
-    write_raw(&kafka, &raw, 2..=2).await;
+    cluster.push_request_errors(
+        ORDERED_BROKER,
+        RDKafkaApiKey::Produce,
+        &[(RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR, HELD)],
+    );
+    write_raw(&kafka, &raw, CONVERSATION, 2..=2, LAST).await;
     wait_for(
         "state 2's request at the broker",
         Duration::from_secs(10),
-        || cluster.produce_faults_pending(ORDERED_BROKER) == 0,
+        || cluster.request_errors_pending(ORDERED_BROKER, RDKafkaApiKey::Produce) == 0,
     )
     .await;
     let held_at = Instant::now();
-    write_raw(&kafka, &raw, 3..=LAST).await;
+    write_raw(&kafka, &raw, CONVERSATION, 3..=LAST, LAST).await;
 
     // The run gives up after the bound; the restarted run is the next owner (after the unclean
     // wait of session timeout + 5 s), well before the held request is answered.
@@ -346,11 +204,18 @@ async fn a_takeover_given_up_after_its_fence_writes_no_marker() {
     let mut kafka = KafkaConfig::default();
     kafka.topics.partitions = 1;
     kafka.topics.replication_factor = 1;
-    let cluster = Cluster::start(&kafka);
+    let cluster = MockBrokers::start(&kafka);
     kafka.bootstrap_servers = cluster.bootstrap.clone();
     // The fence is written at once and acknowledged after 2 s: the takeover is past its checks
     // before the fence, waiting for its delivery, when the partition is revoked.
-    cluster.hold_next_produce(OTHER_BROKER, Duration::from_secs(2));
+    cluster.push_request_errors(
+        OTHER_BROKER,
+        RDKafkaApiKey::Produce,
+        &[(
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
+            Duration::from_secs(2),
+        )],
+    );
     let cancelled = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     {
@@ -373,7 +238,7 @@ async fn a_takeover_given_up_after_its_fence_writes_no_marker() {
         });
     }
     wait_for("the fence at the broker", Duration::from_secs(20), || {
-        cluster.produce_faults_pending(OTHER_BROKER) == 0
+        cluster.request_errors_pending(OTHER_BROKER, RDKafkaApiKey::Produce) == 0
     })
     .await;
     cancelled.store(true, Ordering::SeqCst);
@@ -418,7 +283,7 @@ async fn a_failed_release_ends_the_hand_over_at_once() {
     let mut kafka = KafkaConfig::default();
     kafka.topics.partitions = PARTITIONS;
     kafka.topics.replication_factor = 1;
-    let cluster = Cluster::start(&kafka);
+    let cluster = MockBrokers::start(&kafka);
     kafka.bootstrap_servers = cluster.bootstrap.clone();
     let config = ShellConfig {
         kafka: kafka.clone(),
@@ -446,11 +311,15 @@ async fn a_failed_release_ends_the_hand_over_at_once() {
     .await;
 
     // Every output from here on waits behind a request the broker holds for a minute.
-    cluster.hold_next_produce(ORDERED_BROKER, HELD);
+    cluster.push_request_errors(
+        ORDERED_BROKER,
+        RDKafkaApiKey::Produce,
+        &[(RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR, HELD)],
+    );
     let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
     for p in 0..PARTITIONS {
         let conversation = format!("{CONVERSATION}-{p}");
-        let body = notification(1).replace(CONVERSATION, &conversation);
+        let body = call_state(&conversation, 1, LAST);
         raw.send(
             FutureRecord::to(&kafka.topics.raw)
                 .partition(p)
@@ -466,7 +335,7 @@ async fn a_failed_release_ends_the_hand_over_at_once() {
         Duration::from_secs(20),
         || {
             stats.states_published.load(Ordering::SeqCst) >= PARTITIONS as u64
-                && cluster.produce_faults_pending(ORDERED_BROKER) == 0
+                && cluster.request_errors_pending(ORDERED_BROKER, RDKafkaApiKey::Produce) == 0
         },
     )
     .await;
@@ -520,58 +389,6 @@ async fn a_failed_release_ends_the_hand_over_at_once() {
 /// [`a_failed_takeover_is_retried_alone_while_the_other_partitions_go_on`].
 const CHANGELOG_BROKER: i32 = 2;
 
-impl Cluster {
-    /// Moves `partition` of `topic` to `broker`.
-    fn move_leader(&self, topic: &str, partition: i32, broker: i32) {
-        let topic = std::ffi::CString::new(topic).unwrap();
-        // SAFETY: as above; the topic name outlives the call.
-        let err = unsafe {
-            rdkafka::bindings::rd_kafka_mock_partition_set_leader(
-                self.mock(),
-                topic.as_ptr(),
-                partition,
-                broker,
-            )
-        };
-        assert_eq!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
-    }
-
-    /// The next `count` ListOffsets requests `broker` receives are refused (an error librdkafka
-    /// does not retry: a watermark query fails at once).
-    fn refuse_list_offsets(&self, broker: i32, count: usize) {
-        for _ in 0..count {
-            // SAFETY: variadic (error, rtt in ms) pairs, both passed as C ints, as declared.
-            let err = unsafe {
-                rdkafka::bindings::rd_kafka_mock_broker_push_request_error_rtts(
-                    self.mock(),
-                    broker,
-                    RDKafkaApiKey::ListOffsets.into(),
-                    1,
-                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED as std::ffi::c_int,
-                    0 as std::ffi::c_int,
-                )
-            };
-            assert_eq!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
-        }
-    }
-
-    /// ListOffsets faults still waiting for a request on `broker`.
-    fn list_offsets_faults_pending(&self, broker: i32) -> usize {
-        let mut count = 0usize;
-        // SAFETY: as above; `count` outlives the call.
-        let err = unsafe {
-            rdkafka::bindings::rd_kafka_mock_broker_error_stack_cnt(
-                self.mock(),
-                broker,
-                RDKafkaApiKey::ListOffsets.into(),
-                &mut count,
-            )
-        };
-        assert_eq!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
-        count
-    }
-}
-
 /// One partition's takeover failing (here its changelog's watermarks cannot be read) is that
 /// partition's problem alone: it is taken over again after a backoff while the others go on.
 /// Ending the run for it gave every healthy partition up without a `released` marker, so each
@@ -589,11 +406,22 @@ async fn a_failed_takeover_is_retried_alone_while_the_other_partitions_go_on() {
     let mut kafka = KafkaConfig::default();
     kafka.topics.partitions = PARTITIONS;
     kafka.topics.replication_factor = 1;
-    let cluster = Cluster::start(&kafka);
+    let cluster = MockBrokers::start(&kafka);
     kafka.bootstrap_servers = cluster.bootstrap.clone();
     // Only the faulty partition's changelog is on the broker that refuses ListOffsets.
     cluster.move_leader(&kafka.topics.changelog, FAULTY, CHANGELOG_BROKER);
-    cluster.refuse_list_offsets(CHANGELOG_BROKER, REFUSED);
+    // Refused with an error librdkafka does not retry: a watermark query fails at once.
+    cluster.push_request_errors(
+        CHANGELOG_BROKER,
+        RDKafkaApiKey::ListOffsets,
+        &vec![
+            (
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+                Duration::ZERO
+            );
+            REFUSED
+        ],
+    );
     let config = ShellConfig {
         kafka: kafka.clone(),
         sequencer: SequencerConfig {
@@ -623,7 +451,8 @@ async fn a_failed_takeover_is_retried_alone_while_the_other_partitions_go_on() {
         Duration::from_secs(30),
         || {
             stats.takeovers.load(Ordering::SeqCst) >= (PARTITIONS - 1) as u64
-                && cluster.list_offsets_faults_pending(CHANGELOG_BROKER) <= REFUSED - 4
+                && cluster.request_errors_pending(CHANGELOG_BROKER, RDKafkaApiKey::ListOffsets)
+                    <= REFUSED - 4
         },
     )
     .await;
@@ -631,7 +460,7 @@ async fn a_failed_takeover_is_retried_alone_while_the_other_partitions_go_on() {
     let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
     for p in 0..PARTITIONS {
         for seq in 1..=LAST {
-            let body = notification(seq).replace(CONVERSATION, &conversation(p));
+            let body = call_state(&conversation(p), seq, LAST);
             raw.send(
                 FutureRecord::to(&kafka.topics.raw)
                     .partition(p)
@@ -668,7 +497,7 @@ async fn a_failed_takeover_is_retried_alone_while_the_other_partitions_go_on() {
         "nothing is written for a partition whose takeover failed"
     );
     assert!(
-        cluster.list_offsets_faults_pending(CHANGELOG_BROKER) > 0,
+        cluster.request_errors_pending(CHANGELOG_BROKER, RDKafkaApiKey::ListOffsets) > 0,
         "the fault was still on"
     );
 
