@@ -26,7 +26,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::mock_brokers::{kind, read, wait_for, write_raw, MockBrokers, ORDERED_BROKER};
+use support::mock_brokers::{
+    describe, kind, read, wait_for, write_raw, MockBrokers, ORDERED_BROKER,
+};
 
 const CONVERSATION: &str = "6513270e-269e-4d37-b2a7-4de452e6b438";
 /// States of the call; the last one is ENDING.
@@ -196,16 +198,7 @@ async fn refused_output_recovers(queue_later_outputs: bool) {
     let stream: Vec<String> = records
         .iter()
         .filter(|r| kind(r) != "takeover")
-        .map(|r| {
-            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap_or_default();
-            format!(
-                "{}:{}:{} epoch {}",
-                r.offset,
-                kind(r),
-                v["sequenceNumber"],
-                r.header("callbridge-epoch").unwrap_or("?")
-            )
-        })
+        .map(describe)
         .collect();
     println!("ordered topic: {stream:?}");
 

@@ -25,7 +25,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::mock_brokers::{
-    call_state, kind, read, wait_for, write_raw, MockBrokers, ORDERED_BROKER, OTHER_BROKER,
+    call_state, describe, kind, read, wait_for, write_raw, MockBrokers, ORDERED_BROKER,
+    OTHER_BROKER,
 };
 
 const CONVERSATION: &str = "0f7c1d2e-5b8a-4c3d-9e6f-7a8b9c0d1e2f";
@@ -155,16 +156,7 @@ async fn a_queue_full_for_longer_than_the_bound_fails_the_run_and_loses_nothing(
     let stream: Vec<String> = records
         .iter()
         .filter(|r| kind(r) != "takeover")
-        .map(|r| {
-            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap_or_default();
-            format!(
-                "{}:{}:{} epoch {}",
-                r.offset,
-                kind(r),
-                v["sequenceNumber"],
-                r.header("callbridge-epoch").unwrap_or("?")
-            )
-        })
+        .map(describe)
         .collect();
     println!("ordered topic: {stream:?}; next owner after {recovered_after:?}");
     let states: Vec<u64> = records
@@ -531,16 +523,7 @@ async fn a_failed_takeover_is_retried_alone_while_the_other_partitions_go_on() {
         let stream: Vec<String> = records
             .iter()
             .filter(|r| r.partition == p)
-            .map(|r| {
-                let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap_or_default();
-                format!(
-                    "{}:{}:{} epoch {}",
-                    r.offset,
-                    kind(r),
-                    v["sequenceNumber"],
-                    r.header("callbridge-epoch").unwrap_or("?")
-                )
-            })
+            .map(describe)
             .collect();
         println!("ordered[{p}]: {stream:?}");
         let states: Vec<u64> = records

@@ -188,6 +188,19 @@ pub fn kind(r: &ReadRecord) -> &str {
     r.header("callbridge-kind").unwrap_or("?")
 }
 
+/// One ordered record as a line of a failure's or a run's log: offset, kind, sequence number,
+/// epoch.
+pub fn describe(r: &ReadRecord) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap_or_default();
+    format!(
+        "{}:{}:{} epoch {}",
+        r.offset,
+        kind(r),
+        v["sequenceNumber"],
+        r.header("callbridge-epoch").unwrap_or("?")
+    )
+}
+
 /// `what` every 20 ms until it holds; panics after `within`.
 pub async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
