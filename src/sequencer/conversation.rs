@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::stats::Ledger;
+use super::types::millis;
 use super::window::{fold, Recent, Window};
 use super::{
     Action, BackfillOutcome, ConversationCheckpoint, ConversationId, DeadLetterReason, GapReason,
@@ -354,10 +355,13 @@ impl<P> Conversation<P> {
         // The changelog is written when the checkpoint changes, and a new owner restores the
         // abandon clock from that record's time. A state that changes nothing (a catch-up's
         // copy of the last state of a call still active, say) keeps the call alive here but
-        // would not there: after a long quiet spell its checkpoint is written again, so a
-        // takeover does not abandon a call this owner still keeps (at most an eighth of
-        // `abandon_after` early).
-        if cx.now >= self.last_activity.plus(cx.cfg.abandon_after / 8) {
+        // would not there: the first state in each new eighth of `abandon_after` (on the core's
+        // clock) writes its checkpoint again, so a takeover does not abandon a call this owner
+        // still keeps (at most an eighth early). Measured from the last state instead, copies
+        // each closer than an eighth to the one before never wrote it, however long they went
+        // on.
+        let eighth = millis(cx.cfg.abandon_after / 8).max(1);
+        if cx.now.0 / eighth != self.last_activity.0 / eighth {
             cx.ledger.changed = true;
         }
         self.last_activity = self.last_activity.max(cx.now);
