@@ -472,3 +472,214 @@ async fn errors_about_a_gone_channel_show_its_tag_not_its_id() {
         "the simulator's channelURL holds the channel id, as GoTo's does: {url}"
     );
 }
+
+// --- A replacement channel whose subscribe fails is not left at GoTo ----------------------------
+
+/// Everything logged in this test process (nextest runs each test in its own process).
+fn logs() -> &'static std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        let _ = tracing_subscriber::fmt()
+            // The simulator is GoTo's side: its logs name channels as GoTo's would.
+            .with_env_filter("info,callbridge=debug,callbridge::simulator=off")
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .try_init();
+        buffer
+    })
+}
+
+struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logged() -> String {
+    String::from_utf8_lossy(&logs().lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+}
+
+/// Each channel the keeper made must be gone from GoTo, and named in the logs by its tag only.
+fn assert_made_and_deleted(sim: &callbridge::simulator::RunningSimulator, made: &[String]) {
+    assert!(
+        sim.control().channel_ids().is_empty(),
+        "channels left at GoTo: {} of {} made",
+        sim.control().channel_ids().len(),
+        made.len()
+    );
+    let logs = logged();
+    for id in made {
+        assert!(!logs.contains(id.as_str()), "{id} in the logs:\n{logs}");
+        assert!(
+            logs.contains(&callbridge::goto::Channel::tag_of(id)),
+            "{} not in the logs:\n{logs}",
+            callbridge::goto::Channel::tag_of(id)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_replacement_channel_whose_subscribe_fails_is_deleted_and_the_retry_makes_a_fresh_one() {
+    logs();
+    // A transient failure of the whole subscribe (503 on every attempt) and a permanent refusal
+    // of its items (403: only an operator can fix it, and the keeper retries every
+    // `reconnect_max` meanwhile).
+    for fault in [
+        serde_json::json!({ "subscription_request_status": 503 }),
+        serde_json::json!({ "subscription_item_status": 403 }),
+    ] {
+        let sim = start(sim_config()).await;
+        let keeper = keeper(&sim);
+        let old = subscribed_channel(&keeper).await;
+        sim.control().patch_faults(&fault).expect("fault set");
+
+        // What the WebSocket loop does after WEBSOCKET_TO_BE_CLOSED, round after round.
+        for _ in 0..3 {
+            let err = keeper
+                .recreate(Some(&old))
+                .await
+                .expect_err("the subscribe fails");
+            assert_no_secrets(&err.to_string());
+        }
+        let made: Vec<String> = sim
+            .control()
+            .created_channel_ids()
+            .into_iter()
+            .filter(|id| *id != old.channel_id)
+            .collect();
+        assert_eq!(made.len(), 3, "{fault}: one channel per round");
+        assert_made_and_deleted(&sim, &made);
+
+        // GoTo subscribes again: the next round ends with exactly one subscribed channel.
+        sim.control()
+            .set_faults(Default::default())
+            .expect("faults cleared");
+        let fresh = keeper.recreate(Some(&old)).await.expect("recreated");
+        assert_eq!(sim.control().channel_ids(), vec![fresh.channel_id.clone()]);
+        assert_eq!(listed(&keeper, &fresh.channel_id).await, vec![A1]);
+    }
+}
+
+#[tokio::test]
+async fn a_repair_whose_new_channel_cannot_be_subscribed_leaves_no_channel_behind() {
+    logs();
+    let sim = start(sim_config()).await;
+    let keeper = keeper(&sim);
+    let mut channel = subscribed_channel(&keeper).await;
+    let old = channel.channel_id.clone();
+    assert!(sim.control().delete_channel(&old));
+    sim.control()
+        .patch_faults(&serde_json::json!({ "subscription_request_status": 429 }))
+        .expect("fault set");
+
+    // Webhook mode's repair loop: one pass per repair interval while GoTo refuses.
+    for _ in 0..3 {
+        keeper
+            .repair(&mut channel)
+            .await
+            .expect_err("the subscribe fails");
+        assert_eq!(channel.channel_id, old, "the failed channel is not kept");
+    }
+    let made: Vec<String> = sim
+        .control()
+        .created_channel_ids()
+        .into_iter()
+        .filter(|id| *id != old)
+        .collect();
+    assert_eq!(made.len(), 3, "one channel per pass");
+    assert_made_and_deleted(&sim, &made);
+
+    sim.control()
+        .set_faults(Default::default())
+        .expect("faults cleared");
+    let repair = keeper.repair(&mut channel).await.expect("repaired");
+    assert_eq!(repair, Repair::ChannelRecreated);
+    assert_eq!(
+        sim.control().channel_ids(),
+        vec![channel.channel_id.clone()]
+    );
+}
+
+// --- A channel that must go but cannot be deleted -----------------------------------------------
+
+#[tokio::test]
+async fn a_listed_channel_that_can_be_neither_refreshed_nor_deleted_is_still_replaced() {
+    // Expired but still listed: the refresh says 410, and so may the delete (or GoTo refuses or
+    // fails it). Stopping at that delete would leave the bridge without a channel, round after
+    // round.
+    for delete_status in [410u16, 403, 503] {
+        let sim = start(sim_config()).await;
+        sim.control()
+            .patch_faults(&serde_json::json!({
+                "channel_refresh_status": 410,
+                "channel_delete_status": delete_status,
+            }))
+            .expect("fault set");
+        let (first, again) = created_then_listed_again(&sim).await;
+        let again = again.unwrap_or_else(|e| panic!("{delete_status}: not replaced: {e}"));
+        assert_ne!(again.channel_id, first.channel_id, "{delete_status}");
+        assert!(again.kind.url().is_some(), "{delete_status}");
+        let mut left = sim.control().channel_ids();
+        left.sort();
+        let mut expected = vec![first.channel_id.clone(), again.channel_id.clone()];
+        expected.sort();
+        assert_eq!(left, expected, "{delete_status}: GoTo kept the old one");
+    }
+}
+
+#[tokio::test]
+async fn a_channel_whose_deletion_failed_is_deleted_at_the_next_round() {
+    logs();
+    let sim = start(sim_config()).await;
+    let keeper = keeper(&sim);
+    let old = subscribed_channel(&keeper).await;
+    sim.control()
+        .patch_faults(&serde_json::json!({ "channel_delete_status": 503 }))
+        .expect("fault set");
+    let fresh = keeper.recreate(Some(&old)).await.expect("recreated anyway");
+    let mut left = sim.control().channel_ids();
+    left.sort();
+    let mut both = vec![old.channel_id.clone(), fresh.channel_id.clone()];
+    both.sort();
+    assert_eq!(left, both, "the old channel could not be deleted");
+
+    // GoTo deletes again. A recreate lists no channels, yet the one left goes too.
+    sim.control()
+        .set_faults(Default::default())
+        .expect("faults cleared");
+    let third = keeper.recreate(Some(&fresh)).await.expect("recreated");
+    assert_eq!(sim.control().channel_ids(), vec![third.channel_id.clone()]);
+    let logs = logged();
+    assert!(!logs.contains(&old.channel_id), "{logs}");
+    assert!(logs.contains(&old.tag()), "{logs}");
+}
+
+#[tokio::test]
+async fn a_410_reading_the_channel_is_logged_with_its_tag_not_its_id() {
+    logs();
+    let sim = start(sim_config()).await;
+    let keeper = keeper(&sim);
+    let mut channel = subscribed_channel(&keeper).await;
+    // GoTo's message names the channel ("Notification channel expired …"), as its 404 does.
+    sim.control()
+        .patch_faults(&serde_json::json!({ "channel_get_status": 410 }))
+        .expect("fault set");
+    let repair = keeper.repair(&mut channel).await.expect("repair pass");
+    assert_eq!(repair, Repair::Healthy, "the listing still shows it");
+    let logs = logged();
+    assert!(logs.contains("410"), "the refusal was logged: {logs}");
+    assert!(!logs.contains(&channel.channel_id), "{logs}");
+    assert!(logs.contains(&channel.tag()), "{logs}");
+}

@@ -465,3 +465,109 @@ async fn ground_truth_is_served_and_written() {
     assert_eq!(written.calls[0].states.len(), 3);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_refused_subscribe_request_subscribes_nothing() {
+    let sim = start(fast_config()).await;
+    let base = sim.base_url();
+    let t = token(&base).await;
+    let (id, _) = websocket_channel(&base, &t, "bridge").await;
+    sim.control()
+        .patch_faults(&json!({ "subscription_request_status": 503 }))
+        .unwrap();
+    let (s, v) = call(
+        Method::POST,
+        &format!("{base}/call-events/v1/subscriptions"),
+        &t,
+        Some(json!({"channelId": id, "accountKeys": [{"id": "1000000000000000001"}]})),
+    )
+    .await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["errorCode"], "UNKNOWN_ERROR", "{v}");
+    let (s, v) = call(
+        Method::GET,
+        &format!("{base}/call-events/v1/subscriptions?channelId={id}"),
+        &t,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["accountKeys"], json!([]), "nothing subscribed");
+    assert!(sim
+        .control()
+        .patch_faults(&json!({ "subscription_request_status": 200 }))
+        .is_err());
+}
+
+#[tokio::test]
+async fn a_refused_delete_leaves_the_channel() {
+    let sim = start(fast_config()).await;
+    let base = sim.base_url();
+    let t = token(&base).await;
+    let (id, _) = websocket_channel(&base, &t, "bridge").await;
+    let url = format!("{base}/notification-channel/v1/channels/bridge/{id}");
+    sim.control()
+        .patch_faults(&json!({ "channel_delete_status": 410 }))
+        .unwrap();
+    let (s, v) = call(Method::DELETE, &url, &t, None).await;
+    assert_eq!(s, 410, "{v}");
+    assert_eq!(v["errorCode"], "GONE", "{v}");
+    assert_eq!(sim.control().channel_ids(), vec![id.clone()]);
+    sim.control()
+        .patch_faults(&json!({ "channel_delete_status": null }))
+        .unwrap();
+    let (s, _) = call(Method::DELETE, &url, &t, None).await;
+    assert_eq!(s, 204);
+    assert!(sim.control().channel_ids().is_empty());
+    assert_eq!(
+        sim.control().created_channel_ids(),
+        vec![id],
+        "still counted"
+    );
+}
+
+#[tokio::test]
+async fn a_paused_active_call_listing_is_answered_once_resumed_and_counted_meanwhile() {
+    let sim = start(fast_config()).await;
+    let base = sim.base_url();
+    let t = token(&base).await;
+    sim.control()
+        .patch_faults(&json!({ "active_calls_paused": true }))
+        .unwrap();
+    let url = format!("{base}/call-events/v1/conversation-spaces?accountKey=1000000000000000001");
+    // One listing given up by its client, one waiting.
+    let given_up = tokio::spawn({
+        let (url, t) = (url.clone(), t.clone());
+        async move { call(Method::GET, &url, &t, None).await }
+    });
+    let waiting = tokio::spawn({
+        let (url, t) = (url.clone(), t.clone());
+        async move { call(Method::GET, &url, &t, None).await }
+    });
+    let control = sim.control();
+    eventually(Duration::from_secs(5), || {
+        (control.stats().active_call_listings.in_flight == 2).then_some(())
+    })
+    .await;
+    given_up.abort();
+    eventually(Duration::from_secs(5), || {
+        (control.stats().active_call_listings.in_flight == 1).then_some(())
+    })
+    .await;
+    assert!(!waiting.is_finished(), "answered while paused");
+    control
+        .patch_faults(&json!({ "active_calls_paused": false }))
+        .unwrap();
+    let (s, v) = waiting.await.unwrap();
+    assert_eq!(s, 200, "{v}");
+    assert!(v["items"].is_array(), "{v}");
+    let listings = control.stats().active_call_listings;
+    assert_eq!(
+        (
+            listings.requests,
+            listings.in_flight,
+            listings.max_in_flight
+        ),
+        (2, 0, 2)
+    );
+}

@@ -65,12 +65,21 @@ struct Session {
 
 impl Session {
     async fn start(sim: &RunningSimulator, settings: ChannelSettings) -> Session {
+        Session::start_with(sim, settings, client(sim)).await
+    }
+
+    /// With the GoTo client `goto` (its timeouts, say).
+    async fn start_with(
+        sim: &RunningSimulator,
+        settings: ChannelSettings,
+        goto: callbridge::goto::GotoClient,
+    ) -> Session {
         let broker = Tansu::start();
         let kafka = broker.kafka(1);
         ensure_topics(&kafka).await.expect("topics");
         let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
         let keeper = ChannelKeeper::new(
-            client(sim),
+            goto,
             "bridge",
             DesiredChannel::WebSocket,
             vec![A1.to_owned()],
@@ -260,4 +269,232 @@ async fn the_channel_id_is_in_no_log_and_no_state() {
     }
     assert!(states.contains(&Channel::tag_of(&first)), "{states}");
     assert_no_secrets(&logged);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_catch_up_at_a_time_while_goto_is_slow_and_the_socket_keeps_dropping() {
+    // Every (re)connect asks for a catch-up of the active calls; GoTo holds the listing
+    // unanswered meanwhile (slow, or its rate limit queueing). The client waits for it far
+    // longer than this test runs, so no attempt is given up and retried.
+    let sim = start(simulator_config(Duration::from_secs(600))).await;
+    sim.control()
+        .patch_faults(&serde_json::json!({ "active_calls_paused": true }))
+        .expect("fault set");
+    let mut patient = client_config(&sim);
+    patient.request_timeout = Duration::from_secs(120);
+    let mut session = Session::start_with(
+        &sim,
+        settings(Duration::from_secs(60)),
+        client_with(patient),
+    )
+    .await;
+    session.ready("connected", |_| true).await;
+    let control = sim.control();
+    eventually(Duration::from_secs(20), async || {
+        (control.stats().active_call_listings.in_flight == 1).then_some(())
+    })
+    .await;
+
+    // Three reconnects in quick succession, each awaited: the simulator's new socket (it may
+    // register after the bridge says `Ready`), then `Ready` on it.
+    for connected in 1..=3 {
+        eventually(Duration::from_secs(20), async || {
+            (control.stats().websocket_connections >= connected).then_some(())
+        })
+        .await;
+        let id = match session.state.borrow().clone() {
+            ChannelState::Ready(id) => id,
+            other => panic!("not ready: {other:?}"),
+        };
+        assert!(control.disconnect_socket(&id), "no socket to cut");
+        eventually(Duration::from_secs(20), async || {
+            (control.stats().websocket_connections > connected).then_some(())
+        })
+        .await;
+        session.ready("reconnected", |_| true).await;
+    }
+
+    // GoTo answers again: whatever was asked meanwhile runs once more, after the first.
+    control
+        .patch_faults(&serde_json::json!({ "active_calls_paused": false }))
+        .expect("fault cleared");
+    let listings = eventually(Duration::from_secs(20), async || {
+        let l = control.stats().active_call_listings;
+        (l.requests >= 2 && l.in_flight == 0).then_some(l)
+    })
+    .await;
+    assert_eq!(
+        listings.max_in_flight, 1,
+        "catch-ups ran side by side: {listings:?}"
+    );
+    assert_eq!(
+        listings.requests, 2,
+        "the held catch-up, then one for the reconnects made meanwhile: {listings:?}"
+    );
+    session.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_goto_takes_back_at_every_connect_is_recreated_with_backoff() {
+    // GoTo sends WEBSOCKET_TO_BE_CLOSED to every socket within 50 ms of its connecting (a
+    // drain that keeps going): recreating at once every time would create channels as fast as
+    // GoTo answers, for as long as the drain lasts.
+    let sim = start(simulator_config(Duration::from_secs(600))).await;
+    let mut session = Session::start(
+        &sim,
+        ChannelSettings {
+            reconnect_base: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(1),
+            ..settings(Duration::from_secs(60))
+        },
+    )
+    .await;
+    session.ready("connected", |_| true).await;
+    let control = sim.control();
+    control
+        .patch_faults(&serde_json::json!({ "websocket_to_be_closed_every": "50ms" }))
+        .expect("fault set");
+
+    // When each of channels 2..=4 was first seen created (polled every 20 ms).
+    let mut seen_at = Vec::new();
+    for n in 2..=4 {
+        eventually(Duration::from_secs(20), async || {
+            (control.created_channel_ids().len() >= n).then_some(())
+        })
+        .await;
+        seen_at.push(tokio::time::Instant::now());
+    }
+    // The first recreation is immediate (its session was healthy); then 0.5 s, then 1 s.
+    let spread = seen_at[2] - seen_at[0];
+    assert!(
+        spread >= Duration::from_millis(1400),
+        "channels 2 to 4 created within {spread:?}: no backoff"
+    );
+
+    // The drain ends: the bridge settles on one channel, the others deleted.
+    control
+        .patch_faults(&serde_json::json!({ "websocket_to_be_closed_every": null }))
+        .expect("fault cleared");
+    let state = session.state.clone();
+    eventually(Duration::from_secs(20), async || {
+        let ChannelState::Ready(id) = state.borrow().clone() else {
+            return None;
+        };
+        (control.channel_ids() == vec![id]).then_some(())
+    })
+    .await;
+    session.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_goto_to_stop_refusing() {
+    // GoTo answers everything 429 with `Retry-After: 3600`: the client honours it (up to
+    // 300 s a wait) while setting the channel up. A stop (shutdown, or the channel election
+    // lost) must not wait for that: meanwhile this replica would go on creating channels beside
+    // the new owner's.
+    let mut c = simulator_config(Duration::from_secs(600));
+    c.rate_limit.retry_after_seconds = Some(3600);
+    c.faults.rest_429_rate = 1.0;
+    let sim = start(c).await;
+    let session = Session::start(&sim, settings(Duration::from_secs(60))).await;
+    let control = sim.control();
+    eventually(Duration::from_secs(20), async || {
+        let refused: u64 = control
+            .stats()
+            .apis
+            .values()
+            .map(|a| a.too_many_requests)
+            .sum();
+        (refused > 0).then_some(())
+    })
+    .await;
+    // `end` allows 10 s.
+    session.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_refresh_goto_keeps_refusing() {
+    // Lifetime 4 s, margin 2 s: the refresh is due 2 s after connecting, and GoTo answers it 429
+    // with `Retry-After: 3600`.
+    let mut c = simulator_config(Duration::from_secs(4));
+    c.rate_limit.retry_after_seconds = Some(3600);
+    let sim = start(c).await;
+    let mut session = Session::start(&sim, settings(Duration::from_secs(2))).await;
+    session.ready("connected", |_| true).await;
+    let control = sim.control();
+    control
+        .patch_faults(&serde_json::json!({ "rest_429_rate": 1.0 }))
+        .expect("fault set");
+    eventually(Duration::from_secs(20), async || {
+        let refused = control
+            .stats()
+            .apis
+            .get("notification-channel")
+            .map_or(0, |a| a.too_many_requests);
+        (refused > 0).then_some(())
+    })
+    .await;
+    session.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repair_loop_stops_without_waiting_for_goto_to_stop_refusing() {
+    // Webhook mode's keep-alive (the loop is the same for any channel kind): a repair pass meets
+    // 429 with `Retry-After: 3600`, and the stop must not wait for it.
+    let mut c = simulator_config(Duration::from_secs(600));
+    c.rate_limit.retry_after_seconds = Some(3600);
+    let sim = start(c).await;
+    let broker = Tansu::start();
+    let kafka = broker.kafka(1);
+    ensure_topics(&kafka).await.expect("topics");
+    let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
+    let keeper = ChannelKeeper::new(
+        client(&sim),
+        "bridge",
+        DesiredChannel::WebSocket,
+        vec![A1.to_owned()],
+        vec!["STARTING".into(), "ACTIVE".into(), "ENDING".into()],
+    );
+    let channel = keeper.ensure_channel().await.expect("channel");
+    keeper
+        .ensure_subscriptions(&channel)
+        .await
+        .expect("subscribed");
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let sweeper = ReportSweeper::spawn(
+        client(&sim),
+        ingest.clone(),
+        vec![A1.to_owned()],
+        Duration::from_secs(60),
+        shutdown_rx.clone(),
+    );
+    let (state_tx, _state) = watch::channel(ChannelState::Starting);
+    sim.control()
+        .patch_faults(&serde_json::json!({ "rest_429_rate": 1.0 }))
+        .expect("fault set");
+    let running = tokio::spawn(callbridge::channel::repair_loop(
+        keeper,
+        ingest,
+        channel,
+        Duration::from_millis(100),
+        sweeper,
+        state_tx,
+        shutdown_rx,
+    ));
+    let control = sim.control();
+    eventually(Duration::from_secs(20), async || {
+        let refused: u64 = control
+            .stats()
+            .apis
+            .values()
+            .map(|a| a.too_many_requests)
+            .sum();
+        (refused > 0).then_some(())
+    })
+    .await;
+    shutdown.send(true).expect("loop running");
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the loop ends on shutdown")
+        .expect("no panic");
 }

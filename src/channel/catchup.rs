@@ -10,10 +10,15 @@
 //!
 //! A call that started AND ended entirely inside an outage is no longer active: the report sweep
 //! ([`super::sweep`]) finds those.
+//!
+//! The WebSocket session asks for a catch-up at every connect, and a socket can drop every few
+//! seconds: [`CatchUps`] runs them one at a time (see there why one more, not a restart).
 
 use crate::goto::GotoClient;
 use crate::ingest::{Accepted, Ingest, Transport};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{watch, Notify};
 
 /// Attempts per step of a catch-up or sweep (listing, one call's states, one raw write): a
 /// catch-up that gives up on the first 429 or revoked token leaves a call that nobody else knows
@@ -95,6 +100,59 @@ pub async fn catch_up(client: &GotoClient, ingest: &Ingest, account_keys: &[Stri
     metrics::counter!("callbridge_catchup_states_total").increment(written as u64);
     tracing::info!(active_calls = written, "catch-up after (re)connect");
     written
+}
+
+/// Catch-ups run one at a time, in a task of their own: asked for while one runs, one more runs
+/// once it ends, however many were asked for meanwhile.
+///
+/// The next run lists the calls active when it starts, after every reconnect asked for, so
+/// nothing is missed by waiting (a call that ended meanwhile is in the report sweep's window).
+/// Restarting instead (cancelling the running catch-up for a new one) would not keep GoTo at
+/// one listing at a time (it still answers a request whose client went away, and spends the
+/// rate budget back-fill shares on it), and while reconnects came faster than a catch-up
+/// lasts, none would ever finish.
+pub struct CatchUps {
+    asked: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CatchUps {
+    /// The runner, idle until [`CatchUps::ask`]. It ends at `shutdown` (the next owner catches
+    /// up on connecting) or when dropped.
+    pub fn spawn(
+        client: GotoClient,
+        ingest: Ingest,
+        account_keys: Vec<String>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let asked = Arc::new(Notify::new());
+        let waiting = asked.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = waiting.notified() => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
+                tokio::select! {
+                    _ = catch_up(&client, &ingest, &account_keys) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
+            }
+        });
+        Self { asked, task }
+    }
+
+    /// Asks for a catch-up: now if none is running, else once the running one ends.
+    pub fn ask(&self) {
+        // One stored permit at most: asks made while one runs add up to one more run.
+        self.asked.notify_one();
+    }
+}
+
+impl Drop for CatchUps {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 #[cfg(test)]

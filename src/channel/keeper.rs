@@ -3,18 +3,25 @@
 //! GoTo tells nobody when a webhook channel disappears, and a WebSocket channel expires on its
 //! own, so the keeper both sets things up at start-up and checks them periodically (the repair
 //! loop). It never creates a second channel blindly: after a failed create it lists the channels
-//! to see whether GoTo made one anyway.
+//! to see whether GoTo made one anyway. Nor does it leave channels behind: a replacement it
+//! could not subscribe is deleted again, and a channel it could not delete is tried again at its
+//! next round (a webhook channel lives 68 years).
 
 use crate::goto::{
     AccountSubscription, Channel, ChannelKind, ChannelRequest, GotoClient, GotoError,
     SubscriptionOutcome,
 };
 use crate::secret::Secret;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Subscribe requests per round before the keeper gives the round up as transient (the caller
 /// retries the round with its backoff).
 const SUBSCRIBE_ATTEMPTS: u32 = 5;
+
+/// Channels of ours whose deletion failed, remembered to try again; beyond this many the oldest
+/// is forgotten (listing by nickname at the next start-up still finds it).
+const MAX_ORPHANS: usize = 16;
 
 /// What the keeper could not do.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +149,15 @@ fn hide_channel_id(error: &mut GotoError, channel_id: &str) {
     }
 }
 
+/// `result` with `channel_id` replaced by its tag in its error: whatever GoTo answers about one
+/// of our channels (a 404's or a 410's message names it) may end up in a log or in `/readyz`.
+fn quiet<T>(result: Result<T, GotoError>, channel_id: &str) -> Result<T, GotoError> {
+    result.map_err(|mut e| {
+        hide_channel_id(&mut e, channel_id);
+        e
+    })
+}
+
 fn goto(context: &'static str) -> impl FnOnce(GotoError) -> ChannelError {
     move |source| ChannelError::Goto { context, source }
 }
@@ -185,6 +201,10 @@ pub struct ChannelKeeper {
     desired: DesiredChannel,
     account_keys: Vec<String>,
     events: Vec<String>,
+    /// Ids of channels of ours that should be gone but whose deletion failed: tried again at
+    /// the next round, since a round that replaces a channel never lists channels (and a
+    /// webhook channel would otherwise stay for its 68-year lifetime).
+    orphans: Arc<Mutex<Vec<String>>>,
 }
 
 /// What a repair pass found.
@@ -213,6 +233,7 @@ impl ChannelKeeper {
             desired,
             account_keys,
             events,
+            orphans: Arc::default(),
         }
     }
 
@@ -249,8 +270,9 @@ impl ChannelKeeper {
     }
 
     /// Finds our channel by nickname (and URL for webhooks), or creates it. Extra channels with
-    /// our nickname (left by an earlier crash, or an old webhook URL) are deleted.
+    /// our nickname (left by an earlier crash, or an old webhook URL) are deleted, best effort.
     pub async fn ensure_channel(&self) -> Result<Channel, ChannelError> {
+        self.delete_orphans().await;
         let channels = self
             .client
             .list_channels()
@@ -262,17 +284,18 @@ impl ChannelKeeper {
                 ours = Some(c);
             } else {
                 tracing::info!(channel = %c.tag(), "deleting a stale channel with our nickname");
-                self.client
-                    .delete_channel(&self.nickname, &c.channel_id)
-                    .await
-                    .map_err(goto("deleting a stale channel"))?;
+                self.delete_or_remember(&c.channel_id, "a stale channel with our nickname")
+                    .await;
             }
         }
         // A WebSocket channel found by listing may be close to expiry; refresh it to know its URL
         // and lifetime afresh. A listed channel that cannot be refreshed (expired but still
         // listed, or an answer this client cannot read) is replaced, or the bridge would wait
         // for GoTo to stop listing it; only a refusal of our credentials or a network failure,
-        // which a new channel would meet too, is returned as it is.
+        // which a new channel would meet too, is returned as it is. The replacement is made even
+        // when deleting the listed one fails (GoTo may answer 410, or refuse, for a channel it
+        // no longer serves): otherwise every round would stop at that delete, with no channel.
+        let mut replacing = None;
         if let Some(c) = ours {
             if !matches!(self.desired, DesiredChannel::WebSocket) {
                 tracing::info!(channel = %c.tag(), "reusing the existing channel");
@@ -283,20 +306,23 @@ impl ChannelKeeper {
                 Err(e) if not_about_the_channel(&e) => return Err(e),
                 Err(e) => {
                     tracing::warn!(channel = %c.tag(), error = %e, "the listed channel could not be refreshed; replacing it");
-                    self.client
-                        .delete_channel(&self.nickname, &c.channel_id)
-                        .await
-                        .map_err(goto(
-                            "deleting a listed channel that could not be refreshed",
-                        ))?;
+                    self.delete_or_remember(
+                        &c.channel_id,
+                        "the listed channel that could not be refreshed",
+                    )
+                    .await;
+                    replacing = Some(c.channel_id);
                 }
             }
         }
-        self.create().await
+        self.create(replacing.as_deref()).await
     }
 
-    async fn create(&self) -> Result<Channel, ChannelError> {
-        match self.create_once().await {
+    /// Creates a channel (trying the other WebSocket `channelType` spelling after a 400).
+    /// `replacing` is a channel of ours being replaced that may still be listed: never taken
+    /// for the new one.
+    async fn create(&self, replacing: Option<&str>) -> Result<Channel, ChannelError> {
+        match self.create_once(replacing).await {
             // GoTo's samples spell a WebSocket channel's type both "WebSocket" and "WebSockets",
             // and which one the live API takes is unknown: a 400 to one is worth one try of the
             // other, which is then kept (refreshes send it too).
@@ -312,7 +338,7 @@ impl ChannelKeeper {
                     error = %source,
                     "GoTo refused the WebSocket channel; trying the other channelType spelling"
                 );
-                match self.create_once().await {
+                match self.create_once(replacing).await {
                     Ok(c) => {
                         tracing::warn!(channel_type = other.as_str(), "GoTo took this channelType spelling: set channel.websocket_type to it to skip the refused attempt");
                         Ok(c)
@@ -333,8 +359,9 @@ impl ChannelKeeper {
         }
     }
 
-    /// One create, and after a failure that may have created it anyway, a look at the list.
-    async fn create_once(&self) -> Result<Channel, ChannelError> {
+    /// One create, and after a failure that may have created it anyway, a look at the list
+    /// (where the channel being replaced, if its deletion failed, is not the one created).
+    async fn create_once(&self, replacing: Option<&str>) -> Result<Channel, ChannelError> {
         match self
             .client
             .create_channel(&self.nickname, &self.request())
@@ -351,7 +378,10 @@ impl ChannelKeeper {
                     .list_channels()
                     .await
                     .map_err(goto("listing channels after a failed create"))?;
-                match channels.into_iter().find(|c| self.is_ours(c)) {
+                match channels
+                    .into_iter()
+                    .find(|c| self.is_ours(c) && Some(c.channel_id.as_str()) != replacing)
+                {
                     Some(c) => Ok(c),
                     None => Err(ChannelError::Goto {
                         context: "creating the notification channel",
@@ -393,19 +423,62 @@ impl ChannelKeeper {
     }
 
     /// Deletes `old` (if still there), creates a new channel and subscribes it.
+    ///
+    /// A new channel that could not be subscribed is deleted again before the error is
+    /// returned: nothing can use it (the caller still holds `old`, and its next round creates
+    /// a fresh one), and every failed round would otherwise leave one more channel at GoTo.
+    /// Deleting costs two notification-channel requests per failed round, paced by the
+    /// caller's backoff; keeping it for the next round instead would need every caller to hold
+    /// a half-made channel, and GoTo may have subscribed part of its accounts.
     pub async fn recreate(&self, old: Option<&Channel>) -> Result<Channel, ChannelError> {
+        self.delete_orphans().await;
         if let Some(old) = old {
-            if let Err(e) = self
-                .client
-                .delete_channel(&self.nickname, &old.channel_id)
-                .await
-            {
-                tracing::warn!(error = %e, "deleting the old channel failed; creating a new one anyway");
+            self.delete_or_remember(&old.channel_id, "the channel being replaced")
+                .await;
+        }
+        let c = self.create(old.map(|o| o.channel_id.as_str())).await?;
+        if let Err(e) = self.ensure_subscriptions(&c).await {
+            tracing::warn!(channel = %c.tag(), error = %e, "the new notification channel could not be subscribed; deleting it, the next round creates a fresh one");
+            self.delete_or_remember(
+                &c.channel_id,
+                "the new channel that could not be subscribed",
+            )
+            .await;
+            return Err(e);
+        }
+        Ok(c)
+    }
+
+    /// Deletes a channel of ours that must go, best effort: a failure is logged (by the
+    /// channel's tag) and the channel remembered, to be deleted at the next round, rather than
+    /// failing this one, since the channel the bridge needs matters more than one it does not.
+    /// A 404 or 410 means it is gone already.
+    async fn delete_or_remember(&self, channel_id: &str, what: &str) {
+        match self.client.delete_channel(&self.nickname, channel_id).await {
+            Ok(_) => {}
+            Err(e) if e.status() == Some(410) => {}
+            Err(mut e) => {
+                hide_channel_id(&mut e, channel_id);
+                tracing::warn!(channel = %Channel::tag_of(channel_id), error = %e, "could not delete {what}; trying again at the next round");
+                let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+                if !orphans.iter().any(|o| o == channel_id) {
+                    if orphans.len() >= MAX_ORPHANS {
+                        let forgotten = orphans.remove(0);
+                        tracing::warn!(channel = %Channel::tag_of(&forgotten), "too many channels left to delete; forgetting the oldest (the next start-up's listing finds it by nickname)");
+                    }
+                    orphans.push(channel_id.to_owned());
+                }
             }
         }
-        let c = self.create().await?;
-        self.ensure_subscriptions(&c).await?;
-        Ok(c)
+    }
+
+    /// Tries again to delete the channels whose deletion failed earlier.
+    async fn delete_orphans(&self) {
+        let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|p| p.into_inner()));
+        for channel_id in orphans {
+            self.delete_or_remember(&channel_id, "a channel left by an earlier round")
+                .await;
+        }
     }
 
     /// Makes the channel's call-events subscriptions exactly the configured account keys: first
@@ -418,11 +491,12 @@ impl ChannelKeeper {
     /// subscribed. Transient item failures are retried a few times; a permanent one is an
     /// error that says what to fix.
     pub async fn ensure_subscriptions(&self, channel: &Channel) -> Result<(), ChannelError> {
-        match self
-            .client
-            .call_event_subscriptions(&channel.channel_id)
-            .await
-        {
+        match quiet(
+            self.client
+                .call_event_subscriptions(&channel.channel_id)
+                .await,
+            &channel.channel_id,
+        ) {
             Ok(listed) => {
                 self.unsubscribe_unconfigured(&channel.channel_id, &listed)
                     .await;
@@ -453,11 +527,12 @@ impl ChannelKeeper {
     /// One repair pass: the channel must exist, every account key must be subscribed, and no
     /// other account.
     pub async fn repair(&self, channel: &mut Channel) -> Result<Repair, ChannelError> {
-        let found = match self
-            .client
-            .get_channel(&self.nickname, &channel.channel_id)
-            .await
-        {
+        let found = match quiet(
+            self.client
+                .get_channel(&self.nickname, &channel.channel_id)
+                .await,
+            &channel.channel_id,
+        ) {
             Ok(found) => found,
             // Reading one channel is documented by claim only: a route that refuses the read
             // (405, 400, 403…) says nothing about the channel, and stopping here would leave a
@@ -487,11 +562,13 @@ impl ChannelKeeper {
                 }
             }
         }
-        let subscribed = self
-            .client
-            .call_event_subscriptions(&channel.channel_id)
-            .await
-            .map_err(goto("reading call-events subscriptions"))?;
+        let subscribed = quiet(
+            self.client
+                .call_event_subscriptions(&channel.channel_id)
+                .await,
+            &channel.channel_id,
+        )
+        .map_err(goto("reading call-events subscriptions"))?;
         self.unsubscribe_unconfigured(&channel.channel_id, &subscribed)
             .await;
         let missing = self
@@ -580,7 +657,10 @@ impl ChannelKeeper {
                             account_key,
                             status,
                             error_code: error_code.unwrap_or_default(),
-                            message: message.unwrap_or_default(),
+                            // GoTo's message may quote the channel.
+                            message: message
+                                .unwrap_or_default()
+                                .replace(&channel.channel_id, &channel.tag()),
                             fix,
                         });
                     }
@@ -641,11 +721,12 @@ impl ChannelKeeper {
         &self,
         channel: &Channel,
     ) -> Result<Option<Vec<String>>, ChannelError> {
-        match self
-            .client
-            .call_event_subscriptions(&channel.channel_id)
-            .await
-        {
+        match quiet(
+            self.client
+                .call_event_subscriptions(&channel.channel_id)
+                .await,
+            &channel.channel_id,
+        ) {
             Ok(listed) => Ok(Some(listed)),
             Err(e) if e.status() == Some(404) => Err(on_channel(
                 "reading call-events subscriptions back",
@@ -665,11 +746,12 @@ impl ChannelKeeper {
     async fn unsubscribe_unconfigured(&self, channel_id: &str, listed: &[String]) -> usize {
         let mut removed = 0;
         for account_key in listed.iter().filter(|k| !self.account_keys.contains(k)) {
-            match self
-                .client
-                .unsubscribe_call_events(channel_id, account_key)
-                .await
-            {
+            match quiet(
+                self.client
+                    .unsubscribe_call_events(channel_id, account_key)
+                    .await,
+                channel_id,
+            ) {
                 Ok(_) => {
                     removed += 1;
                     tracing::warn!(channel = %crate::goto::Channel::tag_of(channel_id), %account_key, "unsubscribed an account no longer in goto.account_keys");

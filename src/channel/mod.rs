@@ -74,7 +74,13 @@ pub async fn repair_loop(
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
         }
-        match keeper.repair(&mut channel).await {
+        // A stop does not wait for GoTo (a `Retry-After` can hold a request for minutes): a
+        // replica that lost the election would go on repairing, and creating, channels.
+        let repaired = tokio::select! {
+            repaired = keeper.repair(&mut channel) => repaired,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        match repaired {
             Ok(Repair::Healthy) => {
                 healthy_at = std::time::SystemTime::now();
                 let _ = state.send(ChannelState::Ready(channel.channel_id.clone()));
@@ -86,7 +92,10 @@ pub async fn repair_loop(
                 let now = std::time::SystemTime::now();
                 sweeper.request((healthy_at, now));
                 healthy_at = now;
-                catchup::catch_up(keeper.client(), &ingest, keeper.account_keys()).await;
+                tokio::select! {
+                    _ = catchup::catch_up(keeper.client(), &ingest, keeper.account_keys()) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "channel repair failed; will retry");

@@ -117,8 +117,8 @@ type Control = (String, ControlMessage);
 struct BetweenSessions {
     /// Since when GoTo may have had nobody to deliver to (swept once a socket is back).
     down_since: Option<std::time::SystemTime>,
-    /// The catch-up started by the last connect, possibly still running.
-    catch_up: Option<tokio::task::JoinHandle<()>>,
+    /// Catch-ups of the active calls, one at a time, asked for at every connect.
+    catch_ups: super::catchup::CatchUps,
     /// Control messages from the write tasks: kept across sessions, so that a
     /// `WEBSOCKET_REFRESH_REQUIRED` still being written when its session ended reaches the next
     /// session on the same channel.
@@ -165,7 +165,12 @@ pub async fn run(
     let mut between = BetweenSessions {
         down_since: (!settings.report_sweep_lookback.is_zero())
             .then(|| std::time::SystemTime::now() - settings.report_sweep_lookback),
-        catch_up: None,
+        catch_ups: super::catchup::CatchUps::spawn(
+            keeper.client().clone(),
+            ingest.clone(),
+            keeper.account_keys().to_vec(),
+            shutdown.clone(),
+        ),
         control_tx,
         control_rx,
     };
@@ -185,21 +190,30 @@ pub async fn run(
             }
             continue;
         }
-        // 1. A channel with subscriptions.
+        // 1. A channel with subscriptions. A stop does not wait for GoTo (a `Retry-After` can
+        // hold a request for minutes): a replica that lost the election would go on making
+        // channels beside the new owner's. A channel left half made is our nickname's, which
+        // the next owner's listing finds.
         let asked = Instant::now();
-        let ready = match (&channel, recreate) {
-            (Some(held), true) => keeper
-                .recreate(Some(&held.channel))
-                .await
-                .map(|c| Held::granted(c, asked)),
-            (None, _) => match keeper.ensure_channel().await {
-                Ok(c) => keeper
-                    .ensure_subscriptions(&c)
+        let setting_up = async {
+            match (&channel, recreate) {
+                (Some(held), true) => keeper
+                    .recreate(Some(&held.channel))
                     .await
-                    .map(|_| Held::granted(c, asked)),
-                Err(e) => Err(e),
-            },
-            (Some(held), false) => Ok(held.clone()),
+                    .map(|c| Held::granted(c, asked)),
+                (None, _) => match keeper.ensure_channel().await {
+                    Ok(c) => keeper
+                        .ensure_subscriptions(&c)
+                        .await
+                        .map(|_| Held::granted(c, asked)),
+                    Err(e) => Err(e),
+                },
+                (Some(held), false) => Ok(held.clone()),
+            }
+        };
+        let ready = tokio::select! {
+            ready = setting_up => ready,
+            _ = shutdown.wait_for(|stop| *stop) => return,
         };
         let current = match ready {
             Ok(c) => c,
@@ -241,43 +255,40 @@ pub async fn run(
                 .down_since
                 .get_or_insert_with(std::time::SystemTime::now);
         }
-        match end {
+        // Every moment without a socket is a window of lost states, so the first reconnect or
+        // recreation after a healthy session is immediate; only those that keep coming (a
+        // session that ends at once counts as a failure) back off. A recreation too: GoTo
+        // taking each new channel back at once (`WEBSOCKET_TO_BE_CLOSED` right after every
+        // connect, a channel without a URL or with no lifetime left) would otherwise have
+        // channels created and deleted as fast as GoTo answers, for as long as it lasts.
+        if session_started.elapsed() >= HEALTHY_SESSION {
+            failures = 0;
+        }
+        let pause = (failures > 0).then(|| {
+            settings
+                .reconnect_base
+                .saturating_mul(1 << (failures - 1).min(16))
+                .min(settings.reconnect_max)
+        });
+        let why = match end {
             SessionEnd::Shutdown => return,
             SessionEnd::Reconnect(why) => {
-                metrics::counter!("callbridge_channel_reconnects_total", "reason" => why)
-                    .increment(1);
-                let _ = state.send(ChannelState::Down(why.into()));
-                // Every moment without a socket is a window of lost states, so the first
-                // reconnect after a healthy session is immediate; only reconnects that keep
-                // failing (a session that dies at once counts as a failure) back off.
-                if session_started.elapsed() >= HEALTHY_SESSION {
-                    failures = 0;
-                }
-                if failures == 0 {
-                    tracing::warn!(reason = why, "WebSocket reconnecting");
-                } else {
-                    let delay = settings
-                        .reconnect_base
-                        .saturating_mul(1 << (failures - 1).min(16))
-                        .min(settings.reconnect_max);
-                    tracing::warn!(
-                        reason = why,
-                        ?delay,
-                        "WebSocket reconnecting after a backoff"
-                    );
-                    wait_or_shutdown(delay, &mut shutdown).await;
-                }
-                failures += 1;
+                tracing::warn!(reason = why, delay = ?pause, "WebSocket reconnecting");
+                why
             }
             SessionEnd::Recreate(why) => {
-                metrics::counter!("callbridge_channel_reconnects_total", "reason" => why)
-                    .increment(1);
-                tracing::warn!(reason = why, "recreating the notification channel");
-                let _ = state.send(ChannelState::Down(why.into()));
+                tracing::warn!(reason = why, delay = ?pause, "recreating the notification channel");
                 recreate = true;
                 backoff = settings.reconnect_base;
+                why
             }
+        };
+        metrics::counter!("callbridge_channel_reconnects_total", "reason" => why).increment(1);
+        let _ = state.send(ChannelState::Down(why.into()));
+        if let Some(pause) = pause {
+            wait_or_shutdown(pause, &mut shutdown).await;
         }
+        failures += 1;
     }
 }
 
@@ -371,32 +382,13 @@ async fn session(
     };
     tracing::info!(channel = %current.tag(), "WebSocket connected");
     let _ = state.send(ChannelState::Ready(current.channel_id.clone()));
-    // Whatever happened while we were not connected: active calls' last states to raw.
-    {
-        let (client, ingest, keys) = (
-            keeper.client().clone(),
-            ingest.clone(),
-            keeper.account_keys().to_vec(),
-        );
-        if let Some(since) = between.down_since.take() {
-            sweeper.request((since, std::time::SystemTime::now()));
-        }
-        // One catch-up at a time: the previous one, if still going, gives way to this one,
-        // which lists the calls active now (a call that ended in between is in the sweep's
-        // window). A socket dropping every few seconds would otherwise pile catch-ups of every
-        // active call up in the rate-limited queue that back-fill shares.
-        if let Some(previous) = between.catch_up.take() {
-            previous.abort();
-        }
-        // Abandoned at shutdown like everything else: the next owner catches up on connecting.
-        let mut stop = shutdown.clone();
-        between.catch_up = Some(tokio::spawn(async move {
-            tokio::select! {
-                _ = super::catchup::catch_up(&client, &ingest, &keys) => {}
-                _ = stop.changed() => {}
-            }
-        }));
+    // Whatever happened while we were not connected: active calls' last states to raw, one
+    // catch-up at a time (a socket dropping every few seconds would otherwise pile catch-ups of
+    // every active call up in the rate-limited queue that back-fill shares).
+    if let Some(since) = between.down_since.take() {
+        sweeper.request((since, std::time::SystemTime::now()));
     }
+    between.catch_ups.ask();
     let (mut sink, mut stream) = (*ws).split();
     let control_tx = between.control_tx.clone();
     let control_rx = &mut between.control_rx;
@@ -484,7 +476,15 @@ async fn session(
             // A repair may create a channel: not while another replica may own it.
             _ = repair.tick(), if !*doubt.borrow() => {
                 let asked = Instant::now();
-                match keeper.repair(&mut current).await {
+                let repaired = tokio::select! {
+                    repaired = keeper.repair(&mut current) => Some(repaired),
+                    _ = shutdown.wait_for(|stop| *stop) => None,
+                };
+                let Some(repaired) = repaired else {
+                    let _ = sink.send(Message::Close(None)).await;
+                    break SessionEnd::Shutdown;
+                };
+                match repaired {
                     Ok(super::Repair::Healthy) => {}
                     Ok(super::Repair::Resubscribed(n)) => {
                         metrics::counter!("callbridge_channel_repairs_total").increment(1);
@@ -504,7 +504,15 @@ async fn session(
                 if expiry_known && asked >= expires_at {
                     break SessionEnd::Recreate("channel_expired");
                 }
-                match keeper.refresh(&current).await {
+                let refreshed = tokio::select! {
+                    refreshed = keeper.refresh(&current) => Some(refreshed),
+                    _ = shutdown.wait_for(|stop| *stop) => None,
+                };
+                let Some(refreshed) = refreshed else {
+                    let _ = sink.send(Message::Close(None)).await;
+                    break SessionEnd::Shutdown;
+                };
+                match refreshed {
                     Ok(c) => {
                         let granted = Held::granted(c, asked);
                         expires_at = granted.expires_at;

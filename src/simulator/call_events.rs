@@ -125,15 +125,19 @@ pub async fn subscribe(
     let (channel_id, items) = parse_subscribe(&body)?;
     let cfg = &sim.config.call_events;
     // Read before the world is locked, so this handler never holds both locks.
-    let refused = sim.faults().config().subscription_item_status;
-    let (conflict_when_subscribed, empty_answer) = {
+    let (refused, request_refused, conflict_when_subscribed, empty_answer) = {
         let faults = sim.faults();
         let f = faults.config();
         (
+            f.subscription_item_status,
+            f.subscription_request_status,
             f.subscription_conflict_when_subscribed,
             f.subscription_empty_answer,
         )
     };
+    if let Some(status) = request_refused {
+        return Err(refused_request(status));
+    }
     let mut world = sim.world();
     let Some(channel) = world.channels.get(&channel_id) else {
         return Err(ApiError::not_found(
@@ -319,6 +323,15 @@ pub async fn active_calls(
     }
     let size = page_size(&sim, &q)?;
     let offset = decode_marker(API, q.get("pageMarker"))?;
+    let _listing = Listing::enter(&sim);
+    if !held_while_paused(&sim).await {
+        return Err(ApiError::new(
+            API,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNKNOWN_ERROR",
+            "Service shutting down",
+        ));
+    }
     let world = sim.world();
     let active: Vec<Value> = world
         .ground_truth
@@ -347,4 +360,58 @@ pub async fn active_calls(
 fn duplicate_item(account_key: &str) -> Value {
     json!({"id": account_key, "status": 409, "message": "Subscription already exists",
            "errorCode": "CONFLICT"})
+}
+
+/// The answer of the `subscription_request_status` fault: the whole subscribe refused, in the
+/// error shape of the Call Events API.
+fn refused_request(status: u16) -> ApiError {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    match status {
+        429 => ApiError::too_many(API),
+        401 => ApiError::new(API, code, "AUTHN_INVALID_TOKEN", "Invalid token"),
+        403 => ApiError::new(API, code, "AUTHZ_INSUFFICIENT_SCOPE", "Insufficient scope"),
+        400 => ApiError::new(API, code, "BAD_REQUEST", "The request is invalid"),
+        _ => ApiError::new(API, code, "UNKNOWN_ERROR", "An unexpected error occurred"),
+    }
+}
+
+// --- A slow GoTo for active-call listings (fault knob `active_calls_paused`) --------------------
+
+/// One listing of active calls in flight, counted until answered or dropped (a client that
+/// gives up closes the connection, and the server drops the handler).
+struct Listing(Arc<Sim>);
+
+impl Listing {
+    fn enter(sim: &Arc<Sim>) -> Self {
+        let mut world = sim.world();
+        let stats = &mut world.stats.active_call_listings;
+        stats.requests += 1;
+        stats.in_flight += 1;
+        stats.max_in_flight = stats.max_in_flight.max(stats.in_flight);
+        Listing(sim.clone())
+    }
+}
+
+impl Drop for Listing {
+    fn drop(&mut self) {
+        let mut world = self.0.world();
+        let stats = &mut world.stats.active_call_listings;
+        stats.in_flight = stats.in_flight.saturating_sub(1);
+    }
+}
+
+/// Waits while `active_calls_paused` is set; false when the simulator shuts down meanwhile.
+async fn held_while_paused(sim: &Sim) -> bool {
+    let mut shutdown = sim.shutdown_signal();
+    loop {
+        // Registered before the check, so a change made in between still wakes it.
+        let changed = sim.faults_changed.notified();
+        if !sim.faults().config().active_calls_paused {
+            return true;
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = shutdown.wait_for(|stop| *stop) => return false,
+        }
+    }
 }

@@ -298,6 +298,7 @@ pub async fn create(
     };
     ch.restart_lifetime(now);
     let body = channel_json(&sim, &ch, now);
+    world.created_channels.push(id.clone());
     world.channels.insert(id, ch);
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -324,7 +325,7 @@ pub async fn get_one(
         return Err(ApiError::not_found(API, "Not found"));
     }
     if let Some(status) = sim.faults().config().channel_get_status {
-        return Err(refused_get(status));
+        return Err(refused_get(status, &id));
     }
     let mut world = sim.world();
     let ch = find(&mut world, &nickname, &id)?;
@@ -353,7 +354,7 @@ pub async fn refresh(
     let mut world = sim.world();
     let ch = find(&mut world, &nickname, &id)?;
     if let Some(status) = refused {
-        return Err(refused_refresh(status, &id));
+        return Err(refused_on_channel(status, &id));
     }
     if let Some(req) = req {
         if req.websocket.is_some() != ch.is_websocket() {
@@ -373,8 +374,8 @@ pub async fn refresh(
     Ok(Json(channel_json(&sim, ch, now)).into_response())
 }
 
-/// The answer of the `channel_refresh_status` fault.
-fn refused_refresh(status: u16, id: &str) -> ApiError {
+/// The answer of the `channel_refresh_status` and `channel_delete_status` faults.
+fn refused_on_channel(status: u16, id: &str) -> ApiError {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     match status {
         404 => not_found(id),
@@ -386,6 +387,7 @@ fn refused_refresh(status: u16, id: &str) -> ApiError {
         ),
         400 => ApiError::new(API, code, "BAD_REQUEST", "The request is invalid"),
         401 => ApiError::new(API, code, "AUTHN_INVALID_TOKEN", "Invalid token"),
+        403 => ApiError::new(API, code, "AUTHZ_INSUFFICIENT_SCOPE", "Insufficient scope"),
         429 => ApiError::new(API, code, "TOO_MANY_REQUESTS", "Too many requests"),
         _ => ApiError::new(
             API,
@@ -440,8 +442,12 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&sim, API, &headers, SCOPES)?;
+    let refused = sim.faults().config().channel_delete_status;
     let mut world = sim.world();
     find(&mut world, &nickname, &id)?;
+    if let Some(status) = refused {
+        return Err(refused_on_channel(status, &id));
+    }
     world.remove_channel(&id, sim.config.channels.remove_subscriptions_with_channel);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -481,8 +487,12 @@ pub async fn list(
 // --- Reading one channel refused (fault knob `channel_get_status`) ------------------------------
 
 /// What a `GET …/channels/{nickname}/{channelId}` route that does not behave as claimed might
-/// answer: the method not allowed there, a scope the token lacks, or some other refusal.
-fn refused_get(status: u16) -> ApiError {
+/// answer: the method not allowed there, a scope the token lacks, the channel expired (410,
+/// whose message names the channel as GoTo's 404 does), or some other refusal.
+fn refused_get(status: u16, id: &str) -> ApiError {
+    if status == 410 {
+        return refused_on_channel(status, id);
+    }
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let (code, message) = match status.as_u16() {
         405 => ("METHOD_NOT_ALLOWED", "Method not allowed"),

@@ -52,15 +52,19 @@ impl SimulatorControl {
     pub fn set_faults(&self, faults: FaultsConfig) -> Result<(), SimulatorError> {
         faults.validate().map_err(SimulatorError::Control)?;
         self.sim.faults().set(faults);
+        self.sim.faults_changed.notify_waiters();
         Ok(())
     }
 
     /// Change only the fault settings named in `patch` (a JSON object; durations as "2s").
     pub fn patch_faults(&self, patch: &serde_json::Value) -> Result<FaultsConfig, SimulatorError> {
-        self.sim
+        let patched = self
+            .sim
             .faults()
             .patch(patch)
-            .map_err(SimulatorError::Control)
+            .map_err(SimulatorError::Control);
+        self.sim.faults_changed.notify_waiters();
+        patched
     }
 
     /// Start traffic (no-op when running).
@@ -110,6 +114,12 @@ impl SimulatorControl {
     /// Ids of the channels that exist now.
     pub fn channel_ids(&self) -> Vec<String> {
         self.sim.world().channels.keys().cloned().collect()
+    }
+
+    /// Ids of every channel created so far, in creation order, including those deleted or
+    /// expired since.
+    pub fn created_channel_ids(&self) -> Vec<String> {
+        self.sim.world().created_channels.clone()
     }
 
     /// Invalidate every access token.

@@ -54,6 +54,11 @@ pub struct FaultsConfig {
     /// anything else `UNKNOWN_ERROR`), the channel untouched: an expired channel GoTo still
     /// lists, a REST outage of the refresh alone, a revoked token.
     pub channel_refresh_status: Option<u16>,
+    /// While set, deleting a channel that exists (`DELETE …/channels/{nickname}/{channelId}`)
+    /// is answered with this status instead (same bodies as `channel_refresh_status`), the
+    /// channel left in place: GoTo answering 410 for a channel it no longer serves but still
+    /// lists, refusing the delete, or failing.
+    pub channel_delete_status: Option<u16>,
     /// While true, a successful refresh answers only `{"channelLifetime": …}`: GoTo does not
     /// document that answer's body.
     pub channel_refresh_lifetime_only: bool,
@@ -74,6 +79,12 @@ pub struct FaultsConfig {
     /// `AUTHZ_INSUFFICIENT_SCOPE`, 429 `TOO_MANY_REQUESTS`, anything else `UNKNOWN_ERROR`),
     /// the 207 itself still answered: GoTo's failed items carry their own status.
     pub subscription_item_status: Option<u16>,
+    /// While set, a subscribe request (`POST /call-events/v1/subscriptions`) is answered with
+    /// this status as a whole (429 `TOO_MANY_REQUESTS`, 401 `AUTHN_INVALID_TOKEN`, 403
+    /// `AUTHZ_INSUFFICIENT_SCOPE`, 400 `BAD_REQUEST`, anything else `UNKNOWN_ERROR`) and
+    /// nothing is subscribed: the subscribe failing after the channel was made, while every
+    /// other request still works.
+    pub subscription_request_status: Option<u16>,
     /// While true, an item for an account already subscribed on the channel answers 409
     /// `CONFLICT` "Subscription already exists" (as GoTo's messaging API answers a duplicate)
     /// instead of 200; the subscription stays as it was.
@@ -83,12 +94,17 @@ pub struct FaultsConfig {
     pub subscription_empty_answer: bool,
     /// While set, reading one channel (`GET …/channels/{nickname}/{channelId}`, documented by
     /// claim only) answers this status for every channel (405 `METHOD_NOT_ALLOWED`, 403
-    /// `AUTHZ_INSUFFICIENT_SCOPE`, anything else `BAD_REQUEST`), while the listing still works.
+    /// `AUTHZ_INSUFFICIENT_SCOPE`, 410 `GONE` naming the channel, anything else `BAD_REQUEST`),
+    /// while the listing still works.
     pub channel_get_status: Option<u16>,
     /// While true, reading one channel (`GET …/channels/{nickname}/{channelId}`, documented by
     /// claim only) answers 404 `NOT_FOUND` for every channel, while the listing still shows them:
     /// a route that does not behave as GoTo's docs claim.
     pub channel_get_not_found: bool,
+    /// While true, listing active calls (`GET /call-events/v1/conversation-spaces`) is held
+    /// unanswered until it turns false again (or the client gives up): a slow or stuck GoTo.
+    /// The listings in flight are counted in the stats (`activeCallListings`).
+    pub active_calls_paused: bool,
     /// States older than this are no longer returned by back-fill; None = kept forever.
     #[serde(with = "humantime_serde")]
     pub retention: Option<Duration>,
@@ -240,10 +256,24 @@ impl FaultsConfig {
                 ));
             }
         }
+        if let Some(status) = self.subscription_request_status {
+            if !(400..=599).contains(&status) {
+                return Err(format!(
+                    "subscription_request_status must be a 4xx or 5xx status, got {status}"
+                ));
+            }
+        }
         if let Some(status) = self.channel_get_status {
             if !(400..=599).contains(&status) {
                 return Err(format!(
                     "channel_get_status must be a 4xx or 5xx status, got {status}"
+                ));
+            }
+        }
+        if let Some(status) = self.channel_delete_status {
+            if !(400..=599).contains(&status) {
+                return Err(format!(
+                    "channel_delete_status must be a 4xx or 5xx status, got {status}"
                 ));
             }
         }

@@ -59,7 +59,7 @@ pub use errors::SimulatorError;
 pub use faults::FaultsConfig;
 pub use ground_truth::GroundTruth;
 pub use scheduler::TrafficStatus;
-pub use stats::Stats;
+pub use stats::{ListingStats, Stats};
 
 use state::{Sim, World};
 
@@ -162,6 +162,7 @@ pub async fn start(config: SimulatorConfig) -> Result<RunningSimulator, Simulato
         shutdown: watch::channel(false).0,
         in_flight: AtomicUsize::new(0),
         progress: Notify::new(),
+        faults_changed: Notify::new(),
         traffic_wanted: watch::channel(false).0,
         config,
     });

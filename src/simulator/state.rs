@@ -62,6 +62,8 @@ pub struct Sim {
     pub in_flight: AtomicUsize,
     /// Wakes waiters whenever traffic or in-flight counts change.
     pub progress: Notify,
+    /// Wakes requests held by a fault (`active_calls_paused`) whenever the faults change.
+    pub faults_changed: Notify,
     /// Whether the scheduler should be starting calls.
     pub traffic_wanted: watch::Sender<bool>,
 }
@@ -234,6 +236,9 @@ pub struct World {
     pub channels: BTreeMap<String, Channel>,
     /// Next channel creation number.
     pub channel_seq: u64,
+    /// Every channel ever created, in creation order (deleted and expired ones too): what a
+    /// test counts to prove a client leaves nothing behind.
+    pub created_channels: Vec<String>,
     /// Next WebSocket connection id.
     pub conn_seq: u64,
     /// WebSocket path key → channel id.

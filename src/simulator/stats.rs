@@ -42,6 +42,19 @@ pub struct DeliveryStats {
     pub control_messages: u64,
 }
 
+/// Listings of active calls (`GET /call-events/v1/conversation-spaces`) in flight: a client
+/// that lists them after every reconnect must not pile listings up while GoTo is slow.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListingStats {
+    /// Listings received (past authorisation and validation).
+    pub requests: u64,
+    /// Listings received and not answered yet (a client that gives up one ends it).
+    pub in_flight: u64,
+    /// Most listings in flight at once.
+    pub max_in_flight: u64,
+}
+
 /// All counters.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -55,6 +68,8 @@ pub struct Stats {
     pub websocket_pings: u64,
     /// WebSocket connections accepted.
     pub websocket_connections: u64,
+    /// Listings of active calls.
+    pub active_call_listings: ListingStats,
 }
 
 impl Stats {
