@@ -14,8 +14,9 @@
 //! - `8`, `9` answer a pending back-fill `[which, kind, mask_hi, mask_lo, extra]`.
 //! - `10` an unsolicited answer `[conv, from, to, kind, mask, extra]`.
 //! - `11` `take_dirty` (write the changelog).
-//! - `12` `restore` `[conv, mode, next, flags]` and `13` `observe_*` `[conv, kind, seq]`;
-//!   skipped while the conversation holds states (see [`merge_with_held`]).
+//! - `12` `restore` `[conv, mode, next, flags]` (flags bit 0 ended, bits 1-2 gap count, bit 3
+//!   abandoned) and `13` `observe_*` `[conv, kind, seq]`; skipped while the conversation holds
+//!   states (see [`merge_with_held`]).
 //! - `14` takeover `[lost]`: the owner dies and the last `lost % (n + 1)` of the `n` records
 //!   beyond the changelog's index are lost with it (sent, never acknowledged); a new sequencer
 //!   is restored from the changelog plus the ordered topic that is left, and completes an
@@ -42,10 +43,13 @@
 //! - `checkpoint()` equals the oracle's next/ended/gap count; `stats()` held/open/closed/gap
 //!   gauges match; `raw_low_watermark()` is exactly the smallest raw offset of a held live state;
 //! - eviction only as documented (abandon after `abandon_after` of inactivity, closed after
-//!   `closed_retention`), and `take_dirty` reports every changed conversation and every tombstone;
+//!   `closed_retention`, abandoned after another `abandon_after` without a state of it), and
+//!   `take_dirty` reports every changed conversation (an abandonment too) and every tombstone;
 //!   a closed or abandoned conversation is forgotten only once the raw low watermark has passed
 //!   every raw record of it this sequencer read (a takeover resumes reading raw there); an
-//!   abandoned one takes no state after `Abandoned` (`AfterAbandonment` at or above its `next`);
+//!   abandoned one takes no state after `Abandoned` (`AfterAbandonment` at or above its `next`),
+//!   and a takeover restores a call the changelog says was abandoned as abandoned (unless the
+//!   ordered topic shows its completion);
 //! - a takeover never republishes: the new owner's `next` is above everything left in the
 //!   topic of the conversation's incarnation, and an ENDING left without its completion record
 //!   is completed at once (one completion, right last sequence and gap count);
@@ -270,7 +274,7 @@ struct Delivery {
 struct Conv {
     next: u64,
     ended: bool,
-    /// Given up (`Abandoned`) and still remembered; its checkpoint stays open.
+    /// Given up (`Abandoned`) and still remembered; its checkpoint says so (not `ended`).
     abandoned: bool,
     /// Highest raw offset of a valid state of it this sequencer read (an invalid sequence
     /// number makes no conversation state, and a re-read one is dead-lettered again).
@@ -278,7 +282,8 @@ struct Conv {
     gap_count: u32,
     /// Lower bound of the sequencer's `last_activity`.
     active_since: Timestamp,
-    /// Lower bound of the time it closed (None: unknown).
+    /// Lower bound of the time it closed (None: unknown); for an abandoned one, of its last
+    /// activity since (every state of it counts).
     closed_at: Option<Timestamp>,
     /// Held states: sequence → payload.
     held: BTreeMap<u64, u32>,
@@ -316,6 +321,7 @@ impl Conv {
             next_sequence: self.next,
             ended: self.ended,
             gap_count: self.gap_count,
+            abandoned: self.abandoned,
         }
     }
 
@@ -673,6 +679,7 @@ impl Harness {
                 next_sequence: u64::from(next % 23),
                 ended: flags & 1 != 0,
                 gap_count: u32::from(flags >> 1 & 3),
+                abandoned: flags & 8 != 0,
             },
         };
         self.ensure_conv(c, true);
@@ -686,6 +693,12 @@ impl Harness {
         o.gap_count = o.gap_count.max(cp.gap_count);
         if cp.ended && !o.ended {
             o.close_quietly();
+        } else if cp.abandoned && !o.closed() {
+            // Abandoned by the previous owner; its clock runs from the record's time (now) or
+            // the older activity already known, whichever is earlier.
+            o.abandoned = true;
+            o.held.clear();
+            o.closed_at = Some(o.active_since);
         }
         self.check();
     }
@@ -765,6 +778,22 @@ impl Harness {
                 }
             }
         }
+        // Calls the changelog says were abandoned must be restored abandoned (a state at or
+        // above where they stopped was dead-lettered by the previous owner), unless the output
+        // shows them completed.
+        for (c, (cp, _)) in &self.changelog {
+            let completed = self.topic[self.indexed_upto..]
+                .iter()
+                .any(|&(rc, _, r)| rc == *c && matches!(r, Record::Completion));
+            if cp.abandoned && !completed {
+                let restored = self.seq.checkpoint(CONVS[*c]);
+                assert!(
+                    restored.is_some_and(|r| r.abandoned && !r.ended),
+                    "{}: abandoned in the changelog, restored as {restored:?}",
+                    CONVS[*c]
+                );
+            }
+        }
         // The new sequencer's clock: `now` once anything was restored, else still 0 (observe
         // calls carry no time).
         if !self.changelog.is_empty() {
@@ -809,8 +838,9 @@ impl Harness {
                 let mut o = Conv::new(created);
                 o.next = cp.next_sequence;
                 o.ended = cp.ended;
+                o.abandoned = cp.abandoned;
                 o.gap_count = cp.gap_count;
-                o.closed_at = cp.ended.then_some(created);
+                o.closed_at = (cp.ended || cp.abandoned).then_some(created);
                 // Restored and observed conversations may or may not be dirty; don't insist.
                 o.max_resolved = cp.next_sequence - 1;
                 o
@@ -1242,6 +1272,9 @@ impl Harness {
                         o.active_since
                     );
                     o.abandoned = true;
+                    o.closed_at = Some(now);
+                    // Its checkpoint now says abandoned: a new owner must learn it.
+                    o.dirty = true;
                     abandoned.insert(c);
                 }
             }
@@ -1250,6 +1283,15 @@ impl Harness {
             expect_completion, None,
             "ENDING published without a completion"
         );
+
+        // Every state of an abandoned call is activity that keeps it remembered (GoTo may still
+        // list it, and a catch-up copy of a forgotten one would publish it again).
+        for &p in delivered {
+            let d = self.deliveries[p as usize];
+            if let Some(o) = self.convs[d.conv].as_mut().filter(|o| o.abandoned) {
+                o.closed_at = Some(now);
+            }
+        }
 
         // Delivered states that were neither published nor dead-lettered: held, or dropped as
         // duplicates (never a conflicting copy of a held state).
@@ -1325,6 +1367,13 @@ impl Harness {
                 }
             } else {
                 assert!(o.abandoned, "{} evicted open without Abandoned", CONVS[c]);
+                if let Some(t) = o.closed_at {
+                    assert!(
+                        now >= t.plus(self.config.abandon_after),
+                        "{} forgotten less than abandon_after after its abandonment or last state",
+                        CONVS[c]
+                    );
+                }
             }
             self.convs[c] = None;
             self.tombstones.insert(c);

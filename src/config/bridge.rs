@@ -649,6 +649,30 @@ impl BridgeConfig {
                 "at most 31 days, e.g. \"2m\" (how far back a new channel owner sweeps GoTo's reports)",
             ));
         }
+        // A new channel owner writes to raw every state of the calls created `lookback` back,
+        // `delay` after it took over. A completed call the sequencer has forgotten by then (it
+        // keeps one `sequencer.closed_retention`) reads as a new call and is published again,
+        // so the sweep must reach no further back than the sequencer remembers.
+        let swept_back = c.report_sweep_lookback.saturating_add(c.report_sweep_delay);
+        if !c.report_sweep_lookback.is_zero()
+            && c.report_sweep_lookback <= MAX_REPORT_SWEEP_LOOKBACK
+            && swept_back >= self.sequencer.closed_retention
+        {
+            report.push(Invalid::new(
+                "channel.report_sweep_lookback",
+                &humantime::format_duration(c.report_sweep_lookback).to_string(),
+                &format!(
+                    "channel.report_sweep_lookback + channel.report_sweep_delay ({}) below \
+                     sequencer.closed_retention ({}): a new channel owner writes every state of \
+                     the calls created that far back to raw again, and a completed call the \
+                     sequencer has forgotten is published twice; raise sequencer.closed_retention \
+                     above {} or lower the lookback (\"0s\" turns this sweep off)",
+                    humantime::format_duration(c.report_sweep_delay),
+                    humantime::format_duration(self.sequencer.closed_retention),
+                    humantime::format_duration(swept_back),
+                ),
+            ));
+        }
         if c.max_missed_pongs == 0 {
             report.push(Invalid::new(
                 "channel.max_missed_pongs",

@@ -48,9 +48,10 @@ pub struct SequencerConfig {
     /// An open conversation with no state for this long is given up (`Abandoned`). States it
     /// still holds (only possible when this is shorter than `gap_timeout + backfill_max_wait`)
     /// are published first, the holes below them becoming `BackfillFailed` gap records. It is
-    /// evicted as soon as the raw low watermark has passed its raw records (as a closed call
-    /// is), and meanwhile dead-letters any state at or above where it stopped
-    /// (`after_abandonment`).
+    /// then remembered until it has been quiet for another `abandon_after` (any state of it,
+    /// such as a catch-up's copy of its last one, counts) and the raw low watermark has passed
+    /// its raw records, and meanwhile dead-letters any state at or above where it stopped
+    /// (`after_abandonment`), on a new owner too (its checkpoint says it was abandoned).
     #[serde(with = "humantime_serde")]
     pub abandon_after: Duration,
     /// After completion, how long to remember a conversation to drop late duplicates. After

@@ -16,7 +16,10 @@
 //! forgotten once that watermark has passed its states (see [`Conversation::on_tick`]), so a
 //! takeover resuming there never meets a state of a conversation nobody remembers. An abandoned
 //! conversation is closed the same way (without a completion record) and waits for the
-//! watermark too: another call's answer can be queued for longer than `abandon_after`.
+//! watermark too: another call's answer can be queued for longer than `abandon_after`. It is
+//! also kept until it has been quiet for another `abandon_after`: GoTo may still list it as
+//! active, and each catch-up then writes a copy of its last state, which must meet a call that
+//! is remembered (forgotten, the copy would start it afresh and publish it again).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -146,10 +149,10 @@ pub(crate) struct Conversation<P> {
     gap_count: u32,
     /// Closed: takes no state any more (completed, or abandoned).
     ended: bool,
-    /// Closed by abandonment, not by ENDING: its checkpoint stays open (the ordered topic has no
-    /// completion record for it), a state at or above `next` is `AfterAbandonment`, and it is
-    /// forgotten as soon as the raw low watermark has passed it (no `closed_retention`). Fits in
-    /// padding.
+    /// Closed by abandonment, not by ENDING: its checkpoint says so (`ended` stays false: the
+    /// ordered topic has no completion record for it), a state at or above `next` is
+    /// `AfterAbandonment`, and it is kept `abandon_after` after its last activity (any state of
+    /// it), not `closed_retention`. Fits in padding.
     abandoned: bool,
     /// Waiting in the partition's probe queue for a free probe slot (no timer of its own for
     /// the probe meanwhile; fits in padding, so idle conversations stay 104 bytes).
@@ -265,10 +268,12 @@ impl<P> Conversation<P> {
     pub(crate) fn checkpoint(&self) -> ConversationCheckpoint {
         ConversationCheckpoint {
             next_sequence: self.next,
-            // An abandoned call has no completion record: a new owner restores it open (and
-            // abandons it again, its clock running from the checkpoint's time).
+            // An abandoned call has no completion record; the flag of its own lets a new owner
+            // restore it abandoned, and lets a binary that predates the flag (which ignores it)
+            // restore it open, as it always did.
             ended: self.ended && !self.abandoned,
             gap_count: self.gap_count,
+            abandoned: self.abandoned,
         }
     }
 
@@ -331,6 +336,13 @@ impl<P> Conversation<P> {
     /// A state, live or back-filled. The heart of the ordering rules.
     pub(crate) fn on_state(&mut self, cx: &mut Cx<'_, P>, s: IncomingState<P>) {
         let seq = s.sequence_number;
+        if self.abandoned {
+            // Any state of an abandoned call, even one set aside, is activity: GoTo may still
+            // list the call as active (often why its ENDING never came), and every catch-up
+            // then writes a copy of its last state. Forgotten while that goes on, the next copy
+            // would start the call afresh, back-fill its first states and publish it again.
+            self.touch(cx);
+        }
         if seq == 0 || seq == u64::MAX {
             cx.dead_letter(s, DeadLetterReason::InvalidSequence);
             return;
@@ -352,19 +364,7 @@ impl<P> Conversation<P> {
             }
             return;
         }
-        // The changelog is written when the checkpoint changes, and a new owner restores the
-        // abandon clock from that record's time. A state that changes nothing (a catch-up's
-        // copy of the last state of a call still active, say) keeps the call alive here but
-        // would not there: the first state in each new eighth of `abandon_after` (on the core's
-        // clock) writes its checkpoint again, so a takeover does not abandon a call this owner
-        // still keeps (at most an eighth early). Measured from the last state instead, copies
-        // each closer than an eighth to the one before never wrote it, however long they went
-        // on.
-        let eighth = millis(cx.cfg.abandon_after / 8).max(1);
-        if cx.now.0 / eighth != self.last_activity.0 / eighth {
-            cx.ledger.changed = true;
-        }
-        self.last_activity = self.last_activity.max(cx.now);
+        self.touch(cx);
         self.quiet_at_least(cx.now);
 
         if seq < self.next {
@@ -421,6 +421,23 @@ impl<P> Conversation<P> {
                 payload: s.payload,
             },
         );
+    }
+
+    /// A state came: the abandon clock (for an abandoned call, the clock that forgets it) starts
+    /// again.
+    fn touch(&mut self, cx: &mut Cx<'_, P>) {
+        // The changelog is written when the checkpoint changes, and a new owner restores these
+        // clocks from that record's time. A state that changes nothing (a catch-up's copy of the
+        // last state of a call still active, say) keeps the call here but would not there: the
+        // first state in each new eighth of `abandon_after` (on the core's clock) writes its
+        // checkpoint again, so a takeover does not give up or forget a call this owner still
+        // keeps (at most an eighth early). Measured from the last state instead, copies each
+        // closer than an eighth to the one before never wrote it, however long they went on.
+        let eighth = millis(cx.cfg.abandon_after / 8).max(1);
+        if cx.now.0 / eighth != self.last_activity.0 / eighth {
+            cx.ledger.changed = true;
+        }
+        self.last_activity = self.last_activity.max(cx.now);
     }
 
     /// The outcome of a back-fill request.
@@ -574,10 +591,10 @@ impl<P> Conversation<P> {
         Fate::Keep
     }
 
-    /// A closed conversation's timer: evicted after `closed_retention` (an abandoned one at
-    /// once), but only once the raw low watermark has passed every raw record of it. Forgotten
-    /// earlier, a takeover resuming at that watermark would read its states again for a
-    /// conversation nobody remembers and publish the call a second time.
+    /// A closed conversation's timer: evicted after its retention ([`Self::retention`]), but
+    /// only once the raw low watermark has passed every raw record of it. Forgotten earlier, a
+    /// takeover resuming at that watermark would read its states again for a conversation
+    /// nobody remembers and publish the call a second time.
     fn closed_tick(&mut self, cx: &mut Cx<'_, P>) -> Fate {
         let (cfg, now) = (cx.cfg, cx.now);
         if now < self.last_activity.plus(self.retention(cfg)) {
@@ -598,12 +615,15 @@ impl<P> Conversation<P> {
         Fate::Evict
     }
 
-    /// How long a closed conversation is kept for late duplicates. None for an abandoned one:
-    /// it was quiet for `abandon_after` already, and was evicted at once before it had to wait
-    /// for the raw low watermark; only that wait is new.
+    /// How long a closed conversation is kept for late duplicates after its `last_activity`.
+    /// A completed call: `closed_retention` from its completion. An abandoned one: another
+    /// `abandon_after` from its abandonment or its last state since, whichever is later. GoTo
+    /// may still list a call whose ENDING never came as active, and a catch-up copy of its
+    /// last state after it was forgotten would publish the whole call again; a call quiet that
+    /// long is forgotten, so the memory stays bounded (abandoned calls are rare).
     fn retention(&self, cfg: &SequencerConfig) -> Duration {
         if self.abandoned {
-            Duration::ZERO
+            cfg.abandon_after
         } else {
             cfg.closed_retention
         }
@@ -615,6 +635,9 @@ impl<P> Conversation<P> {
         self.ended = true;
         self.abandoned = true;
         self.last_activity = cx.now;
+        // The checkpoint now says abandoned: written, it makes a new owner restore the call as
+        // such instead of open (publishing what this owner dead-letters).
+        cx.ledger.changed = true;
         self.take_raw_mark(cx.ledger);
         // A request still out is owed its answer by the shell, which then only brings
         // duplicates and `AfterAbandonment` states; a probe's slot is free again (`settle`).
@@ -719,6 +742,12 @@ impl<P> Conversation<P> {
         // An abandoned call the changelog knows completed was completed.
         if cp.ended && (!self.ended || self.abandoned) {
             self.close_quietly(ledger);
+        } else if cp.abandoned && !self.ended {
+            // The previous owner gave it up: a state at or above `next` was dead-lettered
+            // there, so it is here too, and the call is kept as long as it would have been
+            // there (its clock from the record's time, above).
+            self.close_quietly(ledger);
+            self.abandoned = true;
         }
     }
 

@@ -34,8 +34,9 @@
 //!   their turn, oldest first (gap back-fills are never rationed; 0 turns probes off). No state
 //!   for `abandon_after`: the holes below anything still held become `BackfillFailed` gaps and
 //!   the held states are published, then `Abandoned`: it takes no new state (one at or above
-//!   where it stopped is dead-lettered, `AfterAbandonment`) and is evicted once the raw low
-//!   watermark has passed it, like a closed conversation.
+//!   where it stopped is dead-lettered, `AfterAbandonment`; its checkpoint says `abandoned`, so
+//!   a new owner does the same) and is evicted once it has been quiet for another
+//!   `abandon_after` (any state of it counts) and the raw low watermark has passed it.
 //! - A closed conversation is evicted after `closed_retention`, and only once the raw low
 //!   watermark has passed every raw record of it (its *raw mark*: how far raw had been read when
 //!   it closed or a state of it last came in): a takeover resuming at the watermark must not

@@ -43,8 +43,9 @@ pub struct Counters {
     pub backfills_failed: u64,
     /// Completion records published.
     pub completions: u64,
-    /// Conversations abandoned (given up open; forgotten once the raw low watermark passed
-    /// their states, not counted in `closed_evicted`).
+    /// Conversations abandoned (given up open; forgotten once quiet for another
+    /// `abandon_after` and the raw low watermark passed their states, not counted in
+    /// `closed_evicted`).
     pub abandoned: u64,
     /// Completed conversations evicted after `closed_retention` (and once the raw low
     /// watermark passed their states).

@@ -105,7 +105,8 @@ pub enum Action<P> {
     /// completion. `next_sequence` is the first sequence that was never resolved. States it
     /// still held were published first, behind `BackfillFailed` gap records for the holes.
     /// It takes no state after this ([`DeadLetterReason::AfterAbandonment`]) and is forgotten
-    /// once the raw low watermark has passed its raw records, like a closed conversation.
+    /// once it has been quiet for another `abandon_after` (every state of it counts as activity)
+    /// and the raw low watermark has passed its raw records.
     Abandoned {
         conversation: ConversationId,
         next_sequence: u64,
@@ -150,7 +151,7 @@ pub enum DeadLetterReason {
     /// sequence; older ones are dropped as duplicates.
     InsideDeclaredGap,
     /// A state at or above the `next_sequence` of an [`Action::Abandoned`] conversation, while
-    /// it is still remembered (until the raw low watermark has passed its raw records). The
+    /// it is still remembered (see [`Action::Abandoned`]; a new owner restores it abandoned). The
     /// call's stream was given up at that sequence: publishing after it would contradict the
     /// abandonment the operators were told of, and GoTo sending a state after six quiet hours
     /// (or a probe answer bringing one after the call was given up) is worth a human look.
@@ -219,4 +220,8 @@ pub struct ConversationCheckpoint {
     pub ended: bool,
     /// Gap records published so far.
     pub gap_count: u32,
+    /// Given up (`Action::Abandoned`) at `next_sequence`, without a completion record (`ended`
+    /// stays false: the ordered topic has none). A new owner restores the call abandoned, so a
+    /// state at or above `next_sequence` is dead-lettered there too, not published.
+    pub abandoned: bool,
 }

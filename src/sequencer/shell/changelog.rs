@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::sequencer::ConversationCheckpoint;
+
 /// Prefix of progress keys.
 pub const PROGRESS_PREFIX: &str = "__progress/";
 /// Prefix of fence keys.
@@ -24,6 +26,10 @@ const _: () = assert!(
 );
 
 /// One conversation's resume point.
+///
+/// Read and written by every binary of a rolling upgrade, so fields are only ever added, each
+/// optional (`default`) and left out when it has its default value, and unknown fields are
+/// ignored (no `deny_unknown_fields`): an older binary reads a newer record as it always did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConversationEntry {
     /// Next sequence number to publish.
@@ -32,6 +38,36 @@ pub struct ConversationEntry {
     pub ended: bool,
     /// Gap records published so far.
     pub gaps: u32,
+    /// The call was abandoned at `next` (quiet for `sequencer.abandon_after`; no completion
+    /// record). A new owner restores it abandoned and dead-letters what comes at or above
+    /// `next`; a binary older than this field restores it open, as it did before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub abandoned: bool,
+}
+
+// The core's checkpoint and its changelog form, field for field, in one place: the snapshot
+// writes one, the takeover restores the other, and a field left out on either side would be
+// lost at every takeover.
+impl From<ConversationCheckpoint> for ConversationEntry {
+    fn from(c: ConversationCheckpoint) -> Self {
+        ConversationEntry {
+            next: c.next_sequence,
+            ended: c.ended,
+            gaps: c.gap_count,
+            abandoned: c.abandoned,
+        }
+    }
+}
+
+impl From<ConversationEntry> for ConversationCheckpoint {
+    fn from(e: ConversationEntry) -> Self {
+        ConversationCheckpoint {
+            next_sequence: e.next,
+            ended: e.ended,
+            gap_count: e.gaps,
+            abandoned: e.abandoned,
+        }
+    }
 }
 
 /// Where the outputs stood when the index was written.
@@ -145,6 +181,7 @@ mod tests {
             next: 7,
             ended: false,
             gaps: 1,
+            abandoned: true,
         };
         assert_eq!(
             decode(b"conv-1", Some(&encode(&e))).unwrap(),
@@ -195,6 +232,65 @@ mod tests {
         assert_eq!(
             String::from_utf8(encode(&new)).unwrap(),
             r#"{"epoch":4,"ordered_offset":9,"raw_low_watermark":5,"raw_read_end":12}"#
+        );
+    }
+
+    /// A rolling upgrade runs binaries with and without the `abandoned` field side by side, each
+    /// taking over partitions the other wrote.
+    #[test]
+    fn conversation_records_with_and_without_the_abandoned_flag_read_both_ways() {
+        // Written before the field existed: an open call, restored open as before.
+        let old = br#"{"next":4,"ended":false,"gaps":1}"#;
+        let entry = ConversationEntry {
+            next: 4,
+            ended: false,
+            gaps: 1,
+            abandoned: false,
+        };
+        assert_eq!(
+            decode(b"conv-1", Some(old)).unwrap(),
+            ChangelogRecord::Conversation("conv-1".into(), entry)
+        );
+        // A call not abandoned is written exactly as before the field existed.
+        assert_eq!(encode(&entry), old.to_vec());
+        // An abandoned call says so.
+        let abandoned = ConversationEntry {
+            abandoned: true,
+            ..entry
+        };
+        let new = encode(&abandoned);
+        assert_eq!(
+            String::from_utf8(new.clone()).unwrap(),
+            r#"{"next":4,"ended":false,"gaps":1,"abandoned":true}"#
+        );
+        assert_eq!(
+            decode(b"conv-1", Some(&new)).unwrap(),
+            ChangelogRecord::Conversation("conv-1".into(), abandoned)
+        );
+        // The core's checkpoint goes through the record and back whole.
+        let cp = ConversationCheckpoint {
+            next_sequence: 4,
+            ended: false,
+            gap_count: 1,
+            abandoned: true,
+        };
+        assert_eq!(ConversationEntry::from(cp), abandoned);
+        assert_eq!(ConversationCheckpoint::from(abandoned), cp);
+        // A binary older than the field (its entry as it was) reads the new record: the unknown
+        // field is ignored, and the call is restored open, as that binary always did.
+        #[derive(Debug, PartialEq, Deserialize)]
+        struct OlderEntry {
+            next: u64,
+            ended: bool,
+            gaps: u32,
+        }
+        assert_eq!(
+            serde_json::from_slice::<OlderEntry>(&new).unwrap(),
+            OlderEntry {
+                next: 4,
+                ended: false,
+                gaps: 1
+            }
         );
     }
 

@@ -484,6 +484,7 @@ fn apply_output(
         next: 1,
         ended: false,
         gaps: 0,
+        abandoned: false,
     });
     match header(m, out_headers::KIND) {
         Some("state") => {
@@ -503,7 +504,9 @@ fn apply_output(
         }
         Some("completion") => {
             endings.remove(key);
+            // The output is the truth: a call it shows completed was not abandoned.
             entry.ended = true;
+            entry.abandoned = false;
             entry.next = entry.next.max(seq + 1);
         }
         _ => {}

@@ -313,14 +313,7 @@ pub(super) fn snapshot_records(
     for (conv, checkpoint) in &snap.entries {
         let key = conv.as_text().to_string();
         match checkpoint {
-            Some(c) => records.push((
-                key,
-                Some(changelog::encode(&ConversationEntry {
-                    next: c.next_sequence,
-                    ended: c.ended,
-                    gaps: c.gap_count,
-                })),
-            )),
+            Some(c) => records.push((key, Some(changelog::encode(&ConversationEntry::from(*c))))),
             None => tombstones.push((key, None)),
         }
     }
@@ -366,6 +359,7 @@ mod tests {
             next_sequence: 4,
             ended: false,
             gap_count: 0,
+            abandoned: false,
         };
         let snap = PendingSnapshot {
             needs_acked: 0,
@@ -404,6 +398,59 @@ mod tests {
                 raw_read_end: Some(103),
                 released: false,
             })
+        );
+    }
+
+    /// An abandoned call's record says so, and a new owner, restoring it as `install` does,
+    /// sets a state at or above where it stopped aside instead of publishing it.
+    #[test]
+    fn an_abandoned_calls_record_restores_it_abandoned() {
+        let cp = ConversationCheckpoint {
+            next_sequence: 4,
+            ended: false,
+            gap_count: 1,
+            abandoned: true,
+        };
+        let snap = PendingSnapshot {
+            needs_acked: 0,
+            ordered_offset: Some(41),
+            entries: vec![(ConversationId::from("quiet"), Some(cp))],
+            raw_low_watermark: 100,
+            raw_read_end: 103,
+        };
+        let records = snapshot_records(3, &snap);
+        let (key, value) = &records[0];
+        let Ok(changelog::ChangelogRecord::Conversation(id, entry)) =
+            changelog::decode(key.as_bytes(), value.as_deref())
+        else {
+            panic!("not a conversation record: {records:?}");
+        };
+        assert_eq!((id.as_str(), entry.abandoned), ("quiet", true));
+        let mut core: PartitionSequencer<()> = PartitionSequencer::new(SequencerConfig::default());
+        let now = Timestamp(10_000);
+        core.restore_since(&id, ConversationCheckpoint::from(entry), now, now);
+        core.restored_raw_end(103);
+        let mut out = Vec::new();
+        let state = |sequence_number| crate::sequencer::IncomingState {
+            sequence_number,
+            fingerprint: sequence_number,
+            is_ending: false,
+            origin: Origin::Webhook,
+            raw_offset: Some(103),
+            payload: (),
+        };
+        core.on_state(&id, state(3), now, &mut out);
+        core.on_state(&id, state(4), now, &mut out);
+        assert!(
+            matches!(
+                &out[..],
+                [crate::sequencer::Action::DeadLetter {
+                    sequence_number: 4,
+                    reason: crate::sequencer::DeadLetterReason::AfterAbandonment,
+                    ..
+                }]
+            ),
+            "{out:?}"
         );
     }
 

@@ -250,16 +250,7 @@ impl RunState {
                 }
                 _ => now,
             };
-            core.restore_since(
-                conv,
-                ConversationCheckpoint {
-                    next_sequence: entry.next,
-                    ended: entry.ended,
-                    gap_count: entry.gaps,
-                },
-                now,
-                written,
-            );
+            core.restore_since(conv, ConversationCheckpoint::from(*entry), now, written);
         }
         for conv in &recovered.raised_by_scan {
             core.mark_dirty(conv);
@@ -527,6 +518,7 @@ mod tests {
             next_sequence: 4,
             ended: false,
             gap_count: 0,
+            abandoned: false,
         };
         core.restore_since("quiet", open, now, written);
         core.restored_raw_end(0);
