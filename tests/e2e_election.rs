@@ -2,9 +2,13 @@
 //! does not move when a replica joins, and when the owner goes away (SIGTERM, or SIGKILL) another
 //! replica takes the channel over within a bounded time, printed here. An owner paused past its
 //! session comes back in doubt, and the deployment settles on one owner again. In webhook mode every replica accepts POSTs, owner or not. The replicas are real
-//! `callbridge run` processes.
+//! `callbridge run` processes, except in the rolling restart within one process, where each
+//! owner's `shutdown` must have left the election group before it returns.
 mod support;
 
+use callbridge::app::{self, Listeners, RunningBridge};
+use callbridge::channel::ChannelState;
+use callbridge::config::bridge::{BridgeConfig, ChannelKind};
 use callbridge::simulator::{self, SimulatorConfig};
 use std::time::{Duration, Instant};
 use support::cluster::{Deployment, Replica};
@@ -283,5 +287,147 @@ async fn every_webhook_replica_accepts_posts() {
     for r in &mut replicas {
         r.terminate();
     }
+    sim.shutdown().await;
+}
+
+/// Logs of this test process to the test's output (nextest keeps each test's output apart),
+/// `RUST_LOG` when set. `CALLBRIDGE_TEST_RDKAFKA_DEBUG` (for example `cgrp`) is handed to
+/// librdkafka's `debug` by [`in_process_config`], whose log lines arrive here through `log`.
+fn in_process_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,callbridge::simulator=off".into()),
+        )
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
+}
+
+async fn in_process_listeners() -> (Listeners, std::net::SocketAddr) {
+    let webhook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = webhook.local_addr().unwrap();
+    (
+        Listeners {
+            webhook: Some(webhook),
+            admin: Some(admin),
+        },
+        addr,
+    )
+}
+
+/// A WebSocket bridge on `broker` whose owner session (30 s) is far longer than the hand-over
+/// bound below: only a leave the broker saw can hand the channel over in time, never an
+/// eviction (and tansu evicts nobody anyway).
+fn in_process_config(
+    sim: &simulator::RunningSimulator,
+    broker: &Tansu,
+    addr: std::net::SocketAddr,
+) -> BridgeConfig {
+    let mut config = callbridge::demo::bridge_config(
+        &sim.base_url(),
+        broker.kafka(2),
+        ChannelKind::Websocket,
+        addr,
+    );
+    config.channel.owner_session_timeout = OWNER_SESSION;
+    if let Ok(debug) = std::env::var("CALLBRIDGE_TEST_RDKAFKA_DEBUG") {
+        config.kafka.librdkafka.insert("debug".into(), debug);
+    }
+    config
+}
+
+const OWNER_SESSION: Duration = Duration::from_secs(30);
+
+/// Well below [`OWNER_SESSION`]: a rebalance and the channel set-up.
+const HANDOVER_BOUND: Duration = Duration::from_secs(10);
+
+/// Hand-overs per run: each one is a chance for a stopped owner to stay in the group (the race
+/// this guards against lost about one hand-over in 25 here).
+const ROUNDS: usize = 5;
+
+/// Waits (at most `within`) until `bridge` owns a Ready channel; the state it was left in
+/// otherwise.
+async fn ready_within(bridge: &RunningBridge, within: Duration) -> Result<(), ChannelState> {
+    let mut state = bridge.channel.clone();
+    let ready = tokio::time::timeout(
+        within,
+        state.wait_for(|s| matches!(s, ChannelState::Ready(_))),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    if ready {
+        Ok(())
+    } else {
+        Err(bridge.channel.borrow().clone())
+    }
+}
+
+/// Starts a bridge in this process and waits until it owns a Ready channel, all within `within`
+/// (`app::start` returns once the role is known: a `Joining` that lasts, as while the group
+/// still lists a departed leader, counts too); what it was left at otherwise.
+async fn owner_within(
+    sim: &simulator::RunningSimulator,
+    broker: &Tansu,
+    within: Duration,
+) -> Result<RunningBridge, String> {
+    let started = Instant::now();
+    let (l, addr) = in_process_listeners().await;
+    let bridge =
+        match tokio::time::timeout(within, app::start(in_process_config(sim, broker, addr), l))
+            .await
+        {
+            Err(_) => return Err("still Joining (its role unknown)".into()),
+            Ok(Err(e)) => return Err(format!("start-up failed: {e}")),
+            Ok(Ok(bridge)) => bridge,
+        };
+    ready_within(&bridge, within.saturating_sub(started.elapsed()))
+        .await
+        .map_err(|state| format!("{state:?}"))?;
+    Ok(bridge)
+}
+
+/// A rolling deploy within one process: the owner stops cleanly and a new bridge joins the same
+/// election group right after `shutdown` returned, [`ROUNDS`] times. Each stopped owner must
+/// have left the group by then; otherwise the broker still lists it and nobody owns the channel
+/// until its session expires (tansu keeps the departed member as the group's leader, so the new
+/// one stays `Joining`; one CI run of `e2e_subscriptions` saw a restarted bridge stay `Standby`
+/// for 60 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bridge_started_after_the_owner_shut_down_takes_the_channel_at_once() {
+    in_process_logs();
+    let broker = Tansu::start();
+    let sim = simulator_without_traffic().await;
+    // Alone in the group, the first bridge owns the channel once it has set it up.
+    let mut owner = owner_within(&sim, &broker, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|state| panic!("the first bridge never owned a Ready channel: {state}"));
+    for round in 1..=ROUNDS {
+        let stopping = Instant::now();
+        owner.shutdown().await;
+        let stopped_in = stopping.elapsed();
+        let joined = Instant::now();
+        owner = owner_within(&sim, &broker, HANDOVER_BOUND)
+            .await
+            .unwrap_or_else(|state| {
+                panic!(
+                    "round {round}: the bridge started after the owner's shutdown ({stopped_in:?}) \
+                     did not own the channel within {HANDOVER_BOUND:?}: {state} (the stopped \
+                     owner's election member was still in the group)"
+                )
+            });
+        println!(
+            "round {round}: the owner shut down in {stopped_in:?}; the next one owned the \
+             channel {:?} after it started",
+            joined.elapsed()
+        );
+    }
+    assert_eq!(
+        sim.control().channel_ids().len(),
+        1,
+        "every owner reused the first one's channel"
+    );
+    owner.shutdown().await;
     sim.shutdown().await;
 }

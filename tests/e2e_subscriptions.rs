@@ -61,17 +61,6 @@ async fn start_ready(config: BridgeConfig, l: Listeners) -> RunningBridge {
     bridge
 }
 
-/// The configuration of a bridge started again in this process after `shutdown`. It joins
-/// consumer groups of its own: the first bridge's shutdown is bounded, and its election consumer
-/// may still be leaving the group while the second one joins (one CI run saw the second stay
-/// `Standby` for 60 s; the hand-over itself is `e2e_election`'s subject, not this file's).
-/// Everything this file checks (the channel GoTo lists, its subscriptions, the topics) is the
-/// same for it.
-fn restarted(mut config: BridgeConfig) -> BridgeConfig {
-    config.kafka.consumer_group = format!("{}-restarted", config.kafka.consumer_group);
-    config
-}
-
 fn config(
     sim: &RunningSimulator,
     broker: &Tansu,
@@ -115,11 +104,7 @@ async fn a_restart_on_a_channel_goto_answers_409_for_is_ready_and_receives_state
 
     // The restart reuses the WebSocket channel, whose subscriptions all exist: every item 409.
     let (l, addr) = listeners().await;
-    let second = start_ready(
-        restarted(config(&sim, &broker, ChannelKind::Websocket, addr)),
-        l,
-    )
-    .await;
+    let second = start_ready(config(&sim, &broker, ChannelKind::Websocket, addr), l).await;
     assert_eq!(sim.control().channel_ids(), channels, "channel reused");
     sim.control().start_traffic();
     completions(&second, 6).await;
@@ -162,7 +147,7 @@ async fn an_account_removed_from_the_configuration_is_no_longer_published() {
 
     // Restart with one account fewer: the WebSocket channel (and its subscriptions) is reused.
     let (l, addr) = listeners().await;
-    let mut second = restarted(config(&sim, &broker, ChannelKind::Websocket, addr));
+    let mut second = config(&sim, &broker, ChannelKind::Websocket, addr);
     second.goto.account_keys.retain(|k| *k != removed);
     let second = start_ready(second, l).await;
     let channel = match &*second.channel.borrow() {

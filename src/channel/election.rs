@@ -61,19 +61,24 @@ impl ElectionContext {
     }
 
     fn set(&self, role: Role) {
-        let before = *self.role.borrow();
-        if before != role {
-            tracing::info!(from = ?before, to = ?role, "channel ownership changed");
-            metrics::gauge!("callbridge_channel_owner").set(if role == Role::Owner {
-                1.0
-            } else {
-                0.0
-            });
-            if role == Role::Owner || before == Role::Owner {
-                metrics::counter!("callbridge_channel_owner_changes_total").increment(1);
-            }
-            let _ = self.role.send(role);
+        set_role(&self.role, role);
+    }
+}
+
+/// Publishes `role` (with its log line and metrics) if it is a change.
+fn set_role(tx: &watch::Sender<Role>, role: Role) {
+    let before = *tx.borrow();
+    if before != role {
+        tracing::info!(from = ?before, to = ?role, "channel ownership changed");
+        metrics::gauge!("callbridge_channel_owner").set(if role == Role::Owner {
+            1.0
+        } else {
+            0.0
+        });
+        if role == Role::Owner || before == Role::Owner {
+            metrics::counter!("callbridge_channel_owner_changes_total").increment(1);
         }
+        let _ = tx.send(role);
     }
 }
 
@@ -131,6 +136,9 @@ impl ChannelElection {
     ) -> Result<Self, KafkaError> {
         let topic = kafka.topics.channel_owner.clone();
         let (tx, rx) = watch::channel(Role::Joining);
+        // The consumer's context holds `tx` and goes with the consumer: this one says
+        // `Standby` once the consumer has left.
+        let role_after_close = tx.clone();
         let mut config = kafka
             .client_config()
             .map_err(|e| KafkaError::ClientCreation(format!("kafka.sasl.password_file: {e}")))?;
@@ -166,16 +174,22 @@ impl ChannelElection {
                     }
                 }
                 // Leave the group now, so the next owner is chosen without waiting for the
-                // session to expire.
-                consumer.unsubscribe();
-                let deadline = std::time::Instant::now() + Duration::from_secs(5);
-                while consumer.context().owned.load(Ordering::SeqCst)
-                    && std::time::Instant::now() < deadline
-                {
-                    let _ = consumer.poll(Duration::from_millis(50));
-                }
-                consumer.context().set(Role::Standby);
+                // session to expire. Dropping the consumer closes it: librdkafka revokes the
+                // assignment through `pre_rebalance` (the channel is given up first), sends
+                // LeaveGroup and waits for the answer. Not `unsubscribe()` first: with the
+                // cooperative assignor that starts an incremental unassign, and a close that
+                // overtakes it ends the group without the LeaveGroup
+                // (`rd_kafka_cgrp_incr_unassign_done` when terminating). The broker then kept
+                // this member until its session expired, and the next replica stayed off the
+                // channel that long (`tests/e2e_election.rs`, about one hand-over in 25).
+                let leaving = std::time::Instant::now();
                 drop(consumer);
+                tracing::debug!(
+                    took = ?leaving.elapsed(),
+                    "left the channel election group"
+                );
+                // A close revokes an assignment it still holds, but not one already lost.
+                set_role(&role_after_close, Role::Standby);
             })
             .map_err(|e| KafkaError::ClientCreation(format!("election thread: {e}")))?;
         Ok(Self {
@@ -190,7 +204,9 @@ impl ChannelElection {
         self.role.clone()
     }
 
-    /// Leaves the group (blocking, up to a few seconds).
+    /// Leaves the group: blocks until the consumer is closed, which is after the broker answered
+    /// its LeaveGroup (librdkafka's close waits for that answer; an unreachable coordinator ends
+    /// the wait, bounded by librdkafka's timeouts, about `owner_session_timeout`).
     pub fn shutdown(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
