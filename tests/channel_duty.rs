@@ -6,6 +6,10 @@
 //! retried as such; permanent ones (an item-level 403) show `Failed` with the fix, on which
 //! start-up stops the process, and are retried every `reconnect_max` until the fix is made.
 //! The simulator refuses the subscription items over real HTTP; Kafka is tansu.
+//!
+//! And an owner that stops (it lost the election, or the process ends) stops at once, even while
+//! GoTo holds its first catch-up with a `Retry-After` of minutes: a stopped owner that waited
+//! would go on writing catch-up states while the new owner holds the channel.
 mod contract_support;
 mod support;
 
@@ -14,6 +18,7 @@ use callbridge::channel::election::Role;
 use callbridge::channel::sweep::ReportSweeper;
 use callbridge::channel::ChannelState;
 use callbridge::config::bridge::{ChannelKind, ChannelSettings, WebhookSettings};
+use callbridge::goto::GotoClient;
 use callbridge::ingest::{Ingest, RawWriter};
 use callbridge::kafka::ensure_topics;
 use callbridge::secret::Secret;
@@ -30,7 +35,7 @@ struct Owner {
     seen: Arc<Mutex<Vec<ChannelState>>>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
-    _role: watch::Sender<Role>,
+    role: watch::Sender<Role>,
 }
 
 impl Owner {
@@ -49,16 +54,31 @@ impl Owner {
 
     /// The duty must end promptly on shutdown.
     async fn end(self) {
+        self.end_within(Duration::from_secs(10)).await;
+    }
+
+    /// The duty must end within `bound` of the shutdown.
+    async fn end_within(self, bound: Duration) {
         self.shutdown.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
+        tokio::time::timeout(bound, self.task)
             .await
-            .expect("the duty ends on shutdown")
+            .unwrap_or_else(|_| panic!("the duty did not end within {bound:?} of the shutdown"))
             .expect("no panic");
     }
 }
 
 /// Starts the owner's duty of `kind` on `sim`, with this replica the owner from the start.
 async fn owner(sim: &RunningSimulator, kind: ChannelKind, broker: &Tansu) -> Owner {
+    owner_with(sim, client(sim), kind, broker).await
+}
+
+/// [`owner`], talking to GoTo through `goto`.
+async fn owner_with(
+    sim: &RunningSimulator,
+    goto: GotoClient,
+    kind: ChannelKind,
+    broker: &Tansu,
+) -> Owner {
     let kafka = broker.kafka(1);
     ensure_topics(&kafka).await.expect("topics");
     let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
@@ -82,7 +102,7 @@ async fn owner(sim: &RunningSimulator, kind: ChannelKind, broker: &Tansu) -> Own
         ..WebhookSettings::default()
     };
     let duty = ChannelDuty {
-        client: client(sim),
+        client: goto,
         ingest: ingest.clone(),
         sweeper: ReportSweeper::spawn(
             client(sim),
@@ -113,7 +133,7 @@ async fn owner(sim: &RunningSimulator, kind: ChannelKind, broker: &Tansu) -> Own
         seen,
         shutdown,
         task,
-        _role: role,
+        role,
     }
 }
 
@@ -203,4 +223,85 @@ async fn subscription_items_failing_with_5xx_are_transient_and_never_a_failure()
         "item-level 5xx were taken for a permanent refusal: {seen:?}"
     );
     owner.end().await;
+}
+
+/// How the owner is stopped.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// Another replica won the election.
+    LostElection,
+    /// The process shuts down.
+    Shutdown,
+}
+
+/// GoTo's `Retry-After` on every 429: the longest the client honours (`MAX_RETRY_AFTER`).
+const RETRY_AFTER: Duration = Duration::from_secs(300);
+/// How soon a stopped owner must have let go: far below [`RETRY_AFTER`], and far above what a
+/// stop takes when it does not wait on GoTo (milliseconds).
+const STOP_BOUND: Duration = Duration::from_secs(5);
+
+/// A webhook owner is stopped while its first catch-up waits on GoTo's `Retry-After`.
+///
+/// The listing of active calls is first held unanswered (so the set-up, which must succeed, is
+/// not refused too), then every request is answered 429 with a `Retry-After` of minutes: the
+/// client gives the held listing up (its request timeout) and the retry meets the 429.
+async fn stopped_while_the_first_catch_up_waits_on_retry_after(stop: Stop) {
+    let mut config = sim_config();
+    config.rate_limit.retry_after_seconds = Some(RETRY_AFTER.as_secs());
+    let sim = start(config).await;
+    let broker = Tansu::start();
+    sim.control()
+        .patch_faults(&serde_json::json!({ "active_calls_paused": true }))
+        .expect("fault set");
+    // A short request timeout, so the held listing is given up (and retried into the 429s)
+    // soon; the set-up's requests are answered at once.
+    let mut goto = client_config(&sim);
+    goto.request_timeout = Duration::from_secs(1);
+    let mut owner = owner_with(&sim, client_with(goto), ChannelKind::Webhook, &broker).await;
+
+    owner
+        .until("ready", |s| matches!(s, ChannelState::Ready(_)))
+        .await;
+    eventually(Duration::from_secs(10), async || {
+        (sim.control().stats().active_call_listings.requests > 0).then_some(())
+    })
+    .await;
+    sim.control()
+        .patch_faults(&serde_json::json!({ "rest_429_rate": 1.0 }))
+        .expect("fault set");
+    // The catch-up's listing met a 429 carrying the `Retry-After`: the duty now waits on GoTo.
+    eventually(Duration::from_secs(10), async || {
+        (answered(&sim, "call-events", 429) > 0).then_some(())
+    })
+    .await;
+
+    match stop {
+        Stop::LostElection => {
+            owner.role.send(Role::Standby).expect("duty following");
+            let standby = tokio::time::timeout(
+                STOP_BOUND,
+                owner.state.wait_for(|s| *s == ChannelState::Standby),
+            )
+            .await
+            // The state's borrow is not kept: only whether it came in time.
+            .is_ok_and(|seen| seen.is_ok());
+            assert!(
+                standby,
+                "the duty did not let go of the channel within {STOP_BOUND:?} of losing the election; states seen: {:?}",
+                owner.seen.lock().unwrap()
+            );
+            owner.end_within(STOP_BOUND).await;
+        }
+        Stop::Shutdown => owner.end_within(STOP_BOUND).await,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_owner_that_lost_the_election_does_not_wait_on_a_retry_after() {
+    stopped_while_the_first_catch_up_waits_on_retry_after(Stop::LostElection).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_owner_shutting_down_does_not_wait_on_a_retry_after() {
+    stopped_while_the_first_catch_up_waits_on_retry_after(Stop::Shutdown).await;
 }

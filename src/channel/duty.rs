@@ -160,7 +160,17 @@ async fn hold(
                 duty.sweeper
                     .request((now - duty.channel.report_sweep_lookback, now));
             }
-            catchup::catch_up(keeper.client(), &duty.ingest, keeper.account_keys()).await;
+            // A stop does not wait for GoTo (a `Retry-After` can hold the listing for minutes):
+            // a replica that lost the election would go on writing catch-up states, and keep
+            // `follow_election` waiting for this duty to end, until GoTo answered. `biased`: a
+            // stop given already wins over starting a listing. Abandoning the catch-up loses
+            // nothing: the next owner catches up when it takes the channel.
+            let mut stopped = stop.clone();
+            tokio::select! {
+                biased;
+                _ = stopped.wait_for(|stop| *stop) => return,
+                _ = catchup::catch_up(keeper.client(), &duty.ingest, keeper.account_keys()) => {}
+            }
             repair_loop(
                 keeper,
                 duty.ingest.clone(),
@@ -205,9 +215,11 @@ async fn set_up(
             keeper.ensure_subscriptions(&c).await?;
             Ok::<_, ChannelError>(c)
         };
+        // `wait_for`, not `changed`: a stop given before this point still ends the set-up.
         let result = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => return None,
             r = attempt => r,
-            _ = stop.changed() => return None,
         };
         match result {
             Ok(c) => return Some(c),
@@ -223,7 +235,7 @@ async fn set_up(
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = stop.changed() => return None,
+            _ = stop.wait_for(|stop| *stop) => return None,
         }
         delay = (delay * 2).min(settings.reconnect_max);
     }

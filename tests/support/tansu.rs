@@ -5,7 +5,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// A running tansu broker.
@@ -64,7 +64,9 @@ impl Tansu {
     pub fn restart(&mut self) {
         self.stop();
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        // Kept after the test (under the target dir) for whoever debugs a failure.
+        // Kept after the test (under the target dir) for whoever debugs a failure. tansu logs to
+        // stdout (its banner, and its tracing at the level `RUST_LOG` sets), so both streams go
+        // here: a file for stderr alone stays empty.
         let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tansu-logs");
         let _ = std::fs::create_dir_all(&log_dir);
         let log = std::fs::OpenOptions::new()
@@ -72,6 +74,7 @@ impl Tansu {
             .append(true)
             .open(log_dir.join(format!("tansu-{}-{}.log", std::process::id(), self.port)))
             .expect("tansu log file");
+        let stdout = log.try_clone().expect("tansu log file");
         let child = Command::new(tansu_bin())
             .current_dir(&self.workdir)
             .args([
@@ -82,11 +85,15 @@ impl Tansu {
                 &url,
             ])
             .args(["--storage-engine", &self.storage])
+            // `warn` by default: at `info` tansu logs every span's creation and entry (a
+            // 1.5 s test wrote 430 KB). `TANSU_LOG` (an env filter, e.g. `info`) for more.
             .env(
                 "RUST_LOG",
                 std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .stdout(Stdio::null())
+            // Plain text in the file, not terminal colour codes.
+            .env("NO_COLOR", "1")
+            .stdout(stdout)
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
