@@ -19,7 +19,11 @@
 //! steps and during the wait for an unclean owner's stragglers, and never writes its fence then,
 //! so a discarded takeover neither outlives its run by that wait nor leaves an epoch nobody owns.
 //! Given up after its fence, it still writes no takeover marker: the marker would claim an
-//! ordered partition that is no longer ours, and could land after the next owner's.
+//! ordered partition that is no longer ours, and could land after the next owner's. It reads its
+//! fence back and then marks its epoch `released` with the previous owner's resume point
+//! ([`release_unused_epoch`]): the epoch wrote nothing the next owner must wait for, and left
+//! unreleased it made the next owner wait out an owner that never wrote an output (a replica
+//! stopped while taking over, then every replica after it that was stopped during that wait).
 
 use super::changelog::{self, ChangelogRecord, ConversationEntry, Fence, Progress};
 use crate::publish::record::{self, headers as out_headers};
@@ -58,8 +62,8 @@ pub enum TakeoverError {
         /// How long we waited.
         waited: Duration,
     },
-    /// The partition was revoked (or the run ended) before the takeover finished; no fence was
-    /// written.
+    /// The partition was revoked (or the run ended) before the takeover finished: no fence was
+    /// written, or the fence's epoch was marked released ([`release_unused_epoch`]).
     #[error("takeover of partition {partition} given up: the partition is no longer ours")]
     Cancelled {
         /// Partition.
@@ -237,8 +241,9 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     let fence_offset = delivery.offset;
     let started = Instant::now();
     let mut seen = false;
+    // Read back even when given up meanwhile: the release of a given-up epoch carries the index
+    // as it stands up to the fence, and a stale one could resume raw below evicted calls.
     while !seen {
-        ctx.check_cancelled(p)?;
         if started.elapsed() > ctx.timeout {
             return Err(TakeoverError::FenceNotSeen {
                 partition: p,
@@ -266,6 +271,9 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
         .map_err(|e| e.into_takeover(p, "reading the fence back"))?;
     }
     rec.epoch = epoch;
+    if ctx.cancelled.load(Ordering::SeqCst) {
+        return Err(give_up_fenced(ctx, p, &rec));
+    }
 
     // 3. The output may be ahead of the index. Its end is where our marker lands: the broker's
     //    high watermark cannot be trusted for it (tansu 0.6 reports one that lags acknowledged
@@ -278,11 +286,13 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     let (low, high) = reader
         .fetch_watermarks(ctx.ordered_topic, p, ctx.timeout)
         .map_err(kafka("reading ordered watermarks"))?;
-    // The last moment to give up: a marker written for a partition already revoked could land
-    // after the next owner's marker, with a lower epoch (a false zombie to an audit), and this
-    // owner would write nothing else there. (The fence stays: an epoch nobody owns, so the next
-    // takeover waits out this one, which writes nothing more.)
-    ctx.check_cancelled(p)?;
+    // The last moment to give up before the marker: a marker written for a partition already
+    // revoked could land after the next owner's marker, with a lower epoch (a false zombie to an
+    // audit), and this owner would write nothing else there. (The fence stays, its epoch marked
+    // released: it wrote nothing.)
+    if ctx.cancelled.load(Ordering::SeqCst) {
+        return Err(give_up_fenced(ctx, p, &rec));
+    }
     let (value, marker_headers) = record::takeover_record(p, epoch);
     let marker = ctx
         .runtime
@@ -330,7 +340,71 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     rec.scan_from = from;
     rec.scan_high_watermark = high;
     rec.ordered_end = marker;
+    // Given up during the scan: nobody installs this result (the shell releases one that slips
+    // past this check, `RunState::release_unused`).
+    if ctx.cancelled.load(Ordering::SeqCst) {
+        return Err(give_up_fenced(ctx, p, &rec));
+    }
     Ok(rec)
+}
+
+/// Ends a takeover given up after its fence: marks its epoch released (best effort: unmarked,
+/// the next owner only waits longer) and says it was given up.
+fn give_up_fenced(ctx: &TakeoverContext<'_>, p: i32, rec: &Recovered) -> TakeoverError {
+    if let Err(e) = release_unused_epoch(
+        ctx.producer,
+        ctx.runtime,
+        ctx.changelog_topic,
+        p,
+        rec.epoch,
+        rec.progress,
+        ctx.timeout,
+    ) {
+        tracing::warn!(partition = p, epoch = rec.epoch, error = %e, "marking a given-up takeover's epoch released failed; the next owner will wait it out");
+    }
+    TakeoverError::Cancelled { partition: p }
+}
+
+/// Marks `epoch` of partition `p`, fenced by a takeover whose result is not used (given up, or
+/// its run stopped before installing it), as handed over: a `released` progress record saying
+/// what `previous` (the newest progress record before the fence) said. That epoch wrote nothing
+/// but its fence and perhaps its keyless takeover marker, both acknowledged before this is
+/// called, so the next owner need not wait for it, and resumes exactly where it would have
+/// resumed from `previous` (the same raw offset, the same ordered scan). Without a previous
+/// progress record nothing is written: the next owner resumes raw from the group's committed
+/// offset then, which a progress record here would override, so it waits this epoch out instead.
+pub fn release_unused_epoch(
+    producer: &FutureProducer,
+    runtime: &tokio::runtime::Handle,
+    changelog_topic: &str,
+    p: i32,
+    epoch: u64,
+    previous: Option<Progress>,
+    timeout: Duration,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let Some(previous) = previous else {
+        return Ok(());
+    };
+    let release = Progress {
+        epoch,
+        released: true,
+        ..previous
+    };
+    let key = changelog::progress_key(epoch);
+    let value = changelog::encode(&release);
+    runtime
+        .block_on(
+            producer.send(
+                FutureRecord::to(changelog_topic)
+                    .partition(p)
+                    .key(&key)
+                    .payload(&value),
+                timeout,
+            ),
+        )
+        .map_err(|(e, _)| e)?;
+    tracing::info!(partition = p, epoch, "given-up takeover's epoch released");
+    Ok(())
 }
 
 /// `fetch.wait.max.ms` of the takeover's reader unless `kafka.librdkafka` sets it: the reader

@@ -160,6 +160,26 @@ impl RunState {
         self.stats.partitions_owned.fetch_sub(n, Ordering::Relaxed);
     }
 
+    /// Marks the epoch of a takeover of `p` that finished but will not be installed (given up,
+    /// or the run stopping) as handed over, so that its fence does not make the next owner wait.
+    pub(super) fn release_unused(
+        &self,
+        p: i32,
+        recovered: &crate::sequencer::shell::takeover::Recovered,
+    ) {
+        if let Err(e) = crate::sequencer::shell::takeover::release_unused_epoch(
+            &self.producer,
+            &self.runtime,
+            &self.config.kafka.topics.changelog,
+            p,
+            recovered.epoch,
+            recovered.progress,
+            self.config.takeover_timeout,
+        ) {
+            tracing::warn!(partition = p, epoch = recovered.epoch, error = %e, "marking an unused takeover's epoch released failed; the next owner will wait it out");
+        }
+    }
+
     /// The last progress record of a clean hand-over, `released`: every output is acknowledged
     /// (the caller drained), so the next owner need not wait for stragglers of this epoch.
     fn write_release_marker(&mut self, p: i32) -> Result<(), ShellError> {

@@ -514,6 +514,10 @@ fn run(
             }
             while let Ok(done) = takeover_rx.try_recv() {
                 if st.pending_takeovers.get(&done.partition).map(|t| t.token) != Some(done.token) {
+                    // Given up after it passed its last check: its epoch is nobody's.
+                    if let Ok(recovered) = &done.result {
+                        st.release_unused(done.partition, recovered);
+                    }
                     continue;
                 }
                 st.pending_takeovers.remove(&done.partition);
@@ -576,9 +580,35 @@ fn run(
         }
         // Graceful stop: drain every partition, then leave the group.
         let mut st = lock(&state);
+        // Takeovers still running are given up now. One that has written its fence marks its
+        // epoch released before it ends (`takeover::release_unused_epoch`), and one that finished
+        // is released here: waited for before the group is left, so the next owner (chosen when
+        // we leave) finds every epoch handed over. Given up unmarked, a takeover's fence made the
+        // next owner wait out this replica (session timeout + 5 s) for outputs it never wrote.
+        let mut running: Vec<(i32, u64)> = st
+            .pending_takeovers
+            .iter()
+            .map(|(p, t)| (*p, t.token))
+            .collect();
+        st.pending_takeovers.clear();
         let owned: Vec<i32> = st.partitions.keys().copied().collect();
         for p in owned {
             st.release(p, |t| consumer.commit(t, CommitMode::Sync))?;
+        }
+        // A given-up takeover ends at its next step; each is bounded by `takeover_timeout`, the
+        // read of its fence and its release one each.
+        let deadline = Instant::now() + config.takeover_timeout * 2;
+        while !running.is_empty() {
+            let Ok(done) =
+                takeover_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            else {
+                tracing::warn!(partitions = ?running, "stopping without waiting longer for takeovers in progress; their next owners may wait them out");
+                break;
+            };
+            running.retain(|&(p, token)| (p, token) != (done.partition, done.token));
+            if let Ok(recovered) = &done.result {
+                st.release_unused(done.partition, recovered);
+            }
         }
         Ok(())
     })();
