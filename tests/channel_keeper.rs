@@ -666,6 +666,41 @@ async fn a_channel_whose_deletion_failed_is_deleted_at_the_next_round() {
     assert!(logs.contains(&old.tag()), "{logs}");
 }
 
+/// A channel the keeper decided must go but could not delete is still listed with our nickname
+/// (and, for a webhook, our URL). The next listing must not take it back as ours: it would
+/// delete the channel just made in its place as stale, and at the round after, the remembered
+/// delete would remove the channel in use.
+#[tokio::test]
+async fn a_channel_whose_deletion_failed_is_not_taken_back_by_a_listing() {
+    logs();
+    let sim = start(sim_config()).await;
+    let keeper = keeper(&sim);
+    let old = subscribed_channel(&keeper).await;
+    sim.control()
+        .patch_faults(&serde_json::json!({ "channel_delete_status": 503 }))
+        .expect("fault set");
+    let fresh = keeper.recreate(Some(&old)).await.expect("recreated anyway");
+    // A set-up round (a restart of the duty, say) while GoTo still refuses deletes.
+    let found = keeper.ensure_channel().await.expect("a channel");
+    assert_eq!(
+        found.channel_id,
+        fresh.channel_id,
+        "the listing took back the channel being replaced ({}) instead of its replacement ({})",
+        old.tag(),
+        fresh.tag()
+    );
+    sim.control()
+        .set_faults(Default::default())
+        .expect("faults cleared");
+    let found = keeper.ensure_channel().await.expect("a channel");
+    assert_eq!(found.channel_id, fresh.channel_id);
+    assert_eq!(
+        sim.control().channel_ids(),
+        vec![fresh.channel_id.clone()],
+        "the channel in use stays, the one that had to go is gone"
+    );
+}
+
 #[tokio::test]
 async fn a_410_reading_the_channel_is_logged_with_its_tag_not_its_id() {
     logs();

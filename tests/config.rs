@@ -291,15 +291,15 @@ fn values_that_break_at_run_time_are_refused() {
 #[test]
 fn a_sweep_reaching_back_beyond_closed_retention_is_refused() {
     let text = problems(reference_with_secrets().merge(Toml::string(
-        "[channel]\nreport_sweep_lookback = \"58m\"\nreport_sweep_delay = \"2m\"\n\
+        "[channel]\nreport_sweep_lookback = \"29m\"\nreport_sweep_delay = \"2m\"\n\
          [sequencer]\nclosed_retention = \"1h\"",
     )));
     let line = line_of(&text, "channel.report_sweep_lookback");
     for needle in [
-        "\"58m\" is not valid",
+        "\"29m\" is not valid",
         "channel.report_sweep_delay (2m)",
-        "sequencer.closed_retention (1h)",
-        "raise sequencer.closed_retention above 1h",
+        "half of sequencer.closed_retention (1h)",
+        "raise sequencer.closed_retention to at least 1h 2m",
         "lower the lookback",
     ] {
         assert!(line.contains(needle), "{needle:?} not in:\n{text}");
@@ -307,11 +307,11 @@ fn a_sweep_reaching_back_beyond_closed_retention_is_refused() {
     assert_eq!(text.lines().count(), 1, "{text}");
     // Within it, or with the sweep off, the same settings load.
     for toml in [
-        "[channel]\nreport_sweep_lookback = \"57m\"\nreport_sweep_delay = \"2m\"\n\
+        "[channel]\nreport_sweep_lookback = \"28m\"\nreport_sweep_delay = \"2m\"\n\
          [sequencer]\nclosed_retention = \"1h\"",
         "[channel]\nreport_sweep_lookback = \"0s\"\nreport_sweep_delay = \"2h\"\n\
          [sequencer]\nclosed_retention = \"1h\"",
-        "[channel]\nreport_sweep_lookback = \"7days\"\n[sequencer]\nclosed_retention = \"8days\"",
+        "[channel]\nreport_sweep_lookback = \"7days\"\n[sequencer]\nclosed_retention = \"15days\"",
     ] {
         let loaded = BridgeConfig::from_figment(reference_with_secrets().merge(Toml::string(toml)));
         assert!(loaded.is_ok(), "{toml}: {:?}", loaded.err());

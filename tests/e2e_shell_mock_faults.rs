@@ -190,7 +190,45 @@ async fn a_queue_full_for_longer_than_the_bound_fails_the_run_and_loses_nothing(
 /// and could land after the next owner's marker with a lower epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_given_up_after_its_fence_writes_no_marker() {
-    use callbridge::sequencer::shell::changelog::Fence;
+    let progress = given_up_after_its_fence(false).await;
+    // Revoked (or lost), the partition may be another replica's already, one that read the
+    // changelog before our fence landed and chose our epoch too: a `released` record for it
+    // would spare that owner's successor the wait for its stragglers.
+    assert!(
+        progress.iter().all(|pr| pr.epoch == 1),
+        "a revoked takeover marked its epoch released: {progress:?}"
+    );
+}
+
+/// A graceful stop gives its running takeovers up while it still holds their partitions (it
+/// leaves the group only after them): one past its fence marks its epoch released, with the
+/// previous owner's resume point, so the next owner does not wait out an epoch that wrote
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_given_up_by_a_graceful_stop_releases_its_epoch() {
+    let progress = given_up_after_its_fence(true).await;
+    let previous = progress
+        .iter()
+        .find(|pr| pr.epoch == 1)
+        .expect("the previous owner's record");
+    let released = progress
+        .iter()
+        .find(|pr| pr.epoch == 2)
+        .unwrap_or_else(|| panic!("no release of the given-up epoch: {progress:?}"));
+    assert!(released.released, "{released:?}");
+    assert_eq!(
+        (released.ordered_offset, released.raw_low_watermark),
+        (previous.ordered_offset, previous.raw_low_watermark),
+        "the release resumes where the previous owner's record did"
+    );
+}
+
+/// A takeover of partition 0 whose fence is acknowledged after 2 s, given up while it waits for
+/// that acknowledgement (past its checks), after a previous owner's released progress record
+/// (epoch 1); `stopping` says whether a graceful stop gave it up. Checks it wrote no takeover
+/// marker, and returns the progress records in the changelog.
+async fn given_up_after_its_fence(stopping: bool) -> Vec<changelog::Progress> {
+    use callbridge::sequencer::shell::changelog::{Fence, Progress};
     use callbridge::sequencer::shell::takeover::{take_over, TakeoverContext, TakeoverError};
     use std::sync::atomic::AtomicBool;
     let mut kafka = KafkaConfig::default();
@@ -198,8 +236,26 @@ async fn a_takeover_given_up_after_its_fence_writes_no_marker() {
     kafka.topics.replication_factor = 1;
     let cluster = MockBrokers::start(&kafka);
     kafka.bootstrap_servers = cluster.bootstrap.clone();
+    let previous = Progress {
+        epoch: 1,
+        ordered_offset: -1,
+        raw_low_watermark: 7,
+        raw_read_end: Some(9),
+        released: true,
+    };
+    let producer: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+    producer
+        .send(
+            FutureRecord::to(&kafka.topics.changelog)
+                .partition(0)
+                .key(&changelog::progress_key(1))
+                .payload(&changelog::encode(&previous)),
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("the previous owner's progress record");
     // The fence is written at once and acknowledged after 2 s: the takeover is past its checks
-    // before the fence, waiting for its delivery, when the partition is revoked.
+    // before the fence, waiting for its delivery, when it is given up.
     cluster.push_request_errors(
         OTHER_BROKER,
         RDKafkaApiKey::Produce,
@@ -209,9 +265,14 @@ async fn a_takeover_given_up_after_its_fence_writes_no_marker() {
         )],
     );
     let cancelled = Arc::new(AtomicBool::new(false));
+    let release_if_given_up = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     {
-        let (kafka, cancelled) = (kafka.clone(), cancelled.clone());
+        let (kafka, cancelled, release_if_given_up) = (
+            kafka.clone(),
+            cancelled.clone(),
+            release_if_given_up.clone(),
+        );
         let runtime = tokio::runtime::Handle::current();
         std::thread::spawn(move || {
             let producer: FutureProducer = kafka.client_config().unwrap().create().unwrap();
@@ -225,6 +286,7 @@ async fn a_takeover_given_up_after_its_fence_writes_no_marker() {
                 timeout: Duration::from_secs(20),
                 unclean_wait: Duration::ZERO,
                 cancelled: &cancelled,
+                release_if_given_up: &release_if_given_up,
             };
             let _ = done_tx.send(take_over(&ctx, 0));
         });
@@ -233,6 +295,7 @@ async fn a_takeover_given_up_after_its_fence_writes_no_marker() {
         cluster.request_errors_pending(OTHER_BROKER, RDKafkaApiKey::Produce) == 0
     })
     .await;
+    release_if_given_up.store(stopping, Ordering::SeqCst);
     cancelled.store(true, Ordering::SeqCst);
     let result = tokio::task::block_in_place(|| done_rx.recv_timeout(Duration::from_secs(60)))
         .expect("the takeover ends");
@@ -240,21 +303,32 @@ async fn a_takeover_given_up_after_its_fence_writes_no_marker() {
         matches!(result, Err(TakeoverError::Cancelled { partition: 0 })),
         "{result:?}"
     );
-    let fences: Vec<Fence> = read(&kafka, &kafka.topics.changelog)
+    let records: Vec<ChangelogRecord> = read(&kafka, &kafka.topics.changelog)
         .await
         .iter()
         .filter_map(|r| {
             let key = r.key.as_deref().unwrap_or_default().as_bytes();
-            match changelog::decode(key, Some(&r.value)) {
-                Ok(ChangelogRecord::Fence(f)) => Some(f),
-                _ => None,
-            }
+            changelog::decode(key, Some(&r.value)).ok()
         })
         .collect();
-    assert_eq!(fences.len(), 1, "the fence was written before the revoke");
+    let fences: Vec<&Fence> = records
+        .iter()
+        .filter_map(|r| match r {
+            ChangelogRecord::Fence(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fences.len(), 1, "the fence was written before the give-up");
     let ordered = read(&kafka, &kafka.topics.ordered).await;
     let kinds: Vec<&str> = ordered.iter().map(kind).collect();
-    assert!(kinds.is_empty(), "no marker after the revoke: {kinds:?}");
+    assert!(kinds.is_empty(), "no marker after the give-up: {kinds:?}");
+    records
+        .into_iter()
+        .filter_map(|r| match r {
+            ChangelogRecord::Progress(pr) => Some(pr),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A hand-over whose first release fails (its outputs are not acknowledged within

@@ -70,6 +70,8 @@ fn spawn_takeover(
     let runtime = tokio::runtime::Handle::current();
     std::thread::spawn(move || {
         let producer: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+        // Revoked, not stopped: a takeover given up this way leaves its epoch unreleased.
+        let release_if_given_up = AtomicBool::new(false);
         let ctx = TakeoverContext {
             client_config: kafka.client_config().unwrap(),
             producer: &producer,
@@ -80,6 +82,7 @@ fn spawn_takeover(
             timeout: Duration::from_secs(20),
             unclean_wait,
             cancelled: &cancelled,
+            release_if_given_up: &release_if_given_up,
         };
         let _ = done_tx.send(take_over(&ctx, 0));
     });
@@ -471,4 +474,89 @@ async fn a_bridge_stopped_while_taking_over_hands_the_partition_over_cleanly() {
     );
     next.shutdown().await;
     sim.shutdown().await;
+}
+
+/// During a rolling upgrade a binary that predates the `abandoned` flag restores an abandoned
+/// call open and may publish past where it was abandoned. The next owner's scan must then take
+/// the output as the truth, the call open (else it would dead-letter the rest of a live call as
+/// `after_abandonment`); a call the output shows nothing new for stays abandoned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scan_reopens_an_abandoned_call_the_output_went_past() {
+    use callbridge::sequencer::shell::changelog::{self, ConversationEntry, Progress};
+    let broker = Tansu::start();
+    let kafka = kafka(&broker);
+    callbridge::kafka::ensure_topics(&kafka).await.unwrap();
+    let producer: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+    let (resumed, stopped) = ("call-resumed", "call-stopped");
+    let abandoned_at_3 = ConversationEntry {
+        next: 3,
+        ended: false,
+        gaps: 0,
+        abandoned: true,
+    };
+    let index = Progress {
+        epoch: 1,
+        ordered_offset: -1,
+        raw_low_watermark: 0,
+        raw_read_end: None,
+        released: true,
+    };
+    let changelog_records = [
+        (resumed.to_string(), changelog::encode(&abandoned_at_3)),
+        (stopped.to_string(), changelog::encode(&abandoned_at_3)),
+        (changelog::progress_key(1), changelog::encode(&index)),
+    ];
+    for (key, value) in &changelog_records {
+        producer
+            .send(
+                FutureRecord::to(&kafka.topics.changelog)
+                    .partition(0)
+                    .key(key)
+                    .payload(value),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("writing the changelog");
+    }
+    // The older binary's output: the resumed call went on to state 3, the other did not.
+    for (conv, last) in [(resumed, 3u64), (stopped, 2)] {
+        let metadata =
+            RawValue::from_string(format!(r#"{{"conversationSpaceId":"{conv}"}}"#)).unwrap();
+        for seq in 1..=last {
+            let state = RawValue::from_string(format!(
+                r#"{{"id":"s-{seq}","sequenceNumber":{seq},"type":"ACTIVE","participants":[]}}"#
+            ))
+            .unwrap();
+            let r =
+                record::state_record(conv, seq, RecordOrigin::Webhook, &metadata, &state, None, 1);
+            producer
+                .send(
+                    FutureRecord::to(&kafka.topics.ordered)
+                        .partition(0)
+                        .key(&r.key)
+                        .payload(&r.value)
+                        .headers(owned_headers(&r.headers)),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("writing the older binary's output");
+        }
+    }
+    let recovered = tokio::task::block_in_place(|| {
+        spawn_takeover(&kafka, Duration::ZERO, Arc::new(AtomicBool::new(false)))
+            .recv_timeout(Duration::from_secs(60))
+    })
+    .expect("the takeover ended")
+    .expect("takeover");
+    let entry = |conv: &str| recovered.conversations[conv];
+    assert_eq!(
+        (entry(resumed).next, entry(resumed).abandoned),
+        (4, false),
+        "the output went past the abandonment: the call is open"
+    );
+    assert_eq!(
+        (entry(stopped).next, entry(stopped).abandoned),
+        (3, true),
+        "nothing past the abandonment: the call stays abandoned"
+    );
 }

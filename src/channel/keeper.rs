@@ -280,7 +280,9 @@ impl ChannelKeeper {
             .map_err(goto("listing notification channels"))?;
         let mut ours: Option<Channel> = None;
         for c in channels.into_iter().filter(|c| c.nickname == self.nickname) {
-            if ours.is_none() && self.is_ours(&c) {
+            // A channel this process already decided must go (its delete failed) is never
+            // taken back: it is the one being replaced, or one that could not be subscribed.
+            if ours.is_none() && self.is_ours(&c) && !self.is_orphan(&c.channel_id) {
                 ours = Some(c);
             } else {
                 tracing::info!(channel = %c.tag(), "deleting a stale channel with our nickname");
@@ -378,10 +380,11 @@ impl ChannelKeeper {
                     .list_channels()
                     .await
                     .map_err(goto("listing channels after a failed create"))?;
-                match channels
-                    .into_iter()
-                    .find(|c| self.is_ours(c) && Some(c.channel_id.as_str()) != replacing)
-                {
+                match channels.into_iter().find(|c| {
+                    self.is_ours(c)
+                        && Some(c.channel_id.as_str()) != replacing
+                        && !self.is_orphan(&c.channel_id)
+                }) {
                     Some(c) => Ok(c),
                     None => Err(ChannelError::Goto {
                         context: "creating the notification channel",
@@ -452,29 +455,47 @@ impl ChannelKeeper {
     /// Deletes a channel of ours that must go, best effort: a failure is logged (by the
     /// channel's tag) and the channel remembered, to be deleted at the next round, rather than
     /// failing this one, since the channel the bridge needs matters more than one it does not.
-    /// A 404 or 410 means it is gone already.
-    async fn delete_or_remember(&self, channel_id: &str, what: &str) {
-        match self.client.delete_channel(&self.nickname, channel_id).await {
-            Ok(_) => {}
-            Err(e) if e.status() == Some(410) => {}
+    /// A 404 or 410 means it is gone already. Says whether it is gone.
+    async fn delete_or_remember(&self, channel_id: &str, what: &str) -> bool {
+        let gone = match self.client.delete_channel(&self.nickname, channel_id).await {
+            Ok(_) => true,
+            Err(e) if e.status() == Some(410) => true,
             Err(mut e) => {
                 hide_channel_id(&mut e, channel_id);
                 tracing::warn!(channel = %Channel::tag_of(channel_id), error = %e, "could not delete {what}; trying again at the next round");
-                let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
-                if !orphans.iter().any(|o| o == channel_id) {
-                    if orphans.len() >= MAX_ORPHANS {
-                        let forgotten = orphans.remove(0);
-                        tracing::warn!(channel = %Channel::tag_of(&forgotten), "too many channels left to delete; forgetting the oldest (the next start-up's listing finds it by nickname)");
-                    }
-                    orphans.push(channel_id.to_owned());
-                }
+                false
             }
+        };
+        let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        if gone {
+            orphans.retain(|o| o != channel_id);
+        } else if !orphans.iter().any(|o| o == channel_id) {
+            if orphans.len() >= MAX_ORPHANS {
+                let forgotten = orphans.remove(0);
+                tracing::warn!(channel = %Channel::tag_of(&forgotten), "too many channels left to delete; forgetting the oldest (the next start-up's listing finds it by nickname)");
+            }
+            orphans.push(channel_id.to_owned());
         }
+        gone
     }
 
-    /// Tries again to delete the channels whose deletion failed earlier.
+    /// Whether `channel_id` is one this process decided must go and could not delete yet.
+    fn is_orphan(&self, channel_id: &str) -> bool {
+        self.orphans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|o| o == channel_id)
+    }
+
+    /// Tries again to delete the channels whose deletion failed earlier. Each stays listed
+    /// until its delete succeeds, so a round cut short (a stop) forgets none.
     async fn delete_orphans(&self) {
-        let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|p| p.into_inner()));
+        let orphans = self
+            .orphans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for channel_id in orphans {
             self.delete_or_remember(&channel_id, "a channel left by an earlier round")
                 .await;

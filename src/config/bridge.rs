@@ -652,24 +652,27 @@ impl BridgeConfig {
         // A new channel owner writes to raw every state of the calls created `lookback` back,
         // `delay` after it took over. A completed call the sequencer has forgotten by then (it
         // keeps one `sequencer.closed_retention`) reads as a new call and is published again,
-        // so the sweep must reach no further back than the sequencer remembers.
+        // so the sweep must reach no further back than the sequencer remembers. Half of it, not
+        // all: the window swept is wider than configured (a margin, and GoTo's clock skew
+        // measured at run time), and a sweep queued behind others runs later than `delay`.
         let swept_back = c.report_sweep_lookback.saturating_add(c.report_sweep_delay);
         if !c.report_sweep_lookback.is_zero()
             && c.report_sweep_lookback <= MAX_REPORT_SWEEP_LOOKBACK
-            && swept_back >= self.sequencer.closed_retention
+            && swept_back.saturating_mul(2) > self.sequencer.closed_retention
         {
             report.push(Invalid::new(
                 "channel.report_sweep_lookback",
                 &humantime::format_duration(c.report_sweep_lookback).to_string(),
                 &format!(
-                    "channel.report_sweep_lookback + channel.report_sweep_delay ({}) below \
-                     sequencer.closed_retention ({}): a new channel owner writes every state of \
-                     the calls created that far back to raw again, and a completed call the \
-                     sequencer has forgotten is published twice; raise sequencer.closed_retention \
-                     above {} or lower the lookback (\"0s\" turns this sweep off)",
+                    "channel.report_sweep_lookback + channel.report_sweep_delay ({}) at most \
+                     half of sequencer.closed_retention ({}): a new channel owner writes every \
+                     state of the calls created that far back to raw again (a window widened by \
+                     GoTo's clock skew), and a completed call the sequencer has forgotten is \
+                     published twice; raise sequencer.closed_retention to at least {} or lower \
+                     the lookback (\"0s\" turns this sweep off)",
                     humantime::format_duration(c.report_sweep_delay),
                     humantime::format_duration(self.sequencer.closed_retention),
-                    humantime::format_duration(swept_back),
+                    humantime::format_duration(swept_back.saturating_mul(2)),
                 ),
             ));
         }

@@ -19,11 +19,14 @@
 //! steps and during the wait for an unclean owner's stragglers, and never writes its fence then,
 //! so a discarded takeover neither outlives its run by that wait nor leaves an epoch nobody owns.
 //! Given up after its fence, it still writes no takeover marker: the marker would claim an
-//! ordered partition that is no longer ours, and could land after the next owner's. It reads its
-//! fence back and then marks its epoch `released` with the previous owner's resume point
-//! ([`release_unused_epoch`]): the epoch wrote nothing the next owner must wait for, and left
-//! unreleased it made the next owner wait out an owner that never wrote an output (a replica
-//! stopped while taking over, then every replica after it that was stopped during that wait).
+//! ordered partition that is no longer ours, and could land after the next owner's. Given up by
+//! a graceful stop (which still holds the assignment and waits for it before leaving the group),
+//! it reads its fence back and then marks its epoch `released` with the previous owner's resume
+//! point ([`release_unused_epoch`]): the epoch wrote nothing the next owner must wait for, and
+//! left unreleased it made the next owner wait out an owner that never wrote an output (a
+//! replica stopped while taking over, then every replica after it that was stopped during that
+//! wait). Given up because the partition was revoked or lost, it leaves the epoch unreleased:
+//! see [`TakeoverContext::release_if_given_up`].
 
 use super::changelog::{self, ChangelogRecord, ConversationEntry, Fence, Progress};
 use crate::publish::record::{self, headers as out_headers};
@@ -107,6 +110,12 @@ pub struct Recovered {
     /// Conversations the scan of the ordered topic moved past their changelog entry: their new
     /// resume point is not in the changelog yet.
     pub raised_by_scan: std::collections::HashSet<String>,
+    /// A fence or progress record of another takeover with an epoch at least ours was read back
+    /// before our fence: two takeovers that each read the changelog before the other's fence
+    /// landed chose the same epoch. Such an epoch is never marked released on giving up (the
+    /// record could stand for the other takeover's epoch and spare the next owner a wait it
+    /// needs).
+    pub rival_fence: bool,
     /// Conversations whose ENDING state (the sequence given) the scan found with no completion
     /// record after it: the previous owner died between the two writes, and the new owner must
     /// write the completion (nothing else would).
@@ -135,6 +144,14 @@ pub struct TakeoverContext<'a> {
     pub unclean_wait: Duration,
     /// Set when the takeover's result is no longer wanted (its partition revoked, the run over).
     pub cancelled: &'a AtomicBool,
+    /// Set by a graceful stop before it gives this takeover up: the run still holds the
+    /// partition's assignment and waits for this takeover before it leaves the group, so nobody
+    /// else can be taking the partition over, and a takeover given up after its fence marks its
+    /// epoch released. Given up because the partition was revoked or lost, it must not: the
+    /// next owner may have read the changelog before our fence landed and chosen our epoch too,
+    /// and a `released` record for it would spare that owner's successor the wait for its
+    /// stragglers. That next owner waits this epoch out instead (session timeout + 5 s).
+    pub release_if_given_up: &'a AtomicBool,
 }
 
 impl TakeoverContext<'_> {
@@ -189,6 +206,7 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
         Offset::Beginning,
         high,
         ctx.timeout,
+        None,
         |m| apply_changelog(&mut rec, &mut max_epoch, m, p).map(|_| ()),
     )
     .map_err(|e| e.into_takeover(p, "reading the changelog"))?;
@@ -258,12 +276,15 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
             Offset::Offset(next_offset),
             fence_offset + 1,
             ctx.timeout,
+            None,
             |m| {
-                if let ChangelogRecord::Fence(f) = apply_changelog(&mut rec, &mut max_epoch, m, p)?
-                {
-                    if f.token == token {
-                        seen = true;
-                    }
+                match apply_changelog(&mut rec, &mut max_epoch, m, p)? {
+                    ChangelogRecord::Fence(f) if f.token == token => seen = true,
+                    // Another takeover chose our epoch (each read the changelog before the
+                    // other's fence landed), or one went past it.
+                    ChangelogRecord::Fence(f) if f.epoch >= epoch => rec.rival_fence = true,
+                    ChangelogRecord::Progress(pr) if pr.epoch >= epoch => rec.rival_fence = true,
+                    _ => {}
                 }
                 Ok(())
             },
@@ -323,6 +344,7 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
         Offset::Offset(from),
         marker + 1,
         ctx.timeout,
+        Some(ctx.cancelled),
         |m| {
             if m.offset() >= marker {
                 return Ok(());
@@ -335,7 +357,11 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
             Ok(())
         },
     )
-    .map_err(|e| e.into_takeover(p, "scanning the ordered topic"))?;
+    .map_err(|e| match e {
+        // Given up during the scan: the marker is acknowledged, the epoch wrote nothing else.
+        ReadError::Cancelled => give_up_fenced(ctx, p, &rec),
+        e => e.into_takeover(p, "scanning the ordered topic"),
+    })?;
     rec.scanned = scanned;
     rec.scan_from = from;
     rec.scan_high_watermark = high;
@@ -348,9 +374,19 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     Ok(rec)
 }
 
-/// Ends a takeover given up after its fence: marks its epoch released (best effort: unmarked,
-/// the next owner only waits longer) and says it was given up.
+/// Ends a takeover given up after its fence: marks its epoch released when a graceful stop gave
+/// it up and no rival chose the same epoch (best effort: unmarked, the next owner only waits
+/// longer), and says it was given up.
 fn give_up_fenced(ctx: &TakeoverContext<'_>, p: i32, rec: &Recovered) -> TakeoverError {
+    if !ctx.release_if_given_up.load(Ordering::SeqCst) || rec.rival_fence {
+        tracing::info!(
+            partition = p,
+            epoch = rec.epoch,
+            rival = rec.rival_fence,
+            "takeover given up after its fence; its epoch is left for the next owner to wait out"
+        );
+        return TakeoverError::Cancelled { partition: p };
+    }
     if let Err(e) = release_unused_epoch(
         ctx.producer,
         ctx.runtime,
@@ -433,6 +469,8 @@ enum ReadError {
     Kafka(rdkafka::error::KafkaError),
     Timeout,
     Changelog(changelog::ChangelogError),
+    /// The takeover was given up during the read (only reads passed a cancel flag).
+    Cancelled,
 }
 
 impl ReadError {
@@ -454,6 +492,7 @@ impl ReadError {
                 partition: p,
                 source,
             },
+            ReadError::Cancelled => TakeoverError::Cancelled { partition: p },
         }
     }
 }
@@ -463,6 +502,8 @@ impl ReadError {
 /// last record read. Records beyond `until` that arrive in the same batch are passed on too. A
 /// stale `until` (a lagging high watermark) only ends the read early: callers read on to an
 /// offset of their own write (the fence, the marker) before trusting what they read.
+// Each argument is a different bound of the one read; a struct for them would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn read_range(
     reader: &BaseConsumer,
     topic: &str,
@@ -470,6 +511,7 @@ fn read_range(
     from: Offset,
     until: i64,
     timeout: Duration,
+    cancelled: Option<&AtomicBool>,
     mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), changelog::ChangelogError>,
 ) -> Result<i64, ReadError> {
     let mut tpl = TopicPartitionList::new();
@@ -482,6 +524,9 @@ fn read_range(
     };
     let deadline = Instant::now() + timeout;
     while next < until {
+        if cancelled.is_some_and(|c| c.load(Ordering::SeqCst)) {
+            return Err(ReadError::Cancelled);
+        }
         match reader.poll(Duration::from_millis(50)) {
             Some(Ok(m)) if m.topic() == topic && m.partition() == p => {
                 next = next.max(m.offset() + 1);
@@ -562,7 +607,13 @@ fn apply_output(
     });
     match header(m, out_headers::KIND) {
         Some("state") => {
-            entry.next = entry.next.max(seq + 1);
+            if seq + 1 > entry.next {
+                // Published past where the checkpoint says the call was abandoned: an owner
+                // that did not know the flag (an older binary, during a rolling upgrade)
+                // restored it open and went on. The output is the truth: it is open.
+                entry.abandoned = false;
+                entry.next = seq + 1;
+            }
             if m.payload().is_some_and(record::state_record_is_ending) {
                 endings.insert(key.to_string(), seq);
             }
@@ -574,6 +625,7 @@ fn apply_output(
             if to + 1 > entry.next {
                 entry.gaps += 1;
                 entry.next = to + 1;
+                entry.abandoned = false;
             }
         }
         Some("completion") => {

@@ -86,12 +86,14 @@ impl RunState {
         self.next_takeover_token += 1;
         let token = self.next_takeover_token;
         let cancel = Arc::new(AtomicBool::new(false));
+        let release_if_given_up = Arc::new(AtomicBool::new(false));
         // Replacing an older takeover of `p` drops it, which cancels it.
         self.pending_takeovers.insert(
             p,
             PendingTakeover {
                 token,
                 cancel: cancel.clone(),
+                release_if_given_up: release_if_given_up.clone(),
             },
         );
         let runtime = self.runtime.clone();
@@ -137,6 +139,7 @@ impl RunState {
                     timeout: config.takeover_timeout,
                     unclean_wait: config.session_timeout + STRAGGLER_MARGIN,
                     cancelled: &cancel,
+                    release_if_given_up: &release_if_given_up,
                 };
                 let result = take_over(&ctx, p);
                 if let Err(e @ TakeoverError::Cancelled { .. }) = &result {

@@ -231,11 +231,16 @@ struct RunState {
 }
 
 /// A finished takeover, sent back to the consumer thread.
+/// How long a graceful stop waits for the takeovers it gave up to mark their epochs released.
+const GIVEN_UP_TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
 /// A takeover running on its own thread. Dropping it (its partition revoked, the run over, the
 /// takeover done) tells the thread to give up if it has not finished.
 struct PendingTakeover {
     token: u64,
     cancel: Arc<AtomicBool>,
+    /// Set before a graceful stop drops it (see `TakeoverContext::release_if_given_up`).
+    release_if_given_up: Arc<AtomicBool>,
 }
 
 impl Drop for PendingTakeover {
@@ -514,10 +519,9 @@ fn run(
             }
             while let Ok(done) = takeover_rx.try_recv() {
                 if st.pending_takeovers.get(&done.partition).map(|t| t.token) != Some(done.token) {
-                    // Given up after it passed its last check: its epoch is nobody's.
-                    if let Ok(recovered) = &done.result {
-                        st.release_unused(done.partition, recovered);
-                    }
+                    // Given up (revoked, lost, replaced) after it passed its last check: the
+                    // partition may be someone else's by now, so its epoch is left unreleased
+                    // for the next owner to wait out (`TakeoverContext::release_if_given_up`).
                     continue;
                 }
                 st.pending_takeovers.remove(&done.partition);
@@ -588,16 +592,24 @@ fn run(
         let mut running: Vec<(i32, u64)> = st
             .pending_takeovers
             .iter()
-            .map(|(p, t)| (*p, t.token))
+            .map(|(p, t)| {
+                // Still assigned to us, and we leave the group only after this wait: nobody
+                // else can be taking these partitions over.
+                t.release_if_given_up.store(true, Ordering::SeqCst);
+                (*p, t.token)
+            })
             .collect();
         st.pending_takeovers.clear();
         let owned: Vec<i32> = st.partitions.keys().copied().collect();
         for p in owned {
             st.release(p, |t| consumer.commit(t, CommitMode::Sync))?;
         }
-        // A given-up takeover ends at its next step; each is bounded by `takeover_timeout`, the
-        // read of its fence and its release one each.
-        let deadline = Instant::now() + config.takeover_timeout * 2;
+        // A given-up takeover ends at its next step (the scan checks between records), then
+        // reads its fence back and writes its release, each bounded by `takeover_timeout` but
+        // fast on a healthy broker. The wait is short, so the stop stays well within
+        // `shutdown.timeout` and the group is left with a LeaveGroup: a takeover not done by
+        // then only costs its partition's next owner an unclean wait.
+        let deadline = Instant::now() + GIVEN_UP_TAKEOVER_WAIT;
         while !running.is_empty() {
             let Ok(done) =
                 takeover_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -607,7 +619,9 @@ fn run(
             };
             running.retain(|&(p, token)| (p, token) != (done.partition, done.token));
             if let Ok(recovered) = &done.result {
-                st.release_unused(done.partition, recovered);
+                if !recovered.rival_fence {
+                    st.release_unused(done.partition, recovered);
+                }
             }
         }
         Ok(())
