@@ -230,7 +230,6 @@ struct RunState {
     last_metrics: Instant,
 }
 
-/// A finished takeover, sent back to the consumer thread.
 /// How long a graceful stop waits for the takeovers it gave up to mark their epochs released.
 const GIVEN_UP_TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
@@ -263,6 +262,7 @@ struct TakeoverRetry {
 const TAKEOVER_RETRY_BASE: Duration = Duration::from_secs(1);
 const TAKEOVER_RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// A finished takeover, sent back to the consumer thread.
 struct TakeoverDone {
     partition: i32,
     token: u64,
@@ -584,11 +584,17 @@ fn run(
         }
         // Graceful stop: drain every partition, then leave the group.
         let mut st = lock(&state);
-        // Takeovers still running are given up now. One that has written its fence marks its
-        // epoch released before it ends (`takeover::release_unused_epoch`), and one that finished
-        // is released here: waited for before the group is left, so the next owner (chosen when
-        // we leave) finds every epoch handed over. Given up unmarked, a takeover's fence made the
-        // next owner wait out this replica (session timeout + 5 s) for outputs it never wrote.
+        let owned: Vec<i32> = st.partitions.keys().copied().collect();
+        for p in owned {
+            st.release(p, |t| consumer.commit(t, CommitMode::Sync))?;
+        }
+        // Takeovers still running are given up now (only now: had a release above failed, the
+        // run would fail, and a takeover told it may release could still write after the group
+        // was left). One that has written its fence marks its epoch released before it ends
+        // (`takeover::release_unused_epoch`), and one that finished is released here: waited
+        // for before the group is left, so the next owner (chosen when we leave) finds every
+        // epoch handed over. Given up unmarked, a takeover's fence made the next owner wait out
+        // this replica (session timeout + 5 s) for outputs it never wrote.
         let mut running: Vec<(i32, u64)> = st
             .pending_takeovers
             .iter()
@@ -600,10 +606,6 @@ fn run(
             })
             .collect();
         st.pending_takeovers.clear();
-        let owned: Vec<i32> = st.partitions.keys().copied().collect();
-        for p in owned {
-            st.release(p, |t| consumer.commit(t, CommitMode::Sync))?;
-        }
         // A given-up takeover ends at its next step (the scan checks between records), then
         // reads its fence back and writes its release, each bounded by `takeover_timeout` but
         // fast on a healthy broker. The wait is short, so the stop stays well within
