@@ -639,8 +639,14 @@ async fn a_listed_channel_that_can_be_neither_refreshed_nor_deleted_is_still_rep
     }
 }
 
-#[tokio::test]
-async fn a_channel_whose_deletion_failed_is_deleted_at_the_next_round() {
+/// A subscribed channel (`old`) replaced (`fresh`) while GoTo answers 503 to every delete, which
+/// it still does on return: `old` is left at GoTo, remembered by the keeper as one to delete.
+async fn replaced_while_goto_refuses_deletes() -> (
+    callbridge::simulator::RunningSimulator,
+    ChannelKeeper,
+    callbridge::goto::Channel,
+    callbridge::goto::Channel,
+) {
     logs();
     let sim = start(sim_config()).await;
     let keeper = keeper(&sim);
@@ -649,6 +655,12 @@ async fn a_channel_whose_deletion_failed_is_deleted_at_the_next_round() {
         .patch_faults(&serde_json::json!({ "channel_delete_status": 503 }))
         .expect("fault set");
     let fresh = keeper.recreate(Some(&old)).await.expect("recreated anyway");
+    (sim, keeper, old, fresh)
+}
+
+#[tokio::test]
+async fn a_channel_whose_deletion_failed_is_deleted_at_the_next_round() {
+    let (sim, keeper, old, fresh) = replaced_while_goto_refuses_deletes().await;
     let mut left = sim.control().channel_ids();
     left.sort();
     let mut both = vec![old.channel_id.clone(), fresh.channel_id.clone()];
@@ -672,14 +684,7 @@ async fn a_channel_whose_deletion_failed_is_deleted_at_the_next_round() {
 /// delete would remove the channel in use.
 #[tokio::test]
 async fn a_channel_whose_deletion_failed_is_not_taken_back_by_a_listing() {
-    logs();
-    let sim = start(sim_config()).await;
-    let keeper = keeper(&sim);
-    let old = subscribed_channel(&keeper).await;
-    sim.control()
-        .patch_faults(&serde_json::json!({ "channel_delete_status": 503 }))
-        .expect("fault set");
-    let fresh = keeper.recreate(Some(&old)).await.expect("recreated anyway");
+    let (sim, keeper, old, fresh) = replaced_while_goto_refuses_deletes().await;
     // A set-up round (a restart of the duty, say) while GoTo still refuses deletes.
     let found = keeper.ensure_channel().await.expect("a channel");
     assert_eq!(
