@@ -6,7 +6,7 @@
 //! owner's `shutdown` must have left the election group before it returns.
 mod support;
 
-use callbridge::app::{self, Listeners, RunningBridge};
+use callbridge::app::{self, RunningBridge};
 use callbridge::channel::ChannelState;
 use callbridge::config::bridge::{BridgeConfig, ChannelKind};
 use callbridge::simulator::{self, SimulatorConfig};
@@ -304,19 +304,6 @@ fn in_process_logs() {
         .try_init();
 }
 
-async fn in_process_listeners() -> (Listeners, std::net::SocketAddr) {
-    let webhook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = webhook.local_addr().unwrap();
-    (
-        Listeners {
-            webhook: Some(webhook),
-            admin: Some(admin),
-        },
-        addr,
-    )
-}
-
 /// A WebSocket bridge on `broker` whose owner session (30 s) is far longer than the hand-over
 /// bound below: only a leave the broker saw can hand the channel over in time, never an
 /// eviction (and tansu evicts nobody anyway).
@@ -373,7 +360,7 @@ async fn owner_within(
     within: Duration,
 ) -> Result<RunningBridge, String> {
     let started = Instant::now();
-    let (l, addr) = in_process_listeners().await;
+    let (l, addr) = support::listeners().await;
     let bridge =
         match tokio::time::timeout(within, app::start(in_process_config(sim, broker, addr), l))
             .await

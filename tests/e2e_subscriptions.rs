@@ -12,6 +12,7 @@ use callbridge::kafka::reader::read_topic;
 use callbridge::simulator::{self, RunningSimulator, SimulatorConfig};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
+use support::listeners;
 use support::tansu::Tansu;
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -25,19 +26,6 @@ fn sim_config(calls: u64) -> SimulatorConfig {
     c.traffic.min_states = 3;
     c.traffic.max_states = 4;
     c
-}
-
-async fn listeners() -> (Listeners, std::net::SocketAddr) {
-    let webhook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = webhook.local_addr().unwrap();
-    (
-        Listeners {
-            webhook: Some(webhook),
-            admin: Some(admin),
-        },
-        addr,
-    )
 }
 
 /// Starts a bridge and waits until it owns a Ready channel; panics with the channel's state if
