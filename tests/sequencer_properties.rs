@@ -14,6 +14,7 @@ use callbridge::notification::fnv1a64;
 use callbridge::sequencer::{
     Action, BackfillOutcome, ConversationCheckpoint, ConversationId, DeadLetterReason, GapReason,
     IncomingState, Origin, PartitionSequencer, SequencerConfig, Timestamp, CONFLICT_WINDOW,
+    MAX_SEQUENCE_AHEAD,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -87,6 +88,8 @@ fn scenario(allow_conflicts: bool) -> impl Strategy<Value = Scenario> {
 enum Kind {
     Original,
     Conflict,
+    /// A state no call has: its `seq` is 0, `u64::MAX` or implausibly far ahead.
+    Bad,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -155,6 +158,7 @@ fn payload(c: usize, seq: u64, kind: Kind) -> String {
     match kind {
         Kind::Original => format!("c{c}:s{seq}"),
         Kind::Conflict => format!("c{c}:x{seq}"),
+        Kind::Bad => format!("c{c}:bad{seq}"),
     }
 }
 
@@ -204,6 +208,8 @@ struct Sim<'a> {
     topic: Vec<(usize, Out)>,
     dead: Vec<(usize, u64, DeadLetterReason, String)>,
     abandoned: Vec<usize>,
+    /// Every action, in order.
+    actions: Vec<Action<String>>,
     expected_dead: Vec<(usize, u64)>,
     /// Oracle state: calls per conversation, remaining lag per state.
     calls: Vec<u32>,
@@ -230,6 +236,7 @@ impl<'a> Sim<'a> {
             topic: Vec::new(),
             dead: Vec::new(),
             abandoned: Vec::new(),
+            actions: Vec::new(),
             expected_dead: Vec::new(),
             calls: vec![0; s.convs.len()],
             lag: s
@@ -271,6 +278,7 @@ impl<'a> Sim<'a> {
 
     fn apply(&mut self, actions: Vec<Action<String>>) {
         for a in actions {
+            self.actions.push(a.clone());
             match a {
                 Action::Publish {
                     conversation,
@@ -339,7 +347,11 @@ impl<'a> Sim<'a> {
 
     /// The REST back-fill: ground truth minus unrecoverable states, with lag and failures.
     fn answer(&mut self, p: Pending) {
-        let spec = &self.s.convs[p.conv];
+        let Some(spec) = self.s.convs.get(p.conv) else {
+            // A call GoTo never had (only bad states of it were sent).
+            self.answer_with(p, BackfillOutcome::NotFound);
+            return;
+        };
         self.calls[p.conv] += 1;
         let outcome = if self.calls[p.conv] <= u32::from(spec.failing_calls) {
             BackfillOutcome::Failed { retryable: true }
@@ -372,6 +384,10 @@ impl<'a> Sim<'a> {
                 BackfillOutcome::Answered(states)
             }
         };
+        self.answer_with(p, outcome);
+    }
+
+    fn answer_with(&mut self, p: Pending, outcome: BackfillOutcome<String>) {
         let mut out = Vec::new();
         self.seq.on_backfill(
             &conv_name(p.conv),
@@ -385,6 +401,10 @@ impl<'a> Sim<'a> {
     }
 
     fn deliver(&mut self, e: Event) {
+        if e.kind == Kind::Bad {
+            self.deliver_bad(e);
+            return;
+        }
         if e.kind == Kind::Conflict {
             // The original was delivered before: it is held (at or above `next`) or published.
             let next = self.topic_next(e.conv);
@@ -400,6 +420,25 @@ impl<'a> Sim<'a> {
             Origin::WebSocket
         };
         let s = incoming(self.s, e.conv, e.seq, e.kind, origin, Some(offset));
+        let mut out = Vec::new();
+        self.seq.on_state(&conv_name(e.conv), s, self.now, &mut out);
+        self.apply(out);
+    }
+
+    /// A state no call has, from raw. Draws nothing from `rng`, so everything else in the run
+    /// goes as it would without it.
+    fn deliver_bad(&mut self, e: Event) {
+        let offset = self.offsets.len() as i64;
+        self.offsets.push((e.conv, e.seq));
+        let p = payload(e.conv, e.seq, Kind::Bad);
+        let s = IncomingState {
+            sequence_number: e.seq,
+            fingerprint: fnv1a64(p.as_bytes()),
+            is_ending: false,
+            origin: Origin::Webhook,
+            raw_offset: Some(offset),
+            payload: p,
+        };
         let mut out = Vec::new();
         self.seq.on_state(&conv_name(e.conv), s, self.now, &mut out);
         self.apply(out);
@@ -595,6 +634,99 @@ proptest! {
         }
         prop_assert!(a.dead.is_empty() && b.dead.is_empty());
         prop_assert_eq!(b.seq.len(), 0);
+    }
+}
+
+/// Bad states to sprinkle into a scenario's stream: `(where, which, whose)`.
+fn bad_states() -> impl Strategy<Value = Vec<(prop::sample::Index, u8, prop::sample::Index)>> {
+    proptest::collection::vec(
+        (
+            any::<prop::sample::Index>(),
+            0u8..4,
+            any::<prop::sample::Index>(),
+        ),
+        1..=10,
+    )
+}
+
+/// Sequence numbers no call has; the first two invalid, the others implausible (more than
+/// `MAX_SEQUENCE_AHEAD` above any `next` a scenario reaches).
+fn bad_seq(which: u8) -> u64 {
+    match which {
+        0 => 0,
+        1 => u64::MAX,
+        2 => u64::MAX - 1,
+        _ => 1_700_000_000_000, // a timestamp in the field
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// States no call has, for calls seen before or after them, for calls never seen otherwise
+    /// and for a call GoTo never had: each goes to the dead letters once, with its payload, and
+    /// everything else the core does is exactly what it does without them. Invalid sequence
+    /// numbers (0, `u64::MAX`) come anywhere; implausible ones only before their call's first
+    /// valid state, because for a call it knows the core counts them as activity (they postpone
+    /// its idle probe and abandonment). A bad first state used to open its call: probed every
+    /// `idle_probe_after` (a call never seen live was then published from the probe's answer)
+    /// and abandoned after `abandon_after`.
+    #[test]
+    fn bad_sequence_numbers_are_dead_lettered_and_change_nothing_else(
+        s in scenario(false),
+        bad in bad_states(),
+    ) {
+        let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
+        let evs = events(&s, &mut rng);
+        let mut with_bad = evs.clone();
+        let mut expected_dead = Vec::new();
+        for (at, which, whose) in &bad {
+            let conv = whose.index(s.convs.len() + 1); // the last: a call GoTo never had
+            let seq = bad_seq(*which);
+            let invalid = seq == 0 || seq == u64::MAX;
+            let limit = if invalid {
+                with_bad.len()
+            } else {
+                with_bad
+                    .iter()
+                    .position(|e| e.conv == conv && e.kind != Kind::Bad)
+                    .unwrap_or(with_bad.len())
+            };
+            // Pause 0: every other event keeps its time.
+            let e = Event { conv, seq, kind: Kind::Bad, pause: 0 };
+            with_bad.insert(at.index(limit + 1), e);
+            let reason = if invalid {
+                DeadLetterReason::InvalidSequence
+            } else {
+                DeadLetterReason::ImplausibleSequence
+            };
+            expected_dead.push((conv, seq, reason.code(), payload(conv, seq, Kind::Bad)));
+        }
+        let mut a = Sim::new(&s, 8, Timestamp(0));
+        a.run(&evs, true, |_| {});
+        let mut b = Sim::new(&s, 8, Timestamp(0));
+        b.run(&with_bad, true, |_| {});
+
+        let dead = b.dead.iter().map(|(c, seq, r, p)| (*c, *seq, r.code(), p.clone()));
+        prop_assert_eq!(sorted(dead.collect()), sorted(expected_dead));
+        let others: Vec<_> = b
+            .actions
+            .iter()
+            .filter(|a| !matches!(a, Action::DeadLetter { .. }))
+            .cloned()
+            .collect();
+        prop_assert_eq!(others, a.actions.clone());
+        for c in 0..s.convs.len() {
+            prop_assert_eq!(b.stream(c), expected_stream(&s, c), "conversation {}", c);
+        }
+        prop_assert!(b.abandoned.is_empty());
+        prop_assert_eq!(b.seq.len(), 0);
+        let st = b.seq.stats().counters;
+        prop_assert_eq!(
+            (st.invalid_sequence + st.implausible_sequence) as usize,
+            bad.len()
+        );
+        prop_assert!(bad_seq(3) > 41 + MAX_SEQUENCE_AHEAD, "implausible for every scenario");
     }
 }
 

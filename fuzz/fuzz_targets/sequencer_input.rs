@@ -32,7 +32,9 @@
 //! - dead letters have a reason that holds (a conflicting duplicate really differs, an
 //!   after-ending state really is above an ENDING, invalid sequences are 0/`u64::MAX`, an
 //!   implausible one is more than `MAX_SEQUENCE_AHEAD` above `next`, one inside a declared gap
-//!   was declared a gap by this sequencer, within the conflict window); a late duplicate inside
+//!   was declared a gap by this sequencer, within the conflict window); a state dead-lettered
+//!   for a conversation the sequencer does not know leaves it unknown (`check` finds no
+//!   checkpoint and no timer for it); a late duplicate inside
 //!   the conflict window with another fingerprint, or for a sequence declared a gap, is never
 //!   silently dropped, nor is a conflicting copy of a held state;
 //! - gap records: `Gone` only from a back-fill answer; after a tick, no front hole without an
@@ -486,12 +488,19 @@ impl Harness {
         };
         let s = self.deliver(d, offset);
         let payload = s.payload;
-        self.ensure_conv(c, true);
-        if let Some(off) = offset.filter(|_| seq != 0 && seq != u64::MAX) {
-            let o = self.conv_mut(c);
+        // Dead-lettered before anything else happens to it (invalid, or implausible above
+        // `next` = 1), a state opens no conversation the sequencer does not know.
+        let valid_at_one = seq != 0 && seq != u64::MAX && seq - 1 <= MAX_SEQUENCE_AHEAD;
+        if self.convs[c].is_some() || valid_at_one {
+            self.ensure_conv(c, true);
+        } else {
+            self.seq_now = self.now;
+        }
+        let valid = offset.filter(|_| seq != 0 && seq != u64::MAX);
+        if let (Some(off), Some(o)) = (valid, self.convs[c].as_mut()) {
             o.max_offset = Some(o.max_offset.map_or(off, |m| m.max(off)));
         }
-        let next_before = self.conv(c).next;
+        let next_before = self.convs[c].as_ref().map_or(1, |o| o.next);
         let mut out = Vec::new();
         let now = self.now;
         self.seq.on_state(CONVS[c], s, now, &mut out);
@@ -1168,9 +1177,15 @@ impl Harness {
                         assert!(fresh);
                         continue;
                     }
-                    let o = self.convs[c]
-                        .as_mut()
-                        .expect("dead letter for an unknown conversation");
+                    let Some(o) = self.convs[c].as_mut() else {
+                        assert!(
+                            fresh
+                                && reason == DeadLetterReason::ImplausibleSequence
+                                && seq > 1 + MAX_SEQUENCE_AHEAD,
+                            "{conversation}/{seq}: {reason:?} for a conversation the sequencer does not know"
+                        );
+                        continue;
+                    };
                     let was_held = o.held.get(&seq) == Some(&payload);
                     assert!(
                         fresh || was_held,

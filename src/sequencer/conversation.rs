@@ -277,6 +277,13 @@ impl<P> Conversation<P> {
         }
     }
 
+    /// As [`Self::new`] left it but for its clocks: nothing published, held, asked for or
+    /// declared a gap, and not closed. Its checkpoint is a new call's, so forgetting it changes
+    /// nothing a later state of it would meet (see `PartitionSequencer::on_state`).
+    pub(crate) fn is_untouched(&self) -> bool {
+        self.next == 1 && self.trouble.is_none() && self.gap_count == 0 && !self.ended
+    }
+
     /// Completed or abandoned: takes no state any more.
     pub(crate) fn is_closed(&self) -> bool {
         self.ended

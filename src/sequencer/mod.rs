@@ -13,6 +13,11 @@
 //! - `seq == next`: published, then every held state contiguous with it.
 //! - `seq > next + MAX_SEQUENCE_AHEAD`: `DeadLetter{ImplausibleSequence}` (no call has that
 //!   many states; held, it would turn the rest of the call into a gap and duplicates).
+//! - `seq` 0 or `u64::MAX`: `DeadLetter{InvalidSequence}`, whatever the conversation's state.
+//!   A state dead-lettered for a conversation the core does not know (these two reasons are
+//!   the only ones possible there) opens none: no timer, probe, abandonment or checkpoint for
+//!   a call that never had a valid state, and a later valid state of it starts the call as if
+//!   the bad one had never come.
 //! - `seq > next`: held (a held duplicate with another fingerprint is dead-lettered). The first
 //!   held state starts a gap; after `gap_timeout` the core asks for `next ..= first_held-1`.
 //!   A conversation first seen at `k > 1` treats `1..k-1` as such a gap.

@@ -80,6 +80,13 @@ impl<P> PartitionSequencer<P> {
 
     /// A state for `conv` (live, or back-filled outside a request). Publishes it and whatever it
     /// unblocks, holds it if early, drops or dead-letters it if already seen.
+    ///
+    /// A state that leaves a conversation this core did not know untouched (dead-lettered at
+    /// once: sequence 0 or `u64::MAX`, or implausibly far ahead of 1) opens none. Remembered, a
+    /// call that never had a valid state would be idle-probed (GoTo requests competing with real
+    /// probes for the API's budget) until abandoned, and its abandoned checkpoint would set
+    /// aside a real call of that id as `AfterAbandonment` for another `abandon_after`. Forgotten
+    /// at once, a later valid state of it starts the call exactly as if the bad one never came.
     pub fn on_state(
         &mut self,
         conv: &str,
@@ -89,7 +96,7 @@ impl<P> PartitionSequencer<P> {
     ) {
         self.now = self.now.max(now);
         self.ledger.read_raw(state.raw_offset);
-        let s = self.intern(conv, now);
+        let (s, created) = self.intern_new(conv, now);
         if let Some(slot) = self.slots.get_mut(s) {
             let mut cx = Cx {
                 id: &slot.id,
@@ -99,6 +106,16 @@ impl<P> PartitionSequencer<P> {
                 out,
             };
             slot.conversation.on_state(&mut cx, state);
+            if created && slot.conversation.is_untouched() {
+                // Only a dead letter leaves a new conversation so (every valid sequence is at or
+                // above its `next` of 1, and is published or held). Nothing was queued or made
+                // dirty for it yet (`settle` does that), so it leaves no timer, no probe and no
+                // changelog entry; a tombstone owed for an earlier incarnation is still written.
+                debug_assert!(matches!(out.last(), Some(Action::DeadLetter { .. })));
+                self.remove(s);
+                self.ledger.changed = false;
+                return;
+            }
         }
         self.settle(s);
     }
@@ -459,9 +476,14 @@ impl<P> PartitionSequencer<P> {
 
     /// The slot for `conv`, creating the conversation if new.
     fn intern(&mut self, conv: &str, now: Timestamp) -> u32 {
+        self.intern_new(conv, now).0
+    }
+
+    /// [`Self::intern`], and whether the conversation was created by it.
+    fn intern_new(&mut self, conv: &str, now: Timestamp) -> (u32, bool) {
         let key = IdKey::parse(conv);
         if let Some(s) = self.find(key) {
-            return s;
+            return (s, false);
         }
         let s = self.slots.insert(Slot {
             id: ConversationId::from_key(key),
@@ -470,7 +492,7 @@ impl<P> PartitionSequencer<P> {
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.index
             .insert_unique(hasher.hash_one(key), s, |&x| slot_hash(slots, hasher, x));
-        s
+        (s, true)
     }
 
     /// Forgets the conversation in slot `s` (its queue entry must be gone); returns its id.

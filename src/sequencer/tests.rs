@@ -2041,3 +2041,212 @@ fn a_copy_of_an_abandoned_call_rewrites_its_checkpoint_for_the_next_owner() {
     );
     assert_eq!(t.seq.checkpoint("c").map(|cp| cp.abandoned), Some(true));
 }
+
+// ---- a dead-lettered first state opens no conversation -----------------------------------------
+
+/// A state no call has: `seq` 0 or `u64::MAX` (invalid), or too far ahead (implausible).
+fn bad(seq: u64, offset: i64) -> IncomingState<P> {
+    IncomingState {
+        sequence_number: seq,
+        fingerprint: fp(seq),
+        is_ending: false,
+        origin: Origin::Webhook,
+        raw_offset: Some(offset),
+        payload: format!("bad{seq}"),
+    }
+}
+
+const BAD: [(u64, DeadLetterReason); 4] = [
+    (0, DeadLetterReason::InvalidSequence),
+    (u64::MAX, DeadLetterReason::InvalidSequence),
+    (
+        2 + MAX_SEQUENCE_AHEAD,
+        DeadLetterReason::ImplausibleSequence,
+    ),
+    (1_700_000_000_000, DeadLetterReason::ImplausibleSequence),
+];
+
+/// A bad state for a call the partition never saw used to open it at `next = 1`: idle-probed
+/// every `idle_probe_after` for six hours (GoTo requests competing with real probes), then
+/// abandoned, its checkpoint saying so, which set aside a real call of that id as
+/// `AfterAbandonment` for another six hours. It is dead-lettered, and nothing else happens.
+#[test]
+fn a_bad_state_for_an_unknown_call_is_dead_lettered_and_opens_nothing() {
+    for (seq, reason) in BAD {
+        let mut h = Harness::new();
+        let out = h.state("c", bad(seq, 7));
+        assert_eq!(
+            out,
+            vec![Action::DeadLetter {
+                conversation: "c".into(),
+                sequence_number: seq,
+                reason,
+                payload: format!("bad{seq}"),
+            }],
+            "{seq}"
+        );
+        assert_eq!(h.seq.len(), 0, "{seq}: a conversation was opened");
+        assert_eq!(h.seq.stats().open_conversations, 0, "{seq}");
+        assert_eq!(h.seq.checkpoint("c"), None, "{seq}");
+        assert_eq!(h.seq.next_deadline(), None, "{seq}: a timer was left");
+        assert!(
+            h.seq.take_dirty().is_empty(),
+            "{seq}: a checkpoint to write"
+        );
+        assert_eq!(h.seq.raw_low_watermark(), None, "{seq}: the state is held");
+        // Far past `idle_probe_after`, `abandon_after` and another `abandon_after`: no probe, no
+        // abandonment, nothing published, nothing written.
+        let out = h.advance(13 * 3_600_000);
+        assert!(out.is_empty(), "{seq}: {out:?}");
+        assert!(h.seq.take_dirty().is_empty(), "{seq}");
+        let c = h.seq.stats().counters;
+        assert_eq!((c.probes_requested, c.abandoned), (0, 0), "{seq}");
+        assert_eq!(
+            c.invalid_sequence + c.implausible_sequence,
+            1,
+            "{seq}: the dead letter is still counted"
+        );
+    }
+}
+
+/// A call whose first state was bad: its real states, even a while later, meet exactly what a
+/// call that never had the bad one meets.
+#[test]
+fn a_call_whose_first_state_was_bad_runs_as_if_it_never_came() {
+    for (seq, _) in BAD {
+        let mut with = Harness::new();
+        let mut without = Harness::new();
+        with.state("c", bad(seq, 7));
+        // Longer than `idle_probe_after` before the real states come.
+        assert_eq!(with.advance(45_000), without.advance(45_000), "{seq}");
+        // First seen at 2: 1 is a gap, back-filled after `gap_timeout`.
+        assert_eq!(
+            with.state("c", live(2)),
+            without.state("c", live(2)),
+            "{seq}"
+        );
+        let out = with.advance(2_000);
+        assert_eq!(out, vec![request("c", 1, Some(1))], "{seq}");
+        assert_eq!(out, without.advance(2_000), "{seq}");
+        let answer = || BackfillOutcome::Answered(vec![backfilled(1)]);
+        let out = with.backfill("c", 1, Some(1), answer());
+        assert_eq!(published(&out), vec![1, 2], "{seq}");
+        assert_eq!(out, without.backfill("c", 1, Some(1), answer()), "{seq}");
+        assert_eq!(with.seq.take_dirty(), without.seq.take_dirty(), "{seq}");
+        assert_eq!(with.advance(60_000), without.advance(60_000), "{seq}");
+    }
+}
+
+/// An evicted call's tombstone is owed to the changelog; a bad state of it before that is
+/// written must not turn the tombstone into a fresh call's checkpoint (restored, that would be
+/// an open call at 1, probed from there: the whole call published again), nor reopen the call
+/// here (the same probe, on this owner).
+#[test]
+fn a_bad_state_after_eviction_keeps_the_tombstone_owed() {
+    let mut h = Harness::new();
+    h.state("c", live(1));
+    h.state("c", ending(2));
+    h.seq.take_dirty();
+    h.advance(SequencerConfig::default().closed_retention.as_millis() as u64 + 10_000);
+    assert_eq!(h.seq.len(), 0, "evicted");
+    let out = h.state("c", bad(0, 30));
+    assert!(
+        matches!(
+            &out[..],
+            [Action::DeadLetter {
+                reason: DeadLetterReason::InvalidSequence,
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+    assert_eq!(h.seq.take_dirty(), vec![("c".into(), None)]);
+    // Nor is the call reopened at 1 and probed: the probe's answer would publish it again.
+    assert!(h.advance(60_000).is_empty());
+    assert_eq!(h.seq.len(), 0);
+}
+
+/// A bad state for a call the partition knows still goes to the dead letters and leaves the
+/// call as it was: kept, even one restored at `next = 1` with nothing published yet, and an
+/// abandoned one is still kept for another `abandon_after` after it (any state of an abandoned
+/// call is activity).
+#[test]
+fn a_bad_state_for_a_known_call_keeps_it() {
+    let cfg = SequencerConfig {
+        idle_probes_in_flight: 0,
+        ..SequencerConfig::default()
+    };
+    let abandon = cfg.abandon_after.as_millis() as u64;
+    for (seq, reason) in BAD {
+        // Restored open at 1 (it held states at the previous owner): it stays.
+        let mut h = Harness::with(cfg.clone());
+        let open = ConversationCheckpoint {
+            next_sequence: 1,
+            ended: false,
+            gap_count: 0,
+            abandoned: false,
+        };
+        h.seq.restore("r", open, h.now);
+        let out = h.state("r", bad(seq, 7));
+        assert!(
+            matches!(&out[..], [Action::DeadLetter { reason: r, .. }] if *r == reason),
+            "{seq}: {out:?}"
+        );
+        assert_eq!(h.seq.checkpoint("r"), Some(open), "{seq}");
+        assert!(h.seq.next_deadline().is_some(), "{seq}: its timers went");
+
+        // Abandoned, then a bad state 5 h later: kept 6 h after that, not after abandonment.
+        let mut h = Harness::with(cfg.clone());
+        h.state("a", at(1, 100));
+        let out = h.advance(abandon + 1_000);
+        assert!(
+            out.contains(&Action::Abandoned {
+                conversation: "a".into(),
+                next_sequence: 2
+            }),
+            "{seq}: {out:?}"
+        );
+        h.advance(5 * 3_600_000);
+        let out = h.state("a", bad(seq, 101));
+        let reason_now = match reason {
+            // Checked before anything else: whatever the call's state.
+            DeadLetterReason::InvalidSequence => reason,
+            // At or above where the call stopped.
+            _ => DeadLetterReason::AfterAbandonment,
+        };
+        assert!(
+            matches!(&out[..], [Action::DeadLetter { reason: r, .. }] if *r == reason_now),
+            "{seq}: {out:?}"
+        );
+        h.advance(abandon - 60_000);
+        assert!(
+            h.seq.checkpoint("a").is_some_and(|cp| cp.abandoned),
+            "{seq}: forgotten less than abandon_after after its last state"
+        );
+        h.advance(120_000);
+        assert_eq!(h.seq.checkpoint("a"), None, "{seq}: kept too long");
+    }
+}
+
+/// The worse half of opening a call for a bad state: six hours later it was abandoned at 1 (and
+/// its checkpoint said so), so the real call of that id, coming within the next six hours, had
+/// every state dead-lettered as `AfterAbandonment` instead of published.
+#[test]
+fn a_real_call_after_a_bad_state_is_published_not_set_aside_as_abandoned() {
+    for (seq, _) in BAD {
+        let mut h = Harness::new();
+        h.state("c", bad(seq, 7));
+        let out = h.advance(7 * 3_600_000);
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::Abandoned { .. })),
+            "{seq}: {out:?}"
+        );
+        let mut out = h.state("c", at(1, 8));
+        out.extend(h.state("c", ending(2)));
+        assert_eq!(published(&out), vec![1, 2], "{seq}: {out:?}");
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::DeadLetter { .. })),
+            "{seq}: {out:?}"
+        );
+    }
+}
