@@ -723,3 +723,371 @@ async fn a_410_reading_the_channel_is_logged_with_its_tag_not_its_id() {
     assert!(!logs.contains(&channel.channel_id), "{logs}");
     assert!(logs.contains(&channel.tag()), "{logs}");
 }
+
+// --- Subscribe answers the simulator does not give: an interposer -------------------------------
+
+/// What the interposer does instead of plainly forwarding a request to the simulator.
+#[derive(Default)]
+struct Detour {
+    /// After the simulator answered a subscribe, delete the channel it named: GoTo deleting or
+    /// expiring the channel while its subscribe ran.
+    delete_after_subscribe: bool,
+    /// Answer reading one channel, and the channel listing, with this status.
+    channel_reads: Option<u16>,
+    /// Answer every item of a subscribe made with the first token seen on a subscribe 401: a
+    /// token GoTo stopped taking while the request ran, refused item by item.
+    first_token_unauthorized: bool,
+    first_token: Option<String>,
+    /// Answer a subscribe with 400 and this body, `{channel}` replaced by the channel id.
+    subscribe_400: Option<String>,
+    /// Subscribe requests seen.
+    subscribes: u32,
+}
+
+/// A proxy on 127.0.0.1:0 in front of the simulator's REST API (the token endpoint is reached
+/// directly), for GoTo answers the simulator has no fault for.
+struct Interposer {
+    url: String,
+    detour: std::sync::Arc<std::sync::Mutex<Detour>>,
+}
+
+struct Upstream {
+    base: String,
+    control: callbridge::simulator::SimulatorControl,
+    detour: std::sync::Arc<std::sync::Mutex<Detour>>,
+}
+
+impl Interposer {
+    async fn start(sim: &callbridge::simulator::RunningSimulator) -> Interposer {
+        let detour = std::sync::Arc::<std::sync::Mutex<Detour>>::default();
+        let upstream = std::sync::Arc::new(Upstream {
+            base: sim.base_url(),
+            control: sim.control(),
+            detour: detour.clone(),
+        });
+        let app = axum::Router::new().fallback(interpose).with_state(upstream);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Interposer {
+            url: format!("http://{addr}"),
+            detour,
+        }
+    }
+
+    fn detour(&self, change: impl FnOnce(&mut Detour)) {
+        change(&mut self.detour.lock().unwrap());
+    }
+
+    fn subscribes(&self) -> u32 {
+        self.detour.lock().unwrap().subscribes
+    }
+
+    /// A keeper like [`keeper`] whose REST calls go through this interposer.
+    fn keeper(&self, sim: &callbridge::simulator::RunningSimulator) -> ChannelKeeper {
+        let mut config = client_config(sim);
+        config.api_base_url = self.url.clone();
+        ChannelKeeper::new(
+            client_with(config),
+            "bridge",
+            DesiredChannel::WebSocket,
+            vec![A1.to_owned()],
+            vec!["STARTING".to_owned()],
+        )
+    }
+}
+
+async fn interpose(
+    axum::extract::State(up): axum::extract::State<std::sync::Arc<Upstream>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use serde_json::{json, Value};
+
+    let path = uri.path().to_owned();
+    let subscribe = method == axum::http::Method::POST && path == "/call-events/v1/subscriptions";
+    let channel_read =
+        method == axum::http::Method::GET && path.starts_with("/notification-channel/v1/channels");
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let channel_id = request["channelId"].as_str().unwrap_or_default().to_owned();
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    {
+        let mut detour = up.detour.lock().unwrap();
+        if let (true, Some(status)) = (channel_read, detour.channel_reads) {
+            let body = json!({"reference": "r", "constraintViolations": [],
+                              "errorCode": "AUTHZ_INSUFFICIENT_SCOPE", "message": "Insufficient scope"});
+            return (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
+        }
+        if subscribe {
+            detour.subscribes += 1;
+            if let Some(answer) = &detour.subscribe_400 {
+                let answer = answer.replace("{channel}", &channel_id);
+                return (
+                    StatusCode::BAD_REQUEST,
+                    [(CONTENT_TYPE, "application/json")],
+                    answer,
+                )
+                    .into_response();
+            }
+            if detour.first_token_unauthorized
+                && *detour.first_token.get_or_insert_with(|| token.clone()) == token
+            {
+                let items: Vec<Value> = request["accountKeys"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|item| {
+                        json!({"id": item["id"], "status": 401, "errorCode": "AUTHN_INVALID_TOKEN",
+                               "message": "Invalid token"})
+                    })
+                    .collect();
+                return (
+                    StatusCode::MULTI_STATUS,
+                    axum::Json(json!({ "accountKeys": items })),
+                )
+                    .into_response();
+            }
+        }
+    }
+    let target = format!(
+        "{}{}",
+        up.base,
+        uri.path_and_query().map_or(path.as_str(), |p| p.as_str())
+    );
+    let mut forwarded = raw().request(method, target).body(body);
+    for name in [AUTHORIZATION, CONTENT_TYPE, ACCEPT] {
+        if let Some(value) = headers.get(&name) {
+            forwarded = forwarded.header(name, value);
+        }
+    }
+    let answer = forwarded.send().await.expect("the simulator answers");
+    let status = answer.status();
+    let content_type = answer.headers().get(CONTENT_TYPE).cloned();
+    let bytes = answer
+        .bytes()
+        .await
+        .expect("the simulator's answer is read");
+    if subscribe && up.detour.lock().unwrap().delete_after_subscribe {
+        assert!(up.control.delete_channel(&channel_id), "channel deleted");
+    }
+    let mut response = (status, bytes).into_response();
+    if let Some(content_type) = content_type {
+        response.headers_mut().insert(CONTENT_TYPE, content_type);
+    }
+    response
+}
+
+// --- A subscribe item answering 404, 410 or 401 ---------------------------------------------------
+
+/// GoTo may answer an item 404 because the channel, not the account, is gone (deleted or
+/// expired between its creation and the subscribe): only a new channel helps, so this must be
+/// what callers answer with a new channel, not a refusal that stops start-up.
+#[tokio::test]
+async fn an_item_404_on_a_channel_deleted_meanwhile_is_the_channel_gone() {
+    let sim = start(sim_config()).await;
+    let interposer = Interposer::start(&sim).await;
+    let keeper = interposer.keeper(&sim);
+    let channel = keeper.ensure_channel().await.expect("channel created");
+    sim.control()
+        .patch_faults(&serde_json::json!({ "subscription_item_status": 404 }))
+        .expect("fault set");
+    interposer.detour(|d| d.delete_after_subscribe = true);
+
+    let err = keeper
+        .ensure_subscriptions(&channel)
+        .await
+        .expect_err("the channel is gone");
+    assert!(
+        matches!(&err, ChannelError::ChannelGone { channel_id, .. } if *channel_id == channel.channel_id),
+        "{err:?}"
+    );
+    assert!(err.is_channel_gone(), "{err}");
+    assert!(err.is_transient(), "{err}");
+    let text = err.to_string();
+    for part in ["/call-events/v1/subscriptions", A1, "404", &channel.tag()] {
+        assert!(text.contains(part), "{part} missing from: {text}");
+    }
+    assert!(!text.contains(&channel.channel_id), "{text}");
+    assert_no_secrets(&text);
+    assert!(sim.control().channel_ids().is_empty());
+
+    // The next round, GoTo subscribing again: a new channel, subscribed.
+    sim.control()
+        .set_faults(Default::default())
+        .expect("faults cleared");
+    interposer.detour(|d| d.delete_after_subscribe = false);
+    let fresh = keeper.ensure_channel().await.expect("a new channel");
+    assert_ne!(fresh.channel_id, channel.channel_id);
+    keeper
+        .ensure_subscriptions(&fresh)
+        .await
+        .expect("subscribed");
+    assert_eq!(listed(&keeper, &fresh.channel_id).await, vec![A1]);
+}
+
+#[tokio::test]
+async fn an_item_404_on_a_channel_that_still_exists_is_refused_with_the_account_key_fix() {
+    let sim = start(sim_config()).await;
+    let keeper = keeper(&sim);
+    let channel = keeper.ensure_channel().await.expect("channel created");
+    sim.control()
+        .patch_faults(&serde_json::json!({ "subscription_item_status": 404 }))
+        .expect("fault set");
+    let err = keeper
+        .ensure_subscriptions(&channel)
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&err, ChannelError::SubscriptionRefused { status: 404, account_key, .. } if account_key == A1),
+        "{err:?}"
+    );
+    assert!(!err.is_transient(), "{err}");
+    assert!(!err.is_channel_gone(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("check goto.account_keys"), "{text}");
+    assert_eq!(
+        sim.control().channel_ids(),
+        vec![channel.channel_id.clone()]
+    );
+}
+
+/// Whether the channel still exists could not be checked: a refusal would stop start-up over
+/// what may be a channel to replace, so the round is retried.
+#[tokio::test]
+async fn an_item_404_whose_channel_cannot_be_checked_is_transient() {
+    let sim = start(sim_config()).await;
+    let interposer = Interposer::start(&sim).await;
+    let keeper = interposer.keeper(&sim);
+    let channel = keeper.ensure_channel().await.expect("channel created");
+    sim.control()
+        .patch_faults(&serde_json::json!({ "subscription_item_status": 404 }))
+        .expect("fault set");
+    // Reading the channel and listing channels refused (a 403 taken alone is permanent).
+    interposer.detour(|d| d.channel_reads = Some(403));
+    let err = keeper
+        .ensure_subscriptions(&channel)
+        .await
+        .expect_err("not subscribed");
+    assert!(
+        matches!(err, ChannelError::ChannelUnverified { status: 404, .. }),
+        "{err:?}"
+    );
+    assert!(err.is_transient(), "{err}");
+    assert!(!err.is_channel_gone(), "{err}");
+    let text = err.to_string();
+    for part in [
+        A1,
+        "404",
+        "403",
+        "/notification-channel/v1/channels",
+        &channel.tag(),
+    ] {
+        assert!(text.contains(part), "{part} missing from: {text}");
+    }
+    assert!(!text.contains(&channel.channel_id), "{text}");
+}
+
+/// A 401 inside a 207 is undocumented: a token GoTo stopped taking while the request ran (which
+/// the client's own renewal on a request's 401 never sees) heals with a new token, within the
+/// round.
+#[tokio::test]
+async fn an_item_401_is_retried_with_a_new_access_token() {
+    let sim = start(sim_config()).await;
+    let interposer = Interposer::start(&sim).await;
+    let keeper = interposer.keeper(&sim);
+    let channel = keeper.ensure_channel().await.expect("channel created");
+    let tokens = keeper.client().token_refreshes();
+    interposer.detour(|d| d.first_token_unauthorized = true);
+    keeper
+        .ensure_subscriptions(&channel)
+        .await
+        .expect("subscribed with the new token");
+    assert_eq!(interposer.subscribes(), 2, "refused once, then subscribed");
+    assert_eq!(
+        keeper.client().token_refreshes(),
+        tokens + 1,
+        "one new token"
+    );
+    assert_eq!(listed(&keeper, &channel.channel_id).await, vec![A1]);
+}
+
+/// An item that keeps answering 401, new token or not (a token whose user may not subscribe the
+/// account, say), ends the round as transient, retried by the callers, with what to fix.
+#[tokio::test]
+async fn an_item_that_keeps_answering_401_ends_the_round_as_transient_with_the_fix() {
+    let sim = start(sim_config()).await;
+    let keeper = keeper(&sim);
+    let channel = keeper.ensure_channel().await.expect("channel created");
+    let tokens = keeper.client().token_refreshes();
+    sim.control()
+        .patch_faults(&serde_json::json!({ "subscription_item_status": 401 }))
+        .expect("fault set");
+    let err = keeper
+        .ensure_subscriptions(&channel)
+        .await
+        .expect_err("never subscribed");
+    assert!(
+        matches!(
+            err,
+            ChannelError::SubscriptionUnauthorized { attempts: 5, .. }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_transient(), "{err}");
+    let text = err.to_string();
+    for part in [
+        "/call-events/v1/subscriptions",
+        A1,
+        "401",
+        "super admin",
+        "goto.personal_access_token",
+    ] {
+        assert!(text.contains(part), "{part} missing from: {text}");
+    }
+    assert_no_secrets(&text);
+    assert_eq!(answered(&sim, "call-events", 207), 5, "one 207 per attempt");
+    assert_eq!(
+        keeper.client().token_refreshes(),
+        tokens + 1,
+        "one new token a round"
+    );
+}
+
+// --- GoTo's texts about our channel ---------------------------------------------------------------
+
+/// GoTo's 400 message is boilerplate; the real cause, which may name the channel, is in the
+/// constraints. What reaches logs and `/readyz` shows the channel's tag there too.
+#[tokio::test]
+async fn a_400_naming_the_channel_in_its_constraints_shows_its_tag() {
+    let sim = start(sim_config()).await;
+    let interposer = Interposer::start(&sim).await;
+    let keeper = interposer.keeper(&sim);
+    let channel = keeper.ensure_channel().await.expect("channel created");
+    interposer.detour(|d| {
+        d.subscribe_400 = Some(
+            r#"{"reference":"r","errorCode":"BAD_REQUEST",
+                "message":"The Notification Channel must be a WebSocket channel",
+                "constraints":[{"field":"channelId","constraint":"channel {channel} is expired"}]}"#
+                .to_owned(),
+        )
+    });
+    let err = keeper
+        .ensure_subscriptions(&channel)
+        .await
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("channelId: channel {} is expired", channel.tag())),
+        "{text}"
+    );
+    assert!(!text.contains(&channel.channel_id), "{text}");
+}

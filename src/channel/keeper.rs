@@ -7,6 +7,7 @@
 //! could not subscribe is deleted again, and a channel it could not delete is tried again at its
 //! next round (a webhook channel lives 68 years).
 
+use crate::goto::endpoint::SUBSCRIBE_CALL_EVENTS;
 use crate::goto::{
     AccountSubscription, Channel, ChannelKind, ChannelRequest, GotoClient, GotoError,
     SubscriptionOutcome,
@@ -59,6 +60,41 @@ pub enum ChannelError {
         /// Attempts made in this round.
         attempts: u32,
     },
+    /// Subscription items kept answering 401 through the round, a new access token included.
+    /// GoTo does not document a 401 inside its 207: a token expired or revoked while the request
+    /// ran heals with the next token (the client renews it on a request's 401, but an item's
+    /// bypasses that, so the keeper renews it), while a token whose user may not subscribe that
+    /// account never will. Transient all the same: stopping start-up over the first reading
+    /// would stop a bridge a minute later able to run; the callers retry with their backoff, and
+    /// the error says what to fix when it lasts.
+    #[error("subscribing to call events (POST /call-events/v1/subscriptions): GoTo answered status 401 for account(s) {accounts} at each of {attempts} attempts, a new access token included; retrying. If it persists, the token's user may not subscribe that account: use a token (goto.personal_access_token or goto.refresh_token) issued to a super admin of that GoTo Connect account, or re-issue it. Not subscribed: {pending}")]
+    SubscriptionUnauthorized {
+        /// The account keys whose items answered 401 at the last attempt.
+        accounts: String,
+        /// Every account still pending with its last verdict (`status errorCode`).
+        pending: String,
+        /// Attempts made in this round.
+        attempts: u32,
+    },
+    /// An item answered 404 or 410, which GoTo may mean for the account or for the channel (gone
+    /// between its creation and the subscribe), and whether the channel still exists could not
+    /// be checked. Transient: the next round checks again, where a permanent refusal would stop
+    /// start-up over what may be a channel to replace.
+    #[error(
+        "subscribing to call events: GoTo answered account {account_key} with item status {status}, and whether notification channel {} still exists could not be checked: {source}; retrying",
+        Channel::tag_of(channel_id)
+    )]
+    ChannelUnverified {
+        /// The account key of the item.
+        account_key: String,
+        /// The item's status.
+        status: u16,
+        /// The channel subscribed.
+        channel_id: String,
+        /// Why the check failed.
+        #[source]
+        source: Box<ChannelError>,
+    },
     /// A call on our channel answered 404: the channel vanished (deleted, expired) between two
     /// steps. Transient: the next round finds or creates a channel again. Shown with the id's
     /// tag only ([`Channel::tag_of`]): a WebSocket channel's id is part of its URL.
@@ -93,6 +129,8 @@ impl ChannelError {
             ChannelError::SubscriptionRefused { .. } => false,
             ChannelError::NoUrl { .. }
             | ChannelError::ChannelGone { .. }
+            | ChannelError::ChannelUnverified { .. }
+            | ChannelError::SubscriptionUnauthorized { .. }
             | ChannelError::SubscriptionsPending { .. } => true,
             ChannelError::Goto { source, .. } => match source.status() {
                 Some(401 | 403 | 400 | 404) => false,
@@ -137,16 +175,11 @@ fn not_about_the_channel(e: &ChannelError) -> bool {
     }
 }
 
-/// Replaces `channel_id` by its tag in GoTo's message (GoTo's 404 message names the channel:
-/// "Notification channel does not exist …"), also inside a retried error.
+/// Replaces `channel_id` by its tag in everything GoTo said (GoTo's 404 message names the
+/// channel: "Notification channel does not exist …"; a 400 has its real cause in its
+/// constraints, which may quote the channel too), also inside a retried error.
 fn hide_channel_id(error: &mut GotoError, channel_id: &str) {
-    match error {
-        GotoError::Api {
-            message: Some(m), ..
-        } => *m = m.replace(channel_id, &Channel::tag_of(channel_id)),
-        GotoError::RetriesExhausted { last, .. } => hide_channel_id(last, channel_id),
-        _ => {}
-    }
+    error.replace_in_goto_text(channel_id, &Channel::tag_of(channel_id));
 }
 
 /// `result` with `channel_id` replaced by its tag in its error: whatever GoTo answers about one
@@ -510,7 +543,10 @@ impl ChannelKeeper {
     /// An item GoTo leaves unconfirmed (an empty 2xx body, a missing item) or answers 409
     /// (already subscribed) is checked against `GET /call-events/v1/subscriptions`: listed is
     /// subscribed. Transient item failures are retried a few times; a permanent one is an
-    /// error that says what to fix.
+    /// error that says what to fix. Two item statuses GoTo may mean otherwise are checked
+    /// first: a 404 or 410 on a channel GoTo no longer lists is [`ChannelError::ChannelGone`]
+    /// (a new channel repairs it), and a 401 is retried with a new access token and ends the
+    /// round as transient ([`ChannelError::SubscriptionUnauthorized`]).
     pub async fn ensure_subscriptions(&self, channel: &Channel) -> Result<(), ChannelError> {
         match quiet(
             self.client
@@ -545,26 +581,43 @@ impl ChannelKeeper {
         Ok(listed.iter().any(|c| c.channel_id == channel_id))
     }
 
-    /// One repair pass: the channel must exist, every account key must be subscribed, and no
-    /// other account.
-    pub async fn repair(&self, channel: &mut Channel) -> Result<Repair, ChannelError> {
-        let found = match quiet(
+    /// Reads `channel` back from GoTo; `None` when GoTo answered 404 or refused the route, on
+    /// which GoTo's listing decides ([`ChannelKeeper::still_listed`]).
+    async fn read_channel(&self, channel: &Channel) -> Result<Option<Channel>, ChannelError> {
+        match quiet(
             self.client
                 .get_channel(&self.nickname, &channel.channel_id)
                 .await,
             &channel.channel_id,
         ) {
-            Ok(found) => found,
+            Ok(found) => Ok(found),
             // Reading one channel is documented by claim only: a route that refuses the read
             // (405, 400, 403…) says nothing about the channel, and stopping here would leave a
             // deleted channel, or lost subscriptions, unrepaired for good. The listing (observed)
             // decides instead.
             Err(e) if refuses_claimed_read(&e) => {
                 tracing::warn!(channel = %channel.tag(), error = %e, "GoTo refused reading the notification channel; checking the channel listing instead");
-                None
+                Ok(None)
             }
-            Err(e) => return Err(goto("reading the notification channel")(e)),
-        };
+            Err(e) => Err(goto("reading the notification channel")(e)),
+        }
+    }
+
+    /// Whether `channel` still exists, decided as a repair pass decides it: a channel GoTo
+    /// returns when read is there; after a 404 (or a refusal) from that claimed-only route, the
+    /// observed listing decides, since a route that does not behave as claimed must not pass
+    /// for a channel gone.
+    async fn channel_exists(&self, channel: &Channel) -> Result<bool, ChannelError> {
+        match self.read_channel(channel).await? {
+            Some(_) => Ok(true),
+            None => self.still_listed(&channel.channel_id).await,
+        }
+    }
+
+    /// One repair pass: the channel must exist, every account key must be subscribed, and no
+    /// other account.
+    pub async fn repair(&self, channel: &mut Channel) -> Result<Repair, ChannelError> {
+        let found = self.read_channel(channel).await?;
         match found {
             // A 404 (or a refusal) from a route that does not behave as claimed must not make
             // every pass create another channel while the old one keeps delivering: the
@@ -621,9 +674,19 @@ impl ChannelKeeper {
 
     /// Subscribes every configured account key, checking every item of the 207 answer.
     async fn subscribe_configured(&self, channel: &Channel) -> Result<(), ChannelError> {
+        // GoTo's texts about our channel may quote its id: logs and `/readyz` show its tag.
+        let tagged = |text: &str| text.replace(&channel.channel_id, &channel.tag());
+        let code = |error_code: &Option<String>| {
+            error_code
+                .as_deref()
+                .map_or_else(|| "without errorCode".to_owned(), tagged)
+        };
         let mut pending: Vec<String> = self.account_keys.clone();
         // Each pending account's last verdict, for the error when the round gives up.
         let mut verdicts: Vec<String> = Vec::new();
+        // The accounts whose items answered 401 at the last attempt.
+        let mut unauthorized: Vec<String> = Vec::new();
+        let mut token_renewed = false;
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=SUBSCRIBE_ATTEMPTS {
             let request: Vec<AccountSubscription> = pending
@@ -645,6 +708,7 @@ impl ChannelKeeper {
             // Accounts GoTo's answer leaves in doubt, with why: the listing settles them.
             let mut unsure: Vec<(String, String)> = Vec::new();
             verdicts.clear();
+            unauthorized.clear();
             for outcome in outcomes {
                 match outcome {
                     SubscriptionOutcome::Subscribed { .. } => {}
@@ -656,11 +720,21 @@ impl ChannelKeeper {
                         error_code,
                         ..
                     } => {
-                        let why = format!(
-                            "409 {}",
-                            error_code.as_deref().unwrap_or("without errorCode")
-                        );
+                        let why = format!("409 {}", code(&error_code));
                         unsure.push((account_key, why));
+                    }
+                    // Undocumented inside a 207: retried with a new token (see
+                    // `ChannelError::SubscriptionUnauthorized`), never a refusal that stops
+                    // start-up.
+                    SubscriptionOutcome::Failed {
+                        account_key,
+                        status: 401,
+                        error_code,
+                        ..
+                    } => {
+                        verdicts.push(format!("{account_key} (401 {})", code(&error_code)));
+                        unauthorized.push(account_key.clone());
+                        retry.push(account_key);
                     }
                     SubscriptionOutcome::Failed {
                         account_key,
@@ -669,6 +743,19 @@ impl ChannelKeeper {
                         message,
                         permanent: true,
                     } => {
+                        // GoTo may answer an item 404 (or 410) because the channel vanished
+                        // between its creation and this subscribe, which only a new channel
+                        // repairs: a refusal would stop start-up over it.
+                        if matches!(status, 404 | 410) {
+                            self.check_channel_after_item(
+                                channel,
+                                &account_key,
+                                status,
+                                error_code.as_deref(),
+                                message.as_deref(),
+                            )
+                            .await?;
+                        }
                         let fix = match status {
                             403 => "grant the OAuth client the scope call-events.v1.notifications.manage and use a token of a super admin of that account",
                             404 => "check goto.account_keys: GoTo does not know this account key",
@@ -677,11 +764,8 @@ impl ChannelKeeper {
                         return Err(ChannelError::SubscriptionRefused {
                             account_key,
                             status,
-                            error_code: error_code.unwrap_or_default(),
-                            // GoTo's message may quote the channel.
-                            message: message
-                                .unwrap_or_default()
-                                .replace(&channel.channel_id, &channel.tag()),
+                            error_code: error_code.as_deref().map(tagged).unwrap_or_default(),
+                            message: message.as_deref().map(tagged).unwrap_or_default(),
                             fix,
                         });
                     }
@@ -691,10 +775,7 @@ impl ChannelKeeper {
                         error_code,
                         ..
                     } => {
-                        verdicts.push(format!(
-                            "{account_key} ({status} {})",
-                            error_code.as_deref().unwrap_or("without errorCode")
-                        ));
+                        verdicts.push(format!("{account_key} ({status} {})", code(&error_code)));
                         retry.push(account_key);
                     }
                     SubscriptionOutcome::Unconfirmed { account_key } => {
@@ -724,15 +805,82 @@ impl ChannelKeeper {
             }
             pending = retry;
             if attempt < SUBSCRIBE_ATTEMPTS {
+                // The client renews its token on a request's 401, not on an item's: a token
+                // expired or revoked while the request ran is renewed here, once a round (a
+                // second new token would fare no better than the first).
+                if !unauthorized.is_empty() && !token_renewed {
+                    tracing::warn!(accounts = %unauthorized.join(", "), "subscription items answered 401; renewing the access token");
+                    self.renew_token().await;
+                    token_renewed = true;
+                }
                 tracing::warn!(attempt, accounts = %verdicts.join(", "), "subscription items failed transiently or are not confirmed yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
         }
+        if !unauthorized.is_empty() {
+            return Err(ChannelError::SubscriptionUnauthorized {
+                accounts: unauthorized.join(", "),
+                pending: verdicts.join(", "),
+                attempts: SUBSCRIBE_ATTEMPTS,
+            });
+        }
         Err(ChannelError::SubscriptionsPending {
             accounts: verdicts.join(", "),
             attempts: SUBSCRIBE_ATTEMPTS,
         })
+    }
+
+    /// After a subscribe item answered `status` (404 or 410) for `account_key`: `Ok` when the
+    /// channel still exists, so the refusal is about the account; [`ChannelError::ChannelGone`]
+    /// when GoTo no longer has it, which callers answer with a new channel; and, when that
+    /// could not be checked, [`ChannelError::ChannelUnverified`], transient, rather than a
+    /// refusal that stops start-up.
+    async fn check_channel_after_item(
+        &self,
+        channel: &Channel,
+        account_key: &str,
+        status: u16,
+        error_code: Option<&str>,
+        message: Option<&str>,
+    ) -> Result<(), ChannelError> {
+        match self.channel_exists(channel).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                let mut source = GotoError::item(
+                    SUBSCRIBE_CALL_EVENTS,
+                    account_key,
+                    status,
+                    error_code,
+                    message,
+                );
+                hide_channel_id(&mut source, &channel.channel_id);
+                Err(ChannelError::ChannelGone {
+                    context: "subscribing to call events (GoTo's channel listing no longer shows the channel)",
+                    channel_id: channel.channel_id.clone(),
+                    source,
+                })
+            }
+            Err(e) => Err(ChannelError::ChannelUnverified {
+                account_key: account_key.to_owned(),
+                status,
+                channel_id: channel.channel_id.clone(),
+                source: Box::new(e),
+            }),
+        }
+    }
+
+    /// Has the client fetch a new access token for its next request, by dropping the one it
+    /// holds (as a request's 401 does).
+    async fn renew_token(&self) {
+        let auth = self.client.transport().auth();
+        match auth.bearer().await {
+            Ok(token) => auth.invalidate(token.generation).await,
+            // The next request asks for a token anyway, and fails with this if it must.
+            Err(e) => {
+                tracing::warn!(error = %e, "could not renew the access token after a 401 item")
+            }
+        }
     }
 
     /// The account keys GoTo lists as subscribed on `channel`, to confirm what a subscribe

@@ -63,6 +63,24 @@ pub enum GotoError {
         /// The server's `Retry-After`, when it sent one.
         retry_after: Option<Duration>,
     },
+    /// One item of a multi-status (207) answer failed while the answer itself was accepted:
+    /// GoTo's subscribe answers one verdict per account key. Built by whoever reads the items
+    /// when an item's verdict turns out to be about something else than the item (the keeper: a
+    /// 404 item on a channel GoTo no longer lists), so the error names the endpoint and item
+    /// rather than passing for an HTTP status the endpoint never answered.
+    #[error("{}", describe_item(endpoint, item, *status, error_code, message))]
+    Item {
+        /// Which endpoint.
+        endpoint: Endpoint,
+        /// What the item is about (an account key).
+        item: String,
+        /// The item's `status`.
+        status: u16,
+        /// The item's `errorCode`.
+        error_code: Option<String>,
+        /// The item's `message`.
+        message: Option<String>,
+    },
     /// The token endpoint refused the grant (`invalid_client`, `invalid_grant`, ...).
     #[error("{}", describe_auth(grant, *status, error, description))]
     Auth {
@@ -178,6 +196,78 @@ impl GotoError {
         }
     }
 
+    /// A failed item of a multi-status answer ([`GotoError::Item`]); GoTo's texts are kept as
+    /// every GoTo text is (URL paths cut, length bounded).
+    pub(crate) fn item(
+        endpoint: Endpoint,
+        item: impl Into<String>,
+        status: u16,
+        error_code: Option<&str>,
+        message: Option<&str>,
+    ) -> Self {
+        GotoError::Item {
+            endpoint,
+            item: item.into(),
+            status,
+            error_code: error_code.map(truncate),
+            message: message.map(truncate),
+        }
+    }
+
+    /// Replaces `from` by `to` in every text GoTo provided (`errorCode`, `message`, `reference`,
+    /// the constraints, serde's quotes of an answer), also inside a retried error: the keeper
+    /// shows its channel ids by their tag only, and GoTo's answers about a channel name it
+    /// anywhere, the real cause of a 400 in its constraints.
+    pub(crate) fn replace_in_goto_text(&mut self, from: &str, to: &str) {
+        if from.is_empty() {
+            return;
+        }
+        let replace = |text: &mut String| {
+            if text.contains(from) {
+                *text = text.replace(from, to);
+            }
+        };
+        match self {
+            GotoError::Api {
+                error_code,
+                message,
+                reference,
+                constraints,
+                ..
+            } => {
+                for text in [error_code, message, reference].into_iter().flatten() {
+                    replace(text);
+                }
+                for c in constraints {
+                    if let Some(field) = &mut c.field {
+                        replace(field);
+                    }
+                    replace(&mut c.constraint);
+                }
+            }
+            GotoError::Item {
+                error_code,
+                message,
+                ..
+            } => {
+                for text in [error_code, message].into_iter().flatten() {
+                    replace(text);
+                }
+            }
+            GotoError::Auth {
+                error, description, ..
+            } => {
+                for text in [error, description].into_iter().flatten() {
+                    replace(text);
+                }
+            }
+            GotoError::Decode { detail, .. } => replace(detail),
+            GotoError::RetriesExhausted { last, .. } => last.replace_in_goto_text(from, to),
+            // Ours, and reqwest's own text with its URL removed: nothing of GoTo's.
+            GotoError::Config { .. } | GotoError::Transport { .. } => {}
+        }
+    }
+
     /// An auth error from the token endpoint's response. The raw body is never kept.
     pub(crate) fn from_token_response(
         grant: &'static str,
@@ -207,9 +297,9 @@ impl GotoError {
     /// True for failures that may succeed when repeated: 429, 5xx and transport errors.
     pub fn is_retryable(&self) -> bool {
         match self {
-            GotoError::Api { status, .. } | GotoError::Auth { status, .. } => {
-                *status == 429 || *status >= 500
-            }
+            GotoError::Api { status, .. }
+            | GotoError::Item { status, .. }
+            | GotoError::Auth { status, .. } => *status == 429 || *status >= 500,
             GotoError::Transport { .. } => true,
             GotoError::Config { .. }
             | GotoError::Decode { .. }
@@ -217,10 +307,13 @@ impl GotoError {
         }
     }
 
-    /// The HTTP status GoTo answered (of the last attempt, for exhausted retries).
+    /// The HTTP status GoTo answered (of the last attempt, for exhausted retries; an item's own
+    /// status for a failed item of a multi-status answer).
     pub fn status(&self) -> Option<u16> {
         match self {
-            GotoError::Api { status, .. } | GotoError::Auth { status, .. } => Some(*status),
+            GotoError::Api { status, .. }
+            | GotoError::Item { status, .. }
+            | GotoError::Auth { status, .. } => Some(*status),
             GotoError::RetriesExhausted { last, .. } => last.status(),
             _ => None,
         }
@@ -229,7 +322,9 @@ impl GotoError {
     /// GoTo's `errorCode` (or the OAuth `error` for the token endpoint).
     pub fn error_code(&self) -> Option<&str> {
         match self {
-            GotoError::Api { error_code, .. } => error_code.as_deref(),
+            GotoError::Api { error_code, .. } | GotoError::Item { error_code, .. } => {
+                error_code.as_deref()
+            }
             GotoError::Auth { error, .. } => error.as_deref(),
             GotoError::RetriesExhausted { last, .. } => last.error_code(),
             _ => None,
@@ -251,6 +346,7 @@ impl GotoError {
     pub fn endpoint(&self) -> Option<Endpoint> {
         match self {
             GotoError::Api { endpoint, .. }
+            | GotoError::Item { endpoint, .. }
             | GotoError::Transport { endpoint, .. }
             | GotoError::Decode { endpoint, .. }
             | GotoError::RetriesExhausted { endpoint, .. } => Some(*endpoint),
@@ -405,6 +501,23 @@ fn describe_api(
     out
 }
 
+fn describe_item(
+    endpoint: &Endpoint,
+    item: &str,
+    status: u16,
+    error_code: &Option<String>,
+    message: &Option<String>,
+) -> String {
+    let mut out = format!("{endpoint} answered item {item} with status {status}");
+    if let Some(code) = error_code {
+        let _ = write!(out, " {code}");
+    }
+    if let Some(message) = message {
+        let _ = write!(out, ": {message}");
+    }
+    out
+}
+
 fn describe_auth(
     grant: &str,
     status: u16,
@@ -508,6 +621,56 @@ mod tests {
         assert_eq!(exhausted.status(), Some(429));
         assert_eq!(exhausted.retry_after(), Some(Duration::from_secs(2)));
         assert!(exhausted.to_string().contains("gave up after 5 attempts"));
+    }
+
+    /// GoTo's 400s carry a boilerplate message and the real cause in their constraints, which
+    /// may quote the channel the request named: a caller hiding a channel id must find it there
+    /// too, as in every other text GoTo gave, also after retries.
+    #[test]
+    fn a_text_is_replaced_in_everything_goto_said() {
+        const ID: &str = "0vTpo-UTMtHMl3lE4xYz";
+        let body = format!(
+            r#"{{"reference":"ref {ID}","errorCode":"BAD_REQUEST","message":"The Notification Channel must be a WebSocket channel",
+                "constraints":[{{"field":"channelId","constraint":"Notification channel {ID} is not a WebSocket channel"}},
+                               {{"field":"channels[{ID}]","constraint":"INVALID"}}, "{ID} expired"]}}"#
+        );
+        let mut err = GotoError::RetriesExhausted {
+            endpoint: SUBSCRIBE_CALL_EVENTS,
+            attempts: 2,
+            last: Box::new(GotoError::from_api_response(
+                SUBSCRIBE_CALL_EVENTS,
+                400,
+                body.as_bytes(),
+                None,
+            )),
+        };
+        assert!(err.to_string().contains(ID), "premise: {err}");
+        err.replace_in_goto_text(ID, "ch-1234abcd");
+        let shown = format!("{err} / {err:?}");
+        assert!(!shown.contains(ID), "{shown}");
+        assert!(
+            err.to_string().ends_with(
+                "[constraints: channelId: Notification channel ch-1234abcd is not a WebSocket \
+                 channel, channels[ch-1234abcd]: INVALID, ch-1234abcd expired]"
+            ),
+            "{err}"
+        );
+
+        let mut item = GotoError::item(
+            SUBSCRIBE_CALL_EVENTS,
+            "1234567890123456789",
+            404,
+            Some("NOT_FOUND"),
+            Some(&format!("Channel {ID} not found")),
+        );
+        item.replace_in_goto_text(ID, "ch-1234abcd");
+        assert_eq!(
+            item.to_string(),
+            "POST /call-events/v1/subscriptions answered item 1234567890123456789 with status \
+             404 NOT_FOUND: Channel ch-1234abcd not found"
+        );
+        assert_eq!(item.status(), Some(404));
+        assert!(!item.is_retryable());
     }
 
     /// GoTo's text may quote what the request sent; the paths of the URLs callbridge sends are

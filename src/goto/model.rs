@@ -221,12 +221,12 @@ impl Channel {
         let lifetime_secs = wire
             .channel_lifetime
             .as_ref()
-            .and_then(unsigned)
+            .and_then(lifetime)
             .or_else(|| {
                 datas
                     .iter()
                     .flatten()
-                    .find_map(|d| d.channel_lifetime.as_ref().and_then(unsigned))
+                    .find_map(|d| d.channel_lifetime.as_ref().and_then(lifetime))
             });
         let unreachable_since = datas
             .iter()
@@ -589,9 +589,17 @@ pub(crate) fn decode_subscribed_account_keys(body: &[u8]) -> serde_json::Result<
 pub(crate) fn decode_lifetime(body: &[u8]) -> Option<u64> {
     let v: Value = serde_json::from_slice(body).ok()?;
     match &v {
-        Value::Object(map) => map.get("channelLifetime").and_then(unsigned),
-        other => unsigned(other),
+        Value::Object(map) => map.get("channelLifetime").and_then(lifetime),
+        other => lifetime(other),
     }
+}
+
+/// A `channelLifetime`: a positive number of seconds. GoTo documents INT32 max for "no expiry"
+/// and never 0; read as "expires now", a 0 would have the channel refreshed or replaced as fast
+/// as GoTo answers, so it counts as not stated (the WebSocket session then assumes the smallest
+/// lifetime seen, `ASSUMED_LIFETIME`).
+fn lifetime(v: &Value) -> Option<u64> {
+    unsigned(v).filter(|&secs| secs > 0)
 }
 
 /// A non-negative integer given as a JSON number or a numeric string.
@@ -689,6 +697,11 @@ mod tests {
         let ch = Channel::from_json(top, None).unwrap();
         assert_eq!(ch.kind.url(), Some("wss://x/ws"));
         assert_eq!(ch.lifetime_secs, Some(1200));
+
+        // Undocumented, and "expires now" would have the channel replaced as fast as GoTo
+        // answers: a 0 is a lifetime not stated.
+        let zero = br#"{"channelId":"c3","channelType":"WebSocket","channelURL":"wss://x/ws","channelLifetime":0}"#;
+        assert_eq!(Channel::from_json(zero, None).unwrap().lifetime_secs, None);
 
         let untyped = br#"{"channelId":"c3","channelURL":"wss://y"}"#;
         let ch = Channel::from_json(untyped, None).unwrap();
@@ -936,5 +949,11 @@ mod tests {
         assert_eq!(decode_lifetime(b"3600"), Some(3600));
         assert_eq!(decode_lifetime(br#"{"other":1}"#), None);
         assert_eq!(decode_lifetime(b""), None);
+        assert_eq!(
+            decode_lifetime(br#"{"channelLifetime":0}"#),
+            None,
+            "0 is not stated"
+        );
+        assert_eq!(decode_lifetime(b"0"), None);
     }
 }
