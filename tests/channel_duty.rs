@@ -10,6 +10,10 @@
 //! And an owner that stops (it lost the election, or the process ends) stops at once, even while
 //! GoTo holds its first catch-up with a `Retry-After` of minutes: a stopped owner that waited
 //! would go on writing catch-up states while the new owner holds the channel.
+//!
+//! Nor does it ask GoTo sooner than GoTo's `Retry-After` says, between its set-up rounds (both
+//! modes) and between webhook repair passes: the client honours a `Retry-After` between its own
+//! attempts only, and a round started after the owner's shorter backoff is refused again.
 mod contract_support;
 mod support;
 
@@ -304,4 +308,147 @@ async fn a_webhook_owner_that_lost_the_election_does_not_wait_on_a_retry_after()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_owner_shutting_down_does_not_wait_on_a_retry_after() {
     stopped_while_the_first_catch_up_waits_on_retry_after(Stop::Shutdown).await;
+}
+
+/// GoTo's `Retry-After` in the tests of the waits between rounds: long beside the owner's
+/// backoff (50 ms doubling up to 500 ms) and the repair interval (100 ms), short for a test.
+const ROUND_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The least time between two requests seen when each waited for [`ROUND_RETRY_AFTER`]: less
+/// the polling's resolution and some scheduling, far above the owner's own backoff.
+const LEAST_GAP: Duration = Duration::from_millis(800);
+
+/// A simulator answering 429 with `Retry-After: 1` to every request, and a client (a token
+/// already fetched, since the token endpoint is refused too) that tries each request twice,
+/// so that its own retries give up with the 429 and its `Retry-After`.
+async fn refusing_with_retry_after() -> (RunningSimulator, GotoClient) {
+    let mut config = sim_config();
+    config.rate_limit.retry_after_seconds = Some(ROUND_RETRY_AFTER.as_secs());
+    let sim = start(config).await;
+    let mut goto = client_config(&sim);
+    goto.max_attempts = 2;
+    let goto = client_with(goto);
+    goto.list_channels()
+        .await
+        .expect("a token, before GoTo refuses");
+    sim.control()
+        .patch_faults(&serde_json::json!({ "rest_429_rate": 1.0 }))
+        .expect("fault set");
+    (sim, goto)
+}
+
+/// When each of the next `n` requests of `api` reached the simulator (polled every 10 ms:
+/// the simulator counts requests, it does not announce them).
+async fn next_requests(sim: &RunningSimulator, api: &str, n: usize) -> Vec<tokio::time::Instant> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut counted = requests(sim, api);
+    let mut times = Vec::new();
+    while times.len() < n {
+        let now = requests(sim, api);
+        times.extend((counted..now).map(|_| tokio::time::Instant::now()));
+        counted = now;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} requests of {api} within 30 s",
+            times.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    times
+}
+
+/// Every two requests in `times` at least [`LEAST_GAP`] apart.
+fn assert_spaced_by_retry_after(times: &[tokio::time::Instant], what: &str) {
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|gap| *gap >= LEAST_GAP),
+        "{what}: requests {gaps:?} apart, GoTo asked for {ROUND_RETRY_AFTER:?}"
+    );
+}
+
+/// The owner's set-up rounds, each refused (the listing: the client's two attempts, then the
+/// round gives up), wait for GoTo's `Retry-After`, not the owner's 50 ms backoff; once GoTo
+/// answers again the channel is set up.
+async fn set_up_rounds_wait_for_gotos_retry_after(kind: ChannelKind) {
+    let (sim, goto) = refusing_with_retry_after().await;
+    let broker = Tansu::start();
+    let mut owner = owner_with(&sim, goto, kind, &broker).await;
+    // Three rounds of two attempts: two gaps between rounds, three within them.
+    let times = next_requests(&sim, "notification-channel", 6).await;
+    assert_spaced_by_retry_after(&times, "set-up rounds");
+    sim.control()
+        .patch_faults(&serde_json::json!({ "rest_429_rate": 0.0 }))
+        .expect("fault cleared");
+    owner
+        .until("ready once GoTo answers", |s| {
+            matches!(s, ChannelState::Ready(_))
+        })
+        .await;
+    owner.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_owner_waits_for_gotos_retry_after_between_set_up_rounds() {
+    set_up_rounds_wait_for_gotos_retry_after(ChannelKind::Websocket).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_owner_waits_for_gotos_retry_after_between_set_up_rounds() {
+    set_up_rounds_wait_for_gotos_retry_after(ChannelKind::Webhook).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_repair_passes_wait_for_gotos_retry_after() {
+    // A channel set up before GoTo refuses; then passes every 100 ms, each refused (reading the
+    // channel: the client's two attempts).
+    let mut config = sim_config();
+    config.rate_limit.retry_after_seconds = Some(ROUND_RETRY_AFTER.as_secs());
+    let sim = start(config).await;
+    let mut goto = client_config(&sim);
+    goto.max_attempts = 2;
+    let goto = client_with(goto);
+    let broker = Tansu::start();
+    let kafka = broker.kafka(1);
+    ensure_topics(&kafka).await.expect("topics");
+    let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
+    let keeper = callbridge::channel::ChannelKeeper::new(
+        goto,
+        "bridge",
+        callbridge::channel::DesiredChannel::WebSocket,
+        vec![A1.to_owned()],
+        vec!["STARTING".into(), "ACTIVE".into(), "ENDING".into()],
+    );
+    let channel = keeper.ensure_channel().await.expect("channel");
+    keeper
+        .ensure_subscriptions(&channel)
+        .await
+        .expect("subscribed");
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let sweeper = ReportSweeper::spawn(
+        client(&sim),
+        ingest.clone(),
+        vec![A1.to_owned()],
+        Duration::from_secs(60),
+        shutdown_rx.clone(),
+    );
+    let (state_tx, _state) = watch::channel(ChannelState::Starting);
+    sim.control()
+        .patch_faults(&serde_json::json!({ "rest_429_rate": 1.0 }))
+        .expect("fault set");
+    let running = tokio::spawn(callbridge::channel::repair_loop(
+        keeper,
+        ingest,
+        channel,
+        Duration::from_millis(100),
+        sweeper,
+        state_tx,
+        shutdown_rx,
+    ));
+    let times = next_requests(&sim, "notification-channel", 6).await;
+    assert_spaced_by_retry_after(&times, "repair passes");
+    shutdown.send(true).expect("loop running");
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the loop ends on shutdown")
+        .expect("no panic");
 }

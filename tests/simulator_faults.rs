@@ -571,3 +571,61 @@ async fn a_paused_active_call_listing_is_answered_once_resumed_and_counted_meanw
         (2, 0, 2)
     );
 }
+
+/// The status a socket upgrade at `url` is answered with, and the answer's JSON body.
+async fn upgrade_refusal(url: &str) -> (u16, Value) {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(answer)) => {
+            let body = answer.body().clone().unwrap_or_default();
+            (
+                answer.status().as_u16(),
+                serde_json::from_slice(&body).unwrap_or(Value::Null),
+            )
+        }
+        Err(e) => panic!("not an HTTP answer: {e}"),
+        Ok(_) => panic!("the upgrade was accepted"),
+    }
+}
+
+#[tokio::test]
+async fn a_refused_upgrade_refuses_the_named_channel_only_and_leaves_it_listed() {
+    let sim = start(fast_config()).await;
+    let base = sim.base_url();
+    let t = token(&base).await;
+    let (refused, refused_url) = websocket_channel(&base, &t, "bridge").await;
+    let (_, other_url) = websocket_channel(&base, &t, "bridge").await;
+    sim.control()
+        .patch_faults(&json!({
+            "websocket_upgrade_status": 404,
+            "websocket_upgrade_channels": [refused],
+        }))
+        .unwrap();
+    let (status, body) = upgrade_refusal(&refused_url).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        body["errorCode"], "RTC-NOTIFICATION-CHANNEL-NOT-FOUND",
+        "{body}"
+    );
+    // Every other channel's socket opens; the refused channel is still there.
+    let _other = ws_connect(&other_url).await;
+    assert!(sim.control().channel_ids().contains(&refused));
+    assert_eq!(sim.control().stats().websocket_connections, 1);
+
+    // Without channels named: every channel.
+    sim.control()
+        .patch_faults(&json!({ "websocket_upgrade_status": 403, "websocket_upgrade_channels": [] }))
+        .unwrap();
+    let (status, body) = upgrade_refusal(&other_url).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["errorCode"], "AUTHZ_INSUFFICIENT_SCOPE", "{body}");
+
+    // Cleared: the refused channel's socket opens.
+    sim.control()
+        .patch_faults(&json!({ "websocket_upgrade_status": null }))
+        .unwrap();
+    let _refused = ws_connect(&refused_url).await;
+    assert!(sim
+        .control()
+        .patch_faults(&json!({ "websocket_upgrade_status": 200 }))
+        .is_err());
+}

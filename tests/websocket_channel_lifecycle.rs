@@ -8,6 +8,13 @@
 //!   `wss://…/channels/{channelId}/…/ws`, and the simulator's URL holds it too): neither the logs
 //!   nor the channel states (what `/readyz` shows) carry it, across creation, connection,
 //!   a refresh answered 404 and the recreation that follows.
+//! - A channel whose socket GoTo refuses to open (the upgrade answered with an HTTP status)
+//!   while its REST API still lists and refreshes it is replaced: at once when the answer says
+//!   it is gone (404, 410), after three refusals in a row otherwise (403); the old one is
+//!   deleted.
+//! - A refresh or a repair check GoTo refused with a `Retry-After` is tried again no sooner than
+//!   that, not after the session's shorter backoff (the client honours it between its own
+//!   attempts only).
 mod contract_support;
 mod support;
 
@@ -497,4 +504,174 @@ async fn the_repair_loop_stops_without_waiting_for_goto_to_stop_refusing() {
         .await
         .expect("the loop ends on shutdown")
         .expect("no panic");
+}
+
+/// Cuts the socket of `channel_id` (once the simulator has registered it: it may do so after
+/// the bridge says `Ready`) and has the simulator answer the upgrades of that channel, and of
+/// no other, with `status` from then on.
+async fn refuse_upgrades_of(sim: &RunningSimulator, channel_id: &str, status: u16) {
+    let control = sim.control();
+    control
+        .patch_faults(&serde_json::json!({
+            "websocket_upgrade_status": status,
+            "websocket_upgrade_channels": [channel_id],
+        }))
+        .expect("fault set");
+    eventually(Duration::from_secs(20), async || {
+        control.disconnect_socket(channel_id).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_whose_socket_goto_keeps_refusing_is_replaced() {
+    // GoTo goes on listing and refreshing the channel, but answers every upgrade of its socket
+    // 403: the listing hands it back at every round, and it would be dialled for ever.
+    let sim = start(simulator_config(Duration::from_secs(600))).await;
+    let mut session = Session::start(&sim, settings(Duration::from_secs(60))).await;
+    let first = session.ready("connected", |_| true).await;
+    let taken_back_before = answered(&sim, "notification-channel", 200);
+    refuse_upgrades_of(&sim, &first, 403).await;
+
+    let second = session.ready("on a new channel", |id| id != first).await;
+    assert_eq!(
+        sim.control().channel_ids(),
+        vec![second.clone()],
+        "the refused channel is deleted at GoTo"
+    );
+    // Not replaced at the first refusal: the listing handed it back (listed, refreshed) at
+    // least twice before.
+    let taken_back = answered(&sim, "notification-channel", 200) - taken_back_before;
+    assert!(
+        taken_back >= 4,
+        "{taken_back} listings and refreshes before the replacement"
+    );
+    session.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_whose_socket_goto_says_is_gone_is_replaced_at_once() {
+    let sim = start(simulator_config(Duration::from_secs(600))).await;
+    let mut session = Session::start(&sim, settings(Duration::from_secs(60))).await;
+    let mut current = session.ready("connected", |_| true).await;
+    let mut seen = vec![current.clone()];
+    for status in [404, 410] {
+        let taken_back_before = answered(&sim, "notification-channel", 200);
+        refuse_upgrades_of(&sim, &current, status).await;
+        current = session
+            .ready(&format!("on a new channel after {status}"), |id| {
+                !seen.iter().any(|s| s == id)
+            })
+            .await;
+        seen.push(current.clone());
+        assert_eq!(
+            sim.control().channel_ids(),
+            vec![current.clone()],
+            "the channel GoTo said is gone ({status}) is deleted at GoTo"
+        );
+        // One refusal was enough: the listing was never asked to hand the channel back.
+        assert_eq!(
+            answered(&sim, "notification-channel", 200),
+            taken_back_before,
+            "the channel was listed or refreshed again after {status}"
+        );
+    }
+    session.end().await;
+}
+
+/// GoTo's `Retry-After` in the tests of the waits between a session's tries: long beside the
+/// session's backoff (100 ms doubling up to 400 ms) and repair interval (100 ms), short for a
+/// test.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The least time between two requests seen when each waited for [`RETRY_AFTER`]: less the
+/// polling's resolution and some scheduling, far above the session's own backoff.
+const LEAST_GAP: Duration = Duration::from_millis(800);
+
+/// A GoTo client trying each request twice, so that its own retries give up with GoTo's 429
+/// and its `Retry-After`.
+fn client_trying_twice(sim: &RunningSimulator) -> callbridge::goto::GotoClient {
+    let mut goto = client_config(sim);
+    goto.max_attempts = 2;
+    client_with(goto)
+}
+
+/// When each of the next `n` requests of `api` reached the simulator (polled every 10 ms:
+/// the simulator counts requests, it does not announce them).
+async fn next_requests(sim: &RunningSimulator, api: &str, n: usize) -> Vec<tokio::time::Instant> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut counted = requests(sim, api);
+    let mut times = Vec::new();
+    while times.len() < n {
+        let now = requests(sim, api);
+        times.extend((counted..now).map(|_| tokio::time::Instant::now()));
+        counted = now;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} requests of {api} within 30 s",
+            times.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    times
+}
+
+/// Every two requests in `times` at least [`LEAST_GAP`] apart.
+fn assert_spaced_by_retry_after(times: &[tokio::time::Instant], what: &str) {
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|gap| *gap >= LEAST_GAP),
+        "{what}: requests {gaps:?} apart, GoTo asked for {RETRY_AFTER:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_goto_refuses_is_retried_after_its_retry_after() {
+    // GoTo asks for a refresh 1 s after each grant (lifetime 60 s), then answers every request
+    // 429 with `Retry-After: 1`; the bridge's own refresh would come much later (margin 10 s).
+    let mut c = simulator_config(Duration::from_secs(60));
+    c.channels.refresh_required_before = Duration::from_secs(59);
+    c.rate_limit.retry_after_seconds = Some(RETRY_AFTER.as_secs());
+    let sim = start(c).await;
+    let mut session = Session::start_with(
+        &sim,
+        settings(Duration::from_secs(10)),
+        client_trying_twice(&sim),
+    )
+    .await;
+    let id = session.ready("connected", |_| true).await;
+    sim.control()
+        .patch_faults(&serde_json::json!({ "rest_429_rate": 1.0 }))
+        .expect("fault set");
+    // Three refresh tries of two attempts each (the socket needs nothing else of this API).
+    let times = next_requests(&sim, "notification-channel", 6).await;
+    assert_spaced_by_retry_after(&times, "refresh tries");
+    assert_eq!(*session.state.borrow(), ChannelState::Ready(id));
+    session.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_check_goto_refuses_is_retried_after_its_retry_after() {
+    // Checks every 100 ms on a socket that stays; GoTo answers them 429 with `Retry-After: 1`.
+    let mut c = simulator_config(Duration::from_secs(600));
+    c.rate_limit.retry_after_seconds = Some(RETRY_AFTER.as_secs());
+    let sim = start(c).await;
+    let mut session = Session::start_with(
+        &sim,
+        ChannelSettings {
+            repair_interval: Duration::from_millis(100),
+            ..settings(Duration::from_secs(60))
+        },
+        client_trying_twice(&sim),
+    )
+    .await;
+    let id = session.ready("connected", |_| true).await;
+    sim.control()
+        .patch_faults(&serde_json::json!({ "rest_429_rate": 1.0 }))
+        .expect("fault set");
+    // Three checks of two attempts each (reading the channel).
+    let times = next_requests(&sim, "notification-channel", 6).await;
+    assert_spaced_by_retry_after(&times, "repair checks");
+    assert_eq!(*session.state.borrow(), ChannelState::Ready(id));
+    session.end().await;
 }

@@ -17,7 +17,9 @@
 use super::election::Role;
 use super::sweep::ReportSweeper;
 use super::DesiredChannel;
-use super::{catchup, repair_loop, websocket, ChannelError, ChannelKeeper, ChannelState};
+use super::{
+    catchup, repair_loop, round_wait, websocket, ChannelError, ChannelKeeper, ChannelState,
+};
 use crate::config::bridge::{ChannelKind, ChannelSettings, WebhookSettings};
 use crate::goto::{Channel, GotoClient};
 use crate::ingest::Ingest;
@@ -197,11 +199,12 @@ async fn hold(
     }
 }
 
-/// Finds or creates the channel and its subscriptions, retrying every failure; `None` when
-/// stopped first. A permanent failure (bad credentials, refused subscriptions) sets
-/// [`ChannelState::Failed`] with the fix, on which start-up stops the process; a replica that
-/// became the owner later keeps trying every `reconnect_max`, since an owner that gave up would
-/// keep its election and leave GoTo's notifications with nobody.
+/// Finds or creates the channel and its subscriptions, retrying every failure (not before
+/// GoTo's `Retry-After`, when it sent one); `None` when stopped first. A permanent failure (bad
+/// credentials, refused subscriptions) sets [`ChannelState::Failed`] with the fix, on which
+/// start-up stops the process; a replica that became the owner later keeps trying every
+/// `reconnect_max`, since an owner that gave up would keep its election and leave GoTo's
+/// notifications with nobody.
 async fn set_up(
     keeper: &ChannelKeeper,
     settings: &ChannelSettings,
@@ -221,20 +224,25 @@ async fn set_up(
             _ = stop.wait_for(|stop| *stop) => return None,
             r = attempt => r,
         };
-        match result {
+        // Not before GoTo's `Retry-After`: a round sooner would only be refused again.
+        let wait = match result {
             Ok(c) => return Some(c),
             Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, ?delay, "channel set-up failed; retrying");
+                let wait = round_wait(delay, &e);
+                tracing::warn!(error = %e, retry_in = ?wait, "channel set-up failed; retrying");
                 let _ = state.send(ChannelState::Down("channel set-up failed".into()));
+                wait
             }
             Err(e) => {
                 delay = settings.reconnect_max;
-                tracing::error!(error = %e, retry_in = ?delay, "channel set-up refused; retrying until it is fixed");
+                let wait = round_wait(delay, &e);
+                tracing::error!(error = %e, retry_in = ?wait, "channel set-up refused; retrying until it is fixed");
                 let _ = state.send(ChannelState::Failed(e.to_string()));
+                wait
             }
-        }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|stop| *stop) => return None,
         }
         delay = (delay * 2).min(settings.reconnect_max);

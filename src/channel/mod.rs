@@ -19,6 +19,38 @@ pub mod websocket;
 
 pub use keeper::{ChannelError, ChannelKeeper, DesiredChannel, Repair};
 
+use crate::goto::MAX_RETRY_AFTER;
+use std::time::Duration;
+
+impl ChannelError {
+    /// GoTo's `Retry-After` on the failure, when it sent one (of the last attempt, when the
+    /// client's own retries ran out), cut to [`MAX_RETRY_AFTER`] as the client cuts it: a
+    /// misbehaving server must not park the channel for hours.
+    ///
+    /// Read from the first GoTo error among the causes, so that every variant wrapping one
+    /// (directly, or inside another `ChannelError`) answers, including variants added later.
+    pub fn retry_after(&self) -> Option<Duration> {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(error) = cause {
+            if let Some(goto) = error.downcast_ref::<crate::goto::GotoError>() {
+                return goto.retry_after().map(|wait| wait.min(MAX_RETRY_AFTER));
+            }
+            cause = error.source();
+        }
+        None
+    }
+}
+
+/// How long to wait before the next round after a round failed with `error`: the caller's
+/// `backoff`, or GoTo's `Retry-After` when that is longer. The client honours a `Retry-After`
+/// between its own attempts only; a round started sooner would only be refused again, and spend
+/// the rate budget that back-fill shares. Callers still wait for it beside their stop.
+pub(crate) fn round_wait(backoff: Duration, error: &ChannelError) -> Duration {
+    error
+        .retry_after()
+        .map_or(backoff, |wait| wait.max(backoff))
+}
+
 /// What readiness reports about the channel.
 ///
 /// `Debug` (what `/readyz` and logs show) gives a `Ready` channel's id as its tag only
@@ -54,7 +86,8 @@ impl std::fmt::Debug for ChannelState {
 }
 
 /// Repairs the channel every `interval` until `shutdown`; webhook mode's keep-alive. After a
-/// repair that changed something, the active calls are caught up.
+/// repair that changed something, the active calls are caught up. A pass GoTo refused with a
+/// `Retry-After` longer than `interval` puts the next one off until then.
 pub async fn repair_loop(
     keeper: ChannelKeeper,
     ingest: crate::ingest::Ingest,
@@ -100,7 +133,61 @@ pub async fn repair_loop(
             Err(e) => {
                 tracing::warn!(error = %e, "channel repair failed; will retry");
                 let _ = state.send(ChannelState::Down(e.to_string()));
+                if let Some(wait) = e.retry_after().filter(|wait| *wait > interval) {
+                    tick.reset_after(wait);
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::goto::endpoint::LIST_CHANNELS;
+    use crate::goto::GotoError;
+
+    fn refused(status: u16, retry_after: Option<Duration>) -> GotoError {
+        GotoError::from_api_response(LIST_CHANNELS, status, b"{}", retry_after)
+    }
+
+    #[test]
+    fn the_next_round_waits_for_gotos_retry_after() {
+        let backoff = Duration::from_millis(500);
+        let listing = |source| ChannelError::Goto {
+            context: "listing notification channels",
+            source,
+        };
+        // Longer than the backoff: GoTo's wait.
+        let busy = listing(refused(429, Some(Duration::from_secs(7))));
+        assert_eq!(busy.retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(round_wait(backoff, &busy), Duration::from_secs(7));
+        // Shorter: the backoff.
+        let brief = listing(refused(429, Some(Duration::from_millis(100))));
+        assert_eq!(round_wait(backoff, &brief), backoff);
+        // None given: the backoff.
+        assert_eq!(round_wait(backoff, &listing(refused(503, None))), backoff);
+        // Given on the last of the client's attempts.
+        let exhausted = listing(GotoError::RetriesExhausted {
+            endpoint: LIST_CHANNELS,
+            attempts: 4,
+            last: Box::new(refused(429, Some(Duration::from_secs(3)))),
+        });
+        assert_eq!(round_wait(backoff, &exhausted), Duration::from_secs(3));
+        // Capped like the client caps it.
+        let hours = listing(refused(429, Some(Duration::from_secs(7200))));
+        assert_eq!(round_wait(backoff, &hours), MAX_RETRY_AFTER);
+        // On a call about our channel too.
+        let gone = ChannelError::ChannelGone {
+            context: "subscribing to call events",
+            channel_id: "c".into(),
+            source: refused(404, Some(Duration::from_secs(2))),
+        };
+        assert_eq!(round_wait(backoff, &gone), Duration::from_secs(2));
+        let pending = ChannelError::SubscriptionsPending {
+            accounts: "a (429 TOO_MANY_REQUESTS)".into(),
+            attempts: 5,
+        };
+        assert_eq!(round_wait(backoff, &pending), backoff);
     }
 }

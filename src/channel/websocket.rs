@@ -15,6 +15,17 @@
 //! is taken as the smallest one seen (1200 s, goto-api.md §2.2) for when to refresh, but such a
 //! guessed expiry never ends the socket.
 //!
+//! A socket that cannot be opened sends the next round to GoTo's listing, which may hand the
+//! same channel back. When GoTo's socket host refuses the upgrade itself (an HTTP answer instead
+//! of `101 Switching Protocols`), the channel is replaced instead of dialled for ever: at once on
+//! 404/410 (gone), after [`REFUSALS_BEFORE_RECREATE`] refusals in a row of the same channel on
+//! any other 4xx but 429. A network failure, 429 or 5xx says nothing against the channel (a new
+//! one would meet the same host or network), so it only reconnects.
+//!
+//! A set-up round, refresh or repair check that GoTo refused with a `Retry-After` is not tried
+//! again before that (capped at [`MAX_RETRY_AFTER`](crate::goto::MAX_RETRY_AFTER)): the client
+//! honours it only between its own attempts. The stop never waits for it.
+//!
 //! The channel id is part of the channel's URL: logs and states show only its tag
 //! ([`Channel::tag`]).
 //! Frames are written to Kafka concurrently, up to `channel.websocket_frames_in_flight`; a frame
@@ -54,6 +65,13 @@ const ASSUMED_LIFETIME: Duration = Duration::from_secs(1200);
 /// Longest wait before a proactive refresh, whatever the lifetime (webhook-like huge ones).
 const LONGEST_REFRESH_WAIT: Duration = Duration::from_secs(86_400);
 
+/// Refusals in a row of one channel's socket upgrade (a 4xx other than 404, 410 and 429) after
+/// which the channel is replaced: GoTo may go on listing and refreshing a channel whose socket it
+/// no longer serves, and the listing would hand it back at every round. More than one, so that a
+/// refusal of a moment (a socket host restarting, say) does not cost a channel and its
+/// subscriptions.
+const REFUSALS_BEFORE_RECREATE: u32 = 3;
+
 /// How long opening the socket (TCP, TLS, HTTP upgrade) may take: a host that accepts and then
 /// never answers would otherwise hold the owner without a socket, and without a reconnect, for
 /// good.
@@ -67,7 +85,10 @@ enum Opened {
     Socket(Box<Socket>),
     /// Shutdown came first.
     Shutdown,
-    /// Refused, failed or timed out (the reason, for the log).
+    /// The server answered the upgrade with this HTTP status instead of switching protocols:
+    /// unlike a failure on the way, this is GoTo's socket host speaking about the channel.
+    Refused(u16),
+    /// Failed or timed out on the way: TCP, TLS, no answer (the reason, for the log).
     Failed(String),
 }
 
@@ -76,6 +97,9 @@ async fn open_socket(url: &str, timeout: Duration, shutdown: &mut watch::Receive
     tokio::select! {
         opened = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url)) => match opened {
             Ok(Ok((ws, _))) => Opened::Socket(Box::new(ws)),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(answer))) => {
+                Opened::Refused(answer.status().as_u16())
+            }
             Ok(Err(e)) => Opened::Failed(e.to_string()),
             Err(_) => Opened::Failed(format!("no answer within {timeout:?}")),
         },
@@ -96,13 +120,15 @@ struct Held {
 impl Held {
     /// `channel`, as granted by an answer to a request sent at `asked`.
     fn granted(channel: Channel, asked: Instant) -> Self {
-        let lifetime = channel
-            .lifetime_secs
-            .map_or(ASSUMED_LIFETIME, Duration::from_secs);
+        // A lifetime of 0 (GoTo documents none; the client already reads it as not stated) is
+        // not "expired now" either: that would have the channel recreated as fast as GoTo
+        // answers.
+        let stated = channel.lifetime_secs.filter(|&secs| secs > 0);
+        let lifetime = stated.map_or(ASSUMED_LIFETIME, Duration::from_secs);
         // Far-future instants overflow; webhook-like lifetimes are capped.
         let expires_at = asked + lifetime.min(LONGEST_REFRESH_WAIT * 2);
         Self {
-            expiry_known: channel.lifetime_secs.is_some(),
+            expiry_known: stated.is_some(),
             channel,
             expires_at,
         }
@@ -124,10 +150,43 @@ struct BetweenSessions {
     /// session on the same channel.
     control_tx: mpsc::UnboundedSender<Control>,
     control_rx: mpsc::UnboundedReceiver<Control>,
+    /// Refusals in a row of the socket upgrade: kept across sessions, since each refusal ends
+    /// one.
+    refusals: Refusals,
+}
+
+/// Refusals in a row of one channel's socket upgrade (see [`REFUSALS_BEFORE_RECREATE`]).
+#[derive(Debug, Default)]
+struct Refusals {
+    /// The channel refused last, and how many times in a row.
+    of: Option<(String, u32)>,
+}
+
+impl Refusals {
+    /// Counts a refusal of `channel_id`'s upgrade; returns how many came in a row, this one
+    /// included. A refusal of another channel (a new one, or another one the listing handed
+    /// back) starts the count again.
+    fn count(&mut self, channel_id: &str) -> u32 {
+        match &mut self.of {
+            Some((id, n)) if id == channel_id => {
+                *n += 1;
+                *n
+            }
+            other => {
+                *other = Some((channel_id.to_owned(), 1));
+                1
+            }
+        }
+    }
+
+    /// A socket was opened: refusals before it no longer count.
+    fn reset(&mut self) {
+        self.of = None;
+    }
 }
 
 /// Why a session ended.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 enum SessionEnd {
     /// Shutdown requested.
     Shutdown,
@@ -173,6 +232,7 @@ pub async fn run(
         ),
         control_tx,
         control_rx,
+        refusals: Refusals::default(),
     };
     loop {
         if *shutdown.borrow() {
@@ -218,16 +278,22 @@ pub async fn run(
         let current = match ready {
             Ok(c) => c,
             Err(e) => {
+                if !e.is_transient() {
+                    // Only an operator can fix this: ask GoTo again only slowly.
+                    backoff = settings.reconnect_max;
+                }
+                // Not before GoTo's `Retry-After`: a round sooner would only be refused again,
+                // and spend the rate budget back-fill shares.
+                let wait = super::round_wait(backoff, &e);
                 if e.is_transient() {
-                    tracing::warn!(error = %e, ?backoff, "channel set-up failed; retrying");
+                    tracing::warn!(error = %e, retry_in = ?wait, "channel set-up failed; retrying");
                     let _ = state.send(ChannelState::Down("channel set-up failed".into()));
                 } else {
-                    // Only an operator can fix this: say so, and ask GoTo again only slowly.
-                    backoff = settings.reconnect_max;
-                    tracing::error!(error = %e, retry_in = ?backoff, "channel set-up refused; retrying until it is fixed");
+                    // Only an operator can fix this: say so.
+                    tracing::error!(error = %e, retry_in = ?wait, "channel set-up refused; retrying until it is fixed");
                     let _ = state.send(ChannelState::Failed(e.to_string()));
                 }
-                wait_or_shutdown(backoff, &mut shutdown).await;
+                wait_or_shutdown(wait, &mut shutdown).await;
                 backoff = (backoff * 2).min(settings.reconnect_max);
                 continue;
             }
@@ -321,6 +387,28 @@ enum AfterFailedRefresh {
     Recreate(&'static str),
 }
 
+/// What a session does when GoTo answered the upgrade of `channel_id`'s socket with `status`
+/// instead of switching protocols. 404/410: the channel is gone, replace it now. Any other 4xx
+/// but 429 is counted in `refusals`: the channel is replaced at the
+/// [`REFUSALS_BEFORE_RECREATE`]th in a row, and until then the next round checks GoTo's listing
+/// (which may hand the same channel back, or say it is gone). 429, 5xx and anything else say
+/// nothing against the channel (GoTo busy or failing, a proxy): reconnect, checking the listing
+/// first, and the count stays as it is.
+fn after_refused_upgrade(status: u16, channel_id: &str, refusals: &mut Refusals) -> SessionEnd {
+    match status {
+        404 | 410 => SessionEnd::Recreate("channel_gone"),
+        429 => SessionEnd::Reconnect("connect_failed"),
+        400..=499 => {
+            if refusals.count(channel_id) >= REFUSALS_BEFORE_RECREATE {
+                SessionEnd::Recreate("upgrade_refused")
+            } else {
+                SessionEnd::Reconnect("upgrade_refused")
+            }
+        }
+        _ => SessionEnd::Reconnect("connect_failed"),
+    }
+}
+
 /// The policy: gone (404/410) or expired → recreate; otherwise retry after `delay` until half
 /// the margin before expiry, the socket delivering meanwhile. With an expiry GoTo never stated
 /// (`None`), retry for as long as it takes: a guessed expiry is no reason to drop a socket that
@@ -373,6 +461,18 @@ async fn session(
     let ws = match open_socket(&url, CONNECT_TIMEOUT, shutdown).await {
         Opened::Socket(ws) => ws,
         Opened::Shutdown => return SessionEnd::Shutdown,
+        Opened::Refused(status) => {
+            let end = after_refused_upgrade(status, &current.channel_id, &mut between.refusals);
+            if let SessionEnd::Recreate(why) = end {
+                // The channel stays in `channel_slot`: the recreation deletes it.
+                tracing::warn!(channel = %current.tag(), status, reason = why, "GoTo refused the WebSocket upgrade; replacing the channel");
+            } else {
+                tracing::warn!(channel = %current.tag(), status, "GoTo refused the WebSocket upgrade");
+                // It may be gone: make the next round check the listing.
+                *channel_slot = None;
+            }
+            return end;
+        }
         Opened::Failed(e) => {
             tracing::warn!(error = %e, "WebSocket connect failed");
             // A channel whose socket cannot be opened may be gone: make the next round check.
@@ -380,6 +480,7 @@ async fn session(
             return SessionEnd::Reconnect("connect_failed");
         }
     };
+    between.refusals.reset();
     tracing::info!(channel = %current.tag(), "WebSocket connected");
     let _ = state.send(ChannelState::Ready(current.channel_id.clone()));
     // Whatever happened while we were not connected: active calls' last states to raw, one
@@ -496,7 +597,13 @@ async fn session(
                         *channel_slot = Some(Held::granted(current.clone(), asked));
                         break SessionEnd::Reconnect("channel_recreated");
                     }
-                    Err(e) => tracing::warn!(error = %e, "channel repair check failed; will retry"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "channel repair check failed; will retry");
+                        // Not before GoTo's `Retry-After`.
+                        if let Some(wait) = e.retry_after().filter(|w| *w > settings.repair_interval) {
+                            repair.reset_after(wait);
+                        }
+                    }
                 }
             }
             _ = sleep_until(refresh_at) => {
@@ -524,7 +631,9 @@ async fn session(
                     }
                     Err(e) => {
                         let now = Instant::now();
-                        match after_failed_refresh(e.is_channel_gone(), now, expiry_known.then_some(expires_at), settings.refresh_margin, refresh_retry) {
+                        // Not before GoTo's `Retry-After` (still no later than the last try).
+                        let delay = super::round_wait(refresh_retry, &e);
+                        match after_failed_refresh(e.is_channel_gone(), now, expiry_known.then_some(expires_at), settings.refresh_margin, delay) {
                             AfterFailedRefresh::Recreate(why) => {
                                 tracing::warn!(error = %e, reason = why, "channel refresh failed and the channel is gone or expired; recreating it");
                                 break SessionEnd::Recreate(why);
@@ -653,6 +762,11 @@ mod tests {
         let now = Instant::now();
         let held = Held::granted(channel(None), now);
         assert_eq!(held.expires_at, now + Duration::from_secs(1200));
+        assert!(!held.expiry_known);
+        // A lifetime of 0 is not "expired now": it would have the channel recreated at once.
+        let zero = Held::granted(channel(Some(0)), now);
+        assert_eq!(zero.expires_at, now + Duration::from_secs(1200));
+        assert!(!zero.expiry_known);
         let huge = Held::granted(channel(Some(2_147_483_647)), now);
         assert!(
             refresh_deadline(now, huge.expires_at, Duration::from_secs(120))
@@ -703,6 +817,85 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_refused_upgrade_replaces_a_gone_channel_at_once_and_a_refused_one_at_the_third() {
+        let mut refusals = Refusals::default();
+        // Gone: at once, whatever the count.
+        for status in [404, 410] {
+            assert_eq!(
+                after_refused_upgrade(status, "a", &mut refusals),
+                SessionEnd::Recreate("channel_gone")
+            );
+        }
+        // Refused: the third in a row of one channel.
+        for _ in 1..REFUSALS_BEFORE_RECREATE {
+            assert_eq!(
+                after_refused_upgrade(403, "a", &mut refusals),
+                SessionEnd::Reconnect("upgrade_refused")
+            );
+        }
+        // Busy or failing says nothing against the channel, and leaves the count as it is.
+        for status in [429, 500, 502, 503] {
+            assert_eq!(
+                after_refused_upgrade(status, "a", &mut refusals),
+                SessionEnd::Reconnect("connect_failed")
+            );
+        }
+        assert_eq!(
+            after_refused_upgrade(401, "a", &mut refusals),
+            SessionEnd::Recreate("upgrade_refused")
+        );
+        // Another channel starts again.
+        assert_eq!(
+            after_refused_upgrade(403, "b", &mut refusals),
+            SessionEnd::Reconnect("upgrade_refused")
+        );
+        // So does a socket opened.
+        after_refused_upgrade(403, "b", &mut refusals);
+        refusals.reset();
+        assert_eq!(
+            after_refused_upgrade(403, "b", &mut refusals),
+            SessionEnd::Reconnect("upgrade_refused")
+        );
+    }
+
+    /// A host that answers every upgrade with `status` and no body.
+    async fn refusing_host(status: u16) -> (String, tokio::task::JoinHandle<()>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/socket", listener.local_addr().unwrap());
+        let host = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                // The whole request, up to its blank line.
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!("HTTP/1.1 {status} Refused\r\nContent-Length: 0\r\n\r\n");
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        (url, host)
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_answered_with_a_status_is_a_refusal_with_that_status() {
+        for status in [403, 404, 503] {
+            let (url, _host) = refusing_host(status).await;
+            let (_tx, mut shutdown) = watch::channel(false);
+            match open_socket(&url, Duration::from_secs(10), &mut shutdown).await {
+                Opened::Refused(refused) => assert_eq!(refused, status),
+                Opened::Failed(why) => panic!("{status} taken for a failure on the way: {why}"),
+                Opened::Socket(_) => panic!("a refusing host gave a socket"),
+                Opened::Shutdown => panic!("no shutdown was asked"),
+            }
+        }
+    }
+
     /// A host that accepts the TCP connection and then says nothing (a hung node or balancer).
     async fn silent_host() -> (String, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -722,6 +915,7 @@ mod tests {
         let (_tx, mut shutdown) = watch::channel(false);
         match open_socket(&url, Duration::from_millis(200), &mut shutdown).await {
             Opened::Failed(why) => assert!(why.contains("no answer within"), "{why}"),
+            Opened::Refused(status) => panic!("a silent host refused with {status}"),
             Opened::Socket(_) => panic!("a silent host gave a socket"),
             Opened::Shutdown => panic!("no shutdown was asked"),
         }
@@ -740,5 +934,16 @@ mod tests {
             .expect("shutdown ends the connect")
             .unwrap();
         assert!(matches!(opened, Opened::Shutdown));
+    }
+
+    #[tokio::test]
+    async fn a_host_that_refuses_the_connection_is_a_failure_on_the_way() {
+        // A port nobody listens on: TCP refused, which says nothing about the channel.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/socket", listener.local_addr().unwrap());
+        drop(listener);
+        let (_tx, mut shutdown) = watch::channel(false);
+        let opened = open_socket(&url, Duration::from_secs(10), &mut shutdown).await;
+        assert!(matches!(opened, Opened::Failed(_)));
     }
 }

@@ -45,6 +45,16 @@ pub struct FaultsConfig {
     /// Every this often one connected WebSocket gets `WEBSOCKET_TO_BE_CLOSED`.
     #[serde(with = "humantime_serde")]
     pub websocket_to_be_closed_every: Option<Duration>,
+    /// While set, opening the socket of a WebSocket channel that exists (the upgrade at its
+    /// `channelURL`) is answered with this status instead of `101 Switching Protocols` (a JSON
+    /// body: 404 `RTC-NOTIFICATION-CHANNEL-NOT-FOUND`, 410 `GONE`, 401 `AUTHN_INVALID_TOKEN`,
+    /// 403 `AUTHZ_INSUFFICIENT_SCOPE`, 429 `TOO_MANY_REQUESTS`, anything else `UNKNOWN_ERROR`),
+    /// the channel untouched, still listed and refreshed: GoTo's socket host refusing a channel
+    /// its REST API still serves.
+    pub websocket_upgrade_status: Option<u16>,
+    /// The channels (ids) `websocket_upgrade_status` applies to; empty: every channel. A channel
+    /// GoTo no longer serves while new ones work.
+    pub websocket_upgrade_channels: Vec<String>,
     /// Every this often one channel is deleted.
     #[serde(with = "humantime_serde")]
     pub channel_delete_every: Option<Duration>,
@@ -277,6 +287,13 @@ impl FaultsConfig {
                 ));
             }
         }
+        if let Some(status) = self.websocket_upgrade_status {
+            if !(400..=599).contains(&status) {
+                return Err(format!(
+                    "websocket_upgrade_status must be a 4xx or 5xx status, got {status}"
+                ));
+            }
+        }
         if let Some(status) = self.channel_refresh_status {
             if !(400..=599).contains(&status) {
                 return Err(format!(
@@ -357,6 +374,29 @@ mod tests {
         assert!(f.patch(&serde_json::json!({"drop_rate": 2.0})).is_err());
         assert!(f.patch(&serde_json::json!({"no_such_fault": 1})).is_err());
         assert_eq!(f.config().drop_rate, 0.5);
+    }
+
+    #[test]
+    fn the_upgrade_refusal_takes_channels_and_refuses_a_status_that_is_no_refusal() {
+        let mut f = Faults::new(FaultsConfig::default());
+        let next = f
+            .patch(&serde_json::json!({
+                "websocket_upgrade_status": 403,
+                "websocket_upgrade_channels": ["c1"],
+            }))
+            .unwrap();
+        assert_eq!(next.websocket_upgrade_status, Some(403));
+        assert_eq!(next.websocket_upgrade_channels, vec!["c1".to_owned()]);
+        assert!(f
+            .patch(&serde_json::json!({"websocket_upgrade_status": 101}))
+            .is_err());
+        let cleared = f
+            .patch(&serde_json::json!({
+                "websocket_upgrade_status": null,
+                "websocket_upgrade_channels": [],
+            }))
+            .unwrap();
+        assert_eq!(cleared, FaultsConfig::default());
     }
 
     #[test]

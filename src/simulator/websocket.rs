@@ -61,17 +61,61 @@ pub fn send_to_channel(sim: &Sim, channel_id: &str, text: String) -> bool {
     }
 }
 
-/// `GET /notification-channel/v1/ws/{key}`: upgrade to the channel's socket.
+/// `GET /notification-channel/v1/ws/{key}`: upgrade to the channel's socket, unless the fault
+/// `websocket_upgrade_status` refuses it.
 pub async fn connect(
     State(sim): State<Arc<Sim>>,
     Path(key): Path<String>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let channel_id = sim.world().ws_keys.get(&key).cloned();
-    match channel_id {
-        Some(id) => upgrade.on_upgrade(move |socket| pump(sim, id, socket)),
-        None => StatusCode::NOT_FOUND.into_response(),
+    let Some(id) = channel_id else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if let Some(status) = upgrade_refused(&sim, &id) {
+        return refused_upgrade(status, &id);
     }
+    upgrade.on_upgrade(move |socket| pump(sim, id, socket))
+}
+
+/// The status the `websocket_upgrade_status` fault answers the upgrade of `channel_id`'s socket
+/// with, if it applies to that channel.
+fn upgrade_refused(sim: &Sim, channel_id: &str) -> Option<u16> {
+    let faults = sim.faults();
+    let c = faults.config();
+    let status = c.websocket_upgrade_status?;
+    (c.websocket_upgrade_channels.is_empty()
+        || c.websocket_upgrade_channels
+            .iter()
+            .any(|id| id == channel_id))
+    .then_some(status)
+}
+
+/// An upgrade refused with `status`, in GoTo's error body shape (a 404 or 410 names the channel,
+/// as its REST answers do).
+fn refused_upgrade(status: u16, channel_id: &str) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let (error_code, message) = match status {
+        404 => (
+            "RTC-NOTIFICATION-CHANNEL-NOT-FOUND",
+            format!("Notification channel does not exist {channel_id}"),
+        ),
+        410 => ("GONE", format!("Notification channel expired {channel_id}")),
+        401 => ("AUTHN_INVALID_TOKEN", "Invalid token".to_owned()),
+        403 => ("AUTHZ_INSUFFICIENT_SCOPE", "Insufficient scope".to_owned()),
+        429 => ("TOO_MANY_REQUESTS", "Too many requests".to_owned()),
+        _ => (
+            "UNKNOWN_ERROR",
+            "Service temporarily unavailable".to_owned(),
+        ),
+    };
+    let body = json!({
+        "reference": uuid::Uuid::new_v4().to_string(),
+        "constraintViolations": [],
+        "errorCode": error_code,
+        "message": message,
+    });
+    (code, axum::Json(body)).into_response()
 }
 
 async fn pump(sim: Arc<Sim>, channel_id: String, mut socket: WebSocket) {
