@@ -896,29 +896,43 @@ async fn an_item_404_on_a_channel_deleted_meanwhile_is_the_channel_gone() {
     let sim = start(sim_config()).await;
     let interposer = Interposer::start(&sim).await;
     let keeper = interposer.keeper(&sim);
-    let channel = keeper.ensure_channel().await.expect("channel created");
-    sim.control()
-        .patch_faults(&serde_json::json!({ "subscription_item_status": 404 }))
-        .expect("fault set");
-    interposer.detour(|d| d.delete_after_subscribe = true);
+    let mut channel = keeper.ensure_channel().await.expect("channel created");
+    for status in [404u16, 410] {
+        sim.control()
+            .patch_faults(&serde_json::json!({ "subscription_item_status": status }))
+            .expect("fault set");
+        interposer.detour(|d| d.delete_after_subscribe = true);
 
-    let err = keeper
-        .ensure_subscriptions(&channel)
-        .await
-        .expect_err("the channel is gone");
-    assert!(
-        matches!(&err, ChannelError::ChannelGone { channel_id, .. } if *channel_id == channel.channel_id),
-        "{err:?}"
-    );
-    assert!(err.is_channel_gone(), "{err}");
-    assert!(err.is_transient(), "{err}");
-    let text = err.to_string();
-    for part in ["/call-events/v1/subscriptions", A1, "404", &channel.tag()] {
-        assert!(text.contains(part), "{part} missing from: {text}");
+        let err = keeper
+            .ensure_subscriptions(&channel)
+            .await
+            .expect_err("the channel is gone");
+        assert!(
+            matches!(&err, ChannelError::ChannelGone { channel_id, .. } if *channel_id == channel.channel_id),
+            "{status}: {err:?}"
+        );
+        assert!(err.is_channel_gone(), "{err}");
+        assert!(err.is_transient(), "{err}");
+        let text = err.to_string();
+        for part in [
+            "/call-events/v1/subscriptions",
+            A1,
+            &status.to_string(),
+            &channel.tag(),
+        ] {
+            assert!(text.contains(part), "{part} missing from: {text}");
+        }
+        assert!(!text.contains(&channel.channel_id), "{text}");
+        assert_no_secrets(&text);
+        assert!(sim.control().channel_ids().is_empty());
+        if status == 404 {
+            sim.control()
+                .set_faults(Default::default())
+                .expect("faults cleared");
+            interposer.detour(|d| d.delete_after_subscribe = false);
+            channel = keeper.ensure_channel().await.expect("another channel");
+        }
     }
-    assert!(!text.contains(&channel.channel_id), "{text}");
-    assert_no_secrets(&text);
-    assert!(sim.control().channel_ids().is_empty());
 
     // The next round, GoTo subscribing again: a new channel, subscribed.
     sim.control()
@@ -1049,6 +1063,7 @@ async fn an_item_that_keeps_answering_401_ends_the_round_as_transient_with_the_f
         A1,
         "401",
         "super admin",
+        "after a new access token",
         "goto.personal_access_token",
     ] {
         assert!(text.contains(part), "{part} missing from: {text}");

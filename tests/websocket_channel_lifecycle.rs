@@ -8,10 +8,11 @@
 //!   `wss://…/channels/{channelId}/…/ws`, and the simulator's URL holds it too): neither the logs
 //!   nor the channel states (what `/readyz` shows) carry it, across creation, connection,
 //!   a refresh answered 404 and the recreation that follows.
-//! - A channel whose socket GoTo refuses to open (the upgrade answered with an HTTP status)
-//!   while its REST API still lists and refreshes it is replaced: at once when the answer says
-//!   it is gone (404, 410), after three refusals in a row otherwise (403); the old one is
-//!   deleted.
+//! - A channel whose socket GoTo refuses to open (the upgrade answered with a 4xx) while its
+//!   REST API still lists and refreshes it is replaced after three refusals in a row (403, and
+//!   404 or 410 too: the listing, not the socket host, says whether a channel is gone); the
+//!   old one is deleted. An upgrade answered 429 keeps the channel, asks nothing of the REST
+//!   API, and is tried again no sooner than its `Retry-After`.
 //! - A refresh or a repair check GoTo refused with a `Retry-After` is tried again no sooner than
 //!   that, not after the session's shorter backoff (the client honours it between its own
 //!   attempts only).
@@ -550,13 +551,14 @@ async fn a_channel_whose_socket_goto_keeps_refusing_is_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_channel_whose_socket_goto_says_is_gone_is_replaced_at_once() {
+async fn a_channel_whose_socket_goto_says_is_gone_but_still_lists_is_replaced() {
     let sim = start(simulator_config(Duration::from_secs(600))).await;
     let mut session = Session::start(&sim, settings(Duration::from_secs(60))).await;
     let mut current = session.ready("connected", |_| true).await;
     let mut seen = vec![current.clone()];
     for status in [404, 410] {
         let taken_back_before = answered(&sim, "notification-channel", 200);
+        let refused_before = sim.control().stats().websocket_upgrades_refused;
         refuse_upgrades_of(&sim, &current, status).await;
         current = session
             .ready(&format!("on a new channel after {status}"), |id| {
@@ -569,13 +571,61 @@ async fn a_channel_whose_socket_goto_says_is_gone_is_replaced_at_once() {
             vec![current.clone()],
             "the channel GoTo said is gone ({status}) is deleted at GoTo"
         );
-        // One refusal was enough: the listing was never asked to hand the channel back.
+        // A socket host's 404 is not GoTo's word that the channel is gone (a balancer that does
+        // not know a fresh channel yet answers so too): the listing was asked, handed the
+        // channel back, and only the third refusal in a row replaced it.
+        let taken_back = answered(&sim, "notification-channel", 200) - taken_back_before;
+        assert!(
+            taken_back >= 4,
+            "{taken_back} listings and refreshes before the replacement after {status}"
+        );
         assert_eq!(
-            answered(&sim, "notification-channel", 200),
-            taken_back_before,
-            "the channel was listed or refreshed again after {status}"
+            sim.control().stats().websocket_upgrades_refused - refused_before,
+            3,
+            "replaced at the third refusal after {status}"
         );
     }
+    session.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_goto_answers_429_keeps_the_channel_and_waits_for_its_retry_after() {
+    let sim = start(simulator_config(Duration::from_secs(600))).await;
+    let mut session = Session::start(&sim, settings(Duration::from_secs(60))).await;
+    let first = session.ready("connected", |_| true).await;
+    refuse_upgrades_of(&sim, &first, 429).await;
+    // Each refusal answered with `Retry-After: 1`; polled, as the simulator only counts. The
+    // socket's end before the first one sends that round to the listing; the 429s do not.
+    let refused = || sim.control().stats().websocket_upgrades_refused;
+    eventually(Duration::from_secs(30), async || {
+        (refused() >= 1).then_some(())
+    })
+    .await;
+    let rest_before = requests(&sim, "notification-channel");
+    let since_first = std::time::Instant::now();
+    eventually(Duration::from_secs(30), async || {
+        (refused() >= 3).then_some(())
+    })
+    .await;
+    // Two more tries took at least two `Retry-After`s (the session's own backoff is 100 ms
+    // doubling to 400 ms: they would come within 0.7 s without it), less polling slack.
+    assert!(
+        since_first.elapsed() >= Duration::from_millis(1500),
+        "two tries after a 429 within {:?}",
+        since_first.elapsed()
+    );
+    // GoTo said it is busy: nothing was asked of its REST API meanwhile, and the channel is kept.
+    assert_eq!(
+        requests(&sim, "notification-channel"),
+        rest_before,
+        "the notification-channel API was asked while the socket host answered 429"
+    );
+    sim.control()
+        .patch_faults(&serde_json::json!({ "websocket_upgrade_status": null }))
+        .expect("fault cleared");
+    let again = session.ready("connected again", |_| true).await;
+    assert_eq!(again, first, "the channel was kept");
+    assert_eq!(sim.control().channel_ids(), vec![first.clone()]);
     session.end().await;
 }
 
@@ -585,8 +635,10 @@ async fn a_channel_whose_socket_goto_says_is_gone_is_replaced_at_once() {
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The least time between two requests seen when each waited for [`RETRY_AFTER`]: less the
-/// polling's resolution and some scheduling, far above the session's own backoff.
-const LEAST_GAP: Duration = Duration::from_millis(800);
+/// polling's resolution and a generous scheduling stall on two busy cores (a stall seen late
+/// shortens the next gap as much as it lengthens this one), still above the session's own
+/// backoff (100 ms doubling to 400 ms).
+const LEAST_GAP: Duration = Duration::from_millis(500);
 
 /// A GoTo client trying each request twice, so that its own retries give up with GoTo's 429
 /// and its `Retry-After`.

@@ -230,7 +230,7 @@ async fn set_up(
             Err(e) if e.is_transient() => {
                 let wait = round_wait(delay, &e);
                 tracing::warn!(error = %e, retry_in = ?wait, "channel set-up failed; retrying");
-                let _ = state.send(ChannelState::Down("channel set-up failed".into()));
+                let _ = state.send(ChannelState::Down(e.set_up_failed_text()));
                 wait
             }
             Err(e) => {

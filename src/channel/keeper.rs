@@ -67,7 +67,7 @@ pub enum ChannelError {
     /// account never will. Transient all the same: stopping start-up over the first reading
     /// would stop a bridge a minute later able to run; the callers retry with their backoff, and
     /// the error says what to fix when it lasts.
-    #[error("subscribing to call events (POST /call-events/v1/subscriptions): GoTo answered status 401 for account(s) {accounts} at each of {attempts} attempts, a new access token included; retrying. If it persists, the token's user may not subscribe that account: use a token (goto.personal_access_token or goto.refresh_token) issued to a super admin of that GoTo Connect account, or re-issue it. Not subscribed: {pending}")]
+    #[error("subscribing to call events (POST /call-events/v1/subscriptions): GoTo answered status 401 for account(s) {accounts} at the last of {attempts} attempts{renewed}; retrying. If it persists, the token's user may not subscribe that account: use a token (goto.personal_access_token or goto.refresh_token) issued to a super admin of that GoTo Connect account, or re-issue it. Not subscribed: {pending}")]
     SubscriptionUnauthorized {
         /// The account keys whose items answered 401 at the last attempt.
         accounts: String,
@@ -75,6 +75,8 @@ pub enum ChannelError {
         pending: String,
         /// Attempts made in this round.
         attempts: u32,
+        /// Whether the round renewed the access token, for the message.
+        renewed: &'static str,
     },
     /// An item answered 404 or 410, which GoTo may mean for the account or for the channel (gone
     /// between its creation and the subscribe), and whether the channel still exists could not
@@ -573,10 +575,8 @@ impl ChannelKeeper {
 
     /// Whether GoTo's channel listing still shows `channel_id`.
     async fn still_listed(&self, channel_id: &str) -> Result<bool, ChannelError> {
-        let listed = self
-            .client
-            .list_channels()
-            .await
+        // The listing's texts (a decode error quotes the answer) may name the channel.
+        let listed = quiet(self.client.list_channels().await, channel_id)
             .map_err(goto("listing notification channels"))?;
         Ok(listed.iter().any(|c| c.channel_id == channel_id))
     }
@@ -696,6 +696,9 @@ impl ChannelKeeper {
                     events: Some(self.events.clone()),
                 })
                 .collect();
+            // The token this request goes with: an item's 401 renews that one only, never a
+            // newer one another request's 401 has fetched meanwhile.
+            let token_used = self.token_generation().await;
             let outcomes = self
                 .client
                 .subscribe_call_events(&channel.channel_id, &request)
@@ -810,7 +813,9 @@ impl ChannelKeeper {
                 // second new token would fare no better than the first).
                 if !unauthorized.is_empty() && !token_renewed {
                     tracing::warn!(accounts = %unauthorized.join(", "), "subscription items answered 401; renewing the access token");
-                    self.renew_token().await;
+                    if let Some(generation) = token_used {
+                        self.client.transport().auth().invalidate(generation).await;
+                    }
                     token_renewed = true;
                 }
                 tracing::warn!(attempt, accounts = %verdicts.join(", "), "subscription items failed transiently or are not confirmed yet; retrying");
@@ -823,6 +828,11 @@ impl ChannelKeeper {
                 accounts: unauthorized.join(", "),
                 pending: verdicts.join(", "),
                 attempts: SUBSCRIBE_ATTEMPTS,
+                renewed: if token_renewed {
+                    ", after a new access token"
+                } else {
+                    ""
+                },
             });
         }
         Err(ChannelError::SubscriptionsPending {
@@ -870,17 +880,17 @@ impl ChannelKeeper {
         }
     }
 
-    /// Has the client fetch a new access token for its next request, by dropping the one it
-    /// holds (as a request's 401 does).
-    async fn renew_token(&self) {
-        let auth = self.client.transport().auth();
-        match auth.bearer().await {
-            Ok(token) => auth.invalidate(token.generation).await,
-            // The next request asks for a token anyway, and fails with this if it must.
-            Err(e) => {
-                tracing::warn!(error = %e, "could not renew the access token after a 401 item")
-            }
-        }
+    /// The generation of the access token the client's next request goes with, to have the
+    /// client fetch a new one for the request after (as a request's 401 does) if GoTo's answer
+    /// refuses it. `None` when no token can be had: the request fails with why.
+    async fn token_generation(&self) -> Option<u64> {
+        self.client
+            .transport()
+            .auth()
+            .bearer()
+            .await
+            .ok()
+            .map(|token| token.generation)
     }
 
     /// The account keys GoTo lists as subscribed on `channel`, to confirm what a subscribe

@@ -41,6 +41,20 @@ impl ChannelError {
     }
 }
 
+impl ChannelError {
+    /// What the channel state (and so `/readyz`) says after a set-up round failed with this
+    /// transient error: the error itself when it names a fix only an operator can make (items
+    /// answering 401 round after round), or else only that the set-up failed (the log says why).
+    pub(crate) fn set_up_failed_text(&self) -> String {
+        match self {
+            ChannelError::SubscriptionUnauthorized { .. } => {
+                format!("channel set-up failed: {self}")
+            }
+            _ => "channel set-up failed".to_owned(),
+        }
+    }
+}
+
 /// How long to wait before the next round after a round failed with `error`: the caller's
 /// `backoff`, or GoTo's `Retry-After` when that is longer. The client honours a `Retry-After`
 /// between its own attempts only; a round started sooner would only be refused again, and spend
@@ -87,7 +101,8 @@ impl std::fmt::Debug for ChannelState {
 
 /// Repairs the channel every `interval` until `shutdown`; webhook mode's keep-alive. After a
 /// repair that changed something, the active calls are caught up. A pass GoTo refused with a
-/// `Retry-After` longer than `interval` puts the next one off until then.
+/// `Retry-After` puts the next one off until then, counted from the refusal (and never sooner
+/// than `interval`).
 pub async fn repair_loop(
     keeper: ChannelKeeper,
     ingest: crate::ingest::Ingest,
@@ -98,6 +113,9 @@ pub async fn repair_loop(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(interval);
+    // A pass that outlasted the interval (the client's own retries) is followed by a full one,
+    // not at once.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     // The last time the channel was seen healthy: a repair means GoTo may have had nowhere to
     // deliver since then.
@@ -133,8 +151,8 @@ pub async fn repair_loop(
             Err(e) => {
                 tracing::warn!(error = %e, "channel repair failed; will retry");
                 let _ = state.send(ChannelState::Down(e.to_string()));
-                if let Some(wait) = e.retry_after().filter(|wait| *wait > interval) {
-                    tick.reset_after(wait);
+                if let Some(wait) = e.retry_after() {
+                    tick.reset_after(wait.max(interval));
                 }
             }
         }

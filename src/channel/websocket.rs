@@ -17,10 +17,15 @@
 //!
 //! A socket that cannot be opened sends the next round to GoTo's listing, which may hand the
 //! same channel back. When GoTo's socket host refuses the upgrade itself (an HTTP answer instead
-//! of `101 Switching Protocols`), the channel is replaced instead of dialled for ever: at once on
-//! 404/410 (gone), after [`REFUSALS_BEFORE_RECREATE`] refusals in a row of the same channel on
-//! any other 4xx but 429. A network failure, 429 or 5xx says nothing against the channel (a new
-//! one would meet the same host or network), so it only reconnects.
+//! of `101 Switching Protocols`) with a 4xx but 429, the channel is replaced instead of dialled
+//! for ever, after [`REFUSALS_BEFORE_RECREATE`] refusals in a row of the same channel. A 404 or
+//! 410 counts like the others: the listing, asked before each retry, says whether the channel
+//! is really gone (then a new one is made at once), and a socket host answering 404 for a
+//! channel GoTo still serves (a balancer not knowing a fresh channel yet) must not cost it. A
+//! network failure, 429 or 5xx says nothing against the channel (a new one would meet the same
+//! host or network), so it only reconnects, not before the answer's `Retry-After`; after a 429
+//! the channel is kept without asking the listing, which would spend four REST requests on a
+//! GoTo that just said it is busy.
 //!
 //! A set-up round, refresh or repair check that GoTo refused with a `Retry-After` is not tried
 //! again before that (capped at [`MAX_RETRY_AFTER`](crate::goto::MAX_RETRY_AFTER)): the client
@@ -41,7 +46,7 @@ use super::keeper::ChannelKeeper;
 use super::sweep::ReportSweeper;
 use super::ChannelState;
 use crate::config::bridge::ChannelSettings;
-use crate::goto::Channel;
+use crate::goto::{parse_retry_after, Channel, MAX_RETRY_AFTER};
 use crate::ingest::{Accepted, Ingest, Transport, WriteError};
 use crate::notification::ControlMessage;
 use futures_util::{SinkExt, StreamExt};
@@ -87,7 +92,12 @@ enum Opened {
     Shutdown,
     /// The server answered the upgrade with this HTTP status instead of switching protocols:
     /// unlike a failure on the way, this is GoTo's socket host speaking about the channel.
-    Refused(u16),
+    Refused {
+        /// The answer's status.
+        status: u16,
+        /// The answer's `Retry-After`, capped at [`MAX_RETRY_AFTER`].
+        retry_after: Option<Duration>,
+    },
     /// Failed or timed out on the way: TCP, TLS, no answer (the reason, for the log).
     Failed(String),
 }
@@ -97,9 +107,15 @@ async fn open_socket(url: &str, timeout: Duration, shutdown: &mut watch::Receive
     tokio::select! {
         opened = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url)) => match opened {
             Ok(Ok((ws, _))) => Opened::Socket(Box::new(ws)),
-            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(answer))) => {
-                Opened::Refused(answer.status().as_u16())
-            }
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(answer))) => Opened::Refused {
+                status: answer.status().as_u16(),
+                retry_after: answer
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
+                    .map(|wait| wait.min(MAX_RETRY_AFTER)),
+            },
             Ok(Err(e)) => Opened::Failed(e.to_string()),
             Err(_) => Opened::Failed(format!("no answer within {timeout:?}")),
         },
@@ -153,6 +169,8 @@ struct BetweenSessions {
     /// Refusals in a row of the socket upgrade: kept across sessions, since each refusal ends
     /// one.
     refusals: Refusals,
+    /// The `Retry-After` of the last refused upgrade, for the pause before the next round.
+    upgrade_retry_after: Option<Duration>,
 }
 
 /// Refusals in a row of one channel's socket upgrade (see [`REFUSALS_BEFORE_RECREATE`]).
@@ -233,6 +251,7 @@ pub async fn run(
         control_tx,
         control_rx,
         refusals: Refusals::default(),
+        upgrade_retry_after: None,
     };
     loop {
         if *shutdown.borrow() {
@@ -287,7 +306,7 @@ pub async fn run(
                 let wait = super::round_wait(backoff, &e);
                 if e.is_transient() {
                     tracing::warn!(error = %e, retry_in = ?wait, "channel set-up failed; retrying");
-                    let _ = state.send(ChannelState::Down("channel set-up failed".into()));
+                    let _ = state.send(ChannelState::Down(e.set_up_failed_text()));
                 } else {
                     // Only an operator can fix this: say so.
                     tracing::error!(error = %e, retry_in = ?wait, "channel set-up refused; retrying until it is fixed");
@@ -336,6 +355,11 @@ pub async fn run(
                 .saturating_mul(1 << (failures - 1).min(16))
                 .min(settings.reconnect_max)
         });
+        // Not before the `Retry-After` of a refused upgrade (a 429 or 503 from the socket host).
+        let pause = match (pause, between.upgrade_retry_after.take()) {
+            (pause, None) => pause,
+            (pause, Some(wait)) => Some(pause.map_or(wait, |p| p.max(wait))),
+        };
         let why = match end {
             SessionEnd::Shutdown => return,
             SessionEnd::Reconnect(why) => {
@@ -388,15 +412,14 @@ enum AfterFailedRefresh {
 }
 
 /// What a session does when GoTo answered the upgrade of `channel_id`'s socket with `status`
-/// instead of switching protocols. 404/410: the channel is gone, replace it now. Any other 4xx
-/// but 429 is counted in `refusals`: the channel is replaced at the
-/// [`REFUSALS_BEFORE_RECREATE`]th in a row, and until then the next round checks GoTo's listing
-/// (which may hand the same channel back, or say it is gone). 429, 5xx and anything else say
-/// nothing against the channel (GoTo busy or failing, a proxy): reconnect, checking the listing
-/// first, and the count stays as it is.
+/// instead of switching protocols. A 4xx but 429 (404 and 410 included: the listing, not the
+/// socket host, says whether a channel is gone) is counted in `refusals`: the channel is
+/// replaced at the [`REFUSALS_BEFORE_RECREATE`]th in a row, and until then the next round
+/// checks GoTo's listing (which may hand the same channel back, or show it gone, when a new
+/// one is made at once). 429, 5xx and anything else say nothing against the channel (GoTo
+/// busy or failing, a proxy): reconnect, and the count stays as it is.
 fn after_refused_upgrade(status: u16, channel_id: &str, refusals: &mut Refusals) -> SessionEnd {
     match status {
-        404 | 410 => SessionEnd::Recreate("channel_gone"),
         429 => SessionEnd::Reconnect("connect_failed"),
         400..=499 => {
             if refusals.count(channel_id) >= REFUSALS_BEFORE_RECREATE {
@@ -461,13 +484,21 @@ async fn session(
     let ws = match open_socket(&url, CONNECT_TIMEOUT, shutdown).await {
         Opened::Socket(ws) => ws,
         Opened::Shutdown => return SessionEnd::Shutdown,
-        Opened::Refused(status) => {
+        Opened::Refused {
+            status,
+            retry_after,
+        } => {
+            between.upgrade_retry_after = retry_after;
             let end = after_refused_upgrade(status, &current.channel_id, &mut between.refusals);
             if let SessionEnd::Recreate(why) = end {
                 // The channel stays in `channel_slot`: the recreation deletes it.
                 tracing::warn!(channel = %current.tag(), status, reason = why, "GoTo refused the WebSocket upgrade; replacing the channel");
+            } else if status == 429 {
+                // Busy: the channel is not in doubt, and asking the listing would cost four
+                // REST requests of a GoTo that just said so.
+                tracing::warn!(channel = %current.tag(), status, ?retry_after, "GoTo refused the WebSocket upgrade as too many requests");
             } else {
-                tracing::warn!(channel = %current.tag(), status, "GoTo refused the WebSocket upgrade");
+                tracing::warn!(channel = %current.tag(), status, ?retry_after, "GoTo refused the WebSocket upgrade");
                 // It may be gone: make the next round check the listing.
                 *channel_slot = None;
             }
@@ -509,6 +540,8 @@ async fn session(
     let mut refresh_retry = settings.reconnect_base;
     // The subscriptions can vanish while the socket stays up: check them like webhook mode does.
     let mut repair = tokio::time::interval(settings.repair_interval);
+    // A check that outlasted the interval is followed by a full one, not at once.
+    repair.set_missed_tick_behavior(MissedTickBehavior::Delay);
     repair.tick().await;
     let end = loop {
         tokio::select! {
@@ -599,9 +632,9 @@ async fn session(
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "channel repair check failed; will retry");
-                        // Not before GoTo's `Retry-After`.
-                        if let Some(wait) = e.retry_after().filter(|w| *w > settings.repair_interval) {
-                            repair.reset_after(wait);
+                        // Not before GoTo's `Retry-After`, counted from the refusal.
+                        if let Some(wait) = e.retry_after() {
+                            repair.reset_after(wait.max(settings.repair_interval));
                         }
                     }
                 }
@@ -820,20 +853,15 @@ mod tests {
     #[test]
     fn a_refused_upgrade_replaces_a_gone_channel_at_once_and_a_refused_one_at_the_third() {
         let mut refusals = Refusals::default();
-        // Gone: at once, whatever the count.
+        // Refused, "gone" included (the listing decides that): the third in a row of one
+        // channel.
         for status in [404, 410] {
             assert_eq!(
                 after_refused_upgrade(status, "a", &mut refusals),
-                SessionEnd::Recreate("channel_gone")
-            );
-        }
-        // Refused: the third in a row of one channel.
-        for _ in 1..REFUSALS_BEFORE_RECREATE {
-            assert_eq!(
-                after_refused_upgrade(403, "a", &mut refusals),
                 SessionEnd::Reconnect("upgrade_refused")
             );
         }
+        assert_eq!(REFUSALS_BEFORE_RECREATE, 3);
         // Busy or failing says nothing against the channel, and leaves the count as it is.
         for status in [429, 500, 502, 503] {
             assert_eq!(
@@ -875,7 +903,14 @@ mod tests {
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
-                let answer = format!("HTTP/1.1 {status} Refused\r\nContent-Length: 0\r\n\r\n");
+                // A busy or failing host says when to come back.
+                let retry_after = if matches!(status, 429 | 503) {
+                    "Retry-After: 7\r\n"
+                } else {
+                    ""
+                };
+                let answer =
+                    format!("HTTP/1.1 {status} Refused\r\n{retry_after}Content-Length: 0\r\n\r\n");
                 let _ = conn.write_all(answer.as_bytes()).await;
             }
         });
@@ -884,11 +919,18 @@ mod tests {
 
     #[tokio::test]
     async fn an_upgrade_answered_with_a_status_is_a_refusal_with_that_status() {
-        for status in [403, 404, 503] {
+        for status in [403, 404, 429, 503] {
             let (url, _host) = refusing_host(status).await;
             let (_tx, mut shutdown) = watch::channel(false);
             match open_socket(&url, Duration::from_secs(10), &mut shutdown).await {
-                Opened::Refused(refused) => assert_eq!(refused, status),
+                Opened::Refused {
+                    status: refused,
+                    retry_after,
+                } => {
+                    assert_eq!(refused, status);
+                    let expected = matches!(status, 429 | 503).then(|| Duration::from_secs(7));
+                    assert_eq!(retry_after, expected, "{status}");
+                }
                 Opened::Failed(why) => panic!("{status} taken for a failure on the way: {why}"),
                 Opened::Socket(_) => panic!("a refusing host gave a socket"),
                 Opened::Shutdown => panic!("no shutdown was asked"),
@@ -915,7 +957,7 @@ mod tests {
         let (_tx, mut shutdown) = watch::channel(false);
         match open_socket(&url, Duration::from_millis(200), &mut shutdown).await {
             Opened::Failed(why) => assert!(why.contains("no answer within"), "{why}"),
-            Opened::Refused(status) => panic!("a silent host refused with {status}"),
+            Opened::Refused { status, .. } => panic!("a silent host refused with {status}"),
             Opened::Socket(_) => panic!("a silent host gave a socket"),
             Opened::Shutdown => panic!("no shutdown was asked"),
         }

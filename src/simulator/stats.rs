@@ -68,6 +68,8 @@ pub struct Stats {
     pub websocket_pings: u64,
     /// WebSocket connections accepted.
     pub websocket_connections: u64,
+    /// WebSocket upgrades refused by the fault `websocket_upgrade_status`.
+    pub websocket_upgrades_refused: u64,
     /// Listings of active calls.
     pub active_call_listings: ListingStats,
 }

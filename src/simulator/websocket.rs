@@ -73,6 +73,7 @@ pub async fn connect(
         return StatusCode::NOT_FOUND.into_response();
     };
     if let Some(status) = upgrade_refused(&sim, &id) {
+        sim.world().stats.websocket_upgrades_refused += 1;
         return refused_upgrade(status, &id);
     }
     upgrade.on_upgrade(move |socket| pump(sim, id, socket))
@@ -115,7 +116,15 @@ fn refused_upgrade(status: u16, channel_id: &str) -> Response {
         "errorCode": error_code,
         "message": message,
     });
-    (code, axum::Json(body)).into_response()
+    let mut answer = (code, axum::Json(body)).into_response();
+    if matches!(status, 429 | 503) {
+        // A busy or failing GoTo says when to come back, as its REST answers do.
+        answer.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+    }
+    answer
 }
 
 async fn pump(sim: Arc<Sim>, channel_id: String, mut socket: WebSocket) {
