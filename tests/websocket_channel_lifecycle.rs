@@ -589,6 +589,57 @@ async fn a_channel_whose_socket_goto_says_is_gone_but_still_lists_is_replaced() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_host_refusing_every_channel_costs_two_new_channels_at_most() {
+    // Every channel's upgrade answered 403 (the account's, or a socket host misconfigured for
+    // all): replacing the channel at every third refusal would create and delete channels for
+    // as long as it lasts.
+    let sim = start(simulator_config(Duration::from_secs(600))).await;
+    let mut session = Session::start(&sim, settings(Duration::from_secs(60))).await;
+    let first = session.ready("connected", |_| true).await;
+    sim.control()
+        .patch_faults(&serde_json::json!({
+            "websocket_upgrade_status": 403,
+            "websocket_upgrade_channels": [],
+        }))
+        .expect("fault set");
+    eventually(Duration::from_secs(20), async || {
+        sim.control().disconnect_socket(&first).then_some(())
+    })
+    .await;
+    // Three refusals for each of the first channel and its two replacements, then as many
+    // again on the last one (polled: the simulator only counts).
+    let refused = || sim.control().stats().websocket_upgrades_refused;
+    eventually(Duration::from_secs(60), async || {
+        (refused() >= 12).then_some(())
+    })
+    .await;
+    let created = sim.control().created_channel_ids();
+    assert_eq!(
+        created.len(),
+        3,
+        "the first channel and two replacements, no more: {created:?}"
+    );
+    assert_eq!(
+        sim.control().channel_ids().len(),
+        1,
+        "the replaced ones deleted"
+    );
+
+    // A socket host that takes sockets again: the channel in hand connects, and a later
+    // refusal may replace it again.
+    sim.control()
+        .patch_faults(&serde_json::json!({ "websocket_upgrade_status": null }))
+        .expect("fault cleared");
+    let last = session.ready("connected again", |_| true).await;
+    assert_eq!(
+        Some(&last),
+        created.last(),
+        "connected on the last channel made"
+    );
+    session.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_goto_answers_429_keeps_the_channel_and_waits_for_its_retry_after() {
     let sim = start(simulator_config(Duration::from_secs(600))).await;
     let mut session = Session::start(&sim, settings(Duration::from_secs(60))).await;

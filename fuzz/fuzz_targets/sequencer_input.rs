@@ -43,7 +43,8 @@
 //!   first held state, a probe only when nothing is held, never more than
 //!   `idle_probes_in_flight` probes out for open calls;
 //! - `checkpoint()` equals the oracle's next/ended/gap count; `stats()` held/open/closed/gap
-//!   gauges match; `raw_low_watermark()` is exactly the smallest raw offset of a held live state;
+//!   gauges match; `raw_low_watermark()` is exactly the smallest raw offset of a held live state
+//!   (or of the live copy of a held back-filled one);
 //! - eviction only as documented (abandon after `abandon_after` of inactivity, closed after
 //!   `closed_retention`, abandoned after another `abandon_after` without a state of it), and
 //!   `take_dirty` reports every changed conversation (an abandonment too) and every tombstone;
@@ -289,6 +290,10 @@ struct Conv {
     closed_at: Option<Timestamp>,
     /// Held states: sequence → payload.
     held: BTreeMap<u64, u32>,
+    /// Raw offsets of live copies of held back-filled states (sequence → offset): the copy's
+    /// record stands for the held state in the watermark. Applies to the held entry it was
+    /// recorded for only (a new held entry of that sequence clears it).
+    pinned: BTreeMap<u64, i64>,
     /// Fingerprints published in this incarnation by this sequencer (for the conflict window).
     published: BTreeMap<u64, u64>,
     /// Highest sequence published or declared a gap in this incarnation (0: none).
@@ -311,6 +316,7 @@ impl Conv {
             active_since: now,
             closed_at: None,
             held: BTreeMap::new(),
+            pinned: BTreeMap::new(),
             published: BTreeMap::new(),
             max_resolved: 0,
             gapped: BTreeSet::new(),
@@ -1342,13 +1348,20 @@ impl Harness {
                 continue; // a duplicate of something published (window checked by the caller)
             }
             match o.held.get(&d.seq) {
-                Some(&h) => assert_eq!(
-                    self.deliveries[h as usize].fingerprint, d.fingerprint,
-                    "{}/{}: conflicting copy of a held state dropped silently",
-                    CONVS[d.conv], d.seq
-                ),
+                Some(&h) => {
+                    assert_eq!(
+                        self.deliveries[h as usize].fingerprint, d.fingerprint,
+                        "{}/{}: conflicting copy of a held state dropped silently",
+                        CONVS[d.conv], d.seq
+                    );
+                    // A live copy of a held back-filled state pins the watermark for it.
+                    if let (None, Some(off)) = (self.deliveries[h as usize].offset, d.offset) {
+                        o.pinned.entry(d.seq).or_insert(off);
+                    }
+                }
                 None => {
                     o.held.insert(d.seq, p);
+                    o.pinned.remove(&d.seq);
                     o.active_since = now;
                 }
             }
@@ -1412,8 +1425,9 @@ impl Harness {
                         CONVS[c]
                     );
                     held += o.held.len();
-                    for &p in o.held.values() {
-                        if let Some(off) = self.deliveries[p as usize].offset {
+                    for (seq, &p) in &o.held {
+                        let pinned = o.pinned.get(seq).copied();
+                        if let Some(off) = self.deliveries[p as usize].offset.or(pinned) {
                             low = Some(low.map_or(off, |l| l.min(off)));
                         }
                     }

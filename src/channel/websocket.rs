@@ -18,7 +18,9 @@
 //! A socket that cannot be opened sends the next round to GoTo's listing, which may hand the
 //! same channel back. When GoTo's socket host refuses the upgrade itself (an HTTP answer instead
 //! of `101 Switching Protocols`) with a 4xx but 429, the channel is replaced instead of dialled
-//! for ever, after [`REFUSALS_BEFORE_RECREATE`] refusals in a row of the same channel. A 404 or
+//! for ever, after [`REFUSALS_BEFORE_RECREATE`] refusals in a row of the same channel, and at
+//! most [`REPLACEMENTS_WITHOUT_A_SOCKET`] times until a socket opens (a refusal of every channel
+//! would otherwise cost a new channel at every third try). A 404 or
 //! 410 counts like the others: the listing, asked before each retry, says whether the channel
 //! is really gone (then a new one is made at once), and a socket host answering 404 for a
 //! channel GoTo still serves (a balancer not knowing a fresh channel yet) must not cost it. A
@@ -76,6 +78,13 @@ const LONGEST_REFRESH_WAIT: Duration = Duration::from_secs(86_400);
 /// refusal of a moment (a socket host restarting, say) does not cost a channel and its
 /// subscriptions.
 const REFUSALS_BEFORE_RECREATE: u32 = 3;
+
+/// Channels replaced for refused upgrades, with no socket opened since, after which refusals
+/// no longer replace the channel: a refusal of every channel (the account's, or a socket host
+/// misconfigured for all) would otherwise have a channel created and deleted at every third
+/// try for as long as it lasts. The session then goes on dialling the channel it has, with the
+/// listing asked before each try, and the log says the refusal outlived new channels.
+const REPLACEMENTS_WITHOUT_A_SOCKET: u32 = 2;
 
 /// How long opening the socket (TCP, TLS, HTTP upgrade) may take: a host that accepts and then
 /// never answers would otherwise hold the owner without a socket, and without a reconnect, for
@@ -178,6 +187,8 @@ struct BetweenSessions {
 struct Refusals {
     /// The channel refused last, and how many times in a row.
     of: Option<(String, u32)>,
+    /// Channels replaced for refused upgrades since a socket last opened.
+    replaced: u32,
 }
 
 impl Refusals {
@@ -197,9 +208,10 @@ impl Refusals {
         }
     }
 
-    /// A socket was opened: refusals before it no longer count.
+    /// A socket was opened: refusals and replacements before it no longer count.
     fn reset(&mut self) {
         self.of = None;
+        self.replaced = 0;
     }
 }
 
@@ -422,9 +434,16 @@ fn after_refused_upgrade(status: u16, channel_id: &str, refusals: &mut Refusals)
     match status {
         429 => SessionEnd::Reconnect("connect_failed"),
         400..=499 => {
-            if refusals.count(channel_id) >= REFUSALS_BEFORE_RECREATE {
+            let in_a_row = refusals.count(channel_id);
+            if in_a_row < REFUSALS_BEFORE_RECREATE {
+                SessionEnd::Reconnect("upgrade_refused")
+            } else if refusals.replaced < REPLACEMENTS_WITHOUT_A_SOCKET {
+                refusals.replaced += 1;
                 SessionEnd::Recreate("upgrade_refused")
             } else {
+                if in_a_row == REFUSALS_BEFORE_RECREATE {
+                    tracing::error!(status, replaced = refusals.replaced, "GoTo refuses the WebSocket upgrade of new channels too; keeping this one and trying again with backoff (check GoTo's status and the account's access to notification channels)");
+                }
                 SessionEnd::Reconnect("upgrade_refused")
             }
         }
@@ -851,7 +870,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_upgrade_replaces_a_gone_channel_at_once_and_a_refused_one_at_the_third() {
+    fn a_refused_upgrade_replaces_the_channel_at_the_third_and_twice_at_most_without_a_socket() {
         let mut refusals = Refusals::default();
         // Refused, "gone" included (the listing decides that): the third in a row of one
         // channel.
@@ -878,6 +897,30 @@ mod tests {
             after_refused_upgrade(403, "b", &mut refusals),
             SessionEnd::Reconnect("upgrade_refused")
         );
+        after_refused_upgrade(403, "b", &mut refusals);
+        assert_eq!(
+            after_refused_upgrade(403, "b", &mut refusals),
+            SessionEnd::Recreate("upgrade_refused"),
+            "the second replacement"
+        );
+        // Refused again on a third channel: every channel is refused, and no more are made
+        // until a socket opens.
+        for _ in 0..REFUSALS_BEFORE_RECREATE * 2 {
+            assert_eq!(
+                after_refused_upgrade(403, "c", &mut refusals),
+                SessionEnd::Reconnect("upgrade_refused")
+            );
+        }
+        refusals.reset();
+        for _ in 1..REFUSALS_BEFORE_RECREATE {
+            after_refused_upgrade(403, "c", &mut refusals);
+        }
+        assert_eq!(
+            after_refused_upgrade(403, "c", &mut refusals),
+            SessionEnd::Recreate("upgrade_refused"),
+            "replaced again once a socket opened"
+        );
+        refusals.reset();
         // So does a socket opened.
         after_refused_upgrade(403, "b", &mut refusals);
         refusals.reset();

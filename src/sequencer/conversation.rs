@@ -378,8 +378,20 @@ impl<P> Conversation<P> {
             self.duplicate_of_published(cx, s);
             return;
         }
-        if let Some(h) = self.held().and_then(|held| held.get(&seq)) {
+        if let Some(h) = self
+            .trouble
+            .as_mut()
+            .and_then(|trouble| trouble.held.get_mut(&seq))
+        {
             if h.fingerprint == s.fingerprint {
+                // Held from a back-fill answer, which no raw record stands for: a crash would
+                // forget it, and only another back-fill or an idle probe would find it again
+                // (none, for a call's last state with probes off). Its live copy's record pins
+                // the raw watermark instead, so the next owner reads it again.
+                if let (None, Some(offset)) = (h.raw_offset, s.raw_offset) {
+                    h.raw_offset = Some(offset);
+                    cx.ledger.pin(offset);
+                }
                 cx.duplicate(s.origin);
             } else {
                 cx.dead_letter(s, DeadLetterReason::ConflictingDuplicate);

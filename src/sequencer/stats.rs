@@ -104,6 +104,12 @@ impl Ledger {
         }
     }
 
+    /// Gives a state already held without a raw record (back-filled) the record of its live
+    /// copy: released with it by [`Self::release`].
+    pub(crate) fn pin(&mut self, raw_offset: i64) {
+        *self.held_offsets.entry(raw_offset).or_insert(0) += 1;
+    }
+
     pub(crate) fn release(&mut self, raw_offset: Option<i64>) {
         self.held_total = self.held_total.saturating_sub(1);
         if let Some(o) = raw_offset {

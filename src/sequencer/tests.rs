@@ -660,6 +660,43 @@ fn raw_low_watermark_is_the_oldest_held_live_state() {
     assert_eq!(h.seq.raw_low_watermark(), None);
 }
 
+/// A state held from a back-fill answer has no raw record of its own: a crash would forget it,
+/// and only another back-fill or an idle probe would find it again (none, for a call's last
+/// state with probes off). Its live copy, dropped as a duplicate, pins the watermark for it.
+#[test]
+fn a_held_back_filled_state_is_pinned_by_its_live_copy() {
+    let mut h = Harness::new();
+    h.state("a", live(1));
+    h.state("a", backfilled(3));
+    h.state("a", backfilled(4));
+    assert_eq!(
+        h.seq.raw_low_watermark(),
+        None,
+        "back-filled states have no record"
+    );
+    // The live copies arrive: dropped, their records now standing for the held states.
+    let out = h.state("a", live(4)); // offset 40
+    assert!(published(&out).is_empty(), "{out:?}");
+    assert_eq!(h.seq.raw_low_watermark(), Some(40));
+    h.state("a", live(3)); // offset 30
+    assert_eq!(h.seq.raw_low_watermark(), Some(30));
+    // A second copy pins nothing more, and a conflicting one nothing at all.
+    h.state("a", live(3));
+    h.state(
+        "a",
+        IncomingState {
+            raw_offset: Some(5),
+            ..conflicting(4)
+        },
+    );
+    assert_eq!(h.seq.raw_low_watermark(), Some(30));
+    // Published once the hole fills: released, each once.
+    let out = h.state("a", live(2));
+    assert_eq!(published(&out), vec![2, 3, 4]);
+    assert_eq!(h.seq.raw_low_watermark(), None, "released with the states");
+    assert_eq!(h.seq.stats().held_states, 0);
+}
+
 #[test]
 fn dirty_checkpoints_are_reported_once() {
     let mut h = Harness::new();
