@@ -312,13 +312,13 @@ async fn a_webhook_owner_shutting_down_does_not_wait_on_a_retry_after() {
 
 /// GoTo's `Retry-After` in the tests of the waits between rounds: long beside the owner's
 /// backoff (50 ms doubling up to 500 ms) and the repair interval (100 ms), short for a test.
-const ROUND_RETRY_AFTER: Duration = Duration::from_secs(1);
+const ROUND_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// The least time between two requests seen when each waited for [`ROUND_RETRY_AFTER`]: less
 /// the polling's resolution and a generous scheduling stall on two busy cores (a stall seen late
-/// shortens the next gap as much as it lengthens this one), still far above the owner's first
-/// backoffs (50 ms doubling).
-const LEAST_GAP: Duration = Duration::from_millis(500);
+/// shortens the next gap as much as it lengthens this one), still far above the owner's own
+/// backoff (at most 500 ms).
+const LEAST_GAP: Duration = Duration::from_millis(1200);
 
 /// A simulator answering 429 with `Retry-After: 1` to every request, and a client (a token
 /// already fetched, since the token endpoint is refused too) that tries each request twice,

@@ -696,9 +696,10 @@ impl ChannelKeeper {
                     events: Some(self.events.clone()),
                 })
                 .collect();
-            // The token this request goes with: an item's 401 renews that one only, never a
-            // newer one another request's 401 has fetched meanwhile.
-            let token_used = self.token_generation().await;
+            // The token this request goes with (the one cached now; the transport takes a newer
+            // one if another request renews it meanwhile, which is then a new token anyway): an
+            // item's 401 renews that one only, never a newer one.
+            let token_used = self.client.transport().auth().cached_generation();
             let outcomes = self
                 .client
                 .subscribe_call_events(&channel.channel_id, &request)
@@ -812,11 +813,11 @@ impl ChannelKeeper {
                 // expired or revoked while the request ran is renewed here, once a round (a
                 // second new token would fare no better than the first).
                 if !unauthorized.is_empty() && !token_renewed {
-                    tracing::warn!(accounts = %unauthorized.join(", "), "subscription items answered 401; renewing the access token");
                     if let Some(generation) = token_used {
+                        tracing::warn!(accounts = %unauthorized.join(", "), "subscription items answered 401; renewing the access token");
                         self.client.transport().auth().invalidate(generation).await;
+                        token_renewed = true;
                     }
-                    token_renewed = true;
                 }
                 tracing::warn!(attempt, accounts = %verdicts.join(", "), "subscription items failed transiently or are not confirmed yet; retrying");
                 tokio::time::sleep(delay).await;
@@ -878,19 +879,6 @@ impl ChannelKeeper {
                 source: Box::new(e),
             }),
         }
-    }
-
-    /// The generation of the access token the client's next request goes with, to have the
-    /// client fetch a new one for the request after (as a request's 401 does) if GoTo's answer
-    /// refuses it. `None` when no token can be had: the request fails with why.
-    async fn token_generation(&self) -> Option<u64> {
-        self.client
-            .transport()
-            .auth()
-            .bearer()
-            .await
-            .ok()
-            .map(|token| token.generation)
     }
 
     /// The account keys GoTo lists as subscribed on `channel`, to confirm what a subscribe

@@ -113,9 +113,6 @@ pub async fn repair_loop(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(interval);
-    // A pass that outlasted the interval (the client's own retries) is followed by a full one,
-    // not at once.
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     // The last time the channel was seen healthy: a repair means GoTo may have had nowhere to
     // deliver since then.
@@ -131,6 +128,9 @@ pub async fn repair_loop(
             repaired = keeper.repair(&mut channel) => repaired,
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
+        // The next pass a full interval after this one ended: one that outlasted the interval
+        // (the client's own retries, `Retry-After` waits included) is not followed at once.
+        tick.reset();
         match repaired {
             Ok(Repair::Healthy) => {
                 healthy_at = std::time::SystemTime::now();

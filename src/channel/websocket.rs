@@ -58,7 +58,9 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
-/// A session that lasted this long was healthy: the next reconnect is immediate.
+/// A session whose socket stayed open this long was healthy: the next reconnect is immediate.
+/// Counted from the socket's opening: a dial that takes long to fail (a slow refusal, the
+/// connect timeout) is no healthy session, and must not undo the backoff.
 const HEALTHY_SESSION: Duration = Duration::from_millis(500);
 
 /// A pause of reading this long is logged as a warning, not only counted.
@@ -85,6 +87,15 @@ const REFUSALS_BEFORE_RECREATE: u32 = 3;
 /// try for as long as it lasts. The session then goes on dialling the channel it has, with the
 /// listing asked before each try, and the log says the refusal outlived new channels.
 const REPLACEMENTS_WITHOUT_A_SOCKET: u32 = 2;
+
+/// How long after the last such replacement, still without a socket, one more is allowed: the
+/// channel left once the cap was reached may be the one broken while new ones would work, and
+/// the listing hands it back (refreshed) at every round, so it never expires on its own.
+const REPLACEMENT_AGAIN_AFTER: Duration = Duration::from_secs(3600);
+
+/// 429s in a row on a channel's upgrade after which the next round asks GoTo's listing anyway:
+/// a socket host answering 429 for a channel GoTo has deleted would otherwise keep it for good.
+const BUSY_BEFORE_LISTING: u32 = 3;
 
 /// How long opening the socket (TCP, TLS, HTTP upgrade) may take: a host that accepts and then
 /// never answers would otherwise hold the owner without a socket, and without a reconnect, for
@@ -180,6 +191,8 @@ struct BetweenSessions {
     refusals: Refusals,
     /// The `Retry-After` of the last refused upgrade, for the pause before the next round.
     upgrade_retry_after: Option<Duration>,
+    /// When the last session's socket opened, if it did.
+    connected_at: Option<Instant>,
 }
 
 /// Refusals in a row of one channel's socket upgrade (see [`REFUSALS_BEFORE_RECREATE`]).
@@ -187,8 +200,11 @@ struct BetweenSessions {
 struct Refusals {
     /// The channel refused last, and how many times in a row.
     of: Option<(String, u32)>,
-    /// Channels replaced for refused upgrades since a socket last opened.
+    /// Channels replaced for refused upgrades since a socket last opened, and when the last.
     replaced: u32,
+    last_replaced: Option<Instant>,
+    /// 429s in a row on the upgrade.
+    busy: u32,
 }
 
 impl Refusals {
@@ -208,10 +224,30 @@ impl Refusals {
         }
     }
 
+    /// Counts a 429 on the upgrade; returns how many came in a row, this one included.
+    fn busy(&mut self) -> u32 {
+        self.busy += 1;
+        self.busy
+    }
+
+    /// Whether a channel refused [`REFUSALS_BEFORE_RECREATE`] times may be replaced at `now`
+    /// (counting it if so): [`REPLACEMENTS_WITHOUT_A_SOCKET`] times, then one more every
+    /// [`REPLACEMENT_AGAIN_AFTER`].
+    fn may_replace(&mut self, now: Instant) -> bool {
+        let may = self.replaced < REPLACEMENTS_WITHOUT_A_SOCKET
+            || self
+                .last_replaced
+                .is_some_and(|at| now.saturating_duration_since(at) >= REPLACEMENT_AGAIN_AFTER);
+        if may {
+            self.replaced += 1;
+            self.last_replaced = Some(now);
+        }
+        may
+    }
+
     /// A socket was opened: refusals and replacements before it no longer count.
     fn reset(&mut self) {
-        self.of = None;
-        self.replaced = 0;
+        *self = Self::default();
     }
 }
 
@@ -264,6 +300,7 @@ pub async fn run(
         control_rx,
         refusals: Refusals::default(),
         upgrade_retry_after: None,
+        connected_at: None,
     };
     loop {
         if *shutdown.borrow() {
@@ -333,7 +370,6 @@ pub async fn run(
         backoff = settings.reconnect_base;
         channel = Some(current.clone());
         // 2. A socket on it.
-        let session_started = tokio::time::Instant::now();
         let end = session(
             &keeper,
             &ingest,
@@ -358,7 +394,11 @@ pub async fn run(
         // taking each new channel back at once (`WEBSOCKET_TO_BE_CLOSED` right after every
         // connect, a channel without a URL or with no lifetime left) would otherwise have
         // channels created and deleted as fast as GoTo answers, for as long as it lasts.
-        if session_started.elapsed() >= HEALTHY_SESSION {
+        if between
+            .connected_at
+            .take()
+            .is_some_and(|at| at.elapsed() >= HEALTHY_SESSION)
+        {
             failures = 0;
         }
         let pause = (failures > 0).then(|| {
@@ -430,19 +470,23 @@ enum AfterFailedRefresh {
 /// checks GoTo's listing (which may hand the same channel back, or show it gone, when a new
 /// one is made at once). 429, 5xx and anything else say nothing against the channel (GoTo
 /// busy or failing, a proxy): reconnect, and the count stays as it is.
-fn after_refused_upgrade(status: u16, channel_id: &str, refusals: &mut Refusals) -> SessionEnd {
+fn after_refused_upgrade(
+    status: u16,
+    channel_id: &str,
+    refusals: &mut Refusals,
+    now: Instant,
+) -> SessionEnd {
     match status {
         429 => SessionEnd::Reconnect("connect_failed"),
         400..=499 => {
             let in_a_row = refusals.count(channel_id);
             if in_a_row < REFUSALS_BEFORE_RECREATE {
                 SessionEnd::Reconnect("upgrade_refused")
-            } else if refusals.replaced < REPLACEMENTS_WITHOUT_A_SOCKET {
-                refusals.replaced += 1;
+            } else if refusals.may_replace(now) {
                 SessionEnd::Recreate("upgrade_refused")
             } else {
                 if in_a_row == REFUSALS_BEFORE_RECREATE {
-                    tracing::error!(status, replaced = refusals.replaced, "GoTo refuses the WebSocket upgrade of new channels too; keeping this one and trying again with backoff (check GoTo's status and the account's access to notification channels)");
+                    tracing::error!(status, replaced = refusals.replaced, "GoTo refuses the WebSocket upgrade of new channels too; keeping this one and trying again with backoff, and a new channel again within the hour (check GoTo's status and the account's access to notification channels)");
                 }
                 SessionEnd::Reconnect("upgrade_refused")
             }
@@ -508,13 +552,22 @@ async fn session(
             retry_after,
         } => {
             between.upgrade_retry_after = retry_after;
-            let end = after_refused_upgrade(status, &current.channel_id, &mut between.refusals);
+            let end = after_refused_upgrade(
+                status,
+                &current.channel_id,
+                &mut between.refusals,
+                Instant::now(),
+            );
+            // Busy: the channel is not in doubt, and asking the listing would cost four REST
+            // requests of a GoTo that just said so; but not for ever (the channel may be gone
+            // behind the 429s), nor past the channel's known expiry.
+            let keep_while_busy = status == 429
+                && between.refusals.busy() % BUSY_BEFORE_LISTING != 0
+                && !(expiry_known && Instant::now() >= expires_at);
             if let SessionEnd::Recreate(why) = end {
                 // The channel stays in `channel_slot`: the recreation deletes it.
                 tracing::warn!(channel = %current.tag(), status, reason = why, "GoTo refused the WebSocket upgrade; replacing the channel");
-            } else if status == 429 {
-                // Busy: the channel is not in doubt, and asking the listing would cost four
-                // REST requests of a GoTo that just said so.
+            } else if keep_while_busy {
                 tracing::warn!(channel = %current.tag(), status, ?retry_after, "GoTo refused the WebSocket upgrade as too many requests");
             } else {
                 tracing::warn!(channel = %current.tag(), status, ?retry_after, "GoTo refused the WebSocket upgrade");
@@ -531,6 +584,7 @@ async fn session(
         }
     };
     between.refusals.reset();
+    between.connected_at = Some(Instant::now());
     tracing::info!(channel = %current.tag(), "WebSocket connected");
     let _ = state.send(ChannelState::Ready(current.channel_id.clone()));
     // Whatever happened while we were not connected: active calls' last states to raw, one
@@ -559,8 +613,6 @@ async fn session(
     let mut refresh_retry = settings.reconnect_base;
     // The subscriptions can vanish while the socket stays up: check them like webhook mode does.
     let mut repair = tokio::time::interval(settings.repair_interval);
-    // A check that outlasted the interval is followed by a full one, not at once.
-    repair.set_missed_tick_behavior(MissedTickBehavior::Delay);
     repair.tick().await;
     let end = loop {
         tokio::select! {
@@ -637,6 +689,9 @@ async fn session(
                     let _ = sink.send(Message::Close(None)).await;
                     break SessionEnd::Shutdown;
                 };
+                // The next check a full interval after this one ended: one that outlasted the
+                // interval (the client's own retries) is not followed at once.
+                repair.reset();
                 match repaired {
                     Ok(super::Repair::Healthy) => {}
                     Ok(super::Repair::Resubscribed(n)) => {
@@ -870,13 +925,15 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_upgrade_replaces_the_channel_at_the_third_and_twice_at_most_without_a_socket() {
+    fn a_refused_upgrade_replaces_the_channel_at_the_third_and_twice_an_hour_at_most_without_a_socket(
+    ) {
         let mut refusals = Refusals::default();
+        let now = Instant::now();
         // Refused, "gone" included (the listing decides that): the third in a row of one
         // channel.
         for status in [404, 410] {
             assert_eq!(
-                after_refused_upgrade(status, "a", &mut refusals),
+                after_refused_upgrade(status, "a", &mut refusals, now),
                 SessionEnd::Reconnect("upgrade_refused")
             );
         }
@@ -884,22 +941,22 @@ mod tests {
         // Busy or failing says nothing against the channel, and leaves the count as it is.
         for status in [429, 500, 502, 503] {
             assert_eq!(
-                after_refused_upgrade(status, "a", &mut refusals),
+                after_refused_upgrade(status, "a", &mut refusals, now),
                 SessionEnd::Reconnect("connect_failed")
             );
         }
         assert_eq!(
-            after_refused_upgrade(401, "a", &mut refusals),
+            after_refused_upgrade(401, "a", &mut refusals, now),
             SessionEnd::Recreate("upgrade_refused")
         );
         // Another channel starts again.
         assert_eq!(
-            after_refused_upgrade(403, "b", &mut refusals),
+            after_refused_upgrade(403, "b", &mut refusals, now),
             SessionEnd::Reconnect("upgrade_refused")
         );
-        after_refused_upgrade(403, "b", &mut refusals);
+        after_refused_upgrade(403, "b", &mut refusals, now);
         assert_eq!(
-            after_refused_upgrade(403, "b", &mut refusals),
+            after_refused_upgrade(403, "b", &mut refusals, now),
             SessionEnd::Recreate("upgrade_refused"),
             "the second replacement"
         );
@@ -907,25 +964,39 @@ mod tests {
         // until a socket opens.
         for _ in 0..REFUSALS_BEFORE_RECREATE * 2 {
             assert_eq!(
-                after_refused_upgrade(403, "c", &mut refusals),
+                after_refused_upgrade(403, "c", &mut refusals, now),
+                SessionEnd::Reconnect("upgrade_refused")
+            );
+        }
+        // An hour on, still without a socket: the channel left may be the broken one, so one
+        // more replacement, and then again only an hour later.
+        let later = now + REPLACEMENT_AGAIN_AFTER;
+        assert_eq!(
+            after_refused_upgrade(403, "c", &mut refusals, later),
+            SessionEnd::Recreate("upgrade_refused"),
+            "one more after an hour"
+        );
+        for _ in 0..REFUSALS_BEFORE_RECREATE {
+            assert_eq!(
+                after_refused_upgrade(403, "d", &mut refusals, later),
                 SessionEnd::Reconnect("upgrade_refused")
             );
         }
         refusals.reset();
         for _ in 1..REFUSALS_BEFORE_RECREATE {
-            after_refused_upgrade(403, "c", &mut refusals);
+            after_refused_upgrade(403, "c", &mut refusals, now);
         }
         assert_eq!(
-            after_refused_upgrade(403, "c", &mut refusals),
+            after_refused_upgrade(403, "c", &mut refusals, now),
             SessionEnd::Recreate("upgrade_refused"),
             "replaced again once a socket opened"
         );
         refusals.reset();
         // So does a socket opened.
-        after_refused_upgrade(403, "b", &mut refusals);
+        after_refused_upgrade(403, "b", &mut refusals, now);
         refusals.reset();
         assert_eq!(
-            after_refused_upgrade(403, "b", &mut refusals),
+            after_refused_upgrade(403, "b", &mut refusals, now),
             SessionEnd::Reconnect("upgrade_refused")
         );
     }

@@ -241,6 +241,12 @@ impl TokenManager {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The generation of the cached token, if any, without asking for one: to renew, after a
+    /// refusal outside the transport's own 401 handling, the token a request went with.
+    pub(crate) fn cached_generation(&self) -> Option<u64> {
+        self.state().cached.as_ref().map(|c| c.generation)
+    }
+
     /// The cached token and what it is good for now; `None` when there is none.
     fn cached(&self) -> Option<(BearerToken, Freshness)> {
         let state = self.state();
