@@ -339,35 +339,6 @@ async fn refusing_with_retry_after() -> (RunningSimulator, GotoClient) {
     (sim, goto)
 }
 
-/// When each of the next `n` requests of `api` reached the simulator (polled every 10 ms:
-/// the simulator counts requests, it does not announce them).
-async fn next_requests(sim: &RunningSimulator, api: &str, n: usize) -> Vec<tokio::time::Instant> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut counted = requests(sim, api);
-    let mut times = Vec::new();
-    while times.len() < n {
-        let now = requests(sim, api);
-        times.extend((counted..now).map(|_| tokio::time::Instant::now()));
-        counted = now;
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {n} requests of {api} within 30 s",
-            times.len()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    times
-}
-
-/// Every two requests in `times` at least [`LEAST_GAP`] apart.
-fn assert_spaced_by_retry_after(times: &[tokio::time::Instant], what: &str) {
-    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
-    assert!(
-        gaps.iter().all(|gap| *gap >= LEAST_GAP),
-        "{what}: requests {gaps:?} apart, GoTo asked for {ROUND_RETRY_AFTER:?}"
-    );
-}
-
 /// The owner's set-up rounds, each refused (the listing: the client's two attempts, then the
 /// round gives up), wait for GoTo's `Retry-After`, not the owner's 50 ms backoff; once GoTo
 /// answers again the channel is set up.
@@ -377,7 +348,7 @@ async fn set_up_rounds_wait_for_gotos_retry_after(kind: ChannelKind) {
     let mut owner = owner_with(&sim, goto, kind, &broker).await;
     // Three rounds of two attempts: two gaps between rounds, three within them.
     let times = next_requests(&sim, "notification-channel", 6).await;
-    assert_spaced_by_retry_after(&times, "set-up rounds");
+    assert_spaced_by_retry_after(&times, LEAST_GAP, ROUND_RETRY_AFTER, "set-up rounds");
     sim.control()
         .patch_faults(&serde_json::json!({ "rest_429_rate": 0.0 }))
         .expect("fault cleared");
@@ -410,44 +381,9 @@ async fn webhook_repair_passes_wait_for_gotos_retry_after() {
     goto.max_attempts = 2;
     let goto = client_with(goto);
     let broker = Tansu::start();
-    let kafka = broker.kafka(1);
-    ensure_topics(&kafka).await.expect("topics");
-    let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
-    let keeper = callbridge::channel::ChannelKeeper::new(
-        goto,
-        "bridge",
-        callbridge::channel::DesiredChannel::WebSocket,
-        vec![A1.to_owned()],
-        vec!["STARTING".into(), "ACTIVE".into(), "ENDING".into()],
-    );
-    let channel = keeper.ensure_channel().await.expect("channel");
-    keeper
-        .ensure_subscriptions(&channel)
-        .await
-        .expect("subscribed");
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let sweeper = ReportSweeper::spawn(
-        client(&sim),
-        ingest.clone(),
-        vec![A1.to_owned()],
-        Duration::from_secs(60),
-        shutdown_rx.clone(),
-    );
-    let (state_tx, _state) = watch::channel(ChannelState::Starting);
-    sim.control()
-        .patch_faults(&serde_json::json!({ "rest_429_rate": 1.0 }))
-        .expect("fault set");
-    let running = tokio::spawn(callbridge::channel::repair_loop(
-        keeper,
-        ingest,
-        channel,
-        Duration::from_millis(100),
-        sweeper,
-        state_tx,
-        shutdown_rx,
-    ));
+    let (shutdown, running) = repair_loop_meeting_429s(&sim, goto, &broker.kafka(1)).await;
     let times = next_requests(&sim, "notification-channel", 6).await;
-    assert_spaced_by_retry_after(&times, "repair passes");
+    assert_spaced_by_retry_after(&times, LEAST_GAP, ROUND_RETRY_AFTER, "repair passes");
     shutdown.send(true).expect("loop running");
     tokio::time::timeout(Duration::from_secs(10), running)
         .await

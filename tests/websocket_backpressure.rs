@@ -124,6 +124,14 @@ async fn connected(sim: &RunningSimulator, ingest: &Ingest) -> Session {
         matches!(s, ChannelState::Ready(_))
     })
     .await;
+    // The simulator takes the socket once its side of the upgrade runs, which can be just after
+    // the client saw the upgrade answered: frames sent before then find no socket and are
+    // dropped, as GoTo would drop them. Wait for it, so a test's call reaches the socket.
+    let control = sim.control();
+    eventually(Duration::from_secs(10), async || {
+        (control.stats().websocket_connections >= 1).then_some(())
+    })
+    .await;
     state.mark_unchanged();
     Session {
         state,

@@ -453,42 +453,7 @@ async fn the_repair_loop_stops_without_waiting_for_goto_to_stop_refusing() {
     c.rate_limit.retry_after_seconds = Some(3600);
     let sim = start(c).await;
     let broker = Tansu::start();
-    let kafka = broker.kafka(1);
-    ensure_topics(&kafka).await.expect("topics");
-    let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
-    let keeper = ChannelKeeper::new(
-        client(&sim),
-        "bridge",
-        DesiredChannel::WebSocket,
-        vec![A1.to_owned()],
-        vec!["STARTING".into(), "ACTIVE".into(), "ENDING".into()],
-    );
-    let channel = keeper.ensure_channel().await.expect("channel");
-    keeper
-        .ensure_subscriptions(&channel)
-        .await
-        .expect("subscribed");
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let sweeper = ReportSweeper::spawn(
-        client(&sim),
-        ingest.clone(),
-        vec![A1.to_owned()],
-        Duration::from_secs(60),
-        shutdown_rx.clone(),
-    );
-    let (state_tx, _state) = watch::channel(ChannelState::Starting);
-    sim.control()
-        .patch_faults(&serde_json::json!({ "rest_429_rate": 1.0 }))
-        .expect("fault set");
-    let running = tokio::spawn(callbridge::channel::repair_loop(
-        keeper,
-        ingest,
-        channel,
-        Duration::from_millis(100),
-        sweeper,
-        state_tx,
-        shutdown_rx,
-    ));
+    let (shutdown, running) = repair_loop_meeting_429s(&sim, client(&sim), &broker.kafka(1)).await;
     let control = sim.control();
     eventually(Duration::from_secs(20), async || {
         let refused: u64 = control
@@ -705,35 +670,6 @@ fn client_trying_twice(sim: &RunningSimulator) -> callbridge::goto::GotoClient {
     client_with(goto)
 }
 
-/// When each of the next `n` requests of `api` reached the simulator (polled every 10 ms:
-/// the simulator counts requests, it does not announce them).
-async fn next_requests(sim: &RunningSimulator, api: &str, n: usize) -> Vec<tokio::time::Instant> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut counted = requests(sim, api);
-    let mut times = Vec::new();
-    while times.len() < n {
-        let now = requests(sim, api);
-        times.extend((counted..now).map(|_| tokio::time::Instant::now()));
-        counted = now;
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {n} requests of {api} within 30 s",
-            times.len()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    times
-}
-
-/// Every two requests in `times` at least [`LEAST_GAP`] apart.
-fn assert_spaced_by_retry_after(times: &[tokio::time::Instant], what: &str) {
-    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
-    assert!(
-        gaps.iter().all(|gap| *gap >= LEAST_GAP),
-        "{what}: requests {gaps:?} apart, GoTo asked for {RETRY_AFTER:?}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_goto_refuses_is_retried_after_its_retry_after() {
     // GoTo asks for a refresh 1 s after each grant (lifetime 60 s), then answers every request
@@ -754,7 +690,7 @@ async fn a_refresh_goto_refuses_is_retried_after_its_retry_after() {
         .expect("fault set");
     // Three refresh tries of two attempts each (the socket needs nothing else of this API).
     let times = next_requests(&sim, "notification-channel", 6).await;
-    assert_spaced_by_retry_after(&times, "refresh tries");
+    assert_spaced_by_retry_after(&times, LEAST_GAP, RETRY_AFTER, "refresh tries");
     assert_eq!(*session.state.borrow(), ChannelState::Ready(id));
     session.end().await;
 }
@@ -780,7 +716,7 @@ async fn a_repair_check_goto_refuses_is_retried_after_its_retry_after() {
         .expect("fault set");
     // Three checks of two attempts each (reading the channel).
     let times = next_requests(&sim, "notification-channel", 6).await;
-    assert_spaced_by_retry_after(&times, "repair checks");
+    assert_spaced_by_retry_after(&times, LEAST_GAP, RETRY_AFTER, "repair checks");
     assert_eq!(*session.state.borrow(), ChannelState::Ready(id));
     session.end().await;
 }

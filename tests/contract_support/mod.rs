@@ -103,6 +103,100 @@ pub fn requests(sim: &RunningSimulator, api: &str) -> u64 {
         .map_or(0, |s| s.requests)
 }
 
+/// When each of the next `n` requests of `api` reached the simulator (polled every 10 ms: the
+/// simulator counts requests, it does not announce them).
+pub async fn next_requests(
+    sim: &RunningSimulator,
+    api: &str,
+    n: usize,
+) -> Vec<tokio::time::Instant> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut counted = requests(sim, api);
+    let mut times = Vec::new();
+    while times.len() < n {
+        let now = requests(sim, api);
+        times.extend((counted..now).map(|_| tokio::time::Instant::now()));
+        counted = now;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} requests of {api} within 30 s",
+            times.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    times
+}
+
+/// Every two requests in `times` at least `least` apart: each waited for GoTo's `retry_after`
+/// (`least` is that, less the polling's resolution and a generous scheduling stall on two busy
+/// cores: a stall seen late shortens the next gap as much as it lengthens this one).
+pub fn assert_spaced_by_retry_after(
+    times: &[tokio::time::Instant],
+    least: Duration,
+    retry_after: Duration,
+    what: &str,
+) {
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|gap| *gap >= least),
+        "{what}: requests {gaps:?} apart, GoTo asked for {retry_after:?}"
+    );
+}
+
+/// Webhook mode's repair loop (a pass every 100 ms) on a channel found and subscribed while
+/// GoTo answered, then GoTo answering every REST request 429 with the simulator's
+/// `Retry-After`: what that does to the passes, and to a stop. `goto` makes the channel and
+/// runs the passes. Returns the stop and the running loop.
+pub async fn repair_loop_meeting_429s(
+    sim: &RunningSimulator,
+    goto: GotoClient,
+    kafka: &callbridge::kafka::KafkaConfig,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    use callbridge::channel::{ChannelKeeper, ChannelState, DesiredChannel};
+    use callbridge::ingest::{Ingest, RawWriter};
+    callbridge::kafka::ensure_topics(kafka)
+        .await
+        .expect("topics");
+    let ingest = Ingest::new(RawWriter::new(kafka).expect("producer"));
+    let keeper = ChannelKeeper::new(
+        goto,
+        "bridge",
+        DesiredChannel::WebSocket,
+        vec![A1.to_owned()],
+        vec!["STARTING".into(), "ACTIVE".into(), "ENDING".into()],
+    );
+    let channel = keeper.ensure_channel().await.expect("channel");
+    keeper
+        .ensure_subscriptions(&channel)
+        .await
+        .expect("subscribed");
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let sweeper = callbridge::channel::sweep::ReportSweeper::spawn(
+        client(sim),
+        ingest.clone(),
+        vec![A1.to_owned()],
+        Duration::from_secs(60),
+        shutdown_rx.clone(),
+    );
+    let (state_tx, _state) = tokio::sync::watch::channel(ChannelState::Starting);
+    sim.control()
+        .patch_faults(&serde_json::json!({ "rest_429_rate": 1.0 }))
+        .expect("fault set");
+    let running = tokio::spawn(callbridge::channel::repair_loop(
+        keeper,
+        ingest,
+        channel,
+        Duration::from_millis(100),
+        sweeper,
+        state_tx,
+        shutdown_rx,
+    ));
+    (shutdown, running)
+}
+
 /// Requests of `api` the simulator answered with `status`.
 pub fn answered(sim: &RunningSimulator, api: &str, status: u16) -> u64 {
     sim.control()
