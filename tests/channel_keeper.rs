@@ -12,17 +12,7 @@ use callbridge::channel::{ChannelError, ChannelKeeper, DesiredChannel, Repair};
 use contract_support::*;
 
 fn keeper(sim: &callbridge::simulator::RunningSimulator) -> ChannelKeeper {
-    ChannelKeeper::new(
-        client(sim),
-        "bridge",
-        DesiredChannel::WebSocket,
-        vec![A1.to_owned()],
-        vec![
-            "STARTING".to_owned(),
-            "ACTIVE".to_owned(),
-            "ENDING".to_owned(),
-        ],
-    )
+    bridge_keeper(client(sim))
 }
 
 /// A channel the keeper created, deleted behind its back (GoTo deleting or expiring it).

@@ -14,7 +14,7 @@ mod support;
 
 use callbridge::channel::sweep::ReportSweeper;
 use callbridge::channel::websocket;
-use callbridge::channel::{ChannelKeeper, ChannelState, DesiredChannel};
+use callbridge::channel::ChannelState;
 use callbridge::config::bridge::{ChannelKind, ChannelSettings};
 use callbridge::ingest::{Ingest, RawWriter};
 use callbridge::kafka::reader::read_topic;
@@ -94,13 +94,7 @@ async fn until(
 
 /// Starts the session on `ingest` and waits until its socket is connected.
 async fn connected(sim: &RunningSimulator, ingest: &Ingest) -> Session {
-    let keeper = ChannelKeeper::new(
-        client(sim),
-        "bridge",
-        DesiredChannel::WebSocket,
-        vec![A1.to_owned()],
-        vec!["STARTING".into(), "ACTIVE".into(), "ENDING".into()],
-    );
+    let keeper = bridge_keeper(client(sim));
     let (state_tx, mut state) = watch::channel(ChannelState::Starting);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (doubt, doubt_rx) = watch::channel(false);

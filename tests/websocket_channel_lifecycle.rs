@@ -21,7 +21,7 @@ mod support;
 
 use callbridge::channel::sweep::ReportSweeper;
 use callbridge::channel::websocket;
-use callbridge::channel::{ChannelKeeper, ChannelState, DesiredChannel};
+use callbridge::channel::ChannelState;
 use callbridge::config::bridge::{ChannelKind, ChannelSettings};
 use callbridge::goto::Channel;
 use callbridge::ingest::{Ingest, RawWriter};
@@ -86,13 +86,7 @@ impl Session {
         let kafka = broker.kafka(1);
         ensure_topics(&kafka).await.expect("topics");
         let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
-        let keeper = ChannelKeeper::new(
-            goto,
-            "bridge",
-            DesiredChannel::WebSocket,
-            vec![A1.to_owned()],
-            vec!["STARTING".into(), "ACTIVE".into(), "ENDING".into()],
-        );
+        let keeper = bridge_keeper(goto);
         let (state_tx, state) = watch::channel(ChannelState::Starting);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (_doubt, doubt_rx) = watch::channel(false);

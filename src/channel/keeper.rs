@@ -8,6 +8,7 @@
 //! next round (a webhook channel lives 68 years).
 
 use crate::goto::endpoint::SUBSCRIBE_CALL_EVENTS;
+use crate::goto::MAX_RETRY_AFTER;
 use crate::goto::{
     AccountSubscription, Channel, ChannelKind, ChannelRequest, GotoClient, GotoError,
     SubscriptionOutcome,
@@ -150,6 +151,35 @@ impl ChannelError {
             ChannelError::ChannelGone { .. } => true,
             ChannelError::Goto { source, .. } => matches!(source.status(), Some(404 | 410)),
             _ => false,
+        }
+    }
+
+    /// GoTo's `Retry-After` on the failure, when it sent one (of the last attempt, when the
+    /// client's own retries ran out), cut to [`MAX_RETRY_AFTER`] as the client cuts it: a
+    /// misbehaving server must not park the channel for hours.
+    ///
+    /// Read from the first GoTo error among the causes, so that every variant wrapping one
+    /// (directly, or inside another `ChannelError`) answers, including variants added later.
+    pub fn retry_after(&self) -> Option<Duration> {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(error) = cause {
+            if let Some(goto) = error.downcast_ref::<GotoError>() {
+                return goto.retry_after().map(|wait| wait.min(MAX_RETRY_AFTER));
+            }
+            cause = error.source();
+        }
+        None
+    }
+
+    /// What the channel state (and so `/readyz`) says after a set-up round failed with this
+    /// transient error: the error itself when it names a fix only an operator can make (items
+    /// answering 401 round after round), or else only that the set-up failed (the log says why).
+    pub(crate) fn set_up_failed_text(&self) -> String {
+        match self {
+            ChannelError::SubscriptionUnauthorized { .. } => {
+                format!("channel set-up failed: {self}")
+            }
+            _ => "channel set-up failed".to_owned(),
         }
     }
 }

@@ -19,41 +19,7 @@ pub mod websocket;
 
 pub use keeper::{ChannelError, ChannelKeeper, DesiredChannel, Repair};
 
-use crate::goto::MAX_RETRY_AFTER;
 use std::time::Duration;
-
-impl ChannelError {
-    /// GoTo's `Retry-After` on the failure, when it sent one (of the last attempt, when the
-    /// client's own retries ran out), cut to [`MAX_RETRY_AFTER`] as the client cuts it: a
-    /// misbehaving server must not park the channel for hours.
-    ///
-    /// Read from the first GoTo error among the causes, so that every variant wrapping one
-    /// (directly, or inside another `ChannelError`) answers, including variants added later.
-    pub fn retry_after(&self) -> Option<Duration> {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
-        while let Some(error) = cause {
-            if let Some(goto) = error.downcast_ref::<crate::goto::GotoError>() {
-                return goto.retry_after().map(|wait| wait.min(MAX_RETRY_AFTER));
-            }
-            cause = error.source();
-        }
-        None
-    }
-}
-
-impl ChannelError {
-    /// What the channel state (and so `/readyz`) says after a set-up round failed with this
-    /// transient error: the error itself when it names a fix only an operator can make (items
-    /// answering 401 round after round), or else only that the set-up failed (the log says why).
-    pub(crate) fn set_up_failed_text(&self) -> String {
-        match self {
-            ChannelError::SubscriptionUnauthorized { .. } => {
-                format!("channel set-up failed: {self}")
-            }
-            _ => "channel set-up failed".to_owned(),
-        }
-    }
-}
 
 /// How long to wait before the next round after a round failed with `error`: the caller's
 /// `backoff`, or GoTo's `Retry-After` when that is longer. The client honours a `Retry-After`
@@ -164,6 +130,7 @@ mod tests {
     use super::*;
     use crate::goto::endpoint::LIST_CHANNELS;
     use crate::goto::GotoError;
+    use crate::goto::MAX_RETRY_AFTER;
 
     fn refused(status: u16, retry_after: Option<Duration>) -> GotoError {
         GotoError::from_api_response(LIST_CHANNELS, status, b"{}", retry_after)

@@ -48,7 +48,7 @@ use super::keeper::ChannelKeeper;
 use super::sweep::ReportSweeper;
 use super::ChannelState;
 use crate::config::bridge::ChannelSettings;
-use crate::goto::{parse_retry_after, Channel, MAX_RETRY_AFTER};
+use crate::goto::{retry_after_header, Channel, MAX_RETRY_AFTER};
 use crate::ingest::{Accepted, Ingest, Transport, WriteError};
 use crate::notification::ControlMessage;
 use futures_util::{SinkExt, StreamExt};
@@ -129,11 +129,7 @@ async fn open_socket(url: &str, timeout: Duration, shutdown: &mut watch::Receive
             Ok(Ok((ws, _))) => Opened::Socket(Box::new(ws)),
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(answer))) => Opened::Refused {
                 status: answer.status().as_u16(),
-                retry_after: answer
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
+                retry_after: retry_after_header(answer.headers(), std::time::SystemTime::now())
                     .map(|wait| wait.min(MAX_RETRY_AFTER)),
             },
             Ok(Err(e)) => Opened::Failed(e.to_string()),

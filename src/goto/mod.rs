@@ -45,7 +45,7 @@ pub use config::{Credential, GotoClientConfig, Secret, WebSocketTypeSpelling};
 pub use endpoint::{Api, Endpoint};
 pub use error::{Constraint, GotoError};
 pub use model::{BackfilledState, Channel, ChannelKind, ConversationEvents, SubscriptionOutcome};
-pub use retry::{parse_retry_after, RetryPolicy, MAX_RETRY_AFTER};
+pub use retry::{parse_retry_after, retry_after_header, RetryPolicy, MAX_RETRY_AFTER};
 
 use auth::TokenManager;
 use ratelimit::RateLimiter;

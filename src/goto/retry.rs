@@ -127,6 +127,18 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// The `Retry-After` of an answer's `headers`, when it has one GoTo's way or the other
+/// ([`parse_retry_after`]); the REST answers and a refused WebSocket upgrade alike.
+pub fn retry_after_header(
+    headers: &reqwest::header::HeaderMap,
+    now: SystemTime,
+) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, now))
+}
+
 /// Parses the three date formats HTTP/1.1 allows (RFC 9110 §5.6.7). The weekday is ignored.
 pub fn parse_http_date(value: &str) -> Option<SystemTime> {
     let parts: Vec<&str> = value.split_whitespace().collect();

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, DATE, RETRY_AFTER};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, DATE};
 use reqwest::Method;
 use url::Url;
 
@@ -26,7 +26,7 @@ use super::auth::{BearerToken, TokenManager};
 use super::endpoint::Endpoint;
 use super::error::GotoError;
 use super::ratelimit::RateLimiter;
-use super::retry::{parse_http_date, parse_retry_after, retrying, RetryPolicy};
+use super::retry::{parse_http_date, retry_after_header, retrying, RetryPolicy};
 use super::GotoClient;
 
 /// A clock skew above this is logged as a warning (once, until it falls back under it): the
@@ -280,11 +280,7 @@ async fn exchange_timed(
     };
     let status = response.status().as_u16();
     record_call(endpoint, response.status().as_str(), sent_at);
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let retry_after = retry_after_header(response.headers(), SystemTime::now());
     let body = response
         .bytes()
         .await

@@ -143,6 +143,18 @@ pub fn assert_spaced_by_retry_after(
     );
 }
 
+/// The keeper the channel tests run: `goto`'s channel nicknamed `bridge`, WebSocket, account
+/// [`A1`] subscribed to every call-event type.
+pub fn bridge_keeper(goto: GotoClient) -> callbridge::channel::ChannelKeeper {
+    callbridge::channel::ChannelKeeper::new(
+        goto,
+        "bridge",
+        callbridge::channel::DesiredChannel::WebSocket,
+        vec![A1.to_owned()],
+        vec!["STARTING".into(), "ACTIVE".into(), "ENDING".into()],
+    )
+}
+
 /// Webhook mode's repair loop (a pass every 100 ms) on a channel found and subscribed while
 /// GoTo answered, then GoTo answering every REST request 429 with the simulator's
 /// `Retry-After`: what that does to the passes, and to a stop. `goto` makes the channel and
@@ -155,19 +167,13 @@ pub async fn repair_loop_meeting_429s(
     tokio::sync::watch::Sender<bool>,
     tokio::task::JoinHandle<()>,
 ) {
-    use callbridge::channel::{ChannelKeeper, ChannelState, DesiredChannel};
+    use callbridge::channel::ChannelState;
     use callbridge::ingest::{Ingest, RawWriter};
     callbridge::kafka::ensure_topics(kafka)
         .await
         .expect("topics");
     let ingest = Ingest::new(RawWriter::new(kafka).expect("producer"));
-    let keeper = ChannelKeeper::new(
-        goto,
-        "bridge",
-        DesiredChannel::WebSocket,
-        vec![A1.to_owned()],
-        vec!["STARTING".into(), "ACTIVE".into(), "ENDING".into()],
-    );
+    let keeper = bridge_keeper(goto);
     let channel = keeper.ensure_channel().await.expect("channel");
     keeper
         .ensure_subscriptions(&channel)
