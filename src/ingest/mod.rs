@@ -40,6 +40,9 @@ pub struct Ingest {
     writer: RawWriter,
     outage: std::sync::Arc<std::sync::Mutex<UnwrittenWindow>>,
     on_receipt: Option<std::sync::Arc<OnReceipt>>,
+    /// `callbridge_notifications_received_total` by transport, taken once (`counter!` with a
+    /// label builds its key, a label vector and a registry lookup, at every call).
+    received: std::sync::Arc<[metrics::Counter; 3]>,
 }
 
 /// When notifications could not be written (Kafka down): a call that started and ended in that
@@ -72,7 +75,21 @@ impl Ingest {
             writer,
             outage: Default::default(),
             on_receipt: None,
+            received: std::sync::Arc::new(
+                [Transport::Webhook, Transport::WebSocket, Transport::Catchup].map(|t| {
+                    metrics::counter!("callbridge_notifications_received_total", "transport" => t.as_str())
+                }),
+            ),
         }
+    }
+
+    fn count_received(&self, transport: Transport) {
+        self.received[match transport {
+            Transport::Webhook => 0,
+            Transport::WebSocket => 1,
+            Transport::Catchup => 2,
+        }]
+        .increment(1);
     }
 
     /// Answers webhook POSTs of call states once they are queued, while fewer than `limit` of
@@ -141,8 +158,7 @@ impl Ingest {
         transport: Transport,
         detail: &str,
     ) -> Result<(), WriteError> {
-        metrics::counter!("callbridge_notifications_received_total", "transport" => transport.as_str())
-            .increment(1);
+        self.count_received(transport);
         self.dead_letter(None, &[], transport, "oversize", detail)
             .await
     }
@@ -168,8 +184,7 @@ impl Ingest {
         body: &[u8],
         transport: Transport,
     ) -> Result<Accepted, WriteError> {
-        metrics::counter!("callbridge_notifications_received_total", "transport" => transport.as_str())
-            .increment(1);
+        self.count_received(transport);
         match route(body) {
             Disposition::Raw {
                 conversation_space_id,

@@ -28,6 +28,7 @@ use serde_json::value::RawValue;
 
 pub use error::ParseError;
 pub use fingerprint::{canonical_json, fnv1a64, state_fingerprint};
+pub(crate) use parse::json_string;
 pub use parse::{inspect_state, parse};
 
 /// What a notification body turned out to be.
@@ -96,7 +97,7 @@ pub struct CallState<'a> {
     /// The `state` object, byte for byte.
     pub state: &'a RawValue,
     /// Where `state` sits in the body (`content.state`, …), for error messages.
-    pub(crate) state_path: String,
+    pub(crate) state_path: &'static str,
     /// Length of `conversationSpaceId` as sent (its JSON string, quotes and escapes included):
     /// a bound on each copy of the id the records written for this state repeat outside it
     /// (Kafka key, headers), which ingest's size limit must count.
@@ -104,15 +105,23 @@ pub struct CallState<'a> {
     /// Length of `state.timestamp` as sent (0 when absent): a bound on the copy the ordered
     /// record repeats in a header (`ce_time`).
     pub(crate) timestamp_json_len: usize,
+    /// `state.timestamp` as sent, if present.
+    pub(crate) timestamp: Option<&'a RawValue>,
 }
 
-impl CallState<'_> {
+impl<'a> CallState<'a> {
     /// [`state_fingerprint`] of `state`. Computed on demand: canonicalising the state is most
     /// of the cost of parsing, and only the sequencer needs it (ingest routes on the fields
     /// above). An error here means the state cannot be compared with another copy of itself;
     /// the sequencer dead-letters such a state.
     pub fn fingerprint(&self) -> Result<u64, ParseError> {
-        fingerprint::fingerprint_at(self.state, &self.state_path)
+        fingerprint::fingerprint_at(self.state, self.state_path)
+    }
+
+    /// `state.timestamp` when it is a JSON string (anything else reads as absent): the ordered
+    /// record repeats it in `ce_time`.
+    pub fn timestamp(&self) -> Option<Cow<'a, str>> {
+        parse::json_string(self.timestamp?)
     }
 
     /// True for the conversation's last state (`type` ENDING, any letter case).

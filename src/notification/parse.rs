@@ -10,7 +10,6 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::error::join;
 use super::fingerprint::fingerprint_at;
 use super::{
     is_reserved_id, CallState, ControlMessage, Notification, ParseError, StateSummary,
@@ -165,9 +164,9 @@ fn level(top: Level<'_>) -> Result<Notification<'_>, ParseError> {
     match top.data {
         Some(data) if unwrap_data => {
             let inner = object(data, "", "data")?;
-            classify(from_json(inner)?, "data")
+            classify(from_json(inner)?, true)
         }
-        _ => classify(top, ""),
+        _ => classify(top, false),
     }
 }
 
@@ -181,7 +180,43 @@ pub fn inspect_state(state: &RawValue) -> Result<StateSummary<'_>, ParseError> {
     })
 }
 
-fn classify<'a>(n: Level<'a>, prefix: &str) -> Result<Notification<'a>, ParseError> {
+/// The dotted paths errors name, for each place a call state can sit: static, because they were
+/// formatted for every notification (four allocations each, on both sides of the raw topic)
+/// only to be read when one is refused.
+struct Paths {
+    container: &'static str,
+    metadata: &'static str,
+    state: &'static str,
+}
+
+const fn paths(in_data: bool, in_content: bool) -> Paths {
+    match (in_data, in_content) {
+        (false, false) => Paths {
+            container: "",
+            metadata: "metadata",
+            state: "state",
+        },
+        (false, true) => Paths {
+            container: "content",
+            metadata: "content.metadata",
+            state: "content.state",
+        },
+        (true, false) => Paths {
+            container: "data",
+            metadata: "data.metadata",
+            state: "data.state",
+        },
+        (true, true) => Paths {
+            container: "data.content",
+            metadata: "data.content.metadata",
+            state: "data.content.state",
+        },
+    }
+}
+
+/// `in_data`: the level is the member `data` of a WebSocket frame.
+fn classify(n: Level<'_>, in_data: bool) -> Result<Notification<'_>, ParseError> {
+    let prefix = paths(in_data, false).container;
     let source = string(n.source, prefix, "source")?;
     let kind = string(n.kind, prefix, "type")?;
     if let Some(control) = control(source.as_deref(), kind.as_deref()) {
@@ -199,9 +234,9 @@ fn classify<'a>(n: Level<'a>, prefix: &str) -> Result<Notification<'a>, ParseErr
         let ContentField::Object(c) = content else {
             return Err(ParseError::wrong_type(prefix, "content", "an object"));
         };
-        (join(prefix, "content"), c.metadata, c.state)
+        (paths(in_data, true), c.metadata, c.state)
     } else if n.metadata.is_some() || n.state.is_some() {
-        (prefix.to_owned(), n.metadata, n.state)
+        (paths(in_data, false), n.metadata, n.state)
     } else if source.is_none() && kind.is_none() {
         // Nothing that says "call state": not ours to judge.
         return Ok(Notification::Other {
@@ -212,28 +247,25 @@ fn classify<'a>(n: Level<'a>, prefix: &str) -> Result<Notification<'a>, ParseErr
         return Err(ParseError::missing(prefix, "content"));
     };
 
-    let metadata = metadata.ok_or_else(|| ParseError::missing(&container, "metadata"))?;
-    let meta_path = join(&container, "metadata");
-    let meta: Metadata<'a> = from_json(object(metadata, &container, "metadata")?)?;
-    let conversation_space_id = string(
-        meta.conversation_space_id,
-        &meta_path,
-        "conversationSpaceId",
-    )?
-    .filter(|id| !id.is_empty())
-    .ok_or_else(|| ParseError::missing(&meta_path, "conversationSpaceId"))?;
+    let metadata = metadata.ok_or_else(|| ParseError::missing(container.container, "metadata"))?;
+    let meta_path = container.metadata;
+    let meta: Metadata<'_> = from_json(object(metadata, container.container, "metadata")?)?;
+    let conversation_space_id =
+        string(meta.conversation_space_id, meta_path, "conversationSpaceId")?
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| ParseError::missing(meta_path, "conversationSpaceId"))?;
     if is_reserved_id(&conversation_space_id) {
         return Err(ParseError::wrong_type(
-            &meta_path,
+            meta_path,
             "conversationSpaceId",
             RESERVED_ID_RULE,
         ));
     }
     let id_json_len = meta.conversation_space_id.map_or(0, |raw| raw.get().len());
 
-    let state = state.ok_or_else(|| ParseError::missing(&container, "state"))?;
-    let state_path = join(&container, "state");
-    let (sequence_number, state_type, timestamp) = state_fields(state, &state_path)?;
+    let state = state.ok_or_else(|| ParseError::missing(container.container, "state"))?;
+    let state_path = container.state;
+    let (sequence_number, state_type, timestamp) = state_fields(state, state_path)?;
     // The fingerprint is computed later (by the sequencer) through serde_json's tree, which
     // refuses more than MAX_DEPTH levels; refuse such a state here already, where it costs one
     // byte scan, so it is dead-lettered at ingest like any other unreadable body.
@@ -255,6 +287,7 @@ fn classify<'a>(n: Level<'a>, prefix: &str) -> Result<Notification<'a>, ParseErr
         state_path,
         id_json_len,
         timestamp_json_len: timestamp.map_or(0, |raw| raw.get().len()),
+        timestamp,
     }))
 }
 
@@ -322,6 +355,16 @@ fn state_fields<'a>(
         string(s.kind, path, "type")?,
         s.timestamp,
     ))
+}
+
+/// `raw` when it is a JSON string, unescaped (borrowed when it has no escapes).
+pub(crate) fn json_string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    if text.starts_with('"') {
+        from_json::<Str<'_>>(text).ok().map(|s| s.0)
+    } else {
+        None
+    }
 }
 
 /// A JSON integer ≥ 1, or a string of decimal digits with the same value.
@@ -663,6 +706,68 @@ mod tests {
         let cs =
             call_state(r#"{"metadata":{"conversationSpaceId":"c"},"state":{"sequenceNumber":1}}"#);
         assert_eq!((cs.id_json_len, cs.timestamp_json_len), (3, 0));
+    }
+
+    #[test]
+    fn the_state_timestamp_is_read_with_the_state_and_only_as_a_string() {
+        let state = |s: &str| {
+            format!(
+                r#"{{"data":{{"content":{{"metadata":{{"conversationSpaceId":"c"}},"state":{s}}}}}}}"#
+            )
+        };
+        let ts = |s: &str| {
+            parse(state(s).as_bytes())
+                .ok()
+                .and_then(|n| match n {
+                    Notification::CallState(cs) => Some(cs.timestamp().map(Cow::into_owned)),
+                    _ => None,
+                })
+                .expect("a call state")
+        };
+        assert_eq!(
+            ts(r#"{"sequenceNumber":1,"timestamp":"2026-01-01T00:00:00Z"}"#).as_deref(),
+            Some("2026-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            ts(r#"{"sequenceNumber":1,"timestamp":"a\u0062"}"#).as_deref(),
+            Some("ab")
+        );
+        assert_eq!(ts(r#"{"sequenceNumber":1,"timestamp":17}"#), None);
+        assert_eq!(ts(r#"{"sequenceNumber":1,"timestamp":null}"#), None);
+        assert_eq!(ts(r#"{"sequenceNumber":1}"#), None);
+    }
+
+    #[test]
+    fn errors_name_the_path_of_each_container() {
+        let missing = |body: &str| match parse(body.as_bytes()) {
+            Err(ParseError::MissingField { path }) => path,
+            other => panic!("{body}: {other:?}"),
+        };
+        for (body, path) in [
+            (r#"{"state":{}}"#, "metadata"),
+            (
+                r#"{"metadata":{"conversationSpaceId":"c"},"state":{}}"#,
+                "state.sequenceNumber",
+            ),
+            (
+                r#"{"content":{"metadata":{}}}"#,
+                "content.metadata.conversationSpaceId",
+            ),
+            (
+                r#"{"data":{"metadata":{"conversationSpaceId":"c"}}}"#,
+                "data.state",
+            ),
+            (
+                r#"{"data":{"content":{"metadata":{"conversationSpaceId":"c"},"state":{}}}}"#,
+                "data.content.state.sequenceNumber",
+            ),
+            (
+                r#"{"data":{"content":{"state":{}}}}"#,
+                "data.content.metadata",
+            ),
+        ] {
+            assert_eq!(missing(body), path, "{body}");
+        }
     }
 
     #[test]

@@ -364,3 +364,268 @@ mod tests {
         assert_eq!(h["ce_type"], TYPE_TAKEOVER);
     }
 }
+
+/// Every byte of every kind of record pinned: key, value, header names, values and order.
+/// Consumers and the takeover read these records back: a change to how they are built must not
+/// move them by a byte.
+#[cfg(test)]
+mod pinned_bytes {
+    use super::*;
+
+    /// A conversation id with everything JSON escapes (and a few things it does not).
+    const ODD: &str = "a\"b\\c\n\r\t\u{8}\u{c}\u{1}\u{1f}é/\u{7f}😀";
+    /// [`ODD`] as serde_json writes it.
+    const ODD_JSON: &str = concat!(r#""a\"b\\c\n\r\t\b\f\u0001\u001fé/"#, "\u{7f}😀\"");
+    const MAX: &str = "18446744073709551615";
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    fn pairs(h: &[(&'static str, String)]) -> Vec<(String, String)> {
+        h.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    }
+
+    fn expect(
+        (key, value, headers): (Option<&str>, &[u8], Vec<(String, String)>),
+        want_key: Option<&str>,
+        want_value: &str,
+        want_headers: &[(&str, &str)],
+    ) {
+        assert_eq!(key, want_key);
+        assert_eq!(std::str::from_utf8(value).unwrap(), want_value);
+        let want: Vec<(String, String)> = want_headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(headers, want);
+    }
+
+    fn of(r: &OrderedRecord) -> (Option<&str>, &[u8], Vec<(String, String)>) {
+        (Some(&r.key), &r.value, pairs(&r.headers))
+    }
+
+    fn ce<'a>(
+        id: &'a str,
+        ce_type: &'a str,
+        subject: &'a str,
+        time: Option<&'a str>,
+    ) -> Vec<(&'static str, &'a str)> {
+        let mut h = vec![
+            ("ce_specversion", "1.0"),
+            ("ce_id", id),
+            ("ce_source", "urn:callbridge:goto-connect:call-events"),
+            ("ce_type", ce_type),
+            ("ce_subject", subject),
+            ("content-type", "application/json"),
+        ];
+        h.extend(time.map(|t| ("ce_time", t)));
+        h
+    }
+
+    #[test]
+    fn state_records() {
+        let metadata = raw(r#"{ "conversationSpaceId":"c-1","zNew":{"x":1},"accountKey":"1"}"#);
+        let state = raw(r#"{"sequenceNumber":3,  "type":"ACTIVE","futureField":[1,2]}"#);
+        let r = state_record(
+            "c-1",
+            3,
+            RecordOrigin::Backfill,
+            &metadata,
+            &state,
+            Some("2026-01-01T00:00:00.000Z"),
+            7,
+        );
+        let mut h = ce(
+            "c-1:3",
+            "com.goto.connect.call-state.v1",
+            "c-1",
+            Some("2026-01-01T00:00:00.000Z"),
+        );
+        h.extend([
+            ("callbridge-kind", "state"),
+            ("callbridge-sequence", "3"),
+            ("callbridge-origin", "backfill"),
+            ("callbridge-epoch", "7"),
+        ]);
+        expect(
+            of(&r),
+            Some("c-1"),
+            concat!(
+                r#"{"type":"call-state","conversationSpaceId":"c-1","sequenceNumber":3,"#,
+                r#""origin":"backfill","metadata":{ "conversationSpaceId":"c-1","zNew":{"x":1},"#,
+                r#""accountKey":"1"},"state":{"sequenceNumber":3,  "type":"ACTIVE","#,
+                r#""futureField":[1,2]}}"#
+            ),
+            &h,
+        );
+
+        let r = state_record(
+            ODD,
+            u64::MAX,
+            RecordOrigin::WebSocket,
+            &raw("{}"),
+            &raw(r#"{"type":"ENDING"}"#),
+            None,
+            u64::MAX,
+        );
+        let id = format!("{ODD}:{MAX}");
+        let mut h = ce(&id, "com.goto.connect.call-state.v1", ODD, None);
+        h.extend([
+            ("callbridge-kind", "state"),
+            ("callbridge-sequence", MAX),
+            ("callbridge-origin", "websocket"),
+            ("callbridge-epoch", MAX),
+        ]);
+        expect(
+            of(&r),
+            Some(ODD),
+            &format!(
+                r#"{{"type":"call-state","conversationSpaceId":{ODD_JSON},"sequenceNumber":{MAX},"origin":"websocket","metadata":{{}},"state":{{"type":"ENDING"}}}}"#
+            ),
+            &h,
+        );
+
+        let r = state_record(
+            "",
+            0,
+            RecordOrigin::Webhook,
+            &raw("{}"),
+            &raw("{}"),
+            Some(""),
+            0,
+        );
+        let mut h = ce(":0", "com.goto.connect.call-state.v1", "", Some(""));
+        h.extend([
+            ("callbridge-kind", "state"),
+            ("callbridge-sequence", "0"),
+            ("callbridge-origin", "webhook"),
+            ("callbridge-epoch", "0"),
+        ]);
+        expect(
+            of(&r),
+            Some(""),
+            r#"{"type":"call-state","conversationSpaceId":"","sequenceNumber":0,"origin":"webhook","metadata":{},"state":{}}"#,
+            &h,
+        );
+    }
+
+    #[test]
+    fn gap_records() {
+        let mut h = ce("c:gap:4-6", "dev.callbridge.gap.v1", "c", None);
+        h.extend([
+            ("callbridge-kind", "gap"),
+            ("callbridge-sequence", "4"),
+            ("callbridge-sequence-end", "6"),
+            ("callbridge-epoch", "1"),
+        ]);
+        expect(
+            of(&gap_record("c", 4, 6, GapCause::Gone, 1)),
+            Some("c"),
+            r#"{"conversationSpaceId":"c","fromSequence":4,"reason":"gone","toSequence":6,"type":"gap"}"#,
+            &h,
+        );
+
+        let id = format!("{ODD}:gap:0-{MAX}");
+        let mut h = ce(&id, "dev.callbridge.gap.v1", ODD, None);
+        h.extend([
+            ("callbridge-kind", "gap"),
+            ("callbridge-sequence", "0"),
+            ("callbridge-sequence-end", MAX),
+            ("callbridge-epoch", MAX),
+        ]);
+        expect(
+            of(&gap_record(
+                ODD,
+                0,
+                u64::MAX,
+                GapCause::BackfillFailed,
+                u64::MAX,
+            )),
+            Some(ODD),
+            &format!(
+                r#"{{"conversationSpaceId":{ODD_JSON},"fromSequence":0,"reason":"backfill_failed","toSequence":{MAX},"type":"gap"}}"#
+            ),
+            &h,
+        );
+    }
+
+    #[test]
+    fn completion_records() {
+        let mut h = ce("c:completion", "dev.callbridge.completion.v1", "c", None);
+        h.extend([
+            ("callbridge-kind", "completion"),
+            ("callbridge-sequence", "9"),
+            ("callbridge-epoch", "1"),
+        ]);
+        expect(
+            of(&completion_record("c", 9, 1, 1)),
+            Some("c"),
+            r#"{"complete":false,"conversationSpaceId":"c","gapCount":1,"lastSequence":9,"type":"completion"}"#,
+            &h,
+        );
+
+        let id = format!("{ODD}:completion");
+        let mut h = ce(&id, "dev.callbridge.completion.v1", ODD, None);
+        h.extend([
+            ("callbridge-kind", "completion"),
+            ("callbridge-sequence", MAX),
+            ("callbridge-epoch", MAX),
+        ]);
+        expect(
+            of(&completion_record(ODD, u64::MAX, 0, u64::MAX)),
+            Some(ODD),
+            &format!(
+                r#"{{"complete":true,"conversationSpaceId":{ODD_JSON},"gapCount":0,"lastSequence":{MAX},"type":"completion"}}"#
+            ),
+            &h,
+        );
+
+        let mut h = ce(":completion", "dev.callbridge.completion.v1", "", None);
+        h.extend([
+            ("callbridge-kind", "completion"),
+            ("callbridge-sequence", "0"),
+            ("callbridge-epoch", "0"),
+        ]);
+        expect(
+            of(&completion_record("", 0, u32::MAX, 0)),
+            Some(""),
+            r#"{"complete":false,"conversationSpaceId":"","gapCount":4294967295,"lastSequence":0,"type":"completion"}"#,
+            &h,
+        );
+    }
+
+    #[test]
+    fn takeover_markers() {
+        let (value, headers) = takeover_record(3, 12);
+        let mut h = ce(
+            "takeover:3:12",
+            "dev.callbridge.takeover.v1",
+            "partition/3",
+            None,
+        );
+        h.extend([("callbridge-kind", "takeover"), ("callbridge-epoch", "12")]);
+        expect(
+            (None, &value, pairs(&headers)),
+            None,
+            r#"{"epoch":12,"partition":3,"type":"takeover"}"#,
+            &h,
+        );
+
+        let (value, headers) = takeover_record(i32::MIN, u64::MAX);
+        let id = format!("takeover:-2147483648:{MAX}");
+        let mut h = ce(
+            &id,
+            "dev.callbridge.takeover.v1",
+            "partition/-2147483648",
+            None,
+        );
+        h.extend([("callbridge-kind", "takeover"), ("callbridge-epoch", MAX)]);
+        expect(
+            (None, &value, pairs(&headers)),
+            None,
+            &format!(r#"{{"epoch":{MAX},"partition":-2147483648,"type":"takeover"}}"#),
+            &h,
+        );
+    }
+}

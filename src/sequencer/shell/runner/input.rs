@@ -2,19 +2,26 @@
 
 use super::*;
 
+/// The two fields of a back-filled state the shell needs beyond the fingerprint, each read on
+/// its own: a field of another type reads as absent without hiding the other (a numeric
+/// `timestamp` once made an ENDING state read as not ending).
 #[derive(serde::Deserialize)]
 struct StateTimestamp<'a> {
-    #[serde(borrow)]
-    timestamp: Option<std::borrow::Cow<'a, str>>,
-    #[serde(rename = "type", borrow)]
-    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
 }
 
+/// `timestamp` (for `ce_time`) and whether the state is ENDING, by the rule live states follow
+/// (`notification::is_ending_type`: any letter case).
 fn state_fields(state: &RawValue) -> (Option<String>, bool) {
     match serde_json::from_str::<StateTimestamp<'_>>(state.get()) {
         Ok(s) => (
-            s.timestamp.map(|t| t.into_owned()),
-            s.kind.as_deref() == Some("ENDING"),
+            s.timestamp
+                .and_then(notification::json_string)
+                .map(std::borrow::Cow::into_owned),
+            notification::is_ending_type(s.kind.and_then(notification::json_string).as_deref()),
         ),
         Err(_) => (None, false),
     }
@@ -353,7 +360,8 @@ impl RunState {
                         return self.execute(p);
                     }
                 };
-                let (timestamp, _) = state_fields(cs.state);
+                // Read by ingest's parse above: no third pass over the state.
+                let timestamp = cs.timestamp().map(std::borrow::Cow::into_owned);
                 let payload = Arc::new(StatePayload {
                     metadata: cs.metadata.to_owned(),
                     state: cs.state.to_owned(),
@@ -489,6 +497,24 @@ impl RunState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_back_filled_state_reads_ending_in_any_case_and_each_field_on_its_own() {
+        let fields = |json: &str| state_fields(&RawValue::from_string(json.to_owned()).unwrap());
+        assert_eq!(
+            fields(r#"{"type":"ENDING","timestamp":"2026-01-01T00:00:00Z"}"#),
+            (Some("2026-01-01T00:00:00Z".to_owned()), true)
+        );
+        // Live states are ENDING in any letter case (`notification::is_ending_type`).
+        assert_eq!(fields(r#"{"type":"Ending"}"#), (None, true));
+        // A field of another type reads as absent without hiding the other.
+        assert_eq!(fields(r#"{"type":"ENDING","timestamp":5}"#), (None, true));
+        assert_eq!(
+            fields(r#"{"type":7,"timestamp":"t\u0031"}"#),
+            (Some("t1".to_owned()), false)
+        );
+        assert_eq!(fields(r#"{"type":"ACTIVE"}"#), (None, false));
+    }
 
     #[test]
     fn the_previous_raw_end_is_the_furthest_of_high_watermark_and_progress() {

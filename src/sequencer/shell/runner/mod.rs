@@ -199,6 +199,34 @@ struct PendingSnapshot {
     raw_read_end: i64,
 }
 
+/// `callbridge_states_published_total` by origin and the end-to-end latency histogram.
+struct PerStateMetrics {
+    published: [metrics::Counter; 3],
+    end_to_end: metrics::Histogram,
+}
+
+impl PerStateMetrics {
+    fn new() -> Self {
+        let published = |origin: RecordOrigin| metrics::counter!("callbridge_states_published_total", "origin" => origin.as_str());
+        PerStateMetrics {
+            published: [
+                published(RecordOrigin::Webhook),
+                published(RecordOrigin::WebSocket),
+                published(RecordOrigin::Backfill),
+            ],
+            end_to_end: metrics::histogram!("callbridge_end_to_end_latency_seconds"),
+        }
+    }
+
+    fn published(&self, origin: RecordOrigin) -> &metrics::Counter {
+        &self.published[match origin {
+            RecordOrigin::Webhook => 0,
+            RecordOrigin::WebSocket => 1,
+            RecordOrigin::Backfill => 2,
+        }]
+    }
+}
+
 /// State shared by the loop and the revoke callback (both on the consumer thread).
 struct RunState {
     config: ShellConfig,
@@ -210,6 +238,9 @@ struct RunState {
     /// The cores' clock, started with the run.
     origin: RunClock,
     actions: Vec<Action<Payload>>,
+    /// Metric handles of every published state, taken once: `counter!` with a label builds a
+    /// key (a label vector, a registry lookup) at each call.
+    per_state: PerStateMetrics,
     /// Partitions assigned but whose takeover has not started yet.
     assigned: Vec<i32>,
     /// Takeovers running on their own threads, by partition: the latest one of each (a result
@@ -457,6 +488,7 @@ fn run(
         stats: stats.clone(),
         origin: RunClock::start(),
         actions: Vec::new(),
+        per_state: PerStateMetrics::new(),
         assigned: Vec::new(),
         pending_takeovers: BTreeMap::new(),
         next_takeover_token: 0,

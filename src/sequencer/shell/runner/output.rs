@@ -6,11 +6,24 @@ use super::*;
 impl RunState {
     /// Carries out the core's decisions for partition `p`, in order.
     pub(super) fn execute(&mut self, p: i32) -> Result<(), ShellError> {
-        let actions = std::mem::take(&mut self.actions);
+        let mut actions = std::mem::take(&mut self.actions);
+        let result = self.perform(p, actions.drain(..));
+        // The emptied buffer goes back for the next record (a new one was an allocation per
+        // state), unless carrying out these actions queued new ones.
+        if self.actions.is_empty() {
+            self.actions = actions;
+        }
+        result
+    }
+
+    fn perform(
+        &mut self,
+        p: i32,
+        actions: impl Iterator<Item = Action<Payload>>,
+    ) -> Result<(), ShellError> {
         let Some(epoch) = self.partitions.get(&p).map(|x| x.epoch) else {
             return Ok(());
         };
-        let ordered = self.config.kafka.topics.ordered.clone();
         for action in actions {
             match action {
                 Action::Publish {
@@ -33,17 +46,15 @@ impl RunState {
                         payload.timestamp.as_deref(),
                         epoch,
                     );
-                    self.send(p, &ordered, r, true)?;
+                    self.send(p, r)?;
                     self.stats.states_published.fetch_add(1, Ordering::Relaxed);
                     if origin == RecordOrigin::Backfill {
                         self.stats.states_backfilled.fetch_add(1, Ordering::Relaxed);
                     }
-                    metrics::counter!("callbridge_states_published_total", "origin" => origin.as_str())
-                        .increment(1);
+                    self.per_state.published(origin).increment(1);
                     if let Some(at) = payload.received_at_ms {
                         let latency = epoch_ms().saturating_sub(at) as f64 / 1000.0;
-                        metrics::histogram!("callbridge_end_to_end_latency_seconds")
-                            .record(latency);
+                        self.per_state.end_to_end.record(latency);
                     }
                 }
                 Action::PublishGap {
@@ -58,7 +69,7 @@ impl RunState {
                     };
                     tracing::warn!(conversation = %conversation, partition = p, from, to, reason = cause.as_str(), "gap record published");
                     let r = record::gap_record(&conversation.as_text(), from, to, cause, epoch);
-                    self.send(p, &ordered, r, true)?;
+                    self.send(p, r)?;
                     self.stats.gaps_published.fetch_add(1, Ordering::Relaxed);
                 }
                 Action::PublishCompletion {
@@ -72,7 +83,7 @@ impl RunState {
                         gap_count,
                         epoch,
                     );
-                    self.send(p, &ordered, r, true)?;
+                    self.send(p, r)?;
                     self.stats
                         .completions_published
                         .fetch_add(1, Ordering::Relaxed);
@@ -155,13 +166,10 @@ impl RunState {
         Ok(())
     }
 
-    pub(super) fn send(
-        &mut self,
-        p: i32,
-        topic: &str,
-        r: OrderedRecord,
-        is_ordered: bool,
-    ) -> Result<(), ShellError> {
+    /// Sends `r` to `ordered[p]` (the topic's name borrowed from the configuration, not copied
+    /// per record).
+    pub(super) fn send(&mut self, p: i32, r: OrderedRecord) -> Result<(), ShellError> {
+        let topic = self.config.kafka.topics.ordered.as_str();
         let headers = crate::kafka::producer::owned_headers(&r.headers);
         let rec = FutureRecord::to(topic)
             .partition(p)
@@ -169,10 +177,8 @@ impl RunState {
             .payload(&r.value)
             .headers(headers);
         let fut = self.enqueue(rec, topic)?;
-        self.track(p, fut, is_ordered);
-        if is_ordered {
-            crate::failpoint::hit(crate::failpoint::SEQUENCER_AFTER_OUTPUT_SENT);
-        }
+        self.track(p, fut, true);
+        crate::failpoint::hit(crate::failpoint::SEQUENCER_AFTER_OUTPUT_SENT);
         Ok(())
     }
 
