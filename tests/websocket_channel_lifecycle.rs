@@ -13,6 +13,9 @@
 //!   404 or 410 too: the listing, not the socket host, says whether a channel is gone); the
 //!   old one is deleted. An upgrade answered 429 keeps the channel, asks nothing of the REST
 //!   API, and is tried again no sooner than its `Retry-After`.
+//! - Upgrades refused slowly (each answered 502 only 800 ms after it was asked, longer than a
+//!   healthy session) do not reset the reconnect backoff: a session counts as healthy only
+//!   from its socket's opening.
 //! - A refresh or a repair check GoTo refused with a `Retry-After` is tried again no sooner than
 //!   that, not after the session's shorter backoff (the client honours it between its own
 //!   attempts only).
@@ -642,6 +645,80 @@ async fn an_upgrade_goto_answers_429_keeps_the_channel_and_waits_for_its_retry_a
     let again = session.ready("connected again", |_| true).await;
     assert_eq!(again, first, "the channel was kept");
     assert_eq!(sim.control().channel_ids(), vec![first.clone()]);
+    session.end().await;
+}
+
+/// When each of the next `n` upgrades the simulator refuses was seen refused (polled every
+/// 10 ms, as the simulator only counts), within 30 s.
+async fn next_refusals(sim: &RunningSimulator, n: usize) -> Vec<tokio::time::Instant> {
+    let refused = || sim.control().stats().websocket_upgrades_refused;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut counted = refused();
+    let mut times = Vec::new();
+    while times.len() < n {
+        let now = refused();
+        times.extend((counted..now).map(|_| tokio::time::Instant::now()));
+        counted = now;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} refused upgrades within 30 s",
+            times.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    times
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upgrade_refusals_do_not_reset_the_reconnect_backoff() {
+    // The socket host answers every upgrade of the channel 502 (no `Retry-After`: the session's
+    // own backoff alone spaces the tries), each only 800 ms after it was asked: longer than a
+    // healthy session. Counted from before the dial, each such session would pass for healthy
+    // and the next try would come at once, for as long as the refusals last.
+    const DELAY: Duration = Duration::from_millis(800);
+    const BASE: Duration = Duration::from_millis(300);
+    let sim = start(simulator_config(Duration::from_secs(600))).await;
+    let mut session = Session::start(
+        &sim,
+        ChannelSettings {
+            reconnect_base: BASE,
+            reconnect_max: Duration::from_millis(2400),
+            ..settings(Duration::from_secs(60))
+        },
+    )
+    .await;
+    let first = session.ready("connected", |_| true).await;
+    sim.control()
+        .patch_faults(&serde_json::json!({ "websocket_upgrade_delay": "800ms" }))
+        .expect("fault set");
+    let times = {
+        let refusals = next_refusals(&sim, 5);
+        let refusing = refuse_upgrades_of(&sim, &first, 502);
+        let (times, ()) = tokio::join!(refusals, refusing);
+        times
+    };
+    // Each try waits the delay, then the backoff: 300 ms doubling up to 2.4 s, so the gaps
+    // between refusals are about 1.1, 1.4, 2.0 and 3.2 s. Reset by every slow refusal, the
+    // backoff would leave them all at about the delay.
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter()
+            .all(|gap| *gap >= DELAY - Duration::from_millis(200)),
+        "refusals {gaps:?} apart: each upgrade is answered {DELAY:?} after it is asked"
+    );
+    // Less a generous scheduling stall on two busy cores: still well above a reset backoff.
+    assert!(
+        gaps[3] >= gaps[0] + 3 * BASE,
+        "refusals {gaps:?} apart: the backoff did not grow across slow refusals"
+    );
+
+    // 502 says nothing against the channel: once the socket host takes sockets again (still
+    // slowly), the session connects on the channel it had.
+    sim.control()
+        .patch_faults(&serde_json::json!({ "websocket_upgrade_status": null }))
+        .expect("fault cleared");
+    let again = session.ready("connected again", |_| true).await;
+    assert_eq!(again, first, "the channel was kept");
     session.end().await;
 }
 

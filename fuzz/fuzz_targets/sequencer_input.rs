@@ -722,6 +722,19 @@ impl Harness {
         if !self.may_merge(c) {
             return;
         }
+        // A record at sequence 0 or `u64::MAX` moves no conversation; one it would have
+        // opened is forgotten again (`PartitionSequencer::observe`), as after a dead-lettered
+        // first state.
+        if self.convs[c].is_none() && kind % 3 != 2 && (seq == 0 || seq == u64::MAX) {
+            if kind % 3 == 0 {
+                self.seq.observe_published(CONVS[c], seq);
+            } else {
+                self.seq
+                    .observe_gap(CONVS[c], seq.saturating_sub(2).max(1), seq);
+            }
+            self.check();
+            return;
+        }
         self.ensure_conv(c, false);
         let now = self.seq_now;
         match kind % 3 {

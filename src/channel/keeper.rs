@@ -223,6 +223,30 @@ fn quiet<T>(result: Result<T, GotoError>, channel_id: &str) -> Result<T, GotoErr
     })
 }
 
+/// [`ChannelError::SubscriptionRefused`] for `account_key`'s item on channel `channel_id`: GoTo's
+/// texts kept as every GoTo text in an error is (URL paths cut, length bounded), the channel id
+/// shown by its tag.
+fn subscription_refused(
+    channel_id: &str,
+    account_key: String,
+    status: u16,
+    error_code: Option<&str>,
+    message: Option<&str>,
+    fix: &'static str,
+) -> ChannelError {
+    let kept = |text: Option<&str>| {
+        text.map(|t| GotoError::goto_text(t, channel_id, &Channel::tag_of(channel_id)))
+            .unwrap_or_default()
+    };
+    ChannelError::SubscriptionRefused {
+        account_key,
+        status,
+        error_code: kept(error_code),
+        message: kept(message),
+        fix,
+    }
+}
+
 fn goto(context: &'static str) -> impl FnOnce(GotoError) -> ChannelError {
     move |source| ChannelError::Goto { context, source }
 }
@@ -795,13 +819,14 @@ impl ChannelKeeper {
                             404 => "check goto.account_keys: GoTo does not know this account key",
                             _ => "check goto.account_keys and goto.events against GoTo's message",
                         };
-                        return Err(ChannelError::SubscriptionRefused {
+                        return Err(subscription_refused(
+                            &channel.channel_id,
                             account_key,
                             status,
-                            error_code: error_code.as_deref().map(tagged).unwrap_or_default(),
-                            message: message.as_deref().map(tagged).unwrap_or_default(),
+                            error_code.as_deref(),
+                            message.as_deref(),
                             fix,
-                        });
+                        ));
                     }
                     SubscriptionOutcome::Failed {
                         account_key,
@@ -967,4 +992,66 @@ impl ChannelKeeper {
 /// (any 4xx but 401, 404 and 429): that route is documented by claim only (goto-api.md §2.4).
 fn refuses_claimed_read(e: &GotoError) -> bool {
     matches!(e.status(), Some(s) if (400..500).contains(&s) && !matches!(s, 401 | 404 | 429))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refused item's texts are GoTo's like any other: a URL it quotes keeps its scheme and
+    /// host only (the webhook URL's path is its shared secret), a long text is bounded as in
+    /// every GoTo error, and the channel id is shown by its tag, also where the bound falls.
+    #[test]
+    fn a_refusal_keeps_gotos_texts_as_every_goto_error_does() {
+        const CHANNEL: &str = "0vTpo-UTMtHMl3lE4xYz";
+        const SECRET: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822c";
+        let tag = Channel::tag_of(CHANNEL);
+        let message = format!(
+            "Channel {CHANNEL} (https://bridge.example.com/goto/webhook/{SECRET}?token={SECRET}) \
+             refused: {}",
+            "x".repeat(2000)
+        );
+        let err = subscription_refused(
+            CHANNEL,
+            "4000000000000000999".to_owned(),
+            403,
+            Some(&format!("FORBIDDEN_{CHANNEL}")),
+            Some(&message),
+            "fix it",
+        );
+        let shown = format!("{err} / {err:?}");
+        assert!(!shown.contains(SECRET), "secret leaked: {shown}");
+        assert!(!shown.contains("token="), "query string leaked: {shown}");
+        assert!(!shown.contains(CHANNEL), "channel id leaked: {shown}");
+        assert!(
+            shown.contains(&format!(
+                "Channel {tag} (https://bridge.example.com/…) refused"
+            )),
+            "{shown}"
+        );
+        assert!(shown.contains(&format!("FORBIDDEN_{tag}")), "{shown}");
+        match &err {
+            ChannelError::SubscriptionRefused { message, .. } => {
+                // Bounded as GoTo's texts in a `GotoError` are (500 characters and a marker,
+                // here less the id's replacement by its shorter tag).
+                assert!(message.chars().count() <= 501, "{message}");
+                assert!(message.ends_with('…'), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+
+        // The bound falling inside the channel id: what the cut left of it is replaced too.
+        let straddling = format!("{} {CHANNEL} is not ours", "a".repeat(489));
+        let err = subscription_refused(CHANNEL, "1".to_owned(), 400, None, Some(&straddling), "f");
+        let shown = err.to_string();
+        assert!(!shown.contains(&CHANNEL[..6]), "{shown}");
+        assert!(shown.contains(&tag), "{shown}");
+
+        // No text: empty, as before.
+        let bare = subscription_refused(CHANNEL, "1".to_owned(), 400, None, None, "f");
+        assert!(
+            matches!(&bare, ChannelError::SubscriptionRefused { error_code, message, .. } if error_code.is_empty() && message.is_empty()),
+            "{bare:?}"
+        );
+    }
 }

@@ -214,19 +214,31 @@ impl GotoError {
         }
     }
 
+    /// A text GoTo gave outside an error of this type (a refused subscription item's
+    /// `errorCode` or `message`), kept as every GoTo text in an error is (URL paths cut, length
+    /// bounded) and with `from` replaced by `to` as [`GotoError::replace_in_goto_text`] does.
+    pub(crate) fn goto_text(text: &str, from: &str, to: &str) -> String {
+        let mut text = truncate(text);
+        if !from.is_empty() {
+            replace_in(&mut text, from, to);
+        }
+        text
+    }
+
     /// Replaces `from` by `to` in every text GoTo provided (`errorCode`, `message`, `reference`,
     /// the constraints, serde's quotes of an answer), also inside a retried error: the keeper
     /// shows its channel ids by their tag only, and GoTo's answers about a channel name it
     /// anywhere, the real cause of a 400 in its constraints.
+    ///
+    /// GoTo's texts were cut to [`MAX_TEXT`] characters when the error was built, possibly
+    /// through an occurrence of `from`: a cut text that ends (before the [`TRUNCATED`] marker)
+    /// with the beginning of `from` has that beginning replaced by `to` too, so no part of
+    /// `from` survives the cut.
     pub(crate) fn replace_in_goto_text(&mut self, from: &str, to: &str) {
         if from.is_empty() {
             return;
         }
-        let replace = |text: &mut String| {
-            if text.contains(from) {
-                *text = text.replace(from, to);
-            }
-        };
+        let replace = |text: &mut String| replace_in(text, from, to);
         match self {
             GotoError::Api {
                 error_code,
@@ -415,9 +427,50 @@ fn truncate(s: &str) -> String {
         return s;
     }
     let mut out: String = s.chars().take(MAX_TEXT).collect();
-    out.push('…');
+    out.push(TRUNCATED);
     out
 }
+
+/// Replaces `from` (not empty) by `to` in `text`, a GoTo text as [`truncate`] kept it: when the
+/// cut went through an occurrence of `from`, the beginning of it that ends the text (before the
+/// [`TRUNCATED`] marker) is replaced by `to` as well.
+fn replace_in(text: &mut String, from: &str, to: &str) {
+    let cut = text.ends_with(TRUNCATED) && text.chars().count() == MAX_TEXT + 1;
+    let body = if cut {
+        &text[..text.len() - TRUNCATED.len_utf8()]
+    } else {
+        text.as_str()
+    };
+    // What follows the last whole occurrence: where the cut may have left a beginning
+    // of `from` (unless that is `to`, from an earlier replacement of the same text).
+    let tail = &body[body
+        .match_indices(from)
+        .last()
+        .map_or(0, |(at, m)| at + m.len())..];
+    let stub = if cut && !tail.ends_with(to) {
+        (1..from.len().min(tail.len() + 1))
+            .rev()
+            .filter(|&n| from.is_char_boundary(n))
+            .find(|&n| tail.ends_with(&from[..n]))
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    if stub == 0 && tail.len() == body.len() {
+        return;
+    }
+    let mut out = body[..body.len() - stub].replace(from, to);
+    if stub > 0 {
+        out.push_str(to);
+    }
+    if cut {
+        out.push(TRUNCATED);
+    }
+    *text = out;
+}
+
+/// What [`truncate`] appends to a text it cut.
+const TRUNCATED: char = '…';
 
 /// What replaces the path (and query) of a URL quoted in GoTo's text.
 const CUT: &str = "/…";
@@ -671,6 +724,66 @@ mod tests {
         );
         assert_eq!(item.status(), Some(404));
         assert!(!item.is_retryable());
+    }
+
+    /// GoTo's texts are cut to [`MAX_TEXT`] characters when the error is built, before the
+    /// keeper replaces its channel id: a cut through the id must not leave its beginning.
+    #[test]
+    fn an_id_the_cut_went_through_leaves_nothing_behind() {
+        const ID: &str = "0vTpo-UTMtHMl3lE4xYz";
+        const TAG: &str = "ch-1234abcd";
+        // 490 characters before the id: the cut keeps its first 10.
+        let long = format!(
+            "{} {ID} is not a WebSocket channel",
+            "a".repeat(MAX_TEXT - 11)
+        );
+        let body = serde_json::json!({
+            "errorCode": "BAD_REQUEST",
+            "message": long,
+            "reference": format!("ref {ID} {long}"),
+            "constraints": [{ "field": "channelId", "constraint": long }],
+        });
+        let api = GotoError::from_api_response(
+            SUBSCRIBE_CALL_EVENTS,
+            400,
+            body.to_string().as_bytes(),
+            None,
+        );
+        let item = GotoError::item(SUBSCRIBE_CALL_EVENTS, "1", 404, None, Some(&long));
+        for err in [api, item] {
+            let mut err = GotoError::RetriesExhausted {
+                endpoint: SUBSCRIBE_CALL_EVENTS,
+                attempts: 2,
+                last: Box::new(err),
+            };
+            let before = err.to_string();
+            assert!(
+                before.contains(&format!("{}…", &ID[..10])),
+                "premise: {before}"
+            );
+            err.replace_in_goto_text(ID, TAG);
+            // Replacing again changes nothing.
+            let once = format!("{err:?}");
+            err.replace_in_goto_text(ID, TAG);
+            assert_eq!(format!("{err:?}"), once);
+            let shown = format!("{err} / {err:?}");
+            for n in 6..=ID.len() {
+                assert!(!shown.contains(&ID[..n]), "{} left: {shown}", &ID[..n]);
+            }
+            assert!(err.to_string().contains(&format!(" {TAG}…")), "{err}");
+        }
+
+        // A cut text ending with something else, and an uncut text, stay as they were.
+        let mut err = GotoError::item(
+            SUBSCRIBE_CALL_EVENTS,
+            "1",
+            404,
+            Some("0vT"),
+            Some(&"b".repeat(MAX_TEXT + 5)),
+        );
+        let before = err.to_string();
+        err.replace_in_goto_text(ID, TAG);
+        assert_eq!(err.to_string(), before);
     }
 
     /// GoTo's text may quote what the request sent; the paths of the URLs callbridge sends are

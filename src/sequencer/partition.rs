@@ -323,21 +323,28 @@ impl<P> PartitionSequencer<P> {
 
     /// Takeover scan: the ordered topic holds state `seq` of `conv` beyond the checkpoint.
     pub fn observe_published(&mut self, conv: &str, seq: u64) {
-        self.ledger.seeded(self.now);
-        let s = self.intern(conv, self.now);
-        if let Some(slot) = self.slots.get_mut(s) {
-            slot.conversation.observe_published(seq, &mut self.ledger);
-        }
-        self.settle(s);
+        self.observe(conv, |c, ledger| c.observe_published(seq, ledger));
     }
 
     /// Takeover scan: the ordered topic holds a gap record `from..=to` of `conv`.
     pub fn observe_gap(&mut self, conv: &str, from: u64, to: u64) {
         let _ = from;
+        self.observe(conv, |c, ledger| c.observe_gap(to, ledger));
+    }
+
+    /// Applies one observation of the takeover scan to `conv`. A conversation the observation
+    /// created and left untouched (a record at sequence 0 or `u64::MAX`, which only a corrupt
+    /// or foreign record carries) is forgotten again, as a dead-lettered first state is: kept,
+    /// it would be probed for six hours and then abandoned, for a call that never was.
+    fn observe(&mut self, conv: &str, apply: impl FnOnce(&mut Conversation<P>, &mut Ledger)) {
         self.ledger.seeded(self.now);
-        let s = self.intern(conv, self.now);
+        let (s, created) = self.intern_new(conv, self.now);
         if let Some(slot) = self.slots.get_mut(s) {
-            slot.conversation.observe_gap(to, &mut self.ledger);
+            apply(&mut slot.conversation, &mut self.ledger);
+            if created && slot.conversation.is_untouched() {
+                self.remove(s);
+                return;
+            }
         }
         self.settle(s);
     }

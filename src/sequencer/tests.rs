@@ -2287,3 +2287,36 @@ fn a_real_call_after_a_bad_state_is_published_not_set_aside_as_abandoned() {
         );
     }
 }
+
+#[test]
+fn a_scanned_record_that_advances_nothing_opens_no_conversation() {
+    // A takeover scan reading a (corrupt or foreign) ordered record at sequence 0 or
+    // `u64::MAX` of a call this partition does not know: nothing is published below it, so
+    // there is no call to keep. Kept, it was probed for six hours and then abandoned.
+    let mut h = Harness::new();
+    h.seq.observe_published("m", u64::MAX);
+    h.seq.observe_published("z", 0);
+    h.seq.observe_gap("g", 0, u64::MAX);
+    assert_eq!(h.seq.len(), 0);
+    assert_eq!(h.seq.next_deadline(), None);
+    assert!(h.seq.take_dirty().is_empty());
+    let out = h.advance(7 * 3_600_000);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(h.seq.stats().counters.probes_requested, 0);
+    // A known call is left as it was, and a usable record still opens one.
+    h.seq.observe_published("k", 3);
+    h.seq.observe_published("k", u64::MAX);
+    assert_eq!(h.seq.len(), 1);
+    assert_eq!(
+        h.seq.take_dirty(),
+        vec![(
+            "k".into(),
+            Some(ConversationCheckpoint {
+                next_sequence: 4,
+                ended: false,
+                gap_count: 0,
+                abandoned: false,
+            })
+        )]
+    );
+}

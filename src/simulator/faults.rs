@@ -52,9 +52,14 @@ pub struct FaultsConfig {
     /// the channel untouched, still listed and refreshed: GoTo's socket host refusing a channel
     /// its REST API still serves.
     pub websocket_upgrade_status: Option<u16>,
-    /// The channels (ids) `websocket_upgrade_status` applies to; empty: every channel. A channel
-    /// GoTo no longer serves while new ones work.
+    /// The channels (ids) `websocket_upgrade_status` and `websocket_upgrade_delay` apply to;
+    /// empty: every channel. A channel GoTo no longer serves while new ones work.
     pub websocket_upgrade_channels: Vec<String>,
+    /// While set, the upgrade of a WebSocket channel's socket is answered only this long after
+    /// it arrived, whether `websocket_upgrade_status` refuses it or it is accepted: a slow
+    /// socket host, a refusal that takes long to come.
+    #[serde(with = "humantime_serde")]
+    pub websocket_upgrade_delay: Option<Duration>,
     /// Every this often one channel is deleted.
     #[serde(with = "humantime_serde")]
     pub channel_delete_every: Option<Duration>,
@@ -395,6 +400,29 @@ mod tests {
                 "websocket_upgrade_status": null,
                 "websocket_upgrade_channels": [],
             }))
+            .unwrap();
+        assert_eq!(cleared, FaultsConfig::default());
+    }
+
+    #[test]
+    fn the_upgrade_delay_takes_a_duration_and_clears() {
+        let mut f = Faults::new(FaultsConfig::default());
+        let next = f
+            .patch(&serde_json::json!({"websocket_upgrade_delay": "800ms"}))
+            .unwrap();
+        assert_eq!(
+            next.websocket_upgrade_delay,
+            Some(Duration::from_millis(800))
+        );
+        assert_eq!(
+            serde_json::to_value(&next).unwrap()["websocket_upgrade_delay"],
+            "800ms"
+        );
+        assert!(f
+            .patch(&serde_json::json!({"websocket_upgrade_delay": 800}))
+            .is_err());
+        let cleared = f
+            .patch(&serde_json::json!({"websocket_upgrade_delay": null}))
             .unwrap();
         assert_eq!(cleared, FaultsConfig::default());
     }

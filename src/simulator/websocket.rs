@@ -7,6 +7,7 @@
 //! elsewhere and handed over through an unbounded queue so no lock is held across a send.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
@@ -17,6 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::config::WebSocketFrame;
+use super::faults::FaultsConfig;
 use super::state::{iso_now, ChannelKind, Sim, SocketHandle, WsOut};
 
 /// `WEBSOCKET_REFRESH_REQUIRED`: sent a configurable time before a channel expires.
@@ -62,7 +64,8 @@ pub fn send_to_channel(sim: &Sim, channel_id: &str, text: String) -> bool {
 }
 
 /// `GET /notification-channel/v1/ws/{key}`: upgrade to the channel's socket, unless the fault
-/// `websocket_upgrade_status` refuses it.
+/// `websocket_upgrade_status` refuses it; either answer comes only after the fault
+/// `websocket_upgrade_delay`.
 pub async fn connect(
     State(sim): State<Arc<Sim>>,
     Path(key): Path<String>,
@@ -72,6 +75,16 @@ pub async fn connect(
     let Some(id) = channel_id else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    if let Some(delay) = upgrade_delay(&sim, &id) {
+        // A slow socket host; a shutdown does not wait for it.
+        let mut shutdown = sim.shutdown_signal();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {
+                return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            }
+        }
+    }
     if let Some(status) = upgrade_refused(&sim, &id) {
         sim.world().stats.websocket_upgrades_refused += 1;
         return refused_upgrade(status, &id);
@@ -85,11 +98,25 @@ fn upgrade_refused(sim: &Sim, channel_id: &str) -> Option<u16> {
     let faults = sim.faults();
     let c = faults.config();
     let status = c.websocket_upgrade_status?;
-    (c.websocket_upgrade_channels.is_empty()
+    upgrade_fault_applies(c, channel_id).then_some(status)
+}
+
+/// How long the `websocket_upgrade_delay` fault holds the answer to the upgrade of
+/// `channel_id`'s socket, if it applies to that channel.
+fn upgrade_delay(sim: &Sim, channel_id: &str) -> Option<Duration> {
+    let faults = sim.faults();
+    let c = faults.config();
+    let delay = c.websocket_upgrade_delay.filter(|d| !d.is_zero())?;
+    upgrade_fault_applies(c, channel_id).then_some(delay)
+}
+
+/// The upgrade faults apply to `channel_id`: it is in `websocket_upgrade_channels`, or that is
+/// empty.
+fn upgrade_fault_applies(c: &FaultsConfig, channel_id: &str) -> bool {
+    c.websocket_upgrade_channels.is_empty()
         || c.websocket_upgrade_channels
             .iter()
-            .any(|id| id == channel_id))
-    .then_some(status)
+            .any(|id| id == channel_id)
 }
 
 /// An upgrade refused with `status`, in GoTo's error body shape (a 404 or 410 names the channel,
