@@ -728,8 +728,10 @@ impl ChannelKeeper {
 
     /// Subscribes every configured account key, checking every item of the 207 answer.
     async fn subscribe_configured(&self, channel: &Channel) -> Result<(), ChannelError> {
-        // GoTo's texts about our channel may quote its id: logs and `/readyz` show its tag.
-        let tagged = |text: &str| text.replace(&channel.channel_id, &channel.tag());
+        // GoTo's texts about our channel may quote its id: logs and `/readyz` show its tag, and
+        // the texts are kept as every GoTo text in an error is (URL paths cut, length bounded).
+        let tag = channel.tag();
+        let tagged = |text: &str| GotoError::goto_text(text, &channel.channel_id, &tag);
         let code = |error_code: &Option<String>| {
             error_code
                 .as_deref()
