@@ -560,3 +560,63 @@ async fn the_scan_reopens_an_abandoned_call_the_output_went_past() {
         "nothing past the abandonment: the call stays abandoned"
     );
 }
+
+/// Records at sequence 0 or `u64::MAX` (only a corrupt or foreign record carries one: the
+/// sequencer publishes neither), and keyed records of a kind that is not ours, move no call and
+/// open none; before, each opened a call at 1 that was probed for six hours, then abandoned (and
+/// `u64::MAX + 1` overflowed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scan_opens_no_call_for_a_record_at_sequence_0_or_the_last() {
+    let broker = Tansu::start();
+    let kafka = kafka(&broker);
+    callbridge::kafka::ensure_topics(&kafka).await.unwrap();
+    let producer: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+    let state = |conv: &str, seq: u64| {
+        let metadata =
+            RawValue::from_string(format!(r#"{{"conversationSpaceId":"{conv}"}}"#)).unwrap();
+        let state = RawValue::from_string(format!(r#"{{"sequenceNumber":{seq},"type":"ENDING"}}"#))
+            .unwrap();
+        record::state_record(conv, seq, RecordOrigin::Webhook, &metadata, &state, None, 1)
+    };
+    let mut records = vec![
+        state("call-real", 2),
+        state("bad-zero", 0),
+        state("bad-last", u64::MAX),
+        record::gap_record("bad-gap", 1, u64::MAX, record::GapCause::Gone, 1),
+        record::gap_record("bad-gap-zero", 0, 0, record::GapCause::Gone, 1),
+    ];
+    let mut foreign = state("foreign", 5);
+    foreign.headers.retain(|(name, _)| *name != headers::KIND);
+    foreign
+        .headers
+        .push((headers::KIND, "something-else".into()));
+    records.push(foreign);
+    for r in &records {
+        producer
+            .send(
+                FutureRecord::to(&kafka.topics.ordered)
+                    .partition(0)
+                    .key(&r.key)
+                    .payload(&r.value)
+                    .headers(owned_headers(&r.headers)),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("writing the ordered topic");
+    }
+    let recovered = tokio::task::block_in_place(|| {
+        spawn_takeover(&kafka, Duration::ZERO, Arc::new(AtomicBool::new(false)))
+            .recv_timeout(Duration::from_secs(60))
+    })
+    .expect("the takeover ended")
+    .expect("takeover");
+    assert_eq!(recovered.scanned, 6);
+    let mut opened: Vec<&String> = recovered.conversations.keys().collect();
+    opened.sort();
+    assert_eq!(opened, ["call-real"], "{:?}", recovered.conversations);
+    assert_eq!(recovered.conversations["call-real"].next, 3);
+    let raised: Vec<&String> = recovered.raised_by_scan.iter().collect();
+    assert_eq!(raised, ["call-real"]);
+    let endings: Vec<&String> = recovered.ending_without_completion.keys().collect();
+    assert_eq!(endings, ["call-real"]);
+}

@@ -701,9 +701,10 @@ async fn slow_upgrade_refusals_do_not_reset_the_reconnect_backoff() {
     // between refusals are about 1.1, 1.4, 2.0 and 3.2 s. Reset by every slow refusal, the
     // backoff would leave them all at about the delay.
     let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    // The times are when a 10 ms poll saw each refusal, so one gap can shrink by a stall of the
+    // test's task; their sum cannot by more than one stall.
     assert!(
-        gaps.iter()
-            .all(|gap| *gap >= DELAY - Duration::from_millis(200)),
+        times[4] - times[0] >= 4 * DELAY,
         "refusals {gaps:?} apart: each upgrade is answered {DELAY:?} after it is asked"
     );
     // Less a generous scheduling stall on two busy cores: still well above a reset backoff.

@@ -448,7 +448,7 @@ fn replace_in(text: &mut String, from: &str, to: &str) {
         .last()
         .map_or(0, |(at, m)| at + m.len())..];
     let stub = if cut && !tail.ends_with(to) {
-        (1..from.len().min(tail.len() + 1))
+        (MIN_STUB..from.len().min(tail.len() + 1))
             .rev()
             .filter(|&n| from.is_char_boundary(n))
             .find(|&n| tail.ends_with(&from[..n]))
@@ -468,6 +468,10 @@ fn replace_in(text: &mut String, from: &str, to: &str) {
     }
     *text = out;
 }
+
+/// The shortest beginning of `from` that [`replace_in`] takes for a cut occurrence: a text may
+/// well end with an id's first character or two by chance, and so few say nothing of the id.
+const MIN_STUB: usize = 4;
 
 /// What [`truncate`] appends to a text it cut.
 const TRUNCATED: char = '…';
@@ -784,6 +788,15 @@ mod tests {
         let before = err.to_string();
         err.replace_in_goto_text(ID, TAG);
         assert_eq!(err.to_string(), before);
+        // Nor one that ends, by chance, with the id's first character or few.
+        for chance in ["0", "0vT"] {
+            let text = format!("{}{chance} and more", "b".repeat(MAX_TEXT - chance.len()));
+            let mut err = GotoError::item(SUBSCRIBE_CALL_EVENTS, "1", 404, None, Some(&text));
+            let before = err.to_string();
+            assert!(before.contains(&format!("b{chance}…")), "premise: {before}");
+            err.replace_in_goto_text(ID, TAG);
+            assert_eq!(err.to_string(), before);
+        }
     }
 
     /// GoTo's text may quote what the request sent; the paths of the URLs callbridge sends are

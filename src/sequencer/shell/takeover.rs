@@ -350,10 +350,9 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
                 return Ok(());
             }
             scanned += 1;
-            if let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
+            if let Some(key) = apply_output(convs, endings, m) {
                 raised.insert(key.to_string());
             }
-            apply_output(convs, endings, m);
             Ok(())
         },
     )
@@ -587,32 +586,37 @@ fn header<'m>(m: &'m rdkafka::message::BorrowedMessage<'_>, name: &str) -> Optio
 
 /// Moves a conversation past one ordered-topic record (read from its headers; a state's value
 /// only to learn whether it is ENDING) and keeps `endings` to the ENDING states not yet followed
-/// by their completion record.
-fn apply_output(
-    convs: &mut HashMap<String, ConversationEntry>,
+/// by their completion record. Returns the record's key when it counted: a record without one
+/// of our kinds, or a state or gap ending at sequence 0 or `u64::MAX` (only a corrupt or foreign
+/// record carries one: the sequencer publishes neither), moves nothing and opens no
+/// conversation, as `PartitionSequencer::observe_published` does for the core.
+fn apply_output<'c, 'm>(
+    convs: &'c mut HashMap<String, ConversationEntry>,
     endings: &mut HashMap<String, u64>,
-    m: &rdkafka::message::BorrowedMessage<'_>,
-) {
-    let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
-        return;
+    m: &'m rdkafka::message::BorrowedMessage<'_>,
+) -> Option<&'m str> {
+    let key = m.key().and_then(|k| std::str::from_utf8(k).ok())?;
+    let seq = header(m, out_headers::SEQUENCE).and_then(|s| s.parse::<u64>().ok())?;
+    // The sequence after `last`, when `last` is one the sequencer can have published.
+    let after = |last: u64| last.checked_add(1).filter(|_| last != 0);
+    let entry = |convs: &'c mut HashMap<String, ConversationEntry>| {
+        convs.entry(key.to_string()).or_insert(ConversationEntry {
+            next: 1,
+            ended: false,
+            gaps: 0,
+            abandoned: false,
+        })
     };
-    let Some(seq) = header(m, out_headers::SEQUENCE).and_then(|s| s.parse::<u64>().ok()) else {
-        return;
-    };
-    let entry = convs.entry(key.to_string()).or_insert(ConversationEntry {
-        next: 1,
-        ended: false,
-        gaps: 0,
-        abandoned: false,
-    });
     match header(m, out_headers::KIND) {
         Some("state") => {
-            if seq + 1 > entry.next {
+            let next = after(seq)?;
+            let entry = entry(convs);
+            if next > entry.next {
                 // Published past where the checkpoint says the call was abandoned: an owner
                 // that did not know the flag (an older binary, during a rolling upgrade)
                 // restored it open and went on. The output is the truth: it is open.
                 entry.abandoned = false;
-                entry.next = seq + 1;
+                entry.next = next;
             }
             if m.payload().is_some_and(record::state_record_is_ending) {
                 endings.insert(key.to_string(), seq);
@@ -622,21 +626,25 @@ fn apply_output(
             let to = header(m, out_headers::SEQUENCE_END)
                 .and_then(|s| s.parse::<u64>().ok())
                 .unwrap_or(seq);
-            if to + 1 > entry.next {
+            let next = after(to)?;
+            let entry = entry(convs);
+            if next > entry.next {
                 entry.gaps += 1;
-                entry.next = to + 1;
+                entry.next = next;
                 entry.abandoned = false;
             }
         }
         Some("completion") => {
             endings.remove(key);
+            let entry = entry(convs);
             // The output is the truth: a call it shows completed was not abandoned.
             entry.ended = true;
             entry.abandoned = false;
-            entry.next = entry.next.max(seq + 1);
+            entry.next = entry.next.max(seq.saturating_add(1));
         }
-        _ => {}
+        _ => return None,
     }
+    Some(key)
 }
 
 #[cfg(test)]
