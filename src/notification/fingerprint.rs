@@ -382,6 +382,26 @@ mod tests {
     }
 
     #[test]
+    fn a_long_integral_number_is_one_number_however_spelled() {
+        // 16 significant digits: serde_json's default float parsing is best-effort there and
+        // read `7777777777777772.0` as a neighbouring value, so the same state spelled by
+        // another serializer fingerprinted differently (found by the `parse_notification`
+        // fuzz target); the `float_roundtrip` feature parses it exactly.
+        let integer = state_fingerprint(raw(r#"{"x":[7777777777777772]}"#)).unwrap();
+        for spelling in [
+            r#"{"x":[7777777777777772.0]}"#,
+            r#"{"x":[7.777777777777772e15]}"#,
+            r#"{"x":[77777777777777720e-1]}"#,
+        ] {
+            assert_eq!(
+                state_fingerprint(raw(spelling)).unwrap(),
+                integer,
+                "{spelling}"
+            );
+        }
+    }
+
+    #[test]
     fn non_object_state_is_rejected() {
         let err = state_fingerprint(raw("[1,2]")).unwrap_err();
         assert_eq!(
