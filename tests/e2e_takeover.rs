@@ -11,7 +11,7 @@ use callbridge::demo::bridge_config;
 use callbridge::kafka::producer::owned_headers;
 use callbridge::kafka::reader::{read_topic, ReadRecord};
 use callbridge::kafka::KafkaConfig;
-use callbridge::publish::record::{self, headers, RecordOrigin};
+use callbridge::publish::record::{self, headers, OrderedRecord, RecordOrigin};
 use callbridge::sequencer::shell::takeover::{
     take_over, Recovered, TakeoverContext, TakeoverError,
 };
@@ -44,18 +44,39 @@ async fn write_states_without_completion(
         ))
         .unwrap();
         let r = record::state_record(conv, seq, RecordOrigin::Webhook, &metadata, &state, None, 1);
-        producer
-            .send(
-                FutureRecord::to(&kafka.topics.ordered)
-                    .partition(partition)
-                    .key(&r.key)
-                    .payload(&r.value)
-                    .headers(owned_headers(&r.headers)),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("writing the previous owner's output");
+        write_ordered(&producer, kafka, partition, &r).await;
     }
+}
+
+/// Writes `r` to `ordered[partition]` as the sequencer would, and waits for Kafka to have it.
+async fn write_ordered(
+    producer: &FutureProducer,
+    kafka: &KafkaConfig,
+    partition: i32,
+    r: &OrderedRecord,
+) {
+    producer
+        .send(
+            FutureRecord::to(&kafka.topics.ordered)
+                .partition(partition)
+                .key(&r.key)
+                .payload(&r.value)
+                .headers(owned_headers(&r.headers)),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("writing the ordered topic");
+}
+
+/// A takeover of partition 0 that nothing cancels, waited for (at most a minute) from a
+/// multi-threaded test.
+fn take_over_now(kafka: &KafkaConfig) -> Recovered {
+    tokio::task::block_in_place(|| {
+        spawn_takeover(kafka, Duration::ZERO, Arc::new(AtomicBool::new(false)))
+            .recv_timeout(Duration::from_secs(60))
+    })
+    .expect("the takeover ended")
+    .expect("takeover")
 }
 
 /// Runs [`take_over`] of partition 0 on its own thread, as the shell does, with `unclean_wait`
@@ -329,12 +350,7 @@ async fn the_scan_reads_to_its_own_marker() {
     }
     assert_eq!(last_offset, 7, "eight records from offset 0");
 
-    let done = spawn_takeover(&kafka, Duration::ZERO, Arc::new(AtomicBool::new(false)));
-    let recovered = tokio::task::spawn_blocking(move || done.recv_timeout(Duration::from_secs(60)))
-        .await
-        .unwrap()
-        .expect("the takeover ended")
-        .expect("takeover");
+    let recovered = take_over_now(&kafka);
 
     let summary = format!(
         "scan from {} (broker's high watermark {}), {} records, ended at {}",
@@ -529,25 +545,10 @@ async fn the_scan_reopens_an_abandoned_call_the_output_went_past() {
             .unwrap();
             let r =
                 record::state_record(conv, seq, RecordOrigin::Webhook, &metadata, &state, None, 1);
-            producer
-                .send(
-                    FutureRecord::to(&kafka.topics.ordered)
-                        .partition(0)
-                        .key(&r.key)
-                        .payload(&r.value)
-                        .headers(owned_headers(&r.headers)),
-                    Duration::from_secs(10),
-                )
-                .await
-                .expect("writing the older binary's output");
+            write_ordered(&producer, &kafka, 0, &r).await;
         }
     }
-    let recovered = tokio::task::block_in_place(|| {
-        spawn_takeover(&kafka, Duration::ZERO, Arc::new(AtomicBool::new(false)))
-            .recv_timeout(Duration::from_secs(60))
-    })
-    .expect("the takeover ended")
-    .expect("takeover");
+    let recovered = take_over_now(&kafka);
     let entry = |conv: &str| recovered.conversations[conv];
     assert_eq!(
         (entry(resumed).next, entry(resumed).abandoned),
@@ -592,24 +593,9 @@ async fn the_scan_opens_no_call_for_a_record_at_sequence_0_or_the_last() {
         .push((headers::KIND, "something-else".into()));
     records.push(foreign);
     for r in &records {
-        producer
-            .send(
-                FutureRecord::to(&kafka.topics.ordered)
-                    .partition(0)
-                    .key(&r.key)
-                    .payload(&r.value)
-                    .headers(owned_headers(&r.headers)),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("writing the ordered topic");
+        write_ordered(&producer, &kafka, 0, r).await;
     }
-    let recovered = tokio::task::block_in_place(|| {
-        spawn_takeover(&kafka, Duration::ZERO, Arc::new(AtomicBool::new(false)))
-            .recv_timeout(Duration::from_secs(60))
-    })
-    .expect("the takeover ended")
-    .expect("takeover");
+    let recovered = take_over_now(&kafka);
     assert_eq!(recovered.scanned, 6);
     let mut opened: Vec<&String> = recovered.conversations.keys().collect();
     opened.sort();

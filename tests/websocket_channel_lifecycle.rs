@@ -648,27 +648,6 @@ async fn an_upgrade_goto_answers_429_keeps_the_channel_and_waits_for_its_retry_a
     session.end().await;
 }
 
-/// When each of the next `n` upgrades the simulator refuses was seen refused (polled every
-/// 10 ms, as the simulator only counts), within 30 s.
-async fn next_refusals(sim: &RunningSimulator, n: usize) -> Vec<tokio::time::Instant> {
-    let refused = || sim.control().stats().websocket_upgrades_refused;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut counted = refused();
-    let mut times = Vec::new();
-    while times.len() < n {
-        let now = refused();
-        times.extend((counted..now).map(|_| tokio::time::Instant::now()));
-        counted = now;
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {n} refused upgrades within 30 s",
-            times.len()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    times
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upgrade_refusals_do_not_reset_the_reconnect_backoff() {
     // The socket host answers every upgrade of the channel 502 (no `Retry-After`: the session's
@@ -692,7 +671,9 @@ async fn slow_upgrade_refusals_do_not_reset_the_reconnect_backoff() {
         .patch_faults(&serde_json::json!({ "websocket_upgrade_delay": "800ms" }))
         .expect("fault set");
     let times = {
-        let refusals = next_refusals(&sim, 5);
+        let refusals = next_counted("refused upgrades", 5, || {
+            sim.control().stats().websocket_upgrades_refused
+        });
         let refusing = refuse_upgrades_of(&sim, &first, 502);
         let (times, ()) = tokio::join!(refusals, refusing);
         times

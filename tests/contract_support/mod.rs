@@ -110,16 +110,26 @@ pub async fn next_requests(
     api: &str,
     n: usize,
 ) -> Vec<tokio::time::Instant> {
+    next_counted(&format!("requests of {api}"), n, || requests(sim, api)).await
+}
+
+/// When each of the next `n` increments of `count` (one of the simulator's counters, named
+/// `what` in a failure) was seen, polled every 10 ms, within 30 s.
+pub async fn next_counted(
+    what: &str,
+    n: usize,
+    count: impl Fn() -> u64,
+) -> Vec<tokio::time::Instant> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut counted = requests(sim, api);
+    let mut counted = count();
     let mut times = Vec::new();
     while times.len() < n {
-        let now = requests(sim, api);
+        let now = count();
         times.extend((counted..now).map(|_| tokio::time::Instant::now()));
         counted = now;
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{} of {n} requests of {api} within 30 s",
+            "{} of {n} {what} within 30 s",
             times.len()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
