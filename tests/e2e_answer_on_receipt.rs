@@ -37,7 +37,6 @@ async fn states_answered_on_receipt_and_lost_in_a_crash_are_back_filled() {
     start_traffic_and_wait(&control, 30).await;
 
     broker.stop();
-    let before = control.stats().deliveries.clone();
     // Wait for the bridge to report every place taken: LIMIT states answered 200 that only its
     // memory holds.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -52,12 +51,8 @@ async fn states_answered_on_receipt_and_lost_in_a_crash_are_back_filled() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let answered = control.stats().deliveries.succeeded - before.succeeded;
     replica.kill();
     let killed_at = Instant::now();
-    println!(
-        "killed with Kafka down, after {answered} notifications were answered 200 without Kafka"
-    );
     broker.restart();
     replica.start();
     assert!(replica.wait_ready(Duration::from_secs(60)).await);
@@ -66,25 +61,61 @@ async fn states_answered_on_receipt_and_lost_in_a_crash_are_back_filled() {
 
     let complete = traffic_done_and_complete(&d, &control, &replica).await;
     let truth = control.ground_truth();
-    let v = verify(&truth, &d.read_ordered().await);
+    let ordered = d.read_ordered().await;
+    let v = verify(&truth, &ordered);
     println!("{v}");
+    let answered_then_backfilled = answered_and_backfilled(&truth, &ordered);
+    println!("{answered_then_backfilled} states GoTo saw answered 200 were back-filled");
     replica.terminate();
     sim.shutdown().await;
 
-    assert!(
-        answered >= LIMIT,
-        "GoTo saw only {answered} notifications answered while Kafka was down"
-    );
     assert!(complete, "not every call completed after the crash");
     assert_eq!(v.never_announced_calls, 0, "a call was lost as a whole");
+    // The bridge held LIMIT states answered 200 and not in Kafka when it was killed; GoTo never
+    // sends an answered state again, so each must come back through back-fill.
     assert!(
-        v.states_backfilled >= LIMIT,
-        "{} states back-filled, fewer than the {LIMIT} lost in the crash",
-        v.states_backfilled
+        answered_then_backfilled >= LIMIT,
+        "{answered_then_backfilled} states GoTo saw answered 200 were back-filled, fewer than \
+         the {LIMIT} lost in the crash"
     );
     assert!(v.is_perfect(), "the ordered topic is not perfect:\n{v}");
     assert_eq!(
         v.gap_records, 0,
         "a gap record where GoTo still had the states"
     );
+}
+
+/// States GoTo saw answered 2xx on some channel whose published copy came from back-fill: the
+/// ones the crash took after the bridge had answered for them. (Counted per state, not from
+/// GoTo's delivery counters around `broker.stop()`: a state answered just before the stop and not
+/// yet acknowledged by Kafka is lost in the crash too.)
+fn answered_and_backfilled(
+    truth: &callbridge::simulator::ground_truth::GroundTruth,
+    ordered: &[callbridge::verify::ReadRecord],
+) -> u64 {
+    let backfilled: std::collections::HashSet<(&str, u64)> = ordered
+        .iter()
+        .filter_map(|r| {
+            let value: serde_json::Value = serde_json::from_slice(&r.value).ok()?;
+            if value.get("type")?.as_str()? != "call-state"
+                || value.get("origin")?.as_str()? != "backfill"
+            {
+                return None;
+            }
+            Some((r.key.as_deref()?, value.get("sequenceNumber")?.as_u64()?))
+        })
+        .collect();
+    truth
+        .calls
+        .iter()
+        .flat_map(|call| {
+            call.states
+                .iter()
+                .map(move |s| (call.conversation_space_id.as_str(), s))
+        })
+        .filter(|(id, s)| {
+            s.deliveries.values().any(|d| d.acknowledged > 0)
+                && backfilled.contains(&(*id, s.sequence_number))
+        })
+        .count() as u64
 }
