@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use callbridge::notification::fnv1a64;
+use callbridge::notification::hash_bytes;
 use callbridge::sequencer::{
     Action, BackfillOutcome, ConversationCheckpoint, ConversationId, DeadLetterReason, GapReason,
     IncomingState, Origin, PartitionSequencer, SequencerConfig, Timestamp, CONFLICT_WINDOW,
@@ -173,7 +173,7 @@ fn incoming(
     let p = payload(c, seq, kind);
     IncomingState {
         sequence_number: seq,
-        fingerprint: fnv1a64(p.as_bytes()),
+        fingerprint: hash_bytes(p.as_bytes()),
         is_ending: seq as usize == s.convs[c].states.len(),
         origin,
         raw_offset: offset,
@@ -433,7 +433,7 @@ impl<'a> Sim<'a> {
         let p = payload(e.conv, e.seq, Kind::Bad);
         let s = IncomingState {
             sequence_number: e.seq,
-            fingerprint: fnv1a64(p.as_bytes()),
+            fingerprint: hash_bytes(p.as_bytes()),
             is_ending: false,
             origin: Origin::Webhook,
             raw_offset: Some(offset),

@@ -64,7 +64,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
-use callbridge::notification::fnv1a64;
+use callbridge::notification::hash_bytes;
 use callbridge::sequencer::{
     Action, BackfillOutcome, ConversationCheckpoint, ConversationId, DeadLetterReason, GapReason,
     IncomingState, Origin, PartitionSequencer, SequencerConfig, Timestamp, CONFLICT_WINDOW,
@@ -425,7 +425,7 @@ impl Harness {
     }
 
     fn fingerprint(c: usize, seq: u64, variant: u8, is_ending: bool) -> u64 {
-        fnv1a64(format!("{c}/{seq}/{variant}/{is_ending}").as_bytes())
+        hash_bytes(format!("{c}/{seq}/{variant}/{is_ending}").as_bytes())
     }
 
     /// A state as GoTo has it (variant 0) or a conflicting copy.

@@ -3,53 +3,244 @@
 //! The same state reaches us by webhook, by WebSocket and from the REST back-fill, each with its
 //! own serializer: key order, whitespace and string escapes can differ. The sequencer must tell
 //! "the same state again" (drop it) from "a different state with the same sequence number" (a
-//! conflict to dead-letter), so it compares a hash of a canonical form instead of bytes:
-//! object keys sorted (by UTF-8 bytes) at every depth, no whitespace, strings re-escaped the one
-//! way serde_json writes them, integral numbers written as integers (`1.0` == `1`).
+//! conflict to dead-letter), so it compares a hash of the state's content instead of its bytes:
+//! two states get the same fingerprint exactly when their canonical forms ([`canonical_json`]:
+//! object keys sorted at every depth, no whitespace, strings re-escaped the one way serde_json
+//! writes them, integral numbers written as integers, `1.0` == `1`, the last of repeated keys
+//! kept) are the same text, short of a 64-bit hash collision.
 //!
-//! The hash is FNV-1a 64, written out here rather than std's `DefaultHasher`, whose algorithm
-//! may change between Rust releases; fingerprints end up in Kafka and must survive upgrades.
+//! The hash is computed in one streaming pass, with no tree and no canonical text: a scalar
+//! hashes its kind and its canonical bytes, an array its items' hashes in order, and an object
+//! the wrapping sum of one hash per member (its key's and its value's hashes together), which
+//! does not depend on the order the members came in. Only an object that repeats a key, where
+//! the last copy must win, is read again through a tree that drops the earlier copies, hashed
+//! by the same rules.
+//!
+//! Fingerprints never leave the process that computed them: the sequencer keeps 32-bit folds
+//! of them in memory, the changelog holds none, and a new owner computes them again from the raw
+//! topic. So the hash may change between releases, and its seed is drawn once per process
+//! (foldhash's quality hasher): someone who can shape a call state cannot craft another that
+//! collides with it, as they could with the fixed FNV-1a used before.
 
+use std::cell::Cell;
+use std::hash::{BuildHasher, Hasher};
 use std::io;
 
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::ParseError;
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// The hasher of this process's fingerprints: one random seed, drawn at first use.
+static SEED: std::sync::LazyLock<foldhash::quality::RandomState> =
+    std::sync::LazyLock::new(foldhash::quality::RandomState::default);
 
-/// FNV-1a 64 of `bytes`.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h = Fnv1a::new();
-    h.feed(bytes);
-    h.0
+/// What each hashed item is, so that no two kinds can hash alike (`"1"` and `1`, `[]` and `{}`).
+mod kind {
+    pub const NULL: u8 = 0;
+    pub const TRUE: u8 = 1;
+    pub const FALSE: u8 = 2;
+    pub const NUMBER: u8 = 3;
+    pub const STRING: u8 = 4;
+    pub const ARRAY: u8 = 5;
+    pub const OBJECT: u8 = 6;
+    pub const MEMBER: u8 = 7;
 }
 
-/// Fingerprint of a call-state object: FNV-1a 64 over its canonical JSON form.
+/// This process's hash of `bytes`: what fingerprints are made of, for tests and tools that
+/// need fingerprints of their own. Equal within one process only.
+pub fn hash_bytes(bytes: &[u8]) -> u64 {
+    SEED.hash_one(bytes)
+}
+
+fn scalar(kind: u8, bytes: &[u8]) -> u64 {
+    let mut h = SEED.build_hasher();
+    h.write_u8(kind);
+    h.write_usize(bytes.len());
+    h.write(bytes);
+    h.finish()
+}
+
+fn member(key: u64, value: u64) -> u64 {
+    let mut h = SEED.build_hasher();
+    h.write_u8(kind::MEMBER);
+    h.write_u64(key);
+    h.write_u64(value);
+    h.finish()
+}
+
+/// An object from the wrapping sum of its members' hashes and their number.
+fn object(sum: u64, members: u64) -> u64 {
+    let mut h = SEED.build_hasher();
+    h.write_u8(kind::OBJECT);
+    h.write_u64(members);
+    h.write_u64(sum);
+    h.finish()
+}
+
+fn number(n: &serde_json::Number) -> u64 {
+    // The canonical text of a number is at most 24 bytes (`-1.7976931348623157e308`).
+    let mut buf = [0u8; 40];
+    let mut out = io::Cursor::new(&mut buf[..]);
+    match write_number(n, &mut out) {
+        Ok(()) => {
+            let len = out.position() as usize;
+            scalar(kind::NUMBER, &buf[..len])
+        }
+        Err(_) => {
+            let mut text = Vec::new();
+            let _ = write_number(n, &mut text);
+            scalar(kind::NUMBER, &text)
+        }
+    }
+}
+
+fn float(v: f64) -> u64 {
+    // JSON text cannot spell NaN or infinities; serde_json's `Value` maps them to null.
+    serde_json::Number::from_f64(v).map_or(scalar(kind::NULL, b""), |n| number(&n))
+}
+
+/// Fingerprint of a call-state object: the hash of its content, as the module comment defines
+/// it.
 ///
 /// Use this for back-filled states, so they compare equal to the same state received live
-/// (whose fingerprint [`super::parse`] computes the same way).
+/// (whose fingerprint [`super::CallState::fingerprint`] computes the same way).
 pub fn state_fingerprint(state: &RawValue) -> Result<u64, ParseError> {
     fingerprint_at(state, "state")
 }
 
 pub(crate) fn fingerprint_at(state: &RawValue, path: &str) -> Result<u64, ParseError> {
-    // A borrowed tree rather than `serde_json::Value`: same parser (same limits, same
-    // acceptance), same canonical bytes, but no allocation per key and per unescaped string;
-    // the fingerprint was most of the sequencer's parsing cost (docs/performance.md).
-    let node: Node<'_> =
-        serde_json::from_str(state.get()).map_err(|e| ParseError::from_json(&e))?;
-    if !matches!(node, Node::Object(_)) {
+    let repeated_key = Cell::new(false);
+    let mut de = serde_json::Deserializer::from_str(state.get());
+    let streamed = HashSeed {
+        repeated_key: &repeated_key,
+    }
+    .deserialize(&mut de)
+    .and_then(|hashed| de.end().map(|()| hashed));
+    let hashed = match streamed {
+        Ok(hashed) => hashed,
+        // The same parser reads it again, so it accepts exactly what the first pass did.
+        Err(_) if repeated_key.get() => {
+            let node: Node<'_> =
+                serde_json::from_str(state.get()).map_err(|e| ParseError::from_json(&e))?;
+            Hashed {
+                hash: node.hash(),
+                object: matches!(node, Node::Object(_)),
+            }
+        }
+        Err(e) => return Err(ParseError::from_json(&e)),
+    };
+    if !hashed.object {
         return Err(ParseError::wrong_type("", path, "an object"));
     }
-    let mut h = Fnv1a::new();
-    node.write_canonical(&mut h)
-        .map_err(|_| ParseError::InvalidJson {
-            detail: "cannot canonicalise".to_owned(),
-        })?;
-    Ok(h.0)
+    Ok(hashed.hash)
+}
+
+/// A value's hash, and whether it was an object (a state must be one).
+struct Hashed {
+    hash: u64,
+    object: bool,
+}
+
+impl Hashed {
+    fn of(hash: u64) -> Self {
+        Hashed {
+            hash,
+            object: false,
+        }
+    }
+}
+
+/// Hashes one value as serde_json reads it. Stops with an error at an object that repeats a
+/// key, after setting `repeated_key`: the caller then takes the tree.
+#[derive(Clone, Copy)]
+struct HashSeed<'c> {
+    repeated_key: &'c Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for HashSeed<'_> {
+    type Value = Hashed;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Hashed, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// Key hashes of an object kept on the stack up to this many members (call states' objects have
+/// fewer), to find a repeated key without allocating.
+const INLINE_KEYS: usize = 16;
+
+impl<'de> Visitor<'de> for HashSeed<'_> {
+    type Value = Hashed;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Hashed, E> {
+        Ok(Hashed::of(scalar(kind::NULL, b"")))
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Hashed, E> {
+        Ok(Hashed::of(scalar(
+            if v { kind::TRUE } else { kind::FALSE },
+            b"",
+        )))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Hashed, E> {
+        Ok(Hashed::of(number(&v.into())))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Hashed, E> {
+        Ok(Hashed::of(number(&v.into())))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Hashed, E> {
+        Ok(Hashed::of(float(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Hashed, E> {
+        Ok(Hashed::of(scalar(kind::STRING, v.as_bytes())))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Hashed, A::Error> {
+        let mut h = SEED.build_hasher();
+        h.write_u8(kind::ARRAY);
+        let mut items = 0u64;
+        while let Some(item) = seq.next_element_seed(self)? {
+            h.write_u64(item.hash);
+            items += 1;
+        }
+        h.write_u64(items);
+        Ok(Hashed::of(h.finish()))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Hashed, A::Error> {
+        let mut inline = [0u64; INLINE_KEYS];
+        let mut spilled: Vec<u64> = Vec::new();
+        let (mut sum, mut members) = (0u64, 0u64);
+        while let Some(Text(key)) = map.next_key()? {
+            let key = scalar(kind::STRING, key.as_bytes());
+            let n = members as usize;
+            let seen = if n < INLINE_KEYS {
+                inline[..n].contains(&key)
+            } else {
+                inline.contains(&key) || spilled.contains(&key)
+            };
+            if seen {
+                // Equal key hashes are a repeated key (or, once in 2^64, two keys colliding:
+                // the tree then decides, so the answer is right either way).
+                self.repeated_key.set(true);
+                return Err(serde::de::Error::custom("an object repeats a key"));
+            }
+            if n < INLINE_KEYS {
+                inline[n] = key;
+            } else {
+                spilled.push(key);
+            }
+            let value = map.next_value_seed(self)?;
+            sum = sum.wrapping_add(member(key, value.hash));
+            members += 1;
+        }
+        Ok(Hashed {
+            hash: object(sum, members),
+            object: true,
+        })
+    }
 }
 
 /// A JSON value borrowing its strings from the text where it can.
@@ -162,35 +353,29 @@ impl<'de> serde::de::Visitor<'de> for NodeVisitor {
 }
 
 impl Node<'_> {
-    /// The same bytes as [`write_canonical`] writes for the equivalent `Value`.
-    fn write_canonical<W: io::Write>(&self, out: &mut W) -> io::Result<()> {
+    /// The same hash [`HashSeed`] computes for the same value; objects here are already
+    /// deduplicated (the last of repeated keys kept).
+    fn hash(&self) -> u64 {
         match self {
-            Node::Null => out.write_all(b"null"),
-            Node::Bool(true) => out.write_all(b"true"),
-            Node::Bool(false) => out.write_all(b"false"),
-            Node::Number(n) => write_number(n, out),
-            Node::String(s) => serde_json::to_writer(out, s.as_ref()).map_err(io::Error::other),
+            Node::Null => scalar(kind::NULL, b""),
+            Node::Bool(true) => scalar(kind::TRUE, b""),
+            Node::Bool(false) => scalar(kind::FALSE, b""),
+            Node::Number(n) => number(n),
+            Node::String(s) => scalar(kind::STRING, s.as_bytes()),
             Node::Array(items) => {
-                out.write_all(b"[")?;
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.write_all(b",")?;
-                    }
-                    item.write_canonical(out)?;
+                let mut h = SEED.build_hasher();
+                h.write_u8(kind::ARRAY);
+                for item in items {
+                    h.write_u64(item.hash());
                 }
-                out.write_all(b"]")
+                h.write_u64(items.len() as u64);
+                h.finish()
             }
             Node::Object(entries) => {
-                out.write_all(b"{")?;
-                for (i, (key, item)) in entries.iter().enumerate() {
-                    if i > 0 {
-                        out.write_all(b",")?;
-                    }
-                    serde_json::to_writer(&mut *out, key.as_ref()).map_err(io::Error::other)?;
-                    out.write_all(b":")?;
-                    item.write_canonical(out)?;
-                }
-                out.write_all(b"}")
+                let sum = entries.iter().fold(0u64, |sum, (key, value)| {
+                    sum.wrapping_add(member(scalar(kind::STRING, key.as_bytes()), value.hash()))
+                });
+                object(sum, entries.len() as u64)
             }
         }
     }
@@ -263,46 +448,12 @@ fn write_number<W: io::Write>(n: &serde_json::Number, out: &mut W) -> io::Result
     }
 }
 
-struct Fnv1a(u64);
-
-impl Fnv1a {
-    fn new() -> Self {
-        Fnv1a(FNV_OFFSET)
-    }
-
-    fn feed(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(FNV_PRIME);
-        }
-    }
-}
-
-impl io::Write for Fnv1a {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.feed(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn raw(s: &str) -> &RawValue {
         serde_json::from_str(s).unwrap()
-    }
-
-    #[test]
-    fn fnv1a64_matches_reference_vectors() {
-        // Published FNV-1a 64 test vectors.
-        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]
@@ -337,12 +488,12 @@ mod tests {
         assert_ne!(state_fingerprint(d).unwrap(), state_fingerprint(e).unwrap());
     }
 
-    /// The fingerprint through the borrowed tree must equal FNV-1a of the `Value`-based
-    /// canonical text, byte for byte: fingerprints live in Kafka (changelog, dedupe) and a
-    /// change would make every stored one disagree with a new copy of the same state.
+    /// Whatever spelling, and whichever path (the streaming pass, or the tree an object with a
+    /// repeated key takes): the fingerprint is the same exactly when the canonical text is.
     #[test]
-    fn borrowed_tree_fingerprint_equals_the_value_based_canonical_form() {
+    fn the_fingerprint_follows_the_canonical_form_exactly() {
         use proptest::prelude::*;
+        use std::collections::HashMap;
         let leaf = prop_oneof![
             Just(serde_json::Value::Null),
             any::<bool>().prop_map(serde_json::Value::from),
@@ -362,23 +513,97 @@ mod tests {
             ]
         });
         let objects = prop::collection::vec(("[a-zA-Z\\\\é]{0,4}", tree), 0..8);
-        proptest!(ProptestConfig::with_cases(2000), |(kv in objects, copies in 0usize..4)| {
-            let mut text = serde_json::to_string(&serde_json::Value::Object(kv.into_iter().collect())).unwrap();
+        // Canonical text -> fingerprint, and back: both must stay one-to-one over every case.
+        let by_text: std::cell::RefCell<HashMap<String, u64>> = Default::default();
+        let by_fingerprint: std::cell::RefCell<HashMap<u64, String>> = Default::default();
+        proptest!(ProptestConfig::with_cases(2000), |(kv in objects, copies in 0usize..4, spaced in any::<bool>())| {
+            let value = serde_json::Value::Object(kv.into_iter().collect());
+            let mut text = if spaced {
+                serde_json::to_string_pretty(&value).unwrap()
+            } else {
+                serde_json::to_string(&value).unwrap()
+            };
             if copies > 0 && text.len() > 2 {
-                // A key repeated two to four times: the last one wins in both.
+                // A key repeated two to four times: the last one wins, as in `Value`.
                 let repeated = [r#""k":1,"#, r#""k":[true],"#, r#""k":{"k":2,"k":3},"#, r#""k":"x","#];
                 text.insert_str(1, &repeated[..=copies].concat());
             }
             let state: &RawValue = serde_json::from_str(&text).unwrap();
-            let reference = fnv1a64(canonical_json(state).unwrap().as_bytes());
-            prop_assert_eq!(state_fingerprint(state).unwrap(), reference, "{}", text);
+            let fingerprint = state_fingerprint(state).unwrap();
+            // The canonical text is another spelling of the same state (keys sorted, repeats
+            // dropped, numbers and escapes rewritten): same fingerprint.
+            let canonical = canonical_json(state).unwrap();
+            let respelled: &RawValue = serde_json::from_str(&canonical).unwrap();
+            prop_assert_eq!(state_fingerprint(respelled).unwrap(), fingerprint, "{} vs {}", text, canonical);
+            // The tree, which repeated keys take, hashes like the streaming pass.
+            let node: Node<'_> = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(node.hash(), fingerprint, "{}", text);
+            let known = *by_text.borrow_mut().entry(canonical.clone()).or_insert(fingerprint);
+            prop_assert_eq!(known, fingerprint);
+            let owner = by_fingerprint.borrow_mut().entry(fingerprint).or_insert(canonical.clone()).clone();
+            prop_assert_eq!(owner, canonical, "two states, one fingerprint");
         });
+        let distinct = by_text.borrow().len();
+        assert!(distinct > 1000, "only {distinct} distinct states");
         // Escapes in the text (not only in the value) take the owned path.
         let escaped = raw(r#"{"k\u00e9y":"v\u00e9\n","b":[1.0,-0,1e2]}"#);
+        let plain = raw("{\"b\":[1,0,100],\"kéy\":\"vé\\n\"}");
         assert_eq!(
             state_fingerprint(escaped).unwrap(),
-            fnv1a64(canonical_json(escaped).unwrap().as_bytes())
+            state_fingerprint(plain).unwrap()
         );
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_the_last_copy_at_any_depth() {
+        let repeated = raw(r#"{"a":{"k":1,"z":0,"k":2},"k":[1],"k":[2]}"#);
+        let last = raw(r#"{"k":[2],"a":{"z":0,"k":2}}"#);
+        let first = raw(r#"{"k":[1],"a":{"z":0,"k":1}}"#);
+        let fingerprint = state_fingerprint(repeated).unwrap();
+        assert_eq!(fingerprint, state_fingerprint(last).unwrap());
+        assert_ne!(fingerprint, state_fingerprint(first).unwrap());
+        // More members than the inline key list holds, the repeat past it.
+        let many: String = (0..20).map(|i| format!(r#""m{i}":{i},"#)).collect();
+        let wide = format!(r#"{{{many}"m3":"again"}}"#);
+        let wide_last = format!(
+            r#"{{"m3":"again",{}}}"#,
+            many.replace(r#""m3":3,"#, "").trim_end_matches(',')
+        );
+        assert_eq!(
+            state_fingerprint(raw(&wide)).unwrap(),
+            state_fingerprint(raw(&wide_last)).unwrap()
+        );
+    }
+
+    #[test]
+    fn kinds_and_shapes_do_not_collide() {
+        let states = [
+            r#"{"x":1}"#,
+            r#"{"x":"1"}"#,
+            r#"{"x":[1]}"#,
+            r#"{"x":{}}"#,
+            r#"{"x":[]}"#,
+            r#"{"x":null}"#,
+            r#"{"x":""}"#,
+            r#"{"x":true}"#,
+            r#"{"x":"true"}"#,
+            r#"{"x":[[]]}"#,
+            r#"{"x":[1,2]}"#,
+            r#"{"x":[[1],2]}"#,
+            r#"{"x":[1,[2]]}"#,
+            r#"{"x":{"1":2}}"#,
+            r#"{"x":{"2":1}}"#,
+            r#"{"xy":1}"#,
+            r#"{"x":1,"y":1}"#,
+            r#"{"x":{"y":1}}"#,
+            r#"{}"#,
+        ];
+        let mut seen = std::collections::HashMap::new();
+        for s in states {
+            if let Some(other) = seen.insert(state_fingerprint(raw(s)).unwrap(), s) {
+                panic!("{s} and {other} share a fingerprint");
+            }
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::borrow::Cow;
 use serde_json::value::RawValue;
 
 pub use error::ParseError;
-pub use fingerprint::{canonical_json, fnv1a64, state_fingerprint};
+pub use fingerprint::{canonical_json, hash_bytes, state_fingerprint};
 pub(crate) use parse::json_string;
 pub use parse::{inspect_state, parse};
 
