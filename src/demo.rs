@@ -250,6 +250,10 @@ fn announced(call: &crate::simulator::ground_truth::CallRecord) -> bool {
 /// notification delivered) and those the bridge published anything of: a call GoTo never
 /// delivered a word of but catch-up or the report sweep found is still being completed (an idle
 /// probe may bring its last states), while one nobody found cannot be completed by anyone.
+/// How long a finished stream must stay finished before a scenario stops the bridge: longer
+/// than the sequencer's metrics export (1 s) and a demo catch-up or sweep after a reconnect.
+const SETTLED_FOR: Duration = Duration::from_secs(3);
+
 fn unfinished_announced_calls(
     control: &crate::simulator::SimulatorControl,
     ordered: &[crate::kafka::reader::ReadRecord],
@@ -370,6 +374,7 @@ pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String>
     let mut last_print = Instant::now() - Duration::from_secs(1);
     let mut timed_out = false;
     let mut last_topic_check = Instant::now() - Duration::from_secs(1);
+    let mut settled_since: Option<Instant> = None;
     loop {
         use std::sync::atomic::Ordering::Relaxed;
         let status = control.traffic_status();
@@ -404,8 +409,20 @@ pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String>
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("reading the ordered topic: {e}"))?;
-            if unfinished_announced_calls(&control, &records) == 0 {
-                break;
+            // GoTo never delivered some calls, and the bridge may still find one (a catch-up
+            // of active calls, a report sweep, a back-fill it starts) after the topic was read:
+            // stopping then would cut it short. So the stream must also have no call open in
+            // the sequencer, and stay that way for a while.
+            let open = metric_value(
+                &scrape(bridge.admin_addr).await,
+                "callbridge_conversations_open",
+            );
+            if unfinished_announced_calls(&control, &records) == 0 && open == 0.0 {
+                if settled_since.get_or_insert_with(Instant::now).elapsed() >= SETTLED_FOR {
+                    break;
+                }
+            } else {
+                settled_since = None;
             }
         }
         if Instant::now() > deadline {

@@ -64,7 +64,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
-use callbridge::notification::hash_bytes;
 use callbridge::sequencer::{
     Action, BackfillOutcome, ConversationCheckpoint, ConversationId, DeadLetterReason, GapReason,
     IncomingState, Origin, PartitionSequencer, SequencerConfig, Timestamp, CONFLICT_WINDOW,
@@ -425,7 +424,7 @@ impl Harness {
     }
 
     fn fingerprint(c: usize, seq: u64, variant: u8, is_ending: bool) -> u64 {
-        hash_bytes(format!("{c}/{seq}/{variant}/{is_ending}").as_bytes())
+        synthetic_fingerprint(format!("{c}/{seq}/{variant}/{is_ending}").as_bytes())
     }
 
     /// A state as GoTo has it (variant 0) or a conflicting copy.
@@ -1483,4 +1482,14 @@ fn conv_index(id: &ConversationId) -> usize {
 /// The 32-bit fold the conflict window compares (see `sequencer/window.rs`).
 fn fold(fingerprint: u64) -> u32 {
     (fingerprint ^ (fingerprint >> 32)) as u32
+}
+
+/// A fingerprint for a synthetic payload: any fixed hash will do (the sequencer treats
+/// fingerprints as opaque), and a fixed one keeps runs and shrunk cases reproducible, which the
+/// bridge's per-process seeded fingerprint would not.
+fn synthetic_fingerprint(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }

@@ -19,8 +19,13 @@
 //! Fingerprints never leave the process that computed them: the sequencer keeps 32-bit folds
 //! of them in memory, the changelog holds none, and a new owner computes them again from the raw
 //! topic. So the hash may change between releases, and its seed is drawn once per process
-//! (foldhash's quality hasher): someone who can shape a call state cannot craft another that
-//! collides with it, as they could with the fixed FNV-1a used before.
+//! (foldhash's quality hasher), which makes fingerprints harder to predict from outside than the
+//! fixed FNV-1a used before, though foldhash claims no resistance to a determined attacker. A
+//! collision would at worst let a conflicting copy of a published state pass as a duplicate.
+//!
+//! [`canonical_json`] reads through `serde_json::Value`, where (with the `raw_value` feature) an
+//! object whose first key is `$serde_json::private::RawValue` stands for that key's text; the
+//! fingerprint reads it as the plain object it is. No call state carries such a key.
 
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};
@@ -46,12 +51,6 @@ mod kind {
     pub const ARRAY: u8 = 5;
     pub const OBJECT: u8 = 6;
     pub const MEMBER: u8 = 7;
-}
-
-/// This process's hash of `bytes`: what fingerprints are made of, for tests and tools that
-/// need fingerprints of their own. Equal within one process only.
-pub fn hash_bytes(bytes: &[u8]) -> u64 {
-    SEED.hash_one(bytes)
 }
 
 fn scalar(kind: u8, bytes: &[u8]) -> u64 {
@@ -171,6 +170,15 @@ impl<'de> DeserializeSeed<'de> for HashSeed<'_> {
 /// fewer), to find a repeated key without allocating.
 const INLINE_KEYS: usize = 16;
 
+impl HashSeed<'_> {
+    /// Equal key hashes are a repeated key (or, once in 2^64, two keys colliding: the tree then
+    /// decides, so the answer is right either way).
+    fn stop_at_repeated_key<E: serde::de::Error>(self) -> E {
+        self.repeated_key.set(true);
+        E::custom("an object repeats a key")
+    }
+}
+
 impl<'de> Visitor<'de> for HashSeed<'_> {
     type Value = Hashed;
 
@@ -210,24 +218,19 @@ impl<'de> Visitor<'de> for HashSeed<'_> {
         Ok(Hashed::of(h.finish()))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Hashed, A::Error> {
+        // Key hashes, to find a repeated key: on the stack while few, checked as they come;
+        // past that, collected and checked once, sorted, at the end, so a very wide object
+        // costs n log n, not n².
         let mut inline = [0u64; INLINE_KEYS];
         let mut spilled: Vec<u64> = Vec::new();
         let (mut sum, mut members) = (0u64, 0u64);
         while let Some(Text(key)) = map.next_key()? {
             let key = scalar(kind::STRING, key.as_bytes());
             let n = members as usize;
-            let seen = if n < INLINE_KEYS {
-                inline[..n].contains(&key)
-            } else {
-                inline.contains(&key) || spilled.contains(&key)
-            };
-            if seen {
-                // Equal key hashes are a repeated key (or, once in 2^64, two keys colliding:
-                // the tree then decides, so the answer is right either way).
-                self.repeated_key.set(true);
-                return Err(serde::de::Error::custom("an object repeats a key"));
-            }
             if n < INLINE_KEYS {
+                if inline[..n].contains(&key) {
+                    return Err(self.stop_at_repeated_key());
+                }
                 inline[n] = key;
             } else {
                 spilled.push(key);
@@ -235,6 +238,13 @@ impl<'de> Visitor<'de> for HashSeed<'_> {
             let value = map.next_value_seed(self)?;
             sum = sum.wrapping_add(member(key, value.hash));
             members += 1;
+        }
+        if !spilled.is_empty() {
+            spilled.extend_from_slice(&inline);
+            spilled.sort_unstable();
+            if spilled.windows(2).any(|pair| pair[0] == pair[1]) {
+                return Err(self.stop_at_repeated_key());
+            }
         }
         Ok(Hashed {
             hash: object(sum, members),
@@ -516,7 +526,7 @@ mod tests {
         // Canonical text -> fingerprint, and back: both must stay one-to-one over every case.
         let by_text: std::cell::RefCell<HashMap<String, u64>> = Default::default();
         let by_fingerprint: std::cell::RefCell<HashMap<u64, String>> = Default::default();
-        proptest!(ProptestConfig::with_cases(2000), |(kv in objects, copies in 0usize..4, spaced in any::<bool>())| {
+        proptest!(ProptestConfig::with_cases(2000), |(kv in objects, copies in 0usize..4, spaced in any::<bool>(), seed in any::<u64>())| {
             let value = serde_json::Value::Object(kv.into_iter().collect());
             let mut text = if spaced {
                 serde_json::to_string_pretty(&value).unwrap()
@@ -535,6 +545,16 @@ mod tests {
             let canonical = canonical_json(state).unwrap();
             let respelled: &RawValue = serde_json::from_str(&canonical).unwrap();
             prop_assert_eq!(state_fingerprint(respelled).unwrap(), fingerprint, "{} vs {}", text, canonical);
+            // And so is any other spelling of it: members in another order, characters escaped,
+            // integers written as floats. (`Value` keeps keys sorted, so the texts above never
+            // put members out of order.)
+            let canonical_value: serde_json::Value = serde_json::from_str(&canonical).unwrap();
+            let mut other = String::new();
+            respell(&canonical_value, seed, &mut other);
+            let other_state: &RawValue = serde_json::from_str(&other).unwrap();
+            prop_assert_eq!(state_fingerprint(other_state).unwrap(), fingerprint, "{} vs {}", text, other);
+            let other_node: Node<'_> = serde_json::from_str(&other).unwrap();
+            prop_assert_eq!(other_node.hash(), fingerprint, "{}", other);
             // The tree, which repeated keys take, hashes like the streaming pass.
             let node: Node<'_> = serde_json::from_str(&text).unwrap();
             prop_assert_eq!(node.hash(), fingerprint, "{}", text);
@@ -552,6 +572,81 @@ mod tests {
             state_fingerprint(escaped).unwrap(),
             state_fingerprint(plain).unwrap()
         );
+    }
+
+    /// Another spelling of `value`, chosen by `seed`: object members in another order, some
+    /// characters of keys and strings written as `\u` escapes, some small integers written as
+    /// floats, other whitespace.
+    fn respell(value: &serde_json::Value, seed: u64, out: &mut String) {
+        use serde_json::Value;
+        use std::fmt::Write;
+        match value {
+            Value::Object(map) => {
+                let mut members: Vec<_> = map.iter().collect();
+                if seed & 1 == 1 {
+                    members.reverse();
+                }
+                if !members.is_empty() {
+                    let by = (seed >> 1) as usize % members.len();
+                    members.rotate_left(by);
+                }
+                out.push_str("{ ");
+                for (i, (key, item)) in members.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(" ,\n");
+                    }
+                    escaped(key, seed, out);
+                    out.push_str(" :");
+                    respell(item, seed.rotate_left(7) ^ i as u64, out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    respell(item, seed.rotate_left(11) ^ i as u64, out);
+                }
+                out.push(']');
+            }
+            Value::String(text) => escaped(text, seed, out),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) if i.unsigned_abs() < 1 << 53 && seed & 2 == 2 => {
+                    let _ = write!(out, "{i}.0");
+                }
+                Some(i) if i.unsigned_abs() < 1 << 53 && seed & 4 == 4 => {
+                    let _ = write!(out, "{i}e0");
+                }
+                _ => {
+                    let _ = write!(out, "{n}");
+                }
+            },
+            other => {
+                let _ = write!(out, "{other}");
+            }
+        }
+    }
+
+    fn escaped(text: &str, seed: u64, out: &mut String) {
+        use std::fmt::Write;
+        out.push('"');
+        for (i, c) in text.chars().enumerate() {
+            match c {
+                '"' | '\\' => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                c if (c as u32) < 0x20 || (seed >> (i % 61)) & 8 == 8 => {
+                    for unit in c.encode_utf16(&mut [0; 2]) {
+                        let _ = write!(out, "\\u{unit:04x}");
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
     }
 
     #[test]
@@ -572,6 +667,29 @@ mod tests {
         assert_eq!(
             state_fingerprint(raw(&wide)).unwrap(),
             state_fingerprint(raw(&wide_last)).unwrap()
+        );
+        // The repeat among the keys past the inline list, which are checked at the end.
+        let late = format!(r#"{{{many}"m18":"again"}}"#);
+        let late_last = format!(
+            r#"{{"m18":"again",{}}}"#,
+            many.replace(r#""m18":18,"#, "").trim_end_matches(',')
+        );
+        assert_eq!(
+            state_fingerprint(raw(&late)).unwrap(),
+            state_fingerprint(raw(&late_last)).unwrap()
+        );
+        assert_ne!(
+            state_fingerprint(raw(&late)).unwrap(),
+            state_fingerprint(raw(&format!("{{{}}}", many.trim_end_matches(',')))).unwrap()
+        );
+        // Inside an array, and a key spelled with an escape repeating its plain spelling.
+        assert_eq!(
+            state_fingerprint(raw(r#"{"a":[0,{"k":1,"k":2}]}"#)).unwrap(),
+            state_fingerprint(raw(r#"{"a":[0,{"k":2}]}"#)).unwrap()
+        );
+        assert_eq!(
+            state_fingerprint(raw(r#"{"a\u0062":1,"ab":2}"#)).unwrap(),
+            state_fingerprint(raw(r#"{"ab":2}"#)).unwrap()
         );
     }
 

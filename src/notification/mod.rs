@@ -27,7 +27,7 @@ use std::borrow::Cow;
 use serde_json::value::RawValue;
 
 pub use error::ParseError;
-pub use fingerprint::{canonical_json, hash_bytes, state_fingerprint};
+pub use fingerprint::{canonical_json, state_fingerprint};
 pub(crate) use parse::json_string;
 pub use parse::{inspect_state, parse};
 
@@ -110,9 +110,9 @@ pub struct CallState<'a> {
 }
 
 impl<'a> CallState<'a> {
-    /// [`state_fingerprint`] of `state`. Computed on demand: canonicalising the state is most
-    /// of the cost of parsing, and only the sequencer needs it (ingest routes on the fields
-    /// above). An error here means the state cannot be compared with another copy of itself;
+    /// [`state_fingerprint`] of `state`. Computed on demand: reading the whole state again is
+    /// a third of the cost of parsing, and only the sequencer needs it (ingest routes on the
+    /// fields above). An error here means the state cannot be compared with another copy of itself;
     /// the sequencer dead-letters such a state.
     pub fn fingerprint(&self) -> Result<u64, ParseError> {
         fingerprint::fingerprint_at(self.state, self.state_path)

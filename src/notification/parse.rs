@@ -266,9 +266,9 @@ fn classify(n: Level<'_>, in_data: bool) -> Result<Notification<'_>, ParseError>
     let state = state.ok_or_else(|| ParseError::missing(container.container, "state"))?;
     let state_path = container.state;
     let (sequence_number, state_type, timestamp) = state_fields(state, state_path)?;
-    // The fingerprint is computed later (by the sequencer) through serde_json's tree, which
-    // refuses more than MAX_DEPTH levels; refuse such a state here already, where it costs one
-    // byte scan, so it is dead-lettered at ingest like any other unreadable body.
+    // The fingerprint is computed later (by the sequencer) by serde_json reading the state
+    // alone, which refuses more than MAX_DEPTH levels; refuse such a state here already, where
+    // it costs one byte scan, so it is dead-lettered at ingest like any other unreadable body.
     if let Some((line, column)) = too_deep_at(state.get(), MAX_DEPTH) {
         // Worded like serde_json's own recursion-limit error (a syntax error at the bracket,
         // position within the state), as the fingerprint reported it before.
@@ -291,7 +291,7 @@ fn classify(n: Level<'_>, in_data: bool) -> Result<Notification<'_>, ParseError>
     }))
 }
 
-/// serde_json's nesting limit for a tree (`Value`), which the fingerprint builds.
+/// serde_json's nesting limit (for a value read alone, as the fingerprint reads the state).
 const MAX_DEPTH: usize = 127;
 
 /// Where (line, 1-based byte column) `json` (valid JSON) first nests arrays and objects more

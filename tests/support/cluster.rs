@@ -109,6 +109,16 @@ impl Deployment {
             .expect("reader task")
             .expect("reading the ordered topic")
     }
+
+    /// Every record of the raw topic: what ingest wrote.
+    pub async fn read_raw(&self) -> Vec<ReadRecord> {
+        let kafka = self.kafka();
+        let topic = kafka.topics.raw.clone();
+        tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, Duration::from_secs(120)))
+            .await
+            .expect("reader task")
+            .expect("reading the raw topic")
+    }
 }
 
 /// One replica process.
