@@ -246,14 +246,14 @@ fn announced(call: &crate::simulator::ground_truth::CallRecord) -> bool {
         .any(|s| s.deliveries.values().any(|d| d.delivered > 0))
 }
 
-/// Calls without a completion record in `ordered` yet among those GoTo announced (at least one
-/// notification delivered) and those the bridge published anything of: a call GoTo never
-/// delivered a word of but catch-up or the report sweep found is still being completed (an idle
-/// probe may bring its last states), while one nobody found cannot be completed by anyone.
 /// How long a finished stream must stay finished before a scenario stops the bridge: longer
 /// than the sequencer's metrics export (1 s) and a demo catch-up or sweep after a reconnect.
 const SETTLED_FOR: Duration = Duration::from_secs(3);
 
+/// Calls without a completion record in `ordered` yet among those GoTo announced (at least one
+/// notification delivered) and those the bridge published anything of: a call GoTo never
+/// delivered a word of but catch-up or the report sweep found is still being completed (an idle
+/// probe may bring its last states), while one nobody found cannot be completed by anyone.
 fn unfinished_announced_calls(
     control: &crate::simulator::SimulatorControl,
     ordered: &[crate::kafka::reader::ReadRecord],
@@ -412,12 +412,10 @@ pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String>
             // GoTo never delivered some calls, and the bridge may still find one (a catch-up
             // of active calls, a report sweep, a back-fill it starts) after the topic was read:
             // stopping then would cut it short. So the stream must also have no call open in
-            // the sequencer, and stay that way for a while.
-            let open = metric_value(
-                &scrape(bridge.admin_addr).await,
-                "callbridge_conversations_open",
-            );
-            if unfinished_announced_calls(&control, &records) == 0 && open == 0.0 {
+            // the sequencer, and stay that way for a while. (Read from this bridge's own
+            // counters: the metrics recorder is shared by every bridge of the process.)
+            let open = stats.conversations_open.load(Relaxed);
+            if unfinished_announced_calls(&control, &records) == 0 && open == 0 {
                 if settled_since.get_or_insert_with(Instant::now).elapsed() >= SETTLED_FOR {
                     break;
                 }

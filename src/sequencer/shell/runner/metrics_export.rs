@@ -53,6 +53,9 @@ impl RunState {
         gauge!("callbridge_gaps_open").set(open_gaps as f64);
         gauge!("callbridge_states_held").set(held as f64);
         gauge!("callbridge_conversations_open").set(open as f64);
+        self.stats
+            .conversations_open
+            .store(open as u64, std::sync::atomic::Ordering::Relaxed);
         gauge!("callbridge_idle_probes_waiting").set(probes_waiting as f64);
         gauge!("callbridge_partitions_owned").set(self.partitions.len() as f64);
         let age = oldest.map_or(0.0, |t: Timestamp| now.since(t).as_secs_f64());

@@ -131,6 +131,9 @@ pub struct ShellStats {
     pub gaps_published: std::sync::atomic::AtomicU64,
     /// Completion records published.
     pub completions_published: std::sync::atomic::AtomicU64,
+    /// Conversations open (seen, not ended) over the owned partitions, as of the last metrics
+    /// export (once a second): `callbridge_conversations_open`.
+    pub conversations_open: std::sync::atomic::AtomicU64,
     /// Back-fill requests issued.
     pub backfill_requests: std::sync::atomic::AtomicU64,
     /// Raw records dead-lettered by the sequencer.
