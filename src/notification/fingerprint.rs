@@ -16,8 +16,9 @@
 //! the last copy must win, is read again through a tree that drops the earlier copies, hashed
 //! by the same rules.
 //!
-//! Fingerprints never leave the process that computed them: the sequencer keeps 32-bit folds
-//! of them in memory, the changelog holds none, and a new owner computes them again from the raw
+//! Fingerprints never leave the process that computed them: the sequencer keeps them in memory
+//! only (whole for held states, 32-bit folds for recently published ones), the changelog holds
+//! none, and a new owner computes them again from the raw
 //! topic. So the hash may change between releases, and its seed is drawn once per process
 //! (foldhash's quality hasher), which makes fingerprints harder to predict from outside than the
 //! fixed FNV-1a used before, though foldhash claims no resistance to a determined attacker. A
