@@ -62,21 +62,62 @@ fn scalar(kind: u8, bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-fn member(key: u64, value: u64) -> u64 {
+/// An object key's hash (also what a repeated key is found by).
+fn key(text: &str) -> u64 {
+    scalar(kind::STRING, text.as_bytes())
+}
+
+fn pair(kind: u8, first: u64, second: u64) -> u64 {
     let mut h = SEED.build_hasher();
-    h.write_u8(kind::MEMBER);
-    h.write_u64(key);
-    h.write_u64(value);
+    h.write_u8(kind);
+    h.write_u64(first);
+    h.write_u64(second);
     h.finish()
 }
 
-/// An object from the wrapping sum of its members' hashes and their number.
-fn object(sum: u64, members: u64) -> u64 {
-    let mut h = SEED.build_hasher();
-    h.write_u8(kind::OBJECT);
-    h.write_u64(members);
-    h.write_u64(sum);
-    h.finish()
+/// An array's hash, item by item: its items' hashes in order, then their number. The streaming
+/// pass and the tree both build it, so both hash by the same rule.
+struct ArrayHash {
+    hasher: <foldhash::quality::RandomState as BuildHasher>::Hasher,
+    items: u64,
+}
+
+impl ArrayHash {
+    fn new() -> Self {
+        let mut hasher = SEED.build_hasher();
+        hasher.write_u8(kind::ARRAY);
+        ArrayHash { hasher, items: 0 }
+    }
+
+    fn item(&mut self, hash: u64) {
+        self.hasher.write_u64(hash);
+        self.items += 1;
+    }
+
+    fn finish(mut self) -> u64 {
+        self.hasher.write_u64(self.items);
+        self.hasher.finish()
+    }
+}
+
+/// An object's hash, member by member: the wrapping sum of one hash per member (its key's and
+/// its value's together), which does not depend on their order, and their number. Shared by
+/// the streaming pass and the tree, as [`ArrayHash`] is.
+#[derive(Default)]
+struct ObjectHash {
+    sum: u64,
+    members: u64,
+}
+
+impl ObjectHash {
+    fn member(&mut self, key: u64, value: u64) {
+        self.sum = self.sum.wrapping_add(pair(kind::MEMBER, key, value));
+        self.members += 1;
+    }
+
+    fn finish(&self) -> u64 {
+        pair(kind::OBJECT, self.members, self.sum)
+    }
 }
 
 fn number(n: &serde_json::Number) -> u64 {
@@ -208,15 +249,11 @@ impl<'de> Visitor<'de> for HashSeed<'_> {
         Ok(Hashed::of(scalar(kind::STRING, v.as_bytes())))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Hashed, A::Error> {
-        let mut h = SEED.build_hasher();
-        h.write_u8(kind::ARRAY);
-        let mut items = 0u64;
+        let mut array = ArrayHash::new();
         while let Some(item) = seq.next_element_seed(self)? {
-            h.write_u64(item.hash);
-            items += 1;
+            array.item(item.hash);
         }
-        h.write_u64(items);
-        Ok(Hashed::of(h.finish()))
+        Ok(Hashed::of(array.finish()))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Hashed, A::Error> {
         // Key hashes, to find a repeated key: on the stack while few, checked as they come;
@@ -224,10 +261,10 @@ impl<'de> Visitor<'de> for HashSeed<'_> {
         // costs n log n, not n².
         let mut inline = [0u64; INLINE_KEYS];
         let mut spilled: Vec<u64> = Vec::new();
-        let (mut sum, mut members) = (0u64, 0u64);
-        while let Some(Text(key)) = map.next_key()? {
-            let key = scalar(kind::STRING, key.as_bytes());
-            let n = members as usize;
+        let mut object = ObjectHash::default();
+        while let Some(Text(text)) = map.next_key()? {
+            let key = key(&text);
+            let n = object.members as usize;
             if n < INLINE_KEYS {
                 if inline[..n].contains(&key) {
                     return Err(self.stop_at_repeated_key());
@@ -237,8 +274,7 @@ impl<'de> Visitor<'de> for HashSeed<'_> {
                 spilled.push(key);
             }
             let value = map.next_value_seed(self)?;
-            sum = sum.wrapping_add(member(key, value.hash));
-            members += 1;
+            object.member(key, value.hash);
         }
         if !spilled.is_empty() {
             spilled.extend_from_slice(&inline);
@@ -248,7 +284,7 @@ impl<'de> Visitor<'de> for HashSeed<'_> {
             }
         }
         Ok(Hashed {
-            hash: object(sum, members),
+            hash: object.finish(),
             object: true,
         })
     }
@@ -372,21 +408,20 @@ impl Node<'_> {
             Node::Bool(true) => scalar(kind::TRUE, b""),
             Node::Bool(false) => scalar(kind::FALSE, b""),
             Node::Number(n) => number(n),
-            Node::String(s) => scalar(kind::STRING, s.as_bytes()),
+            Node::String(text) => scalar(kind::STRING, text.as_bytes()),
             Node::Array(items) => {
-                let mut h = SEED.build_hasher();
-                h.write_u8(kind::ARRAY);
+                let mut array = ArrayHash::new();
                 for item in items {
-                    h.write_u64(item.hash());
+                    array.item(item.hash());
                 }
-                h.write_u64(items.len() as u64);
-                h.finish()
+                array.finish()
             }
             Node::Object(entries) => {
-                let sum = entries.iter().fold(0u64, |sum, (key, value)| {
-                    sum.wrapping_add(member(scalar(kind::STRING, key.as_bytes()), value.hash()))
-                });
-                object(sum, entries.len() as u64)
+                let mut object = ObjectHash::default();
+                for (text, value) in entries {
+                    object.member(key(text), value.hash());
+                }
+                object.finish()
             }
         }
     }

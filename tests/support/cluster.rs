@@ -104,21 +104,24 @@ impl Deployment {
     pub async fn read_ordered(&self) -> Vec<ReadRecord> {
         let kafka = self.kafka();
         let topic = kafka.topics.ordered.clone();
-        tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, Duration::from_secs(120)))
-            .await
-            .expect("reader task")
-            .expect("reading the ordered topic")
+        read_all(kafka, topic).await
     }
 
     /// Every record of the raw topic: what ingest wrote.
     pub async fn read_raw(&self) -> Vec<ReadRecord> {
         let kafka = self.kafka();
         let topic = kafka.topics.raw.clone();
-        tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, Duration::from_secs(120)))
-            .await
-            .expect("reader task")
-            .expect("reading the raw topic")
+        read_all(kafka, topic).await
     }
+}
+
+/// Every record of `topic`, read on a blocking thread (at most 120 s).
+async fn read_all(kafka: KafkaConfig, topic: String) -> Vec<ReadRecord> {
+    let name = topic.clone();
+    tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, Duration::from_secs(120)))
+        .await
+        .expect("reader task")
+        .unwrap_or_else(|e| panic!("reading {name}: {e}"))
 }
 
 /// One replica process.
