@@ -300,12 +300,7 @@ fn too_deep_at(json: &str, limit: usize) -> Option<(usize, usize)> {
     // Nesting deeper than `limit` needs more than `limit` opening brackets. Counting them is a
     // loop the compiler vectorises; the exact scan below (strings, lines) ran on every state and
     // was 3–4 % of the bridge's CPU, for states that are never anywhere near the limit.
-    let brackets = json
-        .as_bytes()
-        .iter()
-        .filter(|&&b| b == b'{' || b == b'[')
-        .count();
-    if brackets <= limit {
+    if opening_brackets(json.as_bytes()) <= limit {
         return None;
     }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
@@ -334,6 +329,24 @@ fn too_deep_at(json: &str, limit: usize) -> Option<(usize, usize)> {
         }
     }
     None
+}
+
+/// How many `{` and `[` bytes `bytes` holds, strings included.
+///
+/// Counted into one-byte lanes, 255 bytes at a time so no lane can overflow: a plain
+/// `filter().count()` widened every byte to a `usize` lane and ran at a quarter of the speed
+/// (it was 1.4 % of the bridge's CPU in the profile). `[` (0x5B) and `{` (0x7B) differ only
+/// in bit 0x20, so one comparison finds both.
+fn opening_brackets(bytes: &[u8]) -> usize {
+    bytes
+        .chunks(255)
+        .map(|chunk| {
+            let n = chunk
+                .iter()
+                .fold(0u8, |n, &b| n + u8::from(b | 0x20 == b'{'));
+            usize::from(n)
+        })
+        .sum()
 }
 
 /// `sequenceNumber`, `type` and the raw `timestamp` of a state object found at `path`.
@@ -518,6 +531,19 @@ mod tests {
         }
         assert_eq!(call_state(&bare).notification_id, None);
         assert_eq!(call_state(&ws).notification_id.as_deref(), Some("1f4f6e0c"));
+    }
+
+    #[test]
+    fn opening_brackets_counts_exactly_the_two_bytes_and_never_overflows() {
+        for b in 0..=u8::MAX {
+            let expected = usize::from(b == b'{' || b == b'[');
+            assert_eq!(opening_brackets(&[b; 3]), 3 * expected, "byte {b:#04x}");
+        }
+        // Chunks of 255 brackets exactly fill a lane; 1,000 span four chunks and a part.
+        assert_eq!(opening_brackets(&[b'['; 1_000]), 1_000);
+        let mixed: Vec<u8> = (0..5_000u32).map(|i| (i * 37 % 256) as u8).collect();
+        let naive = mixed.iter().filter(|&&b| b == b'{' || b == b'[').count();
+        assert_eq!(opening_brackets(&mixed), naive);
     }
 
     #[test]
