@@ -9,7 +9,7 @@ use std::hint::black_box;
 use callbridge::notification::{
     canonical_json, inspect_state, parse, state_fingerprint, Notification,
 };
-use callbridge::publish::record::{state_record, RecordOrigin};
+use callbridge::publish::record::{state_headers, state_record, state_value, RecordOrigin};
 use callbridge::simulator::traffic::{generate_call, GeneratedCall, TrafficConfig};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::value::{to_raw_value, RawValue};
@@ -209,6 +209,59 @@ fn bench_parse(c: &mut Criterion) {
                     )
                     .value
                     .len()
+                })
+            },
+        );
+    }
+    group.finish();
+
+    // What the sequencer does per state between reading it and handing it to the producer:
+    // since session 20 it renders the record value once when it reads the state
+    // (`state_value`) and builds the headers at publication; before, it copied GoTo's two
+    // objects out of the raw record and built the whole record from them at publication.
+    let mut group = c.benchmark_group("state_payload");
+    let conversation = "0b4dc2a1-5e6f-4a3b-9c8d-7e6f5a4b3c2d";
+    for s in &picked {
+        group.throughput(Throughput::Bytes(s.state.get().len() as u64));
+        group.bench_with_input(
+            BenchmarkId::new("copied_then_built", s.label),
+            &*s.state,
+            |b, state| {
+                b.iter(|| {
+                    let (m, st) = (metadata.to_owned(), state.to_owned());
+                    let r = state_record(
+                        black_box(conversation),
+                        black_box(7),
+                        RecordOrigin::Webhook,
+                        &m,
+                        &st,
+                        Some("2026-01-01T00:00:07.000Z"),
+                        3,
+                    );
+                    r.value.len() + r.headers.len()
+                })
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("rendered_once", s.label),
+            &*s.state,
+            |b, state| {
+                b.iter(|| {
+                    let value = state_value(
+                        black_box(conversation),
+                        black_box(7),
+                        RecordOrigin::Webhook,
+                        &metadata,
+                        state,
+                    );
+                    let headers = state_headers(
+                        black_box(conversation),
+                        7,
+                        RecordOrigin::Webhook,
+                        Some("2026-01-01T00:00:07.000Z"),
+                        3,
+                    );
+                    value.len() + headers.len()
                 })
             },
         );

@@ -436,16 +436,20 @@ mod tests {
         let t = truth(&[("a", 1, &[], true)]);
         let mut r = records(&[("a", state("a", 1)), ("a", done("a", 1))]);
         let (value, headers) = crate::publish::record::takeover_record(0, 2);
-        let marker = |key: Option<String>, headers: &[(&'static str, String)]| ReadRecord {
-            partition: 0,
-            offset: 1,
-            key,
-            value: value.clone(),
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
-        };
+        let marker =
+            |key: Option<String>,
+             headers: &[(&'static str, crate::publish::record::HeaderValue)]| {
+                ReadRecord {
+                    partition: 0,
+                    offset: 1,
+                    key,
+                    value: value.clone(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                }
+            };
         r.insert(1, marker(None, &headers));
         let v = verify(&t, &r);
         assert!(v.is_perfect(), "{v}");

@@ -244,12 +244,12 @@ mod tests {
     /// What librdkafka counts against `message.max.bytes` for one record
     /// (`rd_kafka_msg_max_wire_size`: 36 bytes of framing, key, value, and each header's name
     /// and value with two length varints, counted here at their largest).
-    fn wire_size(key: &str, value: &[u8], headers: &[(&str, String)]) -> usize {
+    fn wire_size<V: AsRef<str>>(key: &str, value: &[u8], headers: &[(&str, V)]) -> usize {
         36 + key.len()
             + value.len()
             + headers
                 .iter()
-                .map(|(k, v)| k.len() + v.len() + 10)
+                .map(|(k, v)| k.len() + v.as_ref().len() + 10)
                 .sum::<usize>()
     }
 

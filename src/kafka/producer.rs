@@ -151,13 +151,13 @@ pub fn count_delivery_error(e: &KafkaError) {
 
 /// Header name/value pairs (as the record builders of `publish::record` give them) as Kafka
 /// headers, in order.
-pub fn owned_headers(pairs: &[(&str, String)]) -> rdkafka::message::OwnedHeaders {
+pub fn owned_headers<V: AsRef<str>>(pairs: &[(&str, V)]) -> rdkafka::message::OwnedHeaders {
     pairs.iter().fold(
         rdkafka::message::OwnedHeaders::new_with_capacity(pairs.len()),
         |h, (k, v)| {
             h.insert(rdkafka::message::Header {
                 key: k,
-                value: Some(v.as_str()),
+                value: Some(v.as_ref()),
             })
         },
     )

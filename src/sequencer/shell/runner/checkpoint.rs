@@ -509,12 +509,17 @@ mod tests {
                 is_ending: false,
                 origin: Origin::Webhook,
                 raw_offset: None,
-                payload: Arc::new(StatePayload {
-                    metadata: RawValue::from_string("{}".into()).unwrap(),
-                    state: RawValue::from_string("{}".into()).unwrap(),
-                    timestamp: None,
-                    received_at_ms: None,
-                }),
+                payload: Arc::new(StatePayload::render(
+                    "c",
+                    1,
+                    Origin::Webhook,
+                    (
+                        &RawValue::from_string("{}".into()).unwrap(),
+                        &RawValue::from_string("{}".into()).unwrap(),
+                    ),
+                    None,
+                    None,
+                )),
             },
             Timestamp(0),
             &mut out,

@@ -362,18 +362,21 @@ impl RunState {
                 };
                 // Read by ingest's parse above: no third pass over the state.
                 let timestamp = cs.timestamp().map(std::borrow::Cow::into_owned);
-                let payload = Arc::new(StatePayload {
-                    metadata: cs.metadata.to_owned(),
-                    state: cs.state.to_owned(),
+                let origin = origin_of(m);
+                let payload = Arc::new(StatePayload::render(
+                    &cs.conversation_space_id,
+                    cs.sequence_number,
+                    origin,
+                    (cs.metadata, cs.state),
                     timestamp,
-                    received_at_ms: received_at(m),
-                });
+                    received_at(m),
+                ));
                 let _span = tracing::debug_span!("state", conversation = %cs.conversation_space_id, partition = p).entered();
                 let incoming = IncomingState {
                     sequence_number: cs.sequence_number,
                     fingerprint,
                     is_ending: cs.is_ending(),
-                    origin: origin_of(m),
+                    origin,
                     raw_offset: Some(m.offset()),
                     payload,
                 };
@@ -445,12 +448,14 @@ impl RunState {
                             is_ending,
                             origin: Origin::Backfill,
                             raw_offset: None,
-                            payload: Arc::new(StatePayload {
-                                metadata,
-                                state: fs.state,
+                            payload: Arc::new(StatePayload::render(
+                                &conv,
+                                seq,
+                                Origin::Backfill,
+                                (&metadata, &fs.state),
                                 timestamp,
-                                received_at_ms: None,
-                            }),
+                                None,
+                            )),
                         })
                     })
                     .collect(),

@@ -51,11 +51,70 @@ use std::time::{Duration, Instant};
 /// What a published state carries from the raw record (or the back-fill) to the ordered topic.
 #[derive(Debug)]
 pub struct StatePayload {
-    metadata: Box<RawValue>,
-    state: Box<RawValue>,
+    /// The ordered record's value ([`record::state_value`]), rendered when the state was read:
+    /// GoTo's objects are copied once, and publishing copies nothing more.
+    value: Vec<u8>,
+    /// The origin `value` names. The core publishes a state under the origin of the copy it
+    /// kept, which is this one; should it ever name another, the value is rendered again.
+    origin: RecordOrigin,
     timestamp: Option<String>,
     /// When ingest received it (ms since the Unix epoch), for the end-to-end latency metric.
     received_at_ms: Option<u64>,
+}
+
+impl StatePayload {
+    /// Renders a state's record value from GoTo's objects.
+    fn render(
+        conversation: &str,
+        sequence: u64,
+        origin: Origin,
+        (metadata, state): (&RawValue, &RawValue),
+        timestamp: Option<String>,
+        received_at_ms: Option<u64>,
+    ) -> StatePayload {
+        let origin = record_origin(origin);
+        StatePayload {
+            value: record::state_value(conversation, sequence, origin, metadata, state),
+            origin,
+            timestamp,
+            received_at_ms,
+        }
+    }
+}
+
+impl StatePayload {
+    /// The record value to publish the state under `origin`: the rendered one, or one rendered
+    /// again should the core publish the state under another origin than its copy's.
+    fn value_for(
+        &self,
+        conversation: &str,
+        sequence: u64,
+        origin: RecordOrigin,
+    ) -> std::borrow::Cow<'_, [u8]> {
+        if origin == self.origin {
+            return std::borrow::Cow::Borrowed(&self.value);
+        }
+        match record::state_value_parts(&self.value) {
+            Some(parts) => std::borrow::Cow::Owned(record::state_value(
+                conversation,
+                sequence,
+                origin,
+                parts.0,
+                parts.1,
+            )),
+            // Not reachable: the value was rendered by `state_value`.
+            None => std::borrow::Cow::Borrowed(&self.value),
+        }
+    }
+}
+
+/// The record's name for where a state came from.
+fn record_origin(origin: Origin) -> RecordOrigin {
+    match origin {
+        Origin::Webhook => RecordOrigin::Webhook,
+        Origin::WebSocket => RecordOrigin::WebSocket,
+        Origin::Backfill => RecordOrigin::Backfill,
+    }
 }
 
 type Payload = Arc<StatePayload>;
@@ -724,4 +783,53 @@ impl RunClock {
 
 fn now_ms(clock: RunClock) -> Timestamp {
     clock.now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn a_payload_is_rendered_once_as_the_record_value() {
+        let metadata = raw(r#"{ "conversationSpaceId":"c\"1","zNew":{"x":"é"}}"#);
+        let state = raw(r#"{"sequenceNumber":4,  "type":"ACTIVE","s":"\u00e9\n"}"#);
+        let payload = StatePayload::render(
+            "c\"1",
+            4,
+            Origin::WebSocket,
+            (&metadata, &state),
+            Some("t".into()),
+            None,
+        );
+        let record = record::state_record(
+            "c\"1",
+            4,
+            RecordOrigin::WebSocket,
+            &metadata,
+            &state,
+            Some("t"),
+            9,
+        );
+        assert_eq!(payload.value, record.value);
+        let value = payload.value_for("c\"1", 4, RecordOrigin::WebSocket);
+        assert!(
+            matches!(value, std::borrow::Cow::Borrowed(v) if std::ptr::eq(v, payload.value.as_slice())),
+            "published from where it was rendered"
+        );
+    }
+
+    #[test]
+    fn a_payload_published_under_another_origin_is_rendered_again() {
+        let (metadata, state) = (raw(r#"{"a": 1}"#), raw(r#"{"sequenceNumber":2}"#));
+        let payload =
+            StatePayload::render("c", 2, Origin::Webhook, (&metadata, &state), None, None);
+        let value = payload.value_for("c", 2, RecordOrigin::Backfill);
+        let expected = record::state_value("c", 2, RecordOrigin::Backfill, &metadata, &state);
+        assert_eq!(value.as_ref(), expected.as_slice());
+        assert_ne!(value.as_ref(), payload.value.as_slice());
+    }
 }

@@ -32,21 +32,17 @@ impl RunState {
                     origin,
                     payload,
                 } => {
-                    let origin = match origin {
-                        Origin::Webhook => RecordOrigin::Webhook,
-                        Origin::WebSocket => RecordOrigin::WebSocket,
-                        Origin::Backfill => RecordOrigin::Backfill,
-                    };
-                    let r = record::state_record(
-                        &conversation.as_text(),
+                    let origin = record_origin(origin);
+                    let conversation = conversation.as_text();
+                    let value = payload.value_for(&conversation, sequence_number, origin);
+                    let headers = record::state_headers(
+                        &conversation,
                         sequence_number,
                         origin,
-                        &payload.metadata,
-                        &payload.state,
                         payload.timestamp.as_deref(),
                         epoch,
                     );
-                    self.send(p, r)?;
+                    self.send_parts(p, &conversation, &value, &headers)?;
                     self.stats.states_published.fetch_add(1, Ordering::Relaxed);
                     if origin == RecordOrigin::Backfill {
                         self.stats.states_backfilled.fetch_add(1, Ordering::Relaxed);
@@ -108,11 +104,16 @@ impl RunState {
                     reason,
                     payload,
                 } => {
-                    let body = format!(
-                        "{{\"metadata\":{},\"state\":{}}}",
-                        payload.metadata.get(),
-                        payload.state.get()
-                    );
+                    // GoTo's objects as a notification would carry them; the value as it is
+                    // should it not be one the shell rendered (it always is).
+                    let body = match record::state_value_parts(&payload.value) {
+                        Some((metadata, state)) => format!(
+                            "{{\"metadata\":{},\"state\":{}}}",
+                            metadata.get(),
+                            state.get()
+                        ),
+                        None => String::from_utf8_lossy(&payload.value).into_owned(),
+                    };
                     let detail = reason.detail(sequence_number);
                     tracing::warn!(conversation = %conversation, partition = p, sequence_number, reason = reason.code(), "state dead-lettered");
                     self.dead_letter(
@@ -169,12 +170,24 @@ impl RunState {
     /// Sends `r` to `ordered[p]` (the topic's name borrowed from the configuration, not copied
     /// per record).
     pub(super) fn send(&mut self, p: i32, r: OrderedRecord) -> Result<(), ShellError> {
+        self.send_parts(p, &r.key, &r.value, &r.headers)
+    }
+
+    /// [`send`](Self::send) from borrowed parts: a state's value is sent from where it was
+    /// rendered, not moved into an [`OrderedRecord`] first.
+    pub(super) fn send_parts(
+        &mut self,
+        p: i32,
+        key: &str,
+        value: &[u8],
+        headers: &[(&'static str, record::HeaderValue)],
+    ) -> Result<(), ShellError> {
         let topic = self.config.kafka.topics.ordered.as_str();
-        let headers = crate::kafka::producer::owned_headers(&r.headers);
+        let headers = crate::kafka::producer::owned_headers(headers);
         let rec = FutureRecord::to(topic)
             .partition(p)
-            .key(&r.key)
-            .payload(&r.value)
+            .key(key)
+            .payload(value)
             .headers(headers);
         let fut = self.enqueue(rec, topic)?;
         self.track(p, fut, true);
