@@ -49,7 +49,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => match BridgeConfig::load(config.as_deref()) {
@@ -60,6 +59,7 @@ fn main() -> ExitCode {
             Err(e) => usage_error(&e),
         },
         Command::Run { config } => {
+            tune_allocator();
             let config = match BridgeConfig::load(config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => return usage_error(&e),
@@ -90,6 +90,7 @@ fn main() -> ExitCode {
         }
         Command::BenchSink => runtime().block_on(callbridge::bench::sink::run()),
         Command::Demo(args) => {
+            tune_allocator();
             // Gap records are expected in the demo; keep its table readable (RUST_LOG overrides).
             callbridge::telemetry::init("human", "error");
             runtime().block_on(callbridge::demo::run(args))
@@ -115,14 +116,15 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
-/// Turns glibc's fastbins off (`M_MXFAST` 0), unless `GLIBC_TUNABLES` sets `mxfast` itself.
+/// Turns glibc's fastbins off (`M_MXFAST` 0) in the bridge's process (`run`, `demo`; not the
+/// benchmark's load generator and sink, so the ceilings stay comparable), unless
+/// `GLIBC_TUNABLES` sets `mxfast` itself: an operator can turn them back on that way.
 ///
 /// With fastbins, every allocation of 1 KiB or more first merges every freed small block
-/// (`malloc_consolidate`), and each state's record value is such an allocation, among many small
-/// ones (headers, librdkafka's messages). The profile put `malloc_consolidate` under 9 % of the
-/// sequencer thread and 2 % of the HTTP workers; without fastbins small blocks still come from
-/// glibc's per-thread cache, and the allocator's share of the sequencer fell from 23 to 15 %
-/// (docs/performance.md, session 20).
+/// (`malloc_consolidate`), and most states' record values are such an allocation, among many
+/// small ones (headers, librdkafka's messages). The profile found `malloc_consolidate` in 25 of
+/// the 40 samples of rendering a record value; without fastbins small blocks still come from
+/// glibc's per-thread cache (docs/performance.md, "Session 20").
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
     if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("mxfast")) {
