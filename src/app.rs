@@ -76,6 +76,8 @@ pub struct RunningBridge {
     pub channel: watch::Receiver<ChannelState>,
     /// The sequencer's counters.
     pub sequencer: Arc<ShellStats>,
+    /// Catch-ups and report sweeps running or waiting.
+    pub discovery: channel::activity::DiscoveryActivity,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The webhook and admin servers: stopped last, by `stop_servers` (see `shutdown`).
@@ -262,6 +264,7 @@ async fn launch(config: BridgeConfig, listeners: Listeners) -> Result<RunningBri
         stop_rx.clone(),
     )));
 
+    let discovery = sweeper.activity();
     let election =
         ChannelElection::start(&config.kafka, &member, config.channel.owner_session_timeout)?;
     let role = election.role();
@@ -287,6 +290,7 @@ async fn launch(config: BridgeConfig, listeners: Listeners) -> Result<RunningBri
         admin_addr,
         channel: channel_rx,
         sequencer,
+        discovery,
         stop: stop_tx,
         tasks,
         servers,

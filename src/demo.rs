@@ -247,7 +247,7 @@ fn announced(call: &crate::simulator::ground_truth::CallRecord) -> bool {
 }
 
 /// How long a finished stream must stay finished before a scenario stops the bridge: longer
-/// than the sequencer's metrics export (1 s) and a demo catch-up or sweep after a reconnect.
+/// than the sequencer's metrics export (1 s), which the open-conversation count comes from.
 const SETTLED_FOR: Duration = Duration::from_secs(3);
 
 /// Calls without a completion record in `ordered` yet among those GoTo announced (at least one
@@ -375,9 +375,25 @@ pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String>
     let mut timed_out = false;
     let mut last_topic_check = Instant::now() - Duration::from_secs(1);
     let mut settled_since: Option<Instant> = None;
+    let mut storm_over = false;
     loop {
         use std::sync::atomic::Ordering::Relaxed;
         let status = control.traffic_status();
+        if status.done && !storm_over {
+            // Every call has ended: the channel faults GoTo fires on a schedule stop, like an
+            // incident that ends. Each reconnect asks for a catch-up and a report sweep, so
+            // with sockets still cut every few seconds the bridge's discovery, which the end
+            // of the scenario waits out below, would never be idle.
+            storm_over = true;
+            let mut faults = control.faults();
+            faults.websocket_disconnect_every = None;
+            faults.websocket_to_be_closed_every = None;
+            faults.channel_delete_every = None;
+            faults.token_revoke_every = None;
+            control
+                .set_faults(faults)
+                .map_err(|e| format!("stopping the scheduled faults: {e}"))?;
+        }
         let stats = &bridge.sequencer;
         let completions = stats.completions_published.load(Relaxed);
         if progress && last_print.elapsed() >= Duration::from_secs(1) {
@@ -412,10 +428,15 @@ pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String>
             // GoTo never delivered some calls, and the bridge may still find one (a catch-up
             // of active calls, a report sweep, a back-fill it starts) after the topic was read:
             // stopping then would cut it short. So the stream must also have no call open in
-            // the sequencer, and stay that way for a while. (Read from this bridge's own
-            // counters: the metrics recorder is shared by every bridge of the process.)
+            // the sequencer and no catch-up or sweep running or waiting, and stay that way for
+            // a while: a call a sweep writes to raw is open only once the sequencer reads it.
+            // (Read from this bridge's own counters: the metrics recorder is shared by every
+            // bridge of the process.)
             let open = stats.conversations_open.load(Relaxed);
-            if unfinished_announced_calls(&control, &records) == 0 && open == 0 {
+            if unfinished_announced_calls(&control, &records) == 0
+                && open == 0
+                && bridge.discovery.idle()
+            {
                 if settled_since.get_or_insert_with(Instant::now).elapsed() >= SETTLED_FOR {
                     break;
                 }

@@ -14,8 +14,10 @@
 //! The WebSocket session asks for a catch-up at every connect, and a socket can drop every few
 //! seconds: [`CatchUps`] runs them one at a time (see there why one more, not a restart).
 
+use super::activity::DiscoveryActivity;
 use crate::goto::GotoClient;
 use crate::ingest::{Accepted, Ingest, Transport};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -113,6 +115,9 @@ pub async fn catch_up(client: &GotoClient, ingest: &Ingest, account_keys: &[Stri
 /// lasts, none would ever finish.
 pub struct CatchUps {
     asked: Arc<Notify>,
+    /// Asks not yet covered by a run that started after them (shown in `activity`).
+    unstarted: Arc<AtomicU64>,
+    activity: DiscoveryActivity,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -123,27 +128,41 @@ impl CatchUps {
         client: GotoClient,
         ingest: Ingest,
         account_keys: Vec<String>,
+        activity: DiscoveryActivity,
         mut shutdown: watch::Receiver<bool>,
     ) -> Self {
         let asked = Arc::new(Notify::new());
-        let waiting = asked.clone();
+        let unstarted = Arc::new(AtomicU64::new(0));
+        let (waiting, covered, counts) = (asked.clone(), unstarted.clone(), activity.clone());
         let task = tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = waiting.notified() => {}
                     _ = shutdown.wait_for(|stop| *stop) => return,
                 }
+                // Counted as running before the asks it covers are settled, so the activity
+                // never reads idle in between.
+                let _running = counts.catchup_running();
+                counts.catchups_settled(covered.swap(0, SeqCst));
                 tokio::select! {
                     _ = catch_up(&client, &ingest, &account_keys) => {}
                     _ = shutdown.wait_for(|stop| *stop) => return,
                 }
             }
         });
-        Self { asked, task }
+        Self {
+            asked,
+            unstarted,
+            activity,
+            task,
+        }
     }
 
     /// Asks for a catch-up: now if none is running, else once the running one ends.
     pub fn ask(&self) {
+        // Counted before the runner can see it, so settling it never runs ahead of the count.
+        self.activity.catchups_asked(1);
+        self.unstarted.fetch_add(1, SeqCst);
         // One stored permit at most: asks made while one runs add up to one more run.
         self.asked.notify_one();
     }
@@ -152,6 +171,8 @@ impl CatchUps {
 impl Drop for CatchUps {
     fn drop(&mut self) {
         self.task.abort();
+        self.activity
+            .catchups_settled(self.unstarted.swap(0, SeqCst));
     }
 }
 

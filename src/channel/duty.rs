@@ -168,11 +168,13 @@ async fn hold(
             // stop given already wins over starting a listing. Abandoning the catch-up loses
             // nothing: the next owner catches up when it takes the channel.
             let mut stopped = stop.clone();
+            let catching_up = duty.sweeper.activity().catchup_running();
             tokio::select! {
                 biased;
                 _ = stopped.wait_for(|stop| *stop) => return,
                 _ = catchup::catch_up(keeper.client(), &duty.ingest, keeper.account_keys()) => {}
             }
+            drop(catching_up);
             repair_loop(
                 keeper,
                 duty.ingest.clone(),

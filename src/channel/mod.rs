@@ -4,12 +4,14 @@
 //! - [`websocket`]: the WebSocket session (pings, reconnects, control messages).
 //! - [`catchup`]: after an outage, the active calls' last states go to the raw topic.
 //! - [`sweep`]: after an outage, calls that started and ended inside it, from GoTo's reports.
+//! - [`activity`]: how many catch-ups and sweeps are running or waiting.
 //! - [`election`]: which replica owns the channel (a Kafka consumer group).
 //! - [`duty`]: what the owner runs while it owns it.
 //!
 //! The webhook side has no session: the HTTP server lives in [`crate::ingest::webhook`], and the
 //! keeper's repair loop is all it needs.
 
+pub mod activity;
 pub mod catchup;
 pub mod duty;
 pub mod election;
@@ -109,6 +111,7 @@ pub async fn repair_loop(
                 let now = std::time::SystemTime::now();
                 sweeper.request((healthy_at, now));
                 healthy_at = now;
+                let _catching_up = sweeper.activity().catchup_running();
                 tokio::select! {
                     _ = catchup::catch_up(keeper.client(), &ingest, keeper.account_keys()) => {}
                     _ = shutdown.wait_for(|stop| *stop) => return,

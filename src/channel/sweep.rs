@@ -26,6 +26,7 @@
 //! Windows are this host's time while GoTo lists calls by its own `callCreated`: besides
 //! [`SWEEP_MARGIN`], each window is widened by the clock skew measured from GoTo's `Date` headers.
 
+use super::activity::DiscoveryActivity;
 use super::catchup::{retried, write_raw};
 use crate::goto::{BackfilledState, ConversationEvents, GotoClient, GotoError};
 use crate::ingest::Ingest;
@@ -63,6 +64,16 @@ impl PendingWindows {
     pub fn add(&mut self, (from, to): Window, due: Instant) {
         let from = from.checked_sub(SWEEP_MARGIN).unwrap_or(from);
         self.windows.push(((from, to + SWEEP_MARGIN), due));
+    }
+
+    /// How many windows wait.
+    pub fn len(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// Whether no window waits.
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty()
     }
 
     /// When the next window is due.
@@ -131,6 +142,7 @@ struct Shared {
     wake: Notify,
     delay: Duration,
     windows_swept: watch::Sender<u64>,
+    activity: DiscoveryActivity,
 }
 
 /// The handle every part of the bridge requests sweeps through; the sweeping runs on one task
@@ -154,6 +166,7 @@ impl ReportSweeper {
             wake: Notify::new(),
             delay,
             windows_swept: watch::channel(0).0,
+            activity: DiscoveryActivity::default(),
         });
         let sweeper = ReportSweeper { shared };
         let task = sweeper.clone();
@@ -164,8 +177,19 @@ impl ReportSweeper {
     /// Sweeps `window` (widened by [`SWEEP_MARGIN`]) once `channel.report_sweep_delay` has passed.
     pub fn request(&self, window: Window) {
         let due = Instant::now() + self.shared.delay;
-        self.pending().add(window, due);
+        let mut pending = self.pending();
+        pending.add(window, due);
+        self.shared
+            .activity
+            .sweep_windows_waiting(pending.len() as u64);
+        drop(pending);
         self.shared.wake.notify_one();
+    }
+
+    /// The process's discovery activity: this sweeper's windows, and the catch-ups, which count
+    /// themselves in it (every part of discovery holds the sweeper already).
+    pub fn activity(&self) -> DiscoveryActivity {
+        self.shared.activity.clone()
     }
 
     /// How many (merged) windows have been swept so far.
@@ -196,7 +220,15 @@ impl ReportSweeper {
                 _ = self.shared.wake.notified() => continue,
                 _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {}
             }
-            let due = self.pending().take_due(Instant::now());
+            let due = {
+                let mut pending = self.pending();
+                let due = pending.take_due(Instant::now());
+                self.shared
+                    .activity
+                    .sweep_windows(due.len() as u64, pending.len() as u64);
+                due
+            };
+            let mut running = due.len() as u64;
             for window in due {
                 // A sweep cut short by shutdown ends with the process anyway; stopping here also
                 // lets the producer it holds go when the bridge stops inside a longer-lived
@@ -205,7 +237,14 @@ impl ReportSweeper {
                     _ = sweep(&client, &ingest, &account_keys, window, &mut swept) => {}
                     _ = stop.changed() => return,
                 }
+                // Counted as swept before it stops counting as pending: whoever sees the
+                // activity idle sees the count too.
                 self.shared.windows_swept.send_modify(|n| *n += 1);
+                running -= 1;
+                let pending = self.pending();
+                self.shared
+                    .activity
+                    .sweep_windows(running, pending.len() as u64);
             }
         }
     }

@@ -290,6 +290,7 @@ pub async fn run(
             keeper.client().clone(),
             ingest.clone(),
             keeper.account_keys().to_vec(),
+            sweeper.activity(),
             shutdown.clone(),
         ),
         control_tx,
