@@ -376,6 +376,8 @@ pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String>
     let mut last_topic_check = Instant::now() - Duration::from_secs(1);
     let mut settled_since: Option<Instant> = None;
     let mut storm_over = false;
+    // Discovery work that came and went between two looks still restarts the settling.
+    let mut discovery_changes = bridge.discovery.changes();
     loop {
         use std::sync::atomic::Ordering::Relaxed;
         let status = control.traffic_status();
@@ -433,10 +435,10 @@ pub async fn run_scenario(scenario: Scenario) -> Result<ScenarioOutcome, String>
             // (Read from this bridge's own counters: the metrics recorder is shared by every
             // bridge of the process.)
             let open = stats.conversations_open.load(Relaxed);
-            if unfinished_announced_calls(&control, &records) == 0
-                && open == 0
-                && bridge.discovery.idle()
-            {
+            let changes = bridge.discovery.changes();
+            let discovery_quiet = bridge.discovery.idle() && changes == discovery_changes;
+            discovery_changes = changes;
+            if unfinished_announced_calls(&control, &records) == 0 && open == 0 && discovery_quiet {
                 if settled_since.get_or_insert_with(Instant::now).elapsed() >= SETTLED_FOR {
                     break;
                 }

@@ -101,19 +101,31 @@ async fn a_catch_up_is_pending_from_its_ask_until_the_active_calls_are_written()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // GoTo holds the listing: the catch-up stays in it until the fault is lifted.
+    sim.control()
+        .patch_faults(&serde_json::json!({ "active_calls_paused": true }))
+        .expect("fault set");
     catch_ups.ask();
+    assert_eq!(activity.catchups(), 1, "pending from the ask on");
+    eventually(Duration::from_secs(10), async || {
+        (sim.control().stats().active_call_listings.in_flight > 0).then_some(())
+    })
+    .await;
+    // The runner took the ask: only its running catch-up counts now.
+    assert_eq!(activity.catchups(), 1, "pending while it runs");
     catch_ups.ask();
-    assert!(
-        (1..=2).contains(&activity.catchups()),
-        "asked: {}",
-        activity.catchups()
-    );
+    assert_eq!(activity.catchups(), 2, "one running, one asked");
+    assert_eq!(raw_records(&kafka).await, 0, "nothing written yet");
+    sim.control()
+        .patch_faults(&serde_json::json!({ "active_calls_paused": false }))
+        .expect("fault lifted");
     tokio::time::timeout(Duration::from_secs(30), activity.wait_idle())
         .await
-        .expect("idle once the catch-ups ended");
-    assert!(
-        raw_records(&kafka).await >= 3,
-        "the active calls were written before the activity went idle"
+        .expect("idle once both catch-ups ended");
+    assert_eq!(
+        raw_records(&kafka).await,
+        6,
+        "both runs wrote the three active calls before the activity went idle"
     );
     sim.shutdown().await;
 }

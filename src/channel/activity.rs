@@ -10,7 +10,7 @@
 //! test process writes to the same metrics recorder.
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 
 /// Shared counts of discovery work; cheap to clone (one `Arc`).
@@ -27,8 +27,11 @@ struct Counts {
     sweeps_running: AtomicU64,
     /// Report sweep windows waiting for their due time.
     sweeps_waiting: AtomicU64,
-    /// Bumped at every change, for [`DiscoveryActivity::wait_idle`].
+    /// Bumped at every change, for [`DiscoveryActivity::wait_idle`] and
+    /// [`DiscoveryActivity::changes`].
     changes: watch::Sender<u64>,
+    /// Held while the gauges are set, so a stale value is never written after a fresh one.
+    export: Mutex<()>,
 }
 
 impl Default for Counts {
@@ -39,6 +42,7 @@ impl Default for Counts {
             sweeps_running: AtomicU64::new(0),
             sweeps_waiting: AtomicU64::new(0),
             changes: watch::channel(0).0,
+            export: Mutex::new(()),
         }
     }
 }
@@ -96,6 +100,12 @@ impl DiscoveryActivity {
         self.catchups() == 0 && self.sweep_windows_pending() == 0
     }
 
+    /// How many times the counts changed: work that came and went between two looks at
+    /// [`idle`](Self::idle) still shows here.
+    pub fn changes(&self) -> u64 {
+        *self.0.changes.borrow()
+    }
+
     /// Returns once nothing is running or waiting.
     pub async fn wait_idle(&self) {
         // Subscribed before each check, so a change after it is never missed.
@@ -108,12 +118,14 @@ impl DiscoveryActivity {
     }
 
     fn export_sweeps(&self) {
+        let _one_at_a_time = self.0.export.lock().unwrap_or_else(PoisonError::into_inner);
         metrics::gauge!("callbridge_report_sweep_windows_pending")
             .set(self.sweep_windows_pending() as f64);
         self.0.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn export_catchups(&self) {
+        let _one_at_a_time = self.0.export.lock().unwrap_or_else(PoisonError::into_inner);
         metrics::gauge!("callbridge_catchups_pending").set(self.catchups() as f64);
         self.0.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -151,8 +163,10 @@ mod tests {
         assert_eq!(a.sweep_windows_pending(), 3);
         a.sweep_windows(1, 0);
         assert!(!a.idle(), "a window being swept");
+        let before = a.changes();
         a.sweep_windows(0, 0);
         assert!(a.idle());
+        assert!(a.changes() > before, "every change is counted");
     }
 
     #[tokio::test]
