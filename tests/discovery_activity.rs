@@ -10,7 +10,6 @@ use callbridge::channel::catchup::CatchUps;
 use callbridge::channel::sweep::ReportSweeper;
 use callbridge::ingest::{Ingest, RawWriter};
 use callbridge::kafka::ensure_topics;
-use callbridge::kafka::reader::read_topic;
 use contract_support::*;
 use std::time::{Duration, SystemTime};
 use support::tansu::Tansu;
@@ -26,11 +25,8 @@ async fn ingest(broker: &Tansu) -> (Ingest, callbridge::kafka::KafkaConfig) {
 }
 
 async fn raw_records(kafka: &callbridge::kafka::KafkaConfig) -> usize {
-    let (k, topic) = (kafka.clone(), kafka.topics.raw.clone());
-    tokio::task::spawn_blocking(move || read_topic(&k, &topic, Duration::from_secs(30)))
+    support::mock_brokers::read(kafka, &kafka.topics.raw)
         .await
-        .unwrap()
-        .expect("raw")
         .len()
 }
 

@@ -414,13 +414,7 @@ impl RunState {
                     .filter_map(|fs| {
                         let metadata = fs.metadata.unwrap_or_else(|| synthesized_metadata(&conv));
                         let seq = fs.sequence_number;
-                        let body = || {
-                            format!(
-                                "{{\"metadata\":{},\"state\":{}}}",
-                                metadata.get(),
-                                fs.state.get()
-                            )
-                        };
+                        let body = || notification_body(&metadata, &fs.state);
                         let fingerprint = match notification::state_fingerprint(&fs.state) {
                             Ok(f) => f,
                             Err(e) => {

@@ -80,9 +80,7 @@ impl StatePayload {
             received_at_ms,
         }
     }
-}
 
-impl StatePayload {
     /// The record value to publish the state under `origin`: the rendered one, or one rendered
     /// again should the core publish the state under another origin than its copy's.
     fn value_for(
@@ -111,6 +109,16 @@ impl StatePayload {
             None => std::borrow::Cow::Borrowed(&self.value),
         }
     }
+}
+
+/// GoTo's two objects as a notification carries them: what the dead-letter topic gets for a
+/// state the sequencer cannot publish.
+fn notification_body(metadata: &RawValue, state: &RawValue) -> String {
+    format!(
+        "{{\"metadata\":{},\"state\":{}}}",
+        metadata.get(),
+        state.get()
+    )
 }
 
 /// The record's name for where a state came from.

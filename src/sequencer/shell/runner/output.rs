@@ -107,11 +107,7 @@ impl RunState {
                     // GoTo's objects as a notification would carry them; the value as it is
                     // should it not be one the shell rendered (it always is).
                     let body = match record::state_value_parts(&payload.value) {
-                        Some((metadata, state)) => format!(
-                            "{{\"metadata\":{},\"state\":{}}}",
-                            metadata.get(),
-                            state.get()
-                        ),
+                        Some((metadata, state)) => notification_body(metadata, state),
                         None => String::from_utf8_lossy(&payload.value).into_owned(),
                     };
                     let detail = reason.detail(sequence_number);
