@@ -113,6 +113,18 @@ fn a_small_bench_run_measures_every_phase_and_the_bridge_keeps_its_promises() {
                 "{p}"
             );
         }
+        // The bridge's own timing of its raw writes, scraped from its /metrics: every POSTed
+        // state was written to raw once at least, and a write is part of its webhook's answer
+        // (the exporter's quantiles are estimates: compare the median with the answer's p99).
+        let raw_write = &p["raw_write_latency"];
+        let live = p["states_published"].as_u64().unwrap() - p["backfilled"].as_u64().unwrap();
+        assert!(raw_write["count"].as_u64().unwrap() >= live, "{p}");
+        assert!(raw_write["p50_ms"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(
+            raw_write["p50_ms"].as_f64().unwrap()
+                <= p["webhook_latency"]["p99_ms"].as_f64().unwrap(),
+            "{p}"
+        );
     }
 
     let d = &report["drops"];

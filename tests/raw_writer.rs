@@ -418,3 +418,71 @@ async fn refusing_late(
     }
     (kafka, cluster, ingest)
 }
+
+/// `callbridge_raw_write_seconds{transport}` times each raw write Kafka acknowledged, by either
+/// path (waiting for the acknowledgement, or answering on receipt and following the delivery),
+/// under its own transport; a write whose answer timed out is not timed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_raw_writes_are_timed_per_transport() {
+    use callbridge::demo::metric_total;
+    use callbridge::ingest::{Accepted, Ingest};
+    // This process's recorder, installed before the writer takes its handles.
+    let metrics = callbridge::ops::prometheus();
+    let data = TempDir::new("raw-writer-timed");
+    let mut broker = Tansu::start_with_storage(Some(&data.0));
+    let mut kafka = broker.kafka(2);
+    kafka.ack_timeout = Duration::from_millis(500);
+    ensure_topics(&kafka).await.expect("topics");
+    let writer = RawWriter::new(&kafka).expect("producer");
+    let ingest = Ingest::new(writer.clone()).answering_on_receipt(4);
+    let timed = |transport: &str| {
+        metric_total(
+            &metrics.render(),
+            "callbridge_raw_write_seconds_count",
+            &[("transport", transport)],
+        )
+    };
+
+    for n in 1..=2 {
+        writer
+            .write("c-timed", &notification("c-timed", n), Transport::Webhook)
+            .await
+            .expect("written");
+    }
+    writer
+        .write(
+            "c-timed-ws",
+            &notification("c-timed-ws", 1),
+            Transport::WebSocket,
+        )
+        .await
+        .expect("written");
+    let r = ingest
+        .accept(&notification("c-timed-receipt", 1), Transport::Webhook)
+        .await;
+    assert!(matches!(r, Ok(Accepted::Queued)), "{r:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ingest.answered_unacknowledged() > 0 {
+        assert!(Instant::now() < deadline, "never acknowledged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The delivery's follower times the write before it releases the place; the exporter folds
+    // samples in when rendering.
+    assert_eq!(timed("webhook"), 3.0, "{}", metrics.render());
+    assert_eq!(timed("websocket"), 1.0, "{}", metrics.render());
+    assert_eq!(timed("catchup"), 0.0, "{}", metrics.render());
+    let sum = metric_total(
+        &metrics.render(),
+        "callbridge_raw_write_seconds_sum",
+        &[("transport", "webhook")],
+    );
+    assert!(sum > 0.0 && sum < 60.0, "webhook write time {sum} s");
+
+    broker.stop();
+    let r = writer
+        .write("c-timed", &notification("c-timed", 3), Transport::Webhook)
+        .await;
+    assert!(matches!(r, Err(WriteError::AckTimeout(_))), "{r:?}");
+    assert_eq!(timed("webhook"), 3.0, "a write that timed out is not timed");
+    broker.restart();
+}

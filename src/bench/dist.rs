@@ -41,9 +41,85 @@ pub fn summarize(samples: &mut [u32]) -> Summary {
     }
 }
 
+/// The summary a Prometheus exporter renders for `name` (a histogram in seconds, exported as
+/// a summary) on the series whose labels include `labels`: its `_count` and its 0.5, 0.99,
+/// 0.999 and 1 quantiles, in milliseconds. 0 where a line is missing. The exporter's quantiles
+/// are estimates over its rolling window, not the exact nearest-rank of [`summarize`].
+pub fn from_prometheus(text: &str, name: &str, labels: &[(&str, &str)]) -> Summary {
+    let mut summary = Summary::default();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (series_name, rendered) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.strip_suffix('}').unwrap_or(rest)),
+            None => (series, ""),
+        };
+        let pairs: Vec<(&str, &str)> = rendered
+            .split(',')
+            .filter_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                Some((k, v.trim_matches('"')))
+            })
+            .collect();
+        if !labels.iter().all(|l| pairs.contains(l)) {
+            continue;
+        }
+        if series_name == format!("{name}_count") {
+            summary.count = value as u64;
+            continue;
+        }
+        if series_name != name {
+            continue;
+        }
+        let quantile = pairs
+            .iter()
+            .find(|(k, _)| *k == "quantile")
+            .and_then(|(_, q)| q.parse::<f64>().ok());
+        let slot = match quantile {
+            Some(0.5) => &mut summary.p50_ms,
+            Some(0.99) => &mut summary.p99_ms,
+            Some(0.999) => &mut summary.p999_ms,
+            Some(1.0) => &mut summary.max_ms,
+            _ => continue,
+        };
+        *slot = value * 1000.0;
+    }
+    summary
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_is_read_from_the_exporters_text() {
+        let text = "\
+# TYPE x_seconds summary
+x_seconds{transport=\"webhook\",quantile=\"0\"} 0.001
+x_seconds{transport=\"webhook\",quantile=\"0.5\"} 0.002
+x_seconds{transport=\"webhook\",quantile=\"0.99\"} 0.0075
+x_seconds{transport=\"webhook\",quantile=\"0.999\"} 0.009
+x_seconds{transport=\"webhook\",quantile=\"1\"} 0.012
+x_seconds_sum{transport=\"webhook\"} 21.5
+x_seconds_count{transport=\"webhook\"} 10000
+x_seconds{transport=\"websocket\",quantile=\"0.99\"} 0.5
+x_seconds_count{transport=\"websocket\"} 3
+x_seconds_total_count 99
+";
+        let s = from_prometheus(text, "x_seconds", &[("transport", "webhook")]);
+        assert_eq!(s.count, 10_000);
+        assert_eq!(s.p50_ms, 2.0);
+        assert_eq!(s.p99_ms, 7.5);
+        assert_eq!(s.p999_ms, 9.0);
+        assert_eq!(s.max_ms, 12.0);
+        let ws = from_prometheus(text, "x_seconds", &[("transport", "websocket")]);
+        assert_eq!((ws.count, ws.p99_ms, ws.p50_ms), (3, 500.0, 0.0));
+        assert_eq!(from_prometheus(text, "y_seconds", &[]), Summary::default());
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

@@ -130,6 +130,8 @@ pub async fn run(mut args: BenchArgs) -> ExitCode {
 struct Bridge {
     proc: Proc,
     webhook: String,
+    /// The admin port's `/metrics`.
+    metrics: String,
     kafka: crate::kafka::KafkaConfig,
 }
 
@@ -240,6 +242,7 @@ level = "warn"
     Ok(Bridge {
         proc,
         webhook: format!("http://127.0.0.1:{port}/goto/webhook/{WEBHOOK_SECRET}"),
+        metrics: format!("http://127.0.0.1:{admin}/metrics"),
         kafka,
     })
 }
@@ -264,6 +267,32 @@ fn machine_cpu_since(before: Option<f64>) -> f64 {
     }
 }
 
+/// The bridge's own timing of its webhooks' raw writes (`callbridge_raw_write_seconds`), from its
+/// `/metrics`; empty, with a warning, when the scrape fails (a figure missing, not a run lost).
+async fn raw_write_latency(bridge: &Bridge) -> dist::Summary {
+    let scraped = async {
+        reqwest::Client::new()
+            .get(&bridge.metrics)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await
+    };
+    match scraped.await {
+        Ok(text) => dist::from_prometheus(
+            &text,
+            "callbridge_raw_write_seconds",
+            &[("transport", "webhook")],
+        ),
+        Err(e) => {
+            eprintln!("bench: scraping {} failed: {e}", bridge.metrics);
+            dist::Summary::default()
+        }
+    }
+}
+
 /// Runs one load phase against the bridge and waits for the ordered topic to show all of it.
 async fn bridge_phase(
     load: &mut LineChild,
@@ -281,6 +310,7 @@ async fn bridge_phase(
     let complete = observer.wait_for(phase, expected, settle).await;
     let after = usage(bridge.proc.pid());
     let machine_secs = machine_cpu_since(machine_before);
+    let raw_write_latency = raw_write_latency(bridge).await;
     let phase_figures = observer.with(phase, |p| {
         let end = p.last_state_at.unwrap_or_else(Instant::now);
         let secs = end.saturating_duration_since(start).as_secs_f64().max(1e-9);
@@ -299,6 +329,7 @@ async fn bridge_phase(
             end_to_end_latency: dist::summarize(&mut p.live_latency_us),
             to_output_latency: dist::summarize(&mut p.live_to_output_us),
             healed_latency: dist::summarize(&mut p.healed_latency_us),
+            raw_write_latency,
             bridge_cpu_secs: after.cpu_secs - before.cpu_secs,
             cpu_secs_per_1000_states: (after.cpu_secs - before.cpu_secs) * 1000.0
                 / (p.states.max(1) as f64),

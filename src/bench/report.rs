@@ -154,6 +154,11 @@ pub struct ThroughputPhase {
     pub to_output_latency: Summary,
     /// Would-be send → state read, back-filled states: the time a gap took to heal.
     pub healed_latency: Summary,
+    /// The bridge's own `callbridge_raw_write_seconds{transport="webhook"}`, scraped at the
+    /// phase's end: a webhook's raw write from its start to Kafka's acknowledgement, the part of
+    /// `webhook_latency` that is Kafka's (the exporter's estimate over its last 40 to 60 s).
+    #[serde(default)]
+    pub raw_write_latency: Summary,
     /// Bridge CPU seconds over the phase.
     pub bridge_cpu_secs: f64,
     /// Bridge CPU seconds per 1,000 published states.
@@ -339,6 +344,25 @@ impl BenchReport {
         for r in &self.rates {
             split(&mut t, &format!("open loop {:.0}/s", r.rate), &r.figures);
         }
+        let _ = writeln!(
+            t,
+            "\nwebhook answer, and of it Kafka's part (the bridge's raw write metric, estimated)"
+        );
+        let answer = |t: &mut String, name: &str, p: &ThroughputPhase| {
+            let _ = writeln!(
+                t,
+                "  {:<22} answer p50/p99 {:>7.2} /{:>7.2} ms   raw write p50/p99 {:>7.2} /{:>7.2} ms",
+                name,
+                p.webhook_latency.p50_ms,
+                p.webhook_latency.p99_ms,
+                p.raw_write_latency.p50_ms,
+                p.raw_write_latency.p99_ms,
+            );
+        };
+        answer(&mut t, "closed loop, 0% drops", &self.closed_loop);
+        for r in &self.rates {
+            answer(&mut t, &format!("open loop {:.0}/s", r.rate), &r.figures);
+        }
         if let Some(d) = &self.drops {
             let _ = writeln!(t, "\nback-fill (5% drops)");
             let _ = writeln!(
@@ -485,6 +509,7 @@ mod tests {
             end_to_end_latency: Summary::default(),
             to_output_latency: Summary::default(),
             healed_latency: Summary::default(),
+            raw_write_latency: Summary::default(),
             bridge_cpu_secs: 1.0,
             cpu_secs_per_1000_states: 0.1,
             machine_cpu_us_per_state: 90.0,

@@ -12,7 +12,7 @@ pub mod raw_writer;
 pub mod route;
 pub mod webhook;
 
-pub use raw_writer::{Delivery, RawWriter, Transport, WriteError};
+pub use raw_writer::{Delivery, RawDelivery, RawWriter, Transport, WriteError};
 pub use route::{route, Disposition};
 
 use crate::notification::ControlMessage;

@@ -10,6 +10,10 @@
 //! (and answers 503) instead of buffering without limit.
 //! [`RawWriter::enqueue_raw`] and [`Delivery`] split the write in two for ingest's
 //! answer-on-receipt mode, which answers between the halves (see `Ingest::answering_on_receipt`).
+//!
+//! Every raw write Kafka acknowledges is timed from its start, a wait for room included, to the
+//! acknowledgement (`callbridge_raw_write_seconds{transport}`): the part of a webhook's answer
+//! time that is Kafka's, beside the rest that is the bridge's.
 
 use crate::kafka::{raw_producer, KafkaConfig};
 use rdkafka::error::KafkaError;
@@ -36,6 +40,8 @@ pub enum Transport {
 }
 
 impl Transport {
+    const ALL: [Transport; 3] = [Transport::Webhook, Transport::WebSocket, Transport::Catchup];
+
     /// Header value and metrics label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -43,6 +49,28 @@ impl Transport {
             Transport::WebSocket => "websocket",
             Transport::Catchup => "catchup",
         }
+    }
+}
+
+/// `callbridge_raw_write_seconds`, one handle per transport, taken when the writer is built:
+/// looking the series up on every write would cost more than recording the sample.
+#[derive(Clone)]
+struct WriteTimes([metrics::Histogram; 3]);
+
+impl WriteTimes {
+    fn new() -> Self {
+        Self(Transport::ALL.map(
+            |t| metrics::histogram!("callbridge_raw_write_seconds", "transport" => t.as_str()),
+        ))
+    }
+
+    fn record(&self, transport: Transport, started: Instant) {
+        let at = match transport {
+            Transport::Webhook => 0,
+            Transport::WebSocket => 1,
+            Transport::Catchup => 2,
+        };
+        self.0[at].record(started.elapsed().as_secs_f64());
     }
 }
 
@@ -104,6 +132,7 @@ pub struct RawWriter {
     /// first served). Only its holder tries again, so a long outage costs one attempt per
     /// [`QUEUE_FULL_RETRY`], not one per waiting write.
     room: Arc<tokio::sync::Mutex<()>>,
+    write_times: WriteTimes,
 }
 
 impl RawWriter {
@@ -116,6 +145,7 @@ impl RawWriter {
             other_topic: config.topics.other_sources.clone(),
             ack_timeout: config.ack_timeout,
             room: Arc::new(tokio::sync::Mutex::new(())),
+            write_times: WriteTimes::new(),
         })
     }
 
@@ -139,7 +169,8 @@ impl RawWriter {
         transport: Transport,
         late: impl FnOnce(Result<(), WriteError>) + Send + 'static,
     ) -> Result<(), WriteError> {
-        let deadline = Instant::now() + self.ack_timeout;
+        let started = Instant::now();
+        let deadline = started + self.ack_timeout;
         let delivery = self
             .enqueue(
                 &self.raw_topic,
@@ -153,6 +184,7 @@ impl RawWriter {
         match tokio::time::timeout_at(deadline, &mut acknowledged).await {
             Ok(result) => {
                 result?;
+                self.write_times.record(transport, started);
                 crate::failpoint::hit(crate::failpoint::INGEST_AFTER_RAW_ACK);
                 Ok(())
             }
@@ -165,21 +197,29 @@ impl RawWriter {
 
     /// Hands a routable notification to the producer without waiting for Kafka's
     /// acknowledgement (only, for up to `kafka.ack_timeout`, for room in a full queue); the
-    /// caller awaits the returned [`Delivery`].
+    /// caller awaits the returned [`RawDelivery`].
     pub async fn enqueue_raw(
         &self,
         conversation_space_id: &str,
         body: &[u8],
         transport: Transport,
-    ) -> Result<Delivery, WriteError> {
-        self.enqueue(
-            &self.raw_topic,
-            Some(conversation_space_id),
-            body,
-            base_headers(transport),
-            Instant::now() + self.ack_timeout,
-        )
-        .await
+    ) -> Result<RawDelivery, WriteError> {
+        let started = Instant::now();
+        let delivery = self
+            .enqueue(
+                &self.raw_topic,
+                Some(conversation_space_id),
+                body,
+                base_headers(transport),
+                started + self.ack_timeout,
+            )
+            .await?;
+        Ok(RawDelivery {
+            delivery,
+            started,
+            transport,
+            write_times: self.write_times.clone(),
+        })
     }
 
     /// Waits until `deadline` for Kafka to acknowledge an enqueued record.
@@ -443,6 +483,24 @@ impl Delivery {
             }
             Ok(Ok(_)) => Ok(()),
         }
+    }
+}
+
+/// A raw record in librdkafka's hands ([`RawWriter::enqueue_raw`]): a [`Delivery`] that times
+/// the write when Kafka acknowledges it.
+pub struct RawDelivery {
+    delivery: Delivery,
+    started: Instant,
+    transport: Transport,
+    write_times: WriteTimes,
+}
+
+impl RawDelivery {
+    /// [`Delivery::wait`].
+    pub async fn wait(self) -> Result<(), WriteError> {
+        self.delivery.wait().await?;
+        self.write_times.record(self.transport, self.started);
+        Ok(())
     }
 }
 

@@ -30,9 +30,12 @@ pub(crate) const SEQUENCER_ONLY_REASONS: &[&str] = &[
 pub(crate) const WEBHOOK_503_OUTCOMES: &[&str] =
     &["kafka_ack_timeout", "kafka_queue_full", "kafka_error"];
 
-/// Registers the alerted counters on the current recorder (they then render as 0).
+/// Registers the alerted counters on the current recorder (they then render as 0), and the
+/// discovery gauges the dashboard shows (0 rather than no data until the first catch-up).
 pub(crate) fn register_at_zero() {
-    use metrics::counter;
+    use metrics::{counter, gauge};
+    gauge!("callbridge_catchups_pending").set(0.0);
+    gauge!("callbridge_report_sweep_windows_pending").set(0.0);
     counter!("callbridge_catchup_failures_total").increment(0);
     counter!("callbridge_sequencer_run_failures_total").increment(0);
     counter!("callbridge_backfill_failures_total").increment(0);
