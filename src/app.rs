@@ -258,6 +258,11 @@ async fn launch(config: BridgeConfig, listeners: Listeners) -> Result<RunningBri
         config.channel.report_sweep_delay,
         stop_rx.clone(),
     );
+    sweeper.warn_when_later_than(
+        (config.sequencer.closed_retention / 2)
+            .saturating_sub(config.channel.report_sweep_delay)
+            .saturating_sub(config.channel.report_sweep_lookback),
+    );
     tasks.push(tokio::spawn(sweep_unwritten_windows(
         ingest.clone(),
         sweeper.clone(),

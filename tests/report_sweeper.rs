@@ -209,3 +209,54 @@ async fn calls_back_fill_answers_with_no_states_are_swept_from_their_reports() {
     assert_raw_holds_every_state(&kafka, &truth).await;
     sim.shutdown().await;
 }
+
+/// A window whose sweep waits behind a slow one starts late: past the bound the bridge sets (what
+/// is left of half of `sequencer.closed_retention`), the sweep is counted and logged, because a
+/// completed call it writes again may be one the sequencer has already forgotten. The window
+/// swept on time is not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_that_starts_past_its_bound_is_counted_late() {
+    use callbridge::demo::metric_value;
+    let metrics = callbridge::ops::prometheus();
+    let window_start = SystemTime::now();
+    let sim = start(with_traffic(sim_config(), CALLS, 3, 5)).await;
+    traffic_done(&sim).await;
+    let window = (window_start, SystemTime::now());
+
+    let broker = Tansu::start();
+    let kafka = broker.kafka(1);
+    ensure_topics(&kafka).await.expect("topics");
+    let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
+    // Two requests a second per API: the first sweep's three listings and six fetches take
+    // seconds, and the second window waits for them.
+    let mut config = client_config(&sim);
+    config.requests_per_second_per_api = 2;
+    let (_stop, stop_rx) = watch::channel(false);
+    let sweeper = ReportSweeper::spawn(
+        client_with(config),
+        ingest,
+        vec![A1.to_owned(), A2.to_owned(), A3.to_owned()],
+        Duration::ZERO,
+        stop_rx,
+    );
+    sweeper.warn_when_later_than(Duration::from_secs(1));
+    let late = || metric_value(&metrics.render(), "callbridge_report_sweeps_late_total");
+    let mut swept = sweeper.windows_swept();
+
+    let listings_before = requests(&sim, "call-events-report");
+    sweeper.request(window);
+    // The first sweep has begun (taken, so not merged with the next request).
+    next_requests(&sim, "call-events-report", 1).await;
+    sweeper.request(window);
+    tokio::time::timeout(Duration::from_secs(60), swept.wait_for(|&k| k >= 2))
+        .await
+        .expect("both windows swept within 60 s")
+        .expect("sweeper running");
+    assert_eq!(
+        requests(&sim, "call-events-report") - listings_before,
+        6,
+        "two sweeps, not one merged"
+    );
+    assert_eq!(late(), 1.0, "{}", metrics.render());
+    sim.shutdown().await;
+}

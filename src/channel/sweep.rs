@@ -31,7 +31,7 @@ use super::catchup::{retried, write_raw};
 use crate::goto::{BackfilledState, ConversationEvents, GotoClient, GotoError};
 use crate::ingest::Ingest;
 use std::collections::{BTreeSet, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -81,17 +81,21 @@ impl PendingWindows {
         self.windows.iter().map(|(_, due)| *due).min()
     }
 
-    /// Takes the windows due by `now`, overlapping ones merged, earliest first.
-    pub fn take_due(&mut self, now: Instant) -> Vec<Window> {
+    /// Takes the windows due by `now`, overlapping ones merged, earliest first, each with the
+    /// earliest due time of its parts.
+    pub fn take_due(&mut self, now: Instant) -> Vec<(Window, Instant)> {
         let (mut due, later): (Vec<_>, Vec<_>) =
             self.windows.drain(..).partition(|(_, at)| *at <= now);
         self.windows = later;
         due.sort_by_key(|((from, _), _)| *from);
-        let mut merged: Vec<Window> = Vec::with_capacity(due.len());
-        for ((from, to), _) in due {
+        let mut merged: Vec<(Window, Instant)> = Vec::with_capacity(due.len());
+        for ((from, to), at) in due {
             match merged.last_mut() {
-                Some(last) if from <= last.1 => last.1 = last.1.max(to),
-                _ => merged.push((from, to)),
+                Some((last, last_at)) if from <= last.1 => {
+                    last.1 = last.1.max(to);
+                    *last_at = (*last_at).min(at);
+                }
+                _ => merged.push(((from, to), at)),
             }
         }
         merged
@@ -143,6 +147,7 @@ struct Shared {
     delay: Duration,
     windows_swept: watch::Sender<u64>,
     activity: DiscoveryActivity,
+    late_after: OnceLock<Duration>,
 }
 
 /// The handle every part of the bridge requests sweeps through; the sweeping runs on one task
@@ -167,6 +172,7 @@ impl ReportSweeper {
             delay,
             windows_swept: watch::channel(0).0,
             activity: DiscoveryActivity::default(),
+            late_after: OnceLock::new(),
         });
         let sweeper = ReportSweeper { shared };
         let task = sweeper.clone();
@@ -184,6 +190,16 @@ impl ReportSweeper {
             .sweep_windows_waiting(pending.len() as u64);
         drop(pending);
         self.shared.wake.notify_one();
+    }
+
+    /// Warns, and counts in `callbridge_report_sweeps_late_total`, each window whose sweep
+    /// starts more than `bound` after it was due (set once; later calls are ignored). The bridge
+    /// passes what is left of half of `sequencer.closed_retention` once
+    /// `channel.report_sweep_lookback` and `channel.report_sweep_delay` are taken from it: the
+    /// margin configuration checks keep so that a swept call is never one the sequencer has
+    /// already forgotten (and would publish again). A sweep queued behind long ones eats into it.
+    pub fn warn_when_later_than(&self, bound: Duration) {
+        let _ = self.shared.late_after.set(bound);
     }
 
     /// The process's discovery activity: this sweeper's windows, and the catch-ups, which count
@@ -229,7 +245,8 @@ impl ReportSweeper {
                 due
             };
             let mut running = due.len() as u64;
-            for window in due {
+            for (window, due_at) in due {
+                self.note_lateness(window, due_at);
                 // A sweep cut short by shutdown ends with the process anyway; stopping here also
                 // lets the producer it holds go when the bridge stops inside a longer-lived
                 // process (demo).
@@ -246,6 +263,29 @@ impl ReportSweeper {
                     .activity
                     .sweep_windows(running, pending.len() as u64);
             }
+        }
+    }
+}
+
+impl ReportSweeper {
+    fn note_lateness(&self, window: Window, due_at: Instant) {
+        let late = Instant::now().saturating_duration_since(due_at);
+        let Some(bound) = self.shared.late_after.get() else {
+            return;
+        };
+        if late > *bound {
+            metrics::counter!("callbridge_report_sweeps_late_total").increment(1);
+            tracing::warn!(
+                late = %humantime::format_duration(Duration::from_secs(late.as_secs())),
+                bound = %humantime::format_duration(*bound),
+                window_from = %humantime::format_rfc3339_seconds(window.0),
+                window_to = %humantime::format_rfc3339_seconds(window.1),
+                "a report sweep starts later than the margin kept against publishing a swept \
+                 call twice: a completed call the sequencer has already forgotten \
+                 (sequencer.closed_retention) would be published again; sweeps are queued \
+                 behind slow or many others (see callbridge_report_sweep_windows_pending and \
+                 the GoTo API latency)"
+            );
         }
     }
 }
@@ -463,12 +503,15 @@ mod tests {
         p.add((at(104), at(105)), now + Duration::from_secs(2));
         assert_eq!(p.next_due(), Some(now));
         let due = p.take_due(now);
-        assert_eq!(due, vec![(at(90), at(113)), (at(3_690), at(3_711))]);
+        assert_eq!(
+            due,
+            vec![((at(90), at(113)), now), ((at(3_690), at(3_711)), now)]
+        );
         assert_eq!(p.next_due(), Some(now + Duration::from_secs(2)));
         assert!(p.take_due(now).is_empty(), "taken once");
         assert_eq!(
             p.take_due(now + Duration::from_secs(2)),
-            vec![(at(94), at(115))]
+            vec![((at(94), at(115)), now + Duration::from_secs(2))]
         );
         assert_eq!(p.next_due(), None);
     }
@@ -477,9 +520,11 @@ mod tests {
     fn a_window_contained_in_another_does_not_shrink_it() {
         let now = Instant::now();
         let mut p = PendingWindows::default();
+        let earlier = now - Duration::from_secs(1);
         p.add((at(100), at(200)), now);
-        p.add((at(150), at(160)), now);
-        assert_eq!(p.take_due(now), vec![(at(90), at(210))]);
+        p.add((at(150), at(160)), earlier);
+        // Merged, the window is as late as its earliest part.
+        assert_eq!(p.take_due(now), vec![((at(90), at(210)), earlier)]);
     }
 
     #[test]
