@@ -15,7 +15,7 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 # chart's virtualenv). Running out shows up as a rustc or linker I/O error half-way through, so
 # say it up front.
 mkdir -p "$target_dir"
-free_kib=$(df -Pk "$target_dir" | awk 'NR == 2 { print $4 }')
+free_kib=$(df -Pk "$target_dir" 2>/dev/null | awk 'NR == 2 { print $4 }' || true)
 if [[ -n $free_kib && $free_kib -lt $((8 * 1024 * 1024)) ]]; then
   echo "warning: $((free_kib / 1024)) MiB free under $target_dir; a clean run needs about 8 GiB" >&2
 fi

@@ -258,11 +258,7 @@ async fn launch(config: BridgeConfig, listeners: Listeners) -> Result<RunningBri
         config.channel.report_sweep_delay,
         stop_rx.clone(),
     );
-    sweeper.warn_when_later_than(
-        (config.sequencer.closed_retention / 2)
-            .saturating_sub(config.channel.report_sweep_delay)
-            .saturating_sub(config.channel.report_sweep_lookback),
-    );
+    sweeper.set_sequencer_retention(config.sequencer.closed_retention);
     tasks.push(tokio::spawn(sweep_unwritten_windows(
         ingest.clone(),
         sweeper.clone(),

@@ -5,7 +5,7 @@
 mod contract_support;
 mod support;
 
-use callbridge::channel::sweep::ReportSweeper;
+use callbridge::channel::sweep::{ReportSweeper, Window};
 use callbridge::ingest::{Ingest, RawWriter};
 use callbridge::kafka::ensure_topics;
 use callbridge::kafka::reader::read_topic;
@@ -210,53 +210,60 @@ async fn calls_back_fill_answers_with_no_states_are_swept_from_their_reports() {
     sim.shutdown().await;
 }
 
-/// A window whose sweep waits behind a slow one starts late: past the bound the bridge sets (what
-/// is left of half of `sequencer.closed_retention`), the sweep is counted and logged, because a
-/// completed call it writes again may be one the sequencer has already forgotten. The window
-/// swept on time is not counted.
+/// A sweep that writes a call while its window reaches further back than the sequencer remembers
+/// a completed call (`sequencer.closed_retention`) is counted and logged: the call may be one the
+/// sequencer has forgotten and publishes again. The same window within the retention is not
+/// counted, and neither is a window in which the sweep wrote nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sweep_that_starts_past_its_bound_is_counted_late() {
+async fn a_sweep_that_writes_calls_past_the_sequencers_retention_is_counted() {
     use callbridge::demo::metric_value;
     let metrics = callbridge::ops::prometheus();
     let window_start = SystemTime::now();
     let sim = start(with_traffic(sim_config(), CALLS, 3, 5)).await;
     traffic_done(&sim).await;
     let window = (window_start, SystemTime::now());
-
     let broker = Tansu::start();
     let kafka = broker.kafka(1);
     ensure_topics(&kafka).await.expect("topics");
     let ingest = Ingest::new(RawWriter::new(&kafka).expect("producer"));
-    // Two requests a second per API: the first sweep's three listings and six fetches take
-    // seconds, and the second window waits for them.
-    let mut config = client_config(&sim);
-    config.requests_per_second_per_api = 2;
-    let (_stop, stop_rx) = watch::channel(false);
-    let sweeper = ReportSweeper::spawn(
-        client_with(config),
-        ingest,
-        vec![A1.to_owned(), A2.to_owned(), A3.to_owned()],
-        Duration::ZERO,
-        stop_rx,
-    );
-    sweeper.warn_when_later_than(Duration::from_secs(1));
-    let late = || metric_value(&metrics.render(), "callbridge_report_sweeps_late_total");
-    let mut swept = sweeper.windows_swept();
+    let counted = || {
+        metric_value(
+            &metrics.render(),
+            "callbridge_report_sweeps_past_retention_total",
+        )
+    };
+    // A sweeper of its own per case: each fetches and writes the window's calls afresh.
+    let sweep_once = async |retention: Duration, window: Window| {
+        let (stop, stop_rx) = watch::channel(false);
+        let sweeper = ReportSweeper::spawn(
+            client(&sim),
+            ingest.clone(),
+            vec![A1.to_owned(), A2.to_owned(), A3.to_owned()],
+            Duration::ZERO,
+            stop_rx,
+        );
+        sweeper.set_sequencer_retention(retention);
+        let mut swept = sweeper.windows_swept();
+        sweeper.request(window);
+        tokio::time::timeout(Duration::from_secs(30), swept.wait_for(|&k| k >= 1))
+            .await
+            .expect("swept within 30 s")
+            .expect("sweeper running");
+        let _ = stop.send(true);
+    };
 
-    let listings_before = requests(&sim, "call-events-report");
-    sweeper.request(window);
-    // The first sweep has begun (taken, so not merged with the next request).
-    next_requests(&sim, "call-events-report", 1).await;
-    sweeper.request(window);
-    tokio::time::timeout(Duration::from_secs(60), swept.wait_for(|&k| k >= 2))
-        .await
-        .expect("both windows swept within 60 s")
-        .expect("sweeper running");
-    assert_eq!(
-        requests(&sim, "call-events-report") - listings_before,
-        6,
-        "two sweeps, not one merged"
+    // The window (widened by its 10 s margin) reaches back seconds: within an hour.
+    sweep_once(Duration::from_secs(3600), window).await;
+    assert_eq!(counted(), 0.0, "{}", metrics.render());
+    // Hours back, with no call in it: nothing written, nothing counted.
+    let empty = (
+        window_start - Duration::from_secs(7200),
+        window_start - Duration::from_secs(3600),
     );
-    assert_eq!(late(), 1.0, "{}", metrics.render());
+    sweep_once(Duration::from_secs(1), empty).await;
+    assert_eq!(counted(), 0.0, "{}", metrics.render());
+    // A retention shorter than the window's reach: counted once for the window.
+    sweep_once(Duration::from_secs(1), window).await;
+    assert_eq!(counted(), 1.0, "{}", metrics.render());
     sim.shutdown().await;
 }

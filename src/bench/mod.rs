@@ -306,11 +306,13 @@ async fn bridge_phase(
     let machine_before = procstat::machine_busy_secs();
     let start = Instant::now();
     let report: RunReport = call(load, &LoadCommand::Run(spec))?;
+    // Every POST is answered, so every raw write of the phase is done; scraped now, before a
+    // wait for back-fill that can outlast the exporter's rolling window.
+    let raw_write_latency = raw_write_latency(bridge).await;
     let expected = report.delivered + report.withheld + report.failed;
     let complete = observer.wait_for(phase, expected, settle).await;
     let after = usage(bridge.proc.pid());
     let machine_secs = machine_cpu_since(machine_before);
-    let raw_write_latency = raw_write_latency(bridge).await;
     let phase_figures = observer.with(phase, |p| {
         let end = p.last_state_at.unwrap_or_else(Instant::now);
         let secs = end.saturating_duration_since(start).as_secs_f64().max(1e-9);

@@ -154,9 +154,12 @@ pub struct ThroughputPhase {
     pub to_output_latency: Summary,
     /// Would-be send → state read, back-filled states: the time a gap took to heal.
     pub healed_latency: Summary,
-    /// The bridge's own `callbridge_raw_write_seconds{transport="webhook"}`, scraped at the
-    /// phase's end: a webhook's raw write from its start to Kafka's acknowledgement, the part of
-    /// `webhook_latency` that is Kafka's (the exporter's estimate over its last 40 to 60 s).
+    /// The bridge's own `callbridge_raw_write_seconds{transport="webhook"}`, scraped when the
+    /// load generator is done: a webhook's raw write from its start to Kafka's acknowledgement,
+    /// with the default answer the part of `webhook_latency` that is Kafka's. The quantiles are
+    /// the exporter's estimates over its rolling window (the last 40 to 60 s of load; `max_ms`
+    /// is the window's largest); `count` is every write since the bridge started, the warm-up's
+    /// included.
     #[serde(default)]
     pub raw_write_latency: Summary,
     /// Bridge CPU seconds over the phase.
@@ -346,7 +349,12 @@ impl BenchReport {
         }
         let _ = writeln!(
             t,
-            "\nwebhook answer, and of it Kafka's part (the bridge's raw write metric, estimated)"
+            "\nwebhook answer, and the raw write's (the bridge's own metric, estimated){}",
+            match self.webhook_answer {
+                WebhookAnswer::AfterKafka => ": Kafka's part of the answer",
+                WebhookAnswer::OnReceipt =>
+                    ": answered on receipt, the write ends after the answer",
+            }
         );
         let answer = |t: &mut String, name: &str, p: &ThroughputPhase| {
             let _ = writeln!(

@@ -81,21 +81,17 @@ impl PendingWindows {
         self.windows.iter().map(|(_, due)| *due).min()
     }
 
-    /// Takes the windows due by `now`, overlapping ones merged, earliest first, each with the
-    /// earliest due time of its parts.
-    pub fn take_due(&mut self, now: Instant) -> Vec<(Window, Instant)> {
+    /// Takes the windows due by `now`, overlapping ones merged, earliest first.
+    pub fn take_due(&mut self, now: Instant) -> Vec<Window> {
         let (mut due, later): (Vec<_>, Vec<_>) =
             self.windows.drain(..).partition(|(_, at)| *at <= now);
         self.windows = later;
         due.sort_by_key(|((from, _), _)| *from);
-        let mut merged: Vec<(Window, Instant)> = Vec::with_capacity(due.len());
-        for ((from, to), at) in due {
+        let mut merged: Vec<Window> = Vec::with_capacity(due.len());
+        for ((from, to), _) in due {
             match merged.last_mut() {
-                Some((last, last_at)) if from <= last.1 => {
-                    last.1 = last.1.max(to);
-                    *last_at = (*last_at).min(at);
-                }
-                _ => merged.push(((from, to), at)),
+                Some(last) if from <= last.1 => last.1 = last.1.max(to),
+                _ => merged.push((from, to)),
             }
         }
         merged
@@ -147,7 +143,7 @@ struct Shared {
     delay: Duration,
     windows_swept: watch::Sender<u64>,
     activity: DiscoveryActivity,
-    late_after: OnceLock<Duration>,
+    retention: OnceLock<Duration>,
 }
 
 /// The handle every part of the bridge requests sweeps through; the sweeping runs on one task
@@ -172,7 +168,7 @@ impl ReportSweeper {
             delay,
             windows_swept: watch::channel(0).0,
             activity: DiscoveryActivity::default(),
-            late_after: OnceLock::new(),
+            retention: OnceLock::new(),
         });
         let sweeper = ReportSweeper { shared };
         let task = sweeper.clone();
@@ -192,14 +188,16 @@ impl ReportSweeper {
         self.shared.wake.notify_one();
     }
 
-    /// Warns, and counts in `callbridge_report_sweeps_late_total`, each window whose sweep
-    /// starts more than `bound` after it was due (set once; later calls are ignored). The bridge
-    /// passes what is left of half of `sequencer.closed_retention` once
-    /// `channel.report_sweep_lookback` and `channel.report_sweep_delay` are taken from it: the
-    /// margin configuration checks keep so that a swept call is never one the sequencer has
-    /// already forgotten (and would publish again). A sweep queued behind long ones eats into it.
-    pub fn warn_when_later_than(&self, bound: Duration) {
-        let _ = self.shared.late_after.set(bound);
+    /// How long the sequencer remembers a completed call (`sequencer.closed_retention`; set
+    /// once, later calls are ignored). A sweep that writes a call while its window reaches
+    /// further back than this may hand the sequencer a completed call it has already forgotten,
+    /// which it would publish again: such a sweep is logged as a warning and counted in
+    /// `callbridge_report_sweeps_past_retention_total`. Configuration checks keep the lookback
+    /// and delay within half of it; what they cannot bound is a sweep that runs late, queued
+    /// behind others at GoTo's 10 requests/s, or a window that starts far back (a long outage,
+    /// a large clock skew).
+    pub fn set_sequencer_retention(&self, retention: Duration) {
+        let _ = self.shared.retention.set(retention);
     }
 
     /// The process's discovery activity: this sweeper's windows, and the catch-ups, which count
@@ -245,13 +243,13 @@ impl ReportSweeper {
                 due
             };
             let mut running = due.len() as u64;
-            for (window, due_at) in due {
-                self.note_lateness(window, due_at);
+            for window in due {
                 // A sweep cut short by shutdown ends with the process anyway; stopping here also
                 // lets the producer it holds go when the bridge stops inside a longer-lived
                 // process (demo).
+                let retention = self.shared.retention.get().copied();
                 tokio::select! {
-                    _ = sweep(&client, &ingest, &account_keys, window, &mut swept) => {}
+                    _ = sweep(&client, &ingest, &account_keys, window, retention, &mut swept) => {}
                     _ = stop.changed() => return,
                 }
                 // Counted as swept before it stops counting as pending: whoever sees the
@@ -267,41 +265,24 @@ impl ReportSweeper {
     }
 }
 
-impl ReportSweeper {
-    fn note_lateness(&self, window: Window, due_at: Instant) {
-        let late = Instant::now().saturating_duration_since(due_at);
-        let Some(bound) = self.shared.late_after.get() else {
-            return;
-        };
-        if late > *bound {
-            metrics::counter!("callbridge_report_sweeps_late_total").increment(1);
-            tracing::warn!(
-                late = %humantime::format_duration(Duration::from_secs(late.as_secs())),
-                bound = %humantime::format_duration(*bound),
-                window_from = %humantime::format_rfc3339_seconds(window.0),
-                window_to = %humantime::format_rfc3339_seconds(window.1),
-                "a report sweep starts later than the margin kept against publishing a swept \
-                 call twice: a completed call the sequencer has already forgotten \
-                 (sequencer.closed_retention) would be published again; sweeps are queued \
-                 behind slow or many others (see callbridge_report_sweep_windows_pending and \
-                 the GoTo API latency)"
-            );
-        }
-    }
-}
-
 /// Writes every state of every call created in `window` (and ended by now) that `swept` does not
 /// hold to raw, from the report summaries and the back-fill endpoint, and remembers the calls
-/// written in full. Every step is retried like catch-up's.
+/// written in full. Every step is retried like catch-up's. Says so when it wrote a call while
+/// the window reached further back than `retention` (see
+/// [`ReportSweeper::set_sequencer_retention`]).
 async fn sweep(
     client: &GotoClient,
     ingest: &Ingest,
     account_keys: &[String],
     window: Window,
+    retention: Option<Duration>,
     swept: &mut SweptCalls,
 ) {
     let (from, to) = widened_for_skew(window, client.goto_clock_skew());
     let (mut calls, mut already_swept, mut written) = (0usize, 0usize, 0u64);
+    // The oldest call a write could reach ended at `from` at the earliest: written after
+    // `from + retention`, it may be one the sequencer has forgotten.
+    let mut past_retention = false;
     for account in account_keys {
         let summaries = match retried("report sweep: listing report summaries", || {
             client.report_summaries(account, from, to)
@@ -362,6 +343,11 @@ async fn sweep(
                         }
                     }
                     tracing::debug!(conversation = %id, complete, "report sweep: a call's states written");
+                    past_retention |= retention.is_some_and(|r| {
+                        SystemTime::now()
+                            .duration_since(from)
+                            .is_ok_and(|reach| reach > r)
+                    });
                     if complete {
                         swept.remember(&id, Instant::now());
                     }
@@ -372,6 +358,19 @@ async fn sweep(
                 }
             }
         }
+    }
+    if past_retention {
+        metrics::counter!("callbridge_report_sweeps_past_retention_total").increment(1);
+        tracing::warn!(
+            window_from = %humantime::format_rfc3339_seconds(from),
+            window_to = %humantime::format_rfc3339_seconds(to),
+            retention = %humantime::format_duration(retention.unwrap_or_default()),
+            "report sweep: calls were written while the window reached further back than \
+             sequencer.closed_retention; a completed call the sequencer had already forgotten \
+             may be published again (check the ordered topic for this window's calls). The sweep ran \
+             late (callbridge_report_sweep_windows_pending, GoTo API latency) or the outage was \
+             long: raise sequencer.closed_retention"
+        );
     }
     metrics::counter!("callbridge_report_sweep_states_total").increment(written);
     metrics::counter!("callbridge_report_sweep_calls_skipped_total")
@@ -503,15 +502,12 @@ mod tests {
         p.add((at(104), at(105)), now + Duration::from_secs(2));
         assert_eq!(p.next_due(), Some(now));
         let due = p.take_due(now);
-        assert_eq!(
-            due,
-            vec![((at(90), at(113)), now), ((at(3_690), at(3_711)), now)]
-        );
+        assert_eq!(due, vec![(at(90), at(113)), (at(3_690), at(3_711))]);
         assert_eq!(p.next_due(), Some(now + Duration::from_secs(2)));
         assert!(p.take_due(now).is_empty(), "taken once");
         assert_eq!(
             p.take_due(now + Duration::from_secs(2)),
-            vec![((at(94), at(115)), now + Duration::from_secs(2))]
+            vec![(at(94), at(115))]
         );
         assert_eq!(p.next_due(), None);
     }
@@ -520,11 +516,9 @@ mod tests {
     fn a_window_contained_in_another_does_not_shrink_it() {
         let now = Instant::now();
         let mut p = PendingWindows::default();
-        let earlier = now - Duration::from_secs(1);
         p.add((at(100), at(200)), now);
-        p.add((at(150), at(160)), earlier);
-        // Merged, the window is as late as its earliest part.
-        assert_eq!(p.take_due(now), vec![((at(90), at(210)), earlier)]);
+        p.add((at(150), at(160)), now);
+        assert_eq!(p.take_due(now), vec![(at(90), at(210))]);
     }
 
     #[test]

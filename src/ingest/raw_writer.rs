@@ -31,15 +31,16 @@ const QUEUE_FULL_RETRY: Duration = Duration::from_millis(10);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
     /// An HTTP POST from GoTo.
-    Webhook,
+    Webhook = 0,
     /// A frame on the notification WebSocket.
-    WebSocket,
+    WebSocket = 1,
     /// The last state of an active call, listed from the REST API after a (re)connect so calls
     /// whose states were all missed during an outage are still seen.
-    Catchup,
+    Catchup = 2,
 }
 
 impl Transport {
+    /// Every transport, each at its own discriminant.
     const ALL: [Transport; 3] = [Transport::Webhook, Transport::WebSocket, Transport::Catchup];
 
     /// Header value and metrics label.
@@ -65,12 +66,7 @@ impl WriteTimes {
     }
 
     fn record(&self, transport: Transport, started: Instant) {
-        let at = match transport {
-            Transport::Webhook => 0,
-            Transport::WebSocket => 1,
-            Transport::Catchup => 2,
-        };
-        self.0[at].record(started.elapsed().as_secs_f64());
+        self.0[transport as usize].record(started.elapsed().as_secs_f64());
     }
 }
 
@@ -136,7 +132,9 @@ pub struct RawWriter {
 }
 
 impl RawWriter {
-    /// Builds the producer from `[kafka]` (see [`raw_producer`] for its settings).
+    /// Builds the producer from `[kafka]` (see [`raw_producer`] for its settings). Takes its
+    /// metric handles now: install the process's recorder first (`ops::prometheus`), or the
+    /// writes are timed into a no-op recorder for good.
     pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
         Ok(Self {
             producer: raw_producer(config)?,
@@ -519,4 +517,16 @@ fn base_headers(transport: Transport) -> OwnedHeaders {
             key: headers::RECEIVED_AT,
             value: Some(&now),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_transport_sits_at_its_own_index() {
+        for (i, t) in Transport::ALL.into_iter().enumerate() {
+            assert_eq!(t as usize, i, "{t:?}");
+        }
+    }
 }

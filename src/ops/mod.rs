@@ -393,7 +393,7 @@ mod tests {
         "callbridge_webhook_responses_total{status=\"503\",outcome=\"kafka_ack_timeout\"} 0",
         "callbridge_webhook_responses_total{status=\"503\",outcome=\"kafka_queue_full\"} 0",
         "callbridge_webhook_responses_total{status=\"503\",outcome=\"kafka_error\"} 0",
-        "callbridge_report_sweeps_late_total 0",
+        "callbridge_report_sweeps_past_retention_total 0",
         "callbridge_catchups_pending 0",
         "callbridge_report_sweep_windows_pending 0",
     ];

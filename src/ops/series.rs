@@ -40,7 +40,7 @@ pub(crate) fn register_at_zero() {
     counter!("callbridge_sequencer_run_failures_total").increment(0);
     counter!("callbridge_backfill_failures_total").increment(0);
     counter!("callbridge_channel_unsubscribe_failures_total").increment(0);
-    counter!("callbridge_report_sweeps_late_total").increment(0);
+    counter!("callbridge_report_sweeps_past_retention_total").increment(0);
     for reason in ["gone", "backfill_failed"] {
         counter!("callbridge_gap_records_published_total", "reason" => reason).increment(0);
     }

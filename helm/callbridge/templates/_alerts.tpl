@@ -70,20 +70,21 @@ groups:
             find calls GoTo could not deliver; a step failed 6 times in a row. A call that had no
             state delivered at all may be missing from the ordered topic. The log line "failed for
             good" names the call or the listing; check GoTo API reachability and credentials.
-      - alert: CallbridgeReportSweepLate
-        expr: sum by (namespace, pod) (increase(callbridge_report_sweeps_late_total[1h])) > 0
+      - alert: CallbridgeReportSweepPastRetention
+        expr: sum by (namespace, pod) (increase(callbridge_report_sweeps_past_retention_total[1h])) > 0
         labels:
           severity: warning
         annotations:
-          summary: A report sweep started too late on {{`{{ $labels.pod }}`}}; a call may be published twice
+          summary: A report sweep reached further back than the sequencer remembers on {{`{{ $labels.pod }}`}}; a call may be published twice
           description: >-
-            Report sweeps write every state of the calls GoTo could not deliver during an outage
-            to raw again. One started after its due time by more than the margin kept against a
-            completed call the sequencer has already forgotten (half of
-            sequencer.closed_retention, less the sweep's lookback and delay), so such a call may
-            now appear twice in the ordered topic. The warning log line names the window. Sweeps
-            queue behind each other at GoTo's 10 requests/s; raise sequencer.closed_retention,
-            and check callbridge_report_sweep_windows_pending and GoTo API latency.
+            Report sweeps write every state of the calls GoTo could not deliver during
+            an outage to raw again. One wrote calls while its window (margin and clock
+            skew included) reached further back than sequencer.closed_retention, so a
+            completed call the sequencer had already forgotten may now appear twice in
+            the ordered topic. The warning log line names the window. The sweep ran
+            late, queued behind others at GoTo's 10 requests/s, or the outage was longer
+            than the retention; raise sequencer.closed_retention, and check
+            callbridge_report_sweep_windows_pending and GoTo API latency.
       - alert: CallbridgeSequencerRestarting
         expr: sum by (namespace, pod) (increase(callbridge_sequencer_run_failures_total[15m])) > 3
         labels:
