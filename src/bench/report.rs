@@ -444,9 +444,15 @@ impl BenchReport {
                     .iter()
                     .find(|f| (f.rate - 5000.0).abs() < 1.0 && f.kafka_ack_latency.count > 0)
                     .map(|f| {
+                        let inside = &r.figures.raw_write_latency;
                         format!(
-                            " (a Kafka acknowledgement alone: p99 {:.2} ms)",
-                            f.kafka_ack_latency.p99_ms
+                            " (a Kafka acknowledgement alone: p99 {:.2} ms{})",
+                            f.kafka_ack_latency.p99_ms,
+                            if inside.count > 0 {
+                                format!(", the bridge's raw write: p99 {:.2} ms", inside.p99_ms)
+                            } else {
+                                String::new()
+                            }
                         )
                     })
                     .unwrap_or_default()
@@ -565,6 +571,37 @@ mod tests {
         assert!(
             table.contains("webhook p99 ≤ 5 ms: 0.00  no data")
                 && table.contains("end-to-end p99 ≤ 100 ms: 0.0  no data"),
+            "{table}"
+        );
+
+        // Answered after Kafka, the line names both acknowledgements: a producer's alone and
+        // the bridge's own raw write, when measured.
+        let measured = |p99_ms: f64| Summary {
+            count: 1000,
+            p50_ms: p99_ms / 2.0,
+            p99_ms,
+            p999_ms: p99_ms,
+            max_ms: p99_ms,
+        };
+        report.ceilings.at_rates = vec![RateCeiling {
+            rate: 5000.0,
+            http_latency: measured(2.0),
+            kafka_ack_latency: measured(6.5),
+        }];
+        report.rates[0].figures.webhook_latency = measured(9.0);
+        assert!(
+            report
+                .table()
+                .contains("9.00  MISSED (a Kafka acknowledgement alone: p99 6.50 ms)"),
+            "{}",
+            report.table()
+        );
+        report.rates[0].figures.raw_write_latency = measured(8.0);
+        let table = report.table();
+        assert!(
+            table.contains(
+                "(a Kafka acknowledgement alone: p99 6.50 ms, the bridge's raw write: p99 8.00 ms)"
+            ),
             "{table}"
         );
     }
