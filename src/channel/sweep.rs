@@ -278,10 +278,19 @@ async fn sweep(
     retention: Option<Duration>,
     swept: &mut SweptCalls,
 ) {
-    let (from, to) = widened_for_skew(window, client.goto_clock_skew());
+    let skew = client.goto_clock_skew();
+    let (from, to) = widened_for_skew(window, skew);
     let (mut calls, mut already_swept, mut written) = (0usize, 0usize, 0u64);
-    // The oldest call a write could reach ended at `from` at the earliest: written after
-    // `from + retention`, it may be one the sequencer has forgotten.
+    // The oldest call a write could reach was created at `from` by GoTo's clock, which is this
+    // host's `from` less the skew when GoTo runs ahead; it ended no earlier. Written after that
+    // plus `retention`, it may be one the sequencer has forgotten.
+    let oldest = from
+        .checked_sub(Duration::from_secs_f64(
+            skew.filter(|s| s.is_finite() && *s > 0.0)
+                .unwrap_or(0.0)
+                .min(MAX_SKEW_WIDENING.as_secs_f64()),
+        ))
+        .unwrap_or(from);
     let mut past_retention = false;
     for account in account_keys {
         let summaries = match retried("report sweep: listing report summaries", || {
@@ -332,7 +341,7 @@ async fn sweep(
                     tracing::error!(conversation = %id, "report sweep: a call listed in the report summaries has no state in back-fill nor in its report");
                 }
                 Ok(states) => {
-                    let mut complete = true;
+                    let (mut complete, written_before) = (true, written);
                     for s in states {
                         let body = notification(&id, s.metadata.as_deref(), &s.state);
                         if write_raw(ingest, body.as_bytes(), "report sweep: writing a state").await
@@ -343,11 +352,12 @@ async fn sweep(
                         }
                     }
                     tracing::debug!(conversation = %id, complete, "report sweep: a call's states written");
-                    past_retention |= retention.is_some_and(|r| {
-                        SystemTime::now()
-                            .duration_since(from)
-                            .is_ok_and(|reach| reach > r)
-                    });
+                    past_retention |= written > written_before
+                        && retention.is_some_and(|r| {
+                            SystemTime::now()
+                                .duration_since(oldest)
+                                .is_ok_and(|reach| reach > r)
+                        });
                     if complete {
                         swept.remember(&id, Instant::now());
                     }

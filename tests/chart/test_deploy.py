@@ -143,6 +143,12 @@ def test_alerts_cover_the_issue(alerts):
         assert any(re.search(pattern, e) for e in exprs.values()), pattern
 
 
+def test_chart_readme_names_every_alert(alerts):
+    readme = (REPO / "helm" / "callbridge" / "README.md").read_text()
+    missing = [name for name in alerts if not re.search(rf"\b{name}\b", readme)]
+    assert missing == [], f"helm/callbridge/README.md does not list {missing}"
+
+
 def test_alerts_use_only_known_metrics(alerts):
     for r in alerts.values():
         for metric in re.findall(r"\b(callbridge_[a-z_]+)", r["expr"]):
