@@ -11,7 +11,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 target_dir="${CARGO_TARGET_DIR:-target}"
 
-# The run needs about 8 GiB of disk beside the target dir's parent (debug and fuzz builds, the
+# The run needs about 8 GiB of free disk where the target dir is (debug and fuzz builds, the
 # chart's virtualenv). Running out shows up as a rustc or linker I/O error half-way through, so
 # say it up front.
 mkdir -p "$target_dir"

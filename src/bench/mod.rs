@@ -306,8 +306,9 @@ async fn bridge_phase(
     let machine_before = procstat::machine_busy_secs();
     let start = Instant::now();
     let report: RunReport = call(load, &LoadCommand::Run(spec))?;
-    // Every POST is answered, so every raw write of the phase is done; scraped now, before a
-    // wait for back-fill that can outlast the exporter's rolling window.
+    // Every POST is answered, so every raw write of the phase is done (answered on receipt, all
+    // but the last few); scraped now, before a wait for back-fill that can outlast the
+    // exporter's rolling window.
     let raw_write_latency = raw_write_latency(bridge).await;
     let expected = report.delivered + report.withheld + report.failed;
     let complete = observer.wait_for(phase, expected, settle).await;

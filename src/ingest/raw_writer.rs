@@ -12,8 +12,9 @@
 //! answer-on-receipt mode, which answers between the halves (see `Ingest::answering_on_receipt`).
 //!
 //! Every raw write Kafka acknowledges is timed from its start, a wait for room included, to the
-//! acknowledgement (`callbridge_raw_write_seconds{transport}`): the part of a webhook's answer
-//! time that is Kafka's, beside the rest that is the bridge's.
+//! acknowledgement as the waiting task sees it (`callbridge_raw_write_seconds{transport}`): the
+//! part of a webhook's answer spent on the raw write (librdkafka's work in this process and the
+//! broker's answer), beside HTTP and handling.
 
 use crate::kafka::{raw_producer, KafkaConfig};
 use rdkafka::error::KafkaError;
@@ -494,7 +495,7 @@ pub struct RawDelivery {
 }
 
 impl RawDelivery {
-    /// [`Delivery::wait`].
+    /// [`Delivery::wait`], timing the write from its start when Kafka acknowledged it.
     pub async fn wait(self) -> Result<(), WriteError> {
         self.delivery.wait().await?;
         self.write_times.record(self.transport, self.started);
