@@ -8,7 +8,7 @@ impl RunState {
     /// Acknowledgements, snapshots, changelog writes and raw commits for every partition.
     pub(super) fn housekeeping(
         &mut self,
-        consumer: &BaseConsumer<ShellContext>,
+        committer: &super::committer::RawCommitter,
         raw_topic: &str,
     ) -> Result<(), ShellError> {
         if self.last_metrics.elapsed() >= METRICS_INTERVAL {
@@ -25,9 +25,8 @@ impl RunState {
                 self.snapshot(p);
             }
             self.write_ready_snapshots(p)?;
-            self.commit_ready(p, |t| consumer.commit(t, CommitMode::Async), raw_topic)?;
         }
-        Ok(())
+        self.commit_owned(committer, raw_topic)
     }
 
     pub(super) fn drain_acks(&mut self, p: i32, block: bool) -> Result<(), ShellError> {
@@ -120,15 +119,9 @@ impl RunState {
         }
     }
 
-    pub(super) fn commit_ready(
-        &mut self,
-        p: i32,
-        commit: impl Fn(&TopicPartitionList) -> rdkafka::error::KafkaResult<()>,
-        raw_topic: &str,
-    ) -> Result<(), ShellError> {
-        let Some(part) = self.partitions.get_mut(&p) else {
-            return Ok(());
-        };
+    /// The raw offset partition `p` may commit now (its index is acknowledged), if it moved.
+    fn take_commit_offset(&mut self, p: i32) -> Option<i64> {
+        let part = self.partitions.get_mut(&p)?;
         let mut offset = None;
         while part
             .commit_after
@@ -137,7 +130,43 @@ impl RunState {
         {
             offset = part.commit_after.pop_front().map(|(_, o)| o);
         }
-        if let Some(o) = offset {
+        offset
+    }
+
+    /// Commits every owned partition's committable raw offset in one commit, unless the previous
+    /// one is still outstanding (see [`super::committer`] for why never two at once).
+    pub(super) fn commit_owned(
+        &mut self,
+        committer: &super::committer::RawCommitter,
+        raw_topic: &str,
+    ) -> Result<(), ShellError> {
+        if !committer.idle() {
+            return Ok(());
+        }
+        let owned: Vec<i32> = self.partitions.keys().copied().collect();
+        let mut tpl = TopicPartitionList::new();
+        for p in owned {
+            if let Some(o) = self.take_commit_offset(p) {
+                tpl.add_partition_offset(raw_topic, p, Offset::Offset(o))
+                    .map_err(kafka_err("building a commit"))?;
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        crate::failpoint::hit(crate::failpoint::SEQUENCER_BEFORE_COMMIT);
+        committer.commit(tpl);
+        Ok(())
+    }
+
+    /// Commits partition `p`'s committable raw offset with `commit` (a hand-over's, synchronous).
+    fn commit_partition(
+        &mut self,
+        p: i32,
+        commit: impl Fn(&TopicPartitionList) -> rdkafka::error::KafkaResult<()>,
+        raw_topic: &str,
+    ) -> Result<(), ShellError> {
+        if let Some(o) = self.take_commit_offset(p) {
             crate::failpoint::hit(crate::failpoint::SEQUENCER_BEFORE_COMMIT);
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(raw_topic, p, Offset::Offset(o))
@@ -157,16 +186,22 @@ impl RunState {
         self.partitions.clear();
         self.assigned.clear();
         self.pending_takeovers.clear();
+        self.awaiting_fetch.clear();
         self.stats.partitions_owned.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Marks the epoch of a takeover of `p` that finished but will not be installed (given up,
-    /// or the run stopping) as handed over, so that its fence does not make the next owner wait.
+    /// revoked before its fetcher started, its installation failed, or the run stopping) as
+    /// handed over, so that its fence does not make the next owner wait. Not when a rival
+    /// takeover chose the same epoch: the record could stand for the rival's epoch.
     pub(super) fn release_unused(
         &self,
         p: i32,
         recovered: &crate::sequencer::shell::takeover::Recovered,
     ) {
+        if recovered.rival_fence {
+            return;
+        }
         if let Err(e) = crate::sequencer::shell::takeover::release_unused_epoch(
             &self.producer,
             &self.runtime,
@@ -227,7 +262,7 @@ impl RunState {
         self.drain_acks(p, true)?;
         self.write_release_marker(p)?;
         self.drain_acks(p, true)?;
-        self.commit_ready(p, commit, &raw_topic)?;
+        self.commit_partition(p, commit, &raw_topic)?;
         self.export_metrics();
         self.partitions.remove(&p);
         self.stats.partitions_owned.fetch_sub(1, Ordering::Relaxed);

@@ -77,6 +77,38 @@ pub(super) fn previous_raw_end(high_watermark: i64, progress: Option<&Progress>)
 /// producer before it reconnects.
 const STRAGGLER_MARGIN: Duration = Duration::from_secs(5);
 
+/// Seeks raw partition `p` to `offset`: false when librdkafka has not started fetching it yet
+/// (or is still stopping an earlier fetcher of it), an error for any other refusal.
+fn seek(
+    consumer: &BaseConsumer<ShellContext>,
+    raw_topic: &str,
+    p: i32,
+    offset: i64,
+) -> Result<bool, ShellError> {
+    let action = || format!("seeking raw partition {p} to {offset}");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(raw_topic, p, Offset::Offset(offset))
+        .map_err(kafka_err(action()))?;
+    let sought = consumer
+        .seek_partitions(tpl, Duration::from_secs(10))
+        .map_err(kafka_err(action()))?;
+    let answer = sought
+        .find_partition(raw_topic, p)
+        .map_or(Ok(()), |e| e.error());
+    match answer {
+        Ok(()) => Ok(true),
+        Err(e)
+            if matches!(
+                e.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::State | RDKafkaErrorCode::PreviousInProgress)
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(kafka_err(action())(e)),
+    }
+}
+
 /// What installing a partition reads from Kafka ([`RunState::install_reads`]).
 pub(super) struct InstallReads {
     /// Raw's high watermark as the broker reports it.
@@ -238,6 +270,71 @@ impl RunState {
             high_watermark,
             resume,
         })
+    }
+
+    /// Installs every taken-over partition whose raw fetcher librdkafka has started: seeks it to
+    /// its resume offset, builds its core and resumes it.
+    ///
+    /// librdkafka starts fetching an assigned partition only once it has read the group's
+    /// committed offset for it, and refuses a seek until then (`Local: Erroneous state`). A
+    /// takeover can end first (an empty changelog, a slow coordinator): that seek used to fail the
+    /// takeover, whose retry then waited out its own fence. The seek is now tried again, every
+    /// [`SEEK_RETRY`], for up to `takeover_timeout`; librdkafka may also never start a partition
+    /// whose committed offset it failed to read (until it is assigned again), so past that bound
+    /// the run ends ([`ShellError::FetcherNotStarted`]) to hand over and rejoin.
+    pub(super) fn install_fetching(
+        &mut self,
+        consumer: &BaseConsumer<ShellContext>,
+    ) -> Result<(), ShellError> {
+        if self.awaiting_fetch.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let due: Vec<i32> = self
+            .awaiting_fetch
+            .iter()
+            .filter(|(_, w)| w.next_seek <= now)
+            .map(|(&p, _)| p)
+            .collect();
+        let raw_topic = self.config.kafka.topics.raw.clone();
+        for p in due {
+            let Some(waiting) = self.awaiting_fetch.get_mut(&p) else {
+                continue;
+            };
+            let resume = waiting.reads.resume;
+            match seek(consumer, &raw_topic, p, resume) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let waited = waiting.since.elapsed();
+                    if waited >= self.config.takeover_timeout {
+                        return Err(ShellError::FetcherNotStarted {
+                            partition: p,
+                            waited,
+                        });
+                    }
+                    waiting.next_seek = Instant::now() + SEEK_RETRY;
+                    continue;
+                }
+                Err(e) => {
+                    // Its epoch stays fenced: the retry waits it out (releasing it here would
+                    // block this loop on a Kafka that just failed).
+                    self.awaiting_fetch.remove(&p);
+                    self.takeover_failed(p, &e);
+                    continue;
+                }
+            }
+            let Some(waiting) = self.awaiting_fetch.remove(&p) else {
+                continue;
+            };
+            // From here on, failures are the run's (its producer, its consumer).
+            self.install(p, waiting.recovered, waiting.reads)?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&raw_topic, p);
+            consumer
+                .resume(&tpl)
+                .map_err(kafka_err(format!("resuming raw partition {p}")))?;
+        }
+        Ok(())
     }
 
     /// Builds partition `p`'s core from what the takeover recovered and what

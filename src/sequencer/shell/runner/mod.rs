@@ -18,9 +18,11 @@
 //! This file holds the types, the rebalance callbacks and the loop; the loop's work is split by
 //! direction: `input` (takeovers, raw records, back-fill answers, time), `output` (records to
 //! Kafka in decision order), `checkpoint` (acknowledgements, the changelog index, commits,
-//! hand-over) and `metrics_export`.
+//! hand-over), `committer` (raw offset commits, one at a time, off the loop) and
+//! `metrics_export`.
 
 mod checkpoint;
+mod committer;
 mod input;
 mod metrics_export;
 mod output;
@@ -41,6 +43,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, VecDeque};
@@ -175,6 +178,18 @@ pub enum ShellError {
         "sequencer: assignment lost (session timed out or fenced); restarting with fresh clients"
     )]
     AssignmentLost,
+    /// librdkafka did not start fetching a partition taken over within `takeover_timeout` of
+    /// the takeover's end. It starts an assigned partition only once it has read the group's
+    /// committed offset for it, and leaves the partition assigned but never started when that
+    /// read fails, until it is assigned again: the run hands every partition over cleanly and
+    /// rejoins with fresh clients.
+    #[error("sequencer: raw partition {partition} was still not being fetched {waited:?} after its takeover (librdkafka could not read its committed offset); handing every partition over and rejoining the group with fresh clients")]
+    FetcherNotStarted {
+        /// The partition.
+        partition: i32,
+        /// How long its seek was retried.
+        waited: Duration,
+    },
 }
 
 /// Connection properties; only the SASL password file can make this fail.
@@ -328,6 +343,9 @@ struct RunState {
     /// in `partitions` (nothing of it is written) until a later takeover succeeds; a revoke drops
     /// its retry.
     takeover_retries: BTreeMap<i32, TakeoverRetry>,
+    /// Partitions taken over whose raw fetcher librdkafka has not started yet: installed once
+    /// the seek to their resume offset is accepted (see `RunState::install_fetching`).
+    awaiting_fetch: BTreeMap<i32, AwaitingFetch>,
     /// Set when a callback hit an error the loop must end the run for.
     failed: Option<ShellError>,
     /// Counters already exported, per partition, with the epoch of the core they came from
@@ -367,6 +385,20 @@ struct TakeoverRetry {
 /// [`TAKEOVER_RETRY_MAX`].
 const TAKEOVER_RETRY_BASE: Duration = Duration::from_secs(1);
 const TAKEOVER_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A finished takeover whose partition librdkafka is not fetching yet: what installing it needs,
+/// kept while the seek to its resume offset is retried.
+struct AwaitingFetch {
+    recovered: crate::sequencer::shell::takeover::Recovered,
+    reads: input::InstallReads,
+    /// When the takeover's result came in.
+    since: Instant,
+    /// When the seek is tried next.
+    next_seek: Instant,
+}
+
+/// How often the seek of a partition whose fetcher has not started is tried again.
+const SEEK_RETRY: Duration = Duration::from_millis(10);
 
 /// A finished takeover, sent back to the consumer thread.
 struct TakeoverDone {
@@ -424,6 +456,10 @@ impl ConsumerContext for ShellContext {
                 st.assigned.retain(|a| *a != p);
                 st.pending_takeovers.remove(&p);
                 st.takeover_retries.remove(&p);
+                // Still ours until this callback returns: nothing was written under its epoch.
+                if let Some(waiting) = st.awaiting_fetch.remove(&p) {
+                    st.release_unused(p, &waiting.recovered);
+                }
                 // The run goes on with its other partitions, and so does its back-fill worker:
                 // the jobs it still queues for this owner of `p` must not reach GoTo (their
                 // answers would be discarded while the next owner asks again).
@@ -569,6 +605,7 @@ fn run(
         next_takeover_token: 0,
         takeover_tx,
         takeover_retries: BTreeMap::new(),
+        awaiting_fetch: BTreeMap::new(),
         failed: None,
         exported: BTreeMap::new(),
         last_metrics: Instant::now(),
@@ -597,18 +634,23 @@ fn run(
     // that most of the end-to-end latency (docs/performance.md). Kafka answers early anyway, so a
     // short wait only adds cheap empty fetches while idle. `kafka.librdkafka` may change it.
     crate::kafka::config::set_default(&mut consumer_config, "fetch.wait.max.ms", RAW_FETCH_WAIT_MS);
-    let consumer: BaseConsumer<ShellContext> = consumer_config
-        .create_with_context(ShellContext {
-            state: state.clone(),
-            raw_topic: topics.raw.clone(),
-            backfill_live,
-        })
-        .map_err(kafka_err("creating the raw consumer"))?;
+    let consumer: Arc<BaseConsumer<ShellContext>> = Arc::new(
+        consumer_config
+            .create_with_context(ShellContext {
+                state: state.clone(),
+                raw_topic: topics.raw.clone(),
+                backfill_live,
+            })
+            .map_err(kafka_err("creating the raw consumer"))?,
+    );
     consumer
         .subscribe(&[&topics.raw])
         .map_err(kafka_err("subscribing to the raw topic"))?;
+    let committer = committer::RawCommitter::start(consumer.clone());
 
     let result = (|| -> Result<(), ShellError> {
+        // Set when the run must end with a clean hand-over of every partition and start again.
+        let mut restart = None;
         while !stop.load(Ordering::SeqCst) {
             stats.heartbeat_ms.store(epoch_ms(), Ordering::Relaxed);
             let polled = consumer.poll(Duration::from_millis(5));
@@ -644,37 +686,32 @@ fn run(
                         continue;
                     }
                 };
-                // The reads the installation needs, and the seek, fail for this partition alone
-                // too; they come before anything of `p` is decided or written.
-                let reads = match st
-                    .install_reads(p, &recovered, &consumer)
-                    .and_then(|reads| {
-                        consumer
-                            .seek(
-                                &topics.raw,
-                                p,
-                                Offset::Offset(reads.resume),
-                                Duration::from_secs(10),
-                            )
-                            .map_err(kafka_err(format!(
-                                "seeking raw partition {p} to {}",
-                                reads.resume
-                            )))?;
-                        Ok(reads)
-                    }) {
-                    Ok(reads) => reads,
-                    Err(e) => {
-                        st.takeover_failed(p, &e);
-                        continue;
+                // The reads the installation needs fail for this partition alone too; they come
+                // before anything of `p` is decided or written.
+                match st.install_reads(p, &recovered, &consumer) {
+                    Ok(reads) => {
+                        let now = Instant::now();
+                        st.awaiting_fetch.insert(
+                            p,
+                            AwaitingFetch {
+                                recovered,
+                                reads,
+                                since: now,
+                                next_seek: now,
+                            },
+                        );
                     }
-                };
-                // From here on, failures are the run's (its producer, its consumer).
-                st.install(p, recovered, reads)?;
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(&topics.raw, p);
-                consumer
-                    .resume(&tpl)
-                    .map_err(kafka_err(format!("resuming raw partition {p}")))?;
+                    Err(e) => st.takeover_failed(p, &e),
+                }
+            }
+            match st.install_fetching(&consumer) {
+                Ok(()) => {}
+                Err(e @ ShellError::FetcherNotStarted { .. }) => {
+                    tracing::error!(error = %e, "restarting the sequencer");
+                    restart = Some(e);
+                    break;
+                }
+                Err(e) => return Err(e),
             }
             match polled {
                 Some(Ok(m)) => st.on_raw(&m)?,
@@ -687,13 +724,16 @@ fn run(
                 st.on_backfill(done)?;
             }
             st.tick()?;
-            st.housekeeping(&consumer, &topics.raw)?;
+            st.housekeeping(&committer, &topics.raw)?;
         }
         // Graceful stop: drain every partition, then leave the group.
         let mut st = lock(&state);
         let owned: Vec<i32> = st.partitions.keys().copied().collect();
         for p in owned {
             st.release(p, |t| consumer.commit(t, CommitMode::Sync))?;
+        }
+        for (p, waiting) in std::mem::take(&mut st.awaiting_fetch) {
+            st.release_unused(p, &waiting.recovered);
         }
         // Takeovers still running are given up now (only now: had a release above failed, the
         // run would fail, and a takeover told it may release could still write after the group
@@ -728,14 +768,13 @@ fn run(
             };
             running.retain(|&(p, token)| (p, token) != (done.partition, done.token));
             if let Ok(recovered) = &done.result {
-                if !recovered.rival_fence {
-                    st.release_unused(done.partition, recovered);
-                }
+                st.release_unused(done.partition, recovered);
             }
         }
-        Ok(())
+        restart.map_or(Ok(()), Err)
     })();
     if result.is_err() {
+        // (A run ended for a restart has released every partition already.)
         // A failed run is a crash, not a hand-over. Dropping the consumer closes it, and the
         // close revokes every partition as not lost, which would run `release` for each: drain
         // what is still queued, index the core (already past the output that failed, whose
@@ -745,6 +784,9 @@ fn run(
         // path (waits out this epoch, scans the output, re-reads raw from the last index).
         lock(&state).abandon_all();
     }
+    // The committer holds the consumer: the consumer closes (and leaves the group) at the drop
+    // below only once it has stopped.
+    committer.stop();
     drop(consumer);
     result
 }

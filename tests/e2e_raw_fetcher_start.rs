@@ -1,0 +1,392 @@
+//! A partition's takeover and librdkafka's start of its raw fetcher are two separate things, on
+//! librdkafka's mock cluster.
+//!
+//! librdkafka starts fetching an assigned partition only once it has read the group's committed
+//! offset for it, and it sends that read only at a moment when none of the member's offset
+//! commits is outstanding. Until then it refuses a seek (`Local: Erroneous state`). A clean-clone
+//! CI run lost a partition for good this way: its takeover (an empty changelog, fast) ended before
+//! the read, the seek failed the takeover, and from then on the other partitions' commits never
+//! left librdkafka a moment to read it.
+//!
+//! - A takeover that ends before the fetcher starts waits for it instead of failing.
+//! - A member busy committing for its other partitions still starts a partition handed to it.
+//! - A partition librdkafka never starts (it failed to read its committed offset: it starts it
+//!   only once it is assigned again) makes the run hand everything over and rejoin.
+mod support;
+
+use callbridge::kafka::reader::ReadRecord;
+use callbridge::kafka::KafkaConfig;
+use callbridge::sequencer::shell::changelog::{self, ChangelogRecord, Progress};
+use callbridge::sequencer::shell::{self, BackfillSource, Fetched, ShellConfig, ShellStats};
+use callbridge::sequencer::SequencerConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::mock_brokers::{call_state, kind, read, wait_for, MockBrokers, OTHER_BROKER};
+
+/// States of every call; the last one is ENDING.
+const LAST: u64 = 4;
+
+/// GoTo no longer has anything: every state must come from raw.
+struct NothingLeft;
+
+impl BackfillSource for NothingLeft {
+    fn fetch<'a>(
+        &'a self,
+        _conversation: &'a str,
+        _from: u64,
+        _to: Option<u64>,
+    ) -> Pin<Box<dyn Future<Output = Fetched> + Send + 'a>> {
+        Box::pin(async { Fetched::States(Vec::new()) })
+    }
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("callbridge=info")
+        .try_init();
+}
+
+/// A mock cluster with `partitions` partitions per topic.
+fn cluster(partitions: i32) -> (MockBrokers, KafkaConfig) {
+    let mut kafka = KafkaConfig::default();
+    kafka.topics.partitions = partitions;
+    kafka.topics.replication_factor = 1;
+    let cluster = MockBrokers::start(&kafka);
+    kafka.bootstrap_servers = cluster.bootstrap.clone();
+    (cluster, kafka)
+}
+
+fn shell_config(kafka: &KafkaConfig, member: &str, takeover_timeout: Duration) -> ShellConfig {
+    ShellConfig {
+        kafka: kafka.clone(),
+        sequencer: SequencerConfig {
+            gap_timeout: Duration::from_secs(30),
+            idle_probe_after: Duration::from_secs(600),
+            ..SequencerConfig::default()
+        },
+        checkpoint_interval: Duration::from_millis(50),
+        takeover_timeout,
+        backfill_concurrency: 1,
+        member: member.into(),
+        // Longer than the committed-offset read is held (librdkafka counts a heartbeat queued
+        // behind it as missing).
+        session_timeout: Duration::from_secs(6),
+    }
+}
+
+/// A previous owner's clean hand-over of every partition: its takeover finds a progress record
+/// (so it reads no committed offset of its own, which would queue behind the delayed one) and
+/// waits for nobody, so it ends in a few milliseconds.
+async fn handed_over(kafka: &KafkaConfig) {
+    let producer: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+    for p in 0..kafka.topics.partitions {
+        let previous = Progress {
+            epoch: 1,
+            ordered_offset: -1,
+            raw_low_watermark: 0,
+            raw_read_end: Some(0),
+            released: true,
+        };
+        producer
+            .send(
+                FutureRecord::to(&kafka.topics.changelog)
+                    .partition(p)
+                    .key(&changelog::progress_key(1))
+                    .payload(&changelog::encode(&previous)),
+                Duration::from_secs(20),
+            )
+            .await
+            .expect("the previous owner's progress record");
+    }
+}
+
+/// Writes call `conversation` (states 1..=LAST) to raw partition `p`.
+async fn write_call(kafka: &KafkaConfig, raw: &FutureProducer, p: i32, conversation: &str) {
+    for seq in 1..=LAST {
+        let body = call_state(conversation, seq, LAST);
+        raw.send(
+            FutureRecord::to(&kafka.topics.raw)
+                .partition(p)
+                .key(conversation)
+                .payload(&body),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("writing raw");
+    }
+}
+
+/// The ordered topic once every one of `conversations` has its completion record.
+async fn published(
+    kafka: &KafkaConfig,
+    conversations: &[String],
+    within: Duration,
+) -> Vec<ReadRecord> {
+    let deadline = Instant::now() + within;
+    loop {
+        let records = read(kafka, &kafka.topics.ordered).await;
+        let done = conversations.iter().all(|c| {
+            records
+                .iter()
+                .any(|r| kind(r) == "completion" && r.key.as_deref() == Some(c.as_str()))
+        });
+        if done {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every call was published within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every call's states published once, in order, with one completion and no gap.
+fn assert_exact(records: &[ReadRecord], conversations: &[String]) {
+    for c in conversations {
+        let of_call: Vec<&ReadRecord> = records
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(c.as_str()))
+            .collect();
+        let states: Vec<u64> = of_call
+            .iter()
+            .filter(|r| kind(r) == "state")
+            .map(|r| {
+                let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+                v["sequenceNumber"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(states, (1..=LAST).collect::<Vec<_>>(), "call {c}");
+        let count = |k: &str| of_call.iter().filter(|r| kind(r) == k).count();
+        assert_eq!((count("completion"), count("gap")), (1, 0), "call {c}");
+    }
+}
+
+fn counts(stats: &ShellStats) -> (u64, u64, u64) {
+    (
+        stats.takeovers.load(Ordering::SeqCst),
+        stats.takeover_failures.load(Ordering::SeqCst),
+        stats.unclean_takeovers.load(Ordering::SeqCst),
+    )
+}
+
+/// The group's first committed-offset read is answered after 2 s: the takeover (a clean
+/// hand-over) ends long before librdkafka starts the fetcher. The seek waits for it; a failed
+/// takeover's retry would also have waited out its own fence (an unclean takeover).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_that_ends_before_the_fetcher_starts_waits_for_it() {
+    init_logs();
+    let (cluster, kafka) = cluster(1);
+    handed_over(&kafka).await;
+    cluster.push_request_errors(
+        OTHER_BROKER,
+        RDKafkaApiKey::OffsetFetch,
+        &[(
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
+            Duration::from_secs(2),
+        )],
+    );
+    let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+    let call = "0f7c1d2e-5b8a-4c3d-9e6f-7a8b9c0d1e2f".to_string();
+    write_call(&kafka, &raw, 0, &call).await;
+    let started = Instant::now();
+    let sequencer = shell::spawn(
+        shell_config(&kafka, "replica-under-test", Duration::from_secs(10)),
+        Arc::new(NothingLeft),
+        tokio::runtime::Handle::current(),
+    );
+    let records = published(&kafka, std::slice::from_ref(&call), Duration::from_secs(30)).await;
+    println!("published after {:?}", started.elapsed());
+    let stats = sequencer.stats.clone();
+    tokio::task::block_in_place(|| sequencer.shutdown());
+    assert_eq!(
+        cluster.request_errors_pending(OTHER_BROKER, RDKafkaApiKey::OffsetFetch),
+        0,
+        "the delayed read happened"
+    );
+    assert_exact(&records, &[call]);
+    assert_eq!(
+        counts(&stats),
+        (1, 0, 0),
+        "(takeovers, failed, unclean): one clean takeover, not failed"
+    );
+}
+
+/// Two members share two partitions; one leaves while the other is busy: calls flow on its
+/// partition, and the coordinator answers each offset commit after 300 ms. The partition handed
+/// over is started while the traffic goes on, with no failed takeover and no restart. Commits
+/// sent one per partition per checkpoint (every 50 ms here) overlapped without end, so librdkafka
+/// never read the partition's committed offset and never started it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_handed_to_a_member_busy_committing_is_started() {
+    init_logs();
+    let (cluster, kafka) = cluster(2);
+    handed_over(&kafka).await;
+    let stays = shell::spawn(
+        shell_config(&kafka, "stays", Duration::from_secs(10)),
+        Arc::new(NothingLeft),
+        tokio::runtime::Handle::current(),
+    );
+    let leaves = shell::spawn(
+        shell_config(&kafka, "leaves", Duration::from_secs(10)),
+        Arc::new(NothingLeft),
+        tokio::runtime::Handle::current(),
+    );
+    let (stays_stats, leaves_stats) = (stays.stats.clone(), leaves.stats.clone());
+    wait_for("a partition each", Duration::from_secs(60), || {
+        stays_stats.partitions_owned.load(Ordering::SeqCst) == 1
+            && leaves_stats.partitions_owned.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let stays_before = counts(&stays_stats);
+
+    // Calls on both partitions, one every 10 ms, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (kafka, stop) = (kafka.clone(), stop.clone());
+        tokio::spawn(async move {
+            let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+            let mut written = Vec::new();
+            let mut n = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                let p = (n % 2) as i32;
+                let call = format!("busy-call-{n:05}");
+                write_call(&kafka, &raw, p, &call).await;
+                written.push(call);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            written
+        })
+    };
+    // Every commit answered after 300 ms from now on.
+    const DELAYED_COMMITS: usize = 3_000;
+    cluster.push_request_errors(
+        OTHER_BROKER,
+        RDKafkaApiKey::OffsetCommit,
+        &vec![
+            (
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
+                Duration::from_millis(300)
+            );
+            DELAYED_COMMITS
+        ],
+    );
+    wait_for(
+        "the busy member's commits to be delayed",
+        Duration::from_secs(20),
+        || {
+            cluster.request_errors_pending(OTHER_BROKER, RDKafkaApiKey::OffsetCommit)
+                <= DELAYED_COMMITS - 3
+        },
+    )
+    .await;
+
+    tokio::task::block_in_place(|| leaves.shutdown());
+    let handed = Instant::now();
+    wait_for(
+        "the handed-over partition's installation, traffic going on",
+        Duration::from_secs(30),
+        || stays_stats.partitions_owned.load(Ordering::SeqCst) == 2,
+    )
+    .await;
+    println!(
+        "handed-over partition installed after {:?}",
+        handed.elapsed()
+    );
+    assert!(
+        cluster.request_errors_pending(OTHER_BROKER, RDKafkaApiKey::OffsetCommit) > 0,
+        "commits were still delayed"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let written = traffic.await.expect("traffic");
+    let records = published(&kafka, &written, Duration::from_secs(60)).await;
+    let stays_after = counts(&stays_stats);
+    tokio::task::block_in_place(|| stays.shutdown());
+    println!(
+        "{} calls; (takeovers, failed, unclean) of the member that stayed: {stays_before:?} -> {stays_after:?}",
+        written.len()
+    );
+    assert!(written.len() >= 10, "traffic flowed: {}", written.len());
+    assert_exact(&records, &written);
+    assert_eq!(
+        (
+            stays_after.0 - stays_before.0,
+            stays_after.1 - stays_before.1,
+            stays_after.2 - stays_before.2
+        ),
+        (1, 0, 0),
+        "the handed-over partition was taken over once, cleanly, without a restart"
+    );
+}
+
+/// The group's first committed-offset read is refused with an error librdkafka does not retry:
+/// it keeps the partition assigned and never starts it. The run gives up after
+/// `takeover_timeout`, hands over cleanly (the unused epoch is marked released), rejoins, and
+/// the partition's calls are published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_librdkafka_never_starts_is_handed_over_and_rejoined() {
+    init_logs();
+    let (cluster, kafka) = cluster(1);
+    handed_over(&kafka).await;
+    cluster.push_request_errors(
+        OTHER_BROKER,
+        RDKafkaApiKey::OffsetFetch,
+        &[(
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED,
+            Duration::ZERO,
+        )],
+    );
+    let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+    let call = "5e0b9a7c-1d2e-4f3a-8b6c-9d0e1f2a3b4c".to_string();
+    write_call(&kafka, &raw, 0, &call).await;
+    let bound = Duration::from_secs(3);
+    let started = Instant::now();
+    let sequencer = shell::spawn(
+        shell_config(&kafka, "replica-under-test", bound),
+        Arc::new(NothingLeft),
+        tokio::runtime::Handle::current(),
+    );
+    let records = published(&kafka, std::slice::from_ref(&call), Duration::from_secs(60)).await;
+    let elapsed = started.elapsed();
+    println!("published after {elapsed:?}");
+    let stats = sequencer.stats.clone();
+    tokio::task::block_in_place(|| sequencer.shutdown());
+    assert_eq!(
+        cluster.request_errors_pending(OTHER_BROKER, RDKafkaApiKey::OffsetFetch),
+        0,
+        "the refused read happened"
+    );
+    assert!(
+        elapsed >= bound,
+        "published only after the bound: {elapsed:?}"
+    );
+    assert_exact(&records, &[call]);
+    assert_eq!(
+        counts(&stats),
+        (1, 0, 0),
+        "(takeovers installed, failed, unclean): only the restarted run's, cleanly"
+    );
+    let released: Vec<u64> = read(&kafka, &kafka.topics.changelog)
+        .await
+        .iter()
+        .filter_map(|r| {
+            let key = r.key.as_deref().unwrap_or_default().as_bytes();
+            match changelog::decode(key, Some(&r.value)) {
+                Ok(ChangelogRecord::Progress(p)) if p.released => Some(p.epoch),
+                _ => None,
+            }
+        })
+        .collect();
+    assert_eq!(
+        released,
+        vec![1, 2, 3],
+        "the epoch never installed was marked released, and so was the last one at shutdown"
+    );
+}
