@@ -260,7 +260,8 @@ pub struct SequencerIoSettings {
     /// How often acknowledged progress is written to the changelog.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
-    /// Bound on each phase of a partition takeover.
+    /// Bound on each phase of a partition takeover, and on the wait for librdkafka to start
+    /// fetching a partition taken over.
     #[serde(with = "humantime_serde")]
     pub takeover_timeout: Duration,
     /// Back-fill requests in flight at once (GoTo's rate limit applies on top).

@@ -13,7 +13,10 @@
 //!   written, and is taken over again from scratch (a new fence and epoch) after a backoff of
 //!   1 s doubling to 30 s, unless it is revoked first. Ending the run for it instead gave every
 //!   healthy partition up without a `released` marker, so each next takeover waited out an
-//!   unclean owner, and a slow changelog read became a restart loop for the whole process.
+//!   unclean owner, and a slow changelog read became a restart loop for the whole process;
+//! - a partition taken over is installed once librdkafka has started fetching it (its seek is
+//!   accepted); one not started within `takeover_timeout` ends the run after a clean hand-over
+//!   of every partition (`RunState::install_fetching`).
 //!
 //! This file holds the types, the rebalance callbacks and the loop; the loop's work is split by
 //! direction: `input` (takeovers, raw records, back-fill answers, time), `output` (records to
@@ -147,7 +150,8 @@ pub struct ShellConfig {
     pub sequencer: SequencerConfig,
     /// How often acknowledged progress is written to the changelog.
     pub checkpoint_interval: Duration,
-    /// Bound on each takeover phase.
+    /// Bound on each takeover phase, and on the wait for librdkafka to start fetching a
+    /// partition taken over.
     pub takeover_timeout: Duration,
     /// Concurrent back-fill requests.
     pub backfill_concurrency: usize,
