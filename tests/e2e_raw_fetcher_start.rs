@@ -216,6 +216,11 @@ async fn a_takeover_that_ends_before_the_fetcher_starts_waits_for_it() {
         (1, 0, 0),
         "(takeovers, failed, unclean): one clean takeover, not failed"
     );
+    assert_eq!(
+        stats.fetcher_waits.load(Ordering::SeqCst),
+        1,
+        "the takeover ended before the fetcher started, and its seek was refused"
+    );
 }
 
 /// Two members share two partitions; one leaves while the other is busy: calls flow on its

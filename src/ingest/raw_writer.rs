@@ -168,17 +168,13 @@ impl RawWriter {
         transport: Transport,
         late: impl FnOnce(Result<(), WriteError>) + Send + 'static,
     ) -> Result<(), WriteError> {
-        let started = Instant::now();
-        let deadline = started + self.ack_timeout;
-        let delivery = self
-            .enqueue(
-                &self.raw_topic,
-                Some(conversation_space_id),
-                body,
-                base_headers(transport),
-                deadline,
-            )
+        let RawDelivery {
+            delivery, started, ..
+        } = self
+            .enqueue_raw(conversation_space_id, body, transport)
             .await?;
+        let deadline = started + self.ack_timeout;
+        // Not `RawDelivery::wait`: a write acknowledged after the deadline is not timed.
         let mut acknowledged = Box::pin(delivery.wait());
         match tokio::time::timeout_at(deadline, &mut acknowledged).await {
             Ok(result) => {

@@ -167,6 +167,14 @@ impl RunState {
         raw_topic: &str,
     ) -> Result<(), ShellError> {
         if let Some(o) = self.take_commit_offset(p) {
+            // After the committing thread's outstanding commit, which may carry an older offset
+            // of `p` (bounded: a coordinator that does not answer must not stall a hand-over).
+            if !self.commits.wait_idle(self.config.takeover_timeout) {
+                tracing::debug!(
+                    partition = p,
+                    "an earlier raw offset commit is still unanswered"
+                );
+            }
             crate::failpoint::hit(crate::failpoint::SEQUENCER_BEFORE_COMMIT);
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(raw_topic, p, Offset::Offset(o))
@@ -191,7 +199,7 @@ impl RunState {
     }
 
     /// Marks the epoch of a takeover of `p` that finished but will not be installed (given up,
-    /// revoked before its fetcher started, its installation failed, or the run stopping) as
+    /// revoked before its fetcher started, or the run stopping) as
     /// handed over, so that its fence does not make the next owner wait. Not when a rival
     /// takeover chose the same epoch: the record could stand for the rival's epoch.
     pub(super) fn release_unused(

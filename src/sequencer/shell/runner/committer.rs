@@ -7,29 +7,75 @@
 //! fetched. rust-rdkafka reports no completion of an asynchronous commit (librdkafka posts it
 //! only to an `offset_commit_cb`, which rust-rdkafka does not set), so the commit is synchronous,
 //! on this thread: the consumer loop never waits for the coordinator, and every answer leaves
-//! librdkafka its moment before the next commit goes out.
+//! librdkafka its moment before the next commit goes out. A hand-over's own commit, on the loop
+//! thread, first waits for the one outstanding here ([`CommitGate::wait_idle`]), so a partition's
+//! committed offset never goes back.
 
-use super::ShellContext;
+use super::{kafka_err, ShellContext, ShellError};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::TopicPartitionList;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-/// The committing thread and what it is doing.
+/// Whether a commit is outstanding on the committing thread; shared with the loop's state.
+#[derive(Debug, Default)]
+pub(super) struct CommitGate {
+    in_flight: Mutex<bool>,
+    done: Condvar,
+}
+
+impl CommitGate {
+    fn set(&self, in_flight: bool) {
+        let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        *f = in_flight;
+        if !in_flight {
+            self.done.notify_all();
+        }
+    }
+
+    fn in_flight(&self) -> bool {
+        *self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits up to `bound` for the outstanding commit, if any, to be answered; false if it was
+    /// not (a commit made now then follows it at the coordinator: librdkafka sends them in the
+    /// order they were made).
+    pub(super) fn wait_idle(&self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        while *f {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            f = match self.done.wait_timeout(f, left) {
+                Ok((f, _)) => f,
+                Err(e) => e.into_inner().0,
+            };
+        }
+        true
+    }
+}
+
+/// The committing thread. Dropping it lets the outstanding commit finish and ends the thread,
+/// which holds the consumer: drop it before the consumer, or the consumer outlives the run (and
+/// stays in the group).
 pub(super) struct RawCommitter {
     tx: Option<SyncSender<TopicPartitionList>>,
-    in_flight: Arc<AtomicBool>,
+    gate: Arc<CommitGate>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RawCommitter {
-    /// Starts the thread. It holds the consumer until [`RawCommitter::stop`]: stop it before the
-    /// consumer is dropped, or the consumer outlives the run (and stays in the group).
-    pub(super) fn start(consumer: Arc<BaseConsumer<ShellContext>>) -> RawCommitter {
+    /// Starts the thread.
+    pub(super) fn start(
+        consumer: Arc<BaseConsumer<ShellContext>>,
+        gate: Arc<CommitGate>,
+    ) -> Result<RawCommitter, ShellError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<TopicPartitionList>(1);
-        let in_flight = Arc::new(AtomicBool::new(false));
-        let done = in_flight.clone();
+        let answered = gate.clone();
         let thread = std::thread::Builder::new()
             .name("raw-commits".into())
             .spawn(move || {
@@ -38,20 +84,24 @@ impl RawCommitter {
                     if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
                         tracing::debug!(error = %e, "raw offset commit failed");
                     }
-                    done.store(false, Ordering::SeqCst);
+                    answered.set(false);
                 }
             })
-            .ok();
-        RawCommitter {
-            tx: thread.is_some().then_some(tx),
-            in_flight,
-            thread,
-        }
+            .map_err(|e| {
+                kafka_err("starting the raw offset committer")(KafkaError::ClientCreation(
+                    e.to_string(),
+                ))
+            })?;
+        Ok(RawCommitter {
+            tx: Some(tx),
+            gate,
+            thread: Some(thread),
+        })
     }
 
     /// Whether a commit may be handed over now (none is outstanding).
     pub(super) fn idle(&self) -> bool {
-        self.tx.is_some() && !self.in_flight.load(Ordering::SeqCst)
+        !self.gate.in_flight()
     }
 
     /// Hands `tpl` to the thread; call only when [`RawCommitter::idle`].
@@ -59,15 +109,16 @@ impl RawCommitter {
         let Some(tx) = &self.tx else {
             return;
         };
-        self.in_flight.store(true, Ordering::SeqCst);
+        self.gate.set(true);
         if tx.try_send(tpl).is_err() {
             // Not reachable while `idle` is checked first; the commit is simply skipped.
-            self.in_flight.store(false, Ordering::SeqCst);
+            self.gate.set(false);
         }
     }
+}
 
-    /// Lets the outstanding commit finish, and ends the thread.
-    pub(super) fn stop(mut self) {
+impl Drop for RawCommitter {
+    fn drop(&mut self) {
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();

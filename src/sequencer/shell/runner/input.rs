@@ -305,6 +305,10 @@ impl RunState {
             match seek(consumer, &raw_topic, p, resume) {
                 Ok(true) => {}
                 Ok(false) => {
+                    if !waiting.refused {
+                        waiting.refused = true;
+                        self.stats.fetcher_waits.fetch_add(1, Ordering::Relaxed);
+                    }
                     let waited = waiting.since.elapsed();
                     if waited >= self.config.takeover_timeout {
                         return Err(ShellError::FetcherNotStarted {

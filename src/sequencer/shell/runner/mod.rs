@@ -235,6 +235,9 @@ pub struct ShellStats {
     pub unclean_takeovers: std::sync::atomic::AtomicU64,
     /// Takeovers (or their installation) that failed and were retried after a backoff.
     pub takeover_failures: std::sync::atomic::AtomicU64,
+    /// Takeovers that ended before librdkafka had started fetching their partition, and waited
+    /// for it (their first seek was refused).
+    pub fetcher_waits: std::sync::atomic::AtomicU64,
     /// The consumer is in the group with an assignment (possibly empty: more replicas than
     /// partitions); false before the first assignment and after a lost one. (A cooperative
     /// revocation leaves the member in the group with the rest of its partitions, and it need not
@@ -350,6 +353,8 @@ struct RunState {
     /// Partitions taken over whose raw fetcher librdkafka has not started yet: installed once
     /// the seek to their resume offset is accepted (see `RunState::install_fetching`).
     awaiting_fetch: BTreeMap<i32, AwaitingFetch>,
+    /// The committing thread's outstanding commit, which a hand-over's commit waits for.
+    commits: Arc<committer::CommitGate>,
     /// Set when a callback hit an error the loop must end the run for.
     failed: Option<ShellError>,
     /// Counters already exported, per partition, with the epoch of the core they came from
@@ -399,6 +404,8 @@ struct AwaitingFetch {
     since: Instant,
     /// When the seek is tried next.
     next_seek: Instant,
+    /// A seek was refused already.
+    refused: bool,
 }
 
 /// How often the seek of a partition whose fetcher has not started is tried again.
@@ -587,6 +594,7 @@ fn run(
     let (done_tx, done_rx) = std::sync::mpsc::channel::<BackfillDone>();
     let (takeover_tx, takeover_rx) = std::sync::mpsc::channel::<TakeoverDone>();
     let backfill_live = LiveJobs::default();
+    let commits = Arc::new(committer::CommitGate::default());
     let backfill_tx = spawn_worker(
         runtime,
         source,
@@ -610,6 +618,7 @@ fn run(
         takeover_tx,
         takeover_retries: BTreeMap::new(),
         awaiting_fetch: BTreeMap::new(),
+        commits: commits.clone(),
         failed: None,
         exported: BTreeMap::new(),
         last_metrics: Instant::now(),
@@ -650,7 +659,7 @@ fn run(
     consumer
         .subscribe(&[&topics.raw])
         .map_err(kafka_err("subscribing to the raw topic"))?;
-    let committer = committer::RawCommitter::start(consumer.clone());
+    let committer = committer::RawCommitter::start(consumer.clone(), commits.clone())?;
 
     let result = (|| -> Result<(), ShellError> {
         // Set when the run must end with a clean hand-over of every partition and start again.
@@ -702,6 +711,7 @@ fn run(
                                 reads,
                                 since: now,
                                 next_seek: now,
+                                refused: false,
                             },
                         );
                     }
@@ -790,7 +800,7 @@ fn run(
     }
     // The committer holds the consumer: the consumer closes (and leaves the group) at the drop
     // below only once it has stopped.
-    committer.stop();
+    drop(committer);
     drop(consumer);
     result
 }
