@@ -12,6 +12,7 @@
 //! - A member busy committing for its other partitions still starts a partition handed to it.
 //! - A partition librdkafka never starts (it failed to read its committed offset: it starts it
 //!   only once it is assigned again) makes the run hand everything over and rejoin.
+//! - A partition revoked while its takeover waits for the fetcher is handed over cleanly.
 mod support;
 
 use callbridge::kafka::reader::ReadRecord;
@@ -394,4 +395,76 @@ async fn a_partition_librdkafka_never_starts_is_handed_over_and_rejoined() {
         vec![1, 2, 3],
         "the epoch never installed was marked released, and so was the last one at shutdown"
     );
+}
+
+/// A partition whose takeover is waiting for its fetcher is revoked (another member joins): its
+/// unused epoch is marked released in the revoke, so the next owner's takeover is clean instead
+/// of waiting out an owner that wrote nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_revoked_while_waiting_for_its_fetcher_is_handed_over_cleanly() {
+    init_logs();
+    let (cluster, kafka) = cluster(2);
+    handed_over(&kafka).await;
+    // The first member's committed-offset read (both partitions in one) is refused: neither of
+    // its partitions is ever fetched, and their takeovers wait.
+    cluster.push_request_errors(
+        OTHER_BROKER,
+        RDKafkaApiKey::OffsetFetch,
+        &[(
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED,
+            Duration::ZERO,
+        )],
+    );
+    let waits = shell::spawn(
+        shell_config(&kafka, "waits", Duration::from_secs(60)),
+        Arc::new(NothingLeft),
+        tokio::runtime::Handle::current(),
+    );
+    let waits_stats = waits.stats.clone();
+    wait_for(
+        "both takeovers waiting for their fetchers",
+        Duration::from_secs(30),
+        || waits_stats.fetcher_waits.load(Ordering::SeqCst) == 2,
+    )
+    .await;
+    let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+    let calls: Vec<String> = (0..2).map(|p| format!("revoked-call-{p}")).collect();
+    for (p, call) in calls.iter().enumerate() {
+        write_call(&kafka, &raw, p as i32, call).await;
+    }
+
+    let joins = shell::spawn(
+        shell_config(&kafka, "joins", Duration::from_secs(60)),
+        Arc::new(NothingLeft),
+        tokio::runtime::Handle::current(),
+    );
+    let joins_stats = joins.stats.clone();
+    wait_for(
+        "the joining member's takeover of a revoked partition",
+        Duration::from_secs(60),
+        || joins_stats.partitions_owned.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    let after_revoke = counts(&joins_stats);
+    // The member still waiting hands its other partition over at its stop.
+    tokio::task::block_in_place(|| waits.shutdown());
+    let records = published(&kafka, &calls, Duration::from_secs(60)).await;
+    let after_stop = counts(&joins_stats);
+    tokio::task::block_in_place(|| joins.shutdown());
+    assert_eq!(
+        waits_stats.takeovers.load(Ordering::SeqCst),
+        0,
+        "the first member installed nothing"
+    );
+    assert_eq!(
+        after_revoke,
+        (1, 0, 0),
+        "(takeovers, failed, unclean) of the joining member: the revoked partition's, clean"
+    );
+    assert_eq!(
+        after_stop,
+        (2, 0, 0),
+        "(takeovers, failed, unclean) of the joining member: the other one's too"
+    );
+    assert_exact(&records, &calls);
 }
