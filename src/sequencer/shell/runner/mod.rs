@@ -560,15 +560,15 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("sequencer".into())
         .spawn(move || {
-            let mut backoff = Duration::from_millis(200);
+            let mut backoff = RestartBackoff::default();
             while !s.load(Ordering::SeqCst) {
+                let started = Instant::now();
                 match run(&config, source.clone(), &runtime, &s, &st) {
                     Ok(()) => return,
                     Err(e) => {
                         metrics::counter!("callbridge_sequencer_run_failures_total").increment(1);
                         tracing::error!(error = %e, "sequencer run failed; restarting from Kafka");
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        std::thread::sleep(backoff.after_failure(started.elapsed()));
                     }
                 }
             }
@@ -578,6 +578,36 @@ pub fn spawn(
         stop,
         thread,
         stats,
+    }
+}
+
+/// The wait before a failed run is restarted: 0.2 s doubling to 10 s over failures in a row, and
+/// back to 0.2 s after a run that lasted [`RestartBackoff::HEALTHY_RUN`] (else a process that
+/// failed a few times over its life would wait 10 s after every later failure).
+#[derive(Debug)]
+struct RestartBackoff {
+    next: Duration,
+}
+
+impl Default for RestartBackoff {
+    fn default() -> Self {
+        RestartBackoff { next: Self::FIRST }
+    }
+}
+
+impl RestartBackoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(10);
+    const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+    /// The wait after a run that failed after `lasted`.
+    fn after_failure(&mut self, lasted: Duration) -> Duration {
+        if lasted >= Self::HEALTHY_RUN {
+            self.next = Self::FIRST;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        wait
     }
 }
 
@@ -860,6 +890,19 @@ mod tests {
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn restarts_back_off_over_failures_in_a_row_and_start_over_after_a_healthy_run() {
+        let mut b = RestartBackoff::default();
+        let quick = Duration::from_secs(1);
+        let waits: Vec<u128> = (0..8).map(|_| b.after_failure(quick).as_millis()).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        assert_eq!(
+            b.after_failure(RestartBackoff::HEALTHY_RUN).as_millis(),
+            200
+        );
+        assert_eq!(b.after_failure(quick).as_millis(), 400);
     }
 
     #[test]
