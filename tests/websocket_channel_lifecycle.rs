@@ -250,8 +250,12 @@ async fn the_channel_id_is_in_no_log_and_no_state() {
     sim.control()
         .patch_faults(&serde_json::json!({ "channel_refresh_status": null }))
         .expect("fault cleared");
-    // And once more on WEBSOCKET_TO_BE_CLOSED.
-    assert!(sim.control().send_to_be_closed(&second));
+    // And once more on WEBSOCKET_TO_BE_CLOSED, sent once the simulator has registered the new
+    // socket (it may do so just after the bridge says `Ready`).
+    eventually(Duration::from_secs(20), async || {
+        sim.control().send_to_be_closed(&second).then_some(())
+    })
+    .await;
     let third = session
         .ready("on a third channel", |id| id != first && id != second)
         .await;
