@@ -187,7 +187,7 @@ pub enum ShellError {
     /// committed offset for it, and leaves the partition assigned but never started when that
     /// read fails, until it is assigned again: the run hands every partition over cleanly and
     /// rejoins with fresh clients.
-    #[error("sequencer: raw partition {partition} was still not being fetched {waited:?} after its takeover (librdkafka could not read its committed offset); handing every partition over and rejoining the group with fresh clients")]
+    #[error("sequencer: raw partition {partition} was still not being fetched {waited:?} after its takeover (librdkafka had not read its committed offset: the read failed, or the group coordinator is unreachable); handing every partition over and rejoining the group with fresh clients")]
     FetcherNotStarted {
         /// The partition.
         partition: i32,
