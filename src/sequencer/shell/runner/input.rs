@@ -330,6 +330,9 @@ impl RunState {
             let Some(waiting) = self.awaiting_fetch.remove(&p) else {
                 continue;
             };
+            if waiting.refused {
+                tracing::info!(partition = p, waited = ?waiting.since.elapsed(), "librdkafka started fetching the partition after its takeover had ended");
+            }
             // From here on, failures are the run's (its producer, its consumer).
             self.install(p, waiting.recovered, waiting.reads)?;
             let mut tpl = TopicPartitionList::new();
