@@ -17,34 +17,20 @@ mod support;
 
 use callbridge::kafka::reader::ReadRecord;
 use callbridge::kafka::KafkaConfig;
-use callbridge::sequencer::shell::changelog::{self, ChangelogRecord, Progress};
-use callbridge::sequencer::shell::{self, BackfillSource, Fetched, ShellConfig, ShellStats};
+use callbridge::sequencer::shell::changelog::{self, Progress};
+use callbridge::sequencer::shell::{self, ShellConfig, ShellStats};
 use callbridge::sequencer::SequencerConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::mock_brokers::{call_state, kind, read, wait_for, MockBrokers, OTHER_BROKER};
+use support::mock_brokers::{
+    call_state, kind, read, released_epochs, wait_for, MockBrokers, NothingLeft, OTHER_BROKER,
+};
 
 /// States of every call; the last one is ENDING.
 const LAST: u64 = 4;
-
-/// GoTo no longer has anything: every state must come from raw.
-struct NothingLeft;
-
-impl BackfillSource for NothingLeft {
-    fn fetch<'a>(
-        &'a self,
-        _conversation: &'a str,
-        _from: u64,
-        _to: Option<u64>,
-    ) -> Pin<Box<dyn Future<Output = Fetched> + Send + 'a>> {
-        Box::pin(async { Fetched::States(Vec::new()) })
-    }
-}
 
 fn init_logs() {
     let _ = tracing_subscriber::fmt()
@@ -63,8 +49,14 @@ fn cluster(partitions: i32) -> (MockBrokers, KafkaConfig) {
     (cluster, kafka)
 }
 
-fn shell_config(kafka: &KafkaConfig, member: &str, takeover_timeout: Duration) -> ShellConfig {
-    ShellConfig {
+/// A sequencer named `member` whose takeovers (and waits for a fetcher) are bounded by
+/// `takeover_timeout`, with nothing to back-fill from.
+fn spawn_shell(
+    kafka: &KafkaConfig,
+    member: &str,
+    takeover_timeout: Duration,
+) -> shell::SequencerHandle {
+    let config = ShellConfig {
         kafka: kafka.clone(),
         sequencer: SequencerConfig {
             gap_timeout: Duration::from_secs(30),
@@ -78,7 +70,25 @@ fn shell_config(kafka: &KafkaConfig, member: &str, takeover_timeout: Duration) -
         // Longer than the committed-offset read is held (librdkafka counts a heartbeat queued
         // behind it as missing).
         session_timeout: Duration::from_secs(6),
-    }
+    };
+    shell::spawn(
+        config,
+        Arc::new(NothingLeft),
+        tokio::runtime::Handle::current(),
+    )
+}
+
+/// The group's next committed-offset read is refused with an error librdkafka does not retry:
+/// the partitions it was for stay assigned and are never fetched until assigned again.
+fn refuse_the_next_offset_read(cluster: &MockBrokers) {
+    cluster.push_request_errors(
+        OTHER_BROKER,
+        RDKafkaApiKey::OffsetFetch,
+        &[(
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED,
+            Duration::ZERO,
+        )],
+    );
 }
 
 /// A previous owner's clean hand-over of every partition: its takeover finds a progress record
@@ -197,11 +207,7 @@ async fn a_takeover_that_ends_before_the_fetcher_starts_waits_for_it() {
     let call = "0f7c1d2e-5b8a-4c3d-9e6f-7a8b9c0d1e2f".to_string();
     write_call(&kafka, &raw, 0, &call).await;
     let started = Instant::now();
-    let sequencer = shell::spawn(
-        shell_config(&kafka, "replica-under-test", Duration::from_secs(10)),
-        Arc::new(NothingLeft),
-        tokio::runtime::Handle::current(),
-    );
+    let sequencer = spawn_shell(&kafka, "replica-under-test", Duration::from_secs(10));
     let records = published(&kafka, std::slice::from_ref(&call), Duration::from_secs(30)).await;
     println!("published after {:?}", started.elapsed());
     let stats = sequencer.stats.clone();
@@ -234,16 +240,8 @@ async fn a_partition_handed_to_a_member_busy_committing_is_started() {
     init_logs();
     let (cluster, kafka) = cluster(2);
     handed_over(&kafka).await;
-    let stays = shell::spawn(
-        shell_config(&kafka, "stays", Duration::from_secs(10)),
-        Arc::new(NothingLeft),
-        tokio::runtime::Handle::current(),
-    );
-    let leaves = shell::spawn(
-        shell_config(&kafka, "leaves", Duration::from_secs(10)),
-        Arc::new(NothingLeft),
-        tokio::runtime::Handle::current(),
-    );
+    let stays = spawn_shell(&kafka, "stays", Duration::from_secs(10));
+    let leaves = spawn_shell(&kafka, "leaves", Duration::from_secs(10));
     let (stays_stats, leaves_stats) = (stays.stats.clone(), leaves.stats.clone());
     wait_for("a partition each", Duration::from_secs(60), || {
         stays_stats.partitions_owned.load(Ordering::SeqCst) == 1
@@ -341,24 +339,13 @@ async fn a_partition_librdkafka_never_starts_is_handed_over_and_rejoined() {
     init_logs();
     let (cluster, kafka) = cluster(1);
     handed_over(&kafka).await;
-    cluster.push_request_errors(
-        OTHER_BROKER,
-        RDKafkaApiKey::OffsetFetch,
-        &[(
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED,
-            Duration::ZERO,
-        )],
-    );
+    refuse_the_next_offset_read(&cluster);
     let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
     let call = "5e0b9a7c-1d2e-4f3a-8b6c-9d0e1f2a3b4c".to_string();
     write_call(&kafka, &raw, 0, &call).await;
     let bound = Duration::from_secs(3);
     let started = Instant::now();
-    let sequencer = shell::spawn(
-        shell_config(&kafka, "replica-under-test", bound),
-        Arc::new(NothingLeft),
-        tokio::runtime::Handle::current(),
-    );
+    let sequencer = spawn_shell(&kafka, "replica-under-test", bound);
     let records = published(&kafka, std::slice::from_ref(&call), Duration::from_secs(60)).await;
     let elapsed = started.elapsed();
     println!("published after {elapsed:?}");
@@ -379,17 +366,7 @@ async fn a_partition_librdkafka_never_starts_is_handed_over_and_rejoined() {
         (1, 0, 0),
         "(takeovers installed, failed, unclean): only the restarted run's, cleanly"
     );
-    let released: Vec<u64> = read(&kafka, &kafka.topics.changelog)
-        .await
-        .iter()
-        .filter_map(|r| {
-            let key = r.key.as_deref().unwrap_or_default().as_bytes();
-            match changelog::decode(key, Some(&r.value)) {
-                Ok(ChangelogRecord::Progress(p)) if p.released => Some(p.epoch),
-                _ => None,
-            }
-        })
-        .collect();
+    let released: Vec<u64> = released_epochs(&kafka).await;
     assert_eq!(
         released,
         vec![1, 2, 3],
@@ -407,19 +384,8 @@ async fn a_partition_revoked_while_waiting_for_its_fetcher_is_handed_over_cleanl
     handed_over(&kafka).await;
     // The first member's committed-offset read (both partitions in one) is refused: neither of
     // its partitions is ever fetched, and their takeovers wait.
-    cluster.push_request_errors(
-        OTHER_BROKER,
-        RDKafkaApiKey::OffsetFetch,
-        &[(
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED,
-            Duration::ZERO,
-        )],
-    );
-    let waits = shell::spawn(
-        shell_config(&kafka, "waits", Duration::from_secs(60)),
-        Arc::new(NothingLeft),
-        tokio::runtime::Handle::current(),
-    );
+    refuse_the_next_offset_read(&cluster);
+    let waits = spawn_shell(&kafka, "waits", Duration::from_secs(60));
     let waits_stats = waits.stats.clone();
     wait_for(
         "both takeovers waiting for their fetchers",
@@ -433,11 +399,7 @@ async fn a_partition_revoked_while_waiting_for_its_fetcher_is_handed_over_cleanl
         write_call(&kafka, &raw, p as i32, call).await;
     }
 
-    let joins = shell::spawn(
-        shell_config(&kafka, "joins", Duration::from_secs(60)),
-        Arc::new(NothingLeft),
-        tokio::runtime::Handle::current(),
-    );
+    let joins = spawn_shell(&kafka, "joins", Duration::from_secs(60));
     let joins_stats = joins.stats.clone();
     wait_for(
         "the joining member's takeover of a revoked partition",

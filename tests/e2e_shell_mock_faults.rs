@@ -15,18 +15,16 @@ mod support;
 use callbridge::kafka::reader::ReadRecord;
 use callbridge::kafka::KafkaConfig;
 use callbridge::sequencer::shell::changelog::{self, ChangelogRecord};
-use callbridge::sequencer::shell::{self, BackfillSource, Fetched, ShellConfig};
+use callbridge::sequencer::shell::{self, ShellConfig};
 use callbridge::sequencer::SequencerConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::mock_brokers::{
-    call_state, describe, kind, read, wait_for, write_raw, MockBrokers, ORDERED_BROKER,
-    OTHER_BROKER,
+    call_state, describe, kind, read, released_epochs, wait_for, write_raw, MockBrokers,
+    NothingLeft, ORDERED_BROKER, OTHER_BROKER,
 };
 
 const CONVERSATION: &str = "0f7c1d2e-5b8a-4c3d-9e6f-7a8b9c0d1e2f";
@@ -36,20 +34,6 @@ const LAST: u64 = 6;
 const BOUND: Duration = Duration::from_secs(3);
 /// How long the broker holds the ordered write of state 2 before acknowledging it.
 const HELD: Duration = Duration::from_secs(60);
-
-/// GoTo no longer has anything: every state must come from raw.
-struct NothingLeft;
-
-impl BackfillSource for NothingLeft {
-    fn fetch<'a>(
-        &'a self,
-        _conversation: &'a str,
-        _from: u64,
-        _to: Option<u64>,
-    ) -> Pin<Box<dyn Future<Output = Fetched> + Send + 'a>> {
-        Box::pin(async { Fetched::States(Vec::new()) })
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_full_for_longer_than_the_bound_fails_the_run_and_loses_nothing() {
@@ -142,17 +126,7 @@ async fn a_queue_full_for_longer_than_the_bound_fails_the_run_and_loses_nothing(
         }
     };
     tokio::task::block_in_place(|| sequencer.shutdown());
-    let released: Vec<u64> = read(&kafka, &kafka.topics.changelog)
-        .await
-        .iter()
-        .filter_map(|r| {
-            let key = r.key.as_deref().unwrap_or_default().as_bytes();
-            match changelog::decode(key, Some(&r.value)) {
-                Ok(ChangelogRecord::Progress(p)) if p.released => Some(p.epoch),
-                _ => None,
-            }
-        })
-        .collect();
+    let released: Vec<u64> = released_epochs(&kafka).await;
     let stream: Vec<String> = records
         .iter()
         .filter(|r| kind(r) != "takeover")

@@ -4,15 +4,19 @@
 //! per-broker faults are not in rdkafka's safe API: they go through the cluster's native handle,
 //! here and nowhere else.
 //!
-//! Also what those tests write and read: a call's raw notifications, a topic read whole, and a
-//! poll for a condition.
+//! Also what those tests write and read: a call's raw notifications, a topic read whole, the
+//! changelog's released epochs, a back-fill source with nothing left, and a poll for a condition.
 
 use callbridge::kafka::reader::{read_topic, ReadRecord};
 use callbridge::kafka::KafkaConfig;
+use callbridge::sequencer::shell::changelog::{self, ChangelogRecord};
+use callbridge::sequencer::shell::{BackfillSource, Fetched};
 use rdkafka::mocking::MockCoordinator;
 use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::ClientConfig;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 /// The broker leading the ordered topic.
@@ -208,4 +212,33 @@ pub async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bo
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// GoTo no longer has anything: every state must come from raw.
+pub struct NothingLeft;
+
+impl BackfillSource for NothingLeft {
+    fn fetch<'a>(
+        &'a self,
+        _conversation: &'a str,
+        _from: u64,
+        _to: Option<u64>,
+    ) -> Pin<Box<dyn Future<Output = Fetched> + Send + 'a>> {
+        Box::pin(async { Fetched::States(Vec::new()) })
+    }
+}
+
+/// The epochs of the changelog's `released` progress records, in the order written.
+pub async fn released_epochs(kafka: &KafkaConfig) -> Vec<u64> {
+    read(kafka, &kafka.topics.changelog)
+        .await
+        .iter()
+        .filter_map(|r| {
+            let key = r.key.as_deref().unwrap_or_default().as_bytes();
+            match changelog::decode(key, Some(&r.value)) {
+                Ok(ChangelogRecord::Progress(p)) if p.released => Some(p.epoch),
+                _ => None,
+            }
+        })
+        .collect()
 }
