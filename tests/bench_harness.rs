@@ -80,6 +80,18 @@ fn a_small_bench_run_measures_every_phase_and_the_bridge_keeps_its_promises() {
         floors[0]["kafka_ack_latency"]["count"].as_u64().unwrap() > 0,
         "{c}"
     );
+    // And again with the topic read back meanwhile, the reader having read.
+    assert!(
+        floors[0]["kafka_ack_read_latency"]["count"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{c}"
+    );
+    assert!(
+        floors[0]["kafka_ack_read_back"].as_u64().unwrap() > 0,
+        "{c}"
+    );
 
     let phases = std::iter::once(&report["closed_loop"])
         .chain(std::iter::once(&report["drops"]["figures"]))

@@ -82,6 +82,11 @@ pub enum LoadCommand {
         /// As for `KafkaCeiling`.
         #[serde(default)]
         librdkafka: std::collections::BTreeMap<String, String>,
+        /// Read the topic back while writing it, as the bridge's sequencer reads raw (a plain
+        /// consumer, the sequencer's `fetch.wait.max.ms`): the floor of a bridge, which always
+        /// has that reader, rather than of a producer alone.
+        #[serde(default)]
+        read_back: bool,
     },
     /// The simulator's REST counters.
     RestStats,
@@ -154,6 +159,9 @@ pub struct AckLatencyReport {
     /// Scheduled send → acknowledgement (from the schedule, so a stalled producer cannot hide
     /// its queue).
     pub latency: Summary,
+    /// Records the reader read meanwhile (`read_back`; 0 without).
+    #[serde(default)]
+    pub read_back: u64,
 }
 
 /// Answer to `KafkaCeiling`.
@@ -545,14 +553,13 @@ fn ceiling_bodies(templates: &[CallTemplate], count: u64) -> Vec<(String, String
     bodies
 }
 
-/// Reads a topic from the beginning until `records` records came, or a minute without one.
-fn kafka_read_ceiling(
+/// A plain consumer as the bridge's raw consumer is configured (`--librdkafka` included), reading
+/// from the beginning without committing.
+fn ceiling_consumer(
     bootstrap: String,
-    topic: String,
-    records: u64,
     librdkafka: std::collections::BTreeMap<String, String>,
-) -> Result<ReadCeilingReport, String> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+    what: &str,
+) -> Result<rdkafka::consumer::BaseConsumer, String> {
     let config = ceiling_config(bootstrap, librdkafka);
     let mut c = config.client_config().map_err(|e| e.to_string())?;
     c.set(
@@ -565,7 +572,55 @@ fn kafka_read_ceiling(
         // The wait the bridge's raw consumer uses by default.
         c.set("fetch.wait.max.ms", "20");
     }
-    let consumer: BaseConsumer = c.create().map_err(|e| format!("read ceiling: {e}"))?;
+    c.create().map_err(|e| format!("{what}: {e}"))
+}
+
+/// Reads every partition of `topic` from its start on a thread of its own until `stop`, without
+/// joining a group (assigned, so it fetches from the first moment). Answers the records read.
+fn read_back(
+    bootstrap: String,
+    topic: String,
+    librdkafka: std::collections::BTreeMap<String, String>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<u64>, String> {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer = ceiling_consumer(bootstrap, librdkafka, "read-back")?;
+    let metadata = consumer
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .map_err(|e| format!("read-back: metadata of {topic}: {e}"))?;
+    let mut partitions = TopicPartitionList::new();
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        partitions
+            .add_partition_offset(&topic, p.id(), Offset::Beginning)
+            .map_err(|e| format!("read-back: {e}"))?;
+    }
+    if partitions.count() == 0 {
+        return Err(format!("read-back: {topic} has no partition"));
+    }
+    consumer
+        .assign(&partitions)
+        .map_err(|e| format!("read-back: {e}"))?;
+    Ok(std::thread::spawn(move || {
+        let mut read = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(50)) {
+                read += 1;
+            }
+        }
+        read
+    }))
+}
+
+/// Reads a topic from the beginning until `records` records came, or a minute without one.
+fn kafka_read_ceiling(
+    bootstrap: String,
+    topic: String,
+    records: u64,
+    librdkafka: std::collections::BTreeMap<String, String>,
+) -> Result<ReadCeilingReport, String> {
+    use rdkafka::consumer::Consumer;
+    let consumer = ceiling_consumer(bootstrap, librdkafka, "read ceiling")?;
     consumer
         .subscribe(&[topic.as_str()])
         .map_err(|e| format!("read ceiling: {e}"))?;
@@ -590,6 +645,7 @@ async fn kafka_ack_latency(
     rate: f64,
     duration_ms: u64,
     librdkafka: std::collections::BTreeMap<String, String>,
+    with_reader: bool,
     templates: &[CallTemplate],
 ) -> Result<AckLatencyReport, String> {
     use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -597,7 +653,18 @@ async fn kafka_ack_latency(
     if rate.is_nan() || rate <= 0.0 {
         return Err(format!("rate must be positive, got {rate}"));
     }
-    let producer = ceiling_producer(bootstrap, librdkafka)?;
+    let producer = ceiling_producer(bootstrap.clone(), librdkafka.clone())?;
+    let stop_reader = Arc::new(AtomicBool::new(false));
+    let reader = if with_reader {
+        let (topic, stop) = (topic.clone(), stop_reader.clone());
+        Some(
+            tokio::task::spawn_blocking(move || read_back(bootstrap, topic, librdkafka, stop))
+                .await
+                .map_err(|e| format!("read-back: {e}"))??,
+        )
+    } else {
+        None
+    };
     let total = (rate * duration_ms as f64 / 1000.0).ceil() as u64;
     let bodies = ceiling_bodies(templates, total.min(200_000));
     let start = Instant::now();
@@ -634,6 +701,13 @@ async fn kafka_ack_latency(
         }
     }
     report.latency = super::dist::summarize(&mut latencies_us);
+    if let Some(reader) = reader {
+        stop_reader.store(true, Ordering::Relaxed);
+        report.read_back = tokio::task::spawn_blocking(move || reader.join())
+            .await
+            .map_err(|e| format!("read-back: {e}"))?
+            .map_err(|_| "read-back: the reader panicked".to_string())?;
+    }
     Ok(report)
 }
 
@@ -749,9 +823,18 @@ pub async fn run() -> ExitCode {
                 rate,
                 duration_ms,
                 librdkafka,
+                read_back,
             } => {
-                match kafka_ack_latency(bootstrap, topic, rate, duration_ms, librdkafka, &templates)
-                    .await
+                match kafka_ack_latency(
+                    bootstrap,
+                    topic,
+                    rate,
+                    duration_ms,
+                    librdkafka,
+                    read_back,
+                    &templates,
+                )
+                .await
                 {
                     Ok(r) => reply(r),
                     Err(e) => reply(json!({ "error": e })),

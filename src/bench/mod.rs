@@ -493,7 +493,7 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
         at_rates.push(RateCeiling {
             rate: *rate,
             http_latency: r.latency,
-            kafka_ack_latency: Default::default(),
+            ..Default::default()
         });
     }
     drop(sink);
@@ -548,9 +548,29 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
                 rate: floor.rate,
                 duration_ms: ms,
                 librdkafka: librdkafka.clone(),
+                read_back: false,
             },
         )?;
         floor.kafka_ack_latency = r.latency;
+        eprintln!(
+            "bench: Kafka acknowledgements at {} records/s, the topic read back meanwhile",
+            floor.rate
+        );
+        let topic = format!("callbridge.bench-ack-read-{i}");
+        create_topic(&ceiling_bootstrap, &topic, args.partitions).await?;
+        let r: load::AckLatencyReport = call(
+            &mut load,
+            &LoadCommand::KafkaAckLatency {
+                bootstrap: ceiling_bootstrap.clone(),
+                topic,
+                rate: floor.rate,
+                duration_ms: ms,
+                librdkafka: librdkafka.clone(),
+                read_back: true,
+            },
+        )?;
+        floor.kafka_ack_read_latency = r.latency;
+        floor.kafka_ack_read_back = r.read_back;
     }
     totals.tansu_cpu_secs += usage(ceiling_tansu.pid()).cpu_secs;
     drop(ceiling_tansu);

@@ -101,6 +101,14 @@ pub struct RateCeiling {
     pub http_latency: Summary,
     /// Plain producer, scheduled send → acknowledgement.
     pub kafka_ack_latency: Summary,
+    /// The same on a topic a plain consumer reads back meanwhile, as the sequencer reads raw:
+    /// what the broker's serving a reader adds to every acknowledgement, so the floor of any
+    /// bridge answering after Kafka.
+    #[serde(default)]
+    pub kafka_ack_read_latency: Summary,
+    /// Records that reader read (proof it ran).
+    #[serde(default)]
+    pub kafka_ack_read_back: u64,
 }
 
 impl Ceilings {
@@ -275,12 +283,20 @@ impl BenchReport {
         for r in &c.at_rates {
             let _ = writeln!(
                 t,
-                "  at {:>6.0}/s alone: bare HTTP p50/p99 {:.2} / {:.2} ms, Kafka ack p50/p99 {:.2} / {:.2} ms",
+                "  at {:>6.0}/s alone: bare HTTP p50/p99 {:.2} / {:.2} ms, Kafka ack p50/p99 {:.2} / {:.2} ms{}",
                 r.rate,
                 r.http_latency.p50_ms,
                 r.http_latency.p99_ms,
                 r.kafka_ack_latency.p50_ms,
                 r.kafka_ack_latency.p99_ms,
+                if r.kafka_ack_read_latency.count > 0 {
+                    format!(
+                        ", read back meanwhile {:.2} / {:.2} ms",
+                        r.kafka_ack_read_latency.p50_ms, r.kafka_ack_read_latency.p99_ms
+                    )
+                } else {
+                    String::new()
+                },
             );
         }
         let _ = writeln!(
@@ -446,8 +462,16 @@ impl BenchReport {
                     .map(|f| {
                         let inside = &r.figures.raw_write_latency;
                         format!(
-                            " (a Kafka acknowledgement alone: p99 {:.2} ms{})",
+                            " (a Kafka acknowledgement alone: p99 {:.2} ms{}{})",
                             f.kafka_ack_latency.p99_ms,
+                            if f.kafka_ack_read_latency.count > 0 {
+                                format!(
+                                    ", with the topic read back: p99 {:.2} ms",
+                                    f.kafka_ack_read_latency.p99_ms
+                                )
+                            } else {
+                                String::new()
+                            },
                             if inside.count > 0 {
                                 format!(", the bridge's raw write: p99 {:.2} ms", inside.p99_ms)
                             } else {
@@ -587,6 +611,7 @@ mod tests {
             rate: 5000.0,
             http_latency: measured(2.0),
             kafka_ack_latency: measured(6.5),
+            ..Default::default()
         }];
         report.rates[0].figures.webhook_latency = measured(9.0);
         assert!(
@@ -602,6 +627,16 @@ mod tests {
             table.contains(
                 "(a Kafka acknowledgement alone: p99 6.50 ms, the bridge's raw write: p99 8.00 ms)"
             ),
+            "{table}"
+        );
+        // With the floor read back measured, the line and the floors name it too.
+        report.ceilings.at_rates[0].kafka_ack_read_latency = measured(7.5);
+        let table = report.table();
+        assert!(
+            table.contains(
+                "(a Kafka acknowledgement alone: p99 6.50 ms, with the topic read back: p99 7.50 ms, \
+                 the bridge's raw write: p99 8.00 ms)"
+            ) && table.contains("Kafka ack p50/p99 3.25 / 6.50 ms, read back meanwhile 3.75 / 7.50 ms"),
             "{table}"
         );
     }
