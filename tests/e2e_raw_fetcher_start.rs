@@ -13,6 +13,8 @@
 //! - A partition librdkafka never starts (it failed to read its committed offset: it starts it
 //!   only once it is assigned again) makes the run hand everything over and rejoin.
 //! - A partition revoked while its takeover waits for the fetcher is handed over cleanly.
+//! - A takeover that finished but whose installation could not read raw is tried again without
+//!   waiting out its own fence.
 mod support;
 
 use callbridge::kafka::reader::ReadRecord;
@@ -429,4 +431,94 @@ async fn a_partition_revoked_while_waiting_for_its_fetcher_is_handed_over_cleanl
         "(takeovers, failed, unclean) of the joining member: the other one's too"
     );
     assert_exact(&records, &calls);
+}
+
+/// The broker raw is moved to when its reads must be held alone (the mock cluster's third broker
+/// leads nothing else).
+const RAW_BROKER: i32 = 2;
+
+/// A sequencer whose first takeover (clean: a previous owner handed over) finishes, but whose
+/// installation cannot read raw's end: raw's leader holds its answers past the read's 10 s bound.
+/// Returns the sequencer and the call waiting in raw.
+async fn installation_cannot_read_raw(
+    cluster: &MockBrokers,
+    kafka: &KafkaConfig,
+) -> (shell::SequencerHandle, String) {
+    handed_over(kafka).await;
+    let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+    let call = "7d2c4b1a-9e8f-4a6b-8c5d-3e2f1a0b9c8d".to_string();
+    write_call(kafka, &raw, 0, &call).await;
+    cluster.move_leader(&kafka.topics.raw, 0, RAW_BROKER);
+    cluster.push_request_errors(
+        RAW_BROKER,
+        RDKafkaApiKey::ListOffsets,
+        &[(
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
+            Duration::from_secs(12),
+        ); 2],
+    );
+    let sequencer = spawn_shell(kafka, "replica-under-test", Duration::from_secs(10));
+    (sequencer, call)
+}
+
+/// The installation's read of raw's end fails after a clean takeover. The partition is taken
+/// over again, and the retry marks the failed attempt's epoch released before reading the
+/// changelog: its takeover is clean instead of waiting out this very run as an unclean previous
+/// owner (session timeout + 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_whose_installation_cannot_read_raw_is_retried_without_waiting_for_itself() {
+    init_logs();
+    let (cluster, kafka) = cluster(1);
+    let started = Instant::now();
+    let (sequencer, call) = installation_cannot_read_raw(&cluster, &kafka).await;
+    let records = published(&kafka, std::slice::from_ref(&call), Duration::from_secs(90)).await;
+    println!("published after {:?}", started.elapsed());
+    let stats = sequencer.stats.clone();
+    tokio::task::block_in_place(|| sequencer.shutdown());
+    assert_eq!(
+        cluster.request_errors_pending(RAW_BROKER, RDKafkaApiKey::ListOffsets),
+        0,
+        "the held reads happened"
+    );
+    assert_exact(&records, &[call]);
+    let (installed, failed, unclean) = counts(&stats);
+    assert!(failed >= 1, "the installation's read failed: {failed}");
+    assert_eq!(
+        (installed, unclean),
+        (1, 0),
+        "(takeovers installed, unclean): the retry did not wait for its own run's fence"
+    );
+    let released: Vec<u64> = released_epochs(&kafka).await;
+    assert!(
+        released.starts_with(&[1, 2]),
+        "the failed attempt's epoch was marked released: {released:?}"
+    );
+}
+
+/// The same failed installation, and the sequencer stopped while the retry waits for its turn:
+/// the stop marks the failed attempt's epoch released, so the next owner does not wait it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_a_failed_takeover_waits_for_its_retry_releases_its_epoch() {
+    init_logs();
+    let (cluster, kafka) = cluster(1);
+    let (sequencer, _call) = installation_cannot_read_raw(&cluster, &kafka).await;
+    let stats = sequencer.stats.clone();
+    wait_for(
+        "the installation's read to fail",
+        Duration::from_secs(30),
+        || stats.takeover_failures.load(Ordering::SeqCst) >= 1,
+    )
+    .await;
+    // The retry starts a second after the failure.
+    tokio::task::block_in_place(|| sequencer.shutdown());
+    assert_eq!(
+        stats.takeovers.load(Ordering::SeqCst),
+        0,
+        "stopped before a retry could install"
+    );
+    let released: Vec<u64> = released_epochs(&kafka).await;
+    assert!(
+        released.starts_with(&[1, 2]),
+        "the failed attempt's epoch was marked released at the stop: {released:?}"
+    );
 }

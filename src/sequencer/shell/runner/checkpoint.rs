@@ -210,16 +210,32 @@ impl RunState {
         if recovered.rival_fence {
             return;
         }
+        self.release_epoch(p, recovered.epoch, recovered.progress);
+    }
+
+    /// Drops partition `p`'s pending takeover retry (its partition revoked, or the run
+    /// stopping: still ours). The epoch of the failed attempt, which the retry was to mark
+    /// released before its own takeover (`RunState::takeover_failed`), is marked released now.
+    pub(super) fn drop_retry(&mut self, p: i32) {
+        let Some(retry) = self.takeover_retries.remove(&p) else {
+            return;
+        };
+        if let Some(unused) = retry.release_first {
+            self.release_epoch(p, unused.epoch, Some(unused.previous));
+        }
+    }
+
+    fn release_epoch(&self, p: i32, epoch: u64, previous: Option<changelog::Progress>) {
         if let Err(e) = crate::sequencer::shell::takeover::release_unused_epoch(
             &self.producer,
             &self.runtime,
             &self.config.kafka.topics.changelog,
             p,
-            recovered.epoch,
-            recovered.progress,
+            epoch,
+            previous,
             self.config.takeover_timeout,
         ) {
-            tracing::warn!(partition = p, epoch = recovered.epoch, error = %e, "marking an unused takeover's epoch released failed; the next owner will wait it out");
+            tracing::warn!(partition = p, epoch, error = %e, "marking an unused takeover's epoch released failed; the next owner will wait it out");
         }
     }
 

@@ -138,6 +138,11 @@ impl RunState {
         let runtime = self.runtime.clone();
         let config = self.config.clone();
         let tx = self.takeover_tx.clone();
+        // Taken by this attempt: if writing it fails, the attempt waits the epoch out as before.
+        let release_first = self
+            .takeover_retries
+            .get_mut(&p)
+            .and_then(|r| r.release_first.take());
         std::thread::Builder::new()
             .name(format!("takeover-{p}"))
             .spawn(move || {
@@ -168,6 +173,27 @@ impl RunState {
                     }
                 };
                 let topics = &config.kafka.topics;
+                if let Some(unused) = release_first {
+                    // Before the changelog is read, so this takeover finds the epoch released and
+                    // does not wait for it. Given up meanwhile, it is released only when a
+                    // graceful stop gave it up (`release_if_given_up`), like a given-up takeover's
+                    // own epoch; a revoke leaves it to the next owner to wait out.
+                    if !cancel.load(Ordering::SeqCst)
+                        || release_if_given_up.load(Ordering::SeqCst)
+                    {
+                        if let Err(e) = crate::sequencer::shell::takeover::release_unused_epoch(
+                            &producer,
+                            &runtime,
+                            &topics.changelog,
+                            p,
+                            unused.epoch,
+                            Some(unused.previous),
+                            config.takeover_timeout,
+                        ) {
+                            tracing::warn!(partition = p, epoch = unused.epoch, error = %e, "marking the failed attempt's epoch released failed; this takeover waits it out");
+                        }
+                    }
+                }
                 let ctx = TakeoverContext {
                     client_config: base,
                     producer: &producer,
@@ -213,16 +239,36 @@ impl RunState {
     /// Partition `p`'s takeover (or what its installation reads) failed: it is not installed,
     /// so nothing of it is written, and it is taken over again from scratch (a new reader, the
     /// changelog read again, a new fence and epoch) after a backoff, unless it is revoked first.
-    pub(super) fn takeover_failed(&mut self, p: i32, error: &ShellError) {
+    ///
+    /// `finished` is the takeover's result when the takeover itself succeeded and what came
+    /// after it failed (the installation's reads, the seek). Its epoch wrote nothing, but left
+    /// unreleased it made the retry wait out this very run as an unclean previous owner (session
+    /// timeout + 5 s). Releasing it here would block this loop on a Kafka that just failed, so the
+    /// retry's takeover thread marks it released first, as a graceful stop would (not when a rival
+    /// chose the same epoch, and not without a previous progress record: see
+    /// [`crate::sequencer::shell::takeover::release_unused_epoch`]).
+    pub(super) fn takeover_failed(
+        &mut self,
+        p: i32,
+        error: &ShellError,
+        finished: Option<&crate::sequencer::shell::takeover::Recovered>,
+    ) {
         let wait = self
             .takeover_retries
             .get(&p)
             .map_or(TAKEOVER_RETRY_BASE, |r| r.next_wait);
+        let release_first = finished.filter(|r| !r.rival_fence).and_then(|r| {
+            r.progress.map(|previous| UnusedEpoch {
+                epoch: r.epoch,
+                previous,
+            })
+        });
         self.takeover_retries.insert(
             p,
             TakeoverRetry {
                 at: Some(Instant::now() + wait),
                 next_wait: (wait * 2).min(TAKEOVER_RETRY_MAX),
+                release_first,
             },
         );
         metrics::counter!("callbridge_takeover_failures_total").increment(1);
@@ -320,10 +366,10 @@ impl RunState {
                     continue;
                 }
                 Err(e) => {
-                    // Its epoch stays fenced: the retry waits it out (releasing it here would
-                    // block this loop on a Kafka that just failed).
-                    self.awaiting_fetch.remove(&p);
-                    self.takeover_failed(p, &e);
+                    // Its epoch is released by the retry (see `takeover_failed`).
+                    if let Some(waiting) = self.awaiting_fetch.remove(&p) {
+                        self.takeover_failed(p, &e, Some(&waiting.recovered));
+                    }
                     continue;
                 }
             }

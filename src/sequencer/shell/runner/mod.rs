@@ -388,6 +388,19 @@ struct TakeoverRetry {
     at: Option<Instant>,
     /// How long to wait should that attempt fail too.
     next_wait: Duration,
+    /// The epoch of the failed attempt when it had fenced and finished but could not be
+    /// installed: the next attempt marks it released before reading the changelog, so it does
+    /// not wait out its own run's fence (see `RunState::takeover_failed`).
+    release_first: Option<UnusedEpoch>,
+}
+
+/// An epoch this run fenced and wrote nothing under (only its fence and its takeover marker,
+/// both acknowledged): what marking it released needs.
+#[derive(Clone, Copy, Debug)]
+struct UnusedEpoch {
+    epoch: u64,
+    /// The newest progress record before its fence, which the release repeats.
+    previous: crate::sequencer::shell::changelog::Progress,
 }
 
 /// The first wait before a failed takeover is tried again; it doubles up to
@@ -466,8 +479,9 @@ impl ConsumerContext for ShellContext {
             for &p in &revoked {
                 st.assigned.retain(|a| *a != p);
                 st.pending_takeovers.remove(&p);
-                st.takeover_retries.remove(&p);
-                // Still ours until this callback returns: nothing was written under its epoch.
+                // Still ours until this callback returns: nothing was written under the unused
+                // epochs of a failed attempt or of a takeover waiting for its fetcher.
+                st.drop_retry(p);
                 if let Some(waiting) = st.awaiting_fetch.remove(&p) {
                     st.release_unused(p, &waiting.recovered);
                 }
@@ -725,7 +739,7 @@ fn run(
                 let recovered = match done.result {
                     Ok(recovered) => recovered,
                     Err(e) => {
-                        st.takeover_failed(p, &ShellError::Takeover(e));
+                        st.takeover_failed(p, &ShellError::Takeover(e), None);
                         continue;
                     }
                 };
@@ -745,7 +759,7 @@ fn run(
                             },
                         );
                     }
-                    Err(e) => st.takeover_failed(p, &e),
+                    Err(e) => st.takeover_failed(p, &e, Some(&recovered)),
                 }
             }
             match st.install_fetching(&consumer) {
@@ -778,6 +792,10 @@ fn run(
         }
         for (p, waiting) in std::mem::take(&mut st.awaiting_fetch) {
             st.release_unused(p, &waiting.recovered);
+        }
+        let retries: Vec<i32> = st.takeover_retries.keys().copied().collect();
+        for p in retries {
+            st.drop_retry(p);
         }
         // Takeovers still running are given up now (only now: had a release above failed, the
         // run would fail, and a takeover told it may release could still write after the group
