@@ -261,6 +261,7 @@ async fn given_up_after_its_fence(stopping: bool) -> Vec<changelog::Progress> {
                 unclean_wait: Duration::ZERO,
                 cancelled: &cancelled,
                 release_if_given_up: &release_if_given_up,
+                own_unused_fence: None,
             };
             let _ = done_tx.send(take_over(&ctx, 0));
         });

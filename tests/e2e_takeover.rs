@@ -12,8 +12,9 @@ use callbridge::kafka::producer::owned_headers;
 use callbridge::kafka::reader::{read_topic, ReadRecord};
 use callbridge::kafka::KafkaConfig;
 use callbridge::publish::record::{self, headers, OrderedRecord, RecordOrigin};
+use callbridge::sequencer::shell::changelog::{self, Fence};
 use callbridge::sequencer::shell::takeover::{
-    take_over, Recovered, TakeoverContext, TakeoverError,
+    take_over, OwnUnusedFence, Recovered, TakeoverContext, TakeoverError,
 };
 use callbridge::simulator::{self, RunningSimulator, SimulatorConfig};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -72,8 +73,13 @@ async fn write_ordered(
 /// multi-threaded test.
 fn take_over_now(kafka: &KafkaConfig) -> Recovered {
     tokio::task::block_in_place(|| {
-        spawn_takeover(kafka, Duration::ZERO, Arc::new(AtomicBool::new(false)))
-            .recv_timeout(Duration::from_secs(60))
+        spawn_takeover(
+            kafka,
+            Duration::ZERO,
+            Arc::new(AtomicBool::new(false)),
+            None,
+        )
+        .recv_timeout(Duration::from_secs(60))
     })
     .expect("the takeover ended")
     .expect("takeover")
@@ -85,6 +91,7 @@ fn spawn_takeover(
     kafka: &KafkaConfig,
     unclean_wait: Duration,
     cancelled: Arc<AtomicBool>,
+    own_unused_fence: Option<OwnUnusedFence>,
 ) -> mpsc::Receiver<Result<Recovered, TakeoverError>> {
     let (done_tx, done_rx) = mpsc::channel();
     let kafka = kafka.clone();
@@ -104,6 +111,7 @@ fn spawn_takeover(
             unclean_wait,
             cancelled: &cancelled,
             release_if_given_up: &release_if_given_up,
+            own_unused_fence: own_unused_fence.as_ref(),
         };
         let _ = done_tx.send(take_over(&ctx, 0));
     });
@@ -264,7 +272,7 @@ async fn a_takeover_given_up_while_waiting_writes_no_fence() {
 
     const UNCLEAN_WAIT: Duration = Duration::from_secs(120);
     let cancelled = Arc::new(AtomicBool::new(false));
-    let done = spawn_takeover(&kafka, UNCLEAN_WAIT, cancelled.clone());
+    let done = spawn_takeover(&kafka, UNCLEAN_WAIT, cancelled.clone(), None);
     cancelled.store(true, Ordering::SeqCst);
     let result = tokio::task::spawn_blocking(move || done.recv_timeout(UNCLEAN_WAIT / 2))
         .await
@@ -605,4 +613,64 @@ async fn the_scan_opens_no_call_for_a_record_at_sequence_0_or_the_last() {
     assert_eq!(raised, ["call-real"]);
     let endings: Vec<&String> = recovered.ending_without_completion.keys().collect();
     assert_eq!(endings, ["call-real"]);
+}
+
+/// A takeover told that the changelog's last fence is its run's own, of a takeover never
+/// installed, does not wait it out, but only while nothing came after it: a fence of the same
+/// epoch by another member (which took the partition meanwhile, having read the changelog before
+/// ours landed) makes it wait as for any owner that did not hand over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_takeover_waits_for_its_runs_own_unused_fence_only_when_another_came_after_it() {
+    let broker = Tansu::start();
+    let kafka = kafka(&broker);
+    callbridge::kafka::topics::ensure_topics(&kafka)
+        .await
+        .expect("topics");
+    const LONG: Duration = Duration::from_secs(120);
+    let run = |own: Option<OwnUnusedFence>, wait: Duration| {
+        tokio::task::block_in_place(|| {
+            spawn_takeover(&kafka, wait, Arc::new(AtomicBool::new(false)), own)
+                .recv_timeout(Duration::from_secs(60) + wait)
+        })
+        .expect("the takeover ended")
+        .expect("takeover")
+    };
+    // A first takeover, never installed: the changelog's last fence.
+    let first = take_over_now(&kafka);
+    assert_eq!(first.epoch, 1);
+    // Told it is ours and unused: no wait.
+    let own = |r: &Recovered| OwnUnusedFence {
+        epoch: r.epoch,
+        token: r.fence_token.clone(),
+    };
+    let second = run(Some(own(&first)), LONG);
+    assert_eq!(second.epoch, 2);
+    assert!(!second.waited_for_previous_owner, "{second:?}");
+
+    // Another member fences epoch 2 after ours: told that epoch 2 is ours and unused, the next
+    // takeover waits all the same.
+    let producer: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+    let rival = Fence {
+        epoch: 2,
+        member: "another-replica".into(),
+        token: "a-token-of-another-replica".into(),
+    };
+    producer
+        .send(
+            FutureRecord::to(&kafka.topics.changelog)
+                .partition(0)
+                .key(&changelog::fence_key(2))
+                .payload(&changelog::encode(&rival)),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the rival fence");
+    let started = Instant::now();
+    let third = run(Some(own(&second)), Duration::from_secs(2));
+    assert_eq!(third.epoch, 3);
+    assert!(
+        third.waited_for_previous_owner && started.elapsed() >= Duration::from_secs(2),
+        "waited for the rival: {:?} {third:?}",
+        started.elapsed()
+    );
 }

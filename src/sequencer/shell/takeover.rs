@@ -116,6 +116,8 @@ pub struct Recovered {
     /// record could stand for the other takeover's epoch and spare the next owner a wait it
     /// needs).
     pub rival_fence: bool,
+    /// The token of our fence (with `epoch`), read back.
+    pub fence_token: String,
     /// Conversations whose ENDING state (the sequence given) the scan found with no completion
     /// record after it: the previous owner died between the two writes, and the new owner must
     /// write the completion (nothing else would).
@@ -152,6 +154,21 @@ pub struct TakeoverContext<'a> {
     /// and a `released` record for it would spare that owner's successor the wait for its
     /// stragglers. That next owner waits this epoch out instead (session timeout + 5 s).
     pub release_if_given_up: &'a AtomicBool,
+    /// A fence of this run's for the partition that wrote nothing: an earlier takeover that
+    /// finished but was never installed (what its installation read from Kafka failed). When it
+    /// is still the changelog's last word (no other fence of its epoch, nothing of a later
+    /// epoch, no progress record of its epoch), this takeover does not wait it out: its owner is
+    /// this very run, which wrote nothing under it.
+    pub own_unused_fence: Option<&'a OwnUnusedFence>,
+}
+
+/// See [`TakeoverContext::own_unused_fence`].
+#[derive(Clone, Debug)]
+pub struct OwnUnusedFence {
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its token, which tells it from a rival's fence of the same epoch.
+    pub token: String,
 }
 
 impl TakeoverContext<'_> {
@@ -199,6 +216,8 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     let (_, high) = reader
         .fetch_watermarks(ctx.changelog_topic, p, ctx.timeout)
         .map_err(kafka("reading changelog watermarks"))?;
+    // Whether this run's unused fence is seen, and nothing but it at its epoch or later.
+    let (mut own_seen, mut own_alone) = (false, true);
     let mut next_offset = read_range(
         &reader,
         ctx.changelog_topic,
@@ -207,7 +226,20 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
         high,
         ctx.timeout,
         None,
-        |m| apply_changelog(&mut rec, &mut max_epoch, m, p).map(|_| ()),
+        |m| {
+            let record = apply_changelog(&mut rec, &mut max_epoch, m, p)?;
+            if let Some(own) = ctx.own_unused_fence {
+                match &record {
+                    ChangelogRecord::Fence(f) if f.epoch == own.epoch && f.token == own.token => {
+                        own_seen = true
+                    }
+                    ChangelogRecord::Fence(f) if f.epoch >= own.epoch => own_alone = false,
+                    ChangelogRecord::Progress(pr) if pr.epoch >= own.epoch => own_alone = false,
+                    _ => {}
+                }
+            }
+            Ok(())
+        },
     )
     .map_err(|e| e.into_takeover(p, "reading the changelog"))?;
 
@@ -215,7 +247,20 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     //    have outputs on their way (queued before it learnt it lost the partition); they land or
     //    fail within `unclean_wait`, and only after that is the scan of the output complete.
     //    Everything written to the changelog meanwhile is read with the fence below.
+    let own_unused = own_seen
+        && own_alone
+        && ctx
+            .own_unused_fence
+            .is_some_and(|own| own.epoch == max_epoch);
+    if own_unused {
+        tracing::info!(
+            partition = p,
+            previous_epoch = max_epoch,
+            "the last fence is this run's own, of a takeover never installed; not waiting for it"
+        );
+    }
     let clean = max_epoch == 0
+        || own_unused
         || rec
             .progress
             .is_some_and(|pr| pr.epoch == max_epoch && pr.released);
@@ -292,6 +337,7 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
         .map_err(|e| e.into_takeover(p, "reading the fence back"))?;
     }
     rec.epoch = epoch;
+    rec.fence_token = token;
     if ctx.cancelled.load(Ordering::SeqCst) {
         return Err(give_up_fenced(ctx, p, &rec));
     }
@@ -427,16 +473,21 @@ pub fn release_unused_epoch(
     };
     let key = changelog::progress_key(epoch);
     let value = changelog::encode(&release);
+    // Bounded here: `send`'s timeout bounds only the wait for room in the queue, and the run's
+    // output producer never times a delivery out (`message.timeout.ms` 0). Given up, the record
+    // may still land; it says nothing untrue (the epoch wrote nothing).
+    let record = FutureRecord::to(changelog_topic)
+        .partition(p)
+        .key(&key)
+        .payload(&value);
+    // The timer is made inside the runtime (this thread is not one of its own).
     runtime
-        .block_on(
-            producer.send(
-                FutureRecord::to(changelog_topic)
-                    .partition(p)
-                    .key(&key)
-                    .payload(&value),
-                timeout,
-            ),
-        )
+        .block_on(async { tokio::time::timeout(timeout, producer.send(record, timeout)).await })
+        .map_err(|_| {
+            rdkafka::error::KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
+            )
+        })?
         .map_err(|(e, _)| e)?;
     tracing::info!(partition = p, epoch, "given-up takeover's epoch released");
     Ok(())

@@ -214,14 +214,15 @@ impl RunState {
     }
 
     /// Drops partition `p`'s pending takeover retry (its partition revoked, or the run
-    /// stopping: still ours). The epoch of the failed attempt, which the retry was to mark
-    /// released before its own takeover (`RunState::takeover_failed`), is marked released now.
+    /// stopping: still ours). The epoch of a failed attempt that finished, which the retry would
+    /// not have waited out (`RunState::takeover_failed`) but the next owner would, is marked
+    /// released now.
     pub(super) fn drop_retry(&mut self, p: i32) {
         let Some(retry) = self.takeover_retries.remove(&p) else {
             return;
         };
-        if let Some(unused) = retry.release_first {
-            self.release_epoch(p, unused.epoch, Some(unused.previous));
+        if let Some(unused) = retry.unused {
+            self.release_epoch(p, unused.fence.epoch, unused.previous);
         }
     }
 

@@ -138,11 +138,11 @@ impl RunState {
         let runtime = self.runtime.clone();
         let config = self.config.clone();
         let tx = self.takeover_tx.clone();
-        // Taken by this attempt: if writing it fails, the attempt waits the epoch out as before.
-        let release_first = self
+        let own_unused = self
             .takeover_retries
-            .get_mut(&p)
-            .and_then(|r| r.release_first.take());
+            .get(&p)
+            .and_then(|r| r.unused.as_ref())
+            .map(|u| u.fence.clone());
         std::thread::Builder::new()
             .name(format!("takeover-{p}"))
             .spawn(move || {
@@ -173,27 +173,6 @@ impl RunState {
                     }
                 };
                 let topics = &config.kafka.topics;
-                if let Some(unused) = release_first {
-                    // Before the changelog is read, so this takeover finds the epoch released and
-                    // does not wait for it. Given up meanwhile, it is released only when a
-                    // graceful stop gave it up (`release_if_given_up`), like a given-up takeover's
-                    // own epoch; a revoke leaves it to the next owner to wait out.
-                    if !cancel.load(Ordering::SeqCst)
-                        || release_if_given_up.load(Ordering::SeqCst)
-                    {
-                        if let Err(e) = crate::sequencer::shell::takeover::release_unused_epoch(
-                            &producer,
-                            &runtime,
-                            &topics.changelog,
-                            p,
-                            unused.epoch,
-                            Some(unused.previous),
-                            config.takeover_timeout,
-                        ) {
-                            tracing::warn!(partition = p, epoch = unused.epoch, error = %e, "marking the failed attempt's epoch released failed; this takeover waits it out");
-                        }
-                    }
-                }
                 let ctx = TakeoverContext {
                     client_config: base,
                     producer: &producer,
@@ -205,6 +184,7 @@ impl RunState {
                     unclean_wait: config.session_timeout + STRAGGLER_MARGIN,
                     cancelled: &cancel,
                     release_if_given_up: &release_if_given_up,
+                    own_unused_fence: own_unused.as_ref(),
                 };
                 let result = take_over(&ctx, p);
                 if let Err(e @ TakeoverError::Cancelled { .. }) = &result {
@@ -241,12 +221,16 @@ impl RunState {
     /// changelog read again, a new fence and epoch) after a backoff, unless it is revoked first.
     ///
     /// `finished` is the takeover's result when the takeover itself succeeded and what came
-    /// after it failed (the installation's reads, the seek). Its epoch wrote nothing, but left
-    /// unreleased it made the retry wait out this very run as an unclean previous owner (session
-    /// timeout + 5 s). Releasing it here would block this loop on a Kafka that just failed, so the
-    /// retry's takeover thread marks it released first, as a graceful stop would (not when a rival
-    /// chose the same epoch, and not without a previous progress record: see
-    /// [`crate::sequencer::shell::takeover::release_unused_epoch`]).
+    /// after it failed (the installation's reads, the seek). Its epoch wrote nothing, but as the
+    /// changelog's last, unreleased fence it made the retry wait out this very run as an unclean
+    /// previous owner (session timeout + 5 s). Releasing it here would block this loop on a Kafka
+    /// that just failed; the retry is told instead that the fence is ours and unused
+    /// ([`crate::sequencer::shell::takeover::TakeoverContext::own_unused_fence`]), and does not
+    /// wait for it while the changelog holds nothing after it (a rival fence of its epoch or
+    /// anything later, by a member that took the partition meanwhile, makes it wait as before).
+    /// Not remembered when a rival chose the same epoch. An attempt failing without finishing
+    /// leaves the older unused fence remembered: its own fence, if written, then comes after it,
+    /// and the next attempt waits.
     pub(super) fn takeover_failed(
         &mut self,
         p: i32,
@@ -257,18 +241,22 @@ impl RunState {
             .takeover_retries
             .get(&p)
             .map_or(TAKEOVER_RETRY_BASE, |r| r.next_wait);
-        let release_first = finished.filter(|r| !r.rival_fence).and_then(|r| {
-            r.progress.map(|previous| UnusedEpoch {
-                epoch: r.epoch,
-                previous,
+        let unused = finished
+            .filter(|r| !r.rival_fence)
+            .map(|r| UnusedEpoch {
+                fence: crate::sequencer::shell::takeover::OwnUnusedFence {
+                    epoch: r.epoch,
+                    token: r.fence_token.clone(),
+                },
+                previous: r.progress,
             })
-        });
+            .or_else(|| self.takeover_retries.get(&p).and_then(|r| r.unused.clone()));
         self.takeover_retries.insert(
             p,
             TakeoverRetry {
                 at: Some(Instant::now() + wait),
                 next_wait: (wait * 2).min(TAKEOVER_RETRY_MAX),
-                release_first,
+                unused,
             },
         );
         metrics::counter!("callbridge_takeover_failures_total").increment(1);
@@ -366,7 +354,7 @@ impl RunState {
                     continue;
                 }
                 Err(e) => {
-                    // Its epoch is released by the retry (see `takeover_failed`).
+                    // The retry does not wait its epoch out (see `takeover_failed`).
                     if let Some(waiting) = self.awaiting_fetch.remove(&p) {
                         self.takeover_failed(p, &e, Some(&waiting.recovered));
                     }

@@ -382,25 +382,26 @@ impl Drop for PendingTakeover {
 }
 
 /// A failed takeover waiting for its next attempt.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct TakeoverRetry {
     /// When the next attempt starts; `None` while it runs.
     at: Option<Instant>,
     /// How long to wait should that attempt fail too.
     next_wait: Duration,
-    /// The epoch of the failed attempt when it had fenced and finished but could not be
-    /// installed: the next attempt marks it released before reading the changelog, so it does
-    /// not wait out its own run's fence (see `RunState::takeover_failed`).
-    release_first: Option<UnusedEpoch>,
+    /// The newest fence of a failed attempt that had finished but could not be installed: the
+    /// next attempt does not wait it out while it is still the changelog's last word, and a
+    /// revoke or stop before then marks it released (see `RunState::takeover_failed`).
+    unused: Option<UnusedEpoch>,
 }
 
 /// An epoch this run fenced and wrote nothing under (only its fence and its takeover marker,
-/// both acknowledged): what marking it released needs.
-#[derive(Clone, Copy, Debug)]
+/// both acknowledged).
+#[derive(Clone, Debug)]
 struct UnusedEpoch {
-    epoch: u64,
-    /// The newest progress record before its fence, which the release repeats.
-    previous: crate::sequencer::shell::changelog::Progress,
+    fence: crate::sequencer::shell::takeover::OwnUnusedFence,
+    /// The newest progress record before its fence, which a release repeats (none: no release
+    /// can be written, see `takeover::release_unused_epoch`).
+    previous: Option<crate::sequencer::shell::changelog::Progress>,
 }
 
 /// The first wait before a failed takeover is tried again; it doubles up to
@@ -480,11 +481,13 @@ impl ConsumerContext for ShellContext {
                 st.assigned.retain(|a| *a != p);
                 st.pending_takeovers.remove(&p);
                 // Still ours until this callback returns: nothing was written under the unused
-                // epochs of a failed attempt or of a takeover waiting for its fetcher.
+                // epochs of a failed attempt or of a takeover waiting for its fetcher. (Each
+                // release is bounded by `takeover_timeout`.)
                 st.drop_retry(p);
                 if let Some(waiting) = st.awaiting_fetch.remove(&p) {
                     st.release_unused(p, &waiting.recovered);
                 }
+                st.stats.heartbeat_ms.store(epoch_ms(), Ordering::Relaxed);
                 // The run goes on with its other partitions, and so does its back-fill worker:
                 // the jobs it still queues for this owner of `p` must not reach GoTo (their
                 // answers would be discarded while the next owner asks again).
