@@ -488,6 +488,12 @@ async fn a_takeover_whose_installation_cannot_read_raw_is_retried_without_waitin
         (1, 0),
         "(takeovers installed, unclean): the retry did not wait for its own run's fence"
     );
+    // Nothing was written for the failed attempt's epoch: the retry knew it for its own.
+    let released: Vec<u64> = released_epochs(&kafka).await;
+    assert!(
+        released.first() == Some(&1) && !released.contains(&2),
+        "{released:?}"
+    );
 }
 
 /// The same failed installation, and the sequencer stopped while the retry waits for its turn:

@@ -674,3 +674,73 @@ async fn a_takeover_waits_for_its_runs_own_unused_fence_only_when_another_came_a
         started.elapsed()
     );
 }
+
+/// `callbridge_takeover_unclean_total` of this process: takeovers that began waiting out a
+/// previous owner.
+fn unclean_takeovers() -> u64 {
+    let text = callbridge::ops::prometheus().render();
+    text.lines()
+        .find_map(|l| l.strip_prefix("callbridge_takeover_unclean_total "))
+        .map_or(0, |v| v.trim().parse().expect("a count"))
+}
+
+/// Two members take the partition over at once (the group gave it to both): another member's
+/// fence of the epoch this takeover chose lands while it waits out the previous owner. Reading
+/// its own fence back it finds the rival's first, and fails instead of installing a second
+/// writer of the output under an epoch the changelog has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_takeover_that_finds_a_rival_fence_of_its_epoch_fails_instead_of_installing() {
+    let broker = Tansu::start();
+    let kafka = kafka(&broker);
+    callbridge::kafka::topics::ensure_topics(&kafka)
+        .await
+        .expect("topics");
+    // A previous owner of epoch 1 that did not hand over.
+    let first = take_over_now(&kafka);
+    assert_eq!(first.epoch, 1);
+    let unclean_before = unclean_takeovers();
+    let done = spawn_takeover(
+        &kafka,
+        Duration::from_secs(3),
+        Arc::new(AtomicBool::new(false)),
+        None,
+    );
+    // It has read the changelog (epoch 1, not released) and waits: another member fences 2.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while unclean_takeovers() == unclean_before {
+        assert!(
+            Instant::now() < deadline,
+            "the takeover never began its wait"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let producer: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+    let rival = Fence {
+        epoch: 2,
+        member: "another-replica".into(),
+        token: "a-token-of-another-replica".into(),
+    };
+    producer
+        .send(
+            FutureRecord::to(&kafka.topics.changelog)
+                .partition(0)
+                .key(&changelog::fence_key(2))
+                .payload(&changelog::encode(&rival)),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the rival fence");
+    let result = tokio::task::block_in_place(|| done.recv_timeout(Duration::from_secs(60)))
+        .expect("the takeover ended");
+    match result {
+        Err(TakeoverError::Rival { epoch: 2, .. }) => {}
+        other => panic!("expected a rival fence of epoch 2, got {other:?}"),
+    }
+    // It wrote no takeover marker: only the first takeover's is in the output.
+    let markers = read_ordered(&kafka)
+        .await
+        .iter()
+        .filter(|r| r.header(headers::KIND) == Some("takeover"))
+        .count();
+    assert_eq!(markers, 1);
+}

@@ -72,6 +72,17 @@ pub enum TakeoverError {
         /// Partition.
         partition: i32,
     },
+    /// A fence of another takeover with our epoch or a later one, or a progress record of such
+    /// an epoch, landed before our fence: another member was taking the partition over at the
+    /// same time (the group gave it to both). Installing would make two writers of the output;
+    /// the retry reads the changelog again and waits for whoever holds the newest epoch.
+    #[error("takeover of partition {partition}: another takeover fenced epoch {epoch} or a later one at the same time; taken over again after a backoff, waiting for that owner")]
+    Rival {
+        /// Partition.
+        partition: i32,
+        /// Our epoch.
+        epoch: u64,
+    },
     /// A changelog record could not be decoded.
     #[error("takeover of partition {partition}: {source}")]
     Changelog {
@@ -340,6 +351,17 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     rec.fence_token = token;
     if ctx.cancelled.load(Ordering::SeqCst) {
         return Err(give_up_fenced(ctx, p, &rec));
+    }
+    // Two members taking the partition over at once: the group gave it to both (tansu has done
+    // so around a broker restart, reliability.md finding 27). The one whose fence landed first
+    // sees no rival and goes on; this one must not install a second writer of `ordered[p]` under
+    // an epoch the changelog has already passed. It writes nothing more, and its retry reads
+    // the changelog again: the newest epoch is not released, so it waits that owner out.
+    if rec.rival_fence {
+        return Err(TakeoverError::Rival {
+            partition: p,
+            epoch: rec.epoch,
+        });
     }
 
     // 3. The output may be ahead of the index. Its end is where our marker lands: the broker's

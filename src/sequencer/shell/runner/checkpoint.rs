@@ -195,6 +195,9 @@ impl RunState {
         self.assigned.clear();
         self.pending_takeovers.clear();
         self.awaiting_fetch.clear();
+        // Dropped unreleased: the consumer's close revokes what is left, and `drop_retry` would
+        // write releases for a run that hands nothing over.
+        self.takeover_retries.clear();
         self.stats.partitions_owned.fetch_sub(n, Ordering::Relaxed);
     }
 

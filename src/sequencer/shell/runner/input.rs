@@ -226,8 +226,9 @@ impl RunState {
     /// previous owner (session timeout + 5 s). Releasing it here would block this loop on a Kafka
     /// that just failed; the retry is told instead that the fence is ours and unused
     /// ([`crate::sequencer::shell::takeover::TakeoverContext::own_unused_fence`]), and does not
-    /// wait for it while the changelog holds nothing after it (a rival fence of its epoch or
-    /// anything later, by a member that took the partition meanwhile, makes it wait as before).
+    /// wait for it while the changelog holds nothing after it (another fence of its epoch, by a
+    /// takeover that ran beside the failed one, or anything of a later epoch makes it wait as
+    /// before).
     /// Not remembered when a rival chose the same epoch. An attempt failing without finishing
     /// leaves the older unused fence remembered: its own fence, if written, then comes after it,
     /// and the next attempt waits.
