@@ -379,6 +379,7 @@ mod tests {
     const AT_ZERO: &[&str] = &[
         "callbridge_catchup_failures_total 0",
         "callbridge_sequencer_run_failures_total 0",
+        "callbridge_sequencer_foreign_outputs_total 0",
         "callbridge_backfill_failures_total 0",
         "callbridge_gap_records_published_total{reason=\"backfill_failed\"} 0",
         "callbridge_gap_records_published_total{reason=\"gone\"} 0",

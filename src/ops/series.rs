@@ -38,6 +38,7 @@ pub(crate) fn register_at_zero() {
     gauge!("callbridge_report_sweep_windows_pending").set(0.0);
     counter!("callbridge_catchup_failures_total").increment(0);
     counter!("callbridge_sequencer_run_failures_total").increment(0);
+    counter!("callbridge_sequencer_foreign_outputs_total").increment(0);
     counter!("callbridge_backfill_failures_total").increment(0);
     counter!("callbridge_channel_unsubscribe_failures_total").increment(0);
     counter!("callbridge_report_sweeps_past_retention_total").increment(0);

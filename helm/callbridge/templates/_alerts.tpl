@@ -97,6 +97,20 @@ groups:
             published past the failing point, so nothing is lost, but nothing moves. The log line
             "sequencer run failed; restarting from Kafka" gives the cause, for example an output
             the broker refuses for good (topic max.message.bytes below 1000000?).
+      - alert: CallbridgeSecondWriter
+        expr: sum by (namespace, pod) (increase(callbridge_sequencer_foreign_outputs_total[1h])) > 0
+        labels:
+          severity: critical
+        annotations:
+          summary: Another writer wrote an ordered partition callbridge on {{`{{ $labels.pod }}`}} owned; states may be published twice
+          description: >-
+            An output of this replica's sequencer landed at another offset of the ordered topic
+            than right after its previous one, so something else wrote that partition meanwhile,
+            most likely another replica the consumer group also gave the partition to. The
+            sequencer stopped writing it and restarted, but outputs already sent may duplicate
+            the other writer's. The log line names the partition and the offsets. Check the
+            broker's consumer-group coordinator (a group must never give one partition to two
+            members) and every process writing the ordered topic.
       - alert: CallbridgeNoChannelOwner
         expr: max by (namespace) (callbridge_channel_ready) < 1
         for: 5m

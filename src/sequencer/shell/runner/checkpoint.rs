@@ -61,6 +61,18 @@ impl RunState {
             part.inflight.pop_front();
             match result {
                 Ok(Ok(delivery)) => {
+                    // Our outputs to `ordered[p]` are the only records written there after our
+                    // takeover marker, one producer in send order: each lands right after the
+                    // last. Anything else means a second writer (reliability.md finding 27).
+                    if is_ordered && delivery.offset != part.ordered_acked + 1 {
+                        metrics::counter!("callbridge_sequencer_foreign_outputs_total")
+                            .increment(1);
+                        return Err(ShellError::ForeignOutput {
+                            partition: p,
+                            expected: part.ordered_acked + 1,
+                            got: delivery.offset,
+                        });
+                    }
                     part.acked = seq;
                     if is_ordered {
                         part.ordered_acked = delivery.offset;

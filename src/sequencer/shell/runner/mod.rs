@@ -182,6 +182,21 @@ pub enum ShellError {
         "sequencer: assignment lost (session timed out or fenced); restarting with fresh clients"
     )]
     AssignmentLost,
+    /// An output of ours to `ordered[p]` was acknowledged at another offset than the one after
+    /// our previous output (or our takeover marker): something else wrote the partition
+    /// meanwhile, a new owner's takeover marker or a zombie's output, so the group has given
+    /// the partition to another member too. The run ends like one whose assignment was lost
+    /// (nothing more written, no hand-over), which stops this writer; the next owner of each
+    /// partition waits it out.
+    #[error("sequencer: an output to ordered partition {partition} was written at offset {got}, not {expected}: another writer wrote the partition meanwhile (the group gave it to another member too); restarting with fresh clients and writing nothing more for it")]
+    ForeignOutput {
+        /// The partition.
+        partition: i32,
+        /// The offset after our previous output.
+        expected: i64,
+        /// Where the broker put this one.
+        got: i64,
+    },
     /// librdkafka did not start fetching a partition taken over within `takeover_timeout` of
     /// the takeover's end. It starts an assigned partition only once it has read the group's
     /// committed offset for it, and leaves the partition assigned but never started when that
