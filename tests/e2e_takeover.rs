@@ -701,7 +701,7 @@ async fn a_takeover_that_finds_a_rival_fence_of_its_epoch_fails_instead_of_insta
     let unclean_before = unclean_takeovers();
     let done = spawn_takeover(
         &kafka,
-        Duration::from_secs(3),
+        Duration::from_secs(8),
         Arc::new(AtomicBool::new(false)),
         None,
     );

@@ -75,7 +75,8 @@ pub enum TakeoverError {
     /// A fence of another takeover with our epoch or a later one, or a progress record of such
     /// an epoch, landed before our fence: another member was taking the partition over at the
     /// same time (the group gave it to both). Installing would make two writers of the output;
-    /// the retry reads the changelog again and waits for whoever holds the newest epoch.
+    /// the retry reads the changelog again and waits out the newest epoch's owner unless that
+    /// owner has handed over.
     #[error("takeover of partition {partition}: another takeover fenced epoch {epoch} or a later one at the same time; taken over again after a backoff, waiting for that owner")]
     Rival {
         /// Partition.
@@ -356,7 +357,7 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     // so around a broker restart, reliability.md finding 27). The one whose fence landed first
     // sees no rival and goes on; this one must not install a second writer of `ordered[p]` under
     // an epoch the changelog has already passed. It writes nothing more, and its retry reads
-    // the changelog again: the newest epoch is not released, so it waits that owner out.
+    // the changelog again and waits out the newest epoch's owner unless that one handed over.
     if rec.rival_fence {
         return Err(TakeoverError::Rival {
             partition: p,

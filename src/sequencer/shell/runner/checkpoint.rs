@@ -61,22 +61,18 @@ impl RunState {
             part.inflight.pop_front();
             match result {
                 Ok(Ok(delivery)) => {
-                    // Our outputs to `ordered[p]` are the only records written there after our
-                    // takeover marker, one producer in send order: each lands right after the
-                    // last. Anything else means a second writer (reliability.md finding 27).
-                    if is_ordered && delivery.offset != part.ordered_acked + 1 {
-                        metrics::counter!("callbridge_sequencer_foreign_outputs_total")
-                            .increment(1);
-                        return Err(ShellError::ForeignOutput {
-                            partition: p,
-                            expected: part.ordered_acked + 1,
-                            got: delivery.offset,
-                        });
+                    if is_ordered {
+                        if let Err(expected) = part.ordered_landed(seq, delivery.offset) {
+                            metrics::counter!("callbridge_sequencer_foreign_outputs_total")
+                                .increment(1);
+                            return Err(ShellError::ForeignOutput {
+                                partition: p,
+                                expected,
+                                got: delivery.offset,
+                            });
+                        }
                     }
                     part.acked = seq;
-                    if is_ordered {
-                        part.ordered_acked = delivery.offset;
-                    }
                     for snap in part.pending.iter_mut().filter(|s| s.needs_acked == seq) {
                         snap.ordered_offset = Some(part.ordered_acked);
                     }
@@ -312,6 +308,31 @@ impl RunState {
 }
 
 impl OwnedPartition {
+    /// Takes the acknowledgement of our output number `seq` to `ordered[p]`, which landed at
+    /// `offset`. Our outputs are the only records written there after our takeover marker, one
+    /// producer in send order, so each lands right after the last: anything else means a second
+    /// writer (reliability.md finding 27), answered `Err` with the offset expected.
+    ///
+    /// Except where the broker gave no offset: tansu answers a retried batch it already has with
+    /// `DuplicateSequenceNumber` and none, which librdkafka reports as success with offsets
+    /// counted from -1 across the batch. Which of our outputs were in that batch is unknown (any
+    /// sent so far), so their acknowledgements are not checked and move nothing; the first
+    /// ordered acknowledgement of an output sent after it is taken as the new reference.
+    fn ordered_landed(&mut self, seq: u64, offset: i64) -> Result<(), i64> {
+        if offset < 0 {
+            self.ordered_resync_after = Some(self.sent);
+            return Ok(());
+        }
+        match self.ordered_resync_after {
+            Some(after) if seq <= after => return Ok(()),
+            Some(_) => self.ordered_resync_after = None,
+            None if offset != self.ordered_acked + 1 => return Err(self.ordered_acked + 1),
+            None => {}
+        }
+        self.ordered_acked = offset;
+        Ok(())
+    }
+
     /// Queues a snapshot of the dirty checkpoints and the progress, to be written once every
     /// output sent before it is acknowledged. None when nothing changed: idle, the progress
     /// record would say again what the last one said (one a second per partition would fill the
@@ -440,12 +461,39 @@ mod tests {
             sent: 0,
             acked: 0,
             ordered_acked: 41,
+            ordered_resync_after: None,
             next_raw: 100,
             pending: VecDeque::new(),
             commit_after: VecDeque::new(),
             last_snapshot: Instant::now(),
             last_progress: None,
         }
+    }
+
+    #[test]
+    fn ordered_outputs_must_land_one_after_another_except_after_an_answer_without_offset() {
+        let mut part = partition();
+        part.sent = 3;
+        // Right after the marker (41), then the next.
+        assert_eq!(part.ordered_landed(1, 42), Ok(()));
+        assert_eq!(part.ordered_landed(2, 43), Ok(()));
+        // Someone wrote 44.
+        assert_eq!(part.ordered_landed(3, 45), Err(44));
+        assert_eq!(part.ordered_acked, 43);
+
+        // A duplicate batch answered without offsets (-1, then counted on: 0, 1): outputs 4..=6
+        // sent by then are not checked and move nothing; 7, sent after, is the new reference.
+        let mut part = partition();
+        part.sent = 6;
+        assert_eq!(part.ordered_landed(4, -1), Ok(()));
+        assert_eq!(part.ordered_landed(5, 0), Ok(()));
+        assert_eq!(part.ordered_landed(6, 1), Ok(()));
+        assert_eq!(part.ordered_acked, 41);
+        part.sent = 8;
+        assert_eq!(part.ordered_landed(7, 50), Ok(()));
+        assert_eq!(part.ordered_landed(8, 51), Ok(()));
+        assert_eq!(part.ordered_acked, 51);
+        assert_eq!(part.ordered_landed(9, 53), Err(52));
     }
 
     #[test]

@@ -461,6 +461,7 @@ impl RunState {
                 sent: 0,
                 acked: 0,
                 ordered_acked: recovered.ordered_end,
+                ordered_resync_after: None,
                 next_raw: resume,
                 pending: VecDeque::new(),
                 commit_after: VecDeque::new(),

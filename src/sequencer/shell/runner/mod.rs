@@ -273,6 +273,10 @@ struct OwnedPartition {
     acked: u64,
     /// Offset of the newest acknowledged ordered-topic record.
     ordered_acked: i64,
+    /// Set when an ordered acknowledgement came without an offset: the acknowledgements of the
+    /// outputs sent up to this send number carry no usable offset (see
+    /// `OwnedPartition::ordered_landed`).
+    ordered_resync_after: Option<u64>,
     /// Next raw offset to process.
     next_raw: i64,
     /// Changelog snapshots waiting for their outputs' acknowledgements.
