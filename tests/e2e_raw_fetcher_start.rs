@@ -20,15 +20,15 @@ mod support;
 use callbridge::kafka::reader::ReadRecord;
 use callbridge::kafka::KafkaConfig;
 use callbridge::sequencer::shell::changelog::{self, Progress};
-use callbridge::sequencer::shell::{self, ShellConfig, ShellStats};
-use callbridge::sequencer::SequencerConfig;
+use callbridge::sequencer::shell::{self, ShellStats};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::mock_brokers::{
-    call_state, kind, read, released_epochs, wait_for, MockBrokers, NothingLeft, OTHER_BROKER,
+    call_state, cluster, kind, read, released_epochs, spawn_shell, wait_for, MockBrokers,
+    OTHER_BROKER,
 };
 
 /// States of every call; the last one is ENDING.
@@ -39,45 +39,6 @@ fn init_logs() {
         .with_test_writer()
         .with_env_filter("callbridge=info")
         .try_init();
-}
-
-/// A mock cluster with `partitions` partitions per topic.
-fn cluster(partitions: i32) -> (MockBrokers, KafkaConfig) {
-    let mut kafka = KafkaConfig::default();
-    kafka.topics.partitions = partitions;
-    kafka.topics.replication_factor = 1;
-    let cluster = MockBrokers::start(&kafka);
-    kafka.bootstrap_servers = cluster.bootstrap.clone();
-    (cluster, kafka)
-}
-
-/// A sequencer named `member` whose takeovers (and waits for a fetcher) are bounded by
-/// `takeover_timeout`, with nothing to back-fill from.
-fn spawn_shell(
-    kafka: &KafkaConfig,
-    member: &str,
-    takeover_timeout: Duration,
-) -> shell::SequencerHandle {
-    let config = ShellConfig {
-        kafka: kafka.clone(),
-        sequencer: SequencerConfig {
-            gap_timeout: Duration::from_secs(30),
-            idle_probe_after: Duration::from_secs(600),
-            ..SequencerConfig::default()
-        },
-        checkpoint_interval: Duration::from_millis(50),
-        takeover_timeout,
-        backfill_concurrency: 1,
-        member: member.into(),
-        // Longer than the committed-offset read is held (librdkafka counts a heartbeat queued
-        // behind it as missing).
-        session_timeout: Duration::from_secs(6),
-    };
-    shell::spawn(
-        config,
-        Arc::new(NothingLeft),
-        tokio::runtime::Handle::current(),
-    )
 }
 
 /// The group's next committed-offset read is refused with an error librdkafka does not retry:

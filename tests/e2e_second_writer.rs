@@ -9,12 +9,9 @@
 mod support;
 
 use callbridge::kafka::KafkaConfig;
-use callbridge::sequencer::shell::{self, ShellConfig};
-use callbridge::sequencer::SequencerConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use std::sync::Arc;
 use std::time::Duration;
-use support::mock_brokers::{describe, kind, read, wait_for, write_raw, MockBrokers, NothingLeft};
+use support::mock_brokers::{cluster, describe, kind, read, spawn_shell, wait_for, write_raw};
 
 /// States of each call; the last one is ENDING.
 const LAST: u64 = 3;
@@ -52,29 +49,8 @@ async fn an_output_landing_after_another_writers_record_stops_the_writer() {
         .try_init();
     // Registered on the process's recorder before the sequencer counts anything.
     let before = foreign_outputs();
-    let mut kafka = KafkaConfig::default();
-    kafka.topics.partitions = 1;
-    kafka.topics.replication_factor = 1;
-    let cluster = MockBrokers::start(&kafka);
-    kafka.bootstrap_servers = cluster.bootstrap.clone();
-    let config = ShellConfig {
-        kafka: kafka.clone(),
-        sequencer: SequencerConfig {
-            gap_timeout: Duration::from_secs(30),
-            idle_probe_after: Duration::from_secs(600),
-            ..SequencerConfig::default()
-        },
-        checkpoint_interval: Duration::from_millis(50),
-        takeover_timeout: Duration::from_secs(10),
-        backfill_concurrency: 1,
-        member: "replica-under-test".into(),
-        session_timeout: Duration::from_secs(6),
-    };
-    let sequencer = shell::spawn(
-        config,
-        Arc::new(NothingLeft),
-        tokio::runtime::Handle::current(),
-    );
+    let (_cluster, kafka) = cluster(1);
+    let sequencer = spawn_shell(&kafka, "replica-under-test", Duration::from_secs(10));
     let stats = sequencer.stats.clone();
     let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
 

@@ -177,12 +177,37 @@ async fn wait_for_completion_of(kafka: &KafkaConfig, conv: &str) -> Vec<ReadReco
     }
 }
 
-/// `callbridge_takeover_completions_total` of this process (both bridges of a test share it).
-fn takeover_completions() -> u64 {
+/// Counter `name` of this process (every bridge and takeover of a test shares it).
+fn counter(name: &str) -> u64 {
     let text = callbridge::ops::prometheus().render();
     text.lines()
-        .find_map(|l| l.strip_prefix("callbridge_takeover_completions_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .map_or(0, |v| v.trim().parse().expect("a count"))
+}
+
+/// `callbridge_takeover_completions_total` of this process.
+fn takeover_completions() -> u64 {
+    counter("callbridge_takeover_completions_total")
+}
+
+/// Another member's fence of `epoch` in `changelog[0]`.
+async fn write_rival_fence(kafka: &KafkaConfig, epoch: u64) {
+    let producer: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+    let rival = Fence {
+        epoch,
+        member: "another-replica".into(),
+        token: "a-token-of-another-replica".into(),
+    };
+    producer
+        .send(
+            FutureRecord::to(&kafka.topics.changelog)
+                .partition(0)
+                .key(&changelog::fence_key(epoch))
+                .payload(&changelog::encode(&rival)),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the rival fence");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -649,22 +674,7 @@ async fn a_takeover_waits_for_its_runs_own_unused_fence_only_when_another_came_a
 
     // Another member fences epoch 2 after ours: told that epoch 2 is ours and unused, the next
     // takeover waits all the same.
-    let producer: FutureProducer = kafka.client_config().unwrap().create().unwrap();
-    let rival = Fence {
-        epoch: 2,
-        member: "another-replica".into(),
-        token: "a-token-of-another-replica".into(),
-    };
-    producer
-        .send(
-            FutureRecord::to(&kafka.topics.changelog)
-                .partition(0)
-                .key(&changelog::fence_key(2))
-                .payload(&changelog::encode(&rival)),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("the rival fence");
+    write_rival_fence(&kafka, 2).await;
     let started = Instant::now();
     let third = run(Some(own(&second)), Duration::from_secs(2));
     assert_eq!(third.epoch, 3);
@@ -678,10 +688,7 @@ async fn a_takeover_waits_for_its_runs_own_unused_fence_only_when_another_came_a
 /// `callbridge_takeover_unclean_total` of this process: takeovers that began waiting out a
 /// previous owner.
 fn unclean_takeovers() -> u64 {
-    let text = callbridge::ops::prometheus().render();
-    text.lines()
-        .find_map(|l| l.strip_prefix("callbridge_takeover_unclean_total "))
-        .map_or(0, |v| v.trim().parse().expect("a count"))
+    counter("callbridge_takeover_unclean_total")
 }
 
 /// Two members take the partition over at once (the group gave it to both): another member's
@@ -714,22 +721,7 @@ async fn a_takeover_that_finds_a_rival_fence_of_its_epoch_fails_instead_of_insta
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let producer: FutureProducer = kafka.client_config().unwrap().create().unwrap();
-    let rival = Fence {
-        epoch: 2,
-        member: "another-replica".into(),
-        token: "a-token-of-another-replica".into(),
-    };
-    producer
-        .send(
-            FutureRecord::to(&kafka.topics.changelog)
-                .partition(0)
-                .key(&changelog::fence_key(2))
-                .payload(&changelog::encode(&rival)),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("the rival fence");
+    write_rival_fence(&kafka, 2).await;
     let result = tokio::task::block_in_place(|| done.recv_timeout(Duration::from_secs(60)))
         .expect("the takeover ended");
     match result {

@@ -534,43 +534,39 @@ async fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
     )?;
     let read_machine_secs = machine_cpu_since(machine_before);
     for (i, floor) in at_rates.iter_mut().enumerate() {
-        eprintln!(
-            "bench: Kafka acknowledgements alone at {} records/s",
-            floor.rate
-        );
-        let topic = format!("callbridge.bench-ack-{i}");
-        create_topic(&ceiling_bootstrap, &topic, args.partitions).await?;
-        let r: load::AckLatencyReport = call(
-            &mut load,
-            &LoadCommand::KafkaAckLatency {
-                bootstrap: ceiling_bootstrap.clone(),
-                topic,
-                rate: floor.rate,
-                duration_ms: ms,
-                librdkafka: librdkafka.clone(),
-                read_back: false,
-            },
-        )?;
-        floor.kafka_ack_latency = r.latency;
-        eprintln!(
-            "bench: Kafka acknowledgements at {} records/s, the topic read back meanwhile",
-            floor.rate
-        );
-        let topic = format!("callbridge.bench-ack-read-{i}");
-        create_topic(&ceiling_bootstrap, &topic, args.partitions).await?;
-        let r: load::AckLatencyReport = call(
-            &mut load,
-            &LoadCommand::KafkaAckLatency {
-                bootstrap: ceiling_bootstrap.clone(),
-                topic,
-                rate: floor.rate,
-                duration_ms: ms,
-                librdkafka: librdkafka.clone(),
-                read_back: true,
-            },
-        )?;
-        floor.kafka_ack_read_latency = r.latency;
-        floor.kafka_ack_read_back = r.read_back;
+        // Alone, then on a fresh topic read back meanwhile.
+        for read_back in [false, true] {
+            let (what, topic) = if read_back {
+                (
+                    ", the topic read back meanwhile",
+                    format!("callbridge.bench-ack-read-{i}"),
+                )
+            } else {
+                (" alone", format!("callbridge.bench-ack-{i}"))
+            };
+            eprintln!(
+                "bench: Kafka acknowledgements at {} records/s{what}",
+                floor.rate
+            );
+            create_topic(&ceiling_bootstrap, &topic, args.partitions).await?;
+            let r: load::AckLatencyReport = call(
+                &mut load,
+                &LoadCommand::KafkaAckLatency {
+                    bootstrap: ceiling_bootstrap.clone(),
+                    topic,
+                    rate: floor.rate,
+                    duration_ms: ms,
+                    librdkafka: librdkafka.clone(),
+                    read_back,
+                },
+            )?;
+            if read_back {
+                floor.kafka_ack_read_latency = r.latency;
+                floor.kafka_ack_read_back = r.read_back;
+            } else {
+                floor.kafka_ack_latency = r.latency;
+            }
+        }
     }
     totals.tansu_cpu_secs += usage(ceiling_tansu.pid()).cpu_secs;
     drop(ceiling_tansu);

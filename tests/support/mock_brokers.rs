@@ -10,7 +10,8 @@
 use callbridge::kafka::reader::{read_topic, ReadRecord};
 use callbridge::kafka::KafkaConfig;
 use callbridge::sequencer::shell::changelog::{self, ChangelogRecord};
-use callbridge::sequencer::shell::{BackfillSource, Fetched};
+use callbridge::sequencer::shell::{self, BackfillSource, Fetched, ShellConfig};
+use callbridge::sequencer::SequencerConfig;
 use rdkafka::mocking::MockCoordinator;
 use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -134,6 +135,46 @@ impl MockBrokers {
         };
         assert_eq!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
     }
+}
+
+/// A mock cluster with `partitions` partitions per topic, and the settings to reach it.
+pub fn cluster(partitions: i32) -> (MockBrokers, KafkaConfig) {
+    let mut kafka = KafkaConfig::default();
+    kafka.topics.partitions = partitions;
+    kafka.topics.replication_factor = 1;
+    let cluster = MockBrokers::start(&kafka);
+    kafka.bootstrap_servers = cluster.bootstrap.clone();
+    (cluster, kafka)
+}
+
+/// A sequencer named `member` whose takeovers (and waits for a fetcher) are bounded by
+/// `takeover_timeout`, checkpointing every 50 ms, with nothing to back-fill from and no gap
+/// timing out within a test.
+pub fn spawn_shell(
+    kafka: &KafkaConfig,
+    member: &str,
+    takeover_timeout: Duration,
+) -> shell::SequencerHandle {
+    let config = ShellConfig {
+        kafka: kafka.clone(),
+        sequencer: SequencerConfig {
+            gap_timeout: Duration::from_secs(30),
+            idle_probe_after: Duration::from_secs(600),
+            ..SequencerConfig::default()
+        },
+        checkpoint_interval: Duration::from_millis(50),
+        takeover_timeout,
+        backfill_concurrency: 1,
+        member: member.into(),
+        // Longer than a committed-offset read the tests hold (librdkafka counts a heartbeat
+        // queued behind it as missing).
+        session_timeout: Duration::from_secs(6),
+    };
+    shell::spawn(
+        config,
+        std::sync::Arc::new(NothingLeft),
+        tokio::runtime::Handle::current(),
+    )
 }
 
 /// State `seq` of `conversation` as a webhook notification; `last` is its ENDING.
