@@ -16,7 +16,6 @@ mod support;
 
 use callbridge::kafka::reader::ReadRecord;
 use callbridge::kafka::KafkaConfig;
-use callbridge::sequencer::shell::changelog::{self, ChangelogRecord};
 use callbridge::sequencer::shell::{self, BackfillSource, Fetched, FetchedState, ShellConfig};
 use callbridge::sequencer::SequencerConfig;
 use rdkafka::producer::FutureProducer;
@@ -27,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::mock_brokers::{
-    describe, kind, read, wait_for, write_raw, MockBrokers, ORDERED_BROKER,
+    describe, kind, read, released_epochs, wait_for, write_raw, MockBrokers, ORDERED_BROKER,
 };
 
 const CONVERSATION: &str = "6513270e-269e-4d37-b2a7-4de452e6b438";
@@ -54,21 +53,6 @@ impl BackfillSource for NothingLeft {
 
 async fn read_ordered(kafka: &KafkaConfig) -> Vec<ReadRecord> {
     read(kafka, &kafka.topics.ordered).await
-}
-
-/// Epochs that handed `changelog[0]` over cleanly (a `released` progress record).
-async fn released_epochs(kafka: &KafkaConfig) -> Vec<u64> {
-    read(kafka, &kafka.topics.changelog)
-        .await
-        .iter()
-        .filter_map(|r| {
-            let key = r.key.as_deref().unwrap_or_default().as_bytes();
-            match changelog::decode(key, Some(&r.value)) {
-                Ok(ChangelogRecord::Progress(p)) if p.released => Some(p.epoch),
-                _ => None,
-            }
-        })
-        .collect()
 }
 
 /// The sequence numbers of the state records, in topic order.
