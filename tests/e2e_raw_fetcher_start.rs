@@ -13,8 +13,9 @@
 //! - A partition librdkafka never starts (it failed to read its committed offset: it starts it
 //!   only once it is assigned again) makes the run hand everything over and rejoin.
 //! - A partition revoked while its takeover waits for the fetcher is handed over cleanly.
-//! - A takeover that finished but whose installation could not read raw is tried again without
-//!   waiting out its own fence.
+//! - A takeover that finished but whose installation could not read raw, or one that failed
+//!   after its fence with nothing of its epoch in flight, is tried again without waiting out
+//!   its own fence.
 mod support;
 
 use callbridge::kafka::reader::ReadRecord;
@@ -482,5 +483,63 @@ async fn a_stop_while_a_failed_takeover_waits_for_its_retry_releases_its_epoch()
     assert!(
         released.starts_with(&[1, 2]),
         "the failed attempt's epoch was marked released at the stop: {released:?}"
+    );
+}
+
+/// The takeover itself fails after its fence: the ordered topic's leader holds the answer to
+/// the takeover's read of its watermarks past the read's 10 s bound. Nothing of the fence's
+/// epoch can land later (no marker was sent), so the retry knows the fence for its run's own,
+/// unused one and takes the partition over without waiting out this very run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_that_fails_after_its_fence_is_retried_without_waiting_for_itself() {
+    init_logs();
+    let (cluster, kafka) = cluster(1);
+    handed_over(&kafka).await;
+    let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
+    let call = "3b9e1f7a-6c2d-4e8b-9a1f-5d7c3e2b8a64".to_string();
+    write_call(&kafka, &raw, 0, &call).await;
+    // The first request for the ordered topic's offsets is the takeover's (nothing reads the
+    // ordered topic before the failure is awaited below).
+    cluster.push_request_errors(
+        support::mock_brokers::ORDERED_BROKER,
+        RDKafkaApiKey::ListOffsets,
+        &[(
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
+            Duration::from_secs(12),
+        )],
+    );
+    let started = Instant::now();
+    let sequencer = spawn_shell(&kafka, "replica-under-test", Duration::from_secs(10));
+    let stats = sequencer.stats.clone();
+    wait_for(
+        "the takeover's read of the output's watermarks to fail",
+        Duration::from_secs(40),
+        || stats.takeover_failures.load(Ordering::SeqCst) >= 1,
+    )
+    .await;
+    let records = published(&kafka, std::slice::from_ref(&call), Duration::from_secs(90)).await;
+    println!("published after {:?}", started.elapsed());
+    tokio::task::block_in_place(|| sequencer.shutdown());
+    assert_eq!(
+        cluster.request_errors_pending(
+            support::mock_brokers::ORDERED_BROKER,
+            RDKafkaApiKey::ListOffsets
+        ),
+        0,
+        "the held read happened"
+    );
+    assert_exact(&records, &[call]);
+    let (installed, failed, unclean) = counts(&stats);
+    assert_eq!(failed, 1, "the takeover failed once");
+    assert_eq!(
+        (installed, unclean),
+        (1, 0),
+        "(takeovers installed, unclean): the retry did not wait for its own run's fence"
+    );
+    // Nothing was written for the failed attempt's epoch: the retry knew it for its own.
+    let released: Vec<u64> = released_epochs(&kafka).await;
+    assert!(
+        released.first() == Some(&1) && !released.contains(&2),
+        "{released:?}"
     );
 }

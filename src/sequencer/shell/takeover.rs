@@ -84,6 +84,25 @@ pub enum TakeoverError {
         /// Our epoch.
         epoch: u64,
     },
+    /// The takeover failed after its fence was acknowledged, at a point where nothing else of
+    /// its epoch can still land: while reading the fence back, reading the output's watermarks,
+    /// or scanning the output after its marker was acknowledged. (A failed write of the marker
+    /// is not one: the marker may still land.) The epoch wrote nothing a later owner must wait
+    /// for, so the retry is told the fence is its run's own
+    /// ([`TakeoverContext::own_unused_fence`]) and a revoke or stop before then marks it
+    /// released.
+    #[error("{source} (after fencing epoch {}, which wrote nothing to wait for)", fence.epoch)]
+    AfterFence {
+        /// The fence this takeover wrote.
+        fence: OwnUnusedFence,
+        /// The newest progress record before the fence, which a release repeats; `None` when
+        /// the changelog was not read back as far as the fence (a release then writes nothing,
+        /// see [`release_unused_epoch`]).
+        previous: Option<Progress>,
+        /// What failed.
+        #[source]
+        source: Box<TakeoverError>,
+    },
     /// A changelog record could not be decoded.
     #[error("takeover of partition {partition}: {source}")]
     Changelog {
@@ -181,6 +200,29 @@ pub struct OwnUnusedFence {
     pub epoch: u64,
     /// Its token, which tells it from a rival's fence of the same epoch.
     pub token: String,
+}
+
+impl TakeoverError {
+    /// Marks a failure after this takeover's fence that leaves nothing of its epoch in flight
+    /// (see [`TakeoverError::AfterFence`]).
+    fn after_fence(self, fence: &OwnUnusedFence, previous: Option<Progress>) -> TakeoverError {
+        TakeoverError::AfterFence {
+            fence: fence.clone(),
+            previous,
+            source: Box::new(self),
+        }
+    }
+
+    /// The fence a failed takeover wrote and left unused, with the progress record a release
+    /// of it repeats, when nothing else of its epoch can still land.
+    pub fn unused_fence(&self) -> Option<(&OwnUnusedFence, Option<Progress>)> {
+        match self {
+            TakeoverError::AfterFence {
+                fence, previous, ..
+            } => Some((fence, *previous)),
+            _ => None,
+        }
+    }
 }
 
 impl TakeoverContext<'_> {
@@ -314,6 +356,10 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
             source: e,
         })?;
     let fence_offset = delivery.offset;
+    let fenced = OwnUnusedFence {
+        epoch,
+        token: token.clone(),
+    };
     let started = Instant::now();
     let mut seen = false;
     // Read back even when given up meanwhile: the release of a given-up epoch carries the index
@@ -324,7 +370,8 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
                 partition: p,
                 epoch,
                 waited: started.elapsed(),
-            });
+            }
+            .after_fence(&fenced, None));
         }
         next_offset = read_range(
             &reader,
@@ -346,7 +393,10 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
                 Ok(())
             },
         )
-        .map_err(|e| e.into_takeover(p, "reading the fence back"))?;
+        .map_err(|e| {
+            e.into_takeover(p, "reading the fence back")
+                .after_fence(&fenced, None)
+        })?;
     }
     rec.epoch = epoch;
     rec.fence_token = token;
@@ -375,7 +425,7 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     let start = rec.progress.map(|pr| pr.ordered_offset + 1).unwrap_or(0);
     let (low, high) = reader
         .fetch_watermarks(ctx.ordered_topic, p, ctx.timeout)
-        .map_err(kafka("reading ordered watermarks"))?;
+        .map_err(|e| kafka("reading ordered watermarks")(e).after_fence(&fenced, rec.progress))?;
     // The last moment to give up before the marker: a marker written for a partition already
     // revoked could land after the next owner's marker, with a lower epoch (a false zombie to an
     // audit), and this owner would write nothing else there. (The fence stays, its epoch marked
@@ -428,7 +478,10 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
     .map_err(|e| match e {
         // Given up during the scan: the marker is acknowledged, the epoch wrote nothing else.
         ReadError::Cancelled => give_up_fenced(ctx, p, &rec),
-        e => e.into_takeover(p, "scanning the ordered topic"),
+        // The marker is acknowledged: nothing of this epoch is in flight.
+        e => e
+            .into_takeover(p, "scanning the ordered topic")
+            .after_fence(&fenced, rec.progress),
     })?;
     rec.scanned = scanned;
     rec.scan_from = from;

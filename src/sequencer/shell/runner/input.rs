@@ -229,9 +229,12 @@ impl RunState {
     /// wait for it while the changelog holds nothing after it (another fence of its epoch, by a
     /// takeover that ran beside the failed one, or anything of a later epoch makes it wait as
     /// before).
-    /// Not remembered when a rival chose the same epoch. An attempt failing without finishing
-    /// leaves the older unused fence remembered: its own fence, if written, then comes after it,
-    /// and the next attempt waits.
+    /// Not remembered when a rival chose the same epoch. The same holds for a takeover that
+    /// failed after its fence with nothing of its epoch in flight
+    /// ([`crate::sequencer::shell::takeover::TakeoverError::AfterFence`]: its fence read back,
+    /// the output's watermarks or its scan failed). Any other failure leaves the older unused
+    /// fence remembered: its own fence, if written, then comes after it, and the next attempt
+    /// waits.
     pub(super) fn takeover_failed(
         &mut self,
         p: i32,
@@ -250,6 +253,13 @@ impl RunState {
                     token: r.fence_token.clone(),
                 },
                 previous: r.progress,
+            })
+            .or_else(|| match error {
+                ShellError::Takeover(e) => e.unused_fence().map(|(fence, previous)| UnusedEpoch {
+                    fence: fence.clone(),
+                    previous,
+                }),
+                _ => None,
             })
             .or_else(|| self.takeover_retries.get(&p).and_then(|r| r.unused.clone()));
         self.takeover_retries.insert(

@@ -407,14 +407,15 @@ struct TakeoverRetry {
     at: Option<Instant>,
     /// How long to wait should that attempt fail too.
     next_wait: Duration,
-    /// The newest fence of a failed attempt that had finished but could not be installed: the
-    /// next attempt does not wait it out while it is still the changelog's last word, and a
+    /// The newest fence of a failed attempt that wrote nothing else that can still land (it
+    /// finished but could not be installed, or failed after its fence with nothing in flight):
+    /// the next attempt does not wait it out while it is still the changelog's last word, and a
     /// revoke or stop before then marks it released (see `RunState::takeover_failed`).
     unused: Option<UnusedEpoch>,
 }
 
-/// An epoch this run fenced and wrote nothing under (only its fence and its takeover marker,
-/// both acknowledged).
+/// An epoch this run fenced and wrote nothing under but its fence and perhaps its takeover
+/// marker, each acknowledged.
 #[derive(Clone, Debug)]
 struct UnusedEpoch {
     fence: crate::sequencer::shell::takeover::OwnUnusedFence,
