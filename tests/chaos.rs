@@ -308,6 +308,13 @@ async fn chaos_replicas_broker_and_goto_faults_lose_nothing() {
         "report written to {path}; replica logs in {}",
         support::cluster::log_dir().display()
     );
+    if !v.is_perfect() || !complete {
+        // What GoTo did with every state (each delivery, drop and fault, with times) is what a
+        // failure is diagnosed from; the simulator is gone once the test ends.
+        let truth_path = format!("{path}.truth.json");
+        let _ = std::fs::write(&truth_path, serde_json::to_string(&truth).unwrap());
+        println!("the simulator's ground truth written to {truth_path}");
+    }
 
     let leaks = leaked_secrets(&replicas, &d.webhook_secret);
     let lines: usize = replicas.iter().map(|r| r.log_lines().len()).sum();

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::mock_brokers::{
     call_state, cluster, kind, read, released_epochs, spawn_shell, wait_for, MockBrokers,
-    OTHER_BROKER,
+    ORDERED_BROKER, OTHER_BROKER,
 };
 
 /// States of every call; the last one is ENDING.
@@ -486,30 +486,29 @@ async fn a_stop_while_a_failed_takeover_waits_for_its_retry_releases_its_epoch()
     );
 }
 
-/// The takeover itself fails after its fence: the ordered topic's leader holds the answer to
-/// the takeover's read of its watermarks past the read's 10 s bound. Nothing of the fence's
-/// epoch can land later (no marker was sent), so the retry knows the fence for its run's own,
-/// unused one and takes the partition over without waiting out this very run.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_takeover_that_fails_after_its_fence_is_retried_without_waiting_for_itself() {
-    init_logs();
-    let (cluster, kafka) = cluster(1);
-    handed_over(&kafka).await;
+/// A sequencer whose first takeover (clean: a previous owner handed over) fails after its fence:
+/// the ordered topic's leader holds the answer to the takeover's read of its watermarks past the
+/// read's 10 s bound. Nothing of the fence's epoch can land later (no marker was sent). Returns
+/// the sequencer, once the takeover failed, and the call waiting in raw.
+async fn takeover_fails_after_its_fence(
+    cluster: &MockBrokers,
+    kafka: &KafkaConfig,
+) -> (shell::SequencerHandle, String) {
+    handed_over(kafka).await;
     let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
     let call = "3b9e1f7a-6c2d-4e8b-9a1f-5d7c3e2b8a64".to_string();
-    write_call(&kafka, &raw, 0, &call).await;
+    write_call(kafka, &raw, 0, &call).await;
     // The first request for the ordered topic's offsets is the takeover's (nothing reads the
     // ordered topic before the failure is awaited below).
     cluster.push_request_errors(
-        support::mock_brokers::ORDERED_BROKER,
+        ORDERED_BROKER,
         RDKafkaApiKey::ListOffsets,
         &[(
             RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
             Duration::from_secs(12),
         )],
     );
-    let started = Instant::now();
-    let sequencer = spawn_shell(&kafka, "replica-under-test", Duration::from_secs(10));
+    let sequencer = spawn_shell(kafka, "replica-under-test", Duration::from_secs(10));
     let stats = sequencer.stats.clone();
     wait_for(
         "the takeover's read of the output's watermarks to fail",
@@ -517,17 +516,27 @@ async fn a_takeover_that_fails_after_its_fence_is_retried_without_waiting_for_it
         || stats.takeover_failures.load(Ordering::SeqCst) >= 1,
     )
     .await;
-    let records = published(&kafka, std::slice::from_ref(&call), Duration::from_secs(90)).await;
-    println!("published after {:?}", started.elapsed());
-    tokio::task::block_in_place(|| sequencer.shutdown());
     assert_eq!(
-        cluster.request_errors_pending(
-            support::mock_brokers::ORDERED_BROKER,
-            RDKafkaApiKey::ListOffsets
-        ),
+        cluster.request_errors_pending(ORDERED_BROKER, RDKafkaApiKey::ListOffsets),
         0,
         "the held read happened"
     );
+    (sequencer, call)
+}
+
+/// The takeover itself fails after its fence, with nothing of its epoch in flight: the retry
+/// knows the fence for its run's own, unused one and takes the partition over without waiting
+/// out this very run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_that_fails_after_its_fence_is_retried_without_waiting_for_itself() {
+    init_logs();
+    let (cluster, kafka) = cluster(1);
+    let started = Instant::now();
+    let (sequencer, call) = takeover_fails_after_its_fence(&cluster, &kafka).await;
+    let records = published(&kafka, std::slice::from_ref(&call), Duration::from_secs(90)).await;
+    println!("published after {:?}", started.elapsed());
+    let stats = sequencer.stats.clone();
+    tokio::task::block_in_place(|| sequencer.shutdown());
     assert_exact(&records, &[call]);
     let (installed, failed, unclean) = counts(&stats);
     assert_eq!(failed, 1, "the takeover failed once");
@@ -536,10 +545,31 @@ async fn a_takeover_that_fails_after_its_fence_is_retried_without_waiting_for_it
         (1, 0),
         "(takeovers installed, unclean): the retry did not wait for its own run's fence"
     );
-    // Nothing was written for the failed attempt's epoch: the retry knew it for its own.
+    // The retry installed epoch 3; nothing was written for the failed attempt's epoch 2.
+    let released: Vec<u64> = released_epochs(&kafka).await;
+    assert_eq!(released.first(), Some(&1), "{released:?}");
+    assert!(!released.contains(&2), "{released:?}");
+}
+
+/// The same failure, and the sequencer stopped while the retry waits for its turn: the stop
+/// marks the failed attempt's epoch released, repeating the previous owner's progress record,
+/// so the next owner does not wait it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_a_takeover_failed_after_its_fence_waits_for_its_retry_releases_its_epoch() {
+    init_logs();
+    let (cluster, kafka) = cluster(1);
+    let (sequencer, _call) = takeover_fails_after_its_fence(&cluster, &kafka).await;
+    let stats = sequencer.stats.clone();
+    // The retry starts a second after the failure.
+    tokio::task::block_in_place(|| sequencer.shutdown());
+    assert_eq!(
+        stats.takeovers.load(Ordering::SeqCst),
+        0,
+        "stopped before a retry could install"
+    );
     let released: Vec<u64> = released_epochs(&kafka).await;
     assert!(
-        released.first() == Some(&1) && !released.contains(&2),
-        "{released:?}"
+        released.starts_with(&[1, 2]),
+        "the failed attempt's epoch was marked released at the stop: {released:?}"
     );
 }

@@ -164,7 +164,8 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// A directory removed on drop.
+/// A directory removed on drop, unless `CALLBRIDGE_KEEP_TEST_DIRS` is set (to read a failed
+/// run's broker data afterwards: tansu's `sqlite://` storage lives there).
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
@@ -183,6 +184,10 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if std::env::var_os("CALLBRIDGE_KEEP_TEST_DIRS").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

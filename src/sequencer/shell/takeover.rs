@@ -84,20 +84,21 @@ pub enum TakeoverError {
         /// Our epoch.
         epoch: u64,
     },
-    /// The takeover failed after its fence was acknowledged, at a point where nothing else of
-    /// its epoch can still land: while reading the fence back, reading the output's watermarks,
-    /// or scanning the output after its marker was acknowledged. (A failed write of the marker
-    /// is not one: the marker may still land.) The epoch wrote nothing a later owner must wait
-    /// for, so the retry is told the fence is its run's own
+    /// The takeover failed after its fence was read back with no rival before it, at a point
+    /// where nothing else of its epoch can still land: reading the output's watermarks, or
+    /// scanning the output after its marker was acknowledged. The epoch wrote nothing a later
+    /// owner must wait for, so the retry is told the fence is its run's own
     /// ([`TakeoverContext::own_unused_fence`]) and a revoke or stop before then marks it
-    /// released.
+    /// released. Not a failed write of the marker (the marker may still land), nor a failed
+    /// read-back: a rival's fence of the same epoch may have come before ours unseen, and the
+    /// changelog's compaction, which keeps one fence per epoch, could then hide it from the
+    /// retry.
     #[error("{source} (after fencing epoch {}, which wrote nothing to wait for)", fence.epoch)]
     AfterFence {
         /// The fence this takeover wrote.
         fence: OwnUnusedFence,
-        /// The newest progress record before the fence, which a release repeats; `None` when
-        /// the changelog was not read back as far as the fence (a release then writes nothing,
-        /// see [`release_unused_epoch`]).
+        /// The newest progress record before the fence, which a release repeats (`None`: a
+        /// release writes nothing, see [`release_unused_epoch`]).
         previous: Option<Progress>,
         /// What failed.
         #[source]
@@ -186,7 +187,8 @@ pub struct TakeoverContext<'a> {
     /// stragglers. That next owner waits this epoch out instead (session timeout + 5 s).
     pub release_if_given_up: &'a AtomicBool,
     /// A fence of this run's for the partition that wrote nothing: an earlier takeover that
-    /// finished but was never installed (what its installation read from Kafka failed). When it
+    /// finished but was never installed (what its installation read from Kafka failed), or that
+    /// failed after its fence with nothing in flight ([`TakeoverError::AfterFence`]). When it
     /// is still the changelog's last word (no other fence of its epoch, nothing of a later
     /// epoch, no progress record of its epoch), this takeover does not wait it out: its owner is
     /// this very run, which wrote nothing under it.
@@ -356,10 +358,6 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
             source: e,
         })?;
     let fence_offset = delivery.offset;
-    let fenced = OwnUnusedFence {
-        epoch,
-        token: token.clone(),
-    };
     let started = Instant::now();
     let mut seen = false;
     // Read back even when given up meanwhile: the release of a given-up epoch carries the index
@@ -370,8 +368,7 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
                 partition: p,
                 epoch,
                 waited: started.elapsed(),
-            }
-            .after_fence(&fenced, None));
+            });
         }
         next_offset = read_range(
             &reader,
@@ -393,10 +390,7 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
                 Ok(())
             },
         )
-        .map_err(|e| {
-            e.into_takeover(p, "reading the fence back")
-                .after_fence(&fenced, None)
-        })?;
+        .map_err(|e| e.into_takeover(p, "reading the fence back"))?;
     }
     rec.epoch = epoch;
     rec.fence_token = token;
@@ -414,6 +408,12 @@ pub fn take_over(ctx: &TakeoverContext<'_>, p: i32) -> Result<Recovered, Takeove
             epoch: rec.epoch,
         });
     }
+    // From here on, a failure leaves nothing of this epoch in flight but a marker whose write
+    // failed (`TakeoverError::AfterFence`).
+    let fenced = OwnUnusedFence {
+        epoch,
+        token: rec.fence_token.clone(),
+    };
 
     // 3. The output may be ahead of the index. Its end is where our marker lands: the broker's
     //    high watermark cannot be trusted for it (tansu 0.6 reports one that lags acknowledged

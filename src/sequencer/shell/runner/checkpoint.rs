@@ -237,6 +237,20 @@ impl RunState {
         }
     }
 
+    /// Marks the epoch of a takeover of `p` that failed after its fence with nothing in flight
+    /// ([`crate::sequencer::shell::takeover::TakeoverError::AfterFence`]) as handed over, when
+    /// the run still holds `p` and will not retry it (a graceful stop); any other failure is
+    /// left for the next owner to wait out.
+    pub(super) fn release_failed(
+        &self,
+        p: i32,
+        error: &crate::sequencer::shell::takeover::TakeoverError,
+    ) {
+        if let Some((fence, previous)) = error.unused_fence() {
+            self.release_epoch(p, fence.epoch, previous);
+        }
+    }
+
     fn release_epoch(&self, p: i32, epoch: u64, previous: Option<changelog::Progress>) {
         if let Err(e) = crate::sequencer::shell::takeover::release_unused_epoch(
             &self.producer,

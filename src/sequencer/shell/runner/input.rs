@@ -231,8 +231,8 @@ impl RunState {
     /// before).
     /// Not remembered when a rival chose the same epoch. The same holds for a takeover that
     /// failed after its fence with nothing of its epoch in flight
-    /// ([`crate::sequencer::shell::takeover::TakeoverError::AfterFence`]: its fence read back,
-    /// the output's watermarks or its scan failed). Any other failure leaves the older unused
+    /// ([`crate::sequencer::shell::takeover::TakeoverError::AfterFence`]: the output's
+    /// watermarks or its scan failed). Any other failure leaves the older unused
     /// fence remembered: its own fence, if written, then comes after it, and the next attempt
     /// waits.
     pub(super) fn takeover_failed(

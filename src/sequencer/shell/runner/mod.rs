@@ -823,7 +823,8 @@ fn run(
         // Takeovers still running are given up now (only now: had a release above failed, the
         // run would fail, and a takeover told it may release could still write after the group
         // was left). One that has written its fence marks its epoch released before it ends
-        // (`takeover::release_unused_epoch`), and one that finished is released here: waited
+        // (`takeover::release_unused_epoch`), and one that finished (or failed after its fence
+        // with nothing in flight, `TakeoverError::AfterFence`) is released here: waited
         // for before the group is left, so the next owner (chosen when we leave) finds every
         // epoch handed over. Given up unmarked, a takeover's fence made the next owner wait out
         // this replica (session timeout + 5 s) for outputs it never wrote.
@@ -852,8 +853,9 @@ fn run(
                 break;
             };
             running.retain(|&(p, token)| (p, token) != (done.partition, done.token));
-            if let Ok(recovered) = &done.result {
-                st.release_unused(done.partition, recovered);
+            match &done.result {
+                Ok(recovered) => st.release_unused(done.partition, recovered),
+                Err(e) => st.release_failed(done.partition, e),
             }
         }
         restart.map_or(Ok(()), Err)
