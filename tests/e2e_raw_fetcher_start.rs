@@ -433,29 +433,43 @@ async fn a_takeover_whose_installation_cannot_read_raw_is_retried_without_waitin
     let (cluster, kafka) = cluster(1);
     let started = Instant::now();
     let (sequencer, call) = installation_cannot_read_raw(&cluster, &kafka).await;
-    let records = published(&kafka, std::slice::from_ref(&call), Duration::from_secs(90)).await;
+    retried_without_waiting_for_itself(&cluster, &kafka, sequencer, call, RAW_BROKER, started)
+        .await;
+}
+
+/// The first takeover of the partition failed without writing anything but its fence (and
+/// perhaps its marker) and was retried: `call` is published after one retry that did not wait
+/// out this run's own fence (no unclean takeover), and nothing was written for the failed
+/// attempt's epoch 2. `held` is the broker whose answers were held.
+async fn retried_without_waiting_for_itself(
+    cluster: &MockBrokers,
+    kafka: &KafkaConfig,
+    sequencer: shell::SequencerHandle,
+    call: String,
+    held: i32,
+    started: Instant,
+) {
+    let records = published(kafka, std::slice::from_ref(&call), Duration::from_secs(90)).await;
     println!("published after {:?}", started.elapsed());
     let stats = sequencer.stats.clone();
     tokio::task::block_in_place(|| sequencer.shutdown());
     assert_eq!(
-        cluster.request_errors_pending(RAW_BROKER, RDKafkaApiKey::ListOffsets),
+        cluster.request_errors_pending(held, RDKafkaApiKey::ListOffsets),
         0,
         "the held reads happened"
     );
     assert_exact(&records, &[call]);
     let (installed, failed, unclean) = counts(&stats);
-    assert!(failed >= 1, "the installation's read failed: {failed}");
+    assert!(failed >= 1, "the first takeover failed: {failed}");
     assert_eq!(
         (installed, unclean),
         (1, 0),
         "(takeovers installed, unclean): the retry did not wait for its own run's fence"
     );
     // Nothing was written for the failed attempt's epoch: the retry knew it for its own.
-    let released: Vec<u64> = released_epochs(&kafka).await;
-    assert!(
-        released.first() == Some(&1) && !released.contains(&2),
-        "{released:?}"
-    );
+    let released: Vec<u64> = released_epochs(kafka).await;
+    assert_eq!(released.first(), Some(&1), "{released:?}");
+    assert!(!released.contains(&2), "{released:?}");
 }
 
 /// The same failed installation, and the sequencer stopped while the retry waits for its turn:
@@ -465,21 +479,26 @@ async fn a_stop_while_a_failed_takeover_waits_for_its_retry_releases_its_epoch()
     init_logs();
     let (cluster, kafka) = cluster(1);
     let (sequencer, _call) = installation_cannot_read_raw(&cluster, &kafka).await;
+    stopped_while_the_retry_waits(&kafka, sequencer).await;
+}
+
+/// Stops the sequencer once its first takeover failed, before the retry (a second later) could
+/// install, and checks that the stop marked the failed attempt's epoch 2 released.
+async fn stopped_while_the_retry_waits(kafka: &KafkaConfig, sequencer: shell::SequencerHandle) {
     let stats = sequencer.stats.clone();
     wait_for(
-        "the installation's read to fail",
-        Duration::from_secs(30),
+        "the first takeover to fail",
+        Duration::from_secs(40),
         || stats.takeover_failures.load(Ordering::SeqCst) >= 1,
     )
     .await;
-    // The retry starts a second after the failure.
     tokio::task::block_in_place(|| sequencer.shutdown());
     assert_eq!(
         stats.takeovers.load(Ordering::SeqCst),
         0,
         "stopped before a retry could install"
     );
-    let released: Vec<u64> = released_epochs(&kafka).await;
+    let released: Vec<u64> = released_epochs(kafka).await;
     assert!(
         released.starts_with(&[1, 2]),
         "the failed attempt's epoch was marked released at the stop: {released:?}"
@@ -498,8 +517,7 @@ async fn takeover_fails_after_its_fence(
     let raw: FutureProducer = kafka.client_config().unwrap().create().unwrap();
     let call = "3b9e1f7a-6c2d-4e8b-9a1f-5d7c3e2b8a64".to_string();
     write_call(kafka, &raw, 0, &call).await;
-    // The first request for the ordered topic's offsets is the takeover's (nothing reads the
-    // ordered topic before the failure is awaited below).
+    // The first request for the ordered topic's offsets is the takeover's.
     cluster.push_request_errors(
         ORDERED_BROKER,
         RDKafkaApiKey::ListOffsets,
@@ -509,6 +527,7 @@ async fn takeover_fails_after_its_fence(
         )],
     );
     let sequencer = spawn_shell(kafka, "replica-under-test", Duration::from_secs(10));
+    // Nothing may read the ordered topic before the takeover's read failed.
     let stats = sequencer.stats.clone();
     wait_for(
         "the takeover's read of the output's watermarks to fail",
@@ -516,11 +535,6 @@ async fn takeover_fails_after_its_fence(
         || stats.takeover_failures.load(Ordering::SeqCst) >= 1,
     )
     .await;
-    assert_eq!(
-        cluster.request_errors_pending(ORDERED_BROKER, RDKafkaApiKey::ListOffsets),
-        0,
-        "the held read happened"
-    );
     (sequencer, call)
 }
 
@@ -533,22 +547,8 @@ async fn a_takeover_that_fails_after_its_fence_is_retried_without_waiting_for_it
     let (cluster, kafka) = cluster(1);
     let started = Instant::now();
     let (sequencer, call) = takeover_fails_after_its_fence(&cluster, &kafka).await;
-    let records = published(&kafka, std::slice::from_ref(&call), Duration::from_secs(90)).await;
-    println!("published after {:?}", started.elapsed());
-    let stats = sequencer.stats.clone();
-    tokio::task::block_in_place(|| sequencer.shutdown());
-    assert_exact(&records, &[call]);
-    let (installed, failed, unclean) = counts(&stats);
-    assert_eq!(failed, 1, "the takeover failed once");
-    assert_eq!(
-        (installed, unclean),
-        (1, 0),
-        "(takeovers installed, unclean): the retry did not wait for its own run's fence"
-    );
-    // The retry installed epoch 3; nothing was written for the failed attempt's epoch 2.
-    let released: Vec<u64> = released_epochs(&kafka).await;
-    assert_eq!(released.first(), Some(&1), "{released:?}");
-    assert!(!released.contains(&2), "{released:?}");
+    retried_without_waiting_for_itself(&cluster, &kafka, sequencer, call, ORDERED_BROKER, started)
+        .await;
 }
 
 /// The same failure, and the sequencer stopped while the retry waits for its turn: the stop
@@ -559,17 +559,5 @@ async fn a_stop_while_a_takeover_failed_after_its_fence_waits_for_its_retry_rele
     init_logs();
     let (cluster, kafka) = cluster(1);
     let (sequencer, _call) = takeover_fails_after_its_fence(&cluster, &kafka).await;
-    let stats = sequencer.stats.clone();
-    // The retry starts a second after the failure.
-    tokio::task::block_in_place(|| sequencer.shutdown());
-    assert_eq!(
-        stats.takeovers.load(Ordering::SeqCst),
-        0,
-        "stopped before a retry could install"
-    );
-    let released: Vec<u64> = released_epochs(&kafka).await;
-    assert!(
-        released.starts_with(&[1, 2]),
-        "the failed attempt's epoch was marked released at the stop: {released:?}"
-    );
+    stopped_while_the_retry_waits(&kafka, sequencer).await;
 }
