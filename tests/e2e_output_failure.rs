@@ -26,7 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::mock_brokers::{
-    describe, kind, read, released_epochs, wait_for, write_raw, MockBrokers, ORDERED_BROKER,
+    describe, kind, read, released_epochs, shell_config, wait_for, write_raw, MockBrokers,
+    ORDERED_BROKER,
 };
 
 const CONVERSATION: &str = "6513270e-269e-4d37-b2a7-4de452e6b438";
@@ -88,21 +89,18 @@ async fn started(
     kafka.topics.replication_factor = 1;
     let cluster = MockBrokers::start(&kafka);
     kafka.bootstrap_servers = cluster.bootstrap.clone();
+    let base = shell_config(&kafka, "replica-under-test", Duration::from_secs(10));
     let config = ShellConfig {
-        kafka: kafka.clone(),
         sequencer: SequencerConfig {
             gap_timeout: Duration::from_millis(300),
             backfill_retry_base: Duration::from_millis(100),
             backfill_retry_max: Duration::from_millis(200),
-            idle_probe_after: Duration::from_secs(600),
-            ..SequencerConfig::default()
+            ..base.sequencer
         },
         checkpoint_interval: Duration::from_millis(100),
-        takeover_timeout: Duration::from_secs(10),
-        backfill_concurrency: 1,
-        member: "replica-under-test".into(),
         // The next owner of an unclean hand-over waits this + 5 s.
         session_timeout: Duration::from_secs(2),
+        ..base
     };
     let sequencer = shell::spawn(config, source, tokio::runtime::Handle::current());
     let stats = sequencer.stats.clone();

@@ -15,7 +15,7 @@ mod support;
 use callbridge::kafka::reader::ReadRecord;
 use callbridge::kafka::KafkaConfig;
 use callbridge::sequencer::shell::changelog::{self, ChangelogRecord};
-use callbridge::sequencer::shell::{self, ShellConfig};
+use callbridge::sequencer::shell::ShellConfig;
 use callbridge::sequencer::SequencerConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -23,8 +23,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::mock_brokers::{
-    call_state, describe, kind, read, released_epochs, wait_for, write_raw, MockBrokers,
-    NothingLeft, ORDERED_BROKER, OTHER_BROKER,
+    call_state, describe, kind, read, released_epochs, shell_config, spawn_configured, wait_for,
+    write_raw, MockBrokers, ORDERED_BROKER, OTHER_BROKER,
 };
 
 const CONVERSATION: &str = "0f7c1d2e-5b8a-4c3d-9e6f-7a8b9c0d1e2f";
@@ -50,27 +50,19 @@ async fn a_queue_full_for_longer_than_the_bound_fails_the_run_and_loses_nothing(
         .insert("queue.buffering.max.messages".into(), "1".into());
     let cluster = MockBrokers::start(&kafka);
     kafka.bootstrap_servers = cluster.bootstrap.clone();
-    let config = ShellConfig {
-        kafka: kafka.clone(),
+    let base = shell_config(&kafka, "replica-under-test", BOUND);
+    let sequencer = spawn_configured(ShellConfig {
         sequencer: SequencerConfig {
             gap_timeout: Duration::from_millis(300),
             backfill_retry_base: Duration::from_millis(100),
             backfill_retry_max: Duration::from_millis(200),
-            idle_probe_after: Duration::from_secs(600),
-            ..SequencerConfig::default()
+            ..base.sequencer
         },
         checkpoint_interval: Duration::from_millis(100),
-        takeover_timeout: BOUND,
-        backfill_concurrency: 1,
-        member: "replica-under-test".into(),
         // The next owner of an unclean hand-over waits this + 5 s.
         session_timeout: Duration::from_secs(2),
-    };
-    let sequencer = shell::spawn(
-        config,
-        Arc::new(NothingLeft),
-        tokio::runtime::Handle::current(),
-    );
+        ..base
+    });
     let stats = sequencer.stats.clone();
     wait_for("the first takeover", Duration::from_secs(30), || {
         stats.takeovers.load(Ordering::SeqCst) >= 1
@@ -326,23 +318,17 @@ async fn a_failed_release_ends_the_hand_over_at_once() {
     kafka.topics.replication_factor = 1;
     let cluster = MockBrokers::start(&kafka);
     kafka.bootstrap_servers = cluster.bootstrap.clone();
-    let config = ShellConfig {
-        kafka: kafka.clone(),
+    let base = shell_config(&kafka, "replica-under-test", TIMEOUT);
+    let sequencer = spawn_configured(ShellConfig {
+        // Gaps time out as by default here.
         sequencer: SequencerConfig {
             idle_probe_after: Duration::from_secs(600),
             ..SequencerConfig::default()
         },
         checkpoint_interval: Duration::from_millis(100),
-        takeover_timeout: TIMEOUT,
-        backfill_concurrency: 1,
-        member: "replica-under-test".into(),
         session_timeout: Duration::from_secs(2),
-    };
-    let sequencer = shell::spawn(
-        config,
-        Arc::new(NothingLeft),
-        tokio::runtime::Handle::current(),
-    );
+        ..base
+    });
     let stats = sequencer.stats.clone();
     wait_for(
         "the takeover of every partition",
@@ -463,25 +449,12 @@ async fn a_failed_takeover_is_retried_alone_while_the_other_partitions_go_on() {
             REFUSED
         ],
     );
-    let config = ShellConfig {
-        kafka: kafka.clone(),
-        sequencer: SequencerConfig {
-            gap_timeout: Duration::from_secs(30),
-            idle_probe_after: Duration::from_secs(600),
-            ..SequencerConfig::default()
-        },
+    let sequencer = spawn_configured(ShellConfig {
         checkpoint_interval: Duration::from_millis(100),
-        takeover_timeout: Duration::from_secs(5),
-        backfill_concurrency: 1,
-        member: "replica-under-test".into(),
         // An unclean takeover waits this + 5 s.
         session_timeout: Duration::from_secs(2),
-    };
-    let sequencer = shell::spawn(
-        config,
-        Arc::new(NothingLeft),
-        tokio::runtime::Handle::current(),
-    );
+        ..shell_config(&kafka, "replica-under-test", Duration::from_secs(5))
+    });
     let stats = sequencer.stats.clone();
     let conversation = |p: i32| format!("{CONVERSATION}-{p}");
 

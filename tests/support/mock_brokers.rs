@@ -155,7 +155,22 @@ pub fn spawn_shell(
     member: &str,
     takeover_timeout: Duration,
 ) -> shell::SequencerHandle {
-    let config = ShellConfig {
+    spawn_configured(shell_config(kafka, member, takeover_timeout))
+}
+
+/// `config` run with nothing to back-fill from.
+pub fn spawn_configured(config: ShellConfig) -> shell::SequencerHandle {
+    shell::spawn(
+        config,
+        std::sync::Arc::new(NothingLeft),
+        tokio::runtime::Handle::current(),
+    )
+}
+
+/// The shell's settings of [`spawn_shell`]; tests that need others change them with struct
+/// update syntax, so what differs is what they spell out.
+pub fn shell_config(kafka: &KafkaConfig, member: &str, takeover_timeout: Duration) -> ShellConfig {
+    ShellConfig {
         kafka: kafka.clone(),
         sequencer: SequencerConfig {
             gap_timeout: Duration::from_secs(30),
@@ -169,12 +184,7 @@ pub fn spawn_shell(
         // Longer than a committed-offset read the tests hold (librdkafka counts a heartbeat
         // queued behind it as missing).
         session_timeout: Duration::from_secs(6),
-    };
-    shell::spawn(
-        config,
-        std::sync::Arc::new(NothingLeft),
-        tokio::runtime::Handle::current(),
-    )
+    }
 }
 
 /// State `seq` of `conversation` as a webhook notification; `last` is its ENDING.
